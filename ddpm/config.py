@@ -1,0 +1,147 @@
+"""Configuration dataclasses that validate themselves, and the model presets with their sources."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+
+
+def _positive(name: str, value: int) -> None:
+    if value <= 0:
+        raise ValueError(f"{name}={value!r} is not allowed: it must be a positive integer.")
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Shape of the DDPM UNet (Ho et al. 2020, Appendix B; the `ddpm-cifar10` preset is theirs).
+
+    Resolution r is visited at level i when r = image_size / 2**i; attention_resolutions lists the
+    resolutions that get self-attention after each residual block (down and up paths), and any
+    attention at all also puts one in the middle block. `()` means no attention anywhere.
+    """
+
+    image_size: int = 32
+    in_channels: int = 3
+    base_channels: int = 128
+    channel_mults: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (16,)
+    num_heads: int = 1
+    dropout: float = 0.1
+    norm_groups: int = 32
+    time_embed_dim: int = 128  # width of the sinusoidal embedding (Transformer-style, eq. in Vaswani)
+    time_hidden_dim: int = 512  # width after the MLP; injected into every residual block
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        # Accept lists from callers (JSON, argparse) but store tuples so configs stay hashable.
+        object.__setattr__(self, "channel_mults", tuple(self.channel_mults))
+        object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
+        for name in ("image_size", "in_channels", "base_channels", "num_res_blocks", "num_heads",
+                     "norm_groups", "time_embed_dim", "time_hidden_dim"):
+            _positive(name, getattr(self, name))
+        if not self.channel_mults or any(m <= 0 for m in self.channel_mults):
+            raise ValueError(f"channel_mults={self.channel_mults!r} is not allowed: "
+                             "it must be a non-empty list of positive integers.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout!r} is not allowed: it must be in [0, 1).")
+        if self.time_embed_dim % 2:
+            raise ValueError(f"time_embed_dim={self.time_embed_dim} is not allowed: "
+                             "the sinusoidal embedding needs an even width.")
+        halvings = len(self.channel_mults) - 1
+        if self.image_size % (2**halvings):
+            raise ValueError(
+                f"image_size={self.image_size} is not allowed: {len(self.channel_mults)} levels "
+                f"halve it {halvings} times, so it must be a multiple of {2**halvings}.")
+        for ch in sorted(set(self.level_channels)):
+            if ch % self.norm_groups:
+                raise ValueError(f"norm_groups={self.norm_groups} does not divide {ch} channels: "
+                                 "GroupNorm needs every level's channel count divisible by it.")
+        visited = self.resolutions
+        for res in self.attention_resolutions:
+            if res not in visited:
+                raise ValueError(f"attention resolution {res} is never visited: this UNet visits "
+                                 f"{', '.join(map(str, visited))}.")
+            ch = self.level_channels[visited.index(res)]
+            if ch % self.num_heads:
+                raise ValueError(f"num_heads={self.num_heads} does not divide the {ch} channels "
+                                 f"at resolution {res}.")
+        if self.attention_resolutions and self.level_channels[-1] % self.num_heads:
+            raise ValueError(f"num_heads={self.num_heads} does not divide the "
+                             f"{self.level_channels[-1]} channels of the middle block.")
+
+    @property
+    def level_channels(self) -> tuple[int, ...]:
+        return tuple(self.base_channels * m for m in self.channel_mults)
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """The feature-map side at each level, from the input down."""
+        return tuple(self.image_size // 2**i for i in range(len(self.channel_mults)))
+
+    def replace(self, **changes) -> UNetConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One optimizer step sees batch_size * accum_steps images, in accum_steps micro-batches."""
+
+    batch_size: int = 128
+    accum_steps: int = 1
+    precision: str = "fp32"
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(self.betas))
+        _positive("batch_size", self.batch_size)
+        _positive("accum_steps", self.accum_steps)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r} is not allowed: "
+                             f"choose one of {', '.join(PRECISIONS)}.")
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr!r} is not allowed: it must be positive.")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay={self.weight_decay!r} is not allowed: it must be >= 0.")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas={self.betas!r} is not allowed: two numbers in [0, 1).")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps={self.warmup_steps} is not allowed: it must be >= 0.")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip={self.grad_clip!r} is not allowed: positive, or None "
+                             "for no clipping.")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay={self.ema_decay!r} is not allowed: it must be in [0, 1).")
+
+    @property
+    def effective_batch(self) -> int:
+        return self.batch_size * self.accum_steps
+
+    def replace(self, **changes) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, UNetConfig] = {
+    # Ho, Jain, Abbeel 2020, Appendix B and the released code (diffusion/models/unet.py, cifar10):
+    # ch 128, ch_mult (1,2,2,2), 2 res blocks, attention at 16x16, dropout 0.1.
+    # 35,746,307 parameters; 34,164,227 without attention.
+    "ddpm-cifar10": UNetConfig(),
+    # MNIST padded to 32x32 as in the tutorials this project grew from: base 64, three resolutions
+    # (32, 16, 8), one residual block per level, time embedding 128 -> 512; attention at 16 as DDPM.
+    "ddpm-mnist": UNetConfig(image_size=32, in_channels=1, base_channels=64, channel_mults=(1, 2, 2),
+                             num_res_blocks=1, attention_resolutions=(16,), time_embed_dim=128,
+                             time_hidden_dim=512),
+    # Small enough that tests train it on a CPU in seconds; every block type is still present.
+    "tiny": UNetConfig(image_size=16, in_channels=1, base_channels=16, channel_mults=(1, 2),
+                       num_res_blocks=1, attention_resolutions=(8,), num_heads=2, dropout=0.0,
+                       norm_groups=8, time_embed_dim=32, time_hidden_dim=64),
+}

@@ -1,0 +1,197 @@
+"""One optimizer step of DDPM training (Ho et al. 2020, Algorithm 1) under a precision policy,
+with exact gradient accumulation, clipping, warm-up, EMA and checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import record_function
+
+from ddpm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ddpm.config import TrainConfig, UNetConfig
+from ddpm.ema import EMA
+from ddpm.schedule import NoiseSchedule
+from ddpm.unet import UNet
+
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """What one optimizer step did. loss and grad_norm stay 0-dim device tensors, so a training
+    loop reads them (a host sync) only when it logs: float(stats.loss)."""
+
+    loss: torch.Tensor  # mean over the whole effective batch
+    grad_norm: torch.Tensor  # global L2 norm before clipping (inf/nan when fp16 overflowed)
+    lr: float
+    images: int
+    skipped: bool  # fp16 only: the scaler found inf/NaN gradients and skipped the update
+    loss_scale: float | None  # fp16 only
+
+
+def phase(name: str, device: torch.device):
+    """A profiler range that is cheap enough to stay on; also an NVTX range on CUDA (Nsight)."""
+    if device.type != "cuda":
+        return record_function(name)
+    stack = contextlib.ExitStack()
+    stack.enter_context(record_function(name))
+    stack.enter_context(torch.cuda.nvtx.range(name))
+    return stack
+
+
+def apply_matmul_precision(precision: str, device: torch.device) -> None:
+    """tf32 is a CUDA matter (Ampere and newer); elsewhere it is plain fp32. fp32 turns TF32 off
+    explicitly, since cuDNN allows it by default."""
+    if device.type == "cuda":
+        tf32 = precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+class Trainer:
+    def __init__(self, model: UNet, schedule: NoiseSchedule, config: TrainConfig,
+                 device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.config = config
+        # Move only when needed: a model already in place (fake tensors, too) stays untouched.
+        if next(model.parameters()).device != self.device:
+            model.to(self.device)
+        self.model = model
+        self.schedule = schedule.to(self.device)
+        apply_matmul_precision(config.precision, self.device)
+        # A CPU generator: every image's timestep and noise are the same draws on every device
+        # and for every split into micro-batches.
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
+                                           weight_decay=config.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
+        self.ema = EMA(self.model, decay=config.ema_decay, warmup=config.ema_warmup)
+        self.step_count = 0
+        self.skipped_steps = 0
+
+    def autocast(self):
+        dtype = AUTOCAST_DTYPES.get(self.config.precision)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def lr_at(self, step: int) -> float:
+        warmup = self.config.warmup_steps
+        return self.config.lr * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
+
+    def draw(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Timesteps (uniform over 0..T-1) and noise for every image of the effective batch."""
+        t = torch.randint(0, self.schedule.timesteps, (x0.shape[0],), generator=self.generator)
+        noise = torch.randn(x0.shape, generator=self.generator, dtype=torch.float32)
+        return t, noise
+
+    def step(self, x0: torch.Tensor) -> StepStats:
+        cfg, dev = self.config, self.device
+        n, b = cfg.effective_batch, cfg.batch_size
+        if x0.shape[0] != n:
+            raise ValueError(f"trainer.step got {x0.shape[0]} images; one optimizer step takes "
+                             f"batch_size*accum_steps = {b}*{cfg.accum_steps} = {n}.")
+        self.model.train()
+        with phase("data", dev):
+            t, noise = self.draw(x0)
+            x0, t, noise = (v.to(dev, non_blocking=True) for v in (x0.float(), t, noise))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=dev)
+        for i in range(cfg.accum_steps):
+            part = slice(i * b, (i + 1) * b)
+            with phase("forward", dev), self.autocast():
+                x_t = self.schedule.q_sample(x0[part], t[part], noise[part])
+                eps = self.model(x_t, t[part])
+            with phase("loss", dev):
+                # L_simple (eq. 14) in fp32. Each micro-batch's mean is weighted by b/n, so the
+                # summed gradient equals the full batch's: accumulation changes no math.
+                loss = F.mse_loss(eps.float(), noise[part])
+            with phase("backward", dev):
+                self.scaler.scale(loss / cfg.accum_steps).backward()
+            loss_sum += loss.detach()
+        with phase("unscale_clip", dev):
+            self.scaler.unscale_(self.optimizer)
+            max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        lr = self.lr_at(self.step_count)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with phase("optimizer", dev):
+            scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
+            self.scaler.step(self.optimizer)  # skips the update when fp16 gradients overflowed
+            self.scaler.update()
+            skipped = scale is not None and self.scaler.get_scale() < scale
+        if not skipped:
+            with phase("ema", dev):
+                self.ema.update(self.model)
+        self.step_count += 1
+        self.skipped_steps += int(skipped)
+        return StepStats(loss=loss_sum / cfg.accum_steps, grad_norm=grad_norm.detach(), lr=lr,
+                         images=n, skipped=skipped, loss_scale=scale)
+
+    # ----- checkpoints -------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        rng = {"trainer": self.generator.get_state(), "torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "unet_config": dataclasses.asdict(self.model.config),
+            "train_config": dataclasses.asdict(self.config),
+            "schedule": self.schedule.describe() if hasattr(self.schedule, "describe") else None,
+            "step": self.step_count,
+            "skipped_steps": self.skipped_steps,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        save_checkpoint(path, self.state_dict())
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Resume from a checkpoint of the same model and training configuration."""
+        data = load_checkpoint(path)
+        if data["unet_config"] != dataclasses.asdict(self.model.config):
+            raise CheckpointError(f"checkpoint {path} holds another model: "
+                                  f"{_differences(data['unet_config'], self.model.config)}.")
+        try:
+            self.model.load_state_dict(data["model"])
+            self.ema.load_state_dict(data["ema"])
+            self.optimizer.load_state_dict(data["optimizer"])
+            self.scaler.load_state_dict(data["scaler"])
+            self.generator.set_state(data["rng"]["trainer"])
+            torch.set_rng_state(data["rng"]["torch"])
+            if self.device.type == "cuda" and "cuda" in data["rng"]:
+                torch.cuda.set_rng_state(data["rng"]["cuda"], self.device)
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"checkpoint {path} does not fit this trainer: {first}") from None
+        self.step_count = int(data["step"])
+        self.skipped_steps = int(data.get("skipped_steps", 0))
+
+
+def _differences(stored: dict, config: UNetConfig) -> str:
+    mine = dataclasses.asdict(config)
+    diffs = [f"{k} {stored.get(k)!r} vs {mine[k]!r}" for k in mine if stored.get(k) != mine[k]]
+    return ", ".join(diffs) or "different fields"
+
+
+def unet_config_from(data: dict) -> UNetConfig:
+    return UNetConfig(**data["unet_config"])
+
+
+def train_config_from(data: dict) -> TrainConfig:
+    return TrainConfig(**data["train_config"])
+
+
+if __name__ == "__main__":
+    from ddpm.train_cli import main
+
+    main()

@@ -1,0 +1,355 @@
+"""Samplers against closed forms computed here in float64, and the loops' contracts."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ddpm.config import PRESETS
+from ddpm.ema import EMA
+from ddpm.sample import ddim_sample, ddim_step, ddim_timesteps, ddpm_sample, ddpm_step
+from ddpm.schedule import NoiseSchedule
+from ddpm.unet import UNet
+
+T = 1000
+
+
+def np_tables(T=T, start=1e-4, end=0.02):
+    """beta, alpha, abar, abar_prev, beta tilde in float64, from the definitions (eq. 4, 7)."""
+    beta = np.linspace(start, end, T, dtype=np.float64)
+    alpha = 1.0 - beta
+    abar = np.cumprod(alpha)
+    abar_prev = np.concatenate([[1.0], abar[:-1]])
+    beta_tilde = beta * (1.0 - abar_prev) / (1.0 - abar)
+    return beta, alpha, abar, abar_prev, beta_tilde
+
+
+def randn(*shape, seed):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def d(x):
+    return x.double().numpy()
+
+
+def eq11_mean(x, eps, t):
+    """1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - abar_t) eps), Ho et al. eq. 11, float64."""
+    beta, alpha, abar, _, _ = np_tables()
+    return (d(x) - beta[t] / np.sqrt(1 - abar[t]) * d(eps)) / np.sqrt(alpha[t])
+
+
+class GaussianOracle(nn.Module):
+    """The exact E[eps | x_t] for data x_0 ~ N(m, s^2) elementwise:
+    sqrt(1 - abar_t) (x_t - sqrt(abar_t) m) / (abar_t s^2 + 1 - abar_t)."""
+
+    def __init__(self, abar, m, s):
+        super().__init__()
+        self.abar, self.m, self.s = torch.as_tensor(abar, dtype=torch.float64), m, s
+        self.seen = []  # (training, inference mode, t) at each call
+
+    def forward(self, x, t):
+        self.seen.append((self.training, torch.is_inference_mode_enabled(), t.clone()))
+        a = self.abar[t].view(-1, *[1] * (x.ndim - 1))
+        eps = (1 - a).sqrt() * (x.double() - a.sqrt() * self.m) / (a * self.s**2 + 1 - a)
+        return eps.float()
+
+
+class FixedEps(nn.Module):
+    """Returns one fixed tensor whatever the input: the true noise of a known path."""
+
+    def __init__(self, eps):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x, t):
+        return self.eps
+
+
+class Toy(nn.Module):
+    """A small model with parameters, dropout and a dependence on t."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 1, 3, padding=1)
+        self.drop = nn.Dropout(0.5)
+        self.seen = []
+
+    def forward(self, x, t):
+        self.seen.append((self.training, torch.is_inference_mode_enabled()))
+        return self.drop(self.conv(x)) * 0.1 + t.float().view(-1, 1, 1, 1) * 1e-4
+
+
+# -- ddpm_step --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("t", [1, 10, 500, 999])
+def test_ddpm_step_posterior_variance_closed_form(t):
+    s = NoiseSchedule.linear(T)
+    x, eps, z = randn(4, 3, 8, seed=1), randn(4, 3, 8, seed=2), randn(4, 3, 8, seed=3)
+    beta_tilde = np_tables()[4]
+    want = eq11_mean(x, eps, t) + np.sqrt(beta_tilde[t]) * d(z)
+    got = ddpm_step(s, x, t, eps, z)
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(d(got), want, rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("t", [1, 10, 500, 999])
+def test_ddpm_step_beta_variance_closed_form(t):
+    s = NoiseSchedule.linear(T)
+    x, eps, z = randn(4, 3, 8, seed=4), randn(4, 3, 8, seed=5), randn(4, 3, 8, seed=6)
+    beta = np_tables()[0]
+    want = eq11_mean(x, eps, t) + np.sqrt(beta[t]) * d(z)
+    got = ddpm_step(s, x, t, eps, z, variance="beta")
+    np.testing.assert_allclose(d(got), want, rtol=1e-5, atol=2e-5)
+
+
+def test_ddpm_step_adds_no_noise_at_t0():
+    s = NoiseSchedule.linear(T)
+    x, eps = randn(2, 5, seed=7), randn(2, 5, seed=8)
+    for variance in ("posterior", "beta"):
+        without = ddpm_step(s, x, 0, eps, None, variance=variance)
+        with_z = ddpm_step(s, x, 0, eps, 100 * randn(2, 5, seed=9), variance=variance)
+        assert torch.equal(without, with_z)
+        np.testing.assert_allclose(d(without), eq11_mean(x, eps, 0), rtol=1e-5, atol=2e-6)
+
+
+def test_ddpm_step_clip_x0_matches_manual_computation():
+    s = NoiseSchedule.linear(T)
+    beta, alpha, abar, abar_prev, beta_tilde = np_tables()
+    t = 300
+    x, eps, z = 2 * randn(3, 16, seed=10), randn(3, 16, seed=11), randn(3, 16, seed=12)
+    x0 = d(x) / np.sqrt(abar[t]) - np.sqrt(1 / abar[t] - 1) * d(eps)
+    assert (np.abs(x0) > 1).any() and (np.abs(x0) < 1).any()  # the clamp does something
+    x0 = np.clip(x0, -1, 1)
+    mean = (beta[t] * np.sqrt(abar_prev[t]) * x0
+            + (1 - abar_prev[t]) * np.sqrt(alpha[t]) * d(x)) / (1 - abar[t])  # eq. 7
+    want = mean + np.sqrt(beta_tilde[t]) * d(z)
+    got = ddpm_step(s, x, t, eps, z, clip_x0=True)
+    np.testing.assert_allclose(d(got), want, rtol=1e-5, atol=2e-5)
+    assert not torch.allclose(got, ddpm_step(s, x, t, eps, z))
+
+
+def test_ddpm_step_bad_input():
+    s = NoiseSchedule.linear(10)
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="needs noise"):
+        ddpm_step(s, x, 5, x)
+    with pytest.raises(ValueError, match="'posterior', 'beta'.*'large'"):
+        ddpm_step(s, x, 5, x, x, variance="large")
+    with pytest.raises(ValueError, match=r"\[0, 9\], got 10"):
+        ddpm_step(s, x, 10, x, x)
+    with pytest.raises(ValueError, match="t must be an int"):
+        ddpm_step(s, x, 2.0, x, x)
+
+
+# -- ddim_step and timesteps ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("t, t_prev", [(999, 979), (500, 499), (20, 0), (20, -1), (0, -1)])
+def test_ddim_step_closed_form(eta, t, t_prev):
+    """DDIM eq. 12 with sigma from DDIM eq. 16, float64."""
+    s = NoiseSchedule.linear(T)
+    abar = np_tables()[2]
+    x, eps, z = randn(4, 8, seed=13), randn(4, 8, seed=14), randn(4, 8, seed=15)
+    a_t, a_p = abar[t], (abar[t_prev] if t_prev >= 0 else 1.0)
+    sigma = eta * np.sqrt((1 - a_p) / (1 - a_t)) * np.sqrt(1 - a_t / a_p)
+    x0 = (d(x) - np.sqrt(1 - a_t) * d(eps)) / np.sqrt(a_t)
+    want = np.sqrt(a_p) * x0 + np.sqrt(1 - a_p - sigma**2) * d(eps) + sigma * d(z)
+    noise = z if eta > 0 and t_prev >= 0 else None
+    got = ddim_step(s, x, t, t_prev, eps, eta=eta, noise=noise)
+    np.testing.assert_allclose(d(got), want, rtol=1e-5, atol=3e-5)
+
+
+@pytest.mark.parametrize("t", [1, 10, 500, 999])
+def test_ddim_eta1_single_step_is_ddpm_posterior_step(t):
+    """Song et al. section 4.1: eta = 1 with t_prev = t - 1 is the DDPM step (eq. 11 + beta tilde)."""
+    s = NoiseSchedule.linear(T)
+    x, eps, z = randn(4, 8, seed=16), randn(4, 8, seed=17), randn(4, 8, seed=18)
+    want = eq11_mean(x, eps, t) + np.sqrt(np_tables()[4][t]) * d(z)
+    got = ddim_step(s, x, t, t - 1, eps, eta=1.0, noise=z)
+    np.testing.assert_allclose(d(got), want, rtol=1e-5, atol=3e-5)
+
+
+def test_ddim_step_bad_input():
+    s = NoiseSchedule.linear(10)
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="needs noise"):
+        ddim_step(s, x, 5, 2, x, eta=0.5)
+    ddim_step(s, x, 5, -1, x, eta=1.0)  # sigma = 0 at the last step: no noise needed
+    with pytest.raises(ValueError, match=r"t_prev must lie in \[-1, 4\], got 5"):
+        ddim_step(s, x, 5, 5, x)
+    with pytest.raises(ValueError, match="eta must be a number in \\[0, 1\\], got 1.5"):
+        ddim_step(s, x, 5, 2, x, eta=1.5)
+
+
+def test_ddim_timesteps():
+    assert ddim_timesteps(1000, 50) == list(range(980, -1, -20))
+    assert ddim_timesteps(T, T) == list(range(T - 1, -1, -1))
+    assert ddim_timesteps(10, 3) == [6, 3, 0]  # floor(i * 10 / 3)
+    assert ddim_timesteps(7, 1) == [0]
+    for bad in (0, T + 1, -3):
+        with pytest.raises(ValueError, match=rf"steps must lie in \[1, {T}\].*got {bad}"):
+            ddim_timesteps(T, bad)
+    with pytest.raises(ValueError, match="steps must be an int"):
+        ddim_timesteps(T, 5.0)
+
+
+# -- samplers, end to end ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variance", ["posterior", "beta"])
+def test_ddpm_sample_with_optimal_eps_reproduces_gaussian_data(variance):
+    """Algorithm 2 with the exact eps predictor of N(m, s^2) data must return N(m, s^2).
+
+    At T = 1000 the Gaussian reverse steps are accurate to < 1% in std for this data (an exact
+    variance recursion gives 0.4961 for beta tilde, 0.5008 for beta, for s = 0.5).
+    """
+    m, sd = 0.3, 0.5
+    abar = np_tables()[2]
+    model = GaussianOracle(abar, m, sd)
+    g = torch.Generator().manual_seed(0)
+    x = ddpm_sample(model, NoiseSchedule.linear(T), (4096, 1, 4, 4), generator=g,
+                    variance=variance)
+    assert len(model.seen) == T
+    assert [int(t[0]) for _, _, t in model.seen] == list(range(T - 1, -1, -1))
+    assert x.mean().item() == pytest.approx(m, abs=0.01)
+    assert x.std().item() == pytest.approx(sd, rel=0.02)
+
+
+@pytest.mark.parametrize("steps", [50, 7, 1])
+def test_ddim_eta0_follows_the_true_noise_back_to_x0(steps):
+    """With eps fixed to the noise that made x_T from x0, DDIM eta=0 lands on x0 (eq. 12)."""
+    shape = (3, 1, 4, 4)
+    abar = np_tables()[2]
+    x0 = 2 * torch.rand(shape, generator=torch.Generator().manual_seed(1)) - 1
+    # The sampler treats its first draw as x at ts[0]; solve eq. 4 for the noise that gives it.
+    x_T = randn(*shape, seed=2)
+    a = abar[ddim_timesteps(T, steps)[0]]
+    noise = torch.from_numpy((d(x_T) - np.sqrt(a) * d(x0)) / np.sqrt(1 - a)).float()
+    g = torch.Generator().manual_seed(2)
+    x = ddim_sample(FixedEps(noise), NoiseSchedule.linear(T), shape, steps=steps, generator=g)
+    torch.testing.assert_close(x, x0, rtol=0, atol=1e-4)
+
+
+def test_ddim_eta0_is_deterministic_and_draws_only_x_T():
+    shape = (2, 1, 8, 8)
+    model, s = Toy(), NoiseSchedule.linear(T)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    a = ddim_sample(model, s, shape, steps=10, generator=g1)
+    b = ddim_sample(model, s, shape, steps=10, generator=g2)
+    assert torch.equal(a, b)
+    ref = torch.Generator().manual_seed(5)
+    torch.randn(shape, generator=ref)
+    assert torch.equal(g1.get_state(), ref.get_state())  # x_T was the only draw
+    c = ddim_sample(model, s, shape, steps=10, eta=1.0, generator=torch.Generator().manual_seed(5))
+    assert not torch.allclose(a, c)  # eta > 0 does draw noise
+
+
+def test_ddpm_sample_trajectory():
+    s = NoiseSchedule.linear(10, 1e-3, 0.2)
+    model = GaussianOracle(np_tables(10, 1e-3, 0.2)[2], 0.0, 0.5)
+    x, traj = ddpm_sample(model, s, (2, 1, 3, 3), generator=torch.Generator().manual_seed(0),
+                          return_x0_every=3)
+    assert [t for t, _ in traj] == [7, 4, 1, 0]  # steps 3, 6, 9 and the last (10)
+    assert all(x0.shape == (2, 1, 3, 3) for _, x0 in traj)
+    # At t = 0 the posterior mean is x0_hat itself (coef1 = 1, coef2 = 0) and no noise is added.
+    torch.testing.assert_close(traj[-1][1], x)
+    _, traj = ddpm_sample(model, s, (1, 1), return_x0_every=1)
+    assert [t for t, _ in traj] == list(range(9, -1, -1))
+    _, traj = ddpm_sample(model, s, (1, 1), return_x0_every=50)
+    assert [t for t, _ in traj] == [0]
+    with pytest.raises(ValueError, match="return_x0_every must be >= 1"):
+        ddpm_sample(model, s, (1, 1), return_x0_every=0)
+    with pytest.raises(ValueError, match="variance must be one of"):
+        ddpm_sample(model, s, (1, 1), variance="fixedlarge")
+    assert len(model.seen) == 10 + 10 + 10  # the bad calls never reached the model
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_sampling_mode_inference_and_restored_training(sampler):
+    s = NoiseSchedule.linear(20)
+    model = Toy().train()
+    run = (lambda **kw: ddpm_sample(model, s, (2, 1, 4, 4), **kw)) if sampler == "ddpm" else (
+        lambda **kw: ddim_sample(model, s, (2, 1, 4, 4), steps=5, **kw))
+    x = run(generator=torch.Generator().manual_seed(0))  # outside no_grad on purpose
+    assert model.training and model.drop.training
+    assert all(seen == (False, True) for seen in model.seen)  # eval + inference mode inside
+    assert not x.requires_grad and x.grad_fn is None
+    assert not x.is_inference()  # a normal tensor the caller may modify in place
+    x.add_(1)
+    model.eval()
+    run()
+    assert not model.training
+
+    def boom(x, t):
+        raise RuntimeError("boom")
+
+    model.train()
+    model.forward = boom
+    with pytest.raises(RuntimeError, match="boom"):
+        run()
+    assert model.training and model.drop.training
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_sampling_with_ema_weights(sampler):
+    s = NoiseSchedule.linear(20)
+    model = Toy()
+    ema = EMA(model)
+    with torch.no_grad():
+        for p in ema.params:
+            p.add_(0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def run(m, **kw):
+        g = torch.Generator().manual_seed(3)
+        if sampler == "ddpm":
+            return ddpm_sample(m, s, (2, 1, 4, 4), generator=g, **kw)
+        return ddim_sample(m, s, (2, 1, 4, 4), steps=5, generator=g, **kw)
+
+    with_ema, raw = run(model, ema=ema), run(model)
+    assert not torch.allclose(with_ema, raw)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    copied = copy.deepcopy(model)
+    with torch.no_grad():
+        for p, e in zip(copied.parameters(), ema.params, strict=True):
+            p.copy_(e)
+    assert torch.equal(with_ema, run(copied))
+
+
+def test_progress_and_profiler_ranges():
+    s = NoiseSchedule.linear(12)
+    model = GaussianOracle(np_tables(12)[2], 0.0, 1.0)
+    calls = []
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        ddim_sample(model, s, (2, 3), steps=4, progress=lambda i, n: calls.append((i, n)))
+    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert sum(e.name == "denoise_step" for e in prof.events()) == 4
+    calls.clear()
+    ddpm_sample(model, s, (2, 3), progress=lambda i, n: calls.append((i, n)))
+    assert calls == [(i, 12) for i in range(1, 13)]
+
+
+def test_tiny_unet_shapes():
+    model = UNet(PRESETS["tiny"])
+    s = NoiseSchedule.linear(T)
+    g = torch.Generator().manual_seed(0)
+    x = ddim_sample(model, s, (2, 1, 16, 16), steps=3, generator=g)
+    assert x.shape == (2, 1, 16, 16) and x.dtype == torch.float32
+    assert torch.isfinite(x).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_same_samples_on_cuda():
+    s = NoiseSchedule.linear(50)
+    model = GaussianOracle(np_tables(50)[2], 0.0, 0.5)
+    cpu = ddpm_sample(model, s, (4, 8), generator=torch.Generator().manual_seed(0))
+    model.abar = model.abar.cuda()
+    gpu = ddpm_sample(model, s, (4, 8), generator=torch.Generator().manual_seed(0), device="cuda")
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-5)
