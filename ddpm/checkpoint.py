@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 FORMAT = "ddpm-bench-checkpoint-v1"
-REQUIRED_KEYS = ("format", "unet_config", "train_config", "step", "model", "ema", "optimizer",
+REQUIRED_KEYS = ("format", "unet_config", "train_config", "schedule", "step", "model", "ema", "optimizer",
                  "scaler", "rng")
 
 

@@ -124,7 +124,7 @@ def ddpm_sample(
     ema: EMA | None = None,
     return_x0_every: int | None = None,
     progress: Progress | None = None,
-):
+) -> torch.Tensor | tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
     """Algorithm 2: x_T ~ N(0, I), then T calls of the model and `ddpm_step`, t = T-1 .. 0.
 
     x_T and every z are drawn from `generator` (a CPU generator; the global CPU one if None) and

@@ -82,6 +82,14 @@ class NoiseSchedule:
     def device(self) -> torch.device:
         return self.betas.device
 
+    def state_dict(self) -> dict:
+        """The float64 betas: everything else is derived from them, so this rebuilds exactly."""
+        return {"betas": self._betas64.clone()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> NoiseSchedule:
+        return cls(state["betas"])
+
     def to(self, device) -> NoiseSchedule:
         """A copy with every table on `device` (self if already there): move once, not per call."""
         moved = self.betas.to(device)

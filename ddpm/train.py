@@ -142,7 +142,7 @@ class Trainer:
         return {
             "unet_config": dataclasses.asdict(self.model.config),
             "train_config": dataclasses.asdict(self.config),
-            "schedule": self.schedule.describe() if hasattr(self.schedule, "describe") else None,
+            "schedule": self.schedule.state_dict(),
             "step": self.step_count,
             "skipped_steps": self.skipped_steps,
             "model": self.model.state_dict(),
@@ -181,6 +181,10 @@ def _differences(stored: dict, config: UNetConfig) -> str:
     mine = dataclasses.asdict(config)
     diffs = [f"{k} {stored.get(k)!r} vs {mine[k]!r}" for k in mine if stored.get(k) != mine[k]]
     return ", ".join(diffs) or "different fields"
+
+
+def schedule_from(data: dict) -> NoiseSchedule:
+    return NoiseSchedule.from_state_dict(data["schedule"])
 
 
 def unet_config_from(data: dict) -> UNetConfig:

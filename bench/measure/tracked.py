@@ -19,9 +19,11 @@ CATEGORIES = ("parameters", "gradients", "optimizer_state", "ema", "activations"
 
 
 def _storages(tensors):
+    """(storage, device type) of each dense tensor; a fake tensor's storage reports "meta", so
+    the device comes from the tensor."""
     for t in tensors:
         if isinstance(t, torch.Tensor) and t.layout == torch.strided:
-            yield t.untyped_storage()
+            yield t.untyped_storage(), t.device.type
 
 
 @dataclass
@@ -47,6 +49,8 @@ class TensorTracker(TorchDispatchMode):
                  ema_tensors=(), round_to: int | None = None):
         super().__init__()
         self.model, self.optimizer, self.round_to = model, optimizer, round_to
+        # Only the model's device counts: a CPU staging copy is not GPU memory.
+        self.device_type = next(model.parameters()).device.type
         self._live: dict[int, tuple[str, int, weakref.ref]] = {}
         self._current = dict.fromkeys(CATEGORIES, 0)
         self._in_optimizer = False
@@ -66,9 +70,9 @@ class TensorTracker(TorchDispatchMode):
         return n
 
     def _add(self, storages, category: str) -> None:
-        for st in storages:
+        for st, device_type in storages:
             key = st._cdata
-            if key in self._live:
+            if key in self._live or device_type != self.device_type:
                 continue
             size = self._size(st)
             self._live[key] = (category, size, weakref.ref(st, lambda _, k=key: self._free(k)))
@@ -83,7 +87,7 @@ class TensorTracker(TorchDispatchMode):
             self._current[entry[0]] -= entry[1]
 
     def _move(self, storages, category: str) -> None:
-        for st in storages:
+        for st, _ in storages:
             entry = self._live.get(st._cdata)
             if entry is not None and entry[0] != category:
                 self._current[entry[0]] -= entry[1]

@@ -1,0 +1,110 @@
+"""The command line every harness shares: the axes as comma lists, validated up front."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.results import ResultsError, check_writable
+from bench.runner import Harness, run_sweep
+from bench.spec import (COMPILE_MODES, ON_OFF, BenchSpec, SpecError, expand_grid, parse_attention,
+                        parse_budget, parse_choices, parse_device, parse_image_size,
+                        parse_int_list, parse_preset)
+from ddpm.config import PRECISIONS, PRESETS
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad input gets one line naming the problem and exit status 2, not a usage dump."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser(prog: str, description: str, defaults: dict) -> OneLineParser:
+    p = OneLineParser(prog=prog, description=description,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    axes = p.add_argument_group("axes (comma lists; the sweep is their product)")
+    axes.add_argument("--batch", default=defaults.get("batch", "2"),
+                      help="micro-batch sizes, e.g. 1,2,4 (default %(default)s)")
+    axes.add_argument("--accum", default=defaults.get("accum", "1"),
+                      help="gradient-accumulation steps per optimizer step (default %(default)s)")
+    axes.add_argument("--precision", default=defaults.get("precision", "fp32"),
+                      help=f"{', '.join(PRECISIONS)} (default %(default)s)")
+    axes.add_argument("--attention", default="preset",
+                      help="none, preset (the preset's own), or resolutions like 16 or 16+8 "
+                           "(default %(default)s)")
+    axes.add_argument("--compile", default="off",
+                      help=f"torch.compile mode: {', '.join(COMPILE_MODES)} (default %(default)s)")
+    axes.add_argument("--checkpointing", default="off",
+                      help="gradient checkpointing of UNet blocks: off, on (default %(default)s)")
+    g = p.add_argument_group("model, device and run")
+    g.add_argument("--preset", default="ddpm-cifar10",
+                   help=f"{', '.join(PRESETS)} (default %(default)s)")
+    g.add_argument("--image-size", type=int, default=None,
+                   help="image side in pixels (default: the preset's)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
+    g.add_argument("--budget", default="8GiB",
+                   help="memory budget the fits column answers for: MiB/GiB (2^20, 2^30 bytes) "
+                        "or MB/GB (10^6, 10^9) (default %(default)s)")
+    g.add_argument("--cuda-context-mib", type=float, default=500.0,
+                   help="allowance for the CUDA context, added to the predicted peak "
+                        "(300-700 MiB on current drivers; default %(default)s)")
+    g.add_argument("--steps", type=int, default=defaults.get("steps", 1),
+                   help="measured optimizer steps per spec (default %(default)s)")
+    g.add_argument("--warmup", type=int, default=defaults.get("warmup", 1),
+                   help="warm-up optimizer steps, timed apart (default %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="seed for weights and data (default 0)")
+    g.add_argument("--out", default="results", help="results folder (default %(default)s)")
+    g.add_argument("--resume", action="store_true",
+                   help="skip specs that already have an ok or oom row in the CSV")
+    g.add_argument("--inline", action="store_true",
+                   help="run specs in this process (debugging); default: one process per spec")
+    g.add_argument("--timeout", type=float, default=3600.0,
+                   help="seconds before a spec's process is stopped (default %(default)s)")
+    return p
+
+
+def specs_from_args(args: argparse.Namespace) -> list[BenchSpec]:
+    """Every axis value checked before anything runs; SpecError carries the user's line."""
+    preset = parse_preset(args.preset)
+    image_size = parse_image_size(args.image_size, preset)
+    for option, value, minimum in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0),
+                                   ("--timeout", args.timeout, 1e-9),
+                                   ("--cuda-context-mib", args.cuda_context_mib, 0)):
+        if value < minimum:
+            raise SpecError(f"{option} {value:g} is not allowed: it must be >= {minimum:g}.")
+    base = BenchSpec(preset=preset, image_size=image_size, device=parse_device(args.device),
+                     seed=args.seed, steps=args.steps, warmup=args.warmup,
+                     budget_mib=parse_budget(args.budget), context_mib=args.cuda_context_mib)
+    return expand_grid(
+        base,
+        batch=parse_int_list("--batch", args.batch),
+        accum=parse_int_list("--accum", args.accum),
+        precision=parse_choices("--precision", args.precision, PRECISIONS),
+        attention=parse_attention(args.attention, preset, image_size),
+        compile=parse_choices("--compile", args.compile, COMPILE_MODES),
+        checkpointing=parse_choices("--checkpointing", args.checkpointing, ON_OFF),
+    )
+
+
+def run_cli(harness: Harness, parser: OneLineParser, argv: list[str] | None,
+            make_specs: Callable[[argparse.Namespace], list[BenchSpec]] = specs_from_args,
+            ) -> list[dict]:
+    args = parser.parse_args(argv)
+    try:
+        specs = make_specs(args)
+        out = Path(args.out)
+        check_writable(out)
+    except (SpecError, ResultsError) as exc:
+        parser.error(str(exc))
+    command = "python -m bench." + harness.name + " " + shlex.join(
+        sys.argv[1:] if argv is None else argv)
+    try:
+        return run_sweep(harness, specs, out, command.strip(), inline=args.inline,
+                         resume=args.resume, timeout_s=args.timeout)
+    except ResultsError as exc:
+        parser.error(str(exc))

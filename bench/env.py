@@ -1,0 +1,79 @@
+"""The environment record that travels with every table: what produced these numbers."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "-uno"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _driver() -> str | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml.nvmlSystemGetDriverVersion()
+    except Exception:
+        return None
+
+
+def environment(device: str = "cpu") -> dict:
+    record = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "git_commit": git_commit(),
+        "device": device,
+        "device_name": _cpu_model(),
+        "device_memory_mib": None,
+        "driver": None,
+    }
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(torch.device(device))
+        record.update(device_name=props.name, device_memory_mib=round(props.total_memory / 2**20),
+                      driver=_driver())
+    return record
+
+
+def describe(record: dict) -> str:
+    """One line for table headers."""
+    parts = [f"torch {record['torch']}", f"{record['device_name']}"]
+    if record.get("device_memory_mib"):
+        parts.append(f"{record['device_memory_mib']} MiB")
+    if record.get("cuda"):
+        parts.append(f"CUDA {record['cuda']}")
+    if record.get("driver"):
+        parts.append(f"driver {record['driver']}")
+    parts.append(f"{record['torch_threads']} threads")
+    parts.append(f"commit {record.get('git_commit') or 'unknown'}")
+    return ", ".join(parts)

@@ -1,0 +1,105 @@
+"""python -m bench.memory: does a training configuration fit the memory budget, with what
+headroom, and how fast does it run?
+
+Each spec is measured in three passes so no tracker slows the timed one:
+  1. timed: warm-up step(s), then measured optimizer steps; CUDA allocator peaks, NVML, RSS;
+  2. tracked: the live-tensor peak of a steady-state step on this device, by category;
+  3. predicted: the same step on fake tensors with CUDA's block rounding, plus the context
+     allowance: the `fits` verdict for a CUDA card of --budget, computed on any machine."""
+
+from __future__ import annotations
+
+import gc
+import resource
+import sys
+
+import torch
+
+from bench.cli import build_parser, run_cli
+from bench.measure import cuda
+from bench.measure.memory import step_peak
+from bench.measure.timing import time_calls
+from bench.measure.tracked import CATEGORIES
+from bench.monitor import Monitor
+from bench.runner import Harness
+from bench.spec import BenchSpec
+from bench.workload import build_trainer, synthetic_images
+
+TRACKED = [f"tracked_{c}_mib" for c in CATEGORIES]
+HARNESS = Harness(
+    name="memory",
+    figure_columns=["step_s", "step_s_min", "step_s_max", "img_per_s", "warmup_s",
+                    "peak_alloc_mib", "peak_reserved_mib", "nvml_peak_mib", "rss_peak_mib",
+                    "cpu_util_pct", "tracked_peak_mib", *TRACKED, "predicted_alloc_mib",
+                    "context_mib", "predicted_cuda_mib", "budget_mib", "fits", "headroom_mib"],
+    display_columns=["status", "step_s", "img_per_s", "peak_alloc_mib", "tracked_peak_mib",
+                     "predicted_cuda_mib", "budget_mib", "fits", "headroom_mib"],
+    notes=["MiB = 2^20 bytes. step_s: median seconds per optimizer step (batch x accum images); "
+           "img_per_s = images / measured seconds; warmup_s: the warm-up steps, compilation "
+           "included.",
+           "peak_alloc_mib / peak_reserved_mib: CUDA caching allocator peaks (empty on CPU). "
+           "nvml_peak_mib: device memory used per NVML, CUDA context included (empty off "
+           "NVIDIA). rss_peak_mib: peak resident memory of the spec's process (OS figure).",
+           "tracked_peak_mib: live-tensor peak of one steady-state optimizer step on this "
+           "device, split into parameters, gradients, optimizer state, EMA copy, activations "
+           "and temporaries.",
+           "predicted_cuda_mib = predicted_alloc_mib (the same step on fake tensors, rounded as "
+           "the CUDA caching allocator rounds) + context_mib (CUDA context allowance). fits: "
+           "predicted_cuda_mib <= budget_mib; headroom_mib = budget_mib - predicted_cuda_mib. "
+           "Allocator fragmentation (reserved above allocated) is not in the prediction."],
+)
+
+
+def measure(spec: BenchSpec) -> dict:
+    device = torch.device(spec.device)
+    figures: dict = {"budget_mib": spec.budget_mib}
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        cuda.cap_to_budget(device, spec.budget_mib, spec.context_mib)
+        cuda.reset_peaks(device)
+
+    # Pass 1: timed. Nothing else runs in it.
+    trainer = build_trainer(spec)
+    images = synthetic_images(spec, spec.effective_batch)
+    with Monitor(device) as monitor:
+        timing = time_calls(lambda: trainer.step(images), spec.steps, spec.warmup, device)
+    figures.update(
+        step_s=timing.median_s, step_s_min=min(timing.times_s), step_s_max=max(timing.times_s),
+        img_per_s=spec.effective_batch * spec.steps / timing.total_s, warmup_s=timing.warmup_s,
+        nvml_peak_mib=monitor.nvml_peak_mib, cpu_util_pct=monitor.cpu_percent,
+        # ru_maxrss is the process's high-water mark, in KiB on Linux.
+        rss_peak_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if device.type == "cuda":
+        figures["peak_alloc_mib"], figures["peak_reserved_mib"] = cuda.peaks_mib(device)
+    del trainer, images
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    # Pass 2: tracked tensors on this device (eager, whatever the compile axis says).
+    tracked = step_peak(spec, fake=False)
+    figures["tracked_peak_mib"] = tracked.mib()
+    figures.update({f"tracked_{c}_mib": tracked.mib(c) for c in CATEGORIES})
+
+    # Pass 3: predicted CUDA peak, from fake tensors.
+    figures.update(prediction(spec))
+    return figures
+
+
+def prediction(spec: BenchSpec) -> dict:
+    predicted = step_peak(spec, fake=True).mib()
+    total = predicted + spec.context_mib
+    return {"predicted_alloc_mib": predicted, "context_mib": spec.context_mib,
+            "predicted_cuda_mib": total, "fits": total <= spec.budget_mib,
+            "headroom_mib": spec.budget_mib - total}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser(
+        "python -m bench.memory", __doc__,
+        defaults={"batch": "2", "accum": "64", "precision": "fp32", "steps": 1, "warmup": 1})
+    run_cli(HARNESS, parser, argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,143 @@
+"""The one sweep loop every harness uses: each spec in a fresh process (or inline), each row
+appended the moment its spec finishes, a progress bar over specs, the report at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bench.env import describe, environment
+from bench.results import ResultsTable, rich_table
+from bench.spec import BenchSpec
+from bench.worker import run_spec
+from bench.workload import parameter_count
+
+
+@dataclass
+class Harness:
+    name: str
+    figure_columns: list[str]
+    display_columns: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def spec_row(spec: BenchSpec, run_id: str) -> dict:
+    return {"run_id": run_id, "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "spec_id": spec.spec_id, "preset": spec.preset, "image_size": spec.image_size,
+            "params": parameter_count(spec), "batch": spec.batch, "accum": spec.accum,
+            "effective_batch": spec.effective_batch, "precision": spec.precision,
+            "attention": spec.attention, "compile": spec.compile,
+            "checkpointing": spec.checkpointing, "device": spec.device}
+
+
+AXES = ("preset", "image_size", "batch", "accum", "precision", "attention", "compile",
+        "checkpointing", "device")
+
+
+def display_columns(rows: list[dict], figures: list[str]) -> tuple[list[str], str]:
+    """Axes that vary across the rows become columns; the others are said once, above."""
+    varying = [a for a in AXES if len({r[a] for r in rows}) > 1]
+    fixed = ", ".join(f"{a}={rows[0][a]}" for a in AXES if a not in varying)
+    return varying + [c for c in figures if c not in varying], fixed
+
+
+def run_isolated(harness: str, spec: BenchSpec, timeout_s: float) -> dict:
+    """A fresh interpreter per spec: clean allocator peaks, and a crash or hang is contained."""
+    with tempfile.TemporaryDirectory(prefix="ddpm-bench-") as tmp:
+        result_path = os.path.join(tmp, "result.json")
+        log_path = os.path.join(tmp, "log.txt")
+        with open(log_path, "w") as log:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "bench.worker", harness, json.dumps(spec.to_dict()),
+                 result_path], stdout=log, stderr=subprocess.STDOUT)
+            try:
+                child.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                return {"status": "timeout", "error": f"no result after {timeout_s:g} s",
+                        "figures": {}}
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+        if os.path.exists(result_path):
+            with open(result_path) as f:
+                return json.load(f)
+        lines = [ln for ln in Path(log_path).read_text(errors="replace").splitlines() if ln.strip()]
+        last = lines[-1][:300] if lines else "no output"
+        return {"status": "error", "error": f"worker exited {child.returncode}: {last}",
+                "figures": {}}
+
+
+def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
+              inline: bool = False, resume: bool = False, timeout_s: float = 3600.0,
+              console: Console | None = None) -> list[dict]:
+    # Off a terminal (CI logs, pipes) rich would assume 80 columns and squeeze the table.
+    console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+    table = ResultsTable(out, harness.name, harness.figure_columns)
+    table.check_header()
+    if resume:
+        done = table.finished_spec_ids()
+        skipped = [s for s in specs if s.spec_id in done]
+        specs = [s for s in specs if s.spec_id not in done]
+        if skipped:
+            console.print(f"--resume: {len(skipped)} spec(s) already in {table.csv_path}, "
+                          f"{len(specs)} to run.")
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}"
+    env = environment(specs[0].device if specs else "cpu")
+    rows: list[dict] = []
+    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM,)}
+    interrupted = None
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total} specs"), TimeElapsedColumn(),
+                        console=console, transient=False)
+    try:
+        with progress:
+            task = progress.add_task(harness.name, total=len(specs))
+            for spec in specs:
+                progress.update(task, description=f"{harness.name}: {spec.name}")
+                result = (run_spec(harness.name, spec) if inline
+                          else run_isolated(harness.name, spec, timeout_s))
+                row = {**spec_row(spec, run_id), "status": result["status"],
+                       "error": result["error"], **result["figures"]}
+                row = {k: v for k, v in row.items() if k in table.columns}
+                table.append(row)  # on disk before the next spec starts
+                rows.append(row)
+                progress.advance(task)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        interrupted = str(exc) or "SIGINT"
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if rows:
+        columns, fixed = display_columns(rows, harness.display_columns)
+        notes = [f"Same in every row: {fixed}."] + harness.notes if fixed else harness.notes
+        table.write_report(rows, columns, command, env, describe(env), notes)
+        console.print(rich_table(rows, [c for c in columns if any(r.get(c) is not None
+                                                                   for r in rows)],
+                                 title=f"{harness.name} — {describe(env)}"))
+        if fixed:
+            console.print(f"Same in every row: {fixed}")
+        console.print(f"Rows appended to {table.csv_path}; report in {table.md_path}.")
+    if interrupted:
+        console.print(f"Interrupted ({interrupted}): {len(rows)} finished row(s) kept in "
+                      f"{table.csv_path}; run again with --resume for the rest.")
+        raise SystemExit(130)
+    return rows

@@ -1,0 +1,177 @@
+"""BenchSpec: one point of a benchmark grid, and the grid expansion from comma lists.
+
+Every harness shares these axes; validation happens here, before anything runs, so a bad value
+costs one line and exit status 2 instead of a half-finished sweep."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from dataclasses import dataclass
+
+from ddpm.config import PRECISIONS, PRESETS, UNetConfig
+
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+ON_OFF = ("off", "on")
+_UNITS = {"mib": 1.0, "gib": 1024.0, "mb": 1e6 / 2**20, "gb": 1e9 / 2**20}
+
+
+class SpecError(ValueError):
+    """A bad axis value; the message is the one line the user sees."""
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    preset: str = "ddpm-cifar10"
+    image_size: int = 32
+    batch: int = 2
+    accum: int = 1
+    precision: str = "fp32"
+    attention: str = "16"  # "none", or resolutions joined by "+", e.g. "16+8"
+    compile: str = "off"
+    checkpointing: str = "off"
+    device: str = "cpu"  # resolved: "cpu", "cuda" or "cuda:N" (never "auto")
+    seed: int = 0
+    steps: int = 1
+    warmup: int = 1
+    budget_mib: float = 8192.0
+    context_mib: float = 500.0
+
+    @property
+    def effective_batch(self) -> int:
+        return self.batch * self.accum
+
+    @property
+    def attention_resolutions(self) -> tuple[int, ...]:
+        return () if self.attention == "none" else tuple(int(r) for r in self.attention.split("+"))
+
+    def unet_config(self) -> UNetConfig:
+        return PRESETS[self.preset].replace(
+            image_size=self.image_size, attention_resolutions=self.attention_resolutions,
+            gradient_checkpointing=self.checkpointing == "on")
+
+    @property
+    def name(self) -> str:
+        """Readable and stable: names trace folders and identifies a spec for --resume."""
+        return (f"{self.preset}-{self.image_size}px-b{self.batch}x{self.accum}-{self.precision}"
+                f"-attn{self.attention}-compile-{self.compile}-ckpt-{self.checkpointing}"
+                f"-{self.device.replace(':', '')}")
+
+    @property
+    def spec_id(self) -> str:
+        return (f"{self.name}-seed{self.seed}-steps{self.steps}-warmup{self.warmup}"
+                f"-budget{self.budget_mib:g}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> BenchSpec:
+        return dataclasses.replace(self, **changes)
+
+
+# ----- parsing: each returns a value or raises SpecError with the line the user will read ------
+
+def parse_int_list(option: str, text: str, minimum: int = 1) -> list[int]:
+    values = []
+    for item in _items(option, text):
+        try:
+            value = int(item)
+        except ValueError:
+            raise SpecError(f"{option} {item!r} is not an integer; give a comma list such as "
+                            "1,2,4.") from None
+        if value < minimum:
+            raise SpecError(f"{option} {value} is not allowed: it must be >= {minimum}.")
+        values.append(value)
+    return values
+
+
+def parse_choices(option: str, text: str, allowed: tuple[str, ...]) -> list[str]:
+    values = _items(option, text)
+    for value in values:
+        if value not in allowed:
+            raise SpecError(f"{option} {value!r} is not allowed: choose from "
+                            f"{', '.join(allowed)}.")
+    return values
+
+
+def parse_attention(text: str, preset: str, image_size: int) -> list[str]:
+    """'none', 'preset' (the preset's own placement) or resolutions like 16 or 16+8."""
+    config = PRESETS[preset].replace(image_size=image_size)
+    values = []
+    for item in _items("--attention", text):
+        if item == "preset":
+            item = "+".join(map(str, config.attention_resolutions)) or "none"
+        if item != "none":
+            parts = item.split("+")
+            if not all(p.isdigit() for p in parts):
+                raise SpecError(f"--attention {item!r} is not allowed: use none, preset, or "
+                                "resolutions joined by '+', e.g. 16 or 16+8.")
+            visited = config.resolutions
+            for res in map(int, parts):
+                if res not in visited:
+                    raise SpecError(f"--attention {res} is never visited by {preset} at "
+                                    f"{image_size}px: choose from none, "
+                                    f"{', '.join(map(str, visited))}.")
+            item = "+".join(str(r) for r in sorted(map(int, parts), reverse=True))
+        values.append(item)
+    return values
+
+
+def parse_budget(text: str) -> float:
+    """'8GiB' -> 8192.0 (MiB). MiB/GiB are powers of two, MB/GB powers of ten."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]+)\s*", text)
+    if not match or match.group(2).lower() not in _UNITS or float(match.group(1)) <= 0:
+        raise SpecError(f"--budget {text!r} is not allowed: give a positive size with a unit, "
+                        "e.g. 8GiB, 8192MiB, 8GB or 500MB.")
+    return float(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def parse_preset(text: str) -> str:
+    if text not in PRESETS:
+        raise SpecError(f"--preset {text!r} is not allowed: choose from {', '.join(PRESETS)}.")
+    return text
+
+
+def parse_image_size(value: int | None, preset: str) -> int:
+    size = PRESETS[preset].image_size if value is None else value
+    try:
+        PRESETS[preset].replace(image_size=size)
+    except ValueError as exc:
+        raise SpecError(f"--image-size {size}: {exc}") from None
+    return size
+
+
+def parse_device(text: str) -> str:
+    """auto | cpu | cuda | cuda:N, checked against the GPUs this machine has."""
+    import torch
+
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if text == "cpu":
+        return text
+    match = re.fullmatch(r"cuda(?::(\d+))?", text)
+    if not match:
+        raise SpecError(f"--device {text!r} is not allowed: choose auto, cpu, cuda or cuda:N.")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise SpecError(f"--device {text} asked for a GPU, but torch sees no CUDA device here; "
+                        "use --device cpu or auto.")
+    if match.group(1) is not None and int(match.group(1)) >= count:
+        raise SpecError(f"--device {text} is not allowed: this machine has {count} CUDA "
+                        f"device(s), cuda:0..cuda:{count - 1}.")
+    return text
+
+
+def _items(option: str, text: str) -> list[str]:
+    items = [s.strip() for s in str(text).split(",")]
+    if not items or any(not s for s in items):
+        raise SpecError(f"{option} {text!r} has an empty item; give a comma list such as 1,2,4.")
+    return items
+
+
+def expand_grid(base: BenchSpec, **axes: list) -> list[BenchSpec]:
+    """The product of the given axes (each a list of values) over a base spec, in the order the
+    axes are given, the last axis varying fastest."""
+    names = list(axes)
+    return [base.replace(**dict(zip(names, combo))) for combo in itertools.product(*axes.values())]

@@ -1,0 +1,63 @@
+"""One spec in a fresh process: `python -m bench.worker HARNESS SPEC_JSON RESULT_PATH`.
+
+The runner starts one per spec, so allocator peaks are clean and an OOM, crash or hang stays
+this spec's row. The worker writes {"status", "error", "figures"} as JSON to RESULT_PATH."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+
+import torch
+
+from bench.spec import BenchSpec
+
+FAULT_ENV = "DDPM_BENCH_INJECT_FAULT"  # test-only: "error:SUBSTRING", "oom:...", "hang:..."
+
+
+def inject_fault(spec: BenchSpec) -> None:
+    """Fail on purpose when a test asks for it: proves a failing spec becomes its own row."""
+    kind, _, match = os.environ.get(FAULT_ENV, "").partition(":")
+    if not kind or match not in spec.spec_id:
+        return
+    if kind == "error":
+        raise RuntimeError(f"fault injected by {FAULT_ENV} for {spec.name}")
+    if kind == "oom":
+        raise torch.OutOfMemoryError(f"fault injected by {FAULT_ENV}: CUDA out of memory")
+    if kind == "hang":
+        time.sleep(3600)
+
+
+def run_spec(harness: str, spec: BenchSpec) -> dict:
+    """Measure one spec in this process; every failure becomes a status, never an exception."""
+    module = importlib.import_module(f"bench.{harness}")
+    try:
+        inject_fault(spec)
+        return {"status": "ok", "error": None, "figures": module.measure(spec)}
+    except torch.OutOfMemoryError as exc:
+        return {"status": "oom", "error": _first_line(exc), "figures": {}}
+    except Exception as exc:  # one spec's failure is a result, not the end of the sweep
+        return {"status": "error", "error": f"{type(exc).__name__}: {_first_line(exc)}",
+                "figures": {}}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def main(argv: list[str]) -> None:
+    harness, spec_json, result_path = argv
+    spec = BenchSpec(**json.loads(spec_json))
+    result = run_spec(harness, spec)
+    tmp = result_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, default=float)
+    os.replace(tmp, result_path)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
