@@ -10,9 +10,20 @@ from pathlib import Path
 
 from bench.results import ResultsError, check_writable
 from bench.runner import Harness, run_sweep
-from bench.spec import (COMPILE_MODES, ON_OFF, BenchSpec, SpecError, expand_grid, parse_attention,
-                        parse_budget, parse_choices, parse_device, parse_image_size,
-                        parse_int_list, parse_preset)
+from bench.spec import (
+    COMPILE_MODES,
+    ON_OFF,
+    BenchSpec,
+    SpecError,
+    expand_grid,
+    parse_attention,
+    parse_budget,
+    parse_choices,
+    parse_device,
+    parse_image_size,
+    parse_int_list,
+    parse_preset,
+)
 from ddpm.config import PRECISIONS, PRESETS
 
 

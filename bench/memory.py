@@ -58,20 +58,7 @@ def measure(spec: BenchSpec) -> dict:
         cuda.cap_to_budget(device, spec.budget_mib, spec.context_mib)
         cuda.reset_peaks(device)
 
-    # Pass 1: timed. Nothing else runs in it.
-    trainer = build_trainer(spec)
-    images = synthetic_images(spec, spec.effective_batch)
-    with Monitor(device) as monitor:
-        timing = time_calls(lambda: trainer.step(images), spec.steps, spec.warmup, device)
-    figures.update(
-        step_s=timing.median_s, step_s_min=min(timing.times_s), step_s_max=max(timing.times_s),
-        img_per_s=spec.effective_batch * spec.steps / timing.total_s, warmup_s=timing.warmup_s,
-        nvml_peak_mib=monitor.nvml_peak_mib, cpu_util_pct=monitor.cpu_percent,
-        # ru_maxrss is the process's high-water mark, in KiB on Linux.
-        rss_peak_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    if device.type == "cuda":
-        figures["peak_alloc_mib"], figures["peak_reserved_mib"] = cuda.peaks_mib(device)
-    del trainer, images
+    figures.update(timed_pass(spec, device))  # its trainer is freed when it returns
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -83,6 +70,24 @@ def measure(spec: BenchSpec) -> dict:
 
     # Pass 3: predicted CUDA peak, from fake tensors.
     figures.update(prediction(spec))
+    return figures
+
+
+def timed_pass(spec: BenchSpec, device: torch.device) -> dict:
+    """Warm-up then measured optimizer steps, with nothing else running in the process."""
+    trainer = build_trainer(spec)
+    images = synthetic_images(spec, spec.effective_batch)
+    with Monitor(device) as monitor:
+        timing = time_calls(lambda: trainer.step(images), spec.steps, spec.warmup, device)
+    figures = {
+        "step_s": timing.median_s, "step_s_min": min(timing.times_s),
+        "step_s_max": max(timing.times_s), "warmup_s": timing.warmup_s,
+        "img_per_s": spec.effective_batch * spec.steps / timing.total_s,
+        "nvml_peak_mib": monitor.nvml_peak_mib, "cpu_util_pct": monitor.cpu_percent,
+        # ru_maxrss is the process's high-water mark, in KiB on Linux.
+        "rss_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        figures["peak_alloc_mib"], figures["peak_reserved_mib"] = cuda.peaks_mib(device)
     return figures
 
 

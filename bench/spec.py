@@ -10,7 +10,7 @@ import itertools
 import re
 from dataclasses import dataclass
 
-from ddpm.config import PRECISIONS, PRESETS, UNetConfig
+from ddpm.config import PRESETS, UNetConfig
 
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 ON_OFF = ("off", "on")

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 FORMAT = "ddpm-bench-checkpoint-v1"
-REQUIRED_KEYS = ("format", "unet_config", "train_config", "schedule", "step", "model", "ema", "optimizer",
-                 "scaler", "rng")
+REQUIRED_KEYS = ("format", "unet_config", "train_config", "schedule", "step", "model", "ema",
+                 "optimizer", "scaler", "rng")
 
 
 class CheckpointError(ValueError):
@@ -44,7 +44,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({reason[:200]}).") from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({reason[:200]}).") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a ddpm-bench checkpoint "
                               f"(expected format {FORMAT!r}).")

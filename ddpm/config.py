@@ -31,7 +31,7 @@ class UNetConfig:
     num_heads: int = 1
     dropout: float = 0.1
     norm_groups: int = 32
-    time_embed_dim: int = 128  # width of the sinusoidal embedding (Transformer-style, eq. in Vaswani)
+    time_embed_dim: int = 128  # width of the sinusoidal embedding (Vaswani et al. 2017)
     time_hidden_dim: int = 512  # width after the MLP; injected into every residual block
     gradient_checkpointing: bool = False
 
@@ -137,9 +137,9 @@ PRESETS: dict[str, UNetConfig] = {
     "ddpm-cifar10": UNetConfig(),
     # MNIST padded to 32x32 as in the tutorials this project grew from: base 64, three resolutions
     # (32, 16, 8), one residual block per level, time embedding 128 -> 512; attention at 16 as DDPM.
-    "ddpm-mnist": UNetConfig(image_size=32, in_channels=1, base_channels=64, channel_mults=(1, 2, 2),
-                             num_res_blocks=1, attention_resolutions=(16,), time_embed_dim=128,
-                             time_hidden_dim=512),
+    "ddpm-mnist": UNetConfig(image_size=32, in_channels=1, base_channels=64,
+                             channel_mults=(1, 2, 2), num_res_blocks=1,
+                             attention_resolutions=(16,), time_embed_dim=128, time_hidden_dim=512),
     # Small enough that tests train it on a CPU in seconds; every block type is still present.
     "tiny": UNetConfig(image_size=16, in_channels=1, base_channels=16, channel_mults=(1, 2),
                        num_res_blocks=1, attention_resolutions=(8,), num_heads=2, dropout=0.0,
