@@ -68,6 +68,10 @@ def build_parser(prog: str, description: str, defaults: dict) -> OneLineParser:
                    help="measured optimizer steps per spec (default %(default)s)")
     g.add_argument("--warmup", type=int, default=defaults.get("warmup", 1),
                    help="warm-up optimizer steps, timed apart (default %(default)s)")
+    g.add_argument("--find-max-batch", action="store_true",
+                   help="for each combination of the other axes, search the largest batch that "
+                        "fits the budget (doubling, then bisection): measured on CUDA, predicted "
+                        "elsewhere; --batch is ignored")
     g.add_argument("--seed", type=int, default=0, help="seed for weights and data (default 0)")
     g.add_argument("--out", default="results", help="results folder (default %(default)s)")
     g.add_argument("--resume", action="store_true",
@@ -90,10 +94,12 @@ def specs_from_args(args: argparse.Namespace) -> list[BenchSpec]:
             raise SpecError(f"{option} {value:g} is not allowed: it must be >= {minimum:g}.")
     base = BenchSpec(preset=preset, image_size=image_size, device=parse_device(args.device),
                      seed=args.seed, steps=args.steps, warmup=args.warmup,
-                     budget_mib=parse_budget(args.budget), context_mib=args.cuda_context_mib)
+                     budget_mib=parse_budget(args.budget), context_mib=args.cuda_context_mib,
+                     find_max_batch=args.find_max_batch)
+    batches = [1] if args.find_max_batch else parse_int_list("--batch", args.batch)
     return expand_grid(
         base,
-        batch=parse_int_list("--batch", args.batch),
+        batch=batches,
         accum=parse_int_list("--accum", args.accum),
         precision=parse_choices("--precision", args.precision, PRECISIONS),
         attention=parse_attention(args.attention, preset, image_size),

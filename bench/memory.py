@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import resource
 import sys
+from collections.abc import Callable
 
 import torch
 
@@ -31,9 +32,11 @@ HARNESS = Harness(
     figure_columns=["step_s", "step_s_min", "step_s_max", "img_per_s", "warmup_s",
                     "peak_alloc_mib", "peak_reserved_mib", "nvml_peak_mib", "rss_peak_mib",
                     "cpu_util_pct", "tracked_peak_mib", *TRACKED, "predicted_alloc_mib",
-                    "context_mib", "predicted_cuda_mib", "budget_mib", "fits", "headroom_mib"],
+                    "context_mib", "predicted_cuda_mib", "budget_mib", "fits", "headroom_mib",
+                    "max_batch_source"],
     display_columns=["status", "step_s", "img_per_s", "peak_alloc_mib", "tracked_peak_mib",
-                     "predicted_cuda_mib", "budget_mib", "fits", "headroom_mib"],
+                     "predicted_cuda_mib", "budget_mib", "fits", "headroom_mib",
+                    "max_batch_source"],
     notes=["MiB = 2^20 bytes. step_s: median seconds per optimizer step (batch x accum images); "
            "img_per_s = images / measured seconds; warmup_s: the warm-up steps, compilation "
            "included.",
@@ -51,6 +54,8 @@ HARNESS = Harness(
 
 
 def measure(spec: BenchSpec) -> dict:
+    if spec.find_max_batch:
+        return max_batch_row(spec)
     device = torch.device(spec.device)
     figures: dict = {"budget_mib": spec.budget_mib}
     if device.type == "cuda":
@@ -97,6 +102,54 @@ def prediction(spec: BenchSpec) -> dict:
     return {"predicted_alloc_mib": predicted, "context_mib": spec.context_mib,
             "predicted_cuda_mib": total, "fits": total <= spec.budget_mib,
             "headroom_mib": spec.budget_mib - total}
+
+
+def largest(fits: Callable[[int], bool], limit: int = 1 << 16) -> int:
+    """The largest n in 1..limit with fits(n), assuming fits is monotone: double until it fails,
+    then bisect between the last success and the first failure. 0 when even 1 does not fit."""
+    if not fits(1):
+        return 0
+    good = 1
+    while good < limit and fits(min(good * 2, limit)):
+        good = min(good * 2, limit)
+    bad = min(good * 2, limit + 1)
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if fits(mid) else (good, mid)
+    return good
+
+
+def _fits_measured(spec: BenchSpec) -> bool:
+    """One real optimizer step under the budget cap; an OOM means no."""
+    try:
+        trainer = build_trainer(spec)
+        trainer.step(synthetic_images(spec, spec.effective_batch))
+        torch.cuda.synchronize()
+        return True
+    except torch.OutOfMemoryError:
+        return False
+    finally:
+        trainer = None
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def max_batch_row(spec: BenchSpec) -> dict:
+    """The row of --find-max-batch: the largest batch, where it came from, and its figures."""
+    if spec.device.startswith("cuda"):
+        device = torch.device(spec.device)
+        torch.cuda.set_device(device)
+        cuda.cap_to_budget(device, spec.budget_mib, spec.context_mib)
+        best = largest(lambda n: _fits_measured(spec.replace(batch=n)))
+        source = "measured"
+    else:
+        best = largest(lambda n: prediction(spec.replace(batch=n))["fits"])
+        source = "predicted"
+    if best == 0:
+        raise torch.OutOfMemoryError(f"not even batch 1 fits {spec.budget_mib:g} MiB")
+    found = spec.replace(batch=best)
+    return {"batch": best, "effective_batch": found.effective_batch, "budget_mib": spec.budget_mib,
+            "max_batch_source": source, **prediction(found)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -56,7 +56,9 @@ def display_columns(rows: list[dict], figures: list[str]) -> tuple[list[str], st
     """Axes that vary across the rows become columns; the others are said once, above."""
     varying = [a for a in AXES if len({r[a] for r in rows}) > 1]
     fixed = ", ".join(f"{a}={rows[0][a]}" for a in AXES if a not in varying)
-    return varying + [c for c in figures if c not in varying], fixed
+    # A figure no row has (e.g. CUDA allocator peaks on a CPU) is left out of the display.
+    shown = [c for c in figures if c not in varying and any(r.get(c) is not None for r in rows)]
+    return varying + shown, fixed
 
 
 def run_isolated(harness: str, spec: BenchSpec, timeout_s: float) -> dict:
@@ -130,9 +132,7 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
         columns, fixed = display_columns(rows, harness.display_columns)
         notes = [f"Same in every row: {fixed}."] + harness.notes if fixed else harness.notes
         table.write_report(rows, columns, command, env, describe(env), notes)
-        console.print(rich_table(rows, [c for c in columns if any(r.get(c) is not None
-                                                                   for r in rows)],
-                                 title=f"{harness.name} — {describe(env)}"))
+        console.print(rich_table(rows, columns, title=f"{harness.name} — {describe(env)}"))
         if fixed:
             console.print(f"Same in every row: {fixed}")
         console.print(f"Rows appended to {table.csv_path}; report in {table.md_path}.")

@@ -37,6 +37,7 @@ class BenchSpec:
     warmup: int = 1
     budget_mib: float = 8192.0
     context_mib: float = 500.0
+    find_max_batch: bool = False  # search the largest batch that fits instead of using `batch`
 
     @property
     def effective_batch(self) -> int:
@@ -61,7 +62,7 @@ class BenchSpec:
     @property
     def spec_id(self) -> str:
         return (f"{self.name}-seed{self.seed}-steps{self.steps}-warmup{self.warmup}"
-                f"-budget{self.budget_mib:g}")
+                f"-budget{self.budget_mib:g}" + ("-maxbatch" if self.find_max_batch else ""))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
