@@ -27,6 +27,28 @@ from bench.spec import BenchSpec
 from bench.workload import build_trainer, synthetic_images
 
 TRACKED = [f"tracked_{c}_mib" for c in CATEGORIES]
+
+
+def verdict(row: dict) -> str | None:
+    """The answer in words: does this configuration fit the budget, and by how much."""
+    what = (f"batch {row['batch']} x accum {row['accum']} ({row['precision']}, attention "
+            f"{row['attention']}, {row['preset']} at {row['image_size']}px)")
+    if row["status"] != "ok":
+        return f"{what}: {row['status']} ({row['error']})."
+    budget = f"{row['budget_mib'] / 1024:g} GiB"
+    if row.get("max_batch_source"):
+        return (f"Largest batch that fits {budget} at accum {row['accum']} ({row['precision']}, "
+                f"attention {row['attention']}): {row['batch']} ({row['max_batch_source']}).")
+    answer = "fits" if row["fits"] else "does NOT fit"
+    text = (f"Verdict: {what} {answer} in {budget} on a CUDA card: predicted "
+            f"{row['predicted_cuda_mib']:,.0f} MiB ({row['predicted_alloc_mib']:,.0f} MiB of "
+            f"tensors + {row['context_mib']:,.0f} MiB CUDA context), headroom "
+            f"{row['headroom_mib']:,.0f} MiB.")
+    if row.get("peak_alloc_mib") is not None:
+        text += (f" Measured on {row['device']}: {row['peak_alloc_mib']:,.0f} MiB allocated, "
+                 f"{row['peak_reserved_mib']:,.0f} MiB reserved.")
+    return text
+
 HARNESS = Harness(
     name="memory",
     figure_columns=["step_s", "step_s_min", "step_s_max", "img_per_s", "warmup_s",
@@ -50,6 +72,7 @@ HARNESS = Harness(
            "the CUDA caching allocator rounds) + context_mib (CUDA context allowance). fits: "
            "predicted_cuda_mib <= budget_mib; headroom_mib = budget_mib - predicted_cuda_mib. "
            "Allocator fragmentation (reserved above allocated) is not in the prediction."],
+    verdict=verdict,
 )
 
 

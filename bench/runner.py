@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +30,8 @@ class Harness:
     figure_columns: list[str]
     display_columns: list[str]
     notes: list[str] = field(default_factory=list)
+    # One sentence per row that answers the harness's question in words (printed and in the .md).
+    verdict: Callable[[dict], str | None] | None = None
 
 
 class Interrupted(Exception):
@@ -130,11 +133,14 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
             signal.signal(sig, handler)
     if rows:
         columns, fixed = display_columns(rows, harness.display_columns)
-        notes = [f"Same in every row: {fixed}."] + harness.notes if fixed else harness.notes
+        verdicts = [v for v in map(harness.verdict, rows) if v] if harness.verdict else []
+        notes = ([f"Same in every row: {fixed}."] if fixed else []) + verdicts + harness.notes
         table.write_report(rows, columns, command, env, describe(env), notes)
         console.print(rich_table(rows, columns, title=f"{harness.name} — {describe(env)}"))
         if fixed:
             console.print(f"Same in every row: {fixed}")
+        for line in verdicts:
+            console.print(line)
         console.print(f"Rows appended to {table.csv_path}; report in {table.md_path}.")
     if interrupted:
         console.print(f"Interrupted ({interrupted}): {len(rows)} finished row(s) kept in "

@@ -47,9 +47,10 @@ class UNetConfig:
                              "it must be a non-empty list of positive integers.")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout!r} is not allowed: it must be in [0, 1).")
-        if self.time_embed_dim % 2:
+        if self.time_embed_dim % 2 or self.time_embed_dim < 4:
+            # Frequencies are spaced over half - 1 intervals: a width of 2 has none.
             raise ValueError(f"time_embed_dim={self.time_embed_dim} is not allowed: "
-                             "the sinusoidal embedding needs an even width.")
+                             "the sinusoidal embedding needs an even width of at least 4.")
         halvings = len(self.channel_mults) - 1
         if self.image_size % (2**halvings):
             raise ValueError(

@@ -158,7 +158,7 @@ class Trainer:
     def load(self, path: str | os.PathLike) -> None:
         """Resume from a checkpoint of the same model and training configuration."""
         data = load_checkpoint(path)
-        if data["unet_config"] != dataclasses.asdict(self.model.config):
+        if _architecture(data["unet_config"]) != _architecture(self.model.config):
             raise CheckpointError(f"checkpoint {path} holds another model: "
                                   f"{_differences(data['unet_config'], self.model.config)}.")
         try:
@@ -177,8 +177,14 @@ class Trainer:
         self.skipped_steps = int(data.get("skipped_steps", 0))
 
 
+def _architecture(config: dict | UNetConfig) -> dict:
+    """The fields that decide the weights; gradient checkpointing only trades memory for time."""
+    fields = config if isinstance(config, dict) else dataclasses.asdict(config)
+    return {k: v for k, v in fields.items() if k != "gradient_checkpointing"}
+
+
 def _differences(stored: dict, config: UNetConfig) -> str:
-    mine = dataclasses.asdict(config)
+    mine = _architecture(config)
     diffs = [f"{k} {stored.get(k)!r} vs {mine[k]!r}" for k in mine if stored.get(k) != mine[k]]
     return ", ".join(diffs) or "different fields"
 
