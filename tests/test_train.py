@@ -261,3 +261,18 @@ def test_training_on_digits_lowers_the_validation_loss(schedule):
     assert initial > 0.8
     assert final < 0.2 * initial
     assert final_ema < 0.2 * initial
+
+
+def test_accumulation_with_default_adam_matches_relative_1e5(base_model, schedule):
+    """The issue's criterion with the optimizer as users run it: after 3 steps, (2 x 4) and
+    (1 x 8) weights equal (8 x 1)'s to relative 1e-5 (whole-vector norm)."""
+    data = [images(8, seed=s) for s in (1, 2, 3)]
+    finals = {}
+    for b, a in [(8, 1), (2, 4), (1, 8)]:
+        trainer = make(base_model, schedule, batch_size=b, accum_steps=a, seed=3)
+        for x0 in data:
+            trainer.step(x0)
+        finals[b, a] = flat_params(trainer.model)
+    for key in [(2, 4), (1, 8)]:
+        diff = (finals[key] - finals[8, 1]).norm() / finals[8, 1].norm()
+        assert diff <= 1e-5, f"{key}: relative difference {diff:.3g}"
