@@ -18,7 +18,7 @@ STATUSES = ("ok", "oom", "error", "timeout")
 
 
 # pandas.read_csv(path, dtype=CSV_DTYPES) gives these; the harness figure columns are float64
-# (empty = the device cannot give that figure) and `fits` is boolean where present.
+# (empty = the device cannot give that figure) and `fits` is pandas' nullable boolean.
 CSV_DTYPES = {"run_id": "string", "timestamp": "string", "spec_id": "string", "preset": "string",
               "image_size": "int64", "params": "int64", "batch": "int64", "accum": "int64",
               "effective_batch": "int64", "precision": "string", "attention": "string",
@@ -30,7 +30,8 @@ def read_csv(path):
     """A results CSV as a DataFrame with the documented dtypes."""
     import pandas as pd
 
-    return pd.read_csv(path, dtype=CSV_DTYPES, keep_default_na=True)
+    # `fits` is nullable: a failed spec has no verdict, so plain bool would become object.
+    return pd.read_csv(path, dtype={**CSV_DTYPES, "fits": "boolean"}, keep_default_na=True)
 
 
 class ResultsError(ValueError):

@@ -34,8 +34,8 @@ class Harness:
     verdict: Callable[[dict], str | None] | None = None
 
 
-class Interrupted(Exception):
-    pass
+class Interrupted(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt: no `except Exception` in a spec may swallow it."""
 
 
 def _raise_interrupted(signum, frame):
@@ -69,17 +69,18 @@ def run_isolated(harness: str, spec: BenchSpec, timeout_s: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="ddpm-bench-") as tmp:
         result_path = os.path.join(tmp, "result.json")
         log_path = os.path.join(tmp, "log.txt")
+        child = None
         with open(log_path, "w") as log:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "bench.worker", harness, json.dumps(spec.to_dict()),
-                 result_path], stdout=log, stderr=subprocess.STDOUT)
-            try:
+            try:  # started inside the try: a signal during the start still kills the worker
+                child = subprocess.Popen(
+                    [sys.executable, "-m", "bench.worker", harness, json.dumps(spec.to_dict()),
+                     result_path], stdout=log, stderr=subprocess.STDOUT)
                 child.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 return {"status": "timeout", "error": f"no result after {timeout_s:g} s",
                         "figures": {}}
             finally:
-                if child.poll() is None:
+                if child is not None and child.poll() is None:
                     child.kill()
                     child.wait()
         if os.path.exists(result_path):

@@ -62,7 +62,8 @@ class BenchSpec:
     @property
     def spec_id(self) -> str:
         return (f"{self.name}-seed{self.seed}-steps{self.steps}-warmup{self.warmup}"
-                f"-budget{self.budget_mib:g}" + ("-maxbatch" if self.find_max_batch else ""))
+                f"-budget{self.budget_mib:g}-context{self.context_mib:g}"
+                + ("-maxbatch" if self.find_max_batch else ""))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -98,11 +99,11 @@ def parse_choices(option: str, text: str, allowed: tuple[str, ...]) -> list[str]
 
 def parse_attention(text: str, preset: str, image_size: int) -> list[str]:
     """'none', 'preset' (the preset's own placement) or resolutions like 16 or 16+8."""
-    config = PRESETS[preset].replace(image_size=image_size)
+    config = PRESETS[preset].replace(image_size=image_size, attention_resolutions=())
     values = []
     for item in _items("--attention", text):
         if item == "preset":
-            item = "+".join(map(str, config.attention_resolutions)) or "none"
+            item = "+".join(map(str, PRESETS[preset].attention_resolutions)) or "none"
         if item != "none":
             parts = item.split("+")
             if not all(p.isdigit() for p in parts):
@@ -137,7 +138,8 @@ def parse_preset(text: str) -> str:
 def parse_image_size(value: int | None, preset: str) -> int:
     size = PRESETS[preset].image_size if value is None else value
     try:
-        PRESETS[preset].replace(image_size=size)
+        # Attention is its own axis, checked by parse_attention against this size.
+        PRESETS[preset].replace(image_size=size, attention_resolutions=())
     except ValueError as exc:
         raise SpecError(f"--image-size {size}: {exc}") from None
     return size
