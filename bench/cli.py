@@ -83,8 +83,9 @@ def build_parser(prog: str, description: str, defaults: dict) -> OneLineParser:
     return p
 
 
-def specs_from_args(args: argparse.Namespace) -> list[BenchSpec]:
-    """Every axis value checked before anything runs; SpecError carries the user's line."""
+def specs_from_args(args: argparse.Namespace, **extra_axes: list) -> list[BenchSpec]:
+    """Every axis value checked before anything runs; SpecError carries the user's line.
+    A harness adds its own axes (BenchSpec fields, already parsed) through extra_axes."""
     preset = parse_preset(args.preset)
     image_size = parse_image_size(args.image_size, preset)
     for option, value, minimum in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0),
@@ -105,6 +106,7 @@ def specs_from_args(args: argparse.Namespace) -> list[BenchSpec]:
         attention=parse_attention(args.attention, preset, image_size),
         compile=parse_choices("--compile", args.compile, COMPILE_MODES),
         checkpointing=parse_choices("--checkpointing", args.checkpointing, ON_OFF),
+        **extra_axes,
     )
 
 

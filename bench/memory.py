@@ -10,7 +10,6 @@ Each spec is measured in three passes so no tracker slows the timed one:
 from __future__ import annotations
 
 import gc
-import resource
 import sys
 from collections.abc import Callable
 
@@ -19,9 +18,8 @@ import torch
 from bench.cli import build_parser, run_cli
 from bench.measure import cuda
 from bench.measure.memory import step_peak
-from bench.measure.timing import time_calls
 from bench.measure.tracked import CATEGORIES
-from bench.monitor import Monitor
+from bench.measure.training import timed_training
 from bench.runner import Harness
 from bench.spec import BenchSpec
 from bench.workload import build_trainer, synthetic_images
@@ -84,9 +82,9 @@ def measure(spec: BenchSpec) -> dict:
     if device.type == "cuda":
         torch.cuda.set_device(device)
         cuda.cap_to_budget(device, spec.budget_mib, spec.context_mib)
-        cuda.reset_peaks(device)
 
-    figures.update(timed_pass(spec, device))  # its trainer is freed when it returns
+    # Pass 1: timed; its trainer is freed when it returns.
+    figures.update(timed_training(spec, device))
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -98,24 +96,6 @@ def measure(spec: BenchSpec) -> dict:
 
     # Pass 3: predicted CUDA peak, from fake tensors.
     figures.update(prediction(spec))
-    return figures
-
-
-def timed_pass(spec: BenchSpec, device: torch.device) -> dict:
-    """Warm-up then measured optimizer steps, with nothing else running in the process."""
-    trainer = build_trainer(spec)
-    images = synthetic_images(spec, spec.effective_batch)
-    with Monitor(device) as monitor:
-        timing = time_calls(lambda: trainer.step(images), spec.steps, spec.warmup, device)
-    figures = {
-        "step_s": timing.median_s, "step_s_min": min(timing.times_s),
-        "step_s_max": max(timing.times_s), "warmup_s": timing.warmup_s,
-        "img_per_s": spec.effective_batch * spec.steps / timing.total_s,
-        "nvml_peak_mib": monitor.nvml_peak_mib, "cpu_util_pct": monitor.cpu_percent,
-        # ru_maxrss is the process's high-water mark, in KiB on Linux.
-        "rss_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if device.type == "cuda":
-        figures["peak_alloc_mib"], figures["peak_reserved_mib"] = cuda.peaks_mib(device)
     return figures
 
 

@@ -38,6 +38,10 @@ class BenchSpec:
     budget_mib: float = 8192.0
     context_mib: float = 500.0
     find_max_batch: bool = False  # search the largest batch that fits instead of using `batch`
+    # Axes of single harnesses; at their defaults they stay out of the name.
+    dataset: str = "synthetic"  # bench.loss trains on real data
+    sampler: str = "none"  # bench.sampling: "ddpm" or "ddim"
+    sampling_steps: int = 0  # denoising steps of a full sampling run (ddpm: all T)
 
     @property
     def effective_batch(self) -> int:
@@ -55,9 +59,14 @@ class BenchSpec:
     @property
     def name(self) -> str:
         """Readable and stable: names trace folders and identifies a spec for --resume."""
-        return (f"{self.preset}-{self.image_size}px-b{self.batch}x{self.accum}-{self.precision}"
+        name = (f"{self.preset}-{self.image_size}px-b{self.batch}x{self.accum}-{self.precision}"
                 f"-attn{self.attention}-compile-{self.compile}-ckpt-{self.checkpointing}"
                 f"-{self.device.replace(':', '')}")
+        if self.dataset != "synthetic":
+            name += f"-{self.dataset}"
+        if self.sampler != "none":
+            name += f"-{self.sampler}{self.sampling_steps}"
+        return name
 
     @property
     def spec_id(self) -> str:
