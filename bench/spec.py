@@ -64,7 +64,7 @@ class BenchSpec:
                 f"-{self.device.replace(':', '')}")
         if self.dataset != "synthetic":
             name += f"-{self.dataset}"
-        if self.sampler != "none":
+        if self.sampler != "none" or self.sampling_steps:
             name += f"-{self.sampler}{self.sampling_steps}"
         return name
 
