@@ -22,6 +22,7 @@ from bench.measure.tracked import CATEGORIES
 from bench.measure.training import timed_training
 from bench.runner import Harness
 from bench.spec import BenchSpec
+from bench.worker import RunContext
 from bench.workload import build_trainer, synthetic_images
 
 TRACKED = [f"tracked_{c}_mib" for c in CATEGORIES]
@@ -74,7 +75,7 @@ HARNESS = Harness(
 )
 
 
-def measure(spec: BenchSpec) -> dict:
+def measure(spec: BenchSpec, context: RunContext | None = None) -> dict:
     if spec.find_max_batch:
         return max_batch_row(spec)
     device = torch.device(spec.device)

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from bench.env import describe, environment
 from bench.results import ResultsTable, rich_table
 from bench.spec import BenchSpec
-from bench.worker import run_spec
+from bench.worker import RunContext, run_spec
 from bench.workload import parameter_count
 
 
@@ -32,6 +32,9 @@ class Harness:
     notes: list[str] = field(default_factory=list)
     # One sentence per row that answers the harness's question in words (printed and in the .md).
     verdict: Callable[[dict], str | None] | None = None
+    # Sentences that compare the finished rows (e.g. accumulation vs none), given the run's
+    # context so a harness can read files its specs wrote; printed and in the .md.
+    compare: Callable[[list[dict], RunContext], list[str]] | None = None
 
 
 class Interrupted(BaseException):
@@ -64,7 +67,7 @@ def display_columns(rows: list[dict], figures: list[str]) -> tuple[list[str], st
     return varying + shown, fixed
 
 
-def run_isolated(harness: str, spec: BenchSpec, timeout_s: float) -> dict:
+def run_isolated(harness: str, spec: BenchSpec, context: RunContext, timeout_s: float) -> dict:
     """A fresh interpreter per spec: clean allocator peaks, and a crash or hang is contained."""
     with tempfile.TemporaryDirectory(prefix="ddpm-bench-") as tmp:
         result_path = os.path.join(tmp, "result.json")
@@ -74,7 +77,8 @@ def run_isolated(harness: str, spec: BenchSpec, timeout_s: float) -> dict:
             try:  # started inside the try: a signal during the start still kills the worker
                 child = subprocess.Popen(
                     [sys.executable, "-m", "bench.worker", harness, json.dumps(spec.to_dict()),
-                     result_path], stdout=log, stderr=subprocess.STDOUT)
+                     str(context.out), context.run_id, result_path],
+                    stdout=log, stderr=subprocess.STDOUT)
                 child.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 return {"status": "timeout", "error": f"no result after {timeout_s:g} s",
@@ -119,8 +123,9 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
             task = progress.add_task(harness.name, total=len(specs))
             for spec in specs:
                 progress.update(task, description=f"{harness.name}: {spec.name}")
-                result = (run_spec(harness.name, spec) if inline
-                          else run_isolated(harness.name, spec, timeout_s))
+                context = RunContext(out, run_id)
+                result = (run_spec(harness.name, spec, context) if inline
+                          else run_isolated(harness.name, spec, context, timeout_s))
                 row = {**spec_row(spec, run_id), "status": result["status"],
                        "error": result["error"], **result["figures"]}
                 row = {k: v for k, v in row.items() if k in table.columns}
@@ -135,6 +140,8 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
     if rows:
         columns, fixed = display_columns(rows, harness.display_columns)
         verdicts = [v for v in map(harness.verdict, rows) if v] if harness.verdict else []
+        if harness.compare:
+            verdicts += harness.compare(rows, RunContext(out, run_id))
         notes = ([f"Same in every row: {fixed}."] if fixed else []) + verdicts + harness.notes
         table.write_report(rows, columns, command, env, describe(env), notes)
         console.print(rich_table(rows, columns, title=f"{harness.name} — {describe(env)}"))

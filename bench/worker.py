@@ -1,4 +1,4 @@
-"""One spec in a fresh process: `python -m bench.worker HARNESS SPEC_JSON RESULT_PATH`.
+"""One spec in a fresh process: `python -m bench.worker HARNESS SPEC_JSON OUT RUN_ID RESULT_PATH`.
 
 The runner starts one per spec, so allocator peaks are clean and an OOM, crash or hang stays
 this spec's row. The worker writes {"status", "error", "figures"} as JSON to RESULT_PATH."""
@@ -10,6 +10,8 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -31,12 +33,20 @@ def inject_fault(spec: BenchSpec) -> None:
         time.sleep(3600)
 
 
-def run_spec(harness: str, spec: BenchSpec) -> dict:
+@dataclass(frozen=True)
+class RunContext:
+    """Where a harness may write files of its own (curves, traces): out/<harness>/<run_id>/..."""
+
+    out: Path
+    run_id: str
+
+
+def run_spec(harness: str, spec: BenchSpec, context: RunContext) -> dict:
     """Measure one spec in this process; every failure becomes a status, never an exception."""
     module = importlib.import_module(f"bench.{harness}")
     try:
         inject_fault(spec)
-        return {"status": "ok", "error": None, "figures": module.measure(spec)}
+        return {"status": "ok", "error": None, "figures": module.measure(spec, context)}
     except torch.OutOfMemoryError as exc:
         return {"status": "oom", "error": _first_line(exc), "figures": {}}
     except Exception as exc:  # one spec's failure is a result, not the end of the sweep
@@ -50,9 +60,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str]) -> None:
-    harness, spec_json, result_path = argv
+    harness, spec_json, out, run_id, result_path = argv
     spec = BenchSpec(**json.loads(spec_json))
-    result = run_spec(harness, spec)
+    result = run_spec(harness, spec, RunContext(Path(out), run_id))
     tmp = result_path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(result, f, default=float)
