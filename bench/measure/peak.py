@@ -1,0 +1,67 @@
+"""The device's measured peak FLOP/s at a precision: the denominator of MFU.
+
+A probe times large matmuls and 3x3 convolutions (the UNet's two kinds of heavy work) and keeps
+the faster. The figure is measured, not a datasheet's, and cached per device, precision, torch
+version and thread count, so a sweep pays for it once."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from bench.measure.timing import time_calls
+
+DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16,
+          "bf16": torch.bfloat16}
+
+
+def _probe_shapes(device: torch.device) -> tuple[int, int, int]:
+    # (matmul side, conv channels, conv batch): big enough to saturate the device, small enough
+    # to run in seconds on a 2-core CPU.
+    return (4096, 256, 64) if device.type == "cuda" else (1024, 128, 8)
+
+
+def measure_peak_flops(device: torch.device, precision: str, repeats: int = 5) -> dict:
+    n, channels, batch = _probe_shapes(device)
+    dtype = DTYPES[precision]
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    matmul = time_calls(lambda: a @ b, repeats, 2, device)
+    x = torch.randn(batch, channels, 32, 32, device=device, dtype=dtype)
+    w = torch.randn(channels, channels, 3, 3, device=device, dtype=dtype)
+    conv = time_calls(lambda: F.conv2d(x, w, padding=1), repeats, 2, device)
+    matmul_flops = 2 * n**3 / matmul.median_s
+    conv_flops = 2 * batch * channels * channels * 9 * 32 * 32 / conv.median_s
+    return {"peak_flops": max(matmul_flops, conv_flops), "matmul_flops": matmul_flops,
+            "conv_flops": conv_flops,
+            "probe": f"matmul {n}x{n}x{n}, conv3x3 {channels}ch 32x32 batch {batch}"}
+
+
+def device_key(device: torch.device, precision: str) -> str:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        from bench.env import _cpu_model
+
+        name = f"{_cpu_model()} x{torch.get_num_threads()} threads"
+    return f"{name} | {precision} | torch {torch.__version__}"
+
+
+def peak_flops(device: torch.device, precision: str, cache: Path) -> dict:
+    """The cached probe result for this device and precision, measuring it on first use."""
+    key = device_key(device, precision)
+    table = json.loads(cache.read_text()) if cache.exists() else {}
+    if key not in table:
+        table[key] = measure_peak_flops(device, precision)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(table, indent=2) + "\n")
+        os.replace(tmp, cache)
+    return table[key]

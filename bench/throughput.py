@@ -1,0 +1,80 @@
+"""python -m bench.throughput: how fast does a configuration train, and how much of the
+device's measured peak does it use (MFU)?
+
+Per spec: the shared timed training pass (warm-up apart, device-synchronized steps), the FLOPs
+of one optimizer step counted once on an eager model over fake tensors, and the device's peak
+FLOP/s at that precision from a probe of large matmuls and convolutions, cached in
+<out>/peak_flops.json per device, precision, torch version and thread count."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from bench.cli import build_parser, run_cli
+from bench.measure.flops import training_step_flops
+from bench.measure.peak import peak_flops
+from bench.measure.training import timed_training
+from bench.runner import Harness
+from bench.spec import BenchSpec
+from bench.worker import RunContext
+
+PEAK_CACHE = "peak_flops.json"
+
+
+def peaks_measured(rows: list[dict], context: RunContext) -> list[str]:
+    """The MFU denominators, stated once above the table."""
+    cache = context.out / PEAK_CACHE
+    if not cache.exists():
+        return []
+    return [f"Peak {key}: {entry['peak_flops'] / 1e12:.3g} TFLOP/s measured ({entry['probe']}; "
+            f"matmul {entry['matmul_flops'] / 1e12:.3g}, conv {entry['conv_flops'] / 1e12:.3g})."
+            for key, entry in json.loads(cache.read_text()).items()]
+
+
+HARNESS = Harness(
+    name="throughput",
+    figure_columns=["step_s", "step_s_min", "step_s_max", "img_per_s", "warmup_s", "compile_s",
+                    "gflop_per_step", "achieved_tflops", "peak_tflops", "mfu", "peak_alloc_mib",
+                    "peak_reserved_mib", "nvml_peak_mib", "rss_peak_mib", "cpu_util_pct"],
+    display_columns=["status", "step_s", "step_s_min", "step_s_max", "img_per_s", "compile_s",
+                     "gflop_per_step", "achieved_tflops", "peak_tflops", "mfu"],
+    notes=["step_s: median seconds per optimizer step over --steps measured steps (min, max "
+           "beside it); img_per_s = batch x accum x steps / measured seconds.",
+           "compile_s: the warm-up steps' time less the same number of measured steps "
+           "(torch.compile's compilation); empty with --compile off.",
+           "gflop_per_step: 10^9 FLOPs of one optimizer step (matmul, convolution and attention,"
+           " forward and backward; a multiply-add counts 2), counted on an eager copy. "
+           "achieved_tflops = gflop_per_step / step_s / 1000; peak_tflops: the probe's measured "
+           "peak at this precision; mfu = achieved / peak (0 to 1).",
+           "Memory columns as in bench.memory (MiB = 2^20 bytes; CUDA columns empty on CPU)."],
+    compare=peaks_measured,
+)
+
+
+def measure(spec: BenchSpec, context: RunContext) -> dict:
+    device = torch.device(spec.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    figures = timed_training(spec, device)
+    if spec.compile != "off":
+        figures["compile_s"] = max(0.0, figures["warmup_s"] - spec.warmup * figures["step_s"])
+    flops = training_step_flops(spec)
+    peak = peak_flops(device, spec.precision, context.out / PEAK_CACHE)["peak_flops"]
+    achieved = flops / figures["step_s"]
+    figures.update(gflop_per_step=flops / 1e9, achieved_tflops=achieved / 1e12,
+                   peak_tflops=peak / 1e12, mfu=achieved / peak)
+    return figures
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser(
+        "python -m bench.throughput", __doc__,
+        defaults={"batch": "8", "accum": "1", "precision": "fp32,bf16", "steps": 5, "warmup": 1})
+    run_cli(HARNESS, parser, argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
