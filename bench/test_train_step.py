@@ -1,0 +1,48 @@
+"""One optimizer step (batch x accum images) under pytest-benchmark.
+
+Pedantic mode: each round's setup builds a fresh trainer and takes one warm step, so the timed
+call is a steady-state step and pytest-benchmark's own calls never run on mutated state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from bench.measure.flops import training_step_flops
+from bench.measure.memory import step_peak
+from bench.measure.peak import peak_flops
+from bench.measure.timing import synchronize
+from bench.workload import build_trainer, synthetic_images
+
+
+def test_train_step(benchmark, spec, request):
+    device = torch.device(spec.device)
+    images = synthetic_images(spec, spec.effective_batch)
+
+    def setup():
+        trainer = build_trainer(spec)
+        trainer.step(images)  # optimizer state exists: the timed step is a steady-state one
+        synchronize(device)
+        return (trainer,), {}
+
+    def one_step(trainer):
+        trainer.step(images)
+        synchronize(device)  # the clock stops when the device is done, not when it was asked
+
+    benchmark.pedantic(one_step, setup=setup, rounds=request.config.getoption("--bench-rounds"),
+                       iterations=1)
+    info = benchmark.extra_info
+    info["images_per_step"] = spec.effective_batch
+    info["predicted_cuda_alloc_mib"] = step_peak(spec, fake=True).mib()
+    if device.type == "cuda":
+        info["peak_alloc_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        median = benchmark.stats.stats.median
+        flops = training_step_flops(spec)
+        cache = Path(request.config.rootpath) / ".benchmarks" / "peak_flops.json"
+        peak = peak_flops(device, spec.precision, cache)["peak_flops"]
+        info["images_per_s"] = spec.effective_batch / median
+        info["gflop_per_step"] = flops / 1e9
+        info["mfu"] = flops / median / peak
+        info["peak_tflops"] = peak / 1e12
