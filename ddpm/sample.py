@@ -235,3 +235,9 @@ def _check_eta(eta) -> None:
 def _check_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an int, got {type(value).__name__} {value!r}.")
+
+
+if __name__ == "__main__":
+    from ddpm.sample_cli import main
+
+    main()
