@@ -66,6 +66,7 @@ def ddim_step(
     eps: torch.Tensor,
     eta: float = 0.0,
     noise: torch.Tensor | None = None,
+    clip_x0: bool = False,
 ) -> torch.Tensor:
     """x_{t_prev} from x_t by DDIM eq. 12, jumping any number of steps down (t_prev < t).
 
@@ -73,7 +74,8 @@ def ddim_step(
     sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev) (DDIM eq. 16):
     eta = 0 is deterministic DDIM, eta = 1 is DDPM's posterior variance. t_prev = -1 is the last
     step, with abar_prev = 1 (x_0 carries no noise), where sigma = 0. `noise` (z) is needed only
-    when sigma > 0, that is eta > 0 and t_prev >= 0.
+    when sigma > 0, that is eta > 0 and t_prev >= 0. `clip_x0` clamps x0_hat to [-1, 1] and
+    re-derives eps from it, so both terms of eq. 12 agree (as diffusers' DDIMScheduler does).
     """
     _check_int("t", t)
     _check_int("t_prev", t_prev)
@@ -83,6 +85,9 @@ def ddim_step(
     x0_hat = schedule.predict_x0(x_t, t, eps)
     abar = schedule.alphas_cumprod
     abar_t = abar[t]
+    if clip_x0:
+        x0_hat = x0_hat.clamp(-1.0, 1.0)
+        eps = (x_t - abar_t.sqrt() * x0_hat) / (1 - abar_t).sqrt()
     abar_prev = abar[t_prev] if t_prev >= 0 else abar.new_ones(())
     stochastic = eta > 0 and t_prev >= 0  # decided in Python: no device sync to test sigma > 0
     sigma = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).sqrt()
@@ -167,10 +172,12 @@ def ddim_sample(
     device: torch.device | str | None = None,
     ema: EMA | None = None,
     progress: Progress | None = None,
+    clip_x0: bool = False,
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021): `steps` model calls over `ddim_timesteps(T, steps)`.
 
-    eta = 0 is deterministic given x_T; generator, device, ema and progress as in `ddpm_sample`.
+    eta = 0 is deterministic given x_T; generator, device, ema and progress as in `ddpm_sample`;
+    clip_x0 as in `ddim_step`.
     """
     ts = ddim_timesteps(schedule.timesteps, steps)
     _check_eta(eta)
@@ -178,7 +185,7 @@ def ddim_sample(
     def step(i, t, x, eps, schedule, randn):
         t_prev = ts[i + 1] if i + 1 < len(ts) else -1
         noise = randn() if eta > 0 and t_prev >= 0 else None
-        return ddim_step(schedule, x, t, t_prev, eps, eta=eta, noise=noise)
+        return ddim_step(schedule, x, t, t_prev, eps, eta=eta, noise=noise, clip_x0=clip_x0)
 
     return _denoise(model, schedule, shape, ts, step, generator, device, ema, progress)
 

@@ -55,6 +55,8 @@ def build_parser() -> ArgumentParser:
                    help="DDIM noise: 0 deterministic, 1 DDPM-like (DDIM eq. 16)")
     p.add_argument("--variance", choices=VARIANCES, default="posterior",
                    help="ddpm: sigma_t^2 = posterior beta tilde or beta (Ho et al. section 3.2)")
+    p.add_argument("--no-clip", action="store_true",
+                   help="do not clamp each x0 estimate to [-1, 1] (clamped by default)")
     p.add_argument("-n", type=positive_int, default=64, help="images to draw")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda, cuda:N")
@@ -120,7 +122,7 @@ def sample(job: Job) -> None:
     shape = (args.n, model.config.in_channels, model.config.image_size, model.config.image_size)
     # A CPU generator: the same seed gives the same samples on any device (ddpm.sample).
     common = dict(generator=torch.Generator().manual_seed(args.seed), device=args.device,
-                  ema=job.ema)
+                  ema=job.ema, clip_x0=not args.no_clip)
     total = job.schedule.timesteps if args.sampler == "ddpm" else args.steps
     trajectory = None
     start = time.perf_counter()

@@ -290,7 +290,7 @@ def train(run: Run) -> None:
         images = ddim_sample(
             trainer.model, trainer.schedule, (args.samples, *image_shape(trainer.model.config)),
             steps=args.sample_steps, generator=torch.Generator().manual_seed(args.seed),
-            device=trainer.device, ema=trainer.ema,
+            device=trainer.device, ema=trainer.ema, clip_x0=True,  # images live in [-1, 1]
             progress=lambda done, total: progress.update(task, completed=done))
     save_grid(images, samples_path, nrow=grid_columns(args.samples))
     print(f"done: {args.steps} steps ({args.steps - run.start_step} in this run, "

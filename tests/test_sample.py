@@ -354,3 +354,22 @@ def test_same_samples_on_cuda():
     model.abar = model.abar.cuda()
     gpu = ddpm_sample(model, s, (4, 8), generator=torch.Generator().manual_seed(0), device="cuda")
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-5)
+
+
+def test_ddim_clip_x0_clamps_and_rederives_eps():
+    """Clipped DDIM step = eq. 12 with x0_hat clamped and eps recomputed from it (independent
+    float64 computation)."""
+    s = NoiseSchedule.linear(100)
+    g = torch.Generator().manual_seed(0)
+    x_t = 3 * torch.randn(4, 1, 4, 4, generator=g)
+    eps = torch.randn(4, 1, 4, 4, generator=g)
+    t, t_prev = 60, 40
+    out = ddim_step(s, x_t, t, t_prev, eps, clip_x0=True)
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 100, dtype=torch.float64), 0)
+    x64, e64 = x_t.double(), eps.double()
+    x0 = ((x64 - (1 - abar[t]).sqrt() * e64) / abar[t].sqrt()).clamp(-1, 1)
+    e_clip = (x64 - abar[t].sqrt() * x0) / (1 - abar[t]).sqrt()
+    expected = abar[t_prev].sqrt() * x0 + (1 - abar[t_prev]).sqrt() * e_clip
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    assert x0.abs().max() == 1  # the clamp was active in this case
+    assert not torch.allclose(out, ddim_step(s, x_t, t, t_prev, eps))
