@@ -35,7 +35,10 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def build_parser(prog: str, description: str, defaults: dict) -> OneLineParser:
+def build_parser(prog: str, description: str, defaults: dict,
+                 helps: dict[str, str] | None = None) -> OneLineParser:
+    """The shared options; `defaults` and `helps` (by option dest) let a harness say what an
+    option means for it, e.g. --warmup is learning-rate warm-up in bench.loss."""
     p = OneLineParser(prog=prog, description=description,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     axes = p.add_argument_group("axes (comma lists; the sweep is their product)")
@@ -80,6 +83,9 @@ def build_parser(prog: str, description: str, defaults: dict) -> OneLineParser:
                    help="run specs in this process (debugging); default: one process per spec")
     g.add_argument("--timeout", type=float, default=3600.0,
                    help="seconds before a spec's process is stopped (default %(default)s)")
+    for action in p._actions:
+        if helps and action.dest in helps:
+            action.help = helps[action.dest]
     return p
 
 

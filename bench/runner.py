@@ -51,11 +51,12 @@ def spec_row(spec: BenchSpec, run_id: str) -> dict:
             "params": parameter_count(spec), "batch": spec.batch, "accum": spec.accum,
             "effective_batch": spec.effective_batch, "precision": spec.precision,
             "attention": spec.attention, "compile": spec.compile,
-            "checkpointing": spec.checkpointing, "device": spec.device}
+            "checkpointing": spec.checkpointing, "device": spec.device, "dataset": spec.dataset,
+            "sampler": spec.sampler, "sampling_steps": spec.sampling_steps}
 
 
 AXES = ("preset", "image_size", "batch", "accum", "precision", "attention", "compile",
-        "checkpointing", "device")
+        "checkpointing", "device", "dataset", "sampler", "sampling_steps")
 
 
 def display_columns(rows: list[dict], figures: list[str]) -> tuple[list[str], str]:
