@@ -33,10 +33,11 @@ def test_bare_and_named_saves_are_read_by_compare(tmp_path):
     assert saved[1].name == "0002_base.json"
     for path in saved:
         data = json.loads(path.read_text())
-        (bench,) = data["benchmarks"]
-        assert bench["name"].startswith("test_train_step")
-        assert bench["extra_info"]["images_per_step"] == 2
-        assert 0 < bench["extra_info"]["mfu"] < 1
+        benches = {b["name"].split("[")[0]: b for b in data["benchmarks"]}
+        assert set(benches) == {"test_train_step", "test_ddim_step"}
+        assert all(b["extra_info"]["images_per_step"] == 2 for b in benches.values())
+        assert 0 < benches["test_train_step"]["extra_info"]["mfu"] < 1
+        assert benches["test_ddim_step"]["extra_info"]["images_per_s_full_run"] > 0
         info = data["machine_info"]["ddpm_bench"]
         assert info["torch"] and info["cpu"] and "cudnn" in info and "driver" in info
 
@@ -47,10 +48,11 @@ def test_bare_and_named_saves_are_read_by_compare(tmp_path):
                              cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert compare.returncode == 0, compare.stderr[-2000:]
     assert compare.stdout.count("test_train_step") >= 2  # one line per saved run
+    assert compare.stdout.count("test_ddim_step") >= 2
 
 
 def test_disabled_suite_runs_each_benchmark_once(tmp_path):
     run = run_suite(tmp_path, "--benchmark-disable")
     assert run.returncode == 0, run.stdout[-3000:]
-    assert "1 passed" in run.stdout
+    assert "2 passed" in run.stdout
     assert not list(tmp_path.rglob("*.json"))  # nothing saved without --benchmark-save

@@ -1,0 +1,34 @@
+"""One DDIM denoising step (a UNet call on the batch plus the update) under pytest-benchmark.
+
+Pedantic mode: each round's setup builds the model and a fresh Denoiser, so every timed call is
+the same first step of a run and pytest-benchmark's extra calls never advance a shared state."""
+
+from __future__ import annotations
+
+import torch
+
+from bench.measure.timing import synchronize
+from bench.sampling import Denoiser, default_schedule
+from bench.workload import build_model
+
+
+def test_ddim_step(benchmark, spec, request):
+    spec = spec.replace(sampler="ddim", sampling_steps=50)
+    device = torch.device(spec.device)
+    model = build_model(spec).to(device).eval()
+    schedule = default_schedule()
+
+    def setup():
+        return (Denoiser(model, schedule, spec, device),), {}
+
+    def one_step(denoiser):
+        with torch.inference_mode():
+            denoiser()
+        synchronize(device)
+
+    benchmark.pedantic(one_step, setup=setup, rounds=request.config.getoption("--bench-rounds"),
+                       iterations=1, warmup_rounds=1)
+    benchmark.extra_info["images_per_step"] = spec.batch
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        median = benchmark.stats.stats.median
+        benchmark.extra_info["images_per_s_full_run"] = spec.batch / (median * 50)
