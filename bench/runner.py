@@ -62,7 +62,10 @@ AXES = ("preset", "image_size", "batch", "accum", "precision", "attention", "com
 def display_columns(rows: list[dict], figures: list[str]) -> tuple[list[str], str]:
     """Axes that vary across the rows become columns; the others are said once, above."""
     varying = [a for a in AXES if len({r[a] for r in rows}) > 1]
-    fixed = ", ".join(f"{a}={rows[0][a]}" for a in AXES if a not in varying)
+    # Axes of other harnesses at their defaults (dataset=synthetic in a memory table) say nothing.
+    unused = {a for a in ("dataset", "sampler", "sampling_steps")
+              if a not in varying and rows[0][a] == getattr(BenchSpec, a)}
+    fixed = ", ".join(f"{a}={rows[0][a]}" for a in AXES if a not in varying and a not in unused)
     # A figure no row has (e.g. CUDA allocator peaks on a CPU) is left out of the display.
     shown = [c for c in figures if c not in varying and any(r.get(c) is not None for r in rows)]
     return varying + shown, fixed
