@@ -118,10 +118,13 @@ def specs_from_args(args: argparse.Namespace, **extra_axes: list) -> list[BenchS
 
 def run_cli(harness: Harness, parser: OneLineParser, argv: list[str] | None,
             make_specs: Callable[[argparse.Namespace], list[BenchSpec]] = specs_from_args,
-            ) -> list[dict]:
+            options: Callable[[argparse.Namespace], dict] | None = None) -> list[dict]:
+    """Parse, validate every value, run the sweep. `options(args)` gives the harness's settings
+    that are not spec axes (JSON-able); every spec's process receives them in its RunContext."""
     args = parser.parse_args(argv)
     try:
         specs = make_specs(args)
+        settings = options(args) if options else {}
         out = Path(args.out)
         check_writable(out)
     except (SpecError, ResultsError) as exc:
@@ -130,6 +133,6 @@ def run_cli(harness: Harness, parser: OneLineParser, argv: list[str] | None,
         sys.argv[1:] if argv is None else argv)
     try:
         return run_sweep(harness, specs, out, command.strip(), inline=args.inline,
-                         resume=args.resume, timeout_s=args.timeout)
+                         resume=args.resume, timeout_s=args.timeout, options=settings)
     except ResultsError as exc:
         parser.error(str(exc))

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -40,13 +38,9 @@ from ddpm.schedule import NoiseSchedule
 from ddpm.train import Trainer
 
 DATASETS = ("digits", "mnist", "cifar10", "folder")
-# The options that are not BenchSpec fields travel to each spec's worker process in this one
-# environment variable (JSON): the runner hands a worker nothing but the spec, and the worker
-# inherits the environment. make_specs sets it once every option is checked; main() puts back
-# what was there when the sweep ends. Each row records the options (data_root, lr, last_k,
-# val_images, val_every, threads columns), and --resume refuses a CSV whose finished rows were
-# trained with another lr, val_every, threads or data root.
-OPTIONS_ENV = "DDPM_BENCH_LOSS_OPTIONS"
+# Options that are not BenchSpec fields reach each spec's process in RunContext.options. Each
+# row records them (data_root, lr, last_k, val_images, val_every, threads columns), and --resume
+# refuses a CSV whose finished rows were trained with another lr, val_every, threads or root.
 # Validation images are pushed through the model this many at a time, whatever the spec's batch:
 # the same chunks for every spec, so the same weights give the same number bit for bit.
 VAL_CHUNK = 32
@@ -79,7 +73,7 @@ def accum_tolerance(precision: str, device: str, steps: int) -> float:
 
 @dataclass(frozen=True)
 class LossOptions:
-    """What this harness needs beyond the spec (see OPTIONS_ENV)."""
+    """What this harness needs beyond the spec; it reaches each spec in RunContext.options."""
 
     data_root: str = "data"
     lr: float = 1e-3  # AdamW; ddpm's 2e-4 is for 35M parameters and 800k steps, tiny learns faster
@@ -89,9 +83,8 @@ class LossOptions:
     threads: int = 1
 
     @classmethod
-    def from_env(cls) -> LossOptions:
-        text = os.environ.get(OPTIONS_ENV)
-        return cls(**json.loads(text)) if text else cls()
+    def from_context(cls, context: RunContext) -> LossOptions:
+        return cls(**context.options) if context.options else cls()
 
 
 # ----- the report ---------------------------------------------------------------------------------
@@ -287,7 +280,7 @@ def curve_dir(spec: BenchSpec, context: RunContext) -> Path:
 def measure(spec: BenchSpec, context: RunContext, options: LossOptions | None = None) -> dict:
     from torch.utils.tensorboard import SummaryWriter  # slow to import: only where it is used
 
-    opts = options or LossOptions.from_env()
+    opts = options or LossOptions.from_context(context)
     torch.set_num_threads(opts.threads)
     device = torch.device(spec.device)
     unet = spec.unet_config()
@@ -360,7 +353,7 @@ def measure(spec: BenchSpec, context: RunContext, options: LossOptions | None = 
 
 def make_specs(args) -> list[BenchSpec]:
     """The shared axes plus the dataset; every option checked, the dataset loaded once, before
-    anything runs or is written. Sets OPTIONS_ENV for the workers."""
+    anything runs or is written."""
     if args.find_max_batch:
         raise SpecError("--find-max-batch is not allowed here: it belongs to bench.memory.")
     if args.dataset not in DATASETS:
@@ -388,13 +381,15 @@ def make_specs(args) -> list[BenchSpec]:
                          seed=args.seed)
         except DatasetError as exc:
             raise SpecError(f"--dataset {args.dataset}: {exc}") from None
-    options = LossOptions(data_root=root, lr=args.lr, last_k=args.last_k,
-                          val_images=args.val_images, val_every=args.val_every,
-                          threads=args.threads)
     if args.resume:
-        _check_resume(Path(args.out) / "loss.csv", specs, options)
-    os.environ[OPTIONS_ENV] = json.dumps(asdict(options))
+        _check_resume(Path(args.out) / "loss.csv", specs, LossOptions(**loss_options(args)))
     return specs
+
+
+def loss_options(args) -> dict:
+    return asdict(LossOptions(data_root=str(Path(args.data_root).resolve()), lr=args.lr,
+                              last_k=args.last_k, val_images=args.val_images,
+                              val_every=args.val_every, threads=args.threads))
 
 
 def batch_accum_pairs(args) -> list[tuple[int, int]]:
@@ -474,15 +469,7 @@ def build_loss_parser():
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_loss_parser()
-    previous = os.environ.get(OPTIONS_ENV)
-    try:
-        run_cli(HARNESS, parser, argv, make_specs)
-    finally:  # the options belong to this sweep only
-        if previous is None:
-            os.environ.pop(OPTIONS_ENV, None)
-        else:
-            os.environ[OPTIONS_ENV] = previous
+    run_cli(HARNESS, build_loss_parser(), argv, make_specs, options=loss_options)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import argparse
 import csv
 import gzip
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -49,17 +48,15 @@ TRAIN_PHASES = ("data", "forward", "loss", "backward", "unscale_clip", "optimize
 SAMPLE_PHASES = ("denoise_step",)
 PHASES = TRAIN_PHASES + tuple(p for p in SAMPLE_PHASES if p not in TRAIN_PHASES)
 SAMPLE_SAMPLER, SAMPLE_STEPS = "ddim", 50
-# BenchSpec has no fields for profiler options: the parent validates them and hands them to the
-# spec processes (which inherit the environment) through this variable, as bench.sampling does.
-OPTIONS_ENV = "DDPM_BENCH_PROFILE_OPTIONS"
+# Profiler options are not BenchSpec fields: they reach each spec in RunContext.options.
 DEFAULT_OPTIONS = {"wait": 1, "repeat": 1, "with_stack": False, "with_flops": False,
                    "memory_snapshot": False, "top": 15}
 SNAPSHOT_ENTRIES = 100_000  # allocator events kept by --memory-snapshot (a ring buffer)
 OPERATORS_FILE = "operators.csv"
 
 
-def options() -> dict:
-    return {**DEFAULT_OPTIONS, **json.loads(os.environ.get(OPTIONS_ENV) or "{}")}
+def options(context: RunContext) -> dict:
+    return {**DEFAULT_OPTIONS, **context.options}
 
 
 def trace_dir(out: Path, spec: BenchSpec) -> Path:
@@ -76,7 +73,7 @@ def target_of(spec: BenchSpec) -> str:
 def top_operators(rows: list[dict], context: RunContext) -> list[str]:
     """Each profiled spec's top operators by self CPU time (and self device time where there is
     a device), from the operators.csv its process wrote; printed and in profile.md."""
-    top = options()["top"]
+    top = options(context)["top"]
     lines = []
     for row in rows:
         path = Path(row.get("trace_dir") or "") / OPERATORS_FILE
@@ -241,7 +238,7 @@ def write_operators(collector: Collector, steps: int, path: Path) -> None:
 
 
 def measure(spec: BenchSpec, context: RunContext) -> dict:
-    opts = options()
+    opts = options(context)
     device = torch.device(spec.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -316,11 +313,13 @@ def make_specs(args: argparse.Namespace) -> list[BenchSpec]:
                 accum=1, checkpointing="off", sampler=SAMPLE_SAMPLER, sampling_steps=SAMPLE_STEPS)
             if one not in specs:
                 specs.append(one)
-    os.environ[OPTIONS_ENV] = json.dumps(
-        {"wait": args.wait, "repeat": args.repeat, "with_stack": args.with_stack,
-         "with_flops": args.with_flops, "memory_snapshot": args.memory_snapshot,
-         "top": args.top})
     return specs
+
+
+def profile_options(args: argparse.Namespace) -> dict:
+    return {"wait": args.wait, "repeat": args.repeat, "with_stack": args.with_stack,
+            "with_flops": args.with_flops, "memory_snapshot": args.memory_snapshot,
+            "top": args.top}
 
 
 def build_profile_parser() -> argparse.ArgumentParser:
@@ -354,14 +353,7 @@ def build_profile_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    saved = os.environ.get(OPTIONS_ENV)
-    try:
-        run_cli(HARNESS, build_profile_parser(), argv, make_specs)
-    finally:
-        if saved is None:
-            os.environ.pop(OPTIONS_ENV, None)
-        else:
-            os.environ[OPTIONS_ENV] = saved
+    run_cli(HARNESS, build_profile_parser(), argv, make_specs, options=profile_options)
 
 
 if __name__ == "__main__":

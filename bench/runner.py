@@ -81,7 +81,7 @@ def run_isolated(harness: str, spec: BenchSpec, context: RunContext, timeout_s: 
             try:  # started inside the try: a signal during the start still kills the worker
                 child = subprocess.Popen(
                     [sys.executable, "-m", "bench.worker", harness, json.dumps(spec.to_dict()),
-                     str(context.out), context.run_id, result_path],
+                     str(context.out), context.run_id, json.dumps(context.options), result_path],
                     stdout=log, stderr=subprocess.STDOUT)
                 child.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
@@ -102,7 +102,7 @@ def run_isolated(harness: str, spec: BenchSpec, context: RunContext, timeout_s: 
 
 def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
               inline: bool = False, resume: bool = False, timeout_s: float = 3600.0,
-              console: Console | None = None) -> list[dict]:
+              console: Console | None = None, options: dict | None = None) -> list[dict]:
     # Off a terminal (CI logs, pipes) rich would assume 80 columns and squeeze the table.
     console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 160)
     table = ResultsTable(out, harness.name, harness.figure_columns)
@@ -127,7 +127,7 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
             task = progress.add_task(harness.name, total=len(specs))
             for spec in specs:
                 progress.update(task, description=f"{harness.name}: {spec.name}")
-                context = RunContext(out, run_id)
+                context = RunContext(out, run_id, options or {})
                 result = (run_spec(harness.name, spec, context) if inline
                           else run_isolated(harness.name, spec, context, timeout_s))
                 row = {**spec_row(spec, run_id), "status": result["status"],
@@ -145,7 +145,7 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
         columns, fixed = display_columns(rows, harness.display_columns)
         verdicts = [v for v in map(harness.verdict, rows) if v] if harness.verdict else []
         if harness.compare:
-            verdicts += harness.compare(rows, RunContext(out, run_id))
+            verdicts += harness.compare(rows, RunContext(out, run_id, options or {}))
         notes = ([f"Same in every row: {fixed}."] if fixed else []) + verdicts + harness.notes
         table.write_report(rows, columns, command, env, describe(env), notes)
         console.print(rich_table(rows, columns, title=f"{harness.name} — {describe(env)}"))

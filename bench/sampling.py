@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import os
 import sys
 from pathlib import Path
 
@@ -48,8 +47,6 @@ from ddpm.unet import UNet
 SAMPLERS = ("ddpm", "ddim")
 # BenchSpec has no field for a checkpoint: the parent validates it and hands it to the spec
 # processes (which inherit the environment) through these variables.
-CHECKPOINT_ENV = "DDPM_BENCH_SAMPLING_CHECKPOINT"
-QUALITY_SAMPLES_ENV = "DDPM_BENCH_SAMPLING_QUALITY_SAMPLES"
 QUALITY_CHUNK = 64  # images per sampling call in the quality pass: bounded memory, any N
 GRID_IMAGES = 64
 
@@ -212,7 +209,8 @@ def measure(spec, context: RunContext | None = None) -> dict:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     apply_matmul_precision(spec.precision, device)
-    checkpoint = os.environ.get(CHECKPOINT_ENV) or None
+    options = context.options if context is not None else {}
+    checkpoint = options.get("checkpoint")
     if checkpoint is None:
         model = build_model(spec).to(device)
         return timed_sampling(model, default_schedule(), spec, device)
@@ -230,7 +228,7 @@ def measure(spec, context: RunContext | None = None) -> dict:
 
     from bench.quality import DigitsJudge
 
-    count = int(os.environ.get(QUALITY_SAMPLES_ENV, "256"))
+    count = int(options.get("quality_samples", 256))
     images = generate(eager, schedule, spec, device, count)
     judge = DigitsJudge.build(eager.config.image_size, eager.config.in_channels)
     figures.update({"quality_samples": count, "frechet_digits": judge.score(images),
@@ -373,24 +371,15 @@ def build_sampling_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_sampling_parser()
-    saved = {k: os.environ.get(k) for k in (CHECKPOINT_ENV, QUALITY_SAMPLES_ENV)}
+    run_cli(HARNESS, parser, argv, make_specs, options=sampling_options)
 
-    def specs_with_checkpoint(args: argparse.Namespace) -> list:
-        specs = make_specs(args)  # every check first: nothing is handed on for a bad command
-        os.environ.pop(CHECKPOINT_ENV, None)
-        if args.checkpoint is not None:
-            os.environ[CHECKPOINT_ENV] = str(Path(args.checkpoint).resolve())
-            os.environ[QUALITY_SAMPLES_ENV] = str(args.quality_samples)
-        return specs
 
-    try:
-        run_cli(HARNESS, parser, argv, specs_with_checkpoint)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+def sampling_options(args: argparse.Namespace) -> dict:
+    """The checkpoint (an absolute path: workers may run elsewhere) and the quality sample count."""
+    if args.checkpoint is None:
+        return {}
+    return {"checkpoint": str(Path(args.checkpoint).resolve()),
+            "quality_samples": args.quality_samples}
 
 
 if __name__ == "__main__":

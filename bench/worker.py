@@ -1,4 +1,5 @@
-"""One spec in a fresh process: `python -m bench.worker HARNESS SPEC_JSON OUT RUN_ID RESULT_PATH`.
+"""One spec in a fresh process:
+`python -m bench.worker HARNESS SPEC_JSON OUT RUN_ID OPTIONS_JSON RESULT_PATH`.
 
 The runner starts one per spec, so allocator peaks are clean and an OOM, crash or hang stays
 this spec's row. The worker writes {"status", "error", "figures"} as JSON to RESULT_PATH."""
@@ -10,7 +11,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,10 +36,12 @@ def inject_fault(spec: BenchSpec) -> None:
 
 @dataclass(frozen=True)
 class RunContext:
-    """Where a harness may write files of its own (curves, traces): out/<harness>/<run_id>/..."""
+    """Where a harness may write files of its own (curves, traces: out/<harness>/<run_id>/...),
+    and the harness's own options that are not spec axes (validated by its command line)."""
 
     out: Path
     run_id: str
+    options: dict = field(default_factory=dict)
 
 
 def run_spec(harness: str, spec: BenchSpec, context: RunContext) -> dict:
@@ -60,9 +63,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str]) -> None:
-    harness, spec_json, out, run_id, result_path = argv
+    harness, spec_json, out, run_id, options_json, result_path = argv
     spec = BenchSpec(**json.loads(spec_json))
-    result = run_spec(harness, spec, RunContext(Path(out), run_id))
+    result = run_spec(harness, spec, RunContext(Path(out), run_id, json.loads(options_json)))
     tmp = result_path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(result, f, default=float)

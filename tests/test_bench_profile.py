@@ -22,8 +22,9 @@ import torch
 
 from bench import profile
 from bench.spec import BenchSpec
+from bench.worker import RunContext
 
-ENV = {k: v for k, v in os.environ.items() if k != profile.OPTIONS_ENV} | {"OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 BASE = ["--preset", "tiny", "--device", "cpu", "--batch", "2"]
 TRAIN = BenchSpec(preset="tiny", image_size=16, attention="8", batch=2, accum=1)
 SAMPLE = TRAIN.replace(sampler="ddim", sampling_steps=50)
@@ -209,16 +210,10 @@ def test_tensorboard_plugin_serves_the_run(profiled, tmp_path):
 
 def test_specs_from_the_target_axis():
     parser = profile.build_profile_parser()
-    saved = os.environ.get(profile.OPTIONS_ENV)
-    try:
-        specs = profile.make_specs(parser.parse_args(
-            [*BASE, "--accum", "1,2", "--target", "train,sample", "--wait", "0", "--top", "3"]))
-        options = profile.options()
-    finally:
-        if saved is None:
-            os.environ.pop(profile.OPTIONS_ENV, None)
-        else:
-            os.environ[profile.OPTIONS_ENV] = saved
+    args = parser.parse_args(
+        [*BASE, "--accum", "1,2", "--target", "train,sample", "--wait", "0", "--top", "3"])
+    specs = profile.make_specs(args)
+    options = profile.options(RunContext(Path("."), "r", profile.profile_options(args)))
     # Accumulation changes training only: one sampling spec for both accum values.
     assert [(s.accum, s.sampler, s.sampling_steps) for s in specs] == [
         (1, "none", 0), (1, "ddim", 50), (2, "none", 0)]
