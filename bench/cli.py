@@ -24,15 +24,12 @@ from bench.spec import (
     parse_int_list,
     parse_preset,
 )
+from ddpm.cli_common import ArgumentParser
 from ddpm.config import PRECISIONS, PRESETS
 
-
-class OneLineParser(argparse.ArgumentParser):
-    """Bad input gets one line naming the problem and exit status 2, not a usage dump."""
-
-    def error(self, message: str):
-        sys.stderr.write(f"error: {message}\n")
-        raise SystemExit(2)
+# Bad input gets one line naming the problem and exit status 2, not a usage dump: the same
+# parser as ddpm's command lines.
+OneLineParser = ArgumentParser
 
 
 def build_parser(prog: str, description: str, defaults: dict,
