@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_checks import check_one_line_error, snapshot
 from PIL import Image
 
 # A checkpoint with T = 20, so DDPM (one model call per timestep) samples in well under a second.
@@ -123,19 +124,6 @@ def bad_args(name: str, tmp: Path, checkpoint: Path) -> list[str]:
             *(a.replace("{tmp}", str(tmp)) for a in BAD[name][0])]
 
 
-def snapshot(folder: Path) -> dict:
-    return {p: p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
-
-
-def check_one_line_error(name: str, status, stderr: str, stdout: str) -> None:
-    lines = stderr.strip().splitlines()
-    assert status == 2, stderr
-    assert "Traceback" not in stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    assert BAD[name][1] in lines[0]
-    assert stdout == ""
-
-
 @pytest.mark.parametrize("name", list(BAD))
 def test_bad_input_is_one_line_exit_2_nothing_written(checkpoint, bad_folder, name, capsys):
     # In-process, so a dozen cases cost milliseconds rather than a torch import each; any
@@ -146,7 +134,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(checkpoint, bad_folder, na
     with pytest.raises(SystemExit) as exit_info:
         main(bad_args(name, bad_folder, checkpoint))
     captured = capsys.readouterr()
-    check_one_line_error(name, exit_info.value.code, captured.err, captured.out)
+    check_one_line_error(BAD[name][1], exit_info.value.code, captured.err, captured.out)
     assert snapshot(bad_folder) == before, "nothing may be written on bad input"
 
 
@@ -158,5 +146,5 @@ def test_bad_input_as_subprocess(checkpoint, bad_folder):
         results = pool.map(lambda name: cli("ddpm.sample", *bad_args(name, bad_folder, checkpoint),
                                             cwd=bad_folder), names)
         for name, result in zip(names, results, strict=True):
-            check_one_line_error(name, result.returncode, result.stderr, result.stdout)
+            check_one_line_error(BAD[name][1], result.returncode, result.stderr, result.stdout)
     assert snapshot(bad_folder) == before

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_checks import check_one_line_error, snapshot
 from PIL import Image
 
 from ddpm.checkpoint import load_checkpoint
@@ -147,19 +148,6 @@ def bad_args(name: str, tmp: Path) -> list[str]:
             *(a.replace("{tmp}", str(tmp)) for a in BAD[name][0])]
 
 
-def snapshot(folder: Path) -> dict:
-    return {p: p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
-
-
-def check_one_line_error(name: str, status, stderr: str, stdout: str) -> None:
-    lines = stderr.strip().splitlines()
-    assert status == 2, stderr
-    assert "Traceback" not in stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    assert BAD[name][1] in lines[0]
-    assert stdout == ""
-
-
 @pytest.mark.parametrize("name", list(BAD))
 def test_bad_input_is_one_line_exit_2_nothing_written(bad_folder, name, capsys, monkeypatch):
     # In-process, so twenty cases cost milliseconds rather than a torch import each; any
@@ -171,7 +159,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(bad_folder, name, capsys, 
     with torch.random.fork_rng(devices=[]), pytest.raises(SystemExit) as exit_info:
         main(bad_args(name, bad_folder))
     captured = capsys.readouterr()
-    check_one_line_error(name, exit_info.value.code, captured.err, captured.out)
+    check_one_line_error(BAD[name][1], exit_info.value.code, captured.err, captured.out)
     assert snapshot(bad_folder) == before, "nothing may be written, or changed, on bad input"
 
 
@@ -185,5 +173,5 @@ def test_bad_input_as_subprocess(bad_folder):
                                                       cwd=bad_folder)
                         for name in AS_SUBPROCESS})
     for name, result in results.items():
-        check_one_line_error(name, result.returncode, result.stderr, result.stdout)
+        check_one_line_error(BAD[name][1], result.returncode, result.stderr, result.stdout)
     assert snapshot(bad_folder) == before
