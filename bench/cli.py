@@ -21,6 +21,7 @@ from bench.spec import (
     parse_choices,
     parse_device,
     parse_image_size,
+    parse_impl,
     parse_int_list,
     parse_preset,
 )
@@ -52,6 +53,10 @@ def build_parser(prog: str, description: str, defaults: dict,
                       help=f"torch.compile mode: {', '.join(COMPILE_MODES)} (default %(default)s)")
     axes.add_argument("--checkpointing", default="off",
                       help="gradient checkpointing of UNet blocks: off, on (default %(default)s)")
+    axes.add_argument("--impl", default="ddpm",
+                      help="ddpm (ours), diffusers (UNet2DModel at the same architecture, trained "
+                           "as diffusers' example trains it; optional dependency) "
+                           "(default %(default)s)")
     g = p.add_argument_group("model, device and run")
     g.add_argument("--preset", default="ddpm-cifar10",
                    help=f"{', '.join(PRESETS)} (default %(default)s)")
@@ -72,6 +77,10 @@ def build_parser(prog: str, description: str, defaults: dict,
                    help="for each combination of the other axes, search the largest batch that "
                         "fits the budget (doubling, then bisection): measured on CUDA, predicted "
                         "elsewhere; --batch is ignored")
+    g.add_argument("--repeats", type=int, default=1,
+                   help="run the whole grid this many times, one pass after another, so specs "
+                        "next to each other (e.g. --impl ddpm,diffusers) share the machine's "
+                        "drift; each pass is its own rows (column repeat) (default 1)")
     g.add_argument("--seed", type=int, default=0, help="seed for weights and data (default 0)")
     g.add_argument("--out", default="results", help="results folder (default %(default)s)")
     g.add_argument("--resume", action="store_true",
@@ -93,6 +102,7 @@ def specs_from_args(args: argparse.Namespace, **extra_axes: list) -> list[BenchS
     image_size = parse_image_size(args.image_size, preset)
     for option, value, minimum in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0),
                                    ("--timeout", args.timeout, 1e-9),
+                                   ("--repeats", args.repeats, 1),
                                    ("--cuda-context-mib", args.cuda_context_mib, 0)):
         if value < minimum:
             raise SpecError(f"{option} {value:g} is not allowed: it must be >= {minimum:g}.")
@@ -101,16 +111,21 @@ def specs_from_args(args: argparse.Namespace, **extra_axes: list) -> list[BenchS
                      budget_mib=parse_budget(args.budget), context_mib=args.cuda_context_mib,
                      find_max_batch=args.find_max_batch)
     batches = [1] if args.find_max_batch else parse_int_list("--batch", args.batch)
-    return expand_grid(
+    attention = parse_attention(args.attention, preset, image_size)
+    configs = [base.replace(attention=a).unet_config() for a in attention]
+    grid = expand_grid(
         base,
         batch=batches,
         accum=parse_int_list("--accum", args.accum),
         precision=parse_choices("--precision", args.precision, PRECISIONS),
-        attention=parse_attention(args.attention, preset, image_size),
+        attention=attention,
         compile=parse_choices("--compile", args.compile, COMPILE_MODES),
         checkpointing=parse_choices("--checkpointing", args.checkpointing, ON_OFF),
         **extra_axes,
+        # Fastest-varying: implementations alternate in the sweep, so machine drift is shared.
+        impl=parse_impl(args.impl, configs),
     )
+    return [s.replace(repeat=r) for r in range(1, args.repeats + 1) for s in grid]
 
 
 def run_cli(harness: Harness, parser: OneLineParser, argv: list[str] | None,

@@ -31,11 +31,10 @@ from bench.cli import build_parser, run_cli, specs_from_args
 from bench.runner import AXES, Harness
 from bench.spec import BenchSpec, SpecError, parse_int_list
 from bench.worker import RunContext
-from bench.workload import build_model
+from bench.workload import build_trainer
 from ddpm.config import PRESETS, TrainConfig
 from ddpm.data import DatasetError, load_dataset
 from ddpm.schedule import NoiseSchedule
-from ddpm.train import Trainer
 
 DATASETS = ("digits", "mnist", "cifar10", "folder")
 # Options that are not BenchSpec fields reach each spec's process in RunContext.options. Each
@@ -290,7 +289,7 @@ def measure(spec: BenchSpec, context: RunContext, options: LossOptions | None = 
     config = TrainConfig(batch_size=spec.batch, accum_steps=spec.accum,
                          precision=spec.precision, seed=spec.seed, lr=opts.lr,
                          warmup_steps=spec.warmup)
-    trainer = Trainer(build_model(spec), schedule, config, device=device)
+    trainer = build_trainer(spec, device, schedule=schedule, config=config)
     val_images = data.validation()[: opts.val_images]
     val_t, val_noise = validation_draws(val_images, schedule.timesteps, spec.seed)
 

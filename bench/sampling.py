@@ -31,6 +31,7 @@ import torch
 from bench.cli import build_parser, run_cli, specs_from_args
 from bench.measure import cuda
 from bench.measure.timing import time_calls
+from bench.ratios import impl_ratios
 from bench.results import format_value
 from bench.runner import Harness
 from bench.spec import SpecError, parse_attention, parse_choices, parse_int_list, parse_preset
@@ -105,6 +106,7 @@ HARNESS = Harness(
            "held-out digits score (a finite sample's floor). The quality pass runs eager and "
            "after the timed one; it writes a grid per spec under <out>/sampling/<run_id>/."],
     verdict=verdict,
+    compare=lambda rows, context: impl_ratios(rows, "img_per_s", "img/s"),
 )
 
 
@@ -332,7 +334,13 @@ def make_specs(args: argparse.Namespace) -> list:
         for sampler in samplers:
             for steps in ([T] if sampler == "ddpm" else ddim_steps):
                 specs.append(base.replace(sampler=sampler, sampling_steps=steps))
-    return specs
+    if args.checkpoint is not None and any(s.impl != "ddpm" for s in specs):
+        raise SpecError("--impl diffusers cannot load --checkpoint: it holds ddpm's weights.")
+    # Implementations side by side (stable sort: within a repeat, each spec's impls in a row),
+    # so they share the machine's drift as in the other harnesses.
+    first_seen: dict = {}
+    return sorted(specs, key=lambda s: (s.repeat, first_seen.setdefault(s.replace(impl="ddpm"),
+                                                                         len(first_seen))))
 
 
 def build_sampling_parser() -> argparse.ArgumentParser:

@@ -42,6 +42,8 @@ class BenchSpec:
     dataset: str = "synthetic"  # bench.loss trains on real data
     sampler: str = "none"  # bench.sampling: "ddpm" or "ddim"
     sampling_steps: int = 0  # denoising steps of a full sampling run (ddpm: all T)
+    impl: str = "ddpm"  # bench.impl: "ddpm" (ours) or "diffusers" (UNet2DModel, same architecture)
+    repeat: int = 1  # which pass over the grid (--repeats): repeats are separate measurements
 
     @property
     def effective_batch(self) -> int:
@@ -66,13 +68,16 @@ class BenchSpec:
             name += f"-{self.dataset}"
         if self.sampler != "none" or self.sampling_steps:
             name += f"-{self.sampler}{self.sampling_steps}"
+        if self.impl != "ddpm":
+            name += f"-{self.impl}"
         return name
 
     @property
     def spec_id(self) -> str:
         return (f"{self.name}-seed{self.seed}-steps{self.steps}-warmup{self.warmup}"
                 f"-budget{self.budget_mib:g}-context{self.context_mib:g}"
-                + ("-maxbatch" if self.find_max_batch else ""))
+                + ("-maxbatch" if self.find_max_batch else "")
+                + (f"-repeat{self.repeat}" if self.repeat > 1 else ""))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -126,6 +131,21 @@ def parse_attention(text: str, preset: str, image_size: int) -> list[str]:
                                     f"{', '.join(map(str, visited))}.")
             item = "+".join(str(r) for r in sorted(map(int, parts), reverse=True))
         values.append(item)
+    return values
+
+
+def parse_impl(text: str, configs: list[UNetConfig]) -> list[str]:
+    """ddpm and/or diffusers; diffusers must be installed and able to build every config."""
+    from bench.impl import IMPLS, INSTALL_HINT, diffusers_installed, diffusers_unsupported
+
+    values = parse_choices("--impl", text, IMPLS)
+    if "diffusers" in values:
+        if not diffusers_installed():
+            raise SpecError(f"--impl diffusers needs the diffusers package: {INSTALL_HINT}.")
+        for config in configs:
+            reason = diffusers_unsupported(config)
+            if reason:
+                raise SpecError(f"--impl diffusers cannot build this model: {reason}.")
     return values
 
 

@@ -17,6 +17,7 @@ from bench.cli import build_parser, run_cli
 from bench.measure.flops import training_step_flops
 from bench.measure.peak import peak_flops
 from bench.measure.training import timed_training
+from bench.ratios import impl_ratios
 from bench.runner import Harness
 from bench.spec import BenchSpec
 from bench.worker import RunContext
@@ -50,7 +51,8 @@ HARNESS = Harness(
            "achieved_tflops = gflop_per_step / step_s / 1000; peak_tflops: the probe's measured "
            "peak at this precision; mfu = achieved / peak (0 to 1).",
            "Memory columns as in bench.memory (MiB = 2^20 bytes; CUDA columns empty on CPU)."],
-    compare=peaks_measured,
+    compare=lambda rows, context: (peaks_measured(rows, context)
+                                   + impl_ratios(rows, "img_per_s", "img/s", also=("mfu",))),
 )
 
 

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import torch
 
+from bench.impl import build_unet, diffusers_recipe
 from bench.spec import BenchSpec
 from ddpm.config import TrainConfig
 from ddpm.schedule import NoiseSchedule
 from ddpm.train import Trainer
-from ddpm.unet import UNet
 
 COMPILE_KWARGS = {"default": {}, "reduce-overhead": {"mode": "reduce-overhead"},
                   "max-autotune": {"mode": "max-autotune"}}
 
 
-def build_model(spec: BenchSpec, compiled: bool = True) -> UNet:
+def build_model(spec: BenchSpec, compiled: bool = True) -> torch.nn.Module:
     torch.manual_seed(spec.seed)  # the same initial weights for every spec with this seed
-    model = UNet(spec.unet_config())
+    model = build_unet(spec.unet_config(), spec.impl)
     if compiled and spec.compile != "off":
         model.compile(**COMPILE_KWARGS[spec.compile])  # in place: the module keeps its type
     return model
@@ -25,12 +25,17 @@ def build_model(spec: BenchSpec, compiled: bool = True) -> UNet:
 
 def build_trainer(spec: BenchSpec, device: str | torch.device | None = None,
                   accum: int | None = None, precision: str | None = None,
-                  compiled: bool = True, schedule: NoiseSchedule | None = None) -> Trainer:
-    config = TrainConfig(batch_size=spec.batch, accum_steps=accum or spec.accum,
-                         precision=precision or spec.precision, seed=spec.seed)
+                  compiled: bool = True, schedule: NoiseSchedule | None = None,
+                  config: TrainConfig | None = None) -> Trainer:
+    """The spec's model and trainer; `config` replaces the TrainConfig the spec implies."""
+    config = config or TrainConfig(batch_size=spec.batch, accum_steps=accum or spec.accum,
+                                   precision=precision or spec.precision, seed=spec.seed)
     schedule = schedule or NoiseSchedule.linear()
-    return Trainer(build_model(spec, compiled), schedule, config,
-                   device=device or spec.device)
+    device = device or spec.device
+    model = build_model(spec, compiled).to(device)
+    # diffusers' baseline trains with its own example's optimizer and EMA (bench.impl).
+    recipe = diffusers_recipe(model, config) if spec.impl == "diffusers" else {}
+    return Trainer(model, schedule, config, device=device, **recipe)
 
 
 def synthetic_images(spec: BenchSpec, count: int) -> torch.Tensor:
@@ -42,4 +47,4 @@ def synthetic_images(spec: BenchSpec, count: int) -> torch.Tensor:
 
 def parameter_count(spec: BenchSpec) -> int:
     with torch.device("meta"):  # no memory, no init cost
-        return sum(p.numel() for p in UNet(spec.unet_config()).parameters())
+        return sum(p.numel() for p in build_unet(spec.unet_config(), spec.impl).parameters())

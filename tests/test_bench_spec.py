@@ -193,7 +193,8 @@ def test_name_and_spec_id_are_stable():
 VARIANTS = {"preset": "ddpm-mnist", "image_size": 64, "batch": 3, "accum": 2, "precision": "bf16",
             "attention": "none", "compile": "default", "checkpointing": "on", "device": "cuda",
             "seed": 1, "steps": 5, "warmup": 0, "budget_mib": 4096.0, "context_mib": 300.0,
-            "find_max_batch": True, "dataset": "digits", "sampler": "ddim", "sampling_steps": 10}
+            "find_max_batch": True, "dataset": "digits", "sampler": "ddim", "sampling_steps": 10,
+            "impl": "diffusers", "repeat": 2}
 
 
 def test_variants_cover_every_field():
@@ -207,7 +208,7 @@ def test_spec_id_distinct_across_axes(field):
     other = base.replace(**{field: VARIANTS[field]})
     assert other.spec_id != base.spec_id
     axes = {"preset", "image_size", "batch", "accum", "precision", "attention", "compile",
-            "checkpointing", "device"}
+            "checkpointing", "device", "impl"}
     if field in axes:  # the readable name alone already tells them apart
         assert other.name != base.name
 

@@ -7,8 +7,9 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from bench.impl import build_unet
 from bench.spec import BenchSpec
-from ddpm.unet import UNet
+from ddpm.unet import Upsample
 
 aten = torch.ops.aten
 
@@ -32,7 +33,12 @@ def training_step_flops(spec: BenchSpec) -> int:
     left out, as in the usual MFU convention (Chowdhery et al. 2022)."""
     config = spec.unet_config().replace(gradient_checkpointing=False)
     with FakeTensorMode():
-        model = UNet(config)
+        model = build_unet(config, spec.impl)
+        for module in model.modules():
+            # MFU counts the architecture's FLOPs, not the cheaper algorithm ours runs for the
+            # upsampling convolutions, so implementations of one architecture compare fairly.
+            if isinstance(module, Upsample):
+                module.phased = False
         x = torch.randn(spec.batch, config.in_channels, config.image_size, config.image_size)
         t = torch.zeros(spec.batch, dtype=torch.long)
         counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION)
