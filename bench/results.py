@@ -1,5 +1,6 @@
-"""Result tables: a CSV row appended as each spec finishes, the latest run as Markdown with what
-reproduces it above the table, a JSON sidecar, and the same table on the terminal (rich)."""
+"""Result tables: a CSV row appended as each spec finishes, read back with the types the harness
+wrote; a JSON sidecar recording each run's command, options and environment; Markdown and rich
+rendering of rows (bench.report builds the .md from these)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import csv
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 from tabulate import tabulate
@@ -51,7 +53,8 @@ def check_writable(folder: Path) -> None:
 
 
 class ResultsTable:
-    """results/<harness>.csv (every row ever), .md and .json (the latest run)."""
+    """results/<harness>.csv (every row ever) and .json (every run's command and environment);
+    bench.report renders the .md from the two."""
 
     def __init__(self, folder: Path, harness: str, figure_columns: list[str]):
         self.folder, self.harness = Path(folder), harness
@@ -86,16 +89,115 @@ class ResultsTable:
             f.flush()
             os.fsync(f.fileno())
 
-    def write_report(self, rows: list[dict], display: list[str], command: str, env: dict,
-                     env_line: str, notes: list[str]) -> None:
-        lines = [f"# {self.harness}", "", f"Command: `{command}`", "", f"Environment: {env_line}",
-                 "", markdown_table(rows, display), ""]
-        lines += [f"- {n}" for n in notes]
-        lines.append(f"- Every column of every run: `{self.csv_path.name}`; environment: "
-                     f"`{self.json_path.name}`.")
-        _atomic_write(self.md_path, "\n".join(lines) + "\n")
-        sidecar = {"harness": self.harness, "command": command, "environment": env, "rows": rows}
-        _atomic_write(self.json_path, json.dumps(sidecar, indent=2, default=str) + "\n")
+    def rows(self) -> list[dict]:
+        return read_rows(self.csv_path)
+
+    def runs(self) -> dict[str, dict]:
+        return read_runs(self.json_path)
+
+    def record_run(self, run_id: str, command: str, environment: dict, options: dict,
+                   started: str) -> None:
+        """Written when a run starts, so an interrupted run's rows have their command too."""
+        runs = self.runs()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        runs[run_id] = {"command": command, "started": started, "options": options,
+                        "environment": environment}
+        sidecar = {"harness": self.harness, "runs": runs}
+        atomic_write(self.json_path, json.dumps(sidecar, indent=2, default=str) + "\n")
+
+
+# ----- reading back ------------------------------------------------------------------------------
+
+# What Python's csv module writes for a float: str(float), which is repr, an exact round trip.
+_INT = re.compile(r"[+-]?\d+")
+_FLOAT = re.compile(r"[+-]?(?:\d+\.\d*(?:e[+-]?\d+)?|\.\d+(?:e[+-]?\d+)?|\d+e[+-]?\d+|inf|nan)",
+                    re.IGNORECASE)
+
+
+def parse_cell(text: str):
+    """A figure cell as the harness's Python value: "" -> None, True/False -> bool, an integer
+    literal -> int, a float literal -> float, anything else -> the text."""
+    if text == "":
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    if _INT.fullmatch(text):
+        return int(text)
+    if _FLOAT.fullmatch(text):
+        return float(text)
+    return text
+
+
+def typed_row(raw: dict[str, str], line: int | None = None, path: Path | None = None) -> dict:
+    """A CSV row with the types the harness produced: spec columns by CSV_DTYPES (an empty
+    string column is None, as the harness's `error` of an ok row), figures by parse_cell."""
+    row = {}
+    for column, text in raw.items():
+        dtype = CSV_DTYPES.get(column)
+        if text is None:  # a short line: csv.DictReader fills the missing cells with None
+            raise ResultsError(f"{path} line {line} has fewer cells than its header.")
+        if dtype == "int64":
+            if not _INT.fullmatch(text):
+                raise ResultsError(f"{path} line {line}: {column} {text!r} is not an integer.")
+            row[column] = int(text)
+        elif dtype == "string":
+            row[column] = text if text != "" else None
+        else:
+            row[column] = parse_cell(text)
+    return row
+
+
+REQUIRED = ("run_id", "timestamp", "spec_id", "status")
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Every row of a results CSV, typed (typed_row). ResultsError says what is wrong."""
+    path = Path(path)
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ResultsError(f"{path} is not a results table: no column "
+                                   f"{', '.join(missing)}.")
+            rows = []
+            for raw in reader:
+                if None in raw:  # more cells than the header names
+                    raise ResultsError(f"{path} line {reader.line_num} has more cells than "
+                                       "its header.")
+                rows.append(typed_row(raw, reader.line_num, path))
+            return rows
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ResultsError(f"{path} cannot be read ({_reason(exc)}).") from None
+
+
+def read_runs(path: Path) -> dict[str, dict]:
+    """{run_id: {"command", "started", "options", "environment"}} from a JSON sidecar; {} when
+    there is none. The earlier sidecar (the latest run's command, environment and rows) is read
+    as one record per run id of its rows."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        if "runs" in data:
+            runs = data["runs"]
+            if not isinstance(runs, dict) or not all(isinstance(r, dict) for r in runs.values()):
+                raise ValueError("'runs' is not a mapping of run records")
+            return runs
+        record = {"command": data["command"], "environment": data["environment"]}
+        return {r["run_id"]: dict(record) for r in data.get("rows", [])}
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
+        raise ResultsError(f"{path} is not a run record ({_reason(exc)}); move it aside or "
+                           "pass another --out.") from None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    if isinstance(exc, KeyError):
+        return f"no {exc}"
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def format_value(value) -> str:
@@ -135,7 +237,16 @@ def _csv_value(value):
     return "" if value is None else value
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """A reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

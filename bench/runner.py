@@ -1,5 +1,6 @@
 """The one sweep loop every harness uses: each spec in a fresh process (or inline), each row
-appended the moment its spec finishes, a progress bar over specs, the report at the end."""
+appended the moment its spec finishes, a progress bar over specs, and at the end the report,
+rendered from the CSV read back (bench.report's render, so a rebuild gives the same file)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench.env import describe, environment
-from bench.results import ResultsTable, rich_table
+from bench.env import environment
+from bench.results import ResultsError, ResultsTable, rich_table
 from bench.spec import BenchSpec
 from bench.worker import RunContext, run_spec
 from bench.workload import parameter_count
@@ -61,11 +62,13 @@ AXES = ("preset", "image_size", "batch", "accum", "precision", "attention", "com
 
 def display_columns(rows: list[dict], figures: list[str]) -> tuple[list[str], str]:
     """Axes that vary across the rows become columns; the others are said once, above."""
-    varying = [a for a in AXES if len({r[a] for r in rows}) > 1]
+    # .get: rows read back from a CSV written before an axis existed lack its column.
+    varying = [a for a in AXES if len({r.get(a) for r in rows}) > 1]
     # Axes of other harnesses at their defaults (dataset=synthetic in a memory table) say nothing.
     unused = {a for a in ("dataset", "sampler", "sampling_steps")
-              if a not in varying and rows[0][a] == getattr(BenchSpec, a)}
-    fixed = ", ".join(f"{a}={rows[0][a]}" for a in AXES if a not in varying and a not in unused)
+              if a not in varying and rows[0].get(a) == getattr(BenchSpec, a)}
+    fixed = ", ".join(f"{a}={rows[0].get(a)}" for a in AXES
+                      if a not in varying and a not in unused)
     # A figure no row has (e.g. CUDA allocator peaks on a CPU) is left out of the display.
     shown = [c for c in figures if c not in varying and any(r.get(c) is not None for r in rows)]
     return varying + shown, fixed
@@ -114,8 +117,11 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
         if skipped:
             console.print(f"--resume: {len(skipped)} spec(s) already in {table.csv_path}, "
                           f"{len(specs)} to run.")
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}"
+    now = datetime.now(timezone.utc)
+    run_id = now.strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}"
     env = environment(specs[0].device if specs else "cpu")
+    if specs:  # recorded before the first spec: an interrupted run's rows have a command too
+        table.record_run(run_id, command, env, options or {}, now.isoformat(timespec="seconds"))
     rows: list[dict] = []
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM,)}
     interrupted = None
@@ -142,20 +148,31 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if rows:
-        columns, fixed = display_columns(rows, harness.display_columns)
-        verdicts = [v for v in map(harness.verdict, rows) if v] if harness.verdict else []
-        if harness.compare:
-            verdicts += harness.compare(rows, RunContext(out, run_id, options or {}))
-        notes = ([f"Same in every row: {fixed}."] if fixed else []) + verdicts + harness.notes
-        table.write_report(rows, columns, command, env, describe(env), notes)
-        console.print(rich_table(rows, columns, title=f"{harness.name} — {describe(env)}"))
-        if fixed:
-            console.print(f"Same in every row: {fixed}")
-        for line in verdicts:
-            console.print(line)
-        console.print(f"Rows appended to {table.csv_path}; report in {table.md_path}.")
+        report_sweep(harness, table, command, console)
     if interrupted:
         console.print(f"Interrupted ({interrupted}): {len(rows)} finished row(s) kept in "
                       f"{table.csv_path}; run again with --resume for the rest.")
         raise SystemExit(130)
     return rows
+
+
+def report_sweep(harness: Harness, table: ResultsTable, command: str, console: Console) -> None:
+    """Write <harness>.md from the CSV and print this command's section of it."""
+    from bench.report import base_command, environment_line, write_markdown  # imports us
+
+    try:
+        found = write_markdown(harness, table.folder)
+    except ResultsError as exc:
+        console.print(f"Rows appended to {table.csv_path}, but no report written: {exc} Once "
+                      f"that is fixed, python -m bench.report --out {table.folder} --harness "
+                      f"{harness.name} writes it.")
+        return
+    section = next((s for s in found if s.command == base_command(command)), None)
+    if section is not None:
+        title = f"{harness.name} — {environment_line(section.environment)}"
+        console.print(rich_table(section.rows, section.columns, title=title))
+        if section.fixed:
+            console.print(f"Same in every row: {section.fixed}")
+        for line in section.sentences:
+            console.print(line)
+    console.print(f"Rows appended to {table.csv_path}; report in {table.md_path}.")

@@ -8,7 +8,6 @@ command as a user types it."""
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import re
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import loss
+from bench.results import read_rows
 from bench.spec import BenchSpec
 from bench.worker import RunContext
 from bench.workload import build_model
@@ -46,8 +46,7 @@ def sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("loss")
     loss.main(["--inline", "--steps", str(STEPS), "--last-k", str(LAST_K), "--val-every", "10",
                "--out", str(out)])
-    report = json.loads((out / "loss.json").read_text())
-    rows = {(r["batch"], r["accum"], r["precision"]): r for r in report["rows"]}
+    rows = {(r["batch"], r["accum"], r["precision"]): r for r in read_rows(out / "loss.csv")}
     return out, rows, (out / "loss.md").read_text()
 
 

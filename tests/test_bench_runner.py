@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from bench import memory as memory_harness
-from bench.results import CSV_DTYPES, SPEC_COLUMNS, ResultsTable, read_csv
+from bench.results import CSV_DTYPES, SPEC_COLUMNS, ResultsTable, read_csv, read_rows
 from bench.worker import FAULT_ENV
 
 # Many subprocesses share a small CPU (and other jobs): one thread each, or OpenMP threads spin
@@ -352,11 +352,14 @@ def test_markdown_and_json_report(fault_sweeps):
     assert "Environment: torch " + torch.__version__ in md
     sidecar = json.loads((out / "memory.json").read_text())
     assert sidecar["harness"] == "memory"
-    assert "--batch 1,2,3" in sidecar["command"]
-    env = sidecar["environment"]
+    (run_id,) = sidecar["runs"]  # one record per run, keyed by run id
+    assert "--batch 1,2,3" in sidecar["runs"][run_id]["command"]
+    env = sidecar["runs"][run_id]["environment"]
     assert env["torch"] == torch.__version__
     assert env["device"] == "cpu" and env["cpu_count"] >= 1 and env["python"]
-    assert [r["status"] for r in sidecar["rows"]] == ["ok", "error", "ok"]
+    rows = read_rows(out / "memory.csv")
+    assert [r["status"] for r in rows] == ["ok", "error", "ok"]
+    assert {r["run_id"] for r in rows} == {run_id}
 
 
 # ----- interruption and --resume ------------------------------------------------------------
@@ -373,7 +376,8 @@ def sigterm_then_resume(tmp_path_factory):
     interrupted, left = interrupt(proc, signal.SIGTERM)
     seconds = time.monotonic() - began
     after_interrupt = {"csv": (out / "memory.csv").read_bytes(), "md_rows": md_rows(out)}
-    resumed = finish(start("--batch", "1,2,3", "--resume", out=out))
+    # The same command with --resume, so its rows join the interrupted run's section.
+    resumed = finish(start("--batch", "1,2,3", "--timeout", "600", "--resume", out=out))
     return {"out": out, "interrupted": interrupted, "left": left, "seconds": seconds,
             "kept_csv": kept_csv, "after_interrupt": after_interrupt, "resumed": resumed}
 
@@ -403,8 +407,18 @@ def test_resume_runs_only_the_rest(sigterm_then_resume):
     assert all(r["status"] == "ok" for r in rows)
     assert rows[0]["run_id"] == rows[1]["run_id"] != rows[2]["run_id"]
     assert (run["out"] / "memory.csv").read_bytes().startswith(run["kept_csv"])
-    assert len(md_rows(run["out"])) == 1  # the latest run's report: the one spec it ran
-    assert "--resume" in (run["out"] / "memory.md").read_text()
+    # The resumed run joins its command's section: every spec, each from the run that ran it.
+    assert len(md_rows(run["out"])) == 3
+    md = (run["out"] / "memory.md").read_text()
+    (heading,) = [line for line in md.splitlines() if line.startswith("## Command: ")]
+    assert "--resume" not in heading
+    assert f"`{rows[0]['run_id']}` (2 rows)" in md
+    assert f"`{rows[2]['run_id']}` (1 row; `--resume`)" in md
+    # The interrupted run's record was written when it started.
+    runs = json.loads((run["out"] / "memory.json").read_text())["runs"]
+    assert list(runs) == [rows[0]["run_id"], rows[2]["run_id"]]
+    first, resumed = (runs[rows[i]["run_id"]]["command"] for i in (0, 2))
+    assert "--resume" in resumed and resumed.replace(" --resume", "") == first
 
 
 def test_resume_with_nothing_left_runs_nothing(sigterm_then_resume, capsys):
@@ -452,7 +466,8 @@ def test_inline_runs_in_process_with_the_same_columns(tmp_path, fault_sweeps, on
     df = check_columns_and_dtypes(out)
     assert df["status"].tolist() == ["ok"]
     check_cpu_figures(df)
-    assert "--inline" in json.loads((out / "memory.json").read_text())["command"]
+    (record,) = json.loads((out / "memory.json").read_text())["runs"].values()
+    assert "--inline" in record["command"]
 
 
 def test_inline_fault_is_a_row_too(tmp_path, monkeypatch):
