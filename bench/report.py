@@ -1,8 +1,8 @@
-"""python -m bench.report: rebuild every results/<harness>.md from the CSVs, without measuring
-anything.
+"""python -m bench.report: rebuild every results/<harness>.md and the plots from the CSVs, without
+measuring anything.
 
     python -m bench.report                          # every <harness>.csv in results/
-    python -m bench.report --out /tmp/r --harness memory,loss
+    python -m bench.report --out /tmp/r --harness memory,loss --no-plots
 
 A harness run renders its .md with this module's render() too, reading the CSV back, so the
 file a sweep writes and the one rebuilt here are the same, byte for byte.
@@ -37,7 +37,7 @@ from bench.worker import RunContext
 from ddpm.cli_common import ArgumentParser
 
 # Modules of bench that are not harnesses and must not be imported to look for one.
-NOT_HARNESSES = ("conftest", "pytest_plugin", "report", "__main__")
+NOT_HARNESSES = ("conftest", "pytest_plugin", "report", "plots", "__main__")
 
 
 @dataclass
@@ -209,12 +209,15 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m bench.report", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="results",
-                   help="the results folder holding <harness>.csv and .json; the .md files are "
-                        "written there (default %(default)s)")
+                   help="the results folder holding <harness>.csv and .json; the .md files and "
+                        "plots/ are written there (default %(default)s)")
     p.add_argument("--harness", default=None,
                    help="comma list of harnesses to rebuild: memory, throughput, loss, "
                         "sampling, profile, or any bench module with a HARNESS (default: every "
                         "<harness>.csv in --out)")
+    p.add_argument("--no-plots", action="store_true",
+                   help="rebuild the .md files only; default: also draw plots/*.png "
+                        "(memory_vs_batch, throughput_vs_batch, loss_curves, sampling_time)")
     return p
 
 
@@ -266,6 +269,17 @@ def main(argv: list[str] | None = None) -> None:
             print(f"wrote {out / f'{name}.md'}")
     except OSError as exc:
         parser.error(f"--out {out}: cannot write ({exc.strerror}).")
+    if not args.no_plots:
+        from bench import plots  # matplotlib: only when plots are drawn
+
+        try:
+            for line in plots.draw(out, [h.name for h in picked]):
+                print(line)
+        except ResultsError as exc:
+            parser.error(str(exc))
+        except OSError as exc:
+            parser.error(f"--out {out / 'plots'}: cannot write ({exc.strerror}).")
+
 
 if __name__ == "__main__":
     main(sys.argv[1:])
