@@ -22,8 +22,9 @@ from bench.runner import AXES
 
 SIZE_IN, DPI = (9.0, 5.5), 100
 SAVE = {"format": "png", "dpi": DPI, "metadata": {"Software": None}}
-# Axes a line may be labelled by; `impl` where the CSV has that column.
-LABEL_AXES = (*AXES, *(("impl",) if "impl" not in AXES else ()))
+# Axes a line may be labelled by; `impl` where the CSV has that column. Repeated passes over a
+# grid (a `repeat` column) are not lines of their own: a point is the latest repeat's row.
+LABEL_AXES = tuple(a for a in dict.fromkeys((*AXES, "impl")) if a != "repeat")
 
 
 def latest_ok(rows: list[dict]) -> list[dict]:
