@@ -15,7 +15,8 @@ from tabulate import tabulate
 
 SPEC_COLUMNS = ["run_id", "timestamp", "spec_id", "preset", "image_size", "params", "batch",
                 "accum", "effective_batch", "precision", "attention", "compile", "checkpointing",
-                "device", "dataset", "sampler", "sampling_steps", "status", "error"]
+                "device", "impl", "dataset", "sampler", "sampling_steps", "repeat", "status",
+                "error"]
 STATUSES = ("ok", "oom", "error", "timeout")
 
 
@@ -25,8 +26,8 @@ CSV_DTYPES = {"run_id": "string", "timestamp": "string", "spec_id": "string", "p
               "image_size": "int64", "params": "int64", "batch": "int64", "accum": "int64",
               "effective_batch": "int64", "precision": "string", "attention": "string",
               "compile": "string", "checkpointing": "string", "device": "string",
-              "dataset": "string", "sampler": "string", "sampling_steps": "int64",
-              "status": "string", "error": "string"}
+              "impl": "string", "dataset": "string", "sampler": "string",
+              "sampling_steps": "int64", "repeat": "int64", "status": "string", "error": "string"}
 
 
 def read_csv(path):

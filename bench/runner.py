@@ -52,12 +52,13 @@ def spec_row(spec: BenchSpec, run_id: str) -> dict:
             "params": parameter_count(spec), "batch": spec.batch, "accum": spec.accum,
             "effective_batch": spec.effective_batch, "precision": spec.precision,
             "attention": spec.attention, "compile": spec.compile,
-            "checkpointing": spec.checkpointing, "device": spec.device, "dataset": spec.dataset,
-            "sampler": spec.sampler, "sampling_steps": spec.sampling_steps}
+            "checkpointing": spec.checkpointing, "device": spec.device, "impl": spec.impl,
+            "dataset": spec.dataset, "sampler": spec.sampler,
+            "sampling_steps": spec.sampling_steps, "repeat": spec.repeat}
 
 
 AXES = ("preset", "image_size", "batch", "accum", "precision", "attention", "compile",
-        "checkpointing", "device", "dataset", "sampler", "sampling_steps")
+        "checkpointing", "device", "impl", "dataset", "sampler", "sampling_steps", "repeat")
 
 
 def display_columns(rows: list[dict], figures: list[str]) -> tuple[list[str], str]:
@@ -65,7 +66,7 @@ def display_columns(rows: list[dict], figures: list[str]) -> tuple[list[str], st
     # .get: rows read back from a CSV written before an axis existed lack its column.
     varying = [a for a in AXES if len({r.get(a) for r in rows}) > 1]
     # Axes of other harnesses at their defaults (dataset=synthetic in a memory table) say nothing.
-    unused = {a for a in ("dataset", "sampler", "sampling_steps")
+    unused = {a for a in ("impl", "dataset", "sampler", "sampling_steps", "repeat")
               if a not in varying and rows[0].get(a) == getattr(BenchSpec, a)}
     fixed = ", ".join(f"{a}={rows[0].get(a)}" for a in AXES
                       if a not in varying and a not in unused)
