@@ -32,7 +32,9 @@ def build_trainer(spec: BenchSpec, device: str | torch.device | None = None,
                                    precision=precision or spec.precision, seed=spec.seed)
     schedule = schedule or NoiseSchedule.linear()
     device = device or spec.device
-    model = build_model(spec, compiled).to(device)
+    model = build_model(spec, compiled)
+    if next(model.parameters()).device != torch.device(device):
+        model.to(device)  # fake tensors (the memory prediction) are already in place: left as is
     # diffusers' baseline trains with its own example's optimizer and EMA (bench.impl).
     recipe = diffusers_recipe(model, config) if spec.impl == "diffusers" else {}
     return Trainer(model, schedule, config, device=device, **recipe)
