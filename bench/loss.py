@@ -126,9 +126,37 @@ def _others(row: dict, varying: list[str], skip: tuple[str, ...]) -> str:
     return f" ({shown})" if shown else ""
 
 
+def _against(ok: list[dict], axis: str, reference: str, varying: list[str]) -> list[str]:
+    """Each row against the row with `axis` = reference and every other axis equal."""
+    others = [a for a in AXES if a not in (axis, "repeat", "effective_batch")]
+    groups: dict[tuple, list[dict]] = {}
+    for r in ok:
+        groups.setdefault(tuple(r.get(a) for a in others), []).append(r)
+    sentences = []
+    for group in groups.values():
+        refs = [r for r in group if r[axis] == reference]
+        if not refs:
+            continue
+        ref, ref_curve = refs[0], read_curve(refs[0]["curve_path"])
+        for r in group:
+            if r[axis] == reference:
+                continue
+            diff = max_relative_difference(ref_curve, read_curve(r["curve_path"]))
+            skipped = (f"; {r['skipped_steps']:g} skipped step(s)" if axis == "precision"
+                       else "")
+            sentences.append(
+                f"{axis} {r[axis]} vs {reference}{_others(r, varying, (axis,))}: final loss "
+                f"{r['final_loss']:.6g} vs {ref['final_loss']:.6g} "
+                f"({_percent(r['final_loss'], ref['final_loss'])}), val loss "
+                f"{r['val_loss']:.6g} vs {ref['val_loss']:.6g} "
+                f"({_percent(r['val_loss'], ref['val_loss'])}); max relative loss difference "
+                f"{diff:.2e} over the curve{skipped}.")
+    return sentences
+
+
 def compare(rows: list[dict], context: RunContext) -> list[str]:
     ok = [r for r in rows if r["status"] == "ok" and r.get("curve_path")]
-    varying = [a for a in AXES if len({r[a] for r in ok}) > 1]
+    varying = [a for a in AXES if len({r.get(a) for r in ok}) > 1]
     sentences = []
     # What is not an axis, said once: the options every spec of this run trained with.
     for setup in sorted({(r["dataset"], r["val_images"], r["lr"], r["threads"]) for r in ok}):
@@ -137,8 +165,8 @@ def compare(rows: list[dict], context: RunContext) -> list[str]:
     # 1. Accumulation: rows equal in every axis but batch/accum, with the same effective batch.
     groups: dict[tuple, list[dict]] = {}
     for r in ok:
-        key = tuple(r[a] for a in ("preset", "image_size", "effective_batch", "precision",
-                                   "attention", "compile", "checkpointing", "device"))
+        key = tuple(r.get(a) for a in ("preset", "image_size", "effective_batch", "precision",
+                                       "attention", "compile", "checkpointing", "device", "impl"))
         groups.setdefault(key, []).append(r)
     for group in groups.values():
         if len(group) < 2:
@@ -169,28 +197,9 @@ def compare(rows: list[dict], context: RunContext) -> list[str]:
                 f"{tolerance:.2g} for {ref['precision']} at {steps} steps); final loss "
                 f"{r['final_loss']:.6g} vs {ref['final_loss']:.6g}, val loss "
                 f"{r['val_loss']:.6g} vs {ref['val_loss']:.6g}.")
-    # 2. Precision: rows equal in every axis but precision, each compared with fp32.
-    groups = {}
-    for r in ok:
-        key = tuple(r[a] for a in ("preset", "image_size", "batch", "accum", "attention",
-                                   "compile", "checkpointing", "device"))
-        groups.setdefault(key, []).append(r)
-    for group in groups.values():
-        refs = [r for r in group if r["precision"] == "fp32"]
-        if not refs:
-            continue
-        ref, ref_curve = refs[0], read_curve(refs[0]["curve_path"])
-        for r in group:
-            if r["precision"] == "fp32":
-                continue
-            diff = max_relative_difference(ref_curve, read_curve(r["curve_path"]))
-            sentences.append(
-                f"{r['precision']} vs fp32{_others(r, varying, ('precision',))}: final loss "
-                f"{r['final_loss']:.6g} vs {ref['final_loss']:.6g} "
-                f"({_percent(r['final_loss'], ref['final_loss'])}), val loss "
-                f"{r['val_loss']:.6g} vs {ref['val_loss']:.6g} "
-                f"({_percent(r['val_loss'], ref['val_loss'])}); max relative loss difference "
-                f"{diff:.2e} over the curve; {r['skipped_steps']:g} skipped step(s).")
+    # 2. Precision against fp32, 3. attention against none: rows equal in every other axis.
+    sentences += _against(ok, "precision", "fp32", varying)
+    sentences += _against(ok, "attention", "none", varying)
     return sentences
 
 

@@ -97,7 +97,7 @@ def test_accumulation_leaves_the_fp32_curve_alone(sweep):
 
 def test_bf16_against_fp32_reports_the_measured_difference(sweep):
     _, rows, md = sweep
-    text = sentence(md, "bf16 vs fp32 (batch 8, accum 1)")
+    text = sentence(md, "precision bf16 vs fp32 (batch 8, accum 1)")
     match = re.search(r"final loss (\S+) vs (\S+) \(([-+]\d+\.\d+)%\), val loss (\S+) vs (\S+) "
                       r"\(([-+]\d+\.\d+)%\)", text)
     assert match, text
@@ -203,6 +203,23 @@ def test_compare_says_different_when_accumulation_changes_the_curve(tmp_path):
     text = [s for s in loss.compare(rows, RunContext(tmp_path, "r"))
             if s.startswith("Accumulation")]
     assert "DIFFERENT" in text[0] and "dropout 0.1" in text[0]
+
+
+def test_compare_sets_attention_against_none_and_precision_against_fp32(tmp_path):
+    base = [1.0, 0.8, 0.6, 0.5]
+    rows = [fake_row(tmp_path, "none", base, attention="none"),
+            fake_row(tmp_path, "attn", [1.0, 0.8, 0.6, 0.4], attention="8", val_loss=0.25),
+            fake_row(tmp_path, "bf16", [1.0, 0.8, 0.6, 0.55], attention="none",
+                     precision="bf16", skipped_steps=0)]
+    text = loss.compare(rows, RunContext(tmp_path, "r"))
+    (attn,) = [s for s in text if s.startswith("attention ")]
+    # final 0.4 vs 0.5 (-20%), val 0.25 vs 0.5 (-50%), worst step |0.5 - 0.4| / 0.5 = 0.2
+    assert attn.startswith("attention 8 vs none (precision fp32): final loss 0.4 vs 0.5 "
+                           "(-20.00%), val loss 0.25 vs 0.5 (-50.00%); max relative loss "
+                           "difference 2.00e-01 over the curve.")
+    (prec,) = [s for s in text if s.startswith("precision ")]
+    assert prec.startswith("precision bf16 vs fp32 (attention none): final loss 0.55 vs 0.5 "
+                           "(+10.00%)") and "0 skipped step(s)" in prec
 
 
 def test_accumulation_tolerance_grows_with_steps_and_knows_tf32_off_cuda():
