@@ -12,7 +12,7 @@ from torch import nn
 
 from bench.measure.flops import training_step_flops
 from bench.spec import BenchSpec
-from ddpm.unet import AttentionBlock, UNet
+from ddpm.unet import AttentionBlock, UNet, Upsample
 
 
 def forward_flops_from_shapes(spec: BenchSpec) -> tuple[int, int, int]:
@@ -39,6 +39,8 @@ def forward_flops_from_shapes(spec: BenchSpec) -> tuple[int, int, int]:
         counts[module] = counts.get(module, 0) + 2 * (2 * b * (h * w) ** 2 * c)
 
     for m in model.modules():
+        if isinstance(m, Upsample):
+            m.phased = False  # MFU counts the textbook upsampling (bench/measure/flops.py)
         if isinstance(m, nn.Conv2d):
             m.register_forward_hook(conv_hook)
         elif isinstance(m, nn.Linear):
