@@ -64,7 +64,7 @@ def verdict(row: dict) -> str | None:
         return f"{row['spec_id']}: {row['status']} ({row['error']})."
     name = "DDPM" if row["sampler"] == "ddpm" else "DDIM"
     if row.get("impl", "ddpm") != "ddpm":
-        name = f"{row['impl']}'s UNet, {name}"
+        name = f"{name} ({row['impl']} UNet)"
     v = {k: format_value(row.get(k)) for k in row}
     text = (f"{name} {row['sampling_steps']} steps, batch {row['batch']}, {row['precision']}, "
             f"compile {row['compile']}: {v['step_s']} s per denoising step "

@@ -122,3 +122,18 @@ def test_impl_ratios_are_ratios_of_medians():
     # medians 6 and 4 -> 1.50x; ranges 5-9 and 3-5; precision varies, so it is named.
     assert sentence == ("ddpm vs diffusers, precision fp32: 6 vs 4 img/s (medians of 3 and 3 "
                         "alternating runs; ranges 5-9 and 3-5): 1.50x; mfu 0.6 vs 0.4.")
+
+
+@needs_diffusers
+def test_memory_prediction_sees_diffusers_weights_gradients_adam_state_and_ema():
+    """The fake-tensor prediction runs the diffusers recipe too, its EMAModel's shadow weights
+    counted as the EMA copy."""
+    from bench.measure.memory import step_peak
+
+    spec = BenchSpec(image_size=8, attention="none", batch=2, impl="diffusers")
+    peak = step_peak(spec, fake=True)
+    weights_mib = 34_164_227 * 4 / 2**20
+    assert peak.mib("parameters") == pytest.approx(weights_mib, rel=0.01)
+    assert peak.mib("ema") == pytest.approx(weights_mib, rel=0.01)
+    assert peak.mib("optimizer_state") == pytest.approx(2 * weights_mib, rel=0.01)
+    assert peak.mib() >= 4 * weights_mib  # + gradients, at their peak during the step
