@@ -31,8 +31,8 @@ def diffusers_unsupported(config: UNetConfig) -> str | None:
                 f"{4 * c.base_channels}); this model has {c.time_embed_dim} -> "
                 f"{c.time_hidden_dim}")
     if c.attention_resolutions and c.num_heads != 1:
-        return f"UNet2DModel's head width is one number for every level; this model has " \
-               f"{c.num_heads} heads per block"
+        return (f"UNet2DModel's head width is one number for every level; this model has "
+                f"{c.num_heads} heads per block")
     return None
 
 

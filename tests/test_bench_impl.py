@@ -87,15 +87,17 @@ def _specs(argv):
 
 
 def test_impl_refusals_are_one_line(monkeypatch):
+    # The architecture check needs no diffusers: pretend it is installed to reach it.
+    monkeypatch.setattr(impl_module, "diffusers_installed", lambda: True)
     with pytest.raises(SpecError, match="cannot build this model: UNet2DModel ties"):
-        if not diffusers_installed():
-            monkeypatch.setattr(impl_module, "diffusers_installed", lambda: True)
         _specs(["--preset", "tiny", "--impl", "ddpm,diffusers", "--device", "cpu"])
     monkeypatch.setattr(impl_module, "diffusers_installed", lambda: False)
     with pytest.raises(SpecError, match=r"needs the diffusers package: pip install"):
         _specs(["--impl", "diffusers", "--device", "cpu"])
     with pytest.raises(SpecError, match="--impl 'jax' is not allowed"):
         _specs(["--impl", "jax", "--device", "cpu"])
+    with pytest.raises(SpecError, match="--repeats 0 is not allowed: it must be >= 1"):
+        _specs(["--repeats", "0", "--device", "cpu"])
 
 
 def test_repeats_pass_over_the_grid_with_implementations_side_by_side(monkeypatch):
