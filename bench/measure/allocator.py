@@ -296,7 +296,8 @@ class CachingAllocatorModel:
 def replay(
     events: Iterable[tuple], expandable_segments: bool = False, **options
 ) -> CachingAllocatorModel:
-    """Run ("alloc", key, nbytes) and ("free", key) events, in program order, through a model.
+    """Run ("alloc", key, nbytes), ("free", key) and ("reset",) events (the last one is
+    reset_peak_memory_stats), in program order, through a model.
 
     Keys are any hashable names for the allocations; options are the model's keyword arguments
     (so `replay(events, **parse_alloc_conf(text))` replays under a PYTORCH_CUDA_ALLOC_CONF).
@@ -314,8 +315,10 @@ def replay(
             if key not in handles:
                 raise ValueError(f"Key {key!r} is freed but not allocated.")
             model.free(handles.pop(key))
+        elif event == ("reset",):
+            model.reset_peaks()
         else:
-            raise ValueError(f"Event {event!r} is neither an alloc nor a free.")
+            raise ValueError(f"Event {event!r} is neither an alloc, a free nor a reset.")
     return model
 
 

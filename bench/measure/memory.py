@@ -1,19 +1,46 @@
-"""Tensor-level memory of one optimizer step: tracked on the real device, or predicted for CUDA
-by running the same step on fake tensors (no memory, no compute) with CUDA's block rounding."""
+"""Memory of one steady-state optimizer step: tracked on the real device, or predicted for a CUDA
+card on any machine.
+
+The prediction runs the same step on fake tensors (no memory, no compute) under CUDA's rules
+(bench.measure.cuda_rules), then replays its ordered allocations and frees through a model of
+the CUDA caching allocator (bench.measure.allocator): what the card's allocator would report as
+allocated and reserved, the cuBLAS workspace among them."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+from dataclasses import dataclass
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from bench.measure.allocator import cublas_workspace_bytes, parse_alloc_conf, replay
+from bench.measure.cuda_rules import CudaRules
 from bench.measure.tracked import MemoryPeak, TensorTracker
 from bench.spec import BenchSpec
 from bench.workload import build_trainer, synthetic_images
 from ddpm.schedule import NoiseSchedule
 
 CUDA_BLOCK_BYTES = 512  # the caching allocator rounds every allocation up to a multiple of this
+MIB = 2**20
+# The card the prediction is for unless told otherwise: the 8 GB GeForce cards (RTX 3060 Ti,
+# 3070: sm86; RTX 4060: sm89, under the same rules here).
+DEFAULT_TARGET = (8, 6)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One steady-state step on a CUDA card of compute capability `target`."""
+
+    tensors: MemoryPeak  # live tensors at the peak, each rounded to 512 B, by category
+    alloc_bytes: int  # the allocator's peak allocated: whole blocks, cuBLAS workspaces included
+    reserved_bytes: int  # its peak reserved: the segments it took from the driver
+    cublas_workspace_bytes: int  # both threads' workspaces together
+    target: tuple[int, int]
+
+    def mib(self, what: str) -> float:
+        return getattr(self, f"{what}_bytes") / MIB
 
 
 def traced_accum(spec: BenchSpec) -> int:
@@ -30,28 +57,54 @@ def _input_bytes(spec: BenchSpec, images: int) -> int:
     return images * (2 * 4 * c.in_channels * c.image_size**2 + 8)
 
 
-def step_peak(spec: BenchSpec, fake: bool, full_trace: bool = False) -> MemoryPeak:
-    """Peak live-tensor bytes of a steady-state optimizer step (optimizer state already made).
+def _trace(spec: BenchSpec, fake: bool, full_trace: bool = False,
+           target: tuple[int, int] = DEFAULT_TARGET) -> TensorTracker:
+    """A warm-up step (it creates the optimizer state), then a measured step, under a tracker
+    whose peak is reset between the two, so its peak is the steady state's.
 
-    fake=True: the prediction for CUDA: fake tensors, every storage rounded up to 512 bytes, and
-    fp16 traced as bf16 (the same 2-byte autocast; GradScaler's step needs real values, and its
-    own memory is a few scalars). Autocast follows this machine's rules for the device type."""
+    fake=True is the CUDA prediction: fake tensors, storages rounded to 512 B, CUDA's rules,
+    and fp16 traced as bf16 (the same 2-byte autocast lists; GradScaler's step needs real
+    values, and its own memory is a few scalars)."""
     accum = spec.accum if full_trace else traced_accum(spec)
     precision = "bf16" if fake and spec.precision == "fp16" else spec.precision
     schedule = NoiseSchedule.linear()  # built outside fake mode: its validation reads values
-    mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
+    rules = CudaRules(target) if fake else contextlib.nullcontext()
     device = "cpu" if fake else spec.device
-    with mode:
+    with fake_mode, rules:
         trainer = build_trainer(spec, device=device, accum=accum, precision=precision,
                                 compiled=False, schedule=schedule)
-        trainer.step(synthetic_images(spec, spec.batch * accum))  # creates optimizer state
         round_to = CUDA_BLOCK_BYTES if fake else None
         with TensorTracker(trainer.model, trainer.optimizer, trainer.ema.params,
                            round_to=round_to) as tracker:
+            trainer.step(synthetic_images(spec, spec.batch * accum))  # creates optimizer state
+            tracker.reset_peak()
             # Inputs of the untraced micro-batches: held for the whole step, never touched.
             untraced = torch.empty(_input_bytes(spec, spec.batch * (spec.accum - accum)),
                                    dtype=torch.uint8, device=device)
             images = synthetic_images(spec, spec.batch * accum).to(device)
             trainer.step(images)
             del untraced, images
-    return tracker.peak
+    return tracker
+
+
+def step_peak(spec: BenchSpec, fake: bool, full_trace: bool = False,
+              target: tuple[int, int] = DEFAULT_TARGET) -> MemoryPeak:
+    """Peak live-tensor bytes of a steady-state optimizer step, by category (fake: under CUDA's
+    rules for `target`, each storage rounded to 512 B)."""
+    return _trace(spec, fake, full_trace, target).peak
+
+
+def predict(spec: BenchSpec, target: tuple[int, int] = DEFAULT_TARGET,
+            alloc_conf: str | None = None) -> Prediction:
+    """The step's allocations replayed through the caching allocator as PYTORCH_CUDA_ALLOC_CONF
+    (`alloc_conf`, default: this process's) configures it. cuBLAS keeps one workspace per
+    handle and stream, and handles are per thread: the forward runs on this thread and the
+    backward on autograd's device thread, so a step holds two, taken first and kept."""
+    tracker = _trace(spec, fake=True, target=target)
+    workspace = cublas_workspace_bytes(target)
+    conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") if alloc_conf is None else alloc_conf
+    events = [("alloc", f"cublas-{thread}", workspace) for thread in ("forward", "backward")]
+    allocator = replay(events + tracker.events, **parse_alloc_conf(conf))
+    return Prediction(tracker.peak, allocator.peak_allocated, allocator.peak_reserved,
+                      2 * workspace, target)

@@ -3,7 +3,9 @@
 A TorchDispatchMode sees every tensor an op returns; each new storage is counted until Python
 frees it (a weakref callback on the storage, whose Python object lives as long as the storage).
 It works on real tensors (the `tracked` figures) and on fake ones (the CUDA prediction, where
-`round_to=512` applies the CUDA caching allocator's block rounding). It needs no private API.
+`round_to=512` applies the CUDA caching allocator's block rounding). It also keeps the ordered
+stream of allocations and frees (raw sizes), which the prediction replays through a model of the
+caching allocator. It needs no private API.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class TensorTracker(TorchDispatchMode):
         self._current = dict.fromkeys(CATEGORIES, 0)
         self._in_optimizer = False
         self.peak = MemoryPeak()
+        # ("alloc", key, bytes), ("free", key) and ("reset",) in program order.
+        self.events: list[tuple] = []
         self._hooks = []
         self._add(_storages(list(model.parameters()) + list(model.buffers())), "parameters")
         self._add(_storages(p.grad for p in model.parameters() if p.grad is not None), "gradients")
@@ -77,6 +81,7 @@ class TensorTracker(TorchDispatchMode):
             size = self._size(st)
             self._live[key] = (category, size, weakref.ref(st, lambda _, k=key: self._free(k)))
             self._current[category] += size
+            self.events.append(("alloc", key, st.nbytes()))
         total = sum(self._current.values())
         if total > self.peak.total:
             self.peak = MemoryPeak(total, dict(self._current))
@@ -85,6 +90,17 @@ class TensorTracker(TorchDispatchMode):
         entry = self._live.pop(key, None)
         if entry is not None:
             self._current[entry[0]] -= entry[1]
+            self.events.append(("free", key))
+
+    @property
+    def live_bytes(self) -> int:
+        """Bytes held by tracked tensors now."""
+        return sum(self._current.values())
+
+    def reset_peak(self) -> None:
+        """Start a new peak from what is live now, like torch.cuda.reset_peak_memory_stats."""
+        self.peak = MemoryPeak(sum(self._current.values()), dict(self._current))
+        self.events.append(("reset",))
 
     def _move(self, storages, category: str) -> None:
         for st, _ in storages:
