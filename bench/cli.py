@@ -12,6 +12,8 @@ from bench.results import ResultsError, check_writable
 from bench.runner import Harness, run_sweep
 from bench.spec import (
     COMPILE_MODES,
+    DEFAULT_BUDGET,
+    DEFAULT_CONTEXT_MIB,
     ON_OFF,
     BenchSpec,
     SpecError,
@@ -63,12 +65,14 @@ def build_parser(prog: str, description: str, defaults: dict,
     g.add_argument("--image-size", type=int, default=None,
                    help="image side in pixels (default: the preset's)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
-    g.add_argument("--budget", default="8GiB",
-                   help="memory budget the fits column answers for: MiB/GiB (2^20, 2^30 bytes) "
+    g.add_argument("--budget", default=DEFAULT_BUDGET,
+                   help="memory budget the fits column answers for (default: an 8 GB card, "
+                        "whose CUDA capacity is 7.79 GiB): MiB/GiB (2^20, 2^30 bytes) "
                         "or MB/GB (10^6, 10^9) (default %(default)s)")
-    g.add_argument("--cuda-context-mib", type=float, default=500.0,
-                   help="allowance for the CUDA context, added to the predicted peak "
-                        "(300-700 MiB on current drivers; default %(default)s)")
+    g.add_argument("--cuda-context-mib", type=float, default=DEFAULT_CONTEXT_MIB,
+                   help="allowance for the CUDA context off CUDA (on CUDA it is measured), "
+                        "added to the prediction: published figures with lazy loading run "
+                        "from 256 to 426 MiB (default %(default)g)")
     g.add_argument("--steps", type=int, default=defaults.get("steps", 1),
                    help="measured optimizer steps per spec (default %(default)s)")
     g.add_argument("--warmup", type=int, default=defaults.get("warmup", 1),

@@ -4,8 +4,9 @@ headroom, and how fast does it run?
 Each spec is measured in three passes so no tracker slows the timed one:
   1. timed: warm-up step(s), then measured optimizer steps; CUDA allocator peaks, NVML, RSS;
   2. tracked: the live-tensor peak of a steady-state step on this device, by category;
-  3. predicted: the same step on fake tensors with CUDA's block rounding, plus the context
-     allowance: the `fits` verdict for a CUDA card of --budget, computed on any machine."""
+  3. predicted: the same step on fake tensors under CUDA's rules, replayed through a model of
+     the CUDA caching allocator, plus workspaces and the context: the `fits` verdict for a CUDA
+     card of --budget, computed on any machine."""
 
 from __future__ import annotations
 
@@ -17,15 +18,26 @@ import torch
 
 from bench.cli import build_parser, run_cli
 from bench.measure import cuda
-from bench.measure.memory import step_peak
+from bench.measure.memory import DEFAULT_TARGET, predict, step_peak
 from bench.measure.tracked import CATEGORIES
 from bench.measure.training import timed_training
 from bench.runner import Harness
-from bench.spec import BenchSpec
+from bench.spec import DEFAULT_BUDGET_MIB, BenchSpec
 from bench.worker import RunContext
 from bench.workload import build_trainer, synthetic_images
 
 TRACKED = [f"tracked_{c}_mib" for c in CATEGORIES]
+# Transient convolution workspaces are not traced. torch's cuDNN path tries the next algorithm
+# when a workspace allocation fails, so workspaces take what is free rather than cause an OOM;
+# this allowance is room for the chosen algorithms' workspaces.
+CUDNN_ALLOWANCE_MIB = 32.0
+
+
+def budget_words(budget_mib: float) -> str:
+    text = f"{budget_mib / 1024:.3g} GiB"
+    if budget_mib == DEFAULT_BUDGET_MIB:
+        text += " (what CUDA offers on an 8 GB card; --budget to change)"
+    return text
 
 
 def verdict(row: dict) -> str | None:
@@ -34,43 +46,60 @@ def verdict(row: dict) -> str | None:
             f"{row['attention']}, {row['preset']} at {row['image_size']}px)")
     if row["status"] != "ok":
         return f"{what}: {row['status']} ({row['error']})."
-    budget = f"{row['budget_mib'] / 1024:g} GiB"
+    budget = budget_words(row["budget_mib"])
     if row.get("max_batch_source"):
         return (f"Largest batch that fits {budget} at accum {row['accum']} ({row['precision']}, "
                 f"attention {row['attention']}): {row['batch']} ({row['max_batch_source']}).")
     answer = "fits" if row["fits"] else "does NOT fit"
-    text = (f"Verdict: {what} {answer} in {budget} on a CUDA card: predicted "
-            f"{row['predicted_cuda_mib']:,.0f} MiB ({row['predicted_alloc_mib']:,.0f} MiB of "
-            f"tensors + {row['context_mib']:,.0f} MiB CUDA context), headroom "
+    text = (f"Verdict: {what} {answer} in {budget} on a CUDA sm{row['target_sm']:g} card: "
+            f"predicted {row['predicted_cuda_mib']:,.0f} MiB ({row['predicted_reserved_mib']:,.0f}"
+            f" MiB reserved by the allocator + {row['cudnn_workspace_mib']:,.0f} MiB cuDNN "
+            f"workspace + {row['context_mib']:,.0f} MiB CUDA context), headroom "
             f"{row['headroom_mib']:,.0f} MiB.")
-    if row.get("peak_alloc_mib") is not None:
+    if row.get("peak_reserved_mib") is not None:
         text += (f" Measured on {row['device']}: {row['peak_alloc_mib']:,.0f} MiB allocated, "
-                 f"{row['peak_reserved_mib']:,.0f} MiB reserved.")
+                 f"{row['peak_reserved_mib']:,.0f} MiB reserved (prediction off by "
+                 f"{row['reserved_error_pct']:+.1f}%).")
     return text
 
+
+PREDICTED = ["target_sm", "predicted_alloc_mib", "predicted_reserved_mib", "cublas_workspace_mib",
+             "cudnn_workspace_mib", "context_mib", "predicted_cuda_mib", "budget_mib", "fits",
+             "headroom_mib"]
 HARNESS = Harness(
     name="memory",
     figure_columns=["step_s", "step_s_min", "step_s_max", "img_per_s", "warmup_s",
-                    "peak_alloc_mib", "peak_reserved_mib", "nvml_peak_mib", "rss_peak_mib",
-                    "cpu_util_pct", "tracked_peak_mib", *TRACKED, "predicted_alloc_mib",
-                    "context_mib", "predicted_cuda_mib", "budget_mib", "fits", "headroom_mib",
-                    "max_batch_source"],
-    display_columns=["status", "step_s", "img_per_s", "peak_alloc_mib", "tracked_peak_mib",
-                     "predicted_cuda_mib", "budget_mib", "fits", "headroom_mib",
-                    "max_batch_source"],
+                    "peak_alloc_mib", "peak_reserved_mib", "warmup_peak_alloc_mib",
+                    "warmup_peak_reserved_mib", "nvml_peak_mib", "nvml_process_peak_mib",
+                    "rss_peak_mib", "cpu_util_pct", "tracked_peak_mib", *TRACKED, *PREDICTED,
+                    "alloc_error_pct", "reserved_error_pct", "max_batch_source"],
+    display_columns=["status", "step_s", "img_per_s", "peak_alloc_mib", "peak_reserved_mib",
+                     "tracked_peak_mib", "predicted_reserved_mib", "predicted_cuda_mib",
+                     "budget_mib", "fits", "headroom_mib", "reserved_error_pct",
+                     "max_batch_source"],
     notes=["MiB = 2^20 bytes. step_s: median seconds per optimizer step (batch x accum images); "
            "img_per_s = images / measured seconds; warmup_s: the warm-up steps, compilation "
            "included.",
-           "peak_alloc_mib / peak_reserved_mib: CUDA caching allocator peaks (empty on CPU). "
-           "nvml_peak_mib: device memory used per NVML, CUDA context included (empty off "
-           "NVIDIA). rss_peak_mib: peak resident memory of the spec's process (OS figure).",
+           "peak_alloc_mib / peak_reserved_mib: CUDA caching allocator peaks of the measured "
+           "steps, after warm-up (warmup_peak_*: the warm-up's own, compilation and autotuning "
+           "included; all empty on CPU). nvml_peak_mib: device memory used per NVML, CUDA "
+           "context and other processes included; nvml_process_peak_mib: this process's own "
+           "(empty off NVIDIA). rss_peak_mib: peak resident memory of the spec's process.",
            "tracked_peak_mib: live-tensor peak of one steady-state optimizer step on this "
            "device, split into parameters, gradients, optimizer state, EMA copy, activations "
            "and temporaries.",
-           "predicted_cuda_mib = predicted_alloc_mib (the same step on fake tensors, rounded as "
-           "the CUDA caching allocator rounds) + context_mib (CUDA context allowance). fits: "
-           "predicted_cuda_mib <= budget_mib; headroom_mib = budget_mib - predicted_cuda_mib. "
-           "Allocator fragmentation (reserved above allocated) is not in the prediction."],
+           "Prediction for a CUDA card of compute capability target_sm (this card on CUDA): the "
+           "step traced on fake tensors with CUDA's rules (bool dropout masks, CUDA autocast's "
+           "op lists, the card's attention kernel), its allocations replayed through a model of "
+           "the CUDA caching allocator: predicted_alloc_mib and predicted_reserved_mib are its "
+           "peak allocated and reserved, with the cuBLAS workspaces of the forward and the "
+           "backward thread (cublas_workspace_mib, both together) among them. "
+           f"predicted_cuda_mib = predicted_reserved_mib + cudnn_workspace_mib (an allowance of "
+           f"{CUDNN_ALLOWANCE_MIB:g} MiB for convolution workspaces, not traced) + context_mib "
+           "(the CUDA context: an allowance off CUDA, measured on CUDA). fits: "
+           "predicted_cuda_mib <= budget_mib; headroom_mib = budget_mib - predicted_cuda_mib.",
+           "On CUDA, alloc_error_pct and reserved_error_pct = 100 x (predicted - measured) / "
+           "measured, for allocated and for reserved (with the cuDNN allowance)."],
     verdict=verdict,
 )
 
@@ -79,13 +108,15 @@ def measure(spec: BenchSpec, context: RunContext | None = None) -> dict:
     if spec.find_max_batch:
         return max_batch_row(spec)
     device = torch.device(spec.device)
-    figures: dict = {"budget_mib": spec.budget_mib}
+    target, context_mib = DEFAULT_TARGET, spec.context_mib
     if device.type == "cuda":
-        torch.cuda.set_device(device)
-        cuda.cap_to_budget(device, spec.budget_mib, spec.context_mib)
+        cuda.select(device)
+        context_mib = cuda.context_mib(device)
+        target = cuda.capability(device)
+        cuda.cap_to_budget(device, spec.budget_mib, context_mib)
 
     # Pass 1: timed; its trainer is freed when it returns.
-    figures.update(timed_training(spec, device))
+    figures: dict = timed_training(spec, device)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -95,17 +126,33 @@ def measure(spec: BenchSpec, context: RunContext | None = None) -> dict:
     figures["tracked_peak_mib"] = tracked.mib()
     figures.update({f"tracked_{c}_mib": tracked.mib(c) for c in CATEGORIES})
 
-    # Pass 3: predicted CUDA peak, from fake tensors.
-    figures.update(prediction(spec))
+    # Pass 3: predicted for this card (on CUDA) or the default target, beside the measured.
+    figures.update(prediction(spec, target, context_mib))
+    if figures.get("peak_reserved_mib"):
+        figures["alloc_error_pct"] = _error_pct(figures["predicted_alloc_mib"],
+                                                figures["peak_alloc_mib"])
+        figures["reserved_error_pct"] = _error_pct(
+            figures["predicted_reserved_mib"] + figures["cudnn_workspace_mib"],
+            figures["peak_reserved_mib"])
     return figures
 
 
-def prediction(spec: BenchSpec) -> dict:
-    predicted = step_peak(spec, fake=True).mib()
-    total = predicted + spec.context_mib
-    return {"predicted_alloc_mib": predicted, "context_mib": spec.context_mib,
-            "predicted_cuda_mib": total, "fits": total <= spec.budget_mib,
-            "headroom_mib": spec.budget_mib - total}
+def _error_pct(predicted: float, measured: float) -> float:
+    return 100.0 * (predicted - measured) / measured
+
+
+def prediction(spec: BenchSpec, target: tuple[int, int] = DEFAULT_TARGET,
+               context_mib: float | None = None) -> dict:
+    """The predicted figures of a row, and the verdict they give against the budget."""
+    predicted = predict(spec, target)
+    context_mib = spec.context_mib if context_mib is None else context_mib
+    total = predicted.mib("reserved") + CUDNN_ALLOWANCE_MIB + context_mib
+    return {"target_sm": target[0] * 10 + target[1], "predicted_alloc_mib": predicted.mib("alloc"),
+            "predicted_reserved_mib": predicted.mib("reserved"),
+            "cublas_workspace_mib": predicted.mib("cublas_workspace"),
+            "cudnn_workspace_mib": CUDNN_ALLOWANCE_MIB, "context_mib": context_mib,
+            "predicted_cuda_mib": total, "budget_mib": spec.budget_mib,
+            "fits": total <= spec.budget_mib, "headroom_mib": spec.budget_mib - total}
 
 
 def largest(fits: Callable[[int], bool], limit: int = 1 << 16) -> int:

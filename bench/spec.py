@@ -15,6 +15,14 @@ from ddpm.config import PRESETS, UNetConfig
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 ON_OFF = ("off", "on")
 _UNITS = {"mib": 1.0, "gib": 1024.0, "mb": 1e6 / 2**20, "gb": 1e9 / 2**20}
+# What CUDA reports as the total capacity of an 8 GB GeForce card ("7.79 GiB total capacity" in
+# the out-of-memory messages users post): the default budget models that card, not 8 GiB.
+DEFAULT_BUDGET = "7.79GiB"
+DEFAULT_BUDGET_MIB = 7.79 * 1024
+# The CUDA context with lazy module loading (the default since CUDA 11.7): published figures
+# run from 256 MiB (RTX 3090, torch 2.7.1+cu128) to 426 MiB (RTX 6000 Ada, torch 2.10+cu130);
+# the larger one, with the CUDA 13 this torch is built for, is the allowance off CUDA.
+DEFAULT_CONTEXT_MIB = 426.0
 
 
 class SpecError(ValueError):
@@ -35,8 +43,8 @@ class BenchSpec:
     seed: int = 0
     steps: int = 1
     warmup: int = 1
-    budget_mib: float = 8192.0
-    context_mib: float = 500.0
+    budget_mib: float = DEFAULT_BUDGET_MIB
+    context_mib: float = DEFAULT_CONTEXT_MIB
     find_max_batch: bool = False  # search the largest batch that fits instead of using `batch`
     # Axes of single harnesses; at their defaults they stay out of the name.
     dataset: str = "synthetic"  # bench.loss trains on real data

@@ -133,11 +133,13 @@ def test_tracing_two_micro_batches_is_exact_on_fake_tensors():
 
 # ----- prediction against the tracked peak ---------------------------------------------------
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("attention", ["8", "none"])
 @pytest.mark.parametrize("batch", [2, 16])
-def test_prediction_within_ten_percent_of_tracked(batch, attention, precision):
-    spec = tiny(batch=batch, attention=attention, precision=precision)
+def test_prediction_within_ten_percent_of_tracked(batch, attention):
+    """In fp32 without dropout (tiny has none) CPU and CUDA run the same ops, so the prediction
+    must track this CPU's real tensors; in bf16 CUDA's autocast differs on purpose
+    (tests/test_cuda_rules.py)."""
+    spec = tiny(batch=batch, attention=attention, precision="fp32")
     real, fake = peak(spec), peak(spec, fake=True)
     assert real.total > 0
     assert fake.total == pytest.approx(real.total, rel=0.10), (real, fake)
@@ -198,10 +200,16 @@ def test_accumulation_peak_is_one_micro_batch_plus_gradients():
 def test_prediction_fits_and_headroom_arithmetic():
     spec = tiny(batch=2, budget_mib=100.0, context_mib=500.0)
     row = prediction(spec)
-    predicted = peak(spec, fake=True).mib()
-    assert row["predicted_alloc_mib"] == predicted
-    assert row["context_mib"] == 500.0
-    assert row["predicted_cuda_mib"] == predicted + 500.0
+    tensors = peak(spec, fake=True).mib()
+    # Both cuBLAS workspaces (8 MiB + 128 KiB each on sm86) are held all step long, and every
+    # tensor's block is at least its 512-byte rounded size.
+    assert row["cublas_workspace_mib"] == 2 * (8 + 1 / 8)
+    assert row["predicted_alloc_mib"] >= tensors + row["cublas_workspace_mib"]
+    # Segments are whole multiples of 2 MiB (2 MiB small, 20 MiB large, or rounded to 2 MiB).
+    assert row["predicted_reserved_mib"] >= row["predicted_alloc_mib"]
+    assert row["predicted_reserved_mib"] % 2 == 0
+    assert row["context_mib"] == 500.0 and row["cudnn_workspace_mib"] == 32.0
+    assert row["predicted_cuda_mib"] == row["predicted_reserved_mib"] + 32.0 + 500.0
     assert row["fits"] is False
     assert row["headroom_mib"] == 100.0 - row["predicted_cuda_mib"] < 0
     roomy = prediction(spec.replace(budget_mib=8192.0))

