@@ -222,15 +222,44 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     return tabulate(body, headers=columns, tablefmt="github", disable_numparse=True)
 
 
-def rich_table(rows: list[dict], columns: list[str], title: str):
+def fold(name: str) -> str:
+    """A long column name on two lines, split after the '_' that best balances them, so a
+    narrow terminal shows it whole instead of cutting it."""
+    cuts = [i + 1 for i, ch in enumerate(name) if ch == "_"]
+    if len(name) <= 12 or not cuts:
+        return name
+    cut = min(cuts, key=lambda i: max(i, len(name) - i))
+    return name[:cut] + "\n" + name[cut:]
+
+
+def rich_tables(rows: list[dict], columns: list[str], title: str, width: int,
+                keys: int = 0) -> list:
+    """The table as rich Tables no wider than `width`: names folded onto two lines, and the
+    columns that still do not fit moved to further tables that repeat the first `keys` (the
+    axes that tell rows apart). No column name is ever cut."""
     from rich.table import Table
 
-    table = Table(title=title)
-    for c in columns:
-        table.add_column(c, justify="left" if c in ("status", "error", "precision") else "right")
-    for r in rows:
-        table.add_row(*(format_value(r.get(c)) for c in columns))
-    return table
+    cells = {c: [format_value(r.get(c)) for r in rows] for c in columns}
+    # A column takes its widest line plus one space of padding each side and one border.
+    need = {c: max(len(line) for line in [*fold(c).splitlines(), *cells[c]]) + 3
+            for c in columns}
+    head, rest = columns[:keys], columns[keys:]
+    groups: list[list[str]] = []
+    for c in rest:
+        if groups and 1 + sum(need[k] for k in head + groups[-1]) + need[c] <= width:
+            groups[-1].append(c)
+        else:
+            groups.append([c])
+    tables = []
+    for i, group in enumerate(groups or [[]]):
+        table = Table(title=title if i == 0 else None, min_width=None)
+        for c in head + group:
+            justify = "left" if c in ("status", "error", "precision") else "right"
+            table.add_column(fold(c), justify=justify, no_wrap=True, min_width=need[c] - 3)
+        for j in range(len(rows)):
+            table.add_row(*(cells[c][j] for c in head + group))
+        tables.append(table)
+    return tables
 
 
 def _csv_value(value):

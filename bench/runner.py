@@ -16,10 +16,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from bench.env import environment
-from bench.results import ResultsError, ResultsTable, rich_table
+from bench.results import ResultsError, ResultsTable, rich_tables
 from bench.spec import BenchSpec
 from bench.worker import RunContext, run_spec
 from bench.workload import parameter_count
@@ -107,8 +113,9 @@ def run_isolated(harness: str, spec: BenchSpec, context: RunContext, timeout_s: 
 def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
               inline: bool = False, resume: bool = False, timeout_s: float = 3600.0,
               console: Console | None = None, options: dict | None = None) -> list[dict]:
-    # Off a terminal (CI logs, pipes) rich would assume 80 columns and squeeze the table.
-    console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+    # Off a terminal (CI logs, pipes) the width is $COLUMNS, else 120; tables split to fit it.
+    width = None if sys.stderr.isatty() else int(os.environ.get("COLUMNS") or 120)
+    console = console or Console(stderr=True, width=width)
     table = ResultsTable(out, harness.name, harness.figure_columns)
     table.check_header()
     if resume:
@@ -128,6 +135,7 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
     interrupted = None
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total} specs"), TimeElapsedColumn(),
+                        TextColumn("left"), TimeRemainingColumn(),
                         console=console, transient=False)
     try:
         with progress:
@@ -171,7 +179,9 @@ def report_sweep(harness: Harness, table: ResultsTable, command: str, console: C
     section = next((s for s in found if s.command == base_command(command)), None)
     if section is not None:
         title = f"{harness.name} — {environment_line(section.environment)}"
-        console.print(rich_table(section.rows, section.columns, title=title))
+        keys = sum(1 for c in section.columns if c in AXES)
+        for table in rich_tables(section.rows, section.columns, title, console.width, keys):
+            console.print(table)
         if section.fixed:
             console.print(f"Same in every row: {section.fixed}")
         for line in section.sentences:
