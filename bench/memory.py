@@ -78,10 +78,9 @@ HARNESS = Harness(
 def measure(spec: BenchSpec, context: RunContext | None = None) -> dict:
     if spec.find_max_batch:
         return max_batch_row(spec)
-    device = torch.device(spec.device)
-    figures: dict = {"budget_mib": spec.budget_mib}
+    device = cuda.resolve(spec.device)
+    figures: dict = {"budget_mib": spec.budget_mib, **cuda.start(device, spec.precision)}
     if device.type == "cuda":
-        torch.cuda.set_device(device)
         cuda.cap_to_budget(device, spec.budget_mib, spec.context_mib)
 
     # Pass 1: timed; its trainer is freed when it returns.
@@ -123,28 +122,35 @@ def largest(fits: Callable[[int], bool], limit: int = 1 << 16) -> int:
     return good
 
 
-def _fits_measured(spec: BenchSpec) -> bool:
-    """One real optimizer step under the budget cap; an OOM means no."""
+def _fits_measured(spec: BenchSpec, device: torch.device) -> bool:
+    """Two real optimizer steps under the budget cap; an out-of-memory of any kind means no.
+    AdamW creates its state during step 1, after that step's activations are freed: only from
+    step 2 on are both held at once."""
+    trainer = None
     try:
-        trainer = build_trainer(spec)
-        trainer.step(synthetic_images(spec, spec.effective_batch))
-        torch.cuda.synchronize()
-        return True
-    except torch.OutOfMemoryError:
-        return False
-    finally:
-        trainer = None
-        gc.collect()
-        torch.cuda.empty_cache()
+        trainer = build_trainer(spec, device)
+        images = synthetic_images(spec, spec.effective_batch)
+        for _ in range(2):
+            trainer.step(images)
+        torch.cuda.synchronize(device)
+        fits = True
+    except Exception as exc:
+        if not cuda.is_oom(exc):
+            raise
+        fits = False
+    trainer = None  # the failed step's tensors go before the next probe
+    gc.collect()
+    torch.cuda.empty_cache()
+    return fits
 
 
 def max_batch_row(spec: BenchSpec) -> dict:
     """The row of --find-max-batch: the largest batch, where it came from, and its figures."""
     if spec.device.startswith("cuda"):
-        device = torch.device(spec.device)
-        torch.cuda.set_device(device)
+        device = cuda.resolve(spec.device)
+        cuda.start(device, spec.precision)
         cuda.cap_to_budget(device, spec.budget_mib, spec.context_mib)
-        best = largest(lambda n: _fits_measured(spec.replace(batch=n)))
+        best = largest(lambda n: _fits_measured(spec.replace(batch=n), device))
         source = "measured"
     else:
         best = largest(lambda n: prediction(spec.replace(batch=n))["fits"])
