@@ -9,6 +9,10 @@ from pathlib import Path
 
 import torch
 
+from bench.measure.cuda import resolve
+
+# Environment variables read by the CUDA caching allocator and the driver.
+ALLOCATOR_SETTINGS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "CUDA_MODULE_LOADING")
 
 def _cpu_model() -> str:
     try:
@@ -33,13 +37,32 @@ def git_commit() -> str | None:
 
 
 def _driver() -> str | None:
-    try:
-        import pynvml
+    from bench.monitor import open_nvml
 
-        pynvml.nvmlInit()
-        return pynvml.nvmlSystemGetDriverVersion()
-    except Exception:
+    lib = open_nvml()
+    try:
+        return None if lib is None else lib.nvmlSystemGetDriverVersion()
+    except lib.NVMLError:
         return None
+
+
+def _settings() -> dict:
+    """The switches that change CUDA numbers without changing the code: cuDNN's algorithm search,
+    TF32, the allocator's configuration and lazy module loading (as this process starts them;
+    each harness sets TF32 per spec from --precision)."""
+    return {"cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+            "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+            **{name.lower(): os.environ.get(name) for name in ALLOCATOR_SETTINGS}}
+
+
+def _cuda_device(device: str) -> dict:
+    card = resolve(device)
+    props = torch.cuda.get_device_properties(card)
+    major, minor = torch.cuda.get_device_capability(card)
+    return {"device": str(card), "device_name": props.name,
+            "device_memory_mib": round(props.total_memory / 2**20),
+            "compute_capability": f"{major}.{minor}", "driver": _driver()}
 
 
 def environment(device: str = "cpu") -> dict:
@@ -56,12 +79,12 @@ def environment(device: str = "cpu") -> dict:
         "device": device,
         "device_name": _cpu_model(),
         "device_memory_mib": None,
+        "compute_capability": None,
         "driver": None,
+        **_settings(),
     }
     if device.startswith("cuda"):
-        props = torch.cuda.get_device_properties(torch.device(device))
-        record.update(device_name=props.name, device_memory_mib=round(props.total_memory / 2**20),
-                      driver=_driver())
+        record.update(_cuda_device(device))
     return record
 
 
@@ -70,6 +93,8 @@ def describe(record: dict) -> str:
     parts = [f"torch {record['torch']}", f"{record['device_name']}"]
     if record.get("device_memory_mib"):
         parts.append(f"{record['device_memory_mib']} MiB")
+    if record.get("compute_capability"):
+        parts.append(f"compute capability {record['compute_capability']}")
     if record.get("cuda"):
         parts.append(f"CUDA {record['cuda']}")
     if record.get("driver"):

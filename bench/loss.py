@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from bench.cli import build_parser, run_cli, specs_from_args
+from bench.measure import cuda
 from bench.runner import AXES, Harness
 from bench.spec import BenchSpec, SpecError, parse_int_list
 from bench.worker import RunContext
@@ -290,7 +291,8 @@ def measure(spec: BenchSpec, context: RunContext, options: LossOptions | None = 
 
     opts = options or LossOptions.from_context(context)
     torch.set_num_threads(opts.threads)
-    device = torch.device(spec.device)
+    device = cuda.resolve(spec.device)
+    cuda.start(device, spec.precision)
     unet = spec.unet_config()
     data = load_dataset(spec.dataset, unet.image_size, unet.in_channels, root=opts.data_root,
                         seed=spec.seed)

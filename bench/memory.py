@@ -107,11 +107,10 @@ HARNESS = Harness(
 def measure(spec: BenchSpec, context: RunContext | None = None) -> dict:
     if spec.find_max_batch:
         return max_batch_row(spec)
-    device = torch.device(spec.device)
+    device = cuda.resolve(spec.device)
     target, context_mib = DEFAULT_TARGET, spec.context_mib
     if device.type == "cuda":
-        cuda.select(device)
-        context_mib = cuda.context_mib(device)
+        context_mib = cuda.start(device, spec.precision)["measured_context_mib"]
         target = cuda.capability(device)
         cuda.cap_to_budget(device, spec.budget_mib, context_mib)
 
@@ -170,28 +169,37 @@ def largest(fits: Callable[[int], bool], limit: int = 1 << 16) -> int:
     return good
 
 
-def _fits_measured(spec: BenchSpec) -> bool:
-    """One real optimizer step under the budget cap; an OOM means no."""
+def _fits_measured(spec: BenchSpec, device: torch.device) -> bool:
+    """Two real optimizer steps under the budget cap; an out-of-memory of any kind means no.
+    AdamW creates its state during step 1, after that step's activations are freed: only from
+    step 2 on are both held at once."""
+    trainer = None
     try:
-        trainer = build_trainer(spec)
-        trainer.step(synthetic_images(spec, spec.effective_batch))
-        torch.cuda.synchronize()
-        return True
-    except torch.OutOfMemoryError:
-        return False
-    finally:
-        trainer = None
-        gc.collect()
-        torch.cuda.empty_cache()
+        trainer = build_trainer(spec, device)
+        images = synthetic_images(spec, spec.effective_batch)
+        for _ in range(2):
+            trainer.step(images)
+        torch.cuda.synchronize(device)
+        fits = True
+    except Exception as exc:
+        if not cuda.is_oom(exc):
+            raise
+        fits = False
+    trainer = None  # the failed step's tensors go before the next probe
+    gc.collect()
+    torch.cuda.empty_cache()
+    return fits
 
 
 def max_batch_row(spec: BenchSpec) -> dict:
     """The row of --find-max-batch: the largest batch, where it came from, and its figures."""
+    target, context_mib = DEFAULT_TARGET, spec.context_mib
     if spec.device.startswith("cuda"):
-        device = torch.device(spec.device)
-        torch.cuda.set_device(device)
-        cuda.cap_to_budget(device, spec.budget_mib, spec.context_mib)
-        best = largest(lambda n: _fits_measured(spec.replace(batch=n)))
+        device = cuda.resolve(spec.device)
+        context_mib = cuda.start(device, spec.precision)["measured_context_mib"]
+        target = cuda.capability(device)
+        cuda.cap_to_budget(device, spec.budget_mib, context_mib)
+        best = largest(lambda n: _fits_measured(spec.replace(batch=n), device))
         source = "measured"
     else:
         best = largest(lambda n: prediction(spec.replace(batch=n))["fits"])
@@ -200,7 +208,7 @@ def max_batch_row(spec: BenchSpec) -> dict:
         raise torch.OutOfMemoryError(f"not even batch 1 fits {spec.budget_mib:g} MiB")
     found = spec.replace(batch=best)
     return {"batch": best, "effective_batch": found.effective_batch, "budget_mib": spec.budget_mib,
-            "max_batch_source": source, **prediction(found)}
+            "max_batch_source": source, **prediction(found, target, context_mib)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,6 +31,7 @@ import torch
 from torch.profiler import ProfilerActivity, record_function
 
 from bench.cli import build_parser, run_cli, specs_from_args
+from bench.measure import cuda
 from bench.measure.timing import synchronize
 from bench.results import format_value
 from bench.runner import Harness
@@ -144,7 +145,7 @@ def step_function(spec: BenchSpec, device: torch.device):
     """One call = one step of the target, closed by a device sync so that the ProfilerStep range
     around it contains the step's device work."""
     if target_of(spec) == "train":
-        trainer = build_trainer(spec)
+        trainer = build_trainer(spec, device)
         images = synthetic_images(spec, spec.effective_batch)
 
         def train_step() -> None:
@@ -239,9 +240,8 @@ def write_operators(collector: Collector, steps: int, path: Path) -> None:
 
 def measure(spec: BenchSpec, context: RunContext) -> dict:
     opts = options(context)
-    device = torch.device(spec.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    device = cuda.resolve(spec.device)
+    cuda.start(device, spec.precision)
     apply_matmul_precision(spec.precision, device)
     folder = trace_dir(context.out, spec)
     folder.mkdir(parents=True, exist_ok=True)
@@ -257,7 +257,7 @@ def measure(spec: BenchSpec, context: RunContext) -> dict:
     if snapshot is not None:  # allocator history of every profiled step, for memory_viz
         torch.cuda.memory._record_memory_history(max_entries=SNAPSHOT_ENTRIES)
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+        cuda.reset_peaks(device)
     try:
         with grad_mode(), torch.profiler.profile(
                 activities=activities, schedule=schedule, on_trace_ready=collector,
@@ -285,7 +285,7 @@ def measure(spec: BenchSpec, context: RunContext) -> dict:
                "peak_memory_mib": collector.peak_bytes / 2**20, "trace_dir": str(folder),
                "memory_snapshot": str(snapshot) if snapshot is not None else None}
     if device.type == "cuda":
-        figures["peak_alloc_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        figures["peak_alloc_mib"] = cuda.peaks_mib(device)[0]
     return figures
 
 

@@ -209,9 +209,8 @@ def generate(model: torch.nn.Module, schedule: NoiseSchedule, spec, device: torc
 
 
 def measure(spec, context: RunContext | None = None) -> dict:
-    device = torch.device(spec.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    device = cuda.resolve(spec.device)
+    cuda.start(device, spec.precision)
     apply_matmul_precision(spec.precision, device)
     options = context.options if context is not None else {}
     checkpoint = options.get("checkpoint")

@@ -10,6 +10,7 @@ import itertools
 import re
 from dataclasses import dataclass
 
+from ddpm.cli_common import indexed_device
 from ddpm.config import PRESETS, UNetConfig
 
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
@@ -39,7 +40,7 @@ class BenchSpec:
     attention: str = "16"  # "none", or resolutions joined by "+", e.g. "16+8"
     compile: str = "off"
     checkpointing: str = "off"
-    device: str = "cpu"  # resolved: "cpu", "cuda" or "cuda:N" (never "auto")
+    device: str = "cpu"  # resolved: "cpu" or "cuda:N" (never "auto", never an index-less "cuda")
     seed: int = 0
     steps: int = 1
     warmup: int = 1
@@ -183,11 +184,12 @@ def parse_image_size(value: int | None, preset: str) -> int:
 
 
 def parse_device(text: str) -> str:
-    """auto | cpu | cuda | cuda:N, checked against the GPUs this machine has."""
+    """auto | cpu | cuda | cuda:N, checked against the GPUs this machine has; a GPU comes back
+    indexed ("cuda:N"), as torch.cuda.set_device requires."""
     import torch
 
     if text == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return indexed_device("cuda") if torch.cuda.is_available() else "cpu"
     if text == "cpu":
         return text
     match = re.fullmatch(r"cuda(?::(\d+))?", text)
@@ -200,7 +202,7 @@ def parse_device(text: str) -> str:
     if match.group(1) is not None and int(match.group(1)) >= count:
         raise SpecError(f"--device {text} is not allowed: this machine has {count} CUDA "
                         f"device(s), cuda:0..cuda:{count - 1}.")
-    return text
+    return indexed_device(text)
 
 
 def _items(option: str, text: str) -> list[str]:

@@ -5,8 +5,10 @@ the same first step of a run and pytest-benchmark's extra calls never advance a 
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from bench.measure import cuda
 from bench.measure.timing import synchronize
 from bench.sampling import Denoiser, default_schedule
 from bench.workload import build_model
@@ -14,7 +16,11 @@ from bench.workload import build_model
 
 def test_ddim_step(benchmark, spec, request):
     spec = spec.replace(sampler="ddim", sampling_steps=50)
-    device = torch.device(spec.device)
+    device = cuda.resolve(spec.device)
+    try:
+        cuda.start(device, spec.precision)
+    except cuda.CapabilityError as exc:  # e.g. bf16 on a card that would only emulate it
+        pytest.skip(str(exc))
     model = build_model(spec).to(device).eval()
     schedule = default_schedule()
 

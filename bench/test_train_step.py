@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
+import pytest
 
+from bench.measure import cuda
 from bench.measure.flops import training_step_flops
 from bench.measure.memory import step_peak
 from bench.measure.peak import peak_flops
@@ -17,11 +18,15 @@ from bench.workload import build_trainer, synthetic_images
 
 
 def test_train_step(benchmark, spec, request):
-    device = torch.device(spec.device)
+    device = cuda.resolve(spec.device)
+    try:
+        cuda.start(device, spec.precision)
+    except cuda.CapabilityError as exc:  # e.g. bf16 on a card that would only emulate it
+        pytest.skip(str(exc))
     images = synthetic_images(spec, spec.effective_batch)
 
     def setup():
-        trainer = build_trainer(spec)
+        trainer = build_trainer(spec, device)
         trainer.step(images)  # optimizer state exists: the timed step is a steady-state one
         synchronize(device)
         return (trainer,), {}
@@ -36,7 +41,7 @@ def test_train_step(benchmark, spec, request):
     info["images_per_step"] = spec.effective_batch
     info["predicted_cuda_alloc_mib"] = step_peak(spec, fake=True).mib()
     if device.type == "cuda":
-        info["peak_alloc_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        info["peak_alloc_mib"] = cuda.peaks_mib(device)[0]
     if benchmark.stats is not None:  # None under --benchmark-disable
         median = benchmark.stats.stats.median
         flops = training_step_flops(spec)

@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import sys
 
-import torch
-
 from bench.cli import build_parser, run_cli
+from bench.measure import cuda
 from bench.measure.flops import training_step_flops
 from bench.measure.peak import peak_flops
-from bench.measure.training import timed_training
+from bench.measure.training import CUDA_COLUMNS, CUDA_NOTE, timed_training
 from bench.ratios import impl_ratios
 from bench.runner import Harness
 from bench.spec import BenchSpec
@@ -39,7 +38,8 @@ HARNESS = Harness(
     name="throughput",
     figure_columns=["step_s", "step_s_min", "step_s_max", "img_per_s", "warmup_s", "compile_s",
                     "gflop_per_step", "achieved_tflops", "peak_tflops", "mfu", "peak_alloc_mib",
-                    "peak_reserved_mib", "nvml_peak_mib", "rss_peak_mib", "cpu_util_pct"],
+                    "peak_reserved_mib", "nvml_peak_mib", "rss_peak_mib", "cpu_util_pct",
+                    *CUDA_COLUMNS],
     display_columns=["status", "step_s", "step_s_min", "step_s_max", "img_per_s", "compile_s",
                      "gflop_per_step", "achieved_tflops", "peak_tflops", "mfu"],
     notes=["step_s: median seconds per optimizer step over --steps measured steps (min, max "
@@ -50,17 +50,16 @@ HARNESS = Harness(
            " forward and backward; a multiply-add counts 2), counted on an eager copy. "
            "achieved_tflops = gflop_per_step / step_s / 1000; peak_tflops: the probe's measured "
            "peak at this precision; mfu = achieved / peak (0 to 1).",
-           "Memory columns as in bench.memory (MiB = 2^20 bytes; CUDA columns empty on CPU)."],
+           "Memory columns as in bench.memory (MiB = 2^20 bytes; CUDA columns empty on CPU).",
+           CUDA_NOTE],
     compare=lambda rows, context: (peaks_measured(rows, context)
                                    + impl_ratios(rows, "img_per_s", "img/s", also=("mfu",))),
 )
 
 
 def measure(spec: BenchSpec, context: RunContext) -> dict:
-    device = torch.device(spec.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    figures = timed_training(spec, device)
+    device = cuda.resolve(spec.device)
+    figures = {**cuda.start(device, spec.precision), **timed_training(spec, device)}
     if spec.compile != "off":
         figures["compile_s"] = max(0.0, figures["warmup_s"] - spec.warmup * figures["step_s"])
     flops = training_step_flops(spec)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from bench.measure import cuda
+from bench.monitor import take_baseline
 from bench.spec import BenchSpec
 
 FAULT_ENV = "DDPM_BENCH_INJECT_FAULT"  # test-only: "error:SUBSTRING", "oom:...", "hang:..."
@@ -47,12 +49,14 @@ class RunContext:
 def run_spec(harness: str, spec: BenchSpec, context: RunContext) -> dict:
     """Measure one spec in this process; every failure becomes a status, never an exception."""
     module = importlib.import_module(f"bench.{harness}")
+    if spec.device.startswith("cuda"):
+        take_baseline()  # before the harness starts CUDA in this process
     try:
         inject_fault(spec)
         return {"status": "ok", "error": None, "figures": module.measure(spec, context)}
-    except torch.OutOfMemoryError as exc:
-        return {"status": "oom", "error": _first_line(exc), "figures": {}}
     except Exception as exc:  # one spec's failure is a result, not the end of the sweep
+        if cuda.is_oom(exc):  # cuBLAS, cuDNN and module loading report it as RuntimeError
+            return {"status": "oom", "error": _first_line(exc), "figures": {}}
         return {"status": "error", "error": f"{type(exc).__name__}: {_first_line(exc)}",
                 "figures": {}}
 

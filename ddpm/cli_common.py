@@ -114,14 +114,14 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 def device_arg(text: str) -> str:
     """argparse type for --device: auto, cpu, cuda or cuda:N, checked against this machine now,
-    so a missing GPU is a one-line error before any work starts."""
+    so a missing GPU is a one-line error before any work starts. A GPU comes back indexed."""
     import torch  # here, not at module level: --help and bad numbers should not wait for torch
 
     if not DEVICE_PATTERN.fullmatch(text):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a device: choose auto, cpu, cuda or cuda:N")
     if text == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return indexed_device("cuda") if torch.cuda.is_available() else "cpu"
     if text.startswith("cuda"):
         if not torch.cuda.is_available():
             raise argparse.ArgumentTypeError(
@@ -133,7 +133,18 @@ def device_arg(text: str) -> str:
             raise argparse.ArgumentTypeError(
                 f"{text} does not exist: this machine has {count} CUDA device(s), "
                 f"cuda:0..cuda:{count - 1}")
-    return text
+    return indexed_device(text)
+
+
+def indexed_device(device) -> str:
+    """'cuda' as 'cuda:<current device>', any other device unchanged: torch.cuda.set_device and
+    the per-process memory fraction refuse a CUDA device without an index."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return f"cuda:{torch.cuda.current_device()}"
+    return str(device)
 
 
 # -- output locations -----------------------------------------------------------------------------

@@ -3,34 +3,62 @@
 from __future__ import annotations
 
 import resource
+from collections.abc import Callable
 
 import torch
 
 from bench.measure import cuda
-from bench.measure.timing import time_calls
+from bench.measure.timing import Timing, time_calls
 from bench.monitor import Monitor
 from bench.spec import BenchSpec
 from bench.workload import build_trainer, synthetic_images
+
+# Figures of a CUDA run beside the allocator peaks and nvml_peak_mib; empty elsewhere.
+CUDA_COLUMNS = ["measured_context_mib", "warmup_peak_alloc_mib", "warmup_peak_reserved_mib",
+                "nvml_process_peak_mib", "nvml_baseline_mib"]
+CUDA_NOTE = ("On CUDA: peak_alloc_mib / peak_reserved_mib cover the measured (steady-state) "
+             "steps, warmup_peak_alloc_mib / warmup_peak_reserved_mib the warm-up steps. "
+             "measured_context_mib: device memory in use at spec start outside this process's "
+             "allocator (its CUDA context and other processes). nvml_peak_mib excludes "
+             "driver-reserved memory; nvml_process_peak_mib: this process's own (empty where the "
+             "driver does not report it); nvml_baseline_mib: the device's use before this "
+             "process started CUDA. NVML figures are of this very GPU or MIG instance, or empty.")
 
 
 def timed_training(spec: BenchSpec, device: torch.device) -> dict:
     """Warm-up then measured optimizer steps, with nothing else running in the process.
 
-    Figures: step_s (median), step_s_min/max, warmup_s, img_per_s, nvml_peak_mib,
-    cpu_util_pct, rss_peak_mib, and on CUDA the allocator's peak_alloc_mib/peak_reserved_mib."""
-    trainer = build_trainer(spec)
+    Figures: step_s (median), step_s_min/max, warmup_s, img_per_s, the Monitor's NVML and CPU
+    figures, rss_peak_mib, and on CUDA the allocator's peaks: warmup_peak_alloc_mib and
+    warmup_peak_reserved_mib over the warm-up steps, peak_alloc_mib and peak_reserved_mib over
+    the measured (steady-state) steps."""
+    trainer = build_trainer(spec, device)
     images = synthetic_images(spec, spec.effective_batch)
-    if device.type == "cuda":
-        cuda.reset_peaks(device)
+    figures: dict = {}
     with Monitor(device) as monitor:
-        timing = time_calls(lambda: trainer.step(images), spec.steps, spec.warmup, device)
-    figures = {
-        "step_s": timing.median_s, "step_s_min": min(timing.times_s),
-        "step_s_max": max(timing.times_s), "warmup_s": timing.warmup_s,
-        "img_per_s": spec.effective_batch * spec.steps / timing.total_s,
-        "nvml_peak_mib": monitor.nvml_peak_mib, "cpu_util_pct": monitor.cpu_percent,
+        warmup = _warm_up(lambda: trainer.step(images), spec.warmup, device, figures)
+        timing = time_calls(lambda: trainer.step(images), spec.steps, 0, device)
+        if device.type == "cuda":
+            figures["peak_alloc_mib"], figures["peak_reserved_mib"] = cuda.peaks_mib(device)
+    figures.update(
+        step_s=timing.median_s, step_s_min=min(timing.times_s), step_s_max=max(timing.times_s),
+        warmup_s=warmup.warmup_s, img_per_s=spec.effective_batch * spec.steps / timing.total_s,
         # ru_maxrss is the process's high-water mark, in KiB on Linux.
-        "rss_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if device.type == "cuda":
-        figures["peak_alloc_mib"], figures["peak_reserved_mib"] = cuda.peaks_mib(device)
+        rss_peak_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **monitor.figures())
     return figures
+
+
+def _warm_up(step: Callable[[], object], calls: int, device: torch.device,
+             figures: dict) -> Timing:
+    """The warm-up calls, timed; on CUDA their allocator peaks go into `figures` and the peaks
+    start again, so the measured steps' peaks are the steady state's own."""
+    if device.type != "cuda":
+        return time_calls(step, 0, calls, device)
+    cuda.reset_peaks(device)
+    timing = time_calls(step, 0, calls, device)
+    if calls:
+        figures["warmup_peak_alloc_mib"], figures["warmup_peak_reserved_mib"] = (
+            cuda.peaks_mib(device))
+    cuda.reset_peaks(device, release_cache=False)  # the cache stays, as in training
+    return timing
