@@ -478,8 +478,8 @@ def build_loss_parser():
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    run_cli(HARNESS, build_loss_parser(), argv, make_specs, options=loss_options)
+def main(argv: list[str] | None = None) -> list[dict]:
+    return run_cli(HARNESS, build_loss_parser(), argv, make_specs, options=loss_options)
 
 
 if __name__ == "__main__":

@@ -211,11 +211,11 @@ def max_batch_row(spec: BenchSpec) -> dict:
             "max_batch_source": source, **prediction(found, target, context_mib)}
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = build_parser(
         "python -m bench.memory", __doc__,
         defaults={"batch": "2", "accum": "64", "precision": "fp32", "steps": 1, "warmup": 1})
-    run_cli(HARNESS, parser, argv)
+    return run_cli(HARNESS, parser, argv)
 
 
 if __name__ == "__main__":

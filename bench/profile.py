@@ -352,8 +352,8 @@ def build_profile_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    run_cli(HARNESS, build_profile_parser(), argv, make_specs, options=profile_options)
+def main(argv: list[str] | None = None) -> list[dict]:
+    return run_cli(HARNESS, build_profile_parser(), argv, make_specs, options=profile_options)
 
 
 if __name__ == "__main__":

@@ -232,8 +232,7 @@ def fold(name: str) -> str:
     return name[:cut] + "\n" + name[cut:]
 
 
-def rich_tables(rows: list[dict], columns: list[str], title: str, width: int,
-                keys: int = 0) -> list:
+def rich_tables(rows: list[dict], columns: list[str], width: int, keys: int = 0) -> list:
     """The table as rich Tables no wider than `width`: names folded onto two lines, and the
     columns that still do not fit moved to further tables that repeat the first `keys` (the
     axes that tell rows apart). No column name is ever cut."""
@@ -251,8 +250,8 @@ def rich_tables(rows: list[dict], columns: list[str], title: str, width: int,
         else:
             groups.append([c])
     tables = []
-    for i, group in enumerate(groups or [[]]):
-        table = Table(title=title if i == 0 else None, min_width=None)
+    for group in groups or [[]]:
+        table = Table()
         for c in head + group:
             justify = "left" if c in ("status", "error", "precision") else "right"
             table.add_column(fold(c), justify=justify, no_wrap=True, min_width=need[c] - 3)

@@ -180,8 +180,9 @@ def report_sweep(harness: Harness, table: ResultsTable, command: str, console: C
     if section is not None:
         title = f"{harness.name} — {environment_line(section.environment)}"
         keys = sum(1 for c in section.columns if c in AXES)
-        for table in rich_tables(section.rows, section.columns, title, console.width, keys):
-            console.print(table)
+        console.print(title)
+        for piece in rich_tables(section.rows, section.columns, console.width, keys):
+            console.print(piece)
         if section.fixed:
             console.print(f"Same in every row: {section.fixed}")
         for line in section.sentences:

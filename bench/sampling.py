@@ -378,9 +378,9 @@ def build_sampling_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = build_sampling_parser()
-    run_cli(HARNESS, parser, argv, make_specs, options=sampling_options)
+    return run_cli(HARNESS, parser, argv, make_specs, options=sampling_options)
 
 
 def sampling_options(args: argparse.Namespace) -> dict:

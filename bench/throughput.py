@@ -70,11 +70,11 @@ def measure(spec: BenchSpec, context: RunContext) -> dict:
     return figures
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = build_parser(
         "python -m bench.throughput", __doc__,
         defaults={"batch": "8", "accum": "1", "precision": "fp32,bf16", "steps": 5, "warmup": 1})
-    run_cli(HARNESS, parser, argv)
+    return run_cli(HARNESS, parser, argv)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def test_every_column_name_whole_at_width(name, width):
     axes = ["batch", "precision", "attention"]
     columns = axes + harness.display_columns
     console = Console(width=width, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
-    for table in rich_tables(wide_rows(columns), columns, f"{name} — title", width, len(axes)):
+    for table in rich_tables(wide_rows(columns), columns, width, len(axes)):
         console.print(table)
     text = console.export_text()
     assert all(len(line) <= width for line in text.splitlines()), text
