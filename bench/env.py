@@ -24,6 +24,27 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# CPU flags that decide whether bf16 runs natively (AVX-512 BF16, AMX) or is emulated.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The vector ISA torch's CPU kernels use, and the bf16 instructions present: CPU figures
+    depend on them (on an AVX2-only CPU bf16 is emulated and slower than fp32)."""
+    try:
+        words = cpuinfo.read_text().split()
+    except OSError:
+        words = []
+    bf16 = [flag for flag in BF16_FLAGS if flag in words]
+    return f"{torch.backends.cpu.get_cpu_capability()} " + (
+        f"with {' and '.join(bf16)}" if bf16 else "without native bf16")
+
+
+def cpu_name() -> str:
+    """The CPU model and its ISA, as tables and the peak-FLOP cache name it."""
+    return f"{_cpu_model()} ({cpu_isa()})"
+
+
 def git_commit() -> str | None:
     root = Path(__file__).resolve().parent.parent
     try:
@@ -72,12 +93,13 @@ def environment(device: str = "cpu") -> dict:
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "cpu": _cpu_model(),
+        "cpu_isa": cpu_isa(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "git_commit": git_commit(),
         "device": device,
-        "device_name": _cpu_model(),
+        "device_name": cpu_name(),
         "device_memory_mib": None,
         "compute_capability": None,
         "driver": None,

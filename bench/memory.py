@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from bench.cli import build_parser, run_cli
+from bench.cli import build_parser, run_cli, specs_from_args
 from bench.measure import cuda
 from bench.measure.memory import DEFAULT_TARGET, predict, step_peak
 from bench.measure.tracked import CATEGORIES
@@ -71,6 +71,7 @@ HARNESS = Harness(
     figure_columns=["step_s", "step_s_min", "step_s_max", "img_per_s", "warmup_s",
                     "peak_alloc_mib", "peak_reserved_mib", "warmup_peak_alloc_mib",
                     "warmup_peak_reserved_mib", "nvml_peak_mib", "nvml_process_peak_mib",
+                    "nvml_baseline_mib",
                     "rss_peak_mib", "cpu_util_pct", "tracked_peak_mib", *TRACKED, *PREDICTED,
                     "alloc_error_pct", "reserved_error_pct", "max_batch_source"],
     display_columns=["status", "step_s", "img_per_s", "peak_alloc_mib", "peak_reserved_mib",
@@ -79,7 +80,9 @@ HARNESS = Harness(
                      "max_batch_source"],
     notes=["MiB = 2^20 bytes. step_s: median seconds per optimizer step (batch x accum images); "
            "img_per_s = images / measured seconds; warmup_s: the warm-up steps, compilation "
-           "included.",
+           "included. A warm-up step is one micro-batch and an optimizer step whatever the "
+           "accumulation: it warms kernels, allocator and optimizer state without a whole "
+           "accumulated step (what it skips: nothing the measured step needs).",
            "peak_alloc_mib / peak_reserved_mib: CUDA caching allocator peaks of the measured "
            "steps, after warm-up (warmup_peak_*: the warm-up's own, compilation and autotuning "
            "included; all empty on CPU). nvml_peak_mib: device memory used per NVML, CUDA "
@@ -108,11 +111,9 @@ def measure(spec: BenchSpec, context: RunContext | None = None) -> dict:
     if spec.find_max_batch:
         return max_batch_row(spec)
     device = cuda.resolve(spec.device)
-    target, context_mib = DEFAULT_TARGET, spec.context_mib
-    if device.type == "cuda":
-        context_mib = cuda.start(device, spec.precision)["measured_context_mib"]
-        target = cuda.capability(device)
-        cuda.cap_to_budget(device, spec.budget_mib, context_mib)
+    target, context_mib = card(spec, device)
+    if spec.predict_only:
+        return prediction(spec, target, context_mib)
 
     # Pass 1: timed; its trainer is freed when it returns.
     figures: dict = timed_training(spec, device)
@@ -134,6 +135,16 @@ def measure(spec: BenchSpec, context: RunContext | None = None) -> dict:
             figures["predicted_reserved_mib"] + figures["cudnn_workspace_mib"],
             figures["peak_reserved_mib"])
     return figures
+
+
+def card(spec: BenchSpec, device: torch.device) -> tuple[tuple[int, int], float]:
+    """The prediction's target and context: on CUDA this card's capability and measured
+    context (and the process capped to the budget); elsewhere the defaults."""
+    if device.type != "cuda":
+        return DEFAULT_TARGET, spec.context_mib
+    context_mib = cuda.start(device, spec.precision)["measured_context_mib"]
+    cuda.cap_to_budget(device, spec.budget_mib, context_mib)
+    return cuda.capability(device), context_mib
 
 
 def _error_pct(predicted: float, measured: float) -> float:
@@ -193,16 +204,13 @@ def _fits_measured(spec: BenchSpec, device: torch.device) -> bool:
 
 def max_batch_row(spec: BenchSpec) -> dict:
     """The row of --find-max-batch: the largest batch, where it came from, and its figures."""
-    target, context_mib = DEFAULT_TARGET, spec.context_mib
-    if spec.device.startswith("cuda"):
-        device = cuda.resolve(spec.device)
-        context_mib = cuda.start(device, spec.precision)["measured_context_mib"]
-        target = cuda.capability(device)
-        cuda.cap_to_budget(device, spec.budget_mib, context_mib)
+    device = cuda.resolve(spec.device)
+    target, context_mib = card(spec, device)
+    if device.type == "cuda" and not spec.predict_only:
         best = largest(lambda n: _fits_measured(spec.replace(batch=n), device))
         source = "measured"
     else:
-        best = largest(lambda n: prediction(spec.replace(batch=n))["fits"])
+        best = largest(lambda n: prediction(spec.replace(batch=n), target, context_mib)["fits"])
         source = "predicted"
     if best == 0:
         raise torch.OutOfMemoryError(f"not even batch 1 fits {spec.budget_mib:g} MiB")
@@ -215,7 +223,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = build_parser(
         "python -m bench.memory", __doc__,
         defaults={"batch": "2", "accum": "64", "precision": "fp32", "steps": 1, "warmup": 1})
-    return run_cli(HARNESS, parser, argv)
+    parser.add_argument("--predict-only", action="store_true",
+                        help="the verdict from the prediction alone, in seconds: no timed or "
+                             "tracked pass (their columns stay empty)")
+    return run_cli(HARNESS, parser, argv, lambda args: [
+        spec.replace(predict_only=args.predict_only) for spec in specs_from_args(args)])
 
 
 if __name__ == "__main__":

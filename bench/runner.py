@@ -133,15 +133,16 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
     rows: list[dict] = []
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM,)}
     interrupted = None
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+    # Compact enough for 80 columns; each spec's full name is a line of its own above it.
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=20),
                         TextColumn("{task.completed}/{task.total} specs"), TimeElapsedColumn(),
                         TextColumn("left"), TimeRemainingColumn(),
                         console=console, transient=False)
     try:
         with progress:
             task = progress.add_task(harness.name, total=len(specs))
-            for spec in specs:
-                progress.update(task, description=f"{harness.name}: {spec.name}")
+            for number, spec in enumerate(specs, 1):
+                progress.console.print(f"{harness.name} {number}/{len(specs)}: {spec.name}")
                 context = RunContext(out, run_id, options or {})
                 result = (run_spec(harness.name, spec, context) if inline
                           else run_isolated(harness.name, spec, context, timeout_s))

@@ -47,6 +47,7 @@ class BenchSpec:
     budget_mib: float = DEFAULT_BUDGET_MIB
     context_mib: float = DEFAULT_CONTEXT_MIB
     find_max_batch: bool = False  # search the largest batch that fits instead of using `batch`
+    predict_only: bool = False  # bench.memory: the prediction alone, no measured pass
     # Axes of single harnesses; at their defaults they stay out of the name.
     dataset: str = "synthetic"  # bench.loss trains on real data
     sampler: str = "none"  # bench.sampling: "ddpm" or "ddim"
@@ -86,6 +87,7 @@ class BenchSpec:
         return (f"{self.name}-seed{self.seed}-steps{self.steps}-warmup{self.warmup}"
                 f"-budget{self.budget_mib:g}-context{self.context_mib:g}"
                 + ("-maxbatch" if self.find_max_batch else "")
+                + ("-predicted" if self.predict_only else "")
                 + (f"-repeat{self.repeat}" if self.repeat > 1 else ""))
 
     def to_dict(self) -> dict:

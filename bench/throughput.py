@@ -44,8 +44,9 @@ HARNESS = Harness(
                      "gflop_per_step", "achieved_tflops", "peak_tflops", "mfu"],
     notes=["step_s: median seconds per optimizer step over --steps measured steps (min, max "
            "beside it); img_per_s = batch x accum x steps / measured seconds.",
-           "compile_s: the warm-up steps' time less the same number of measured steps "
-           "(torch.compile's compilation); empty with --compile off.",
+           "compile_s: the warm-up steps' time (one micro-batch and an optimizer step each) less "
+           "as many micro-batches of the measured step's pace (torch.compile's compilation); "
+           "empty with --compile off.",
            "gflop_per_step: 10^9 FLOPs of one optimizer step (matmul, convolution and attention,"
            " forward and backward; a multiply-add counts 2), counted on an eager copy. "
            "achieved_tflops = gflop_per_step / step_s / 1000; peak_tflops: the probe's measured "
@@ -61,7 +62,9 @@ def measure(spec: BenchSpec, context: RunContext) -> dict:
     device = cuda.resolve(spec.device)
     figures = {**cuda.start(device, spec.precision), **timed_training(spec, device)}
     if spec.compile != "off":
-        figures["compile_s"] = max(0.0, figures["warmup_s"] - spec.warmup * figures["step_s"])
+        # A warm-up step is one micro-batch: about 1/accum of a measured step.
+        warm_step_s = figures["step_s"] / spec.accum
+        figures["compile_s"] = max(0.0, figures["warmup_s"] - spec.warmup * warm_step_s)
     flops = training_step_flops(spec)
     peak = peak_flops(device, spec.precision, context.out / PEAK_CACHE)["peak_flops"]
     achieved = flops / figures["step_s"]

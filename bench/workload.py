@@ -3,6 +3,8 @@ here, so the same spec means the same model, weights and data in every table."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from bench.impl import build_unet, diffusers_recipe
@@ -38,6 +40,15 @@ def build_trainer(spec: BenchSpec, device: str | torch.device | None = None,
     # diffusers' baseline trains with its own example's optimizer and EMA (bench.impl).
     recipe = diffusers_recipe(model, config) if spec.impl == "diffusers" else {}
     return Trainer(model, schedule, config, device=device, **recipe)
+
+
+def micro_batch_trainer(trainer: Trainer) -> Trainer:
+    """A trainer of one micro-batch per optimizer step over the same model, optimizer and EMA:
+    warming up (kernels, allocator, optimizer state, compilation) needs one forward, backward
+    and optimizer step, not a whole accumulated step."""
+    config = dataclasses.replace(trainer.config, accum_steps=1)
+    return Trainer(trainer.model, trainer.schedule, config, trainer.device,
+                   optimizer=trainer.optimizer, ema=trainer.ema)
 
 
 def synthetic_images(spec: BenchSpec, count: int) -> torch.Tensor:

@@ -42,3 +42,20 @@ def test_fold_splits_long_names_at_an_underscore_into_balanced_halves():
     assert fold("status") == "status"  # short names stay on one line
     assert fold("max_batch_source") == "max_batch_\nsource"
     assert set(AXES) >= {"batch", "precision", "attention"}
+
+
+# ----- the CPU named with its ISA ---------------------------------------------------------------
+
+def test_environment_line_names_the_cpu_isa(tmp_path):
+    import torch
+
+    from bench.env import cpu_isa, describe, environment
+
+    line = describe(environment("cpu"))
+    assert torch.backends.cpu.get_cpu_capability() in line
+    assert "bf16" in line  # with or without native bf16: the line says which
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("flags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile amx_bf16\n")
+    assert cpu_isa(cpuinfo).endswith("with avx512_bf16 and amx_bf16")
+    cpuinfo.write_text("flags\t\t: fpu sse avx2\n")
+    assert cpu_isa(cpuinfo).endswith("without native bf16")

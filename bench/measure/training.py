@@ -11,7 +11,7 @@ from bench.measure import cuda
 from bench.measure.timing import Timing, time_calls
 from bench.monitor import Monitor
 from bench.spec import BenchSpec
-from bench.workload import build_trainer, synthetic_images
+from bench.workload import build_trainer, micro_batch_trainer, synthetic_images
 
 # Figures of a CUDA run beside the allocator peaks and nvml_peak_mib; empty elsewhere.
 CUDA_COLUMNS = ["measured_context_mib", "warmup_peak_alloc_mib", "warmup_peak_reserved_mib",
@@ -26,7 +26,8 @@ CUDA_NOTE = ("On CUDA: peak_alloc_mib / peak_reserved_mib cover the measured (st
 
 
 def timed_training(spec: BenchSpec, device: torch.device) -> dict:
-    """Warm-up then measured optimizer steps, with nothing else running in the process.
+    """Warm-up then measured optimizer steps, with nothing else running in the process. A
+    warm-up step is one micro-batch and an optimizer step, whatever the accumulation.
 
     Figures: step_s (median), step_s_min/max, warmup_s, img_per_s, the Monitor's NVML and CPU
     figures, rss_peak_mib, and on CUDA the allocator's peaks: warmup_peak_alloc_mib and
@@ -34,9 +35,10 @@ def timed_training(spec: BenchSpec, device: torch.device) -> dict:
     the measured (steady-state) steps."""
     trainer = build_trainer(spec, device)
     images = synthetic_images(spec, spec.effective_batch)
+    warm = micro_batch_trainer(trainer) if spec.accum > 1 else trainer
     figures: dict = {}
     with Monitor(device) as monitor:
-        warmup = _warm_up(lambda: trainer.step(images), spec.warmup, device, figures)
+        warmup = _warm_up(lambda: warm.step(images[:spec.batch]), spec.warmup, device, figures)
         timing = time_calls(lambda: trainer.step(images), spec.steps, 0, device)
         if device.type == "cuda":
             figures["peak_alloc_mib"], figures["peak_reserved_mib"] = cuda.peaks_mib(device)
