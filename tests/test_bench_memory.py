@@ -249,3 +249,30 @@ def test_tracked_peak_within_rss_growth():
     assert 0 < tracked <= growth, (
         f"tracked {tracked / 2**20:.2f} MiB > RSS growth {growth / 2**20:.2f} MiB "
         f"(RSS before {rss_before / 2**20:.1f} MiB, ru_maxrss {maxrss / 2**20:.1f} MiB)")
+
+
+# ----- the answer first ----------------------------------------------------------------------
+
+def test_predict_only_gives_the_verdict_without_a_measured_pass(tmp_path):
+    from bench import memory
+
+    rows = memory.main(["--preset", "tiny", "--device", "cpu", "--batch", "2", "--accum", "4",
+                        "--predict-only", "--inline", "--out", str(tmp_path)])
+    (row,) = rows
+    assert row["status"] == "ok" and row["spec_id"].endswith("-predicted")
+    assert row["predicted_reserved_mib"] > 0 and row["fits"] is True
+    for measured in ("step_s", "tracked_peak_mib", "rss_peak_mib"):
+        assert row.get(measured) is None, measured
+    assert row == {**row, **prediction(tiny(batch=2, accum=4))}  # the same prediction
+
+
+def test_warm_up_is_one_micro_batch_and_an_optimizer_step(monkeypatch):
+    from bench.measure.training import timed_training
+    from ddpm.train import Trainer
+
+    seen = []
+    step = Trainer.step
+    monkeypatch.setattr(Trainer, "step", lambda self, x0: seen.append(
+        (x0.shape[0], self.config.accum_steps)) or step(self, x0))
+    timed_training(tiny(batch=2, accum=4, warmup=1, steps=1), torch.device("cpu"))
+    assert seen == [(2, 1), (8, 4)]  # warm-up: 2 images in 1 micro-batch; measured: 2 x 4
