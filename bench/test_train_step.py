@@ -11,7 +11,7 @@ import pytest
 
 from bench.measure import cuda
 from bench.measure.flops import training_step_flops
-from bench.measure.memory import step_peak
+from bench.measure.memory import DEFAULT_TARGET, predict
 from bench.measure.peak import peak_flops
 from bench.measure.timing import synchronize
 from bench.workload import build_trainer, synthetic_images
@@ -39,9 +39,11 @@ def test_train_step(benchmark, spec, request):
                        iterations=1)
     info = benchmark.extra_info
     info["images_per_step"] = spec.effective_batch
-    info["predicted_cuda_alloc_mib"] = step_peak(spec, fake=True).mib()
+    predicted = predict(spec, cuda.capability(device) if device.type == "cuda" else DEFAULT_TARGET)
+    info["predicted_alloc_mib"] = predicted.mib("alloc")
+    info["predicted_reserved_mib"] = predicted.mib("reserved")
     if device.type == "cuda":
-        info["peak_alloc_mib"] = cuda.peaks_mib(device)[0]
+        info["peak_alloc_mib"], info["peak_reserved_mib"] = cuda.peaks_mib(device)
     if benchmark.stats is not None:  # None under --benchmark-disable
         median = benchmark.stats.stats.median
         flops = training_step_flops(spec)
