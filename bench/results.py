@@ -72,6 +72,7 @@ class ResultsTable:
         if header != self.columns:
             raise ResultsError(f"{self.csv_path} has other columns than this version writes; "
                                "move it aside or pass another --out.")
+        check_line_end(self.csv_path)
 
     def finished_spec_ids(self) -> set[str]:
         """Specs with a final answer (ok or oom); errors and timeouts are tried again."""
@@ -82,6 +83,7 @@ class ResultsTable:
 
     def append(self, row: dict) -> None:
         new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
+        check_line_end(self.csv_path)
         with self.csv_path.open("a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="raise")
             if new:
@@ -161,6 +163,7 @@ def read_rows(path: Path) -> list[dict]:
             if missing:
                 raise ResultsError(f"{path} is not a results table: no column "
                                    f"{', '.join(missing)}.")
+            check_line_end(path)
             rows = []
             for raw in reader:
                 if None in raw:  # more cells than the header names
@@ -170,6 +173,24 @@ def read_rows(path: Path) -> list[dict]:
             return rows
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ResultsError(f"{path} cannot be read ({_reason(exc)}).") from None
+
+
+def check_line_end(path: Path) -> None:
+    """Refuse a table whose last row has no line end: its writer stopped mid-row, and a row
+    appended after it would be glued onto the fragment."""
+    try:
+        with path.open("rb") as f:
+            if f.seek(0, os.SEEK_END) == 0:
+                return
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) == b"\n":
+                return
+            f.seek(0)
+            line = f.read().count(b"\n") + 1
+    except FileNotFoundError:
+        return
+    raise ResultsError(f"{path} line {line} is cut off (no line end: the run writing it stopped "
+                       "mid-row); delete that line, then run again.")
 
 
 def read_runs(path: Path) -> dict[str, dict]:

@@ -506,3 +506,25 @@ def test_no_nan_written_as_zero_in_csv(fault_sweeps):
             assert row["fits"] in ("True", "False")
             assert not math.isnan(float(row["tracked_peak_mib"]))
     assert set(SPEC_COLUMNS) <= set(header_of(out))
+
+
+# ----- a damaged or shared results folder ------------------------------------------------------
+
+def test_resume_onto_a_cut_off_row_is_refused_untouched(tmp_path, capsys, one_thread,
+                                                         monkeypatch):
+    from bench import report
+
+    monkeypatch.delenv(FAULT_ENV, raising=False)
+    out = tmp_path / "results"
+    memory_harness.main([*BASE, "--batch", "1", "--inline", "--out", str(out)])
+    csv_path = out / "memory.csv"
+    csv_path.write_bytes(csv_path.read_bytes()[:-40])  # the end of row 1 never reached the disk
+    capsys.readouterr()
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        memory_harness.main([*BASE, "--batch", "1,2", "--inline", "--resume", "--out", str(out)])
+    check_bad(info.value.code, capsys.readouterr().err, f"{csv_path} line 2 is cut off")
+    with pytest.raises(SystemExit) as info:
+        report.main(["--out", str(out), "--no-plots"])
+    check_bad(info.value.code, capsys.readouterr().err, f"{csv_path} line 2 is cut off")
+    assert snapshot(tmp_path) == before
