@@ -5,6 +5,7 @@ rendering of rows (bench.report builds the .md from these)."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -67,7 +68,7 @@ class ResultsTable:
     def check_header(self) -> None:
         if not self.csv_path.exists() or self.csv_path.stat().st_size == 0:
             return
-        with self.csv_path.open(newline="") as f:
+        with self.csv_path.open(newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), [])
         if header != self.columns:
             raise ResultsError(f"{self.csv_path} has other columns than this version writes; "
@@ -78,19 +79,29 @@ class ResultsTable:
         """Specs with a final answer (ok or oom); errors and timeouts are tried again."""
         if not self.csv_path.exists():
             return set()
-        with self.csv_path.open(newline="") as f:
+        with self.csv_path.open(newline="", encoding="utf-8") as f:
             return {row["spec_id"] for row in csv.DictReader(f) if row["status"] in ("ok", "oom")}
 
     def append(self, row: dict) -> None:
+        """The row on disk whole or not at all: a failed write (disk full) is undone."""
         new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
         check_line_end(self.csv_path)
-        with self.csv_path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="raise")
-            if new:
-                writer.writeheader()
-            writer.writerow({c: _csv_value(row.get(c)) for c in self.columns})
-            f.flush()
-            os.fsync(f.fileno())
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=self.columns, extrasaction="raise")
+        if new:
+            writer.writeheader()
+        writer.writerow({c: _csv_value(row.get(c)) for c in self.columns})
+        data = memoryview(text.getvalue().encode("utf-8"))
+        # Unbuffered: nothing is left in a buffer to be flushed after the undo.
+        with self.csv_path.open("ab", buffering=0) as f:
+            size = f.seek(0, os.SEEK_END)
+            try:
+                while data:
+                    data = data[f.write(data):]
+                os.fsync(f.fileno())
+            except OSError:
+                f.truncate(size)
+                raise
 
     def rows(self) -> list[dict]:
         return read_rows(self.csv_path)
@@ -157,7 +168,7 @@ def read_rows(path: Path) -> list[dict]:
     """Every row of a results CSV, typed (typed_row). ResultsError says what is wrong."""
     path = Path(path)
     try:
-        with path.open(newline="") as f:
+        with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
             if missing:

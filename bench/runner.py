@@ -4,6 +4,7 @@ rendered from the CSV read back (bench.report's render, so a rebuild gives the s
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -125,7 +126,7 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
         table.record_run(run_id, command, env, options or {}, now.isoformat(timespec="seconds"))
     rows: list[dict] = []
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM,)}
-    interrupted = None
+    interrupted = unsaved = None
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total} specs"), TimeElapsedColumn(),
                         console=console, transient=False)
@@ -140,7 +141,11 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
                 row = {**spec_row(spec, run_id), "status": result["status"],
                        "error": result["error"], **result["figures"]}
                 row = {k: v for k, v in row.items() if k in table.columns}
-                table.append(row)  # on disk before the next spec starts
+                try:
+                    table.append(row)  # on disk before the next spec starts
+                except OSError as exc:
+                    unsaved = (row, exc)
+                    break
                 rows.append(row)
                 progress.advance(task)
     except (KeyboardInterrupt, Interrupted) as exc:
@@ -148,6 +153,15 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if unsaved:
+        row, exc = unsaved
+        # The measurement is kept on stdout, as CSV with its header, for the user to add.
+        writer = csv.DictWriter(sys.stdout, fieldnames=table.columns)
+        writer.writeheader()
+        writer.writerow(row)
+        raise ResultsError(f"{table.csv_path} cannot be written ({exc.strerror}): the row of "
+                           f"{row['spec_id']} is on stdout, {len(rows)} earlier row(s) of this "
+                           "run are in the file; make room, then run again with --resume.")
     if rows:
         report_sweep(harness, table, command, console)
     if interrupted:

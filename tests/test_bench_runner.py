@@ -5,6 +5,8 @@ and --inline. Every sweep uses the tiny preset, one measured step and no warm-up
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
 import math
 import os
@@ -528,3 +530,31 @@ def test_resume_onto_a_cut_off_row_is_refused_untouched(tmp_path, capsys, one_th
         report.main(["--out", str(out), "--no-plots"])
     check_bad(info.value.code, capsys.readouterr().err, f"{csv_path} line 2 is cut off")
     assert snapshot(tmp_path) == before
+
+
+def test_results_folder_failing_mid_sweep_keeps_the_row_on_stdout(tmp_path, capsys, one_thread,
+                                                                   monkeypatch):
+    monkeypatch.delenv(FAULT_ENV, raising=False)
+    out = tmp_path / "results"
+    real_fsync, calls = os.fsync, []
+
+    def disk_full_at_second_row(fd):
+        calls.append(fd)
+        if len(calls) == 2:  # the second row's bytes are written, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", disk_full_at_second_row)
+    with pytest.raises(SystemExit) as info:
+        memory_harness.main([*BASE, "--batch", "1,2", "--inline", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert info.value.code == 2 and "Traceback" not in captured.err
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and str(out / "memory.csv") in last, last
+    assert os.strerror(errno.ENOSPC) in last
+    (row,) = rows_of(out)  # the first row whole; nothing of the second
+    assert row["batch"] == "1"
+    assert (out / "memory.csv").read_bytes().endswith(b"\n")
+    (unsaved,) = csv.DictReader(io.StringIO(captured.out))
+    assert list(unsaved) == COLUMNS
+    assert unsaved["batch"] == "2" and unsaved["status"] == "ok"
