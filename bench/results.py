@@ -4,7 +4,9 @@ rendering of rows (bench.report builds the .md from these)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import math
@@ -64,6 +66,16 @@ class ResultsTable:
         self.csv_path = self.folder / f"{harness}.csv"
         self.md_path = self.folder / f"{harness}.md"
         self.json_path = self.folder / f"{harness}.json"
+        self.lock_path = self.folder / f".{harness}.lock"
+
+    @contextlib.contextmanager
+    def locked(self):
+        """One writer at a time: two sweeps on one folder would otherwise both write a header,
+        and one's run record would overwrite the other's."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self.lock_path.open("a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed
+            yield
 
     def check_header(self) -> None:
         if not self.csv_path.exists() or self.csv_path.stat().st_size == 0:
@@ -84,17 +96,17 @@ class ResultsTable:
 
     def append(self, row: dict) -> None:
         """The row on disk whole or not at all: a failed write (disk full) is undone."""
-        new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
-        check_line_end(self.csv_path)
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=self.columns, extrasaction="raise")
-        if new:
-            writer.writeheader()
-        writer.writerow({c: _csv_value(row.get(c)) for c in self.columns})
-        data = memoryview(text.getvalue().encode("utf-8"))
+        row = {c: _csv_value(row.get(c)) for c in self.columns}
         # Unbuffered: nothing is left in a buffer to be flushed after the undo.
-        with self.csv_path.open("ab", buffering=0) as f:
+        with self.locked(), self.csv_path.open("ab", buffering=0) as f:
+            check_line_end(self.csv_path)
             size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                writer.writeheader()
+            writer.writerow(row)
+            data = memoryview(text.getvalue().encode("utf-8"))
             try:
                 while data:
                     data = data[f.write(data):]
@@ -112,12 +124,12 @@ class ResultsTable:
     def record_run(self, run_id: str, command: str, environment: dict, options: dict,
                    started: str) -> None:
         """Written when a run starts, so an interrupted run's rows have their command too."""
-        runs = self.runs()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        runs[run_id] = {"command": command, "started": started, "options": options,
-                        "environment": environment}
-        sidecar = {"harness": self.harness, "runs": runs}
-        atomic_write(self.json_path, json.dumps(sidecar, indent=2, default=str) + "\n")
+        with self.locked():
+            runs = self.runs()
+            runs[run_id] = {"command": command, "started": started, "options": options,
+                            "environment": environment}
+            sidecar = {"harness": self.harness, "runs": runs}
+            atomic_write(self.json_path, json.dumps(sidecar, indent=2, default=str) + "\n")
 
 
 # ----- reading back ------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import fcntl
 import io
 import json
 import math
@@ -23,6 +24,8 @@ import torch
 
 from bench import memory as memory_harness
 from bench.results import CSV_DTYPES, SPEC_COLUMNS, ResultsTable, read_csv, read_rows
+from bench.runner import spec_row
+from bench.spec import BenchSpec
 from bench.worker import FAULT_ENV
 
 # Many subprocesses share a small CPU (and other jobs): one thread each, or OpenMP threads spin
@@ -558,3 +561,35 @@ def test_results_folder_failing_mid_sweep_keeps_the_row_on_stdout(tmp_path, caps
     (unsaved,) = csv.DictReader(io.StringIO(captured.out))
     assert list(unsaved) == COLUMNS
     assert unsaved["batch"] == "2" and unsaved["status"] == "ok"
+
+
+def waits_for_lock(pid: int, path: Path) -> bool:
+    """The process is queued for an flock on `path` (a "->" line of /proc/locks)."""
+    inode = path.stat().st_ino
+    return any(line.split()[1] == "->" and f" {pid} " in line and f":{inode} " in line
+               for line in Path("/proc/locks").read_text().splitlines())
+
+
+def test_two_sweeps_on_one_folder_take_turns(tmp_path):
+    out = tmp_path / "results"
+    table = ResultsTable(out, "memory", memory_harness.HARNESS.figure_columns)
+    rival = {**spec_row(BenchSpec(preset="tiny", image_size=16, batch=7), "rival"),
+             "status": "error", "error": "written by another sweep"}
+    lock = out / ".memory.lock"
+    out.mkdir()
+    with lock.open("a") as held:  # another sweep on the same folder, between its writes
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc = start("--batch", "1", "--inline", out=out)
+        wait_for(lambda: waits_for_lock(proc.pid, lock), proc, 120, "a wait for the lock")
+        table.json_path.write_text(json.dumps({"harness": "memory", "runs": {"rival": {}}}))
+        with table.csv_path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerow(rival)
+    result = finish(proc)
+    assert result.returncode == 0, result.stderr
+    assert header_of(out) == COLUMNS
+    assert [r["run_id"] for r in rows_of(out)][0] == "rival"  # one header, both rows
+    assert [r["batch"] for r in rows_of(out)] == ["7", "1"]
+    runs = json.loads(table.json_path.read_text())["runs"]
+    assert list(runs)[0] == "rival" and len(runs) == 2  # both run records
