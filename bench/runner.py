@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from bench.results import ResultsError, ResultsTable, rich_table
 from bench.spec import BenchSpec
 from bench.worker import RunContext, run_spec
 from bench.workload import parameter_count
+from ddpm.cli_common import sigterm_as_interrupt, stopping_signal
 
 
 @dataclass
@@ -37,14 +37,6 @@ class Harness:
     # Sentences that compare the finished rows (e.g. accumulation vs none), given the run's
     # context so a harness can read files its specs wrote; printed and in the .md.
     compare: Callable[[list[dict], RunContext], list[str]] | None = None
-
-
-class Interrupted(BaseException):
-    """SIGTERM, raised like KeyboardInterrupt: no `except Exception` in a spec may swallow it."""
-
-
-def _raise_interrupted(signum, frame):
-    raise Interrupted(signal.Signals(signum).name)
 
 
 def spec_row(spec: BenchSpec, run_id: str) -> dict:
@@ -125,13 +117,13 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
     if specs:  # recorded before the first spec: an interrupted run's rows have a command too
         table.record_run(run_id, command, env, options or {}, now.isoformat(timespec="seconds"))
     rows: list[dict] = []
-    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM,)}
     interrupted = unsaved = None
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total} specs"), TimeElapsedColumn(),
                         console=console, transient=False)
     try:
-        with progress:
+        # SIGTERM as Ctrl-C: no `except Exception` in a spec swallows it, and a worker is killed.
+        with sigterm_as_interrupt(), progress:
             task = progress.add_task(harness.name, total=len(specs))
             for spec in specs:
                 progress.update(task, description=f"{harness.name}: {spec.name}")
@@ -148,11 +140,8 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
                     break
                 rows.append(row)
                 progress.advance(task)
-    except (KeyboardInterrupt, Interrupted) as exc:
-        interrupted = str(exc) or "SIGINT"
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    except KeyboardInterrupt as exc:
+        interrupted = stopping_signal(exc)
     if unsaved:
         row, exc = unsaved
         # The measurement is kept on stdout, as CSV with its header, for the user to add.
@@ -165,9 +154,9 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
     if rows:
         report_sweep(harness, table, command, console)
     if interrupted:
-        console.print(f"Interrupted ({interrupted}): {len(rows)} finished row(s) kept in "
+        console.print(f"Interrupted ({interrupted.name}): {len(rows)} finished row(s) kept in "
                       f"{table.csv_path}; run again with --resume for the rest.")
-        raise SystemExit(130)
+        raise SystemExit(128 + interrupted)  # as a shell reports it: 130 SIGINT, 143 SIGTERM
     return rows
 
 

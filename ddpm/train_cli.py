@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from ddpm.cli_common import (
     UsageError,
     decay_value,
     device_arg,
+    exit_on_interrupt,
     fail,
     grid_columns,
     make_progress,
@@ -304,19 +304,23 @@ def image_shape(config: UNetConfig) -> tuple[int, int, int]:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        run = validate(args)
-    except UsageError as exc:
-        fail(str(exc))
-    try:
-        train(run)
-    except KeyboardInterrupt:
+    run = None
+
+    def interrupted(name: str) -> str:
         # Not bad input, but no traceback either: say what is on disk and how to go on.
+        if run is None:
+            return f"interrupted ({name}) before training started"
         checkpoint = args.out / CHECKPOINT
         then = (f"continue from {checkpoint} with --resume" if checkpoint.exists()
                 else "no checkpoint was written yet")
-        print(f"interrupted at step {run.trainer.step_count}: {then}", file=sys.stderr)
-        sys.exit(130)  # 128 + SIGINT, as shells report it
+        return f"interrupted ({name}) at step {run.trainer.step_count}: {then}"
+
+    with exit_on_interrupt(interrupted):
+        try:
+            run = validate(args)
+        except UsageError as exc:
+            fail(str(exc))
+        train(run)
 
 
 if __name__ == "__main__":

@@ -387,10 +387,10 @@ def sigterm_then_resume(tmp_path_factory):
             "kept_csv": kept_csv, "after_interrupt": after_interrupt, "resumed": resumed}
 
 
-def test_sigterm_keeps_finished_rows_and_exits_130(sigterm_then_resume):
+def test_sigterm_keeps_finished_rows_and_exits_143(sigterm_then_resume):
     run = sigterm_then_resume
     result = run["interrupted"]
-    assert result.returncode == 130, result.stderr
+    assert result.returncode == 143, result.stderr
     assert run["seconds"] < 30
     assert "Traceback" not in result.stderr
     assert "SIGTERM" in result.stderr and "--resume" in result.stderr
@@ -497,7 +497,8 @@ def test_inline_sigterm_stops_the_sweep(tmp_path):
              120, "inline hang")
     proc.send_signal(signal.SIGTERM)
     result = finish(proc, timeout=30)
-    assert result.returncode == 130, result.stderr
+    assert result.returncode == 143, result.stderr
+    assert "Traceback" not in result.stderr and "Interrupted (SIGTERM)" in result.stderr
     assert [r["status"] for r in rows_of(out)] == []
 
 
