@@ -4,9 +4,11 @@ rendered from the CSV read back (bench.report's render, so a rebuild gives the s
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -21,7 +23,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from bench.env import environment
 from bench.results import ResultsError, ResultsTable, rich_table
 from bench.spec import BenchSpec
-from bench.worker import RunContext, run_spec
+from bench.worker import PARENT_ENV, RunContext, run_spec
 from bench.workload import parameter_count
 from ddpm.cli_common import sigterm_as_interrupt, stopping_signal
 
@@ -76,17 +78,21 @@ def run_isolated(harness: str, spec: BenchSpec, context: RunContext, timeout_s: 
         child = None
         with open(log_path, "w") as log:
             try:  # started inside the try: a signal during the start still kills the worker
+                # A process group of its own: a stop takes the worker's children (torch.compile's
+                # compile workers) with it; PARENT_ENV lets the worker end when the sweep does.
                 child = subprocess.Popen(
                     [sys.executable, "-m", "bench.worker", harness, json.dumps(spec.to_dict()),
                      str(context.out), context.run_id, json.dumps(context.options), result_path],
-                    stdout=log, stderr=subprocess.STDOUT)
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    env={**os.environ, PARENT_ENV: str(os.getpid())})
                 child.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 return {"status": "timeout", "error": f"no result after {timeout_s:g} s",
                         "figures": {}}
             finally:
-                if child is not None and child.poll() is None:
-                    child.kill()
+                if child is not None:
+                    with contextlib.suppress(ProcessLookupError):  # the group has ended
+                        os.killpg(child.pid, signal.SIGKILL)
                     child.wait()
         if os.path.exists(result_path):
             with open(result_path) as f:

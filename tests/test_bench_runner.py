@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -594,3 +595,24 @@ def test_two_sweeps_on_one_folder_take_turns(tmp_path):
     assert [r["batch"] for r in rows_of(out)] == ["7", "1"]
     runs = json.loads(table.json_path.read_text())["runs"]
     assert list(runs)[0] == "rival" and len(runs) == 2  # both run records
+
+
+def test_killed_sweep_takes_its_worker_and_temporary_folder_along(tmp_path):
+    proc = start("--batch", "1", "--timeout", "600", out=tmp_path / "results",
+                 fault="hang:-b1x1-")
+    wait_for(lambda: any(sleeping(p.pid) for p in workers(proc)), proc, 120, "hanging worker")
+    (worker,) = workers(proc)
+    folder = Path(worker.cmdline()[-1]).parent  # the sweep's temporary folder (RESULT_PATH's)
+    assert folder.is_dir()
+    proc.kill()  # SIGKILL: the sweep itself can clean up nothing
+    proc.communicate()
+    for _ in range(300):
+        if gone(worker):
+            break
+        time.sleep(0.1)
+    survived = not gone(worker)
+    if survived:
+        worker.kill()
+        shutil.rmtree(folder, ignore_errors=True)
+    assert not survived, "the worker outlived its sweep"
+    assert not folder.exists()
