@@ -129,6 +129,9 @@ BAD = {
     "resume corrupt": (["--resume", "--out", "{tmp}/corrupt"], "corrupt"),
     "resume past steps": (["--resume", "--steps", "6", "--out", "{tmp}/done"], "6"),
     "fresh over a run": (["--out", "{tmp}/done"], "--resume"),
+    "resume on another dataset": (["--resume", "--steps", "9", "--out", "{tmp}/done",
+                                   "--dataset", "synthetic"], "digits (1,797 images)"),
+    "batch beyond memory": (["--batch", "1000000000000"], "1000000000000"),
 }
 if not torch.cuda.is_available():
     BAD["cuda without GPU"] = (["--device", "cuda"], "cuda")
