@@ -104,6 +104,7 @@ BAD = {
     "not an image suffix": (["--out", "{tmp}/samples.txt"], "samples.txt"),
     "missing checkpoint": (["--checkpoint", "{tmp}/no-such.pt"], "no-such.pt"),
     "corrupt checkpoint": (["--checkpoint", "{tmp}/corrupt.pt"], "corrupt.pt"),
+    "checkpoint that runs code": (["--checkpoint", "{tmp}/evil.pt"], "was refused"),
     "out under a file": (["--out", "{tmp}/afile/samples.png"], "afile"),
     "device name": (["--device", "gpu0"], "gpu0"),
 }
@@ -115,7 +116,13 @@ if not torch.cuda.is_available():
 def bad_folder(tmp_path) -> Path:
     (tmp_path / "afile").write_text("a file, not a folder")
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
+    torch.save({"payload": _RunsCode()}, tmp_path / "evil.pt")
     return tmp_path
+
+
+class _RunsCode:
+    def __reduce__(self):  # what a malicious pickle does: call a function while loading
+        return (print, ("this ran while loading",))
 
 
 def bad_args(name: str, tmp: Path, checkpoint: Path) -> list[str]:
