@@ -31,6 +31,7 @@ from bench.results import (
     ResultsTable,
     atomic_write,
     markdown_table,
+    results_folder,
 )
 from bench.runner import Harness, display_columns
 from bench.worker import RunContext
@@ -251,7 +252,10 @@ def chosen(parser: ArgumentParser, out: Path, names: str | None) -> list[Harness
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    out = Path(args.out)
+    try:
+        out = results_folder(args.out)
+    except ResultsError as exc:
+        parser.error(str(exc))
     if not out.is_dir():
         parser.error(f"--out {out} is not a folder{'' if out.exists() else ' (it does not exist)'}"
                      ": pass the results folder a harness wrote.")

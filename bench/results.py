@@ -45,6 +45,13 @@ class ResultsError(ValueError):
     """The results folder or an existing table cannot be used; the message is for the user."""
 
 
+def results_folder(text: str) -> Path:
+    """--out as a folder: an empty one would be Path("."), the current folder, unasked."""
+    if not text.strip():
+        raise ResultsError(f"--out {text!r} is empty: name the results folder, e.g. results.")
+    return Path(text)
+
+
 def check_writable(folder: Path) -> None:
     """Fail before measuring anything if results cannot be written."""
     try:

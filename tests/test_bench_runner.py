@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from bench import memory as memory_harness
+from bench.report import main as report_main
 from bench.results import CSV_DTYPES, SPEC_COLUMNS, ResultsTable, read_csv, read_rows
 from bench.runner import spec_row
 from bench.spec import BenchSpec
@@ -182,6 +183,13 @@ MORE_BAD = {
     "attention-word": (["--attention", "mid"], "mid"),
     "image-size-word": (["--image-size", "big"], "big"),
     "unknown-option": (["--bogus", "1"], "--bogus"),
+    "timeout-nan": (["--timeout", "nan"], "--timeout nan"),
+    "context-nan": (["--cuda-context-mib", "nan"], "--cuda-context-mib nan"),
+    "budget-400-digits": (["--budget", "9" * 400 + "GiB"], "9" * 400),
+    "budget-in-bits": (["--budget", "8Gb"], "'8Gb' is in bits"),
+    "attention-twice": (["--attention", "8+8"], "'8+8' names 8 twice"),
+    "batch-twice": (["--batch", "2,1,2"], "'2,1,2' names 2 twice"),
+    "seed-negative": (["--seed", "-1"], "-1"),
 }
 EXISTING = b"run_id,spec_id\nkept,by-an-earlier-run\n"
 GPU_SKIP = pytest.mark.skipif(HAS_GPU, reason="this machine has a GPU")
@@ -245,6 +253,15 @@ def test_bad_input_in_process(tmp_path, capsys, case):
         memory_harness.main([*BASE, *args, "--out", str(out)])
     check_bad(info.value.code, capsys.readouterr().err, value)
     assert snapshot(tmp_path) == before
+
+
+def test_empty_out_is_refused_not_the_current_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for main in (memory_harness.main, report_main):
+        with pytest.raises(SystemExit) as info:
+            main([*BASE, "--out", ""] if main is memory_harness.main else ["--out", ""])
+        check_bad(info.value.code, capsys.readouterr().err, "--out '' is empty")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_csv_with_other_columns_is_refused_untouched(tmp_path, capsys):
