@@ -85,10 +85,20 @@ class ResultsTable:
             yield
 
     def check_header(self) -> None:
+        """Before anything runs: the table's files can be files, and an existing CSV has the
+        columns this version writes."""
+        for path in (self.csv_path, self.md_path, self.json_path):
+            if path.is_dir():
+                raise ResultsError(f"{path} is a folder where this harness writes a file; move "
+                                   "it aside or pass another --out.")
         if not self.csv_path.exists() or self.csv_path.stat().st_size == 0:
             return
-        with self.csv_path.open(newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f), [])
+        try:
+            with self.csv_path.open(newline="", encoding="utf-8") as f:
+                header = next(csv.reader(f), [])
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise ResultsError(f"{self.csv_path} cannot be read ({_reason(exc)}); move it aside "
+                               "or pass another --out.") from None
         if header != self.columns:
             raise ResultsError(f"{self.csv_path} has other columns than this version writes; "
                                "move it aside or pass another --out.")
@@ -98,8 +108,13 @@ class ResultsTable:
         """Specs with a final answer (ok or oom); errors and timeouts are tried again."""
         if not self.csv_path.exists():
             return set()
-        with self.csv_path.open(newline="", encoding="utf-8") as f:
-            return {row["spec_id"] for row in csv.DictReader(f) if row["status"] in ("ok", "oom")}
+        try:
+            with self.csv_path.open(newline="", encoding="utf-8") as f:
+                return {row["spec_id"] for row in csv.DictReader(f)
+                        if row["status"] in ("ok", "oom")}
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise ResultsError(f"{self.csv_path} cannot be read ({_reason(exc)}); move it aside "
+                               "or pass another --out.") from None
 
     def append(self, row: dict) -> None:
         """The row on disk whole or not at all: a failed write (disk full) is undone."""

@@ -172,8 +172,10 @@ def report_sweep(harness: Harness, table: ResultsTable, command: str, console: C
 
     try:
         found = write_markdown(harness, table.folder)
-    except ResultsError as exc:
-        console.print(f"Rows appended to {table.csv_path}, but no report written: {exc} Once "
+    except (ResultsError, OSError) as exc:
+        problem = (f"{table.md_path} cannot be written ({exc.strerror})."
+                   if isinstance(exc, OSError) else exc)
+        console.print(f"Rows appended to {table.csv_path}, but no report written: {problem} Once "
                       f"that is fixed, python -m bench.report --out {table.folder} --harness "
                       f"{harness.name} writes it.")
         return

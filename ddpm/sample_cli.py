@@ -112,6 +112,10 @@ def validate(args) -> Job:
     x0_path = None
     if args.x0_every is not None:
         x0_path = args.out.with_name(f"{args.out.stem}_x0.png")
+    for path in (args.out, x0_path):
+        if path is not None and path.is_dir():  # found now, not after the sampling
+            raise UsageError(f"--out {args.out}: {path} is a folder where an image would be "
+                             "written; choose another --out")
     prepare_output_dir(args.out.parent, "--out folder")  # last: the first thing that writes
     model.to(args.device)
     if ema is not None:

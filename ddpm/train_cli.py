@@ -183,9 +183,9 @@ def describe_dataset(dataset) -> str:
 def check_resumable(path: Path, steps: int, config: TrainConfig,
                     schedule: NoiseSchedule) -> tuple[int, dict | None]:
     """The step to resume from and the dataset trained on (None in older checkpoints). The
-    checkpoint is read here, before anything is built, to refuse
-    a mismatch early; Trainer.load reads it again to restore the state (a second read, but it
-    keeps state restoration in one place)."""
+    checkpoint is read here, before anything is built, to refuse a mismatch early; Trainer.load
+    reads it again to restore the state (a second read, but it keeps state restoration in one
+    place)."""
     try:
         data = load_checkpoint(path)
         stored = train_config_from(data)
@@ -205,7 +205,10 @@ def check_resumable(path: Path, steps: int, config: TrainConfig,
         raise UsageError(f"cannot resume: checkpoint {path} has another noise schedule "
                          f"(T={stored_schedule.timesteps}): pass the same --schedule and "
                          "--timesteps")
-    step = int(data["step"])
+    step = data["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise UsageError(f"cannot resume: checkpoint {path} has step {step!r}, not a count of "
+                         "optimizer steps")
     if step >= steps:
         raise UsageError(f"--steps {steps} is not more than the {step} steps already in {path}: "
                          f"pass --steps larger than {step} to continue")

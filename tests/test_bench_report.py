@@ -343,3 +343,18 @@ def test_committed_markdown_rebuilds_exactly(committed_copy, csv_path, monkeypat
     monkeypatch.chdir(committed_copy)
     text, _ = report.render(harness, Path("results"))
     assert text == committed.read_text()
+
+
+@pytest.mark.parametrize("cache", [b"{not json", b'{"cpu | fp32": {"peak_flops": "fast"}}',
+                                   b"[1, 2]"])
+def test_a_damaged_peak_cache_is_one_line_exit_2(tmp_path, capsys, cache):
+    table = ResultsTable(tmp_path, "throughput", throughput.HARNESS.figure_columns)
+    table.append({**spec_row(TINY, "run"), "status": "error", "error": "failed"})
+    (tmp_path / "peak_flops.json").write_bytes(cache)
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        report.main(["--out", str(tmp_path), "--no-plots"])
+    captured = capsys.readouterr()
+    check_one_line_error("peak_flops.json is not a record of peak FLOP/s", info.value.code,
+                         captured.err, captured.out)
+    assert snapshot(tmp_path) == before

@@ -264,6 +264,26 @@ def test_empty_out_is_refused_not_the_current_folder(tmp_path, capsys, monkeypat
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("case", ["binary csv", "latin-1 csv", "csv is a folder",
+                                  "md is a folder"])
+def test_unusable_results_files_are_one_line_exit_2_untouched(tmp_path, capsys, case):
+    out = tmp_path / "results"
+    out.mkdir()
+    if case == "binary csv":
+        (out / "memory.csv").write_bytes(b"\x00\x01\xff\xfe binary\n")
+    elif case == "latin-1 csv":
+        (out / "memory.csv").write_bytes(",".join(COLUMNS).encode() + b"\nr\xe9sum\xe9\n")
+    else:
+        (out / ("memory.csv" if case == "csv is a folder" else "memory.md")).mkdir()
+    says = str(out / ("memory.md" if case == "md is a folder" else "memory.csv"))
+    before = snapshot(tmp_path)
+    for extra in ([], ["--resume"]):
+        with pytest.raises(SystemExit) as info:
+            memory_harness.main([*BASE, "--batch", "1", "--inline", *extra, "--out", str(out)])
+        check_bad(info.value.code, capsys.readouterr().err, says)
+    assert snapshot(tmp_path) == before
+
+
 def test_csv_with_other_columns_is_refused_untouched(tmp_path, capsys):
     out, _ = bad_setup(tmp_path, [])  # a memory.csv whose header this version does not write
     before = snapshot(tmp_path)

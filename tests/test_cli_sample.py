@@ -105,6 +105,7 @@ BAD = {
     "missing checkpoint": (["--checkpoint", "{tmp}/no-such.pt"], "no-such.pt"),
     "corrupt checkpoint": (["--checkpoint", "{tmp}/corrupt.pt"], "corrupt.pt"),
     "checkpoint that runs code": (["--checkpoint", "{tmp}/evil.pt"], "was refused"),
+    "out is a folder": (["--out", "{tmp}/grid.png"], "grid.png is a folder"),
     "out under a file": (["--out", "{tmp}/afile/samples.png"], "afile"),
     "device name": (["--device", "gpu0"], "gpu0"),
 }
@@ -117,6 +118,7 @@ def bad_folder(tmp_path) -> Path:
     (tmp_path / "afile").write_text("a file, not a folder")
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
     torch.save({"payload": _RunsCode()}, tmp_path / "evil.pt")
+    (tmp_path / "grid.png").mkdir()
     return tmp_path
 
 

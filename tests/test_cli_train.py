@@ -132,6 +132,8 @@ BAD = {
     "resume on another dataset": (["--resume", "--steps", "9", "--out", "{tmp}/done",
                                    "--dataset", "synthetic"], "digits (1,797 images)"),
     "batch beyond memory": (["--batch", "1000000000000"], "1000000000000"),
+    "resume step not a number": (["--resume", "--steps", "9", "--out", "{tmp}/badstep"],
+                                 "step 'many'"),
 }
 if not torch.cuda.is_available():
     BAD["cuda without GPU"] = (["--device", "cuda"], "cuda")
@@ -145,6 +147,9 @@ def bad_folder(tmp_path, runs) -> Path:
     (tmp_path / "corrupt").mkdir()
     (tmp_path / "corrupt" / "last.pt").write_bytes(b"not a checkpoint")
     shutil.copytree(runs["root"] / "run", tmp_path / "done")  # a finished 6-step run
+    (tmp_path / "badstep").mkdir()
+    state = load_checkpoint(tmp_path / "done" / "last.pt")
+    torch.save({**state, "step": "many"}, tmp_path / "badstep" / "last.pt")
     return tmp_path
 
 
