@@ -72,6 +72,7 @@ HARNESS = Harness(
            "predicted_cuda_mib <= budget_mib; headroom_mib = budget_mib - predicted_cuda_mib. "
            "Allocator fragmentation (reserved above allocated) is not in the prediction."],
     verdict=verdict,
+    figure_kinds={"fits": bool, "max_batch_source": str},
 )
 
 

@@ -31,6 +31,7 @@ from bench.results import (
     ResultsTable,
     atomic_write,
     markdown_table,
+    read_rows,
     results_folder,
 )
 from bench.runner import Harness, display_columns
@@ -147,7 +148,8 @@ def load(harness: Harness, out: Path) -> tuple[list[dict], dict[str, dict]]:
     and its run records."""
     table = ResultsTable(out, harness.name, harness.figure_columns)
     blank = dict.fromkeys(SPEC_COLUMNS + harness.figure_columns)
-    return [{**blank, **row} for row in table.rows()], table.runs()
+    rows = read_rows(table.csv_path, harness.kinds())
+    return [{**blank, **row} for row in rows], table.runs()
 
 
 def render(harness: Harness, out: Path) -> tuple[str, list[Section]]:

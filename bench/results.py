@@ -176,9 +176,14 @@ def parse_cell(text: str):
     return text
 
 
-def typed_row(raw: dict[str, str], line: int | None = None, path: Path | None = None) -> dict:
+_KINDS = {float: "a number", bool: "True or False", str: "text"}
+
+
+def typed_row(raw: dict[str, str], line: int | None = None, path: Path | None = None,
+              kinds: dict[str, type] | None = None) -> dict:
     """A CSV row with the types the harness produced: spec columns by CSV_DTYPES (an empty
-    string column is None, as the harness's `error` of an ok row), figures by parse_cell."""
+    string column is None, as the harness's `error` of an ok row), figures by parse_cell.
+    `kinds` (figure column -> float, bool or str) refuses a figure of another kind."""
     row = {}
     for column, text in raw.items():
         dtype = CSV_DTYPES.get(column)
@@ -188,18 +193,32 @@ def typed_row(raw: dict[str, str], line: int | None = None, path: Path | None = 
             if not _INT.fullmatch(text):
                 raise ResultsError(f"{path} line {line}: {column} {text!r} is not an integer.")
             row[column] = int(text)
+        elif column == "status" and text not in STATUSES:
+            raise ResultsError(f"{path} line {line}: status {text!r} is not one of "
+                               f"{', '.join(STATUSES)}.")
         elif dtype == "string":
             row[column] = text if text != "" else None
         else:
             row[column] = parse_cell(text)
+            kind = (kinds or {}).get(column, str)
+            if row[column] is not None and not _is_kind(row[column], kind):
+                raise ResultsError(f"{path} line {line}: {column} {text!r} is not "
+                                   f"{_KINDS[kind]}.")
     return row
+
+
+def _is_kind(value, kind: type) -> bool:
+    if kind is float:  # an integer figure (a count) is a number too; True is not
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return kind is str or isinstance(value, kind)
 
 
 REQUIRED = ("run_id", "timestamp", "spec_id", "status")
 
 
-def read_rows(path: Path) -> list[dict]:
-    """Every row of a results CSV, typed (typed_row). ResultsError says what is wrong."""
+def read_rows(path: Path, kinds: dict[str, type] | None = None) -> list[dict]:
+    """Every row of a results CSV, typed (typed_row, which checks `kinds`). ResultsError says
+    what is wrong."""
     path = Path(path)
     try:
         with path.open(newline="", encoding="utf-8") as f:
@@ -214,7 +233,7 @@ def read_rows(path: Path) -> list[dict]:
                 if None in raw:  # more cells than the header names
                     raise ResultsError(f"{path} line {reader.line_num} has more cells than "
                                        "its header.")
-                rows.append(typed_row(raw, reader.line_num, path))
+                rows.append(typed_row(raw, reader.line_num, path, kinds))
             return rows
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ResultsError(f"{path} cannot be read ({_reason(exc)}).") from None

@@ -39,6 +39,12 @@ class Harness:
     # Sentences that compare the finished rows (e.g. accumulation vs none), given the run's
     # context so a harness can read files its specs wrote; printed and in the .md.
     compare: Callable[[list[dict], RunContext], list[str]] | None = None
+    # Figure columns that are not numbers: bool (True/False) or str (text). bench.report refuses
+    # a cell of another kind, so a damaged CSV is never rendered as a result.
+    figure_kinds: dict[str, type] = field(default_factory=dict)
+
+    def kinds(self) -> dict[str, type]:
+        return {c: self.figure_kinds.get(c, float) for c in self.figure_columns}
 
 
 def spec_row(spec: BenchSpec, run_id: str) -> dict:
