@@ -106,8 +106,8 @@ def specs_from_args(args: argparse.Namespace, **extra_axes: list) -> list[BenchS
                                    ("--repeats", args.repeats, 1),
                                    ("--cuda-context-mib", args.cuda_context_mib, 0)):
         if not minimum <= value < math.inf:  # NaN fails every comparison, so this too
-            raise SpecError(f"{option} {value:g} is not allowed: it must be a finite number >= "
-                            f"{minimum:g}.")
+            raise SpecError(f"{option} {value:g} is not allowed: it must be >= {minimum:g} and "
+                            "finite.")
     base = BenchSpec(preset=preset, image_size=image_size, device=parse_device(args.device),
                      seed=args.seed, steps=args.steps, warmup=args.warmup,
                      budget_mib=parse_budget(args.budget), context_mib=args.cuda_context_mib,
