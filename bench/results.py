@@ -85,8 +85,8 @@ class ResultsTable:
             yield
 
     def check_header(self) -> None:
-        """Before anything runs: the table's files can be files, and an existing CSV has the
-        columns this version writes."""
+        """Before anything runs: no folder stands where the table's files go, and an existing
+        CSV is readable, has the columns this version writes and ends its last row."""
         for path in (self.csv_path, self.md_path, self.json_path):
             if path.is_dir():
                 raise ResultsError(f"{path} is a folder where this harness writes a file; move "
