@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
-from bench.results import ResultsError, check_writable
+from bench.results import ResultsError, check_writable, results_folder
 from bench.runner import Harness, run_sweep
 from bench.spec import (
     COMPILE_MODES,
@@ -27,7 +27,7 @@ from bench.spec import (
     parse_int_list,
     parse_preset,
 )
-from ddpm.cli_common import ArgumentParser
+from ddpm.cli_common import ArgumentParser, seed_int
 from ddpm.config import PRECISIONS, PRESETS
 
 # Bad input gets one line naming the problem and exit status 2, not a usage dump: the same
@@ -85,7 +85,8 @@ def build_parser(prog: str, description: str, defaults: dict,
                    help="run the whole grid this many times, one pass after another, so specs "
                         "next to each other (e.g. --impl ddpm,diffusers) share the machine's "
                         "drift; each pass is its own rows (column repeat) (default 1)")
-    g.add_argument("--seed", type=int, default=0, help="seed for weights and data (default 0)")
+    g.add_argument("--seed", type=seed_int, default=0,
+                   help="seed for weights and data (default 0)")
     g.add_argument("--out", default="results", help="results folder (default %(default)s)")
     g.add_argument("--resume", action="store_true",
                    help="skip specs that already have an ok or oom row in the CSV")
@@ -108,8 +109,9 @@ def specs_from_args(args: argparse.Namespace, **extra_axes: list) -> list[BenchS
                                    ("--timeout", args.timeout, 1e-9),
                                    ("--repeats", args.repeats, 1),
                                    ("--cuda-context-mib", args.cuda_context_mib, 0)):
-        if value < minimum:
-            raise SpecError(f"{option} {value:g} is not allowed: it must be >= {minimum:g}.")
+        if not minimum <= value < math.inf:  # NaN fails every comparison, so this too
+            raise SpecError(f"{option} {value:g} is not allowed: it must be >= {minimum:g} and "
+                            "finite.")
     base = BenchSpec(preset=preset, image_size=image_size, device=parse_device(args.device),
                      seed=args.seed, steps=args.steps, warmup=args.warmup,
                      budget_mib=parse_budget(args.budget), context_mib=args.cuda_context_mib,
@@ -141,7 +143,7 @@ def run_cli(harness: Harness, parser: OneLineParser, argv: list[str] | None,
     try:
         specs = make_specs(args)
         settings = options(args) if options else {}
-        out = Path(args.out)
+        out = results_folder(args.out)
         check_writable(out)
     except (SpecError, ResultsError) as exc:
         parser.error(str(exc))

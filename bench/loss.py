@@ -236,6 +236,7 @@ HARNESS = Harness(
            "sweep process's own count)."],
     verdict=verdict,
     compare=compare,
+    figure_kinds={"data_root": str, "diverged": bool, "curve_path": str},
 )
 
 

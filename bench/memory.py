@@ -104,6 +104,7 @@ HARNESS = Harness(
            "On CUDA, alloc_error_pct and reserved_error_pct = 100 x (predicted - measured) / "
            "measured, for allocated and for reserved (with the cuDNN allowance)."],
     verdict=verdict,
+    figure_kinds={"fits": bool, "max_batch_source": str},
 )
 
 

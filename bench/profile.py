@@ -136,6 +136,7 @@ HARNESS = Harness(
            "ui.perfetto.dev, or Holistic Trace Analysis; see README, 'Reading the traces'."],
     verdict=verdict,
     compare=top_operators,
+    figure_kinds={"trace_dir": str, "memory_snapshot": str},
 )
 
 

@@ -31,6 +31,8 @@ from bench.results import (
     ResultsTable,
     atomic_write,
     markdown_table,
+    read_rows,
+    results_folder,
 )
 from bench.runner import Harness, display_columns
 from bench.worker import RunContext
@@ -146,7 +148,8 @@ def load(harness: Harness, out: Path) -> tuple[list[dict], dict[str, dict]]:
     and its run records."""
     table = ResultsTable(out, harness.name, harness.figure_columns)
     blank = dict.fromkeys(SPEC_COLUMNS + harness.figure_columns)
-    return [{**blank, **row} for row in table.rows()], table.runs()
+    rows = read_rows(table.csv_path, harness.kinds())
+    return [{**blank, **row} for row in rows], table.runs()
 
 
 def render(harness: Harness, out: Path) -> tuple[str, list[Section]]:
@@ -251,7 +254,10 @@ def chosen(parser: ArgumentParser, out: Path, names: str | None) -> list[Harness
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    out = Path(args.out)
+    try:
+        out = results_folder(args.out)
+    except ResultsError as exc:
+        parser.error(str(exc))
     if not out.is_dir():
         parser.error(f"--out {out} is not a folder{'' if out.exists() else ' (it does not exist)'}"
                      ": pass the results folder a harness wrote.")

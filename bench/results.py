@@ -4,7 +4,10 @@ rendering of rows (bench.report builds the .md from these)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
+import io
 import json
 import math
 import os
@@ -42,6 +45,13 @@ class ResultsError(ValueError):
     """The results folder or an existing table cannot be used; the message is for the user."""
 
 
+def results_folder(text: str) -> Path:
+    """--out as a folder: an empty one would be Path("."), the current folder, unasked."""
+    if not text.strip():
+        raise ResultsError(f"--out {text!r} is empty: name the results folder, e.g. results.")
+    return Path(text)
+
+
 def check_writable(folder: Path) -> None:
     """Fail before measuring anything if results cannot be written."""
     try:
@@ -63,32 +73,69 @@ class ResultsTable:
         self.csv_path = self.folder / f"{harness}.csv"
         self.md_path = self.folder / f"{harness}.md"
         self.json_path = self.folder / f"{harness}.json"
+        self.lock_path = self.folder / f".{harness}.lock"
+
+    @contextlib.contextmanager
+    def locked(self):
+        """One writer at a time: two sweeps on one folder would otherwise both write a header,
+        and one's run record would overwrite the other's."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self.lock_path.open("a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed
+            yield
 
     def check_header(self) -> None:
+        """Before anything runs: no folder stands where the table's files go, and an existing
+        CSV is readable, has the columns this version writes and ends its last row."""
+        for path in (self.csv_path, self.md_path, self.json_path):
+            if path.is_dir():
+                raise ResultsError(f"{path} is a folder where this harness writes a file; move "
+                                   "it aside or pass another --out.")
         if not self.csv_path.exists() or self.csv_path.stat().st_size == 0:
             return
-        with self.csv_path.open(newline="") as f:
-            header = next(csv.reader(f), [])
+        try:
+            with self.csv_path.open(newline="", encoding="utf-8") as f:
+                header = next(csv.reader(f), [])
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise ResultsError(f"{self.csv_path} cannot be read ({_reason(exc)}); move it aside "
+                               "or pass another --out.") from None
         if header != self.columns:
             raise ResultsError(f"{self.csv_path} has other columns than this version writes; "
                                "move it aside or pass another --out.")
+        check_line_end(self.csv_path)
 
     def finished_spec_ids(self) -> set[str]:
         """Specs with a final answer (ok or oom); errors and timeouts are tried again."""
         if not self.csv_path.exists():
             return set()
-        with self.csv_path.open(newline="") as f:
-            return {row["spec_id"] for row in csv.DictReader(f) if row["status"] in ("ok", "oom")}
+        try:
+            with self.csv_path.open(newline="", encoding="utf-8") as f:
+                return {row["spec_id"] for row in csv.DictReader(f)
+                        if row["status"] in ("ok", "oom")}
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise ResultsError(f"{self.csv_path} cannot be read ({_reason(exc)}); move it aside "
+                               "or pass another --out.") from None
 
     def append(self, row: dict) -> None:
-        new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
-        with self.csv_path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="raise")
-            if new:
+        """The row on disk whole or not at all: a failed write (disk full) is undone."""
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=self.columns, extrasaction="raise")
+        row = {c: _csv_value(row.get(c)) for c in self.columns}
+        # Unbuffered: nothing is left in a buffer to be flushed after the undo.
+        with self.locked(), self.csv_path.open("ab", buffering=0) as f:
+            check_line_end(self.csv_path)
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
                 writer.writeheader()
-            writer.writerow({c: _csv_value(row.get(c)) for c in self.columns})
-            f.flush()
-            os.fsync(f.fileno())
+            writer.writerow(row)
+            data = memoryview(text.getvalue().encode("utf-8"))
+            try:
+                while data:
+                    data = data[f.write(data):]
+                os.fsync(f.fileno())
+            except OSError:
+                f.truncate(size)
+                raise
 
     def rows(self) -> list[dict]:
         return read_rows(self.csv_path)
@@ -99,12 +146,12 @@ class ResultsTable:
     def record_run(self, run_id: str, command: str, environment: dict, options: dict,
                    started: str) -> None:
         """Written when a run starts, so an interrupted run's rows have their command too."""
-        runs = self.runs()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        runs[run_id] = {"command": command, "started": started, "options": options,
-                        "environment": environment}
-        sidecar = {"harness": self.harness, "runs": runs}
-        atomic_write(self.json_path, json.dumps(sidecar, indent=2, default=str) + "\n")
+        with self.locked():
+            runs = self.runs()
+            runs[run_id] = {"command": command, "started": started, "options": options,
+                            "environment": environment}
+            sidecar = {"harness": self.harness, "runs": runs}
+            atomic_write(self.json_path, json.dumps(sidecar, indent=2, default=str) + "\n")
 
 
 # ----- reading back ------------------------------------------------------------------------------
@@ -129,9 +176,14 @@ def parse_cell(text: str):
     return text
 
 
-def typed_row(raw: dict[str, str], line: int | None = None, path: Path | None = None) -> dict:
+_KINDS = {float: "a number", bool: "True or False", str: "text"}
+
+
+def typed_row(raw: dict[str, str], line: int | None = None, path: Path | None = None,
+              kinds: dict[str, type] | None = None) -> dict:
     """A CSV row with the types the harness produced: spec columns by CSV_DTYPES (an empty
-    string column is None, as the harness's `error` of an ok row), figures by parse_cell."""
+    string column is None, as the harness's `error` of an ok row), figures by parse_cell.
+    `kinds` (figure column -> float, bool or str) refuses a figure of another kind."""
     row = {}
     for column, text in raw.items():
         dtype = CSV_DTYPES.get(column)
@@ -141,35 +193,68 @@ def typed_row(raw: dict[str, str], line: int | None = None, path: Path | None = 
             if not _INT.fullmatch(text):
                 raise ResultsError(f"{path} line {line}: {column} {text!r} is not an integer.")
             row[column] = int(text)
+        elif column == "status" and text not in STATUSES:
+            raise ResultsError(f"{path} line {line}: status {text!r} is not one of "
+                               f"{', '.join(STATUSES)}.")
         elif dtype == "string":
             row[column] = text if text != "" else None
         else:
             row[column] = parse_cell(text)
+            kind = (kinds or {}).get(column, str)
+            if row[column] is not None and not _is_kind(row[column], kind):
+                raise ResultsError(f"{path} line {line}: {column} {text!r} is not "
+                                   f"{_KINDS[kind]}.")
     return row
+
+
+def _is_kind(value, kind: type) -> bool:
+    if kind is float:  # an integer figure (a count) is a number too; True is not
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return kind is str or isinstance(value, kind)
 
 
 REQUIRED = ("run_id", "timestamp", "spec_id", "status")
 
 
-def read_rows(path: Path) -> list[dict]:
-    """Every row of a results CSV, typed (typed_row). ResultsError says what is wrong."""
+def read_rows(path: Path, kinds: dict[str, type] | None = None) -> list[dict]:
+    """Every row of a results CSV, typed (typed_row, which checks `kinds`). ResultsError says
+    what is wrong."""
     path = Path(path)
     try:
-        with path.open(newline="") as f:
+        with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
             if missing:
                 raise ResultsError(f"{path} is not a results table: no column "
                                    f"{', '.join(missing)}.")
+            check_line_end(path)
             rows = []
             for raw in reader:
                 if None in raw:  # more cells than the header names
                     raise ResultsError(f"{path} line {reader.line_num} has more cells than "
                                        "its header.")
-                rows.append(typed_row(raw, reader.line_num, path))
+                rows.append(typed_row(raw, reader.line_num, path, kinds))
             return rows
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ResultsError(f"{path} cannot be read ({_reason(exc)}).") from None
+
+
+def check_line_end(path: Path) -> None:
+    """Refuse a table whose last row has no line end: its writer stopped mid-row, and a row
+    appended after it would be glued onto the fragment."""
+    try:
+        with path.open("rb") as f:
+            if f.seek(0, os.SEEK_END) == 0:
+                return
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) == b"\n":
+                return
+            f.seek(0)
+            line = f.read().count(b"\n") + 1
+    except FileNotFoundError:
+        return
+    raise ResultsError(f"{path} line {line} is cut off (no line end: the run writing it stopped "
+                       "mid-row); delete that line, then run again.")
 
 
 def read_runs(path: Path) -> dict[str, dict]:

@@ -4,6 +4,8 @@ rendered from the CSV read back (bench.report's render, so a rebuild gives the s
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import os
 import signal
@@ -27,8 +29,9 @@ from rich.progress import (
 from bench.env import environment
 from bench.results import ResultsError, ResultsTable, rich_tables
 from bench.spec import BenchSpec
-from bench.worker import RunContext, run_spec
+from bench.worker import PARENT_ENV, RunContext, run_spec
 from bench.workload import parameter_count
+from ddpm.cli_common import sigterm_as_interrupt, stopping_signal
 
 
 @dataclass
@@ -42,14 +45,12 @@ class Harness:
     # Sentences that compare the finished rows (e.g. accumulation vs none), given the run's
     # context so a harness can read files its specs wrote; printed and in the .md.
     compare: Callable[[list[dict], RunContext], list[str]] | None = None
+    # Figure columns that are not numbers: bool (True/False) or str (text). bench.report refuses
+    # a cell of another kind, so a damaged CSV is never rendered as a result.
+    figure_kinds: dict[str, type] = field(default_factory=dict)
 
-
-class Interrupted(BaseException):
-    """SIGTERM, raised like KeyboardInterrupt: no `except Exception` in a spec may swallow it."""
-
-
-def _raise_interrupted(signum, frame):
-    raise Interrupted(signal.Signals(signum).name)
+    def kinds(self) -> dict[str, type]:
+        return {c: self.figure_kinds.get(c, float) for c in self.figure_columns}
 
 
 def spec_row(spec: BenchSpec, run_id: str) -> dict:
@@ -89,17 +90,21 @@ def run_isolated(harness: str, spec: BenchSpec, context: RunContext, timeout_s: 
         child = None
         with open(log_path, "w") as log:
             try:  # started inside the try: a signal during the start still kills the worker
+                # A process group of its own: a stop takes the worker's children (torch.compile's
+                # compile workers) with it; PARENT_ENV lets the worker end when the sweep does.
                 child = subprocess.Popen(
                     [sys.executable, "-m", "bench.worker", harness, json.dumps(spec.to_dict()),
                      str(context.out), context.run_id, json.dumps(context.options), result_path],
-                    stdout=log, stderr=subprocess.STDOUT)
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    env={**os.environ, PARENT_ENV: str(os.getpid())})
                 child.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 return {"status": "timeout", "error": f"no result after {timeout_s:g} s",
                         "figures": {}}
             finally:
-                if child is not None and child.poll() is None:
-                    child.kill()
+                if child is not None:
+                    with contextlib.suppress(ProcessLookupError):  # the group has ended
+                        os.killpg(child.pid, signal.SIGKILL)
                     child.wait()
         if os.path.exists(result_path):
             with open(result_path) as f:
@@ -131,15 +136,15 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
     if specs:  # recorded before the first spec: an interrupted run's rows have a command too
         table.record_run(run_id, command, env, options or {}, now.isoformat(timespec="seconds"))
     rows: list[dict] = []
-    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM,)}
-    interrupted = None
+    interrupted = unsaved = None
     # Compact enough for 80 columns; each spec's full name is a line of its own above it.
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=20),
                         TextColumn("{task.completed}/{task.total} specs"), TimeElapsedColumn(),
                         TextColumn("left"), TimeRemainingColumn(),
                         console=console, transient=False)
     try:
-        with progress:
+        # SIGTERM as Ctrl-C: no `except Exception` in a spec swallows it, and a worker is killed.
+        with sigterm_as_interrupt(), progress:
             task = progress.add_task(harness.name, total=len(specs))
             for number, spec in enumerate(specs, 1):
                 progress.console.print(f"{harness.name} {number}/{len(specs)}: {spec.name}")
@@ -149,20 +154,30 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
                 row = {**spec_row(spec, run_id), "status": result["status"],
                        "error": result["error"], **result["figures"]}
                 row = {k: v for k, v in row.items() if k in table.columns}
-                table.append(row)  # on disk before the next spec starts
+                try:
+                    table.append(row)  # on disk before the next spec starts
+                except OSError as exc:
+                    unsaved = (row, exc)
+                    break
                 rows.append(row)
                 progress.advance(task)
-    except (KeyboardInterrupt, Interrupted) as exc:
-        interrupted = str(exc) or "SIGINT"
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    except KeyboardInterrupt as exc:
+        interrupted = stopping_signal(exc)
+    if unsaved:
+        row, exc = unsaved
+        # The measurement is kept on stdout, as CSV with its header, for the user to add.
+        writer = csv.DictWriter(sys.stdout, fieldnames=table.columns)
+        writer.writeheader()
+        writer.writerow(row)
+        raise ResultsError(f"{table.csv_path} cannot be written ({exc.strerror}): the row of "
+                           f"{row['spec_id']} is on stdout, {len(rows)} earlier row(s) of this "
+                           "run are in the file; make room, then run again with --resume.")
     if rows:
         report_sweep(harness, table, command, console)
     if interrupted:
-        console.print(f"Interrupted ({interrupted}): {len(rows)} finished row(s) kept in "
+        console.print(f"Interrupted ({interrupted.name}): {len(rows)} finished row(s) kept in "
                       f"{table.csv_path}; run again with --resume for the rest.")
-        raise SystemExit(130)
+        raise SystemExit(128 + interrupted)  # as a shell reports it: 130 SIGINT, 143 SIGTERM
     return rows
 
 
@@ -172,8 +187,10 @@ def report_sweep(harness: Harness, table: ResultsTable, command: str, console: C
 
     try:
         found = write_markdown(harness, table.folder)
-    except ResultsError as exc:
-        console.print(f"Rows appended to {table.csv_path}, but no report written: {exc} Once "
+    except (ResultsError, OSError) as exc:
+        problem = (f"{table.md_path} cannot be written ({exc.strerror})."
+                   if isinstance(exc, OSError) else exc)
+        console.print(f"Rows appended to {table.csv_path}, but no report written: {problem} Once "
                       f"that is fixed, python -m bench.report --out {table.folder} --harness "
                       f"{harness.name} writes it.")
         return

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import re
 from dataclasses import dataclass
 
@@ -110,7 +111,7 @@ def parse_int_list(option: str, text: str, minimum: int = 1) -> list[int]:
         if value < minimum:
             raise SpecError(f"{option} {value} is not allowed: it must be >= {minimum}.")
         values.append(value)
-    return values
+    return _once_each(option, text, values)
 
 
 def parse_choices(option: str, text: str, allowed: tuple[str, ...]) -> list[str]:
@@ -119,7 +120,7 @@ def parse_choices(option: str, text: str, allowed: tuple[str, ...]) -> list[str]
         if value not in allowed:
             raise SpecError(f"{option} {value!r} is not allowed: choose from "
                             f"{', '.join(allowed)}.")
-    return values
+    return _once_each(option, text, values)
 
 
 def parse_attention(text: str, preset: str, image_size: int) -> list[str]:
@@ -140,9 +141,11 @@ def parse_attention(text: str, preset: str, image_size: int) -> list[str]:
                     raise SpecError(f"--attention {res} is never visited by {preset} at "
                                     f"{image_size}px: choose from none, "
                                     f"{', '.join(map(str, visited))}.")
-            item = "+".join(str(r) for r in sorted(map(int, parts), reverse=True))
+            resolutions = sorted(map(int, parts), reverse=True)
+            _once_each("--attention", item, resolutions)
+            item = "+".join(map(str, resolutions))
         values.append(item)
-    return values
+    return _once_each("--attention", text, values)
 
 
 def parse_impl(text: str, configs: list[UNetConfig]) -> list[str]:
@@ -163,10 +166,14 @@ def parse_impl(text: str, configs: list[UNetConfig]) -> list[str]:
 def parse_budget(text: str) -> float:
     """'8GiB' -> 8192.0 (MiB). MiB/GiB are powers of two, MB/GB powers of ten."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]+)\s*", text)
-    if not match or match.group(2).lower() not in _UNITS or float(match.group(1)) <= 0:
-        raise SpecError(f"--budget {text!r} is not allowed: give a positive size with a unit, "
-                        "e.g. 8GiB, 8192MiB, 8GB or 500MB.")
-    return float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if match and match.group(2).endswith("b") and match.group(2).lower() in _UNITS:
+        raise SpecError(f"--budget {text!r} is in bits (lowercase b): give bytes, e.g. 8GiB, "
+                        "8192MiB, 8GB or 500MB.")
+    mib = float(match.group(1)) * _UNITS.get(match.group(2).lower(), 0) if match else 0
+    if not 0 < mib < math.inf:  # a 400-digit number is inf as a float
+        raise SpecError(f"--budget {text!r} is not allowed: give a positive, finite size with a "
+                        "unit, e.g. 8GiB, 8192MiB, 8GB or 500MB.")
+    return mib
 
 
 def parse_preset(text: str) -> str:
@@ -212,6 +219,15 @@ def _items(option: str, text: str) -> list[str]:
     if not items or any(not s for s in items):
         raise SpecError(f"{option} {text!r} has an empty item; give a comma list such as 1,2,4.")
     return items
+
+
+def _once_each(option: str, text: str, values: list) -> list:
+    """A value named twice (8+8, or 2,02) would be the same spec twice, measured twice."""
+    twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+    if twice is not None:
+        raise SpecError(f"{option} {text!r} names {twice} twice: give each value once (--repeats "
+                        "measures a spec again).")
+    return values
 
 
 def expand_grid(base: BenchSpec, **axes: list) -> list[BenchSpec]:

@@ -8,30 +8,55 @@ FLOP/s at that precision from a probe of large matmuls and convolutions, cached 
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+from pathlib import Path
 
-from bench.cli import build_parser, run_cli
+from bench.cli import build_parser, run_cli, specs_from_args
 from bench.measure import cuda
 from bench.measure.flops import training_step_flops
 from bench.measure.peak import peak_flops
 from bench.measure.training import CUDA_COLUMNS, CUDA_NOTE, timed_training
 from bench.ratios import impl_ratios
+from bench.results import ResultsError
 from bench.runner import Harness
 from bench.spec import BenchSpec
 from bench.worker import RunContext
 
 PEAK_CACHE = "peak_flops.json"
+PEAK_FIGURES = ("peak_flops", "matmul_flops", "conv_flops")
+
+
+def read_peaks(cache: Path) -> dict[str, dict]:
+    """The probe results cached in <out>/peak_flops.json ({} before the first probe);
+    ResultsError, naming the file, when it is not such a record."""
+    if not cache.exists():
+        return {}
+    try:
+        table = json.loads(cache.read_text())
+        entries = table.values() if isinstance(table, dict) else [None]
+        valid = all(isinstance(e, dict) and isinstance(e.get("probe"), str)
+                    and all(isinstance(e.get(k), (int, float)) for k in PEAK_FIGURES)
+                    for e in entries)
+    except (OSError, UnicodeDecodeError, ValueError):
+        valid = False
+    if not valid:
+        raise ResultsError(f"{cache} is not a record of peak FLOP/s; move it aside (the next "
+                           "throughput run measures the peaks again).")
+    return table
 
 
 def peaks_measured(rows: list[dict], context: RunContext) -> list[str]:
     """The MFU denominators, stated once above the table."""
-    cache = context.out / PEAK_CACHE
-    if not cache.exists():
-        return []
     return [f"Peak {key}: {entry['peak_flops'] / 1e12:.3g} TFLOP/s measured ({entry['probe']}; "
             f"matmul {entry['matmul_flops'] / 1e12:.3g}, conv {entry['conv_flops'] / 1e12:.3g})."
-            for key, entry in json.loads(cache.read_text()).items()]
+            for key, entry in read_peaks(context.out / PEAK_CACHE).items()]
+
+
+def specs(args: argparse.Namespace) -> list[BenchSpec]:
+    read_peaks(Path(args.out) / PEAK_CACHE)  # a damaged cache: one line before any spec runs
+    return specs_from_args(args)
 
 
 HARNESS = Harness(
@@ -77,7 +102,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = build_parser(
         "python -m bench.throughput", __doc__,
         defaults={"batch": "8", "accum": "1", "precision": "fp32,bf16", "steps": 5, "warmup": 1})
-    return run_cli(HARNESS, parser, argv)
+    return run_cli(HARNESS, parser, argv, make_specs=specs)
 
 
 if __name__ == "__main__":

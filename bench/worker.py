@@ -9,7 +9,10 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import select
+import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +24,7 @@ from bench.monitor import take_baseline
 from bench.spec import BenchSpec
 
 FAULT_ENV = "DDPM_BENCH_INJECT_FAULT"  # test-only: "error:SUBSTRING", "oom:...", "hang:..."
+PARENT_ENV = "DDPM_BENCH_PARENT_PID"  # the sweep that started this worker
 
 
 def inject_fault(spec: BenchSpec) -> None:
@@ -66,8 +70,32 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
+def die_with_parent(folder: Path) -> None:
+    """A sweep killed outright (SIGKILL) can neither stop its worker nor remove its temporary
+    folder: a watcher thread does both once the sweep is gone."""
+    parent = int(os.environ.get(PARENT_ENV, 0))
+    if parent:  # else started by hand
+        threading.Thread(target=_watch, args=(parent, folder), daemon=True).start()
+
+
+def _watch(parent: int, folder: Path) -> None:
+    try:  # readable once the whole sweep has exited (not one of its threads, as prctl's signal)
+        pidfd = os.pidfd_open(parent)
+    except (AttributeError, OSError):  # no pidfd (not Linux, or the sweep is already gone)
+        pidfd = None
+    # Our parent while it lives; an exited parent's children pass to another process.
+    while os.getppid() == parent:
+        if pidfd is None:
+            time.sleep(0.5)
+        else:
+            select.select([pidfd], [], [])
+    shutil.rmtree(folder, ignore_errors=True)
+    os._exit(1)
+
+
 def main(argv: list[str]) -> None:
     harness, spec_json, out, run_id, options_json, result_path = argv
+    die_with_parent(Path(result_path).parent)
     spec = BenchSpec(**json.loads(spec_json))
     result = run_spec(harness, spec, RunContext(Path(out), run_id, json.loads(options_json)))
     tmp = result_path + ".tmp"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,19 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         # weights_only: a checkpoint is data; never run code from a file on load.
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        if text.startswith("Weights only load failed"):
+            # Torch's text advises loading with weights_only=False, which runs the file's code:
+            # never passed on.
+            found = re.search(r"GLOBAL (\S+)", text)
+            if found:
+                message = (f"checkpoint {path} is not a plain checkpoint: it holds "
+                           f"{found.group(1)}, an object that loading would have to run code to "
+                           "build; it was refused.")
+                raise CheckpointError(message) from None
+            detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)
+            reason = detail.group(1) if detail else "not tensors and plain data"
         raise CheckpointError(
             f"checkpoint {path} is corrupt or truncated ({reason[:200]}).") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:

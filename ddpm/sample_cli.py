@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from ddpm.cli_common import (
     UsageError,
     check_image_path,
     device_arg,
+    exit_on_interrupt,
     fail,
     grid_columns,
     make_progress,
@@ -76,6 +77,7 @@ class Job:
     ema: EMA | None
     schedule: NoiseSchedule
     x0_path: Path | None
+    written: list[Path] = field(default_factory=list)
 
 
 def validate(args) -> Job:
@@ -110,6 +112,10 @@ def validate(args) -> Job:
     x0_path = None
     if args.x0_every is not None:
         x0_path = args.out.with_name(f"{args.out.stem}_x0.png")
+    for path in (args.out, x0_path):
+        if path is not None and path.is_dir():  # found now, not after the sampling
+            raise UsageError(f"--out {args.out}: {path} is a folder where an image would be "
+                             "written; choose another --out")
     prepare_output_dir(args.out.parent, "--out folder")  # last: the first thing that writes
     model.to(args.device)
     if ema is not None:
@@ -140,6 +146,7 @@ def sample(job: Job) -> None:
     seconds = time.perf_counter() - start
 
     save_grid(images, args.out, nrow=grid_columns(args.n))
+    job.written.append(args.out)
     weights = "raw" if job.ema is None else "EMA"
     line = (f"wrote {args.n} {args.sampler} samples ({total} steps, {weights} weights, "
             f"{seconds:.1f} s) to {args.out}")
@@ -149,6 +156,7 @@ def sample(job: Job) -> None:
         k = min(args.n, STRIP_IMAGES)
         strip = torch.cat([x0[:k].cpu() for _, x0 in trajectory])
         save_grid(strip, job.x0_path, nrow=k)
+        job.written.append(job.x0_path)
         line += (f"; x0 estimates at t = {', '.join(str(t) for t, _ in trajectory)} "
                  f"to {job.x0_path}")
     print(line)
@@ -156,11 +164,18 @@ def sample(job: Job) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        job = validate(args)
-    except UsageError as exc:
-        fail(str(exc))
-    sample(job)
+    job = None
+
+    def interrupted(name: str) -> str:
+        written = ", ".join(map(str, job.written)) if job and job.written else "nothing"
+        return f"interrupted ({name}): wrote {written}"
+
+    with exit_on_interrupt(interrupted):
+        try:
+            job = validate(args)
+        except UsageError as exc:
+            fail(str(exc))
+        sample(job)
 
 
 if __name__ == "__main__":

@@ -157,8 +157,9 @@ class Trainer:
             "rng": rng,
         }
 
-    def save(self, path: str | os.PathLike) -> None:
-        save_checkpoint(path, self.state_dict())
+    def save(self, path: str | os.PathLike, **extra) -> None:
+        """`extra`: what the caller keeps with the state (ddpm.train: the dataset trained on)."""
+        save_checkpoint(path, {**self.state_dict(), **extra})
 
     def load(self, path: str | os.PathLike) -> None:
         """Resume from a checkpoint of the same model and training configuration."""

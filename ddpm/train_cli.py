@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import torch
 
 from ddpm.checkpoint import CheckpointError, load_checkpoint
@@ -28,6 +28,7 @@ from ddpm.cli_common import (
     UsageError,
     decay_value,
     device_arg,
+    exit_on_interrupt,
     fail,
     grid_columns,
     make_progress,
@@ -105,6 +106,7 @@ class Run:
     trainer: Trainer
     data: ImageDataset
     start_step: int
+    dataset: dict  # kept in each checkpoint: --resume refuses another dataset
 
 
 def validate(args) -> Run:
@@ -122,15 +124,25 @@ def validate(args) -> Run:
             grad_clip=args.grad_clip or None, ema_decay=args.ema_decay, seed=args.seed)
     except ValueError as exc:  # the dataclass names the field, the value and what is allowed
         raise UsageError(str(exc)) from None
+    # One optimizer step holds its whole batch (and as much noise) in memory: refuse a batch
+    # this machine cannot hold, rather than spend hours building it.
+    images = train_config.effective_batch
+    batch_bytes = 2 * images * unet_config.in_channels * unet_config.image_size**2 * 4
+    memory = psutil.virtual_memory().total
+    if batch_bytes > memory:
+        raise UsageError(f"--batch {args.batch} x --accum {args.accum} = {images:,} images needs "
+                         f"{batch_bytes / 2**30:,.0f} GiB for the images and their noise alone, "
+                         f"more than this machine's {memory / 2**30:,.0f} GiB: choose a smaller "
+                         "--batch")
     if args.sample_steps > args.timesteps:
         raise UsageError(f"--sample-steps {args.sample_steps} is more than the schedule's "
                          f"{args.timesteps} timesteps: DDIM takes 1..{args.timesteps} steps")
     schedule = getattr(NoiseSchedule, args.schedule)(timesteps=args.timesteps)
 
     checkpoint = args.out / CHECKPOINT
-    start_step = 0
+    start_step, trained_on = 0, None
     if args.resume:
-        start_step = check_resumable(checkpoint, args.steps, train_config, schedule)
+        start_step, trained_on = check_resumable(checkpoint, args.steps, train_config, schedule)
     elif checkpoint.exists():
         # A fresh run would overwrite a trained model and mix two runs in one TensorBoard log.
         raise UsageError(f"--out {args.out} already holds {CHECKPOINT}: pass --resume to "
@@ -141,6 +153,12 @@ def validate(args) -> Run:
                             root=args.data_root, download=args.download, seed=args.seed)
     except DatasetError as exc:
         raise UsageError(str(exc)) from None
+    dataset = {"name": args.dataset, "images": len(data) + len(data.validation())}
+    # A checkpoint written before datasets were recorded has none to compare.
+    if trained_on is not None and trained_on != dataset:
+        raise UsageError(f"cannot resume: checkpoint {checkpoint} was trained on "
+                         f"{describe_dataset(trained_on)}, not {describe_dataset(dataset)}: pass "
+                         "the same --dataset and --data-root")
 
     torch.manual_seed(args.seed)  # the UNet's initial weights come from the global generator
     trainer = Trainer(UNet(unet_config), schedule, train_config, device=args.device)
@@ -152,13 +170,22 @@ def validate(args) -> Run:
                 from None
 
     prepare_output_dir(args.out)  # last: the first thing that touches the disk
-    return Run(args, trainer, data, start_step)
+    return Run(args, trainer, data, start_step, dataset)
 
 
-def check_resumable(path: Path, steps: int, config: TrainConfig, schedule: NoiseSchedule) -> int:
-    """The step to resume from. The checkpoint is read here, before anything is built, to refuse
-    a mismatch early; Trainer.load reads it again to restore the state (a second read, but it
-    keeps state restoration in one place)."""
+def describe_dataset(dataset) -> str:
+    try:
+        return f"{dataset['name']} ({dataset['images']:,} images)"
+    except (TypeError, KeyError, ValueError):
+        return repr(dataset)
+
+
+def check_resumable(path: Path, steps: int, config: TrainConfig,
+                    schedule: NoiseSchedule) -> tuple[int, dict | None]:
+    """The step to resume from and the dataset trained on (None in older checkpoints). The
+    checkpoint is read here, before anything is built, to refuse a mismatch early; Trainer.load
+    reads it again to restore the state (a second read, but it keeps state restoration in one
+    place)."""
     try:
         data = load_checkpoint(path)
         stored = train_config_from(data)
@@ -178,11 +205,14 @@ def check_resumable(path: Path, steps: int, config: TrainConfig, schedule: Noise
         raise UsageError(f"cannot resume: checkpoint {path} has another noise schedule "
                          f"(T={stored_schedule.timesteps}): pass the same --schedule and "
                          "--timesteps")
-    step = int(data["step"])
+    step = data["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise UsageError(f"cannot resume: checkpoint {path} has step {step!r}, not a count of "
+                         "optimizer steps")
     if step >= steps:
         raise UsageError(f"--steps {steps} is not more than the {step} steps already in {path}: "
                          f"pass --steps larger than {step} to continue")
-    return step
+    return step, data.get("dataset")
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -278,7 +308,7 @@ def train(run: Run) -> None:
                 val_loss = held_out()
                 writer.add_scalar("val/loss", val_loss, step)
             if save:
-                trainer.save(checkpoint)
+                trainer.save(checkpoint, dataset=run.dataset)
             if log or validate_now or save:
                 window_start = time.perf_counter()
             progress.update(task, advance=1)
@@ -304,19 +334,23 @@ def image_shape(config: UNetConfig) -> tuple[int, int, int]:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        run = validate(args)
-    except UsageError as exc:
-        fail(str(exc))
-    try:
-        train(run)
-    except KeyboardInterrupt:
+    run = None
+
+    def interrupted(name: str) -> str:
         # Not bad input, but no traceback either: say what is on disk and how to go on.
+        if run is None:
+            return f"interrupted ({name}) before training started"
         checkpoint = args.out / CHECKPOINT
         then = (f"continue from {checkpoint} with --resume" if checkpoint.exists()
                 else "no checkpoint was written yet")
-        print(f"interrupted at step {run.trainer.step_count}: {then}", file=sys.stderr)
-        sys.exit(130)  # 128 + SIGINT, as shells report it
+        return f"interrupted ({name}) at step {run.trainer.step_count}: {then}"
+
+    with exit_on_interrupt(interrupted):
+        try:
+            run = validate(args)
+        except UsageError as exc:
+            fail(str(exc))
+        train(run)
 
 
 if __name__ == "__main__":

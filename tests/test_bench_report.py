@@ -5,6 +5,7 @@ and the committed results/*.md rebuild exactly from the committed CSVs."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -248,6 +249,27 @@ def test_bad_input_is_one_line_exit_2_and_nothing_is_touched(good, capsys, case)
     assert snapshot(good.parent) == before  # memory.md too, though memory.csv may be fine
 
 
+@pytest.mark.parametrize("column, value", [("status", "weird"), ("step_s", "fast"),
+                                           ("step_s", "True"), ("fits", "maybe"),
+                                           ("fits", "1")])
+def test_a_cell_of_the_wrong_kind_is_one_line_exit_2(good, capsys, column, value):
+    path = good / "memory.csv"
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    rows[0][column] = value
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    before = snapshot(good.parent)
+    with pytest.raises(SystemExit) as info:
+        report.main(["--out", str(good), "--no-plots"])
+    captured = capsys.readouterr()
+    check_one_line_error(f"{path} line 2: {column} {value!r} is not", info.value.code,
+                         captured.err, captured.out)
+    assert snapshot(good.parent) == before
+
+
 def test_help_explains(capsys):
     with pytest.raises(SystemExit) as info:
         report.main(["--help"])
@@ -343,3 +365,18 @@ def test_committed_markdown_rebuilds_exactly(committed_copy, csv_path, monkeypat
     monkeypatch.chdir(committed_copy)
     text, _ = report.render(harness, Path("results"))
     assert text == committed.read_text()
+
+
+@pytest.mark.parametrize("cache", [b"{not json", b'{"cpu | fp32": {"peak_flops": "fast"}}',
+                                   b"[1, 2]"])
+def test_a_damaged_peak_cache_is_one_line_exit_2(tmp_path, capsys, cache):
+    table = ResultsTable(tmp_path, "throughput", throughput.HARNESS.figure_columns)
+    table.append({**spec_row(TINY, "run"), "status": "error", "error": "failed"})
+    (tmp_path / "peak_flops.json").write_bytes(cache)
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        report.main(["--out", str(tmp_path), "--no-plots"])
+    captured = capsys.readouterr()
+    check_one_line_error("peak_flops.json is not a record of peak FLOP/s", info.value.code,
+                         captured.err, captured.out)
+    assert snapshot(tmp_path) == before

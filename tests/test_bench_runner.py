@@ -5,9 +5,13 @@ and --inline. Every sweep uses the tiny preset, one measured step and no warm-up
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
+import io
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +24,10 @@ import pytest
 import torch
 
 from bench import memory as memory_harness
+from bench.report import main as report_main
 from bench.results import CSV_DTYPES, SPEC_COLUMNS, ResultsTable, read_csv, read_rows
+from bench.runner import spec_row
+from bench.spec import BenchSpec
 from bench.worker import FAULT_ENV
 
 # Many subprocesses share a small CPU (and other jobs): one thread each, or OpenMP threads spin
@@ -179,6 +186,13 @@ MORE_BAD = {
     "attention-word": (["--attention", "mid"], "mid"),
     "image-size-word": (["--image-size", "big"], "big"),
     "unknown-option": (["--bogus", "1"], "--bogus"),
+    "timeout-nan": (["--timeout", "nan"], "--timeout nan"),
+    "context-nan": (["--cuda-context-mib", "nan"], "--cuda-context-mib nan"),
+    "budget-400-digits": (["--budget", "9" * 400 + "GiB"], "9" * 400),
+    "budget-in-bits": (["--budget", "8Gb"], "'8Gb' is in bits"),
+    "attention-twice": (["--attention", "8+8"], "'8+8' names 8 twice"),
+    "batch-twice": (["--batch", "2,1,2"], "'2,1,2' names 2 twice"),
+    "seed-negative": (["--seed", "-1"], "-1"),
 }
 EXISTING = b"run_id,spec_id\nkept,by-an-earlier-run\n"
 GPU_SKIP = pytest.mark.skipif(HAS_GPU, reason="this machine has a GPU")
@@ -241,6 +255,35 @@ def test_bad_input_in_process(tmp_path, capsys, case):
     with pytest.raises(SystemExit) as info:
         memory_harness.main([*BASE, *args, "--out", str(out)])
     check_bad(info.value.code, capsys.readouterr().err, value)
+    assert snapshot(tmp_path) == before
+
+
+def test_empty_out_is_refused_not_the_current_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for main in (memory_harness.main, report_main):
+        with pytest.raises(SystemExit) as info:
+            main([*BASE, "--out", ""] if main is memory_harness.main else ["--out", ""])
+        check_bad(info.value.code, capsys.readouterr().err, "--out '' is empty")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", ["binary csv", "latin-1 csv", "csv is a folder",
+                                  "md is a folder"])
+def test_unusable_results_files_are_one_line_exit_2_untouched(tmp_path, capsys, case):
+    out = tmp_path / "results"
+    out.mkdir()
+    if case == "binary csv":
+        (out / "memory.csv").write_bytes(b"\x00\x01\xff\xfe binary\n")
+    elif case == "latin-1 csv":
+        (out / "memory.csv").write_bytes(",".join(COLUMNS).encode() + b"\nr\xe9sum\xe9\n")
+    else:
+        (out / ("memory.csv" if case == "csv is a folder" else "memory.md")).mkdir()
+    says = str(out / ("memory.md" if case == "md is a folder" else "memory.csv"))
+    before = snapshot(tmp_path)
+    for extra in ([], ["--resume"]):
+        with pytest.raises(SystemExit) as info:
+            memory_harness.main([*BASE, "--batch", "1", "--inline", *extra, "--out", str(out)])
+        check_bad(info.value.code, capsys.readouterr().err, says)
     assert snapshot(tmp_path) == before
 
 
@@ -388,10 +431,10 @@ def sigterm_then_resume(tmp_path_factory):
             "kept_csv": kept_csv, "after_interrupt": after_interrupt, "resumed": resumed}
 
 
-def test_sigterm_keeps_finished_rows_and_exits_130(sigterm_then_resume):
+def test_sigterm_keeps_finished_rows_and_exits_143(sigterm_then_resume):
     run = sigterm_then_resume
     result = run["interrupted"]
-    assert result.returncode == 130, result.stderr
+    assert result.returncode == 143, result.stderr
     assert run["seconds"] < 30
     assert "Traceback" not in result.stderr
     assert "SIGTERM" in result.stderr and "--resume" in result.stderr
@@ -498,7 +541,8 @@ def test_inline_sigterm_stops_the_sweep(tmp_path):
              120, "inline hang")
     proc.send_signal(signal.SIGTERM)
     result = finish(proc, timeout=30)
-    assert result.returncode == 130, result.stderr
+    assert result.returncode == 143, result.stderr
+    assert "Traceback" not in result.stderr and "Interrupted (SIGTERM)" in result.stderr
     assert [r["status"] for r in rows_of(out)] == []
 
 
@@ -512,3 +556,106 @@ def test_no_nan_written_as_zero_in_csv(fault_sweeps):
             assert row["fits"] in ("True", "False")
             assert not math.isnan(float(row["tracked_peak_mib"]))
     assert set(SPEC_COLUMNS) <= set(header_of(out))
+
+
+# ----- a damaged or shared results folder ------------------------------------------------------
+
+def test_resume_onto_a_cut_off_row_is_refused_untouched(tmp_path, capsys, one_thread,
+                                                         monkeypatch):
+    from bench import report
+
+    monkeypatch.delenv(FAULT_ENV, raising=False)
+    out = tmp_path / "results"
+    memory_harness.main([*BASE, "--batch", "1", "--inline", "--out", str(out)])
+    csv_path = out / "memory.csv"
+    csv_path.write_bytes(csv_path.read_bytes()[:-40])  # the end of row 1 never reached the disk
+    capsys.readouterr()
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        memory_harness.main([*BASE, "--batch", "1,2", "--inline", "--resume", "--out", str(out)])
+    check_bad(info.value.code, capsys.readouterr().err, f"{csv_path} line 2 is cut off")
+    with pytest.raises(SystemExit) as info:
+        report.main(["--out", str(out), "--no-plots"])
+    check_bad(info.value.code, capsys.readouterr().err, f"{csv_path} line 2 is cut off")
+    assert snapshot(tmp_path) == before
+
+
+def test_results_folder_failing_mid_sweep_keeps_the_row_on_stdout(tmp_path, capsys, one_thread,
+                                                                   monkeypatch):
+    monkeypatch.delenv(FAULT_ENV, raising=False)
+    out = tmp_path / "results"
+    real_fsync, calls = os.fsync, []
+
+    def disk_full_at_second_row(fd):
+        calls.append(fd)
+        if len(calls) == 2:  # the second row's bytes are written, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", disk_full_at_second_row)
+    with pytest.raises(SystemExit) as info:
+        memory_harness.main([*BASE, "--batch", "1,2", "--inline", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert info.value.code == 2 and "Traceback" not in captured.err
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and str(out / "memory.csv") in last, last
+    assert os.strerror(errno.ENOSPC) in last
+    (row,) = rows_of(out)  # the first row whole; nothing of the second
+    assert row["batch"] == "1"
+    assert (out / "memory.csv").read_bytes().endswith(b"\n")
+    (unsaved,) = csv.DictReader(io.StringIO(captured.out))
+    assert list(unsaved) == COLUMNS
+    assert unsaved["batch"] == "2" and unsaved["status"] == "ok"
+
+
+def waits_for_lock(pid: int, path: Path) -> bool:
+    """The process is queued for an flock on `path` (a "->" line of /proc/locks)."""
+    inode = path.stat().st_ino
+    return any(line.split()[1] == "->" and f" {pid} " in line and f":{inode} " in line
+               for line in Path("/proc/locks").read_text().splitlines())
+
+
+def test_two_sweeps_on_one_folder_take_turns(tmp_path):
+    out = tmp_path / "results"
+    table = ResultsTable(out, "memory", memory_harness.HARNESS.figure_columns)
+    rival = {**spec_row(BenchSpec(preset="tiny", image_size=16, batch=7), "rival"),
+             "status": "error", "error": "written by another sweep"}
+    lock = out / ".memory.lock"
+    out.mkdir()
+    with lock.open("a") as held:  # another sweep on the same folder, between its writes
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc = start("--batch", "1", "--inline", out=out)
+        wait_for(lambda: waits_for_lock(proc.pid, lock), proc, 120, "a wait for the lock")
+        table.json_path.write_text(json.dumps({"harness": "memory", "runs": {"rival": {}}}))
+        with table.csv_path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerow(rival)
+    result = finish(proc)
+    assert result.returncode == 0, result.stderr
+    assert header_of(out) == COLUMNS
+    assert [r["run_id"] for r in rows_of(out)][0] == "rival"  # one header, both rows
+    assert [r["batch"] for r in rows_of(out)] == ["7", "1"]
+    runs = json.loads(table.json_path.read_text())["runs"]
+    assert list(runs)[0] == "rival" and len(runs) == 2  # both run records
+
+
+def test_killed_sweep_takes_its_worker_and_temporary_folder_along(tmp_path):
+    proc = start("--batch", "1", "--timeout", "600", out=tmp_path / "results",
+                 fault="hang:-b1x1-")
+    wait_for(lambda: any(sleeping(p.pid) for p in workers(proc)), proc, 120, "hanging worker")
+    (worker,) = workers(proc)
+    folder = Path(worker.cmdline()[-1]).parent  # the sweep's temporary folder (RESULT_PATH's)
+    assert folder.is_dir()
+    proc.kill()  # SIGKILL: the sweep itself can clean up nothing
+    proc.communicate()
+    for _ in range(300):
+        if gone(worker):
+            break
+        time.sleep(0.1)
+    survived = not gone(worker)
+    if survived:
+        worker.kill()
+        shutil.rmtree(folder, ignore_errors=True)
+    assert not survived, "the worker outlived its sweep"
+    assert not folder.exists()

@@ -35,11 +35,31 @@ NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has 
     ("8GB", 8e9 / 2**20),
     ("500MB", 500e6 / 2**20),
     ("0.5GiB", 512.0),
-    ("8gib", 8192.0),
+    ("8GIB", 8192.0),
     (" 8 GiB ", 8192.0),
 ])
 def test_parse_budget(text, mib):
     assert parse_budget(text) == pytest.approx(mib, rel=1e-12)
+
+
+@pytest.mark.parametrize("text", ["8Gb", "8gib", "500mb", "8192Mib"])
+def test_parse_budget_refuses_bits(text):
+    with pytest.raises(SpecError, match="in bits"):
+        parse_budget(text)
+
+
+def test_parse_budget_refuses_what_a_float_cannot_hold():
+    with pytest.raises(SpecError, match="finite"):
+        parse_budget("9" * 400 + "GiB")
+
+
+def test_a_value_named_twice_is_refused():
+    for call in (lambda: parse_attention("8+8", "tiny", 16),
+                 lambda: parse_attention("8,preset", "tiny", 16),
+                 lambda: parse_int_list("--batch", "2,02"),
+                 lambda: parse_choices("--precision", "fp32,bf16,fp32", PRECISIONS)):
+        with pytest.raises(SpecError, match="twice"):
+            call()
 
 
 @pytest.mark.parametrize("text", ["8XB", "", "-1GiB", "GiB", "0GiB", "8", "8 GiB extra"])

@@ -94,3 +94,19 @@ def test_throughput_cli_reports_mfu_between_0_and_1(tmp_path):
     assert mfu == pytest.approx(gflop / step_s / 1000 / peak, rel=1e-9)
     assert row["compile_s"] == ""  # --compile off: no compile time to report
     assert "Peak " in (out / "throughput.md").read_text()  # the MFU denominator is stated
+
+
+def test_a_damaged_peak_cache_is_refused_before_any_spec(tmp_path, capsys):
+    from cli_checks import check_one_line_error, snapshot
+
+    from bench import throughput
+
+    (tmp_path / "peak_flops.json").write_text("{not json")
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        throughput.main(["--preset", "tiny", "--device", "cpu", "--inline", "--out",
+                         str(tmp_path)])
+    captured = capsys.readouterr()
+    check_one_line_error("peak_flops.json is not a record of peak FLOP/s", info.value.code,
+                         captured.err, captured.out)
+    assert snapshot(tmp_path) == before

@@ -188,6 +188,9 @@ def test_garbage_bytes(tmp_path, schedule):
     bad = tmp_path / "garbage.pt"
     bad.write_bytes(bytes(range(256)) * 40)
     expect_error(trainer_for(schedule, "fp32"), bad, "corrupt or truncated")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(bad)
+    assert "weights_only" not in str(info.value)  # never the advice to load it unsafely
 
 
 def test_empty_file(tmp_path, schedule):
@@ -224,3 +227,18 @@ def test_checkpoint_of_another_model_names_the_field(tmp_path, schedule):
     # Nothing was half-loaded.
     assert all(torch.equal(p, q) for p, q in zip(t.model.parameters(), before))
     assert t.step_count == 0
+
+
+class _RunsCode:
+    def __reduce__(self):  # what a malicious pickle does: call a function while loading
+        return (print, ("this ran while loading",))
+
+
+def test_a_file_that_would_run_code_is_refused_without_suggesting_to_run_it(tmp_path, schedule):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": ddpm.checkpoint.FORMAT, "payload": _RunsCode()}, path)
+    expect_error(trainer_for(schedule, "fp32"), path, "not a plain checkpoint", "holds print",
+                 "refused")
+    with pytest.raises(CheckpointError) as info:
+        ddpm.checkpoint.load_checkpoint(path)
+    assert "weights_only" not in str(info.value)  # never the advice to load it unsafely

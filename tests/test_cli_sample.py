@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -102,6 +104,8 @@ BAD = {
     "not an image suffix": (["--out", "{tmp}/samples.txt"], "samples.txt"),
     "missing checkpoint": (["--checkpoint", "{tmp}/no-such.pt"], "no-such.pt"),
     "corrupt checkpoint": (["--checkpoint", "{tmp}/corrupt.pt"], "corrupt.pt"),
+    "checkpoint that runs code": (["--checkpoint", "{tmp}/evil.pt"], "was refused"),
+    "out is a folder": (["--out", "{tmp}/grid.png"], "grid.png is a folder"),
     "out under a file": (["--out", "{tmp}/afile/samples.png"], "afile"),
     "device name": (["--device", "gpu0"], "gpu0"),
 }
@@ -113,7 +117,14 @@ if not torch.cuda.is_available():
 def bad_folder(tmp_path) -> Path:
     (tmp_path / "afile").write_text("a file, not a folder")
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
+    torch.save({"payload": _RunsCode()}, tmp_path / "evil.pt")
+    (tmp_path / "grid.png").mkdir()
     return tmp_path
+
+
+class _RunsCode:
+    def __reduce__(self):  # what a malicious pickle does: call a function while loading
+        return (print, ("this ran while loading",))
 
 
 def bad_args(name: str, tmp: Path, checkpoint: Path) -> list[str]:
@@ -148,3 +159,42 @@ def test_bad_input_as_subprocess(checkpoint, bad_folder):
         for name, result in zip(names, results, strict=True):
             check_one_line_error(BAD[name][1], result.returncode, result.stderr, result.stdout)
     assert snapshot(bad_folder) == before
+
+
+# -- interruption: one line, the shell's status for the signal, nothing half-written --------------
+
+
+def _default_sigint():
+    # A background job inherits SIGINT ignored; a user's terminal delivers it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_is_one_line_with_the_signal_status(tmp_path, sig):
+    from ddpm.config import PRESETS, TrainConfig
+    from ddpm.schedule import NoiseSchedule
+    from ddpm.train import Trainer
+    from ddpm.unet import UNet
+
+    # T = 1000 model calls: sampling is still running when the signal comes.
+    with torch.random.fork_rng(devices=[]):
+        Trainer(UNet(PRESETS["tiny"]), NoiseSchedule.linear(timesteps=1000),
+                TrainConfig(batch_size=4), device="cpu").save(tmp_path / "last.pt")
+    out = tmp_path / "new" / "samples.png"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ddpm.sample", "--checkpoint", str(tmp_path / "last.pt"),
+         "--sampler", "ddpm", "-n", "32", "--device", "cpu", "--out", str(out)], cwd=tmp_path,
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_default_sigint)
+    try:
+        while not out.parent.exists():  # made by the last check before sampling starts
+            assert proc.poll() is None, proc.communicate()[1]
+            time.sleep(0.01)
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + sig, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == f"interrupted ({sig.name}): wrote nothing"
+    assert stdout == "" and list(out.parent.iterdir()) == []

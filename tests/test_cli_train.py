@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -127,6 +129,11 @@ BAD = {
     "resume corrupt": (["--resume", "--out", "{tmp}/corrupt"], "corrupt"),
     "resume past steps": (["--resume", "--steps", "6", "--out", "{tmp}/done"], "6"),
     "fresh over a run": (["--out", "{tmp}/done"], "--resume"),
+    "resume on another dataset": (["--resume", "--steps", "9", "--out", "{tmp}/done",
+                                   "--dataset", "synthetic"], "digits (1,797 images)"),
+    "batch beyond memory": (["--batch", "1000000000000"], "1000000000000"),
+    "resume step not a number": (["--resume", "--steps", "9", "--out", "{tmp}/badstep"],
+                                 "step 'many'"),
 }
 if not torch.cuda.is_available():
     BAD["cuda without GPU"] = (["--device", "cuda"], "cuda")
@@ -140,6 +147,9 @@ def bad_folder(tmp_path, runs) -> Path:
     (tmp_path / "corrupt").mkdir()
     (tmp_path / "corrupt" / "last.pt").write_bytes(b"not a checkpoint")
     shutil.copytree(runs["root"] / "run", tmp_path / "done")  # a finished 6-step run
+    (tmp_path / "badstep").mkdir()
+    state = load_checkpoint(tmp_path / "done" / "last.pt")
+    torch.save({**state, "step": "many"}, tmp_path / "badstep" / "last.pt")
     return tmp_path
 
 
@@ -175,3 +185,39 @@ def test_bad_input_as_subprocess(bad_folder):
     for name, result in results.items():
         check_one_line_error(BAD[name][1], result.returncode, result.stderr, result.stdout)
     assert snapshot(bad_folder) == before
+
+
+# -- interruption: one line, the shell's status for the signal, nothing half-written --------------
+
+
+def test_sigterm_stops_training_with_143_and_no_temporary_files(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ddpm.train", *FAST, "--steps", "100000", "--checkpoint-every",
+         "1", "--out", str(out)], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        # Signalled while a checkpoint is being written, if the poll catches one in the act;
+        # else once checkpoints are being written at all.
+        deadline = None
+        while not list(out.glob(".last.pt.*.tmp")):
+            assert proc.poll() is None, proc.communicate()[1]
+            if deadline is None and (out / "last.pt").exists():
+                deadline = time.monotonic() + 30
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("interrupted (SIGTERM) at step "), last
+    assert not list(out.glob(".*")), "no temporary files left behind"
+    if (out / "last.pt").exists():  # the save in progress was the first one: none, else whole
+        assert "--resume" in last
+        assert load_checkpoint(out / "last.pt")["step"] >= 1
+    else:
+        assert "no checkpoint was written yet" in last
