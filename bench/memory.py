@@ -1,12 +1,13 @@
 """python -m bench.memory: does a training configuration fit the memory budget, with what
 headroom, and how fast does it run?
 
-Each spec is measured in three passes so no tracker slows the timed one:
+Each spec is predicted first, its verdict printed at once, then measured in passes that no
+tracker slows:
+  0. predicted: the step on fake tensors under CUDA's rules, replayed through a model of the
+     CUDA caching allocator, plus workspaces and the context: the `fits` verdict for a CUDA card
+     of --budget, computed on any machine (--predict-only: this pass alone);
   1. timed: warm-up step(s), then measured optimizer steps; CUDA allocator peaks, NVML, RSS;
-  2. tracked: the live-tensor peak of a steady-state step on this device, by category;
-  3. predicted: the same step on fake tensors under CUDA's rules, replayed through a model of
-     the CUDA caching allocator, plus workspaces and the context: the `fits` verdict for a CUDA
-     card of --budget, computed on any machine."""
+  2. tracked: the live-tensor peak of a steady-state step on this device, by category."""
 
 from __future__ import annotations
 
@@ -113,11 +114,19 @@ def measure(spec: BenchSpec, context: RunContext | None = None) -> dict:
         return max_batch_row(spec)
     device = cuda.resolve(spec.device)
     target, context_mib = card(spec, device)
+    # Pass 0, the answer first: the prediction, said before the long measured passes.
+    figures: dict = prediction(spec, target, context_mib)
     if spec.predict_only:
-        return prediction(spec, target, context_mib)
+        return figures
+    if context is not None:
+        context.say(f"Predicted for a CUDA sm{figures['target_sm']:g} card: "
+                    f"{'fits' if figures['fits'] else 'does NOT fit'} in "
+                    f"{figures['budget_mib'] / 1024:.3g} GiB, {figures['predicted_cuda_mib']:,.0f}"
+                    f" MiB, headroom {figures['headroom_mib']:,.0f} MiB. Measuring the step "
+                    "now (--predict-only stops here).")
 
     # Pass 1: timed; its trainer is freed when it returns.
-    figures: dict = timed_training(spec, device)
+    figures.update(timed_training(spec, device))
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -127,8 +136,7 @@ def measure(spec: BenchSpec, context: RunContext | None = None) -> dict:
     figures["tracked_peak_mib"] = tracked.mib()
     figures.update({f"tracked_{c}_mib": tracked.mib(c) for c in CATEGORIES})
 
-    # Pass 3: predicted for this card (on CUDA) or the default target, beside the measured.
-    figures.update(prediction(spec, target, context_mib))
+    # The predictor's error where the card measured the same step.
     if figures.get("peak_reserved_mib"):
         figures["alloc_error_pct"] = _error_pct(figures["predicted_alloc_mib"],
                                                 figures["peak_alloc_mib"])

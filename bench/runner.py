@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,7 +30,7 @@ from rich.progress import (
 from bench.env import environment
 from bench.results import ResultsError, ResultsTable, rich_tables
 from bench.spec import BenchSpec
-from bench.worker import PARENT_ENV, RunContext, run_spec
+from bench.worker import MESSAGES_FILE, PARENT_ENV, RunContext, run_spec
 from bench.workload import parameter_count
 from ddpm.cli_common import sigterm_as_interrupt, stopping_signal
 
@@ -82,7 +83,35 @@ def display_columns(rows: list[dict], figures: list[str]) -> tuple[list[str], st
     return varying + shown, fixed
 
 
-def run_isolated(harness: str, spec: BenchSpec, context: RunContext, timeout_s: float) -> dict:
+def _relay(messages: Path, shown: int, say: Callable[[str], None]) -> int:
+    """Show the lines the worker said since the last call; returns how many are shown."""
+    if not messages.exists():
+        return shown
+    lines = messages.read_text(errors="replace").splitlines()
+    for line in lines[shown:]:
+        say(line)
+    return len(lines)
+
+
+def _wait(child: subprocess.Popen, timeout_s: float, messages: Path,
+          say: Callable[[str], None]) -> None:
+    """Wait for the worker, passing on what it says as it says it; TimeoutExpired at the end
+    of the timeout."""
+    deadline = time.monotonic() + timeout_s
+    shown = 0
+    while True:
+        try:
+            child.wait(timeout=max(0.0, min(0.5, deadline - time.monotonic())))
+            return
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                raise
+        finally:
+            shown = _relay(messages, shown, say)
+
+
+def run_isolated(harness: str, spec: BenchSpec, context: RunContext, timeout_s: float,
+                 say: Callable[[str], None] = print) -> dict:
     """A fresh interpreter per spec: clean allocator peaks, and a crash or hang is contained."""
     with tempfile.TemporaryDirectory(prefix="ddpm-bench-") as tmp:
         result_path = os.path.join(tmp, "result.json")
@@ -97,7 +126,7 @@ def run_isolated(harness: str, spec: BenchSpec, context: RunContext, timeout_s: 
                      str(context.out), context.run_id, json.dumps(context.options), result_path],
                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                     env={**os.environ, PARENT_ENV: str(os.getpid())})
-                child.wait(timeout=timeout_s)
+                _wait(child, timeout_s, Path(tmp) / MESSAGES_FILE, say)
             except subprocess.TimeoutExpired:
                 return {"status": "timeout", "error": f"no result after {timeout_s:g} s",
                         "figures": {}}
@@ -150,7 +179,8 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
                 progress.console.print(f"{harness.name} {number}/{len(specs)}: {spec.name}")
                 context = RunContext(out, run_id, options or {})
                 result = (run_spec(harness.name, spec, context) if inline
-                          else run_isolated(harness.name, spec, context, timeout_s))
+                          else run_isolated(harness.name, spec, context, timeout_s,
+                                            progress.console.print))
                 row = {**spec_row(spec, run_id), "status": result["status"],
                        "error": result["error"], **result["figures"]}
                 row = {k: v for k, v in row.items() if k in table.columns}

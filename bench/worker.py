@@ -40,6 +40,9 @@ def inject_fault(spec: BenchSpec) -> None:
         time.sleep(3600)
 
 
+MESSAGES_FILE = "messages.txt"
+
+
 @dataclass(frozen=True)
 class RunContext:
     """Where a harness may write files of its own (curves, traces: out/<harness>/<run_id>/...),
@@ -48,6 +51,16 @@ class RunContext:
     out: Path
     run_id: str
     options: dict = field(default_factory=dict)
+    # Where say() writes in a worker process; the sweep shows each line as it arrives.
+    messages: Path | None = None
+
+    def say(self, line: str) -> None:
+        """A line for the user while the spec still runs (e.g. the predicted verdict)."""
+        if self.messages is None:
+            print(line, file=sys.stderr, flush=True)
+            return
+        with open(self.messages, "a") as f:
+            f.write(line.replace("\n", " ") + "\n")
 
 
 def run_spec(harness: str, spec: BenchSpec, context: RunContext) -> dict:
@@ -97,7 +110,9 @@ def main(argv: list[str]) -> None:
     harness, spec_json, out, run_id, options_json, result_path = argv
     die_with_parent(Path(result_path).parent)
     spec = BenchSpec(**json.loads(spec_json))
-    result = run_spec(harness, spec, RunContext(Path(out), run_id, json.loads(options_json)))
+    messages = Path(result_path).with_name(MESSAGES_FILE)
+    result = run_spec(harness, spec,
+                      RunContext(Path(out), run_id, json.loads(options_json), messages))
     tmp = result_path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(result, f, default=float)

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -659,3 +660,21 @@ def test_killed_sweep_takes_its_worker_and_temporary_folder_along(tmp_path):
         shutil.rmtree(folder, ignore_errors=True)
     assert not survived, "the worker outlived its sweep"
     assert not folder.exists()
+
+
+def test_what_a_worker_says_is_shown_while_it_still_runs(tmp_path):
+    """The predicted verdict reaches the terminal before the long measured passes end."""
+    from bench.runner import _wait
+
+    messages = tmp_path / "messages.txt"
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        with open({str(messages)!r}, "a") as f:
+            f.write("Predicted: fits\\n")
+        time.sleep(3)
+        with open({str(messages)!r}, "a") as f:
+            f.write("done\\n")
+        """)])
+    said = []
+    _wait(child, 60, messages, lambda line: said.append((line, child.poll())))
+    assert said == [("Predicted: fits", None), ("done", 0)]
