@@ -214,7 +214,7 @@ VARIANTS = {"preset": "ddpm-mnist", "image_size": 64, "batch": 3, "accum": 2, "p
             "attention": "none", "compile": "default", "checkpointing": "on", "device": "cuda",
             "seed": 1, "steps": 5, "warmup": 0, "budget_mib": 4096.0, "context_mib": 300.0,
             "find_max_batch": True, "dataset": "digits", "sampler": "ddim", "sampling_steps": 10,
-            "impl": "diffusers", "repeat": 2}
+            "impl": "diffusers", "repeat": 2, "predict_only": True}
 
 
 def test_variants_cover_every_field():

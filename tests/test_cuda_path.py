@@ -398,7 +398,7 @@ def test_max_batch_on_cuda_searches_under_the_cap(fake_cuda, monkeypatch):
     monkeypatch.setattr(memory, "build_trainer", build)
     # The fake-tensor prediction runs on the CPU; with torch.cuda replaced, AdamW would ask the
     # (absent) driver whether a CUDA graph is being captured.
-    monkeypatch.setattr(memory, "prediction", lambda spec: {"fits": True})
+    monkeypatch.setattr(memory, "prediction", lambda spec, *card: {"fits": True})
     # 800 MiB for the allocator: 100 + 200 + 50 b <= 800 up to b = 10 (one step would say 14).
     row = memory.max_batch_row(tiny(device="cuda", budget_mib=1300, context_mib=500,
                                     find_max_batch=True))
@@ -409,8 +409,11 @@ def test_max_batch_on_cuda_searches_under_the_cap(fake_cuda, monkeypatch):
 # ----- the harnesses reach their first real CUDA operation --------------------------------------
 
 @pytest.mark.parametrize("device", ["cuda:0", "cuda"])
-def test_memory_measure_on_cuda_reaches_the_first_real_operation(fake_cuda, device):
+def test_memory_measure_on_cuda_reaches_the_first_real_operation(fake_cuda, device,
+                                                                monkeypatch):
     gpu = fake_cuda()
+    # As above: the fake-tensor prediction would ask the absent driver about CUDA graphs.
+    monkeypatch.setattr(memory, "prediction", lambda spec, *card: {"fits": True})
     with pytest.raises(RuntimeError, match=NO_DRIVER):
         memory.measure(tiny(device=device))
     assert ("set_device", 0) in gpu.calls
