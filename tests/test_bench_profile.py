@@ -133,6 +133,29 @@ def test_summary_files_and_peak_memory(profiled):
     assert "aten::" in report
 
 
+def test_traces_carry_call_stacks_and_module_events(profiled):
+    trace = load(trace_files(profiled / "traces" / TRAIN.name)[0])
+    assert trace["with_stack"]
+    convolutions = [e for e in trace["traceEvents"]
+                    if e.get("cat") == "cpu_op" and e["name"] == "aten::convolution"]
+    assert convolutions
+    for event in convolutions:  # the field the plugin's View CallStack reads
+        stack = event["args"]["Call stack"]
+        assert "ddpm/unet.py" in stack and "nn.Module: UNet_0" in stack
+    modules = {e["name"] for e in trace["traceEvents"] if e.get("cat") == "python_function"}
+    assert {"nn.Module: UNet_0", "nn.Module: AttentionBlock_0"} <= modules
+
+
+def test_no_stack_leaves_stacks_out(tmp_path):
+    done = run_cli(*BASE, "--no-stack", "--wait", "0", "--steps", "1", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = rows(tmp_path)
+    trace = load(trace_files(Path(row["trace_dir"]))[0])
+    assert not trace.get("with_stack")
+    assert not any(e.get("cat") == "python_function" or "Call stack" in (e.get("args") or {})
+                   for e in trace["traceEvents"])
+
+
 # ----- TensorBoard's PyTorch Profiler plugin ---------------------------------------------------
 
 def free_port() -> int:
@@ -178,7 +201,7 @@ def test_tensorboard_plugin_serves_the_run(profiled, tmp_path):
         assert SAMPLE.name in runs["runs"]
 
         views = get_json(base, "views", run=run)
-        for view in ("Overview", "Operator", "Trace", "Memory"):
+        for view in ("Overview", "Operator", "Trace", "Memory", "Module"):  # Module: from stacks
             assert view in views, views
         workers = get_json(base, "workers", run=run, view="Overview")
         assert workers == [TRAIN.name]
@@ -218,7 +241,9 @@ def test_specs_from_the_target_axis():
     assert [(s.accum, s.sampler, s.sampling_steps) for s in specs] == [
         (1, "none", 0), (1, "ddim", 50), (2, "none", 0)]
     assert len({s.name for s in specs}) == 3
-    assert options["wait"] == 0 and options["top"] == 3 and not options["with_stack"]
+    assert options["wait"] == 0 and options["top"] == 3 and options["with_stack"]
+    no_stack = profile.profile_options(parser.parse_args([*BASE, "--no-stack"]))
+    assert not no_stack["with_stack"]
 
 
 @pytest.mark.parametrize("args, message", [
