@@ -96,8 +96,9 @@ def test_phase_shares_add_up_to_the_step_time(profiled):
     assert train["status"] == "ok" and int(train["profiled_steps"]) == 2
     shares = [float(train[f"phase_{p}_pct"]) for p in profile.TRAIN_PHASES]
     assert all(s >= 0 for s in shares)
-    # The ranges cover Trainer.step: what falls outside (zero_grad, the sync) is within 5%.
-    assert 95.0 <= sum(shares) <= 100.0 + 1e-6
+    # The ranges cover Trainer.step: what falls outside (model.train(), zero_grad, the sync) is
+    # within 10%; the stacks' Python tracer makes model.train() a few percent of a tiny step.
+    assert 90.0 <= sum(shares) <= 100.0 + 1e-6
     assert sum(shares) + float(train["other_pct"]) == pytest.approx(100.0)
     # The same shares, recomputed from the trace the row came from.
     trace = load(trace_files(Path(train["trace_dir"]))[0])
