@@ -17,7 +17,8 @@ The row says, without TensorBoard: the mean step time over the active steps, the
 spent in each ddpm phase range (training: data, forward, loss, backward, unscale_clip,
 optimizer, ema; sampling: denoise_step) and in nothing named (other_pct), and the peak memory
 the profiler saw. The top operators by self time go to <trace dir>/operators.csv and below the
-table."""
+table. <trace dir>/summary.html shows the phase shares, the top operators and memory over the
+profiled steps on one self-contained page that opens offline."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from torch.profiler import ProfilerActivity, record_function
 
 from bench.cli import build_parser, run_cli, specs_from_args
 from bench.measure.timing import synchronize
+from bench.profile_summary import SUMMARY_FILE, memory_curve, write_summary
 from bench.results import format_value
 from bench.runner import Harness
 from bench.sampling import Denoiser, default_schedule
@@ -107,7 +109,8 @@ def verdict(row: dict) -> str | None:
     shares = ", ".join(f"{p} {v:.1f}%" for p, v in phases if v is not None)
     return (f"{row['spec_id']}: {format_value(row['step_ms'])} ms per profiled step over "
             f"{row['profiled_steps']} steps: {shares}, other {row['other_pct']:.1f}%; peak "
-            f"{format_value(row['peak_memory_mib'])} MiB. Trace: {row['trace_dir']}.")
+            f"{format_value(row['peak_memory_mib'])} MiB. Trace: {row['trace_dir']}; offline "
+            f"summary: {Path(row['trace_dir']) / SUMMARY_FILE}.")
 
 
 HARNESS = Harness(
@@ -175,6 +178,7 @@ class Collector:
         self.phases_us: dict[str, float] = {}
         self.ops: dict[str, dict] = {}
         self.peak_bytes = 0
+        self.curves: list[dict] = []  # memory over time, one per trace file, for summary.html
 
     def __call__(self, prof: torch.profiler.profile) -> None:
         before = set(self.folder.glob("*.pt.trace.json*"))
@@ -183,6 +187,7 @@ class Collector:
         for path in set(self.folder.glob("*.pt.trace.json*")) - before:
             trace = read_trace(path)
             self.peak_bytes = max(self.peak_bytes, peak_allocated(trace, self.device))
+            self.curves.append(memory_curve(trace, device_type(self.device)))
             for name, dur_us in ranges(trace):
                 if name.startswith("ProfilerStep#"):
                     self.steps_us.append(dur_us)
@@ -214,13 +219,17 @@ def ranges(trace: dict) -> list[tuple[str, float]]:
 def peak_allocated(trace: dict, device: torch.device) -> int:
     """The largest 'Total Allocated' among a trace's [memory] events on this device type
     (profile_memory's record of every allocation and free)."""
-    kind = 1 if device.type == "cuda" else 0  # the trace's Device Type: 0 CPU, 1 CUDA
-    peak = 0
+    kind, peak = device_type(device), 0
     for event in trace.get("traceEvents", []):
         args = event.get("args") or {}
         if event.get("name") == "[memory]" and args.get("Device Type") == kind:
             peak = max(peak, int(args.get("Total Allocated", 0)))
     return peak
+
+
+def device_type(device: torch.device) -> int:
+    """The trace's Device Type for this device: 0 CPU, 1 CUDA."""
+    return 1 if device.type == "cuda" else 0
 
 
 def write_operators(collector: Collector, steps: int, path: Path) -> None:
@@ -291,6 +300,8 @@ def measure(spec: BenchSpec, context: RunContext) -> dict:
                "memory_snapshot": str(snapshot) if snapshot is not None else None}
     if device.type == "cuda":
         figures["peak_alloc_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    write_summary(folder, spec.name, figures, phases, folder / OPERATORS_FILE, collector.curves,
+                  device.type.upper(), opts["top"])
     return figures
 
 

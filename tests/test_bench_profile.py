@@ -8,6 +8,7 @@ import csv
 import gzip
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import profile
+from bench import profile, profile_summary
 from bench.spec import BenchSpec
 from bench.worker import RunContext
 
@@ -147,6 +148,19 @@ def test_traces_carry_call_stacks_and_module_events(profiled):
     assert {"nn.Module: UNet_0", "nn.Module: AttentionBlock_0"} <= modules
 
 
+def test_summary_html_is_one_self_contained_page(profiled):
+    for row in rows(profiled):
+        page = (Path(row["trace_dir"]) / profile_summary.SUMMARY_FILE).read_text()
+        links = re.findall(r'(?:src|href)="([^"]*)"', page)
+        assert len(links) == 2 and all(u.startswith("data:image/png;base64,") for u in links)
+        assert "http" not in page and "<script" not in page
+        assert f"{float(row['step_ms']):.2f} ms per step" in page
+        for heading in ("Phase breakdown", "Top operators by self CPU time",
+                        "Memory over the profiled steps"):
+            assert heading in page
+    assert profile_summary.SUMMARY_FILE in (profiled / "profile.md").read_text()
+
+
 def test_no_stack_leaves_stacks_out(tmp_path):
     done = run_cli(*BASE, "--no-stack", "--wait", "0", "--steps", "1", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -155,6 +169,7 @@ def test_no_stack_leaves_stacks_out(tmp_path):
     assert not trace.get("with_stack")
     assert not any(e.get("cat") == "python_function" or "Call stack" in (e.get("args") or {})
                    for e in trace["traceEvents"])
+    assert (Path(row["trace_dir"]) / profile_summary.SUMMARY_FILE).is_file()
 
 
 # ----- TensorBoard's PyTorch Profiler plugin ---------------------------------------------------
