@@ -125,9 +125,10 @@ HARNESS = Harness(
            "step) runs slower than bench.throughput's step_s.",
            "phase_<name>_pct: the CPU time of the ddpm range <name> as a share of step_ms "
            "(training: data, forward, loss, backward, unscale_clip, optimizer, ema; sampling: "
-           "denoise_step around one DDIM-50 step); other_pct: the rest (zero_grad, the sync, "
-           "the profiler's own bookkeeping). On CUDA the ranges time the host side: kernels "
-           "still running when a range closes are paid for later, mostly in other_pct's sync.",
+           "denoise_step around one DDIM-50 step); other_pct: the rest (model.train(), "
+           "zero_grad, the sync, the profiler's own bookkeeping). On CUDA the ranges time the "
+           "host side: kernels still running when a range closes are paid for later, mostly in "
+           "other_pct's sync.",
            "peak_memory_mib: the largest 'Total Allocated' on the spec's device among the "
            "profiler's memory events of the active steps (MiB = 2^20 bytes). On CUDA that is "
            "the caching allocator's total; on CPU the profiler counts only what was allocated "
