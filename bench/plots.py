@@ -119,12 +119,12 @@ def memory_vs_batch(rows: list[dict], runs: dict, path: Path, out: Path) -> str 
                     color=color, label=f"{name}: allocated on {where}")
     for budget in sorted({r["budget_mib"] for r in rows if r.get("budget_mib") is not None}):
         ax.axhline(budget, color="black", linestyle="-.", linewidth=1,
-                   label=f"{budget / 1024:g} GiB budget")
+                   label=f"{budget / 1024:.3g} GiB budget")
     batch_axis(ax, [r["batch"] for r in rows])
     ax.set_ylabel("memory of one optimizer step (MiB = 2^20 bytes)")
     ax.set_title(f"Memory vs batch: {one_of(rows, 'preset')} at {one_of(rows, 'image_size')}px, "
-                 f"accum 1, measured on {devices(rows, runs)}\npredicted figures are for a CUDA "
-                 "card (tensors + CUDA context); tracked: live tensors on the measuring device",
+                 f"accum 1, measured on {devices(rows, runs)}\npredicted: what a CUDA card must "
+                 "hold (reserved + workspaces + context); tracked: live tensors here",
                  fontsize="medium")
     finish(fig, ax, path)
     return None
