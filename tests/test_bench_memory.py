@@ -276,3 +276,19 @@ def test_warm_up_is_one_micro_batch_and_an_optimizer_step(monkeypatch):
         (x0.shape[0], self.config.accum_steps)) or step(self, x0))
     timed_training(tiny(batch=2, accum=4, warmup=1, steps=1), torch.device("cpu"))
     assert seen == [(2, 1), (8, 4)]  # warm-up: 2 images in 1 micro-batch; measured: 2 x 4
+
+
+def test_committed_rows_decide_on_reserved_memory():
+    """Every committed prediction: reserved >= allocated, and the verdict is reserved plus the
+    cuDNN allowance and the context against the budget."""
+    from pathlib import Path
+
+    from bench.results import read_rows
+
+    rows = [r for r in read_rows(Path(__file__).parents[1] / "results" / "memory.csv")
+            if r.get("predicted_reserved_mib") is not None]
+    assert len(rows) >= 30
+    for r in rows:
+        assert r["predicted_reserved_mib"] >= r["predicted_alloc_mib"], r["spec_id"]
+        total = r["predicted_reserved_mib"] + r["cudnn_workspace_mib"] + r["context_mib"]
+        assert r["predicted_cuda_mib"] == total and r["fits"] == (total <= r["budget_mib"])
