@@ -1,7 +1,7 @@
 """What `python -m ddpm.train` and `python -m ddpm.sample` share: one-line argument errors, value
 parsers that say what is allowed, device resolution, output-folder checks and image grids.
 
-Bad input (DESIGN.md, "Bad input") gets one line on stderr, `error: ...`, naming the bad value and
+Bad input gets one line on stderr, `error: ...`, naming the bad value and
 what is allowed, and exit status 2: no usage block, no traceback, nothing half-written.
 """
 
@@ -234,7 +234,7 @@ def make_progress(label: str, *extra_columns):
 
 
 def synchronize(device) -> None:
-    """Wait for queued device work, so a host clock read next covers it (DESIGN.md rule 1)."""
+    """Wait for queued device work, so a host clock read next covers it."""
     import torch
 
     device = torch.device(device)

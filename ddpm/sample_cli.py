@@ -142,7 +142,7 @@ def sample(job: Job) -> None:
             result = ddpm_sample(model, job.schedule, shape, variance=args.variance,
                                  return_x0_every=args.x0_every, **common)
             images, trajectory = result if args.x0_every is not None else (result, None)
-    synchronize(args.device)  # the clock is read after the device finished (DESIGN.md rule 1)
+    synchronize(args.device)  # the clock is read after the device finished
     seconds = time.perf_counter() - start
 
     save_grid(images, args.out, nrow=grid_columns(args.n))

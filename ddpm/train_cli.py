@@ -284,9 +284,9 @@ def train(run: Run) -> None:
             validate_now = step % args.val_every == 0 or last
             save = step % args.checkpoint_every == 0 or last
             if log or validate_now or save:
-                # Stop the window clock after the device finishes the training work (DESIGN.md
-                # rule 1): held-out loss and saving wait for the device anyway, and their time
-                # is not training time.
+                # Stop the window clock after the device finishes the training work: held-out
+                # loss and saving wait for the device anyway, and their time is not training
+                # time.
                 synchronize(trainer.device)
                 window_seconds += time.perf_counter() - window_start
             if log:

@@ -1,5 +1,5 @@
 """UNetConfig and TrainConfig: presets as published, and every bad value refused with a message
-that names it (DESIGN.md, "Bad input")."""
+that names it."""
 
 import re
 

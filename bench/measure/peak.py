@@ -1,8 +1,8 @@
 """The device's measured peak FLOP/s at a precision: the denominator of MFU.
 
 A probe times large matmuls and 3x3 convolutions (the UNet's two kinds of heavy work) and keeps
-the faster. The figure is measured, not a datasheet's, and cached per device, precision, torch
-version and thread count, so a sweep pays for it once."""
+the faster. The figure is measured, not a datasheet's, and cached per device (a CPU named with
+its vector ISA), precision, torch version and thread count, so a sweep pays for it once."""
 
 from __future__ import annotations
 
