@@ -8,8 +8,9 @@ import shlex
 import sys
 from collections.abc import Callable
 
+from bench.core import Harness
 from bench.results import ResultsError, check_writable, results_folder
-from bench.runner import Harness, run_sweep
+from bench.runner import run_sweep
 from bench.spec import (
     COMPILE_MODES,
     DEFAULT_BUDGET,

@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from bench.cli import build_parser, run_cli, specs_from_args
+from bench.core import AXES, Harness
 from bench.measure import cuda
-from bench.runner import AXES, Harness
 from bench.spec import BenchSpec, SpecError, parse_int_list
 from bench.worker import RunContext
 from bench.workload import build_trainer

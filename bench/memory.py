@@ -18,11 +18,11 @@ from collections.abc import Callable
 import torch
 
 from bench.cli import build_parser, run_cli, specs_from_args
+from bench.core import Harness
 from bench.measure import cuda
 from bench.measure.memory import DEFAULT_TARGET, predict, step_peak
 from bench.measure.tracked import CATEGORIES
 from bench.measure.training import timed_training
-from bench.runner import Harness
 from bench.spec import DEFAULT_BUDGET_MIB, BenchSpec
 from bench.worker import RunContext
 from bench.workload import build_trainer, synthetic_images

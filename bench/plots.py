@@ -17,8 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
+from bench.core import AXES
 from bench.results import ResultsError, atomic_write, read_rows, read_runs
-from bench.runner import AXES
 
 SIZE_IN, DPI = (9.0, 5.5), 100
 SAVE = {"format": "png", "dpi": DPI, "metadata": {"Software": None}}

@@ -33,11 +33,11 @@ import torch
 from torch.profiler import ProfilerActivity, record_function
 
 from bench.cli import build_parser, run_cli, specs_from_args
+from bench.core import Harness
 from bench.measure import cuda
 from bench.measure.timing import synchronize
 from bench.profile_summary import SUMMARY_FILE, memory_curve, write_summary
 from bench.results import format_value
-from bench.runner import Harness
 from bench.sampling import Denoiser, default_schedule
 from bench.spec import BenchSpec, SpecError, parse_choices
 from bench.worker import RunContext

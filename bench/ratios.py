@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 
-from bench.runner import AXES
+from bench.core import AXES
 
 OURS, THEIRS = "ddpm", "diffusers"
 

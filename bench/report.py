@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.core import Harness, display_columns
 from bench.env import describe
 from bench.results import (
     SPEC_COLUMNS,
@@ -34,7 +35,6 @@ from bench.results import (
     read_rows,
     results_folder,
 )
-from bench.runner import Harness, display_columns
 from bench.worker import RunContext
 from ddpm.cli_common import ArgumentParser
 

@@ -29,11 +29,11 @@ from pathlib import Path
 import torch
 
 from bench.cli import build_parser, run_cli, specs_from_args
+from bench.core import Harness
 from bench.measure import cuda
 from bench.measure.timing import time_calls
 from bench.ratios import impl_ratios
 from bench.results import format_value
-from bench.runner import Harness
 from bench.spec import SpecError, parse_attention, parse_choices, parse_int_list, parse_preset
 from bench.worker import RunContext
 from bench.workload import COMPILE_KWARGS, build_model

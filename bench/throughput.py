@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 
 from bench.cli import build_parser, run_cli, specs_from_args
+from bench.core import Harness
 from bench.measure import cuda
 from bench.measure.flops import training_step_flops
 from bench.measure.peak import peak_flops
 from bench.measure.training import CUDA_COLUMNS, CUDA_NOTE, timed_training
 from bench.ratios import impl_ratios
 from bench.results import ResultsError
-from bench.runner import Harness
 from bench.spec import BenchSpec
 from bench.worker import RunContext
 

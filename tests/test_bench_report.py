@@ -20,8 +20,9 @@ import torch
 from cli_checks import check_one_line_error, snapshot
 
 from bench import loss, memory, plots, report, sampling, throughput
+from bench.core import Harness
 from bench.results import ResultsError, ResultsTable, parse_cell, read_rows, read_runs
-from bench.runner import Harness, run_sweep, spec_row
+from bench.runner import run_sweep, spec_row
 from bench.spec import BenchSpec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from rich.console import Console
 
+from bench.core import AXES
 from bench.report import harnesses
 from bench.results import fold, rich_tables
-from bench.runner import AXES
 
 
 def wide_rows(columns: list[str]) -> list[dict]:

@@ -1,0 +1,82 @@
+"""No import cycle among the project's modules: every import counts, at module level or inside
+a function, except the one a module's `if __name__ == "__main__":` guard makes of its own CLI."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for package in ("ddpm", "bench"):
+        for path in (ROOT / package).rglob("*.py"):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            found[name.removesuffix(".__init__")] = path
+    return found
+
+
+def is_main_guard(node: ast.AST) -> bool:
+    return (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
+            and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__")
+
+
+def imports(path: Path, known: set[str]) -> set[str]:
+    """The project modules `path` imports, wherever the import statement stands."""
+    tree = ast.parse(path.read_text())
+    guarded = {id(n) for g in ast.walk(tree) if is_main_guard(g) for n in ast.walk(g)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in guarded:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        found |= {n for n in names if n in known}
+    return found
+
+
+def cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of the graph as a path a -> ... -> a, or None (depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start)):
+            return found
+    return None
+
+
+def test_no_import_cycle():
+    known = modules()
+    graph = {name: imports(path, set(known)) - {name} for name, path in known.items()}
+    assert len(graph) > 40 and graph["bench.runner"] >= {"bench.report", "bench.core"}
+    found = cycle(graph)
+    assert found is None, " -> ".join(found)
+
+
+def test_the_cycle_finder_finds_a_cycle_and_ignores_main_guards(tmp_path):
+    assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert cycle({"a": {"b"}, "b": set()}) is None
+    module = tmp_path / "m.py"
+    module.write_text("import ddpm.train\n\ndef f():\n    from bench import report\n\n"
+                      "if __name__ == '__main__':\n    import bench.cli\n")
+    assert imports(module, {"ddpm.train", "bench.report", "bench.cli"}) == {"ddpm.train",
+                                                                          "bench.report"}
