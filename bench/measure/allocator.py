@@ -88,6 +88,14 @@ class _Block:
         self.next: _Block | None = None
 
 
+def _link_before(new: _Block, block: _Block) -> None:
+    """Put `new` just in front of `block` in its segment's address-ordered list."""
+    new.prev, new.next = block.prev, block
+    if block.prev is not None:
+        block.prev.next = new
+    block.prev = new
+
+
 class CachingAllocatorModel:
     """PyTorch's CUDA caching allocator on one stream, as byte counts (see the module docstring).
 
@@ -236,10 +244,7 @@ class CachingAllocatorModel:
         if missing > 0:
             nbytes = -(-missing // page) * page
             mapped = _Block(tail.addr, nbytes, small)
-            mapped.prev, mapped.next = tail.prev, tail
-            if tail.prev is not None:
-                tail.prev.next = mapped
-            tail.prev = mapped
+            _link_before(mapped, tail)
             tail.addr += nbytes
             tail.size -= nbytes
             self._add_reserved(nbytes)
@@ -257,10 +262,7 @@ class CachingAllocatorModel:
     def _split(self, block: _Block, size: int) -> _Block:
         """alloc_found_block: the front `size` bytes are handed out, the rest stays free."""
         front = _Block(block.addr, size, block.small)
-        front.prev, front.next = block.prev, block
-        if block.prev is not None:
-            block.prev.next = front
-        block.prev = front
+        _link_before(front, block)
         block.addr += size
         block.size -= size
         self._list(block)
