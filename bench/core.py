@@ -1,21 +1,52 @@
 """The contract between the sweep loop, the report and each harness: what a harness declares
-(`Harness`), and the axes every table can vary along, shown as columns or said once."""
+(`Harness`), what a spec's run may use (`RunContext`), and the columns every table has, derived
+once from BenchSpec's fields."""
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
 
+from bench import spec as spec_module
 from bench.spec import BenchSpec
-from bench.worker import RunContext
+from bench.workload import parameter_count
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where a harness may write files of its own (curves, traces: out/<harness>/<run_id>/...),
+    and the harness's own options that are not spec axes (validated by its command line)."""
+
+    out: Path
+    run_id: str
+    options: dict = field(default_factory=dict)
+    # Where say() writes in a worker process; the sweep shows each line as it arrives.
+    messages: Path | None = None
+
+    def say(self, line: str) -> None:
+        """A line for the user while the spec still runs (e.g. the predicted verdict)."""
+        if self.messages is None:
+            print(line, file=sys.stderr, flush=True)
+            return
+        with open(self.messages, "a") as f:
+            f.write(line.replace("\n", " ") + "\n")
 
 
 @dataclass
 class Harness:
     name: str
+    # One spec measured in this process: its figures by column (a failure raises).
+    measure: Callable[[BenchSpec, RunContext], dict]
     figure_columns: list[str]
     display_columns: list[str]
     notes: list[str] = field(default_factory=list)
+    # The harness's settings that are not axes (JSON-able), from its parsed command line; every
+    # spec's process receives them as RunContext.options.
+    options: Callable[..., dict] | None = None
     # One sentence per row that answers the harness's question in words (printed and in the .md).
     verdict: Callable[[dict], str | None] | None = None
     # Sentences that compare the finished rows (e.g. accumulation vs none), given the run's
@@ -29,18 +60,56 @@ class Harness:
         return {c: self.figure_kinds.get(c, float) for c in self.figure_columns}
 
 
-AXES = ("preset", "image_size", "batch", "accum", "precision", "attention", "compile",
-        "checkpointing", "device", "impl", "dataset", "sampler", "sampling_steps", "repeat")
+# ----- the columns of every table, from BenchSpec's axis fields ----------------------------------
+# Read from bench.spec at each call, so a spec class with one more axis (a test's) is seen.
+
+def _axis_fields() -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(spec_module.BenchSpec) if f.metadata.get("axis")]
+
+
+def axes() -> list[str]:
+    """The spec fields every table can vary along, in BenchSpec's order."""
+    return [f.name for f in _axis_fields()]
+
+
+def quiet_axes() -> dict[str, object]:
+    """Axes of some harnesses only, with the default at which a table leaves them unsaid."""
+    return {f.name: f.default for f in _axis_fields() if f.metadata["axis"] == "quiet"}
+
+
+# Figures of the spec itself, beside its axes: the model's size and the images of one step.
+DERIVED = {"params": "int64", "effective_batch": "int64"}
+_TEXT = ("run_id", "timestamp", "spec_id")
+_STATUS = ("status", "error")
+
+
+def spec_columns() -> list[str]:
+    return [*_TEXT, *axes(), *DERIVED, *_STATUS]
+
+
+def column_dtypes() -> dict[str, str]:
+    """pandas dtypes of the spec columns (results.read_csv); figure columns are float64."""
+    kinds = {int: "int64", str: "string"}  # an axis is a number or a word, as its default
+    return {**dict.fromkeys(_TEXT, "string"),
+            **{f.name: kinds[type(f.default)] for f in _axis_fields()},
+            **DERIVED, **dict.fromkeys(_STATUS, "string")}
+
+
+def spec_row(spec: BenchSpec, run_id: str) -> dict:
+    """A row's spec columns (status and figures come from the run)."""
+    return {"run_id": run_id, "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "spec_id": spec.spec_id, **{a: getattr(spec, a) for a in axes()},
+            "params": parameter_count(spec), "effective_batch": spec.effective_batch}
 
 
 def display_columns(rows: list[dict], figures: list[str]) -> tuple[list[str], str]:
     """Axes that vary across the rows become columns; the others are said once, above."""
     # .get: rows read back from a CSV written before an axis existed lack its column.
-    varying = [a for a in AXES if len({r.get(a) for r in rows}) > 1]
+    varying = [a for a in axes() if len({r.get(a) for r in rows}) > 1]
     # Axes of other harnesses at their defaults (dataset=synthetic in a memory table) say nothing.
-    unused = {a for a in ("impl", "dataset", "sampler", "sampling_steps", "repeat")
-              if a not in varying and rows[0].get(a) == getattr(BenchSpec, a)}
-    fixed = ", ".join(f"{a}={rows[0].get(a)}" for a in AXES
+    unused = {a for a, default in quiet_axes().items()
+              if a not in varying and rows[0].get(a) == default}
+    fixed = ", ".join(f"{a}={rows[0].get(a)}" for a in axes()
                       if a not in varying and a not in unused)
     # A figure no row has (e.g. CUDA allocator peaks on a CPU) is left out of the display.
     shown = [c for c in figures if c not in varying and any(r.get(c) is not None for r in rows)]

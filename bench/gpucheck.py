@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from bench import memory, profile
-from bench.env import describe, environment
+from bench.harnesses import memory, profile
 from bench.measure import cuda
+from bench.measure.env import describe, environment
 from bench.results import markdown_table
 from bench.spec import SpecError, parse_budget, parse_device
 from ddpm.cli_common import ArgumentParser

@@ -17,14 +17,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
-from bench.core import AXES
+from bench.core import axes
 from bench.results import ResultsError, atomic_write, read_rows, read_runs
 
 SIZE_IN, DPI = (9.0, 5.5), 100
 SAVE = {"format": "png", "dpi": DPI, "metadata": {"Software": None}}
-# Axes a line may be labelled by; `impl` where the CSV has that column. Repeated passes over a
-# grid (a `repeat` column) are not lines of their own: a point is the latest repeat's row.
-LABEL_AXES = tuple(a for a in dict.fromkeys((*AXES, "impl")) if a != "repeat")
 
 
 def latest_ok(rows: list[dict]) -> list[dict]:
@@ -36,8 +33,9 @@ def latest_ok(rows: list[dict]) -> list[dict]:
 
 
 def varying(rows: list[dict], exclude: tuple[str, ...] = ()) -> list[str]:
-    return [a for a in LABEL_AXES
-            if a not in exclude and any(a in r for r in rows)
+    # Repeated passes over a grid are not lines of their own: a point is the latest repeat's row.
+    return [a for a in axes()
+            if a != "repeat" and a not in exclude and any(a in r for r in rows)
             and len({r.get(a) for r in rows}) > 1]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 
-from bench.core import AXES
+from bench.core import axes
 
 OURS, THEIRS = "ddpm", "diffusers"
 
@@ -14,17 +14,17 @@ def impl_ratios(rows: list[dict], figure: str, unit: str, also: tuple[str, ...] 
     """One sentence per spec measured with both implementations: median `figure` of each (higher
     is better), its min-max over the repeats, ours / theirs; `also`: more figures' medians."""
     ok = [r for r in rows if r["status"] == "ok" and r.get(figure) is not None]
-    axes = [a for a in AXES if a not in ("impl", "repeat")]
-    varying = [a for a in axes if len({r.get(a) for r in ok}) > 1]
+    keys = [a for a in axes() if a not in ("impl", "repeat")]
+    varying = [a for a in keys if len({r.get(a) for r in ok}) > 1]
     groups: dict[tuple, dict[str, list[dict]]] = {}
     for r in ok:
-        key = tuple(r.get(a) for a in axes)
+        key = tuple(r.get(a) for a in keys)
         groups.setdefault(key, {}).setdefault(r.get("impl"), []).append(r)
     sentences = []
     for key, by_impl in groups.items():
         if OURS not in by_impl or THEIRS not in by_impl:
             continue
-        spec = ", ".join(f"{a} {dict(zip(axes, key))[a]}" for a in varying) or "every spec"
+        spec = ", ".join(f"{a} {dict(zip(keys, key))[a]}" for a in varying) or "every spec"
         ours, theirs = ([r[figure] for r in by_impl[impl]] for impl in (OURS, THEIRS))
         mine, base = statistics.median(ours), statistics.median(theirs)
         text = (f"{OURS} vs {THEIRS}, {spec}: {mine:.3g} vs {base:.3g} {unit} (medians of "

@@ -17,17 +17,15 @@ notes, the same for every section, come once at the end."""
 from __future__ import annotations
 
 import argparse
-import importlib
-import pkgutil
 import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.core import Harness, display_columns
-from bench.env import describe
+from bench import harnesses
+from bench.core import Harness, RunContext, display_columns, spec_columns
+from bench.measure.env import describe
 from bench.results import (
-    SPEC_COLUMNS,
     ResultsError,
     ResultsTable,
     atomic_write,
@@ -35,11 +33,7 @@ from bench.results import (
     read_rows,
     results_folder,
 )
-from bench.worker import RunContext
 from ddpm.cli_common import ArgumentParser
-
-# Modules of bench that are not harnesses and must not be imported to look for one.
-NOT_HARNESSES = ("conftest", "pytest_plugin", "report", "plots", "__main__")
 
 
 @dataclass
@@ -147,7 +141,7 @@ def load(harness: Harness, out: Path) -> tuple[list[dict], dict[str, dict]]:
     """The harness's rows (every column this version knows, None where an older CSV has none)
     and its run records."""
     table = ResultsTable(out, harness.name, harness.figure_columns)
-    blank = dict.fromkeys(SPEC_COLUMNS + harness.figure_columns)
+    blank = dict.fromkeys(spec_columns() + harness.figure_columns)
     rows = read_rows(table.csv_path, harness.kinds())
     return [{**blank, **row} for row in rows], table.runs()
 
@@ -183,29 +177,6 @@ def write_markdown(harness: Harness, out: Path) -> list[Section]:
     return found
 
 
-# ----- which harnesses ---------------------------------------------------------------------------
-
-def _candidates() -> list[str]:
-    import bench
-
-    return sorted(m.name for m in pkgutil.iter_modules(bench.__path__)
-                  if m.name not in NOT_HARNESSES and not m.name.startswith("test_"))
-
-
-def harness_named(name: str) -> Harness | None:
-    """bench.<name>'s HARNESS, if that module exists and has one of that name."""
-    if name not in _candidates():
-        return None
-    harness = getattr(importlib.import_module(f"bench.{name}"), "HARNESS", None)
-    return harness if isinstance(harness, Harness) and harness.name == name else None
-
-
-def harnesses() -> dict[str, Harness]:
-    """Every module of bench with a HARNESS (imports them all)."""
-    found = {name: harness_named(name) for name in _candidates()}
-    return {name: h for name, h in found.items() if h is not None}
-
-
 # ----- the command line --------------------------------------------------------------------------
 
 def build_parser() -> ArgumentParser:
@@ -228,21 +199,20 @@ def chosen(parser: ArgumentParser, out: Path, names: str | None) -> list[Harness
     if names is None:
         picked = []
         for path in sorted(out.glob("*.csv")):
-            harness = harness_named(path.stem)
-            if harness is None:
-                print(f"{path.name}: no harness bench.{path.stem}, skipped.")
+            if path.stem in harnesses.names():
+                picked.append(harnesses.named(path.stem))
             else:
-                picked.append(harness)
+                print(f"{path.name}: no harness named {path.stem}, skipped.")
         if not picked:
             parser.error(f"--out {out} holds no harness CSV (memory.csv, throughput.csv, ...): "
                          "nothing to rebuild.")
         return picked
     picked = []
     for name in [n.strip() for n in names.split(",")]:
-        harness = harness_named(name) if name else None
-        if harness is None:
+        if name not in harnesses.names():
             parser.error(f"--harness {name!r} is not a harness: choose from "
-                         f"{', '.join(harnesses())}.")
+                         f"{', '.join(harnesses.names())}.")
+        harness = harnesses.named(name)
         if not (out / f"{name}.csv").is_file():
             parser.error(f"--harness {name}: {out / f'{name}.csv'} does not exist; nothing to "
                          "rebuild it from.")

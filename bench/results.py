@@ -16,29 +16,20 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-SPEC_COLUMNS = ["run_id", "timestamp", "spec_id", "preset", "image_size", "params", "batch",
-                "accum", "effective_batch", "precision", "attention", "compile", "checkpointing",
-                "device", "impl", "dataset", "sampler", "sampling_steps", "repeat", "status",
-                "error"]
+from bench import spec as spec_module
+from bench.core import axes, column_dtypes, spec_columns
+
 STATUSES = ("ok", "oom", "error", "timeout")
-
-
-# pandas.read_csv(path, dtype=CSV_DTYPES) gives these; the harness figure columns are float64
-# (empty = the device cannot give that figure) and `fits` is pandas' nullable boolean.
-CSV_DTYPES = {"run_id": "string", "timestamp": "string", "spec_id": "string", "preset": "string",
-              "image_size": "int64", "params": "int64", "batch": "int64", "accum": "int64",
-              "effective_batch": "int64", "precision": "string", "attention": "string",
-              "compile": "string", "checkpointing": "string", "device": "string",
-              "impl": "string", "dataset": "string", "sampler": "string",
-              "sampling_steps": "int64", "repeat": "int64", "status": "string", "error": "string"}
+# Columns by their old names: a table written before a rename is read through this.
+RENAMED: dict[str, str] = {}
 
 
 def read_csv(path):
-    """A results CSV as a DataFrame with the documented dtypes."""
+    """A results CSV as a DataFrame: spec columns with column_dtypes(), figures float64."""
     import pandas as pd
 
     # `fits` is nullable: a failed spec has no verdict, so plain bool would become object.
-    return pd.read_csv(path, dtype={**CSV_DTYPES, "fits": "boolean"}, keep_default_na=True)
+    return pd.read_csv(path, dtype={**column_dtypes(), "fits": "boolean"}, keep_default_na=True)
 
 
 class ResultsError(ValueError):
@@ -69,7 +60,7 @@ class ResultsTable:
 
     def __init__(self, folder: Path, harness: str, figure_columns: list[str]):
         self.folder, self.harness = Path(folder), harness
-        self.columns = SPEC_COLUMNS + figure_columns
+        self.columns = spec_columns() + figure_columns
         self.csv_path = self.folder / f"{harness}.csv"
         self.md_path = self.folder / f"{harness}.md"
         self.json_path = self.folder / f"{harness}.json"
@@ -84,25 +75,46 @@ class ResultsTable:
             fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed
             yield
 
-    def check_header(self) -> None:
+    def check_header(self) -> str | None:
         """Before anything runs: no folder stands where the table's files go, and an existing
-        CSV is readable, has the columns this version writes and ends its last row."""
+        CSV is readable, has the columns this version writes (or is upgraded to them: the line
+        to tell the user is returned) and ends its last row."""
         for path in (self.csv_path, self.md_path, self.json_path):
             if path.is_dir():
                 raise ResultsError(f"{path} is a folder where this harness writes a file; move "
                                    "it aside or pass another --out.")
         if not self.csv_path.exists() or self.csv_path.stat().st_size == 0:
-            return
+            return None
         try:
             with self.csv_path.open(newline="", encoding="utf-8") as f:
                 header = next(csv.reader(f), [])
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise ResultsError(f"{self.csv_path} cannot be read ({_reason(exc)}); move it aside "
                                "or pass another --out.") from None
-        if header != self.columns:
+        check_line_end(self.csv_path)
+        return self.upgrade(header) if header != self.columns else None
+
+    def upgrade(self, header: list[str]) -> str:
+        """A table written before an axis was added (or a column renamed) is rewritten with
+        this version's columns: a new axis gets its default, the value every old row had."""
+        renamed = [RENAMED.get(c, c) for c in header]
+        defaults = axis_defaults()
+        added = [c for c in self.columns if c not in renamed]
+        if set(renamed) - set(self.columns) or set(added) - set(defaults):
             raise ResultsError(f"{self.csv_path} has other columns than this version writes; "
                                "move it aside or pass another --out.")
-        check_line_end(self.csv_path)
+        with self.locked():
+            with self.csv_path.open(newline="", encoding="utf-8") as f:
+                rows = [upgraded(dict(zip(header, cells))) for cells in list(csv.reader(f))[1:]]
+            text = io.StringIO()
+            writer = csv.DictWriter(text, fieldnames=self.columns)
+            writer.writeheader()
+            writer.writerows(rows)
+            atomic_write(self.csv_path, text.getvalue())
+        said = [f"{c} = {defaults[c]}" for c in added] + [
+            f"{old} is now {RENAMED[old]}" for old in header if old in RENAMED]
+        return (f"{self.csv_path} upgraded to this version's columns"
+                + (f" ({'; '.join(said)} in its {len(rows)} rows)." if said else "."))
 
     def finished_spec_ids(self) -> set[str]:
         """Specs with a final answer (ok or oom); errors and timeouts are tried again."""
@@ -181,12 +193,13 @@ _KINDS = {float: "a number", bool: "True or False", str: "text"}
 
 def typed_row(raw: dict[str, str], line: int | None = None, path: Path | None = None,
               kinds: dict[str, type] | None = None) -> dict:
-    """A CSV row with the types the harness produced: spec columns by CSV_DTYPES (an empty
+    """A CSV row with the types the harness produced: spec columns by column_dtypes() (an empty
     string column is None, as the harness's `error` of an ok row), figures by parse_cell.
     `kinds` (figure column -> float, bool or str) refuses a figure of another kind."""
     row = {}
+    dtypes = column_dtypes()
     for column, text in raw.items():
-        dtype = CSV_DTYPES.get(column)
+        dtype = dtypes.get(column)
         if text is None:  # a short line: csv.DictReader fills the missing cells with None
             raise ResultsError(f"{path} line {line} has fewer cells than its header.")
         if dtype == "int64":
@@ -216,6 +229,17 @@ def _is_kind(value, kind: type) -> bool:
 REQUIRED = ("run_id", "timestamp", "spec_id", "status")
 
 
+def axis_defaults() -> dict[str, str]:
+    """Each axis's default as a CSV cell: the value of every row written before it existed."""
+    return {a: str(getattr(spec_module.BenchSpec, a)) for a in axes()}
+
+
+def upgraded(raw: dict[str, str]) -> dict[str, str]:
+    """A row as this version writes it: old column names renamed, axes added since filled in."""
+    row = {RENAMED.get(c, c): text for c, text in raw.items()}
+    return {**{a: d for a, d in axis_defaults().items() if a not in row}, **row}
+
+
 def read_rows(path: Path, kinds: dict[str, type] | None = None) -> list[dict]:
     """Every row of a results CSV, typed (typed_row, which checks `kinds`). ResultsError says
     what is wrong."""
@@ -233,7 +257,7 @@ def read_rows(path: Path, kinds: dict[str, type] | None = None) -> list[dict]:
                 if None in raw:  # more cells than the header names
                     raise ResultsError(f"{path} line {reader.line_num} has more cells than "
                                        "its header.")
-                rows.append(typed_row(raw, reader.line_num, path, kinds))
+                rows.append(typed_row(upgraded(raw), reader.line_num, path, kinds))
             return rows
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ResultsError(f"{path} cannot be read ({_reason(exc)}).") from None

@@ -26,25 +26,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from bench.core import AXES, Harness
-from bench.env import environment
+from bench.core import Harness, RunContext, axes, spec_row
+from bench.measure.env import environment
 from bench.report import base_command, environment_line, write_markdown
 from bench.results import ResultsError, ResultsTable, rich_tables
 from bench.spec import BenchSpec
-from bench.worker import MESSAGES_FILE, PARENT_ENV, RunContext, run_spec
-from bench.workload import parameter_count
+from bench.worker import MESSAGES_FILE, PARENT_ENV, run_spec
 from ddpm.cli_common import sigterm_as_interrupt, stopping_signal
-
-
-def spec_row(spec: BenchSpec, run_id: str) -> dict:
-    return {"run_id": run_id, "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "spec_id": spec.spec_id, "preset": spec.preset, "image_size": spec.image_size,
-            "params": parameter_count(spec), "batch": spec.batch, "accum": spec.accum,
-            "effective_batch": spec.effective_batch, "precision": spec.precision,
-            "attention": spec.attention, "compile": spec.compile,
-            "checkpointing": spec.checkpointing, "device": spec.device, "impl": spec.impl,
-            "dataset": spec.dataset, "sampler": spec.sampler,
-            "sampling_steps": spec.sampling_steps, "repeat": spec.repeat}
 
 
 def _relay(messages: Path, shown: int, say: Callable[[str], None]) -> int:
@@ -115,7 +103,9 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
     width = None if sys.stderr.isatty() else int(os.environ.get("COLUMNS") or 120)
     console = console or Console(stderr=True, width=width)
     table = ResultsTable(out, harness.name, harness.figure_columns)
-    table.check_header()
+    upgraded = table.check_header()
+    if upgraded:
+        console.print(upgraded)
     if resume:
         done = table.finished_spec_ids()
         skipped = [s for s in specs if s.spec_id in done]
@@ -189,7 +179,7 @@ def report_sweep(harness: Harness, table: ResultsTable, command: str, console: C
     section = next((s for s in found if s.command == base_command(command)), None)
     if section is not None:
         title = f"{harness.name} — {environment_line(section.environment)}"
-        keys = sum(1 for c in section.columns if c in AXES)
+        keys = sum(1 for c in section.columns if c in axes())
         console.print(title)
         for piece in rich_tables(section.rows, section.columns, console.width, keys):
             console.print(piece)

@@ -9,7 +9,7 @@ import dataclasses
 import itertools
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ddpm.cli_common import indexed_device
 from ddpm.config import PRESETS, UNetConfig
@@ -27,21 +27,42 @@ DEFAULT_BUDGET_MIB = 7.79 * 1024
 DEFAULT_CONTEXT_MIB = 426.0
 
 
+# The axes the name above spells out; repeat is in the spec id.
+_NAMED_ABOVE = ("preset", "image_size", "batch", "accum", "precision", "attention", "compile",
+                "checkpointing", "device", "dataset", "sampler", "sampling_steps", "impl", "repeat")
+
+
 class SpecError(ValueError):
     """A bad axis value; the message is the one line the user sees."""
 
 
+def axis(default, quiet: bool = False):
+    """A spec field that is a column of every results table, so tables can vary along it; a
+    quiet axis belongs to some harnesses and goes unsaid while at its default."""
+    return field(default=default, metadata={"axis": "quiet" if quiet else "said"})
+
+
 @dataclass(frozen=True)
 class BenchSpec:
-    preset: str = "ddpm-cifar10"
-    image_size: int = 32
-    batch: int = 2
-    accum: int = 1
-    precision: str = "fp32"
-    attention: str = "16"  # "none", or resolutions joined by "+", e.g. "16+8"
-    compile: str = "off"
-    checkpointing: str = "off"
-    device: str = "cpu"  # resolved: "cpu" or "cuda:N" (never "auto", never an index-less "cuda")
+    # Axes: the columns of every table, in this order. A new axis is one line here.
+    preset: str = axis("ddpm-cifar10")
+    image_size: int = axis(32)
+    batch: int = axis(2)  # the micro-batch of one rank
+    accum: int = axis(1)
+    precision: str = axis("fp32")
+    attention: str = axis("16")  # "none", or resolutions joined by "+", e.g. "16+8"
+    compile: str = axis("off")
+    checkpointing: str = axis("off")
+    device: str = axis("cpu")  # resolved: "cpu" or "cuda:N" (never "auto" or index-less "cuda")
+    ranks: int = axis(1, quiet=True)  # data-parallel ranks (processes; one card each on CUDA)
+    parallel: str = axis("none", quiet=True)  # how ranks share the model: none, ddp or fsdp
+    grad_sync: str = axis("last", quiet=True)  # sync gradients on the "last" micro-batch or "every"
+    impl: str = axis("ddpm", quiet=True)  # bench.impl: "ddpm" (ours) or "diffusers"
+    dataset: str = axis("synthetic", quiet=True)  # bench.loss trains on real data
+    sampler: str = axis("none", quiet=True)  # bench.sampling: "ddpm" or "ddim"
+    sampling_steps: int = axis(0, quiet=True)  # denoising steps of a full sampling run
+    repeat: int = axis(1, quiet=True)  # which pass over the grid (--repeats)
+    # How a spec is run, not what it is: in the spec id, not columns.
     seed: int = 0
     steps: int = 1
     warmup: int = 1
@@ -49,16 +70,10 @@ class BenchSpec:
     context_mib: float = DEFAULT_CONTEXT_MIB
     find_max_batch: bool = False  # search the largest batch that fits instead of using `batch`
     predict_only: bool = False  # bench.memory: the prediction alone, no measured pass
-    # Axes of single harnesses; at their defaults they stay out of the name.
-    dataset: str = "synthetic"  # bench.loss trains on real data
-    sampler: str = "none"  # bench.sampling: "ddpm" or "ddim"
-    sampling_steps: int = 0  # denoising steps of a full sampling run (ddpm: all T)
-    impl: str = "ddpm"  # bench.impl: "ddpm" (ours) or "diffusers" (UNet2DModel, same architecture)
-    repeat: int = 1  # which pass over the grid (--repeats): repeats are separate measurements
 
     @property
     def effective_batch(self) -> int:
-        return self.batch * self.accum
+        return self.ranks * self.batch * self.accum  # the global images of one optimizer step
 
     @property
     def attention_resolutions(self) -> tuple[int, ...]:
@@ -81,6 +96,12 @@ class BenchSpec:
             name += f"-{self.sampler}{self.sampling_steps}"
         if self.impl != "ddpm":
             name += f"-{self.impl}"
+        # An axis added later is named whenever it is off its default.
+        for f in dataclasses.fields(self):
+            if f.metadata.get("axis") and f.name not in _NAMED_ABOVE:
+                value = getattr(self, f.name)
+                if value != f.default:
+                    name += f"-{f.name.replace('_', '-')}{value}"
         return name
 
     @property

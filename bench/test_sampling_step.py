@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.harnesses.sampling import Denoiser, default_schedule
 from bench.measure import cuda
 from bench.measure.timing import synchronize
-from bench.sampling import Denoiser, default_schedule
 from bench.workload import build_model
 
 

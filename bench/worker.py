@@ -6,7 +6,6 @@ this spec's row. The worker writes {"status", "error", "figures"} as JSON to RES
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import select
@@ -14,13 +13,14 @@ import shutil
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from bench import harnesses
+from bench.core import RunContext
 from bench.measure import cuda
-from bench.monitor import take_baseline
+from bench.measure.monitor import take_baseline
 from bench.spec import BenchSpec
 
 FAULT_ENV = "DDPM_BENCH_INJECT_FAULT"  # test-only: "error:SUBSTRING", "oom:...", "hang:..."
@@ -43,34 +43,14 @@ def inject_fault(spec: BenchSpec) -> None:
 MESSAGES_FILE = "messages.txt"
 
 
-@dataclass(frozen=True)
-class RunContext:
-    """Where a harness may write files of its own (curves, traces: out/<harness>/<run_id>/...),
-    and the harness's own options that are not spec axes (validated by its command line)."""
-
-    out: Path
-    run_id: str
-    options: dict = field(default_factory=dict)
-    # Where say() writes in a worker process; the sweep shows each line as it arrives.
-    messages: Path | None = None
-
-    def say(self, line: str) -> None:
-        """A line for the user while the spec still runs (e.g. the predicted verdict)."""
-        if self.messages is None:
-            print(line, file=sys.stderr, flush=True)
-            return
-        with open(self.messages, "a") as f:
-            f.write(line.replace("\n", " ") + "\n")
-
-
 def run_spec(harness: str, spec: BenchSpec, context: RunContext) -> dict:
     """Measure one spec in this process; every failure becomes a status, never an exception."""
-    module = importlib.import_module(f"bench.{harness}")
+    measure = harnesses.named(harness).measure
     if spec.device.startswith("cuda"):
         take_baseline()  # before the harness starts CUDA in this process
     try:
         inject_fault(spec)
-        return {"status": "ok", "error": None, "figures": module.measure(spec, context)}
+        return {"status": "ok", "error": None, "figures": measure(spec, context)}
     except Exception as exc:  # one spec's failure is a result, not the end of the sweep
         if cuda.is_oom(exc):  # cuBLAS, cuDNN and module loading report it as RuntimeError
             return {"status": "oom", "error": _first_line(exc), "figures": {}}

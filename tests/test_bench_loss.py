@@ -19,10 +19,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench import loss
+from bench.core import RunContext
+from bench.harnesses import loss
 from bench.results import read_rows
 from bench.spec import BenchSpec
-from bench.worker import RunContext
 from bench.workload import build_model
 from ddpm.data import load_dataset
 from ddpm.schedule import NoiseSchedule

@@ -13,9 +13,9 @@ import textwrap
 import pytest
 import torch
 
+from bench.harnesses.memory import prediction
 from bench.measure.memory import CUDA_BLOCK_BYTES, step_peak
 from bench.measure.tracked import CATEGORIES, TensorTracker
-from bench.memory import prediction
 from bench.spec import BenchSpec
 
 TINY_PARAMS = 177_873  # tiny preset with attention at 8
@@ -254,7 +254,7 @@ def test_tracked_peak_within_rss_growth():
 # ----- the answer first ----------------------------------------------------------------------
 
 def test_predict_only_gives_the_verdict_without_a_measured_pass(tmp_path):
-    from bench import memory
+    from bench.harnesses import memory
 
     rows = memory.main(["--preset", "tiny", "--device", "cpu", "--batch", "2", "--accum", "4",
                         "--predict-only", "--inline", "--out", str(tmp_path)])

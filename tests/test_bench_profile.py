@@ -24,9 +24,10 @@ import headless
 import pytest
 import torch
 
-from bench import profile, profile_summary
+from bench.core import RunContext
+from bench.harnesses import profile
+from bench.measure import profile_summary
 from bench.spec import BenchSpec
-from bench.worker import RunContext
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 BASE = ["--preset", "tiny", "--device", "cpu", "--batch", "2"]

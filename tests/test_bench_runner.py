@@ -24,10 +24,10 @@ import psutil
 import pytest
 import torch
 
-from bench import memory as memory_harness
+from bench.core import column_dtypes, spec_columns, spec_row
+from bench.harnesses import memory as memory_harness
 from bench.report import main as report_main
-from bench.results import CSV_DTYPES, SPEC_COLUMNS, ResultsTable, read_csv, read_rows
-from bench.runner import spec_row
+from bench.results import ResultsTable, read_csv, read_rows
 from bench.spec import BenchSpec
 from bench.worker import FAULT_ENV
 
@@ -351,7 +351,7 @@ def check_columns_and_dtypes(out: Path) -> pd.DataFrame:
     assert header_of(out) == COLUMNS
     df = read_csv(out / "memory.csv")
     assert list(df.columns) == COLUMNS
-    for column, dtype in CSV_DTYPES.items():
+    for column, dtype in column_dtypes().items():
         assert df[column].dtype == pd.api.types.pandas_dtype(dtype), column
     figures = [c for c in memory_harness.HARNESS.figure_columns
                if c.endswith(("_mib", "_s", "_pct"))]
@@ -556,7 +556,7 @@ def test_no_nan_written_as_zero_in_csv(fault_sweeps):
             assert all(row[c] not in ("", "0", "0.0", "nan") for c in POSITIVE)
             assert row["fits"] in ("True", "False")
             assert not math.isnan(float(row["tracked_peak_mib"]))
-    assert set(SPEC_COLUMNS) <= set(header_of(out))
+    assert set(spec_columns()) <= set(header_of(out))
 
 
 # ----- a damaged or shared results folder ------------------------------------------------------

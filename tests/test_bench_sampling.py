@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench import sampling
-from bench.quality import (
+from bench.harnesses import sampling
+from bench.measure.quality import (
     DigitsJudge,
     digit_images,
     frechet_between,

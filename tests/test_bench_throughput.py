@@ -99,7 +99,7 @@ def test_throughput_cli_reports_mfu_between_0_and_1(tmp_path):
 def test_a_damaged_peak_cache_is_refused_before_any_spec(tmp_path, capsys):
     from cli_checks import check_one_line_error, snapshot
 
-    from bench import throughput
+    from bench.harnesses import throughput
 
     (tmp_path / "peak_flops.json").write_text("{not json")
     before = snapshot(tmp_path)

@@ -15,11 +15,12 @@ import torch
 from cli_checks import check_one_line_error
 from cuda_standin import NO_DRIVER
 
-from bench import memory, monitor, throughput
-from bench.env import describe, environment
-from bench.measure import cuda, training
+from bench.core import RunContext
+from bench.harnesses import memory, throughput
+from bench.measure import cuda, monitor, training
+from bench.measure.env import describe, environment
 from bench.spec import BenchSpec, SpecError, parse_device
-from bench.worker import RunContext, run_spec
+from bench.worker import run_spec
 from ddpm import train_cli
 from ddpm.cli_common import device_arg
 
@@ -300,10 +301,10 @@ def test_what_is_and_is_not_oom():
 def test_worker_row_for_a_library_oom_is_oom(monkeypatch, tmp_path):
     def measure(spec, context):
         raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate`")
-    monkeypatch.setattr(throughput, "measure", measure)
+    monkeypatch.setattr(throughput.HARNESS, "measure", measure)
     result = run_spec("throughput", tiny(device="cpu"), RunContext(tmp_path, "run"))
     assert result["status"] == "oom" and "CUBLAS_STATUS_ALLOC_FAILED" in result["error"]
-    monkeypatch.setattr(throughput, "measure", lambda spec, context: 1 / 0)
+    monkeypatch.setattr(throughput.HARNESS, "measure", lambda spec, context: 1 / 0)
     assert run_spec("throughput", tiny(device="cpu"), RunContext(tmp_path, "run"))["status"] \
         == "error"
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from rich.console import Console
 
-from bench.core import AXES
-from bench.report import harnesses
+from bench import harnesses
+from bench.core import axes
 from bench.results import fold, rich_tables
 
 
@@ -20,9 +20,9 @@ def wide_rows(columns: list[str]) -> list[dict]:
 
 
 @pytest.mark.parametrize("width", [80, 120])
-@pytest.mark.parametrize("name", sorted(harnesses()))
+@pytest.mark.parametrize("name", harnesses.names())
 def test_every_column_name_whole_at_width(name, width):
-    harness = harnesses()[name]
+    harness = harnesses.named(name)
     axes = ["batch", "precision", "attention"]
     columns = axes + harness.display_columns
     console = Console(width=width, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
@@ -41,7 +41,7 @@ def test_fold_splits_long_names_at_an_underscore_into_balanced_halves():
     assert fold("tracked_optimizer_state_mib") == "tracked_optimizer_\nstate_mib"
     assert fold("status") == "status"  # short names stay on one line
     assert fold("max_batch_source") == "max_batch_\nsource"
-    assert set(AXES) >= {"batch", "precision", "attention"}
+    assert set(axes()) >= {"batch", "precision", "attention"}
 
 
 # ----- the CPU named with its ISA ---------------------------------------------------------------
@@ -49,7 +49,7 @@ def test_fold_splits_long_names_at_an_underscore_into_balanced_halves():
 def test_environment_line_names_the_cpu_isa(tmp_path):
     import torch
 
-    from bench.env import cpu_isa, describe, environment
+    from bench.measure.env import cpu_isa, describe, environment
 
     line = describe(environment("cpu"))
     assert torch.backends.cpu.get_cpu_capability() in line

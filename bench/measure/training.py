@@ -8,8 +8,8 @@ from collections.abc import Callable
 import torch
 
 from bench.measure import cuda
+from bench.measure.monitor import Monitor
 from bench.measure.timing import Timing, time_calls
-from bench.monitor import Monitor
 from bench.spec import BenchSpec
 from bench.workload import build_trainer, micro_batch_trainer, synthetic_images
 

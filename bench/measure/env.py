@@ -58,7 +58,7 @@ def git_commit() -> str | None:
 
 
 def _driver() -> str | None:
-    from bench.monitor import open_nvml
+    from bench.measure.monitor import open_nvml
 
     lib = open_nvml()
     try:

@@ -1,0 +1,245 @@
+"""python -m bench.memory: does a training configuration fit the memory budget, with what
+headroom, and how fast does it run?
+
+Each spec is predicted first, its verdict printed at once, then measured in passes that no
+tracker slows:
+  0. predicted: the step on fake tensors under CUDA's rules, replayed through a model of the
+     CUDA caching allocator, plus workspaces and the context: the `fits` verdict for a CUDA card
+     of --budget, computed on any machine (--predict-only: this pass alone);
+  1. timed: warm-up step(s), then measured optimizer steps; CUDA allocator peaks, NVML, RSS;
+  2. tracked: the live-tensor peak of a steady-state step on this device, by category."""
+
+from __future__ import annotations
+
+import gc
+import sys
+from collections.abc import Callable
+
+import torch
+
+from bench.cli import build_parser, run_cli, specs_from_args
+from bench.core import Harness, RunContext
+from bench.measure import cuda
+from bench.measure.memory import DEFAULT_TARGET, predict, step_peak
+from bench.measure.tracked import CATEGORIES
+from bench.measure.training import timed_training
+from bench.spec import DEFAULT_BUDGET_MIB, BenchSpec
+from bench.workload import build_trainer, synthetic_images
+
+TRACKED = [f"tracked_{c}_mib" for c in CATEGORIES]
+# Transient convolution workspaces are not traced. torch's cuDNN path tries the next algorithm
+# when a workspace allocation fails, so workspaces take what is free rather than cause an OOM;
+# this allowance is room for the chosen algorithms' workspaces.
+CUDNN_ALLOWANCE_MIB = 32.0
+
+
+def budget_words(budget_mib: float) -> str:
+    text = f"{budget_mib / 1024:.3g} GiB"
+    if budget_mib == DEFAULT_BUDGET_MIB:
+        text += " (what CUDA offers on an 8 GB card; --budget to change)"
+    return text
+
+
+def verdict(row: dict) -> str | None:
+    """The answer in words: does this configuration fit the budget, and by how much."""
+    what = (f"batch {row['batch']} x accum {row['accum']} ({row['precision']}, attention "
+            f"{row['attention']}, {row['preset']} at {row['image_size']}px)")
+    if row["status"] != "ok":
+        return f"{what}: {row['status']} ({row['error']})."
+    budget = budget_words(row["budget_mib"])
+    if row.get("max_batch_source"):
+        return (f"Largest batch that fits {budget} at accum {row['accum']} ({row['precision']}, "
+                f"attention {row['attention']}): {row['batch']} ({row['max_batch_source']}).")
+    answer = "fits" if row["fits"] else "does NOT fit"
+    text = (f"Verdict: {what} {answer} in {budget} on a CUDA sm{row['target_sm']:g} card: "
+            f"predicted {row['predicted_cuda_mib']:,.0f} MiB ({row['predicted_reserved_mib']:,.0f}"
+            f" MiB reserved by the allocator + {row['cudnn_workspace_mib']:,.0f} MiB cuDNN "
+            f"workspace + {row['context_mib']:,.0f} MiB CUDA context), headroom "
+            f"{row['headroom_mib']:,.0f} MiB.")
+    if row.get("peak_reserved_mib") is not None:
+        text += (f" Measured on {row['device']}: {row['peak_alloc_mib']:,.0f} MiB allocated, "
+                 f"{row['peak_reserved_mib']:,.0f} MiB reserved (prediction off by "
+                 f"{row['reserved_error_pct']:+.1f}%).")
+    return text
+
+
+PREDICTED = ["target_sm", "predicted_alloc_mib", "predicted_reserved_mib", "cublas_workspace_mib",
+             "cudnn_workspace_mib", "context_mib", "predicted_cuda_mib", "budget_mib", "fits",
+             "headroom_mib"]
+
+
+def measure(spec: BenchSpec, context: RunContext | None = None) -> dict:
+    if spec.find_max_batch:
+        return max_batch_row(spec)
+    device = cuda.resolve(spec.device)
+    target, context_mib = card(spec, device)
+    # Pass 0, the answer first: the prediction, said before the long measured passes.
+    figures: dict = prediction(spec, target, context_mib)
+    if spec.predict_only:
+        return figures
+    if context is not None:
+        context.say(f"Predicted for a CUDA sm{figures['target_sm']:g} card: "
+                    f"{'fits' if figures['fits'] else 'does NOT fit'} in "
+                    f"{figures['budget_mib'] / 1024:.3g} GiB, {figures['predicted_cuda_mib']:,.0f}"
+                    f" MiB, headroom {figures['headroom_mib']:,.0f} MiB. Measuring the step "
+                    "now (--predict-only stops here).")
+
+    # Pass 1: timed; its trainer is freed when it returns.
+    figures.update(timed_training(spec, device))
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    # Pass 2: tracked tensors on this device (eager, whatever the compile axis says).
+    tracked = step_peak(spec, fake=False)
+    figures["tracked_peak_mib"] = tracked.mib()
+    figures.update({f"tracked_{c}_mib": tracked.mib(c) for c in CATEGORIES})
+
+    # The predictor's error where the card measured the same step.
+    if figures.get("peak_reserved_mib"):
+        figures["alloc_error_pct"] = _error_pct(figures["predicted_alloc_mib"],
+                                                figures["peak_alloc_mib"])
+        figures["reserved_error_pct"] = _error_pct(
+            figures["predicted_reserved_mib"] + figures["cudnn_workspace_mib"],
+            figures["peak_reserved_mib"])
+    return figures
+
+
+def card(spec: BenchSpec, device: torch.device) -> tuple[tuple[int, int], float]:
+    """The prediction's target and context: on CUDA this card's capability and measured
+    context (and the process capped to the budget); elsewhere the defaults."""
+    if device.type != "cuda":
+        return DEFAULT_TARGET, spec.context_mib
+    context_mib = cuda.start(device, spec.precision)["measured_context_mib"]
+    cuda.cap_to_budget(device, spec.budget_mib, context_mib)
+    return cuda.capability(device), context_mib
+
+
+def _error_pct(predicted: float, measured: float) -> float:
+    return 100.0 * (predicted - measured) / measured
+
+
+def prediction(spec: BenchSpec, target: tuple[int, int] = DEFAULT_TARGET,
+               context_mib: float | None = None) -> dict:
+    """The predicted figures of a row, and the verdict they give against the budget."""
+    predicted = predict(spec, target)
+    context_mib = spec.context_mib if context_mib is None else context_mib
+    total = predicted.mib("reserved") + CUDNN_ALLOWANCE_MIB + context_mib
+    return {"target_sm": target[0] * 10 + target[1], "predicted_alloc_mib": predicted.mib("alloc"),
+            "predicted_reserved_mib": predicted.mib("reserved"),
+            "cublas_workspace_mib": predicted.mib("cublas_workspace"),
+            "cudnn_workspace_mib": CUDNN_ALLOWANCE_MIB, "context_mib": context_mib,
+            "predicted_cuda_mib": total, "budget_mib": spec.budget_mib,
+            "fits": total <= spec.budget_mib, "headroom_mib": spec.budget_mib - total}
+
+
+def largest(fits: Callable[[int], bool], limit: int = 1 << 16) -> int:
+    """The largest n in 1..limit with fits(n), assuming fits is monotone: double until it fails,
+    then bisect between the last success and the first failure. 0 when even 1 does not fit."""
+    if not fits(1):
+        return 0
+    good = 1
+    while good < limit and fits(min(good * 2, limit)):
+        good = min(good * 2, limit)
+    bad = min(good * 2, limit + 1)
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if fits(mid) else (good, mid)
+    return good
+
+
+def _fits_measured(spec: BenchSpec, device: torch.device) -> bool:
+    """Two real optimizer steps under the budget cap; an out-of-memory of any kind means no.
+    AdamW creates its state during step 1, after that step's activations are freed: only from
+    step 2 on are both held at once."""
+    trainer = None
+    try:
+        trainer = build_trainer(spec, device)
+        images = synthetic_images(spec, spec.effective_batch)
+        for _ in range(2):
+            trainer.step(images)
+        torch.cuda.synchronize(device)
+        fits = True
+    except Exception as exc:
+        if not cuda.is_oom(exc):
+            raise
+        fits = False
+    trainer = None  # the failed step's tensors go before the next probe
+    gc.collect()
+    torch.cuda.empty_cache()
+    return fits
+
+
+def max_batch_row(spec: BenchSpec) -> dict:
+    """The row of --find-max-batch: the largest batch, where it came from, and its figures."""
+    device = cuda.resolve(spec.device)
+    target, context_mib = card(spec, device)
+    if device.type == "cuda" and not spec.predict_only:
+        best = largest(lambda n: _fits_measured(spec.replace(batch=n), device))
+        source = "measured"
+    else:
+        best = largest(lambda n: prediction(spec.replace(batch=n), target, context_mib)["fits"])
+        source = "predicted"
+    if best == 0:
+        raise torch.OutOfMemoryError(f"not even batch 1 fits {spec.budget_mib:g} MiB")
+    found = spec.replace(batch=best)
+    return {"batch": best, "effective_batch": found.effective_batch, "budget_mib": spec.budget_mib,
+            "max_batch_source": source, **prediction(found, target, context_mib)}
+
+
+HARNESS = Harness(
+    name="memory",
+    figure_columns=["step_s", "step_s_min", "step_s_max", "img_per_s", "warmup_s",
+                    "peak_alloc_mib", "peak_reserved_mib", "warmup_peak_alloc_mib",
+                    "warmup_peak_reserved_mib", "nvml_peak_mib", "nvml_process_peak_mib",
+                    "nvml_baseline_mib",
+                    "rss_peak_mib", "cpu_util_pct", "tracked_peak_mib", *TRACKED, *PREDICTED,
+                    "alloc_error_pct", "reserved_error_pct", "max_batch_source"],
+    display_columns=["status", "step_s", "img_per_s", "peak_alloc_mib", "peak_reserved_mib",
+                     "tracked_peak_mib", "predicted_reserved_mib", "predicted_cuda_mib",
+                     "budget_mib", "fits", "headroom_mib", "reserved_error_pct",
+                     "max_batch_source"],
+    notes=["MiB = 2^20 bytes. step_s: median seconds per optimizer step (batch x accum images); "
+           "img_per_s = images / measured seconds; warmup_s: the warm-up steps, compilation "
+           "included. A warm-up step is one micro-batch and an optimizer step whatever the "
+           "accumulation: it warms kernels, allocator and optimizer state without a whole "
+           "accumulated step (what it skips: nothing the measured step needs).",
+           "peak_alloc_mib / peak_reserved_mib: CUDA caching allocator peaks of the measured "
+           "steps, after warm-up (warmup_peak_*: the warm-up's own, compilation and autotuning "
+           "included; all empty on CPU). nvml_peak_mib: device memory used per NVML, CUDA "
+           "context and other processes included; nvml_process_peak_mib: this process's own "
+           "(empty off NVIDIA). rss_peak_mib: peak resident memory of the spec's process.",
+           "tracked_peak_mib: live-tensor peak of one steady-state optimizer step on this "
+           "device, split into parameters, gradients, optimizer state, EMA copy, activations "
+           "and temporaries.",
+           "Prediction for a CUDA card of compute capability target_sm (this card on CUDA): the "
+           "step traced on fake tensors with CUDA's rules (bool dropout masks, CUDA autocast's "
+           "op lists, the card's attention kernel), its allocations replayed through a model of "
+           "the CUDA caching allocator: predicted_alloc_mib and predicted_reserved_mib are its "
+           "peak allocated and reserved, with the cuBLAS workspaces of the forward and the "
+           "backward thread (cublas_workspace_mib, both together) among them. "
+           f"predicted_cuda_mib = predicted_reserved_mib + cudnn_workspace_mib (an allowance of "
+           f"{CUDNN_ALLOWANCE_MIB:g} MiB for convolution workspaces, not traced) + context_mib "
+           "(the CUDA context: an allowance off CUDA, measured on CUDA). fits: "
+           "predicted_cuda_mib <= budget_mib; headroom_mib = budget_mib - predicted_cuda_mib.",
+           "On CUDA, alloc_error_pct and reserved_error_pct = 100 x (predicted - measured) / "
+           "measured, for allocated and for reserved (with the cuDNN allowance)."],
+    verdict=verdict,
+    figure_kinds={"fits": bool, "max_batch_source": str},
+    measure=measure,
+)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = build_parser(
+        "python -m bench.memory", __doc__,
+        defaults={"batch": "2", "accum": "64", "precision": "fp32", "steps": 1, "warmup": 1})
+    parser.add_argument("--predict-only", action="store_true",
+                        help="the verdict from the prediction alone, in seconds: no timed or "
+                             "tracked pass (their columns stay empty)")
+    return run_cli(HARNESS, parser, argv, lambda args: [
+        spec.replace(predict_only=args.predict_only) for spec in specs_from_args(args)])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

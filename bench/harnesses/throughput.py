@@ -1,0 +1,109 @@
+"""python -m bench.throughput: how fast does a configuration train, and how much of the
+device's measured peak does it use (MFU)?
+
+Per spec: the shared timed training pass (warm-up apart, device-synchronized steps), the FLOPs
+of one optimizer step counted once on an eager model over fake tensors, and the device's peak
+FLOP/s at that precision from a probe of large matmuls and convolutions, cached in
+<out>/peak_flops.json per device, precision, torch version and thread count."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bench.cli import build_parser, run_cli, specs_from_args
+from bench.core import Harness, RunContext
+from bench.measure import cuda
+from bench.measure.flops import training_step_flops
+from bench.measure.peak import peak_flops
+from bench.measure.training import CUDA_COLUMNS, CUDA_NOTE, timed_training
+from bench.ratios import impl_ratios
+from bench.results import ResultsError
+from bench.spec import BenchSpec
+
+PEAK_CACHE = "peak_flops.json"
+PEAK_FIGURES = ("peak_flops", "matmul_flops", "conv_flops")
+
+
+def read_peaks(cache: Path) -> dict[str, dict]:
+    """The probe results cached in <out>/peak_flops.json ({} before the first probe);
+    ResultsError, naming the file, when it is not such a record."""
+    if not cache.exists():
+        return {}
+    try:
+        table = json.loads(cache.read_text())
+        entries = table.values() if isinstance(table, dict) else [None]
+        valid = all(isinstance(e, dict) and isinstance(e.get("probe"), str)
+                    and all(isinstance(e.get(k), (int, float)) for k in PEAK_FIGURES)
+                    for e in entries)
+    except (OSError, UnicodeDecodeError, ValueError):
+        valid = False
+    if not valid:
+        raise ResultsError(f"{cache} is not a record of peak FLOP/s; move it aside (the next "
+                           "throughput run measures the peaks again).")
+    return table
+
+
+def peaks_measured(rows: list[dict], context: RunContext) -> list[str]:
+    """The MFU denominators, stated once above the table."""
+    return [f"Peak {key}: {entry['peak_flops'] / 1e12:.3g} TFLOP/s measured ({entry['probe']}; "
+            f"matmul {entry['matmul_flops'] / 1e12:.3g}, conv {entry['conv_flops'] / 1e12:.3g})."
+            for key, entry in read_peaks(context.out / PEAK_CACHE).items()]
+
+
+def specs(args: argparse.Namespace) -> list[BenchSpec]:
+    read_peaks(Path(args.out) / PEAK_CACHE)  # a damaged cache: one line before any spec runs
+    return specs_from_args(args)
+
+
+def measure(spec: BenchSpec, context: RunContext) -> dict:
+    device = cuda.resolve(spec.device)
+    figures = {**cuda.start(device, spec.precision), **timed_training(spec, device)}
+    if spec.compile != "off":
+        # A warm-up step is one micro-batch: about 1/accum of a measured step.
+        warm_step_s = figures["step_s"] / spec.accum
+        figures["compile_s"] = max(0.0, figures["warmup_s"] - spec.warmup * warm_step_s)
+    flops = training_step_flops(spec)
+    peak = peak_flops(device, spec.precision, context.out / PEAK_CACHE)["peak_flops"]
+    achieved = flops / figures["step_s"]
+    figures.update(gflop_per_step=flops / 1e9, achieved_tflops=achieved / 1e12,
+                   peak_tflops=peak / 1e12, mfu=achieved / peak)
+    return figures
+
+
+HARNESS = Harness(
+    name="throughput",
+    figure_columns=["step_s", "step_s_min", "step_s_max", "img_per_s", "warmup_s", "compile_s",
+                    "gflop_per_step", "achieved_tflops", "peak_tflops", "mfu", "peak_alloc_mib",
+                    "peak_reserved_mib", "nvml_peak_mib", "rss_peak_mib", "cpu_util_pct",
+                    *CUDA_COLUMNS],
+    display_columns=["status", "step_s", "step_s_min", "step_s_max", "img_per_s", "compile_s",
+                     "gflop_per_step", "achieved_tflops", "peak_tflops", "mfu"],
+    notes=["step_s: median seconds per optimizer step over --steps measured steps (min, max "
+           "beside it); img_per_s = batch x accum x steps / measured seconds.",
+           "compile_s: the warm-up steps' time (one micro-batch and an optimizer step each) less "
+           "as many micro-batches of the measured step's pace (torch.compile's compilation); "
+           "empty with --compile off.",
+           "gflop_per_step: 10^9 FLOPs of one optimizer step (matmul, convolution and attention,"
+           " forward and backward; a multiply-add counts 2), counted on an eager copy. "
+           "achieved_tflops = gflop_per_step / step_s / 1000; peak_tflops: the probe's measured "
+           "peak at this precision; mfu = achieved / peak (0 to 1).",
+           "Memory columns as in bench.memory (MiB = 2^20 bytes; CUDA columns empty on CPU).",
+           CUDA_NOTE],
+    compare=lambda rows, context: (peaks_measured(rows, context)
+                                   + impl_ratios(rows, "img_per_s", "img/s", also=("mfu",))),
+    measure=measure,
+)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = build_parser(
+        "python -m bench.throughput", __doc__,
+        defaults={"batch": "8", "accum": "1", "precision": "fp32,bf16", "steps": 5, "warmup": 1})
+    return run_cli(HARNESS, parser, argv, make_specs=specs)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
