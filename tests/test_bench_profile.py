@@ -293,7 +293,7 @@ GOOGLE_CHARTS_STAND_IN = """(() => {
   window.google = {charts: {load: () => Promise.resolve()},
                    visualization: new Proxy(known, {get: (t, name) => t[name] || chart(name)})};
 })();"""
-# A folder (docs/) to keep the README's screenshots in: those named profile-*.png.
+# A folder (docs/) to keep the screenshots of docs/profile.md in: those named profile-*.png.
 SCREENSHOTS = os.environ.get("PROFILE_SCREENSHOTS")
 
 

@@ -365,7 +365,7 @@ HARNESS = Harness(
            "temporaries). peak_alloc_mib: "
            "the CUDA caching allocator's peak over all profiled steps (empty on CPU).",
            "Traces (one file per profiler cycle): tensorboard --logdir <out>/traces, or "
-           "ui.perfetto.dev, or Holistic Trace Analysis; see README, 'Reading the traces'."],
+           "ui.perfetto.dev, or Holistic Trace Analysis; see docs/profile.md."],
     verdict=verdict,
     compare=top_operators,
     figure_kinds={"trace_dir": str, "memory_snapshot": str},
