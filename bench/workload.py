@@ -10,6 +10,7 @@ import torch
 from bench.impl import build_unet, diffusers_recipe
 from bench.spec import BenchSpec
 from ddpm.config import TrainConfig
+from ddpm.parallel import wrap
 from ddpm.schedule import NoiseSchedule
 from ddpm.train import Trainer
 
@@ -37,6 +38,8 @@ def build_trainer(spec: BenchSpec, device: str | torch.device | None = None,
     model = build_model(spec, compiled)
     if next(model.parameters()).device != torch.device(device):
         model.to(device)  # fake tensors (the memory prediction) are already in place: left as is
+    # Across ranks (a process group is up: torchrun's, or a fake one for the prediction).
+    model = wrap(model, spec.parallel, torch.device(device))
     # diffusers' baseline trains with its own example's optimizer and EMA (bench.impl).
     recipe = diffusers_recipe(model, config) if spec.impl == "diffusers" else {}
     return Trainer(model, schedule, config, device=device, **recipe)
