@@ -2,6 +2,9 @@
 
 Buffers are copied from the model, never averaged: an averaged running statistic or a schedule
 table stored as a buffer drifts away from what the weights were trained with (black samples).
+
+A model sharded by FSDP2 has DTensor parameters: each shadow is then a DTensor sharded alike, so
+a rank keeps only its own shard, and every update is local (no exchange between ranks).
 """
 
 from __future__ import annotations
@@ -10,6 +13,11 @@ import contextlib
 
 import torch
 from torch import nn
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # a torch built without torch.distributed: no DTensors either
+    DTensor = ()
 
 
 class EMA:
@@ -51,7 +59,7 @@ class EMA:
                 p.detach().to(device=e.device, dtype=e.dtype)
                 for p, e in zip(params, self.params, strict=True)
             ]
-            torch._foreach_lerp_(self.params, src, weight)
+            torch._foreach_lerp_(_local(self.params), _local(src), weight)
         buffers = self._matching(list(model.buffers()), self.buffers, "buffers")
         if buffers:
             torch._foreach_copy_(self.buffers, buffers)
@@ -63,7 +71,7 @@ class EMA:
         params = self._matching(list(model.parameters()), self.params, "parameters")
         buffers = self._matching(list(model.buffers()), self.buffers, "buffers")
         if params:
-            torch._foreach_copy_(params, self.params)
+            torch._foreach_copy_(_local(params), _local(self.params))
         if buffers:
             torch._foreach_copy_(buffers, self.buffers)
 
@@ -139,6 +147,12 @@ class EMA:
                 f"pass the model the EMA was built from."
             )
         return model_tensors
+
+
+def _local(tensors: list) -> list:
+    """Each DTensor's own shard (a view of it): the foreach kernels run on plain tensors, which
+    also covers those torch gives no DTensor rule (_foreach_copy_)."""
+    return [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
 
 
 def _shadow_dtype(dtype: torch.dtype) -> torch.dtype:
