@@ -14,10 +14,7 @@ import contextlib
 import torch
 from torch import nn
 
-try:
-    from torch.distributed.tensor import DTensor
-except ImportError:  # a torch built without torch.distributed: no DTensors either
-    DTensor = ()
+from ddpm.parallel import local_shards
 
 
 class EMA:
@@ -59,7 +56,9 @@ class EMA:
                 p.detach().to(device=e.device, dtype=e.dtype)
                 for p, e in zip(params, self.params, strict=True)
             ]
-            torch._foreach_lerp_(_local(self.params), _local(src), weight)
+            # Plain tensors (a DTensor's shard) for the foreach kernels: torch has no DTensor
+            # rule for some of them (_foreach_copy_).
+            torch._foreach_lerp_(local_shards(self.params), local_shards(src), weight)
         buffers = self._matching(list(model.buffers()), self.buffers, "buffers")
         if buffers:
             torch._foreach_copy_(self.buffers, buffers)
@@ -71,7 +70,7 @@ class EMA:
         params = self._matching(list(model.parameters()), self.params, "parameters")
         buffers = self._matching(list(model.buffers()), self.buffers, "buffers")
         if params:
-            torch._foreach_copy_(_local(params), _local(self.params))
+            torch._foreach_copy_(local_shards(params), local_shards(self.params))
         if buffers:
             torch._foreach_copy_(buffers, self.buffers)
 
@@ -147,12 +146,6 @@ class EMA:
                 f"pass the model the EMA was built from."
             )
         return model_tensors
-
-
-def _local(tensors: list) -> list:
-    """Each DTensor's own shard (a view of it): the foreach kernels run on plain tensors, which
-    also covers those torch gives no DTensor rule (_foreach_copy_)."""
-    return [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
 
 
 def _shadow_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -3,8 +3,9 @@
 
 The process group comes from the launcher (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR): `init` joins it with gloo on the CPU, or NCCL on CUDA with one card per rank. A group
-the caller set up already (another launcher, a fake group that predicts memory) is used as it is;
-every helper below asks the model or the group it is given, never the environment.
+the caller set up already (another launcher, a fake group that predicts memory) is used as it is:
+apart from `init`, every helper asks the model or the group it is given, never the environment,
+and `wrap` takes a DeviceMesh to spread over.
 
     device = parallel.init("cuda")                 # cuda:LOCAL_RANK under torchrun
     model = parallel.wrap(UNet(config), "fsdp", device)
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -53,8 +55,9 @@ def world_size(group=None) -> int:
 
 def init(device: str | torch.device = "cpu") -> torch.device:
     """Join the process group torchrun describes and return this rank's device: the CPU (gloo),
-    or cuda:LOCAL_RANK (NCCL, bound to that card). Without torchrun's variables nothing is
-    initialized and `device` comes back as given; an already-initialized group is kept."""
+    or for "cuda" (whatever its index) cuda:LOCAL_RANK (NCCL, bound to that card). Without
+    torchrun's variables nothing is initialized and `device` comes back as given; an
+    already-initialized group is kept."""
     device = torch.device(device)
     if not launched():
         return device
@@ -139,14 +142,25 @@ def wrap(model: nn.Module, parallel: str, device: torch.device, mesh=None) -> nn
     return model
 
 
+def _imported(name: str):
+    """The module if something imported it already, else None. No FSDP model or DTensor exists
+    before its module is imported, and importing it costs one-rank training ~0.5 s."""
+    return sys.modules.get(name)
+
+
+def _dtensor_class():
+    tensor = _imported("torch.distributed.tensor")
+    return tensor.DTensor if tensor is not None else ()  # isinstance(x, ()) is False
+
+
 def kind(model: nn.Module) -> str:
     """How `model` is spread: "ddp", "fsdp" or "none" (one of PARALLEL)."""
-    from torch.distributed.fsdp import FSDPModule
     from torch.nn.parallel import DistributedDataParallel
 
     if isinstance(model, DistributedDataParallel):
         return "ddp"
-    if isinstance(model, FSDPModule):
+    fsdp = _imported("torch.distributed.fsdp")
+    if fsdp is not None and isinstance(model, fsdp.FSDPModule):
         return "fsdp"
     return "none"
 
@@ -195,9 +209,14 @@ def mean_over_ranks(value: torch.Tensor, group=None) -> torch.Tensor:
 def plain(value: torch.Tensor) -> torch.Tensor:
     """A plain tensor: a replicated DTensor's local copy (clip_grad_norm_'s global norm under
     FSDP2), any other tensor as it is."""
-    from torch.distributed.tensor import DTensor
+    return value.full_tensor() if isinstance(value, _dtensor_class()) else value
 
-    return value.full_tensor() if isinstance(value, DTensor) else value
+
+def local_shards(tensors: list) -> list:
+    """Each DTensor's own shard (a view of it), other tensors as they are: what a rank updates
+    in place without exchanging anything (the EMA of a sharded model)."""
+    dtensor = _dtensor_class()
+    return [t.to_local() if isinstance(t, dtensor) else t for t in tensors]
 
 
 def full_tensors(tensors: dict, keep: bool) -> dict:
@@ -230,8 +249,8 @@ def distributed_like(tensors: dict, reference: dict) -> dict:
 
 def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     """The whole model and optimizer state, on rank 0's CPU, in the format one rank saves
-    (nn.Module.state_dict's names, Optimizer.state_dict's parameter numbers); other ranks get
-    empty dicts. A collective: every rank calls it."""
+    (nn.Module.state_dict's names, Optimizer.state_dict's parameter numbers); the other ranks'
+    dicts hold no tensors. A collective: every rank calls it."""
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_model_state_dict,
