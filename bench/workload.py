@@ -32,7 +32,8 @@ def build_trainer(spec: BenchSpec, device: str | torch.device | None = None,
                   config: TrainConfig | None = None) -> Trainer:
     """The spec's model and trainer; `config` replaces the TrainConfig the spec implies."""
     config = config or TrainConfig(batch_size=spec.batch, accum_steps=accum or spec.accum,
-                                   precision=precision or spec.precision, seed=spec.seed)
+                                   precision=precision or spec.precision, seed=spec.seed,
+                                   grad_sync=spec.grad_sync)
     schedule = schedule or NoiseSchedule.linear()
     device = device or spec.device
     model = build_model(spec, compiled)
