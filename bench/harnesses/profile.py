@@ -40,7 +40,7 @@ from bench.measure.profile_summary import SUMMARY_FILE, memory_curve, write_summ
 from bench.measure.timing import synchronize
 from bench.results import format_value
 from bench.spec import BenchSpec, SpecError, parse_choices
-from bench.workload import build_model, build_trainer, synthetic_images
+from bench.workload import build_model, train_step
 from ddpm.train import apply_matmul_precision
 
 TARGETS = ("train", "sample")
@@ -119,13 +119,12 @@ def step_function(spec: BenchSpec, device: torch.device):
     """One call = one step of the target, closed by a device sync so that the ProfilerStep range
     around it contains the step's device work."""
     if target_of(spec) == "train":
-        trainer = build_trainer(spec, device)
-        images = synthetic_images(spec, spec.effective_batch)
+        step = train_step(spec, device)
 
-        def train_step() -> None:
-            trainer.step(images)
+        def train_and_sync() -> None:
+            step()
             synchronize(device)
-        return train_step, torch.enable_grad
+        return train_and_sync, torch.enable_grad
 
     model = build_model(spec).to(device)
     model.eval()
