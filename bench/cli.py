@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from bench.core import Harness
 from bench.results import ResultsError, check_writable, results_folder
-from bench.runner import Launch, run_sweep
+from bench.runner import Launch, launches_ranks, run_sweep
 from bench.spec import (
     COMPILE_MODES,
     DEFAULT_BUDGET,
@@ -192,7 +192,7 @@ def check_launch(specs: list[BenchSpec], args: argparse.Namespace) -> None:
     import torch
 
     nnodes = getattr(args, "nnodes", 1)
-    if args.inline and any(s.parallel != "none" for s in specs):
+    if args.inline and any(launches_ranks(s) for s in specs):
         raise SpecError("--inline runs specs in this one process; --parallel needs a process "
                         "per rank.")
     wanted = max((s.ranks // nnodes for s in specs if s.device.startswith("cuda")), default=0)

@@ -82,12 +82,17 @@ class Launch:
         return [*where, "--nproc-per-node", str(self.local_ranks(ranks))]
 
 
+def launches_ranks(spec: BenchSpec) -> bool:
+    """A spec across ranks starts them, unless it is only predicted (one process does that)."""
+    return spec.parallel != "none" and not spec.predict_only
+
+
 def worker_command(harness: str, spec: BenchSpec, context: RunContext, result_path: str,
                    launch: Launch) -> list[str]:
     """The worker's command line: one process, or the spec's ranks under torchrun."""
     worker = ["-m", "bench.worker", harness, json.dumps(spec.to_dict()), str(context.out),
               context.run_id, json.dumps(context.options), result_path]
-    if spec.parallel == "none":
+    if not launches_ranks(spec):
         return [sys.executable, *worker]
     return [sys.executable, "-m", "torch.distributed.run", *launch.torchrun_args(spec.ranks),
             *worker]
@@ -120,7 +125,7 @@ def run_isolated(harness: str, spec: BenchSpec, context: RunContext, timeout_s: 
                         os.killpg(child.pid, signal.SIGKILL)
                     child.wait()
         log = Path(log_path).read_text(errors="replace")
-        if spec.parallel != "none":
+        if launches_ranks(spec):
             return combine_ranks(result_path, launch.local_ranks(spec.ranks), child.returncode,
                                  log)
         lines = [ln for ln in log.splitlines() if ln.strip()]
