@@ -33,7 +33,7 @@ import torch
 from torch.profiler import ProfilerActivity, record_function
 
 from bench.cli import build_parser, run_cli, specs_from_args
-from bench.core import Harness, RunContext
+from bench.core import Harness, RunContext, rank_folder
 from bench.harnesses.sampling import Denoiser, default_schedule
 from bench.measure import cuda
 from bench.measure.profile_summary import SUMMARY_FILE, memory_curve, write_summary
@@ -63,8 +63,9 @@ def options(context: RunContext) -> dict:
 
 
 def trace_dir(out: Path, spec: BenchSpec) -> Path:
-    """One folder per spec, named by spec.name: TensorBoard lists it as one run."""
-    return Path(out) / "traces" / spec.name
+    """One folder per spec, named by spec.name: TensorBoard lists it as one run (and each
+    further rank's folder inside it as a run of its own)."""
+    return rank_folder(Path(out) / "traces" / spec.name)
 
 
 def target_of(spec: BenchSpec) -> str:
