@@ -23,6 +23,7 @@ def test_train_step(benchmark, spec, request):
         cuda.start(device, spec.precision)
     except cuda.CapabilityError as exc:  # e.g. bf16 on a card that would only emulate it
         pytest.skip(str(exc))
+
     def setup():
         step = train_step(spec, device)
         step()  # optimizer state exists: the timed step is a steady-state one
