@@ -46,20 +46,9 @@ VAL_CHUNK = 32
 # The validation draws come from their own generator, seeded apart from the trainer's (which is
 # seeded with the spec's seed), so the validation noise is not a copy of a training draw.
 VAL_SEED_OFFSET = 1_000_003
-# Accumulation must not change the curve "beyond float rounding". Curves of (8 x 1) and (2 x 4)
-# differ only in the order in which per-image gradients are summed (one sum of 8 vs four sums of
-# 2): a few units of the compute dtype's rounding in each step's gradient, which the following
-# steps carry along, so the difference grows as the runs go on. Measured on a 2-core CPU, tiny
-# preset, digits, lr 1e-3, against 8 x 1 (max over steps of |a - b| / |a|):
-#   fp32  2 x 4: 6.4e-6 at 200 steps, 2.7e-5 at 600;  1 x 8: 1.2e-5 at 200, 7.5e-5 at 600
-#   bf16  2 x 4 and 1 x 8: 9.7e-3 at 200 steps
-# The tolerance is ACCUM_TOLERANCE per 200 steps, growing linearly with the steps: 8x (fp32) and
-# 3x (bf16) the worst measured, and far below a real change: seed 1 against seed 0 differs by
-# 0.41 relative at the median step (5.5 at the worst); ddpm-mnist's dropout masks, drawn per
-# micro-batch, make 2 x 4 differ from 8 x 1 by 5.7e-2 within 5 steps.
-# Under bf16/fp16 autocast each micro-batch's weight gradient is rounded to 8 or 11 bits before
-# it is summed: 2^16 or 2^13 times coarser than fp32. tf32 is fp32 off CUDA; on CUDA its 10-bit
-# matmul inputs sit between fp16 and fp32 (not measured here: no GPU).
+# Accumulation (or ranks) must not change the curve beyond float rounding: they change only the
+# order in which per-image gradients are summed. The relative tolerance per 200 steps, growing
+# linearly with the steps, is 3x to 8x the worst split measured (docs/loss.md, "Tolerances").
 ACCUM_TOLERANCE = {"fp32": 1e-4, "tf32": 1e-2, "fp16": 3e-2, "bf16": 3e-2}
 TOLERANCE_STEPS = 200
 
