@@ -12,6 +12,7 @@ from bench.measure.monitor import Monitor
 from bench.measure.timing import Timing, time_calls
 from bench.spec import BenchSpec
 from bench.workload import build_trainer, micro_batch_trainer, synthetic_images
+from ddpm.train import Trainer
 
 # Figures of a CUDA run beside the allocator peaks and nvml_peak_mib; empty elsewhere.
 CUDA_COLUMNS = ["measured_context_mib", "warmup_peak_alloc_mib", "warmup_peak_reserved_mib",
@@ -25,9 +26,12 @@ CUDA_NOTE = ("On CUDA: peak_alloc_mib / peak_reserved_mib cover the measured (st
              "process started CUDA. NVML figures are of this very GPU or MIG instance, or empty.")
 
 
-def timed_training(spec: BenchSpec, device: torch.device) -> dict:
+def timed_training(spec: BenchSpec, device: torch.device,
+                   after: Callable[[Trainer, torch.Tensor], dict] | None = None) -> dict:
     """Warm-up then measured optimizer steps, with nothing else running in the process. A
-    warm-up step is one micro-batch and an optimizer step, whatever the accumulation.
+    warm-up step is one micro-batch and an optimizer step, whatever the accumulation. `after`
+    runs once every figure of the timed steps is taken, with the trainer and the global batch,
+    and returns figures of its own (a tracker's extra step, which the timed ones never see).
 
     Figures: step_s (median), step_s_min/max, warmup_s, img_per_s, the Monitor's NVML and CPU
     figures, rss_peak_mib, and on CUDA the allocator's peaks: warmup_peak_alloc_mib and
@@ -48,6 +52,8 @@ def timed_training(spec: BenchSpec, device: torch.device) -> dict:
         # ru_maxrss is the process's high-water mark, in KiB on Linux.
         rss_peak_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         **monitor.figures())
+    if after is not None:
+        figures.update(after(trainer, images))
     return figures
 
 
