@@ -22,7 +22,7 @@ from bench.measure.collectives import measure_step
 from bench.measure.flops import training_step_flops
 from bench.measure.peak import peak_flops
 from bench.measure.training import CUDA_COLUMNS, CUDA_NOTE, timed_training
-from bench.ratios import impl_ratios
+from bench.ratios import impl_ratios, rank_scaling
 from bench.results import ResultsError
 from bench.spec import BenchSpec
 
@@ -126,9 +126,14 @@ HARNESS = Harness(
            "backward, so it is not all time the step loses. Empty where the backend records no "
            "such ranges. The profiler slows the step, so the share is of a profiled step. With "
            "fewer than two steps before it (--warmup + --steps), one unprofiled step runs first: "
-           "DDP's one-off bucket rebuild would be counted."],
+           "DDP's one-off bucket rebuild would be counted.",
+           "Scaling (the sentences below the table): a spec on N ranks against the same spec on "
+           "1 rank (the same per-rank --batch and every other axis, medians over --repeats): "
+           "efficiency = img/s at N ranks / (N x img/s at 1 rank), 100% for perfect scaling; and "
+           "a 1-rank spec spread by ddp or fsdp against parallel none: the wrapper's own cost."],
     compare=lambda rows, context: (peaks_measured(rows, context)
-                                   + impl_ratios(rows, "img_per_s", "img/s", also=("mfu",))),
+                                   + impl_ratios(rows, "img_per_s", "img/s", also=("mfu",))
+                                   + rank_scaling(rows, "img_per_s", "img/s")),
     measure=measure,
 )
 
