@@ -29,9 +29,10 @@ CUDA_NOTE = ("On CUDA: peak_alloc_mib / peak_reserved_mib cover the measured (st
 def timed_training(spec: BenchSpec, device: torch.device,
                    after: Callable[[Trainer, torch.Tensor], dict] | None = None) -> dict:
     """Warm-up then measured optimizer steps, with nothing else running in the process. A
-    warm-up step is one micro-batch and an optimizer step, whatever the accumulation. `after`
-    runs once every figure of the timed steps is taken, with the trainer and the global batch,
-    and returns figures of its own (a tracker's extra step, which the timed ones never see).
+    warm-up step is one micro-batch (every rank's) and an optimizer step, whatever the
+    accumulation. `after` runs once every figure of the timed steps is taken, with the trainer
+    and the global batch, and returns figures of its own (a tracker's extra step, which the
+    timed ones never see).
 
     Figures: step_s (median), step_s_min/max, warmup_s, img_per_s, the Monitor's NVML and CPU
     figures, rss_peak_mib, and on CUDA the allocator's peaks: warmup_peak_alloc_mib and
@@ -42,7 +43,8 @@ def timed_training(spec: BenchSpec, device: torch.device,
     warm = micro_batch_trainer(trainer) if spec.accum > 1 else trainer
     figures: dict = {}
     with Monitor(device) as monitor:
-        warmup = _warm_up(lambda: warm.step(images[:spec.batch]), spec.warmup, device, figures)
+        warmup = _warm_up(lambda: warm.step(images[:spec.ranks * spec.batch]), spec.warmup, device,
+                         figures)
         timing = time_calls(lambda: trainer.step(images), spec.steps, 0, device)
         if device.type == "cuda":
             figures["peak_alloc_mib"], figures["peak_reserved_mib"] = cuda.peaks_mib(device)
