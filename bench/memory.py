@@ -26,6 +26,7 @@ from bench.measure.training import timed_training
 from bench.spec import DEFAULT_BUDGET_MIB, BenchSpec
 from bench.worker import RunContext
 from bench.workload import build_trainer, synthetic_images
+from ddpm.precision import synchronize
 
 TRACKED = [f"tracked_{c}_mib" for c in CATEGORIES]
 # Transient convolution workspaces are not traced. torch's cuDNN path tries the next algorithm
@@ -199,7 +200,7 @@ def _fits_measured(spec: BenchSpec, device: torch.device) -> bool:
         images = synthetic_images(spec, spec.effective_batch)
         for _ in range(2):
             trainer.step(images)
-        torch.cuda.synchronize(device)
+        synchronize(device)
         fits = True
     except Exception as exc:
         if not cuda.is_oom(exc):

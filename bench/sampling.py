@@ -21,7 +21,6 @@ held-out digits score."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import sys
 from pathlib import Path
@@ -38,11 +37,13 @@ from bench.spec import SpecError, parse_attention, parse_choices, parse_int_list
 from bench.worker import RunContext
 from bench.workload import COMPILE_KWARGS, build_model
 from ddpm.checkpoint import CheckpointError, load_checkpoint
+from ddpm.cli_common import first_line
 from ddpm.config import PRESETS, UNetConfig
 from ddpm.ema import EMA
+from ddpm.precision import apply_matmul_precision, autocast
 from ddpm.sample import ddim_sample, ddim_step, ddim_timesteps, ddpm_sample, ddpm_step
 from ddpm.schedule import NoiseSchedule
-from ddpm.train import AUTOCAST_DTYPES, apply_matmul_precision, schedule_from, unet_config_from
+from ddpm.train import schedule_from, unet_config_from
 from ddpm.unet import UNet
 
 SAMPLERS = ("ddpm", "ddim")
@@ -113,12 +114,6 @@ HARNESS = Harness(
 
 
 # ----- one spec ----------------------------------------------------------------------------------
-
-def autocast(precision: str, device: torch.device):
-    """The trainer's precision policy, for inference: autocast for fp16/bf16, nothing otherwise."""
-    dtype = AUTOCAST_DTYPES.get(precision)
-    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-
 
 def timesteps(sampler: str, sampling_steps: int, schedule: NoiseSchedule) -> list[int]:
     """The timesteps a complete run visits, noisiest first, as ddpm_sample / ddim_sample do."""
@@ -277,9 +272,8 @@ def read_checkpoint(args: argparse.Namespace) -> NoiseSchedule:
     except CheckpointError as exc:
         raise SpecError(f"--checkpoint: {exc}") from None
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SpecError(f"--checkpoint {path} does not hold a usable model "
-                        f"({reason[:200]}).") from None
+                        f"({first_line(exc)}).") from None
     preset = preset_of(config)
     if preset is None:
         raise SpecError(f"--checkpoint {path} holds a model that is none of the presets "

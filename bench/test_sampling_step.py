@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from bench.measure import cuda
-from bench.measure.timing import synchronize
 from bench.sampling import Denoiser, default_schedule
 from bench.workload import build_model
+from ddpm.precision import synchronize
 
 
 def test_ddim_step(benchmark, spec, request):

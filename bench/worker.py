@@ -22,6 +22,7 @@ import torch
 from bench.measure import cuda
 from bench.monitor import take_baseline
 from bench.spec import BenchSpec
+from ddpm.cli_common import first_line
 
 FAULT_ENV = "DDPM_BENCH_INJECT_FAULT"  # test-only: "error:SUBSTRING", "oom:...", "hang:..."
 PARENT_ENV = "DDPM_BENCH_PARENT_PID"  # the sweep that started this worker
@@ -72,15 +73,10 @@ def run_spec(harness: str, spec: BenchSpec, context: RunContext) -> dict:
         inject_fault(spec)
         return {"status": "ok", "error": None, "figures": module.measure(spec, context)}
     except Exception as exc:  # one spec's failure is a result, not the end of the sweep
+        reason = first_line(exc, limit=300)
         if cuda.is_oom(exc):  # cuBLAS, cuDNN and module loading report it as RuntimeError
-            return {"status": "oom", "error": _first_line(exc), "figures": {}}
-        return {"status": "error", "error": f"{type(exc).__name__}: {_first_line(exc)}",
-                "figures": {}}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+            return {"status": "oom", "error": reason, "figures": {}}
+        return {"status": "error", "error": f"{type(exc).__name__}: {reason}", "figures": {}}
 
 
 def die_with_parent(folder: Path) -> None:

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from ddpm.cli_common import first_line
+
 FORMAT = "ddpm-bench-checkpoint-v1"
 REQUIRED_KEYS = ("format", "unet_config", "train_config", "schedule", "step", "model", "ema",
                  "optimizer", "scaler", "rng")
@@ -49,7 +51,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
         text = str(exc).strip()
-        reason = text.splitlines()[0] if text else type(exc).__name__
+        reason = first_line(exc)
         if text.startswith("Weights only load failed"):
             # Torch's text advises loading with weights_only=False, which runs the file's code:
             # never passed on.

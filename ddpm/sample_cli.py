@@ -26,16 +26,17 @@ from ddpm.cli_common import (
     device_arg,
     exit_on_interrupt,
     fail,
+    first_line,
     grid_columns,
     make_progress,
     positive_int,
     prepare_output_dir,
     save_grid,
     seed_int,
-    synchronize,
     unit_interval,
 )
 from ddpm.ema import EMA
+from ddpm.precision import synchronize
 from ddpm.sample import VARIANCES, ddim_sample, ddpm_sample
 from ddpm.schedule import NoiseSchedule
 from ddpm.train import schedule_from, unet_config_from
@@ -102,9 +103,8 @@ def validate(args) -> Job:
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         # A file in the right format whose contents do not build a model (edited, or from
         # another version): name the file and the first line of the reason.
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"checkpoint {args.checkpoint} does not hold a usable model "
-                         f"({reason[:200]})") from None
+                         f"({first_line(exc)})") from None
     T = schedule.timesteps
     if args.sampler == "ddim" and args.steps > T:
         raise UsageError(f"--steps {args.steps} is more than the {T} timesteps of "

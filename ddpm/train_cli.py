@@ -39,10 +39,10 @@ from ddpm.cli_common import (
     prepare_output_dir,
     save_grid,
     seed_int,
-    synchronize,
 )
 from ddpm.config import PRECISIONS, PRESETS, TrainConfig, UNetConfig
 from ddpm.data import DATASETS, DatasetError, ImageDataset, load_dataset
+from ddpm.precision import synchronize
 from ddpm.sample import ddim_sample
 from ddpm.schedule import NoiseSchedule
 from ddpm.train import Trainer, schedule_from, train_config_from
