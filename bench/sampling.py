@@ -36,14 +36,18 @@ from bench.results import format_value
 from bench.spec import SpecError, parse_attention, parse_choices, parse_int_list, parse_preset
 from bench.worker import RunContext
 from bench.workload import COMPILE_KWARGS, build_model
-from ddpm.checkpoint import CheckpointError, load_checkpoint
+from ddpm.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_weights,
+    schedule_from,
+    unet_config_from,
+)
 from ddpm.cli_common import first_line
 from ddpm.config import PRESETS, UNetConfig
-from ddpm.ema import EMA
 from ddpm.precision import apply_matmul_precision, autocast
 from ddpm.sample import ddim_sample, ddim_step, ddim_timesteps, ddpm_sample, ddpm_step
 from ddpm.schedule import NoiseSchedule
-from ddpm.train import schedule_from, unet_config_from
 from ddpm.unet import UNet
 
 SAMPLERS = ("ddpm", "ddim")
@@ -174,14 +178,6 @@ def timed_sampling(model: torch.nn.Module, schedule: NoiseSchedule, spec,
     if device.type == "cuda":
         figures["peak_alloc_mib"], figures["peak_reserved_mib"] = cuda.peaks_mib(device)
     return figures
-
-
-def load_weights(model: UNet, data: dict) -> None:
-    """The checkpoint's EMA weights, the ones ddpm.sample draws with."""
-    model.load_state_dict(data["model"])
-    ema = EMA(model, decay=data["ema"]["decay"])
-    ema.load_state_dict(data["ema"])
-    ema.copy_to(model)
 
 
 def generate(model: torch.nn.Module, schedule: NoiseSchedule, spec, device: torch.device,

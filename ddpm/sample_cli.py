@@ -18,7 +18,13 @@ from pathlib import Path
 
 import torch
 
-from ddpm.checkpoint import CheckpointError, load_checkpoint
+from ddpm.checkpoint import (
+    CheckpointError,
+    ema_from,
+    load_checkpoint,
+    schedule_from,
+    unet_config_from,
+)
 from ddpm.cli_common import (
     ArgumentParser,
     UsageError,
@@ -39,7 +45,6 @@ from ddpm.ema import EMA
 from ddpm.precision import synchronize
 from ddpm.sample import VARIANCES, ddim_sample, ddpm_sample
 from ddpm.schedule import NoiseSchedule
-from ddpm.train import schedule_from, unet_config_from
 from ddpm.unet import UNet
 
 SAMPLERS = ("ddpm", "ddim")
@@ -94,10 +99,7 @@ def validate(args) -> Job:
         schedule = schedule_from(data)
         model = UNet(unet_config_from(data))
         model.load_state_dict(data["model"])
-        ema = None
-        if not args.no_ema:
-            ema = EMA(model, decay=data["ema"]["decay"])
-            ema.load_state_dict(data["ema"])
+        ema = None if args.no_ema else ema_from(data, model)
     except CheckpointError as exc:
         raise UsageError(str(exc)) from None
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:

@@ -11,13 +11,19 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ddpm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+# schedule_from, unet_config_from, train_config_from, AUTOCAST_DTYPES, apply_matmul_precision
+# and phase are imported here too, for code that imported them from ddpm.train.
+from ddpm.checkpoint import (  # noqa: F401
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    schedule_from,
+    train_config_from,
+    unet_config_from,
+)
 from ddpm.cli_common import first_line
 from ddpm.config import TrainConfig, UNetConfig
 from ddpm.ema import EMA
-
-# AUTOCAST_DTYPES, apply_matmul_precision and phase are imported here too, for code that
-# imported them from ddpm.train.
 from ddpm.precision import (  # noqa: F401
     AUTOCAST_DTYPES,
     Phase,
@@ -180,18 +186,6 @@ def _differences(stored: dict, config: UNetConfig) -> str:
     mine = _architecture(config)
     diffs = [f"{k} {stored.get(k)!r} vs {mine[k]!r}" for k in mine if stored.get(k) != mine[k]]
     return ", ".join(diffs) or "different fields"
-
-
-def schedule_from(data: dict) -> NoiseSchedule:
-    return NoiseSchedule.from_state_dict(data["schedule"])
-
-
-def unet_config_from(data: dict) -> UNetConfig:
-    return UNetConfig(**data["unet_config"])
-
-
-def train_config_from(data: dict) -> TrainConfig:
-    return TrainConfig(**data["train_config"])
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from ddpm.checkpoint import CheckpointError, load_checkpoint
+from ddpm.checkpoint import CheckpointError, load_checkpoint, schedule_from, train_config_from
 from ddpm.cli_common import (
     ArgumentParser,
     UsageError,
@@ -45,7 +45,7 @@ from ddpm.data import DATASETS, DatasetError, ImageDataset, load_dataset
 from ddpm.precision import synchronize
 from ddpm.sample import ddim_sample
 from ddpm.schedule import NoiseSchedule
-from ddpm.train import Trainer, schedule_from, train_config_from
+from ddpm.train import Trainer
 from ddpm.unet import UNet
 
 SCHEDULES = ("linear", "cosine")
