@@ -30,30 +30,21 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, record_function
+from torch.profiler import ProfilerActivity
 
 from bench.cli import build_parser, run_cli, specs_from_args
 from bench.core import Harness
 from bench.measure import cuda
 from bench.profile_summary import SUMMARY_FILE, memory_curve, write_summary
 from bench.results import format_value
-from bench.sampling import Denoiser, default_schedule
+from bench.sampling import default_schedule, denoising_steps
 from bench.spec import BenchSpec, SpecError, parse_choices
 from bench.worker import RunContext
 from bench.workload import build_model, build_trainer, synthetic_images
-from ddpm.precision import (
-    MIB,
-    SAMPLE_PHASES,
-    TRAIN_PHASES,
-    Phase,
-    apply_matmul_precision,
-    synchronize,
-)
+from ddpm.precision import MIB, SAMPLE_PHASES, TRAIN_PHASES, apply_matmul_precision, synchronize
 
 TARGETS = ("train", "sample")
-# Training's ranges (Trainer.step) in the order they run, then sampling's (ddpm.sample's loop);
-# the harness opens the sampling range around bench.sampling's Denoiser, which takes one step
-# exactly as that loop does.
+# Training's ranges (Trainer.step) in the order they run, then sampling's (ddpm.sample's loop).
 PHASES = TRAIN_PHASES + tuple(p for p in SAMPLE_PHASES if p not in TRAIN_PHASES)
 SAMPLE_SAMPLER, SAMPLE_STEPS = "ddim", 50
 # Profiler options are not BenchSpec fields: they reach each spec in RunContext.options.
@@ -164,12 +155,10 @@ def step_function(spec: BenchSpec, device: torch.device):
         return train_step, torch.enable_grad
 
     model = build_model(spec).to(device)
-    model.eval()
-    denoise = Denoiser(model, default_schedule(), spec, device)
+    denoise = denoising_steps(model, default_schedule(), spec, device)
 
     def sample_step() -> None:
-        with record_function(Phase.DENOISE_STEP):
-            denoise()
+        denoise()  # one step of ddpm.sample's loop, inside its own denoise_step range
         synchronize(device)
     return sample_step, torch.inference_mode
 
