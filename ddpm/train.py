@@ -9,7 +9,6 @@ import os
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 # schedule_from, unet_config_from, train_config_from, AUTOCAST_DTYPES, apply_matmul_precision
 # and phase are imported here too, for code that imported them from ddpm.train.
@@ -24,6 +23,7 @@ from ddpm.checkpoint import (  # noqa: F401
 from ddpm.cli_common import first_line
 from ddpm.config import TrainConfig, UNetConfig
 from ddpm.ema import EMA
+from ddpm.objective import l_simple
 from ddpm.precision import (  # noqa: F401
     AUTOCAST_DTYPES,
     Phase,
@@ -101,13 +101,11 @@ class Trainer:
         loss_sum = torch.zeros((), device=dev)
         for i in range(cfg.accum_steps):
             part = slice(i * b, (i + 1) * b)
-            with phase(Phase.FORWARD, dev), self.autocast():
-                x_t = self.schedule.q_sample(x0[part], t[part], noise[part])
-                eps = self.model(x_t, t[part])
-            with phase(Phase.LOSS, dev):
-                # L_simple (eq. 14) in fp32. Each micro-batch's mean is weighted by b/n, so the
-                # summed gradient equals the full batch's: accumulation changes no math.
-                loss = F.mse_loss(eps.float(), noise[part])
+            # L_simple (eq. 14) in fp32, in the forward and loss ranges. Each micro-batch's mean
+            # is weighted by b/n, so the summed gradient equals the full batch's: accumulation
+            # changes no math.
+            loss = l_simple(self.model, self.schedule, x0[part], t[part], noise[part],
+                            cfg.precision)
             with phase(Phase.BACKWARD, dev):
                 self.scaler.scale(loss / cfg.accum_steps).backward()
             loss_sum += loss.detach()
