@@ -227,10 +227,10 @@ def sample_progressive(
     whole run and its own weights come back at the end.
 
     A generator: the model is in eval mode (with EMA weights, if given) from the first step
-    until the run is exhausted or closed (in CPython, also when it is dropped), and its mode
-    and weights come back then. Inference mode holds only inside each step, not between them.
-    The yielded tensors are inference tensors: clone one to modify it in place or to use it
-    where autograd records.
+    until the run is exhausted or closed, and its mode and weights come back then; a caller
+    that may stop early closes it (contextlib.closing). Inference mode holds only inside each
+    step, not between them. The yielded tensors are inference tensors: clone one to modify it
+    in place or to use it where autograd records.
     """
     if device is None:
         param = next(model.parameters(), None)
@@ -277,10 +277,14 @@ def sample_loop(
     """x_0: `sample_progressive` run to the end. `progress` is called as progress(done, total)
     after each step."""
     total = len(sampler.timesteps)
-    for step in sample_progressive(model, sampler, shape, generator=generator, device=device,
-                                   ema=ema, precision=precision):
-        if progress is not None:
-            progress(step[0] + 1, total)
+    # Closed on the way out, not left to the garbage collector: after an exception here (Ctrl-C
+    # in `progress`) the model's mode and weights are back before the caller sees it.
+    with contextlib.closing(sample_progressive(model, sampler, shape, generator=generator,
+                                               device=device, ema=ema,
+                                               precision=precision)) as run:
+        for step in run:
+            if progress is not None:
+                progress(step[0] + 1, total)
     # A normal tensor, not an inference tensor: callers may modify it in place or use it where
     # autograd saves it (e.g. a feature network for FID) without an error.
     return step[2].clone()
@@ -316,13 +320,14 @@ def ddpm_sample(
         raise ValueError(f"return_x0_every must be >= 1 or None, got {return_x0_every}.")
     trajectory: list[tuple[int, torch.Tensor]] = []
     total = len(sampler.timesteps)
-    for i, t, x_prev, x0_hat in sample_progressive(model, sampler, shape, generator=generator,
-                                                   device=device, ema=ema):
-        if (i + 1) % return_x0_every == 0 or t == 0:
-            trajectory.append((t, x0_hat.clone()))  # clone: normal tensors, as x_0 is
-        if progress is not None:
-            progress(i + 1, total)
-        x = x_prev
+    with contextlib.closing(sample_progressive(model, sampler, shape, generator=generator,
+                                               device=device, ema=ema)) as run:
+        for i, t, x_prev, x0_hat in run:
+            if (i + 1) % return_x0_every == 0 or t == 0:
+                trajectory.append((t, x0_hat.clone()))  # clone: normal tensors, as x_0 is
+            if progress is not None:
+                progress(i + 1, total)
+            x = x_prev
     return x.clone(), trajectory
 
 

@@ -535,6 +535,38 @@ def test_sample_progressive_restores_the_model_when_closed_early():
         assert torch.equal(v, before[k]), k
 
 
+@pytest.mark.parametrize("sampler", ["ddpm", "ddpm_strip", "ddim"])
+def test_an_error_between_steps_restores_the_model_at_once(sampler):
+    """Ctrl-C (here an error) in a progress callback, while the loop waits between steps: the
+    model's mode and weights are back before the caller handles it, not at garbage collection
+    (the traceback keeps the suspended run alive)."""
+    s = NoiseSchedule.linear(8)
+    model = Toy().train()
+    ema = EMA(model)
+    with torch.no_grad():
+        for p in ema.params:
+            p.add_(0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def progress(done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    run = {"ddpm": lambda: ddpm_sample(model, s, (2, 1, 4, 4), ema=ema, progress=progress),
+           "ddpm_strip": lambda: ddpm_sample(model, s, (2, 1, 4, 4), ema=ema, progress=progress,
+                                             return_x0_every=2),
+           "ddim": lambda: ddim_sample(model, s, (2, 1, 4, 4), steps=4, ema=ema,
+                                       progress=progress)}[sampler]
+    try:
+        run()
+    except KeyboardInterrupt:
+        assert model.training
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, before[k]), k
+    else:
+        pytest.fail("the interrupt was lost")
+
+
 def test_the_samplers_run_the_one_loop(monkeypatch):
     calls = spy_on(monkeypatch, ddpm.sample.sample_progressive)
     s = NoiseSchedule.linear(6)
