@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 
 from ddpm.cli_common import indexed_device
 from ddpm.config import PRESETS, UNetConfig
+from ddpm.precision import MIB
 
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 ON_OFF = ("off", "on")
-_UNITS = {"mib": 1.0, "gib": 1024.0, "mb": 1e6 / 2**20, "gb": 1e9 / 2**20}
+_UNITS = {"mib": 1.0, "gib": 1024.0, "mb": 1e6 / MIB, "gb": 1e9 / MIB}
 # What CUDA reports as the total capacity of an 8 GB GeForce card ("7.79 GiB total capacity" in
 # the out-of-memory messages users post): the default budget models that card, not 8 GiB.
 DEFAULT_BUDGET = "7.79GiB"

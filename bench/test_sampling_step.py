@@ -1,17 +1,17 @@
-"""One DDIM denoising step (a UNet call on the batch plus the update) under pytest-benchmark.
+"""One DDIM denoising step (a UNet call on the batch plus the update) under pytest-benchmark:
+one step of ddpm.sample's loop, as bench.sampling times it.
 
-Pedantic mode: each round's setup builds the model and a fresh Denoiser, so every timed call is
-the same first step of a run and pytest-benchmark's extra calls never advance a shared state."""
+Pedantic mode: each round's setup starts a fresh run, so every timed call is the same first
+step of a run and pytest-benchmark's extra calls never advance a shared state."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
-from bench.harnesses.sampling import Denoiser, default_schedule
+from bench.harnesses.sampling import default_schedule, denoising_steps
 from bench.measure import cuda
-from bench.measure.timing import synchronize
 from bench.workload import build_model
+from ddpm.precision import synchronize
 
 
 def test_ddim_step(benchmark, spec, request):
@@ -25,11 +25,10 @@ def test_ddim_step(benchmark, spec, request):
     schedule = default_schedule()
 
     def setup():
-        return (Denoiser(model, schedule, spec, device),), {}
+        return (denoising_steps(model, schedule, spec, device),), {}
 
-    def one_step(denoiser):
-        with torch.inference_mode():
-            denoiser()
+    def one_step(step):
+        step()
         synchronize(device)
 
     benchmark.pedantic(one_step, setup=setup, rounds=request.config.getoption("--bench-rounds"),

@@ -13,8 +13,8 @@ from bench.measure import cuda
 from bench.measure.flops import training_step_flops
 from bench.measure.memory import DEFAULT_TARGET, predict
 from bench.measure.peak import peak_flops
-from bench.measure.timing import synchronize
 from bench.workload import train_step
+from ddpm.precision import synchronize
 
 
 def test_train_step(benchmark, spec, request):

@@ -24,6 +24,7 @@ from bench.measure import cuda
 from bench.measure.monitor import take_baseline
 from bench.spec import BenchSpec
 from ddpm import parallel
+from ddpm.cli_common import first_line
 
 # Test-only: "error:SUBSTRING", "oom:...", "hang:...", "kill:..." (SIGKILL); with FAULT_RANK_ENV
 # set, only that rank of a multi-rank spec fails.
@@ -64,15 +65,10 @@ def run_spec(harness: str, spec: BenchSpec, context: RunContext) -> dict:
             figures = measure(spec.replace(device=str(device)), context)
         return {"status": "ok", "error": None, "figures": figures}
     except Exception as exc:  # one spec's failure is a result, not the end of the sweep
+        reason = first_line(exc, limit=300)
         if cuda.is_oom(exc):  # cuBLAS, cuDNN and module loading report it as RuntimeError
-            return {"status": "oom", "error": _first_line(exc), "figures": {}}
-        return {"status": "error", "error": f"{type(exc).__name__}: {_first_line(exc)}",
-                "figures": {}}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+            return {"status": "oom", "error": reason, "figures": {}}
+        return {"status": "error", "error": f"{type(exc).__name__}: {reason}", "figures": {}}
 
 
 def die_with_parent(folder: Path) -> None:

@@ -1,4 +1,6 @@
-"""Checkpoint files: written atomically, read with errors that name the file and the problem."""
+"""Checkpoint files: written atomically, read with errors that name the file and the problem,
+and decoded into what training and sampling rebuild from them (schedule, configurations,
+weights)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from ddpm.cli_common import first_line
+from ddpm.config import TrainConfig, UNetConfig
+from ddpm.ema import EMA
+from ddpm.schedule import NoiseSchedule
 
 FORMAT = "ddpm-bench-checkpoint-v1"
 REQUIRED_KEYS = ("format", "unet_config", "train_config", "schedule", "step", "model", "ema",
@@ -49,7 +56,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
         text = str(exc).strip()
-        reason = text.splitlines()[0] if text else type(exc).__name__
+        reason = first_line(exc)
         if text.startswith("Weights only load failed"):
             # Torch's text advises loading with weights_only=False, which runs the file's code:
             # never passed on.
@@ -70,3 +77,32 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}.")
     return data
+
+
+# -- decoding: a loaded checkpoint's parts as objects -----------------------------------------
+
+
+def schedule_from(data: dict) -> NoiseSchedule:
+    return NoiseSchedule.from_state_dict(data["schedule"])
+
+
+def unet_config_from(data: dict) -> UNetConfig:
+    return UNetConfig(**data["unet_config"])
+
+
+def train_config_from(data: dict) -> TrainConfig:
+    return TrainConfig(**data["train_config"])
+
+
+def ema_from(data: dict, model: torch.nn.Module) -> EMA:
+    """The checkpoint's EMA of `model`'s weights (its shadow copy, decay and update count)."""
+    ema = EMA(model, decay=data["ema"]["decay"])
+    ema.load_state_dict(data["ema"])
+    return ema
+
+
+def load_weights(model: torch.nn.Module, data: dict) -> None:
+    """The checkpoint's EMA weights into `model`: the weights ddpm.sample draws with by default.
+    The raw weights are loaded first, so a checkpoint of another model fails on them by name."""
+    model.load_state_dict(data["model"])
+    ema_from(data, model).copy_to(model)

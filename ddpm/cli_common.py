@@ -33,6 +33,13 @@ def fail(message: str) -> NoReturn:
     sys.exit(EXIT_USAGE)
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's first line of text, at most `limit` characters (its type name when it has
+    no text): library errors run to many lines, and a message here is one."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse prints the usage block and then a line; we print only the line. --help still
     shows the full usage."""
@@ -231,15 +238,6 @@ def make_progress(label: str, *extra_columns):
     return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
                     *extra_columns, TimeElapsedColumn(), TimeRemainingColumn(),
                     console=Console(stderr=True))
-
-
-def synchronize(device) -> None:
-    """Wait for queued device work, so a host clock read next covers it."""
-    import torch
-
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # -- interruption ---------------------------------------------------------------------------------

@@ -18,7 +18,13 @@ from pathlib import Path
 
 import torch
 
-from ddpm.checkpoint import CheckpointError, load_checkpoint
+from ddpm.checkpoint import (
+    CheckpointError,
+    ema_from,
+    load_checkpoint,
+    schedule_from,
+    unet_config_from,
+)
 from ddpm.cli_common import (
     ArgumentParser,
     UsageError,
@@ -26,19 +32,19 @@ from ddpm.cli_common import (
     device_arg,
     exit_on_interrupt,
     fail,
+    first_line,
     grid_columns,
     make_progress,
     positive_int,
     prepare_output_dir,
     save_grid,
     seed_int,
-    synchronize,
     unit_interval,
 )
 from ddpm.ema import EMA
+from ddpm.precision import synchronize
 from ddpm.sample import VARIANCES, ddim_sample, ddpm_sample
 from ddpm.schedule import NoiseSchedule
-from ddpm.train import schedule_from, unet_config_from
 from ddpm.unet import UNet
 
 SAMPLERS = ("ddpm", "ddim")
@@ -93,18 +99,14 @@ def validate(args) -> Job:
         schedule = schedule_from(data)
         model = UNet(unet_config_from(data))
         model.load_state_dict(data["model"])
-        ema = None
-        if not args.no_ema:
-            ema = EMA(model, decay=data["ema"]["decay"])
-            ema.load_state_dict(data["ema"])
+        ema = None if args.no_ema else ema_from(data, model)
     except CheckpointError as exc:
         raise UsageError(str(exc)) from None
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         # A file in the right format whose contents do not build a model (edited, or from
         # another version): name the file and the first line of the reason.
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"checkpoint {args.checkpoint} does not hold a usable model "
-                         f"({reason[:200]})") from None
+                         f"({first_line(exc)})") from None
     T = schedule.timesteps
     if args.sampler == "ddim" and args.steps > T:
         raise UsageError(f"--steps {args.steps} is more than the {T} timesteps of "

@@ -9,23 +9,36 @@ split so that rank r trains its r-th b images."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch.profiler import record_function
 
+# schedule_from, unet_config_from, train_config_from, AUTOCAST_DTYPES, apply_matmul_precision
+# and phase are imported here too, for code that imported them from ddpm.train.
 from ddpm import parallel
-from ddpm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ddpm.checkpoint import (  # noqa: F401
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    schedule_from,
+    train_config_from,
+    unet_config_from,
+)
+from ddpm.cli_common import first_line
 from ddpm.config import TrainConfig, UNetConfig
 from ddpm.ema import EMA
+from ddpm.objective import l_simple
+from ddpm.precision import (  # noqa: F401
+    AUTOCAST_DTYPES,
+    Phase,
+    apply_matmul_precision,
+    autocast,
+    phase,
+)
 from ddpm.schedule import NoiseSchedule
-
-AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -39,25 +52,6 @@ class StepStats:
     images: int  # of all ranks
     skipped: bool  # fp16 only: the scaler found inf/NaN gradients and skipped the update
     loss_scale: float | None  # fp16 only
-
-
-def phase(name: str, device: torch.device):
-    """A profiler range that is cheap enough to stay on; also an NVTX range on CUDA (Nsight)."""
-    if device.type != "cuda":
-        return record_function(name)
-    stack = contextlib.ExitStack()
-    stack.enter_context(record_function(name))
-    stack.enter_context(torch.cuda.nvtx.range(name))
-    return stack
-
-
-def apply_matmul_precision(precision: str, device: torch.device) -> None:
-    """tf32 is a CUDA matter (Ampere and newer); elsewhere it is plain fp32. fp32 turns TF32 off
-    explicitly, since cuDNN allows it by default."""
-    if device.type == "cuda":
-        tf32 = precision == "tf32"
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
 
 
 class Trainer:
@@ -94,8 +88,7 @@ class Trainer:
         self.skipped_steps = 0
 
     def autocast(self):
-        dtype = AUTOCAST_DTYPES.get(self.config.precision)
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+        return autocast(self.config.precision, self.device)
 
     def lr_at(self, step: int) -> float:
         warmup = self.config.warmup_steps
@@ -125,7 +118,7 @@ class Trainer:
             raise ValueError(f"trainer.step got {x0.shape[0]} images; one optimizer step takes "
                              f"{terms} = {values} = {n}.")
         self.model.train()
-        with phase("data", dev):
+        with phase(Phase.DATA, dev):
             t, noise = self.draw(x0)
             x0, t, noise = (self.share(v).to(dev, non_blocking=True)
                             for v in (x0.float(), t, noise))
@@ -137,17 +130,15 @@ class Trainer:
             # backward averages their sums across ranks, the same mean with one exchange.
             parallel.set_gradient_sync(
                 self.model, cfg.grad_sync == "every" or i == cfg.accum_steps - 1)
-            with phase("forward", dev), self.autocast():
-                x_t = self.schedule.q_sample(x0[part], t[part], noise[part])
-                eps = self.model(x_t, t[part])
-            with phase("loss", dev):
-                # L_simple (eq. 14) in fp32. Each micro-batch's mean is weighted by b/n, so the
-                # summed gradient equals the full batch's: accumulation changes no math.
-                loss = F.mse_loss(eps.float(), noise[part])
-            with phase("backward", dev):
+            # L_simple (eq. 14) in fp32, in the forward and loss ranges. Each micro-batch's mean
+            # is weighted by b/n, so the summed gradient equals the full batch's: accumulation
+            # changes no math.
+            loss = l_simple(self.model, self.schedule, x0[part], t[part], noise[part],
+                            cfg.precision)
+            with phase(Phase.BACKWARD, dev):
                 self.scaler.scale(loss / cfg.accum_steps).backward()
             loss_sum += loss.detach()
-        with phase("unscale_clip", dev):
+        with phase(Phase.UNSCALE_CLIP, dev):
             self.scaler.unscale_(self.optimizer)
             max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
             # The global norm: DDP's gradients are already averaged; FSDP2's are sharded
@@ -157,13 +148,13 @@ class Trainer:
         lr = self.lr_at(self.step_count)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with phase("optimizer", dev):
+        with phase(Phase.OPTIMIZER, dev):
             scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
             self.scaler.step(self.optimizer)  # skips the update when fp16 gradients overflowed
             self.scaler.update()
             skipped = scale is not None and self.scaler.get_scale() < scale
         if not skipped:
-            with phase("ema", dev):
+            with phase(Phase.EMA, dev):
                 self.ema.update(self.module)
         self.step_count += 1
         self.skipped_steps += int(skipped)
@@ -231,8 +222,8 @@ class Trainer:
             if self.device.type == "cuda" and "cuda" in data["rng"]:
                 torch.cuda.set_rng_state(data["rng"]["cuda"], self.device)
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"checkpoint {path} does not fit this trainer: {first}") from None
+            raise CheckpointError(f"checkpoint {path} does not fit this trainer: "
+                                  f"{first_line(exc)}") from None
         self.step_count = int(data["step"])
         self.skipped_steps = int(data.get("skipped_steps", 0))
 
@@ -247,18 +238,6 @@ def _differences(stored: dict, config: UNetConfig) -> str:
     mine = _architecture(config)
     diffs = [f"{k} {stored.get(k)!r} vs {mine[k]!r}" for k in mine if stored.get(k) != mine[k]]
     return ", ".join(diffs) or "different fields"
-
-
-def schedule_from(data: dict) -> NoiseSchedule:
-    return NoiseSchedule.from_state_dict(data["schedule"])
-
-
-def unet_config_from(data: dict) -> UNetConfig:
-    return UNetConfig(**data["unet_config"])
-
-
-def train_config_from(data: dict) -> TrainConfig:
-    return TrainConfig(**data["train_config"])
 
 
 if __name__ == "__main__":

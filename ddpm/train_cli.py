@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from ddpm.checkpoint import CheckpointError, load_checkpoint
+from ddpm.checkpoint import CheckpointError, load_checkpoint, schedule_from, train_config_from
 from ddpm.cli_common import (
     ArgumentParser,
     UsageError,
@@ -39,13 +39,14 @@ from ddpm.cli_common import (
     prepare_output_dir,
     save_grid,
     seed_int,
-    synchronize,
 )
 from ddpm.config import PRECISIONS, PRESETS, TrainConfig, UNetConfig
 from ddpm.data import DATASETS, DatasetError, ImageDataset, load_dataset
+from ddpm.objective import held_out_draws, held_out_loss
+from ddpm.precision import synchronize
 from ddpm.sample import ddim_sample
 from ddpm.schedule import NoiseSchedule
-from ddpm.train import Trainer, schedule_from, train_config_from
+from ddpm.train import Trainer
 from ddpm.unet import UNet
 
 SCHEDULES = ("linear", "cosine")
@@ -224,30 +225,18 @@ class HeldOutLoss:
 
     def __init__(self, trainer: Trainer, images: torch.Tensor, seed: int):
         images = images[:VAL_IMAGES]
-        n, T = images.shape[0], trainer.schedule.timesteps
-        generator = torch.Generator().manual_seed(seed)
-        # Stratified timesteps, evenly over 0..T-1: a lower-variance estimate of the expectation
-        # over t in eq. 14 than n uniform draws.
-        t = (torch.arange(n) * T) // n
-        noise = torch.randn(images.shape, generator=generator)
+        t, noise = held_out_draws(images, trainer.schedule.timesteps, seed)
         b, dev = trainer.config.batch_size, trainer.device
         # Micro-batches of the training size, which is known to fit; moved to the device once.
         self.batches = [tuple(v.to(dev) for v in part)
                         for part in zip(images.split(b), t.split(b), noise.split(b), strict=True)]
         self.trainer = trainer
-        self.count = images.numel()
 
     def __call__(self) -> float:
-        trainer, model = self.trainer, self.trainer.model
-        model.eval()  # dropout off: the same model gives the same number
-        total = torch.zeros((), device=trainer.device)
+        trainer = self.trainer
         # The training precision: this is the loss the optimizer sees, on unseen images.
-        with torch.inference_mode(), trainer.autocast():
-            for x0, t, noise in self.batches:
-                eps = model(trainer.schedule.q_sample(x0, t, noise), t)
-                total += (eps.float() - noise).square().sum()
-        model.train()
-        return float(total) / self.count
+        return held_out_loss(trainer.model, trainer.schedule, self.batches,
+                             trainer.config.precision)
 
 
 def train(run: Run) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import headless
 import pytest
 import torch
+from spies import spy_on
 
 from bench.core import RunContext
 from bench.harnesses import profile
@@ -469,6 +470,26 @@ def test_summary_page_in_the_browser(browser, profiled, tmp_path, spec):
     width = browser.evaluate("Math.ceil(document.body.getBoundingClientRect().right) + 30")
     name = "profile-summary.png" if spec is TRAIN else "summary-sample.png"
     screenshot(browser, tmp_path / name, width=width)
+
+
+# ----- the sampling workload is the shipped loop -------------------------------------------------
+
+def test_sampling_workload_is_the_shared_loop(monkeypatch):
+    """Each profiled sampling step is one step of ddpm.sample.sample_progressive (whose range is
+    the denoise_step the table reads): a DDIM-50 run, advanced one step per call."""
+    import ddpm.sample
+
+    calls = spy_on(monkeypatch, ddpm.sample.sample_progressive)
+    step, grad_mode = profile.step_function(SAMPLE, torch.device("cpu"))
+    with grad_mode(), torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            step()
+    assert len(calls) == 1 and len(calls[0].yielded) == 3
+    sampler = calls[0].args[1]
+    assert isinstance(sampler, ddpm.sample.DDIMSampler)
+    assert sampler.timesteps[:3] == [980, 960, 940]  # floor(i 1000 / 50), i = 49, 48, 47
+    assert [e.name for e in prof.events()].count("denoise_step") == 3
 
 
 # ----- options and bad input --------------------------------------------------------------------

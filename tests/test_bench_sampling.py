@@ -1,5 +1,5 @@
 """`python -m bench.sampling` as a user runs it (a subprocess per sweep: result files, the
-projection's closed form, every bad-input path) and bench.quality's Frechet distance against
+projection's closed form, every bad-input path) and bench.measure.quality's Frechet distance against
 closed forms and real digits. Every sweep uses the tiny preset and a few timed steps."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from spies import spy_on
 
 from bench.harnesses import sampling
 from bench.measure.quality import (
@@ -209,9 +210,10 @@ def test_bad_checkpoint_files(tmp_path, capsys):
 # ----- the timed step is the sampler's step ----------------------------------------------------
 
 @pytest.mark.parametrize("sampler, steps", [("ddpm", 6), ("ddim", 3)])
-def test_denoiser_follows_the_library_sampler(sampler, steps):
-    """Stepping the Denoiser through one complete run gives ddpm_sample / ddim_sample's images:
-    what is timed is the library's sampler, step for step."""
+def test_timed_steps_follow_the_library_sampler(sampler, steps):
+    """Stepping through two complete runs and into a third gives ddpm_sample / ddim_sample's
+    images, run after run from one generator: what is timed is the library's sampler, step for
+    step, and a new run starts from a fresh x_T once one is done."""
     from bench.spec import BenchSpec
     from bench.workload import build_model
     from ddpm.sample import ddim_sample, ddpm_sample
@@ -219,16 +221,36 @@ def test_denoiser_follows_the_library_sampler(sampler, steps):
     schedule = NoiseSchedule.linear(timesteps=6)
     spec = BenchSpec(preset="tiny", image_size=16, attention="8", batch=2, sampler=sampler,
                      sampling_steps=steps)
-    model = build_model(spec).eval()
-    step = sampling.Denoiser(model, schedule, spec, torch.device("cpu"))
-    with torch.inference_mode():
-        for _ in range(steps):
-            step()
+    model = build_model(spec)
+    step = sampling.denoising_steps(model, schedule, spec, torch.device("cpu"))
+    taken = [step() for _ in range(2 * steps + 1)]
+    assert [i for i, *_ in taken] == [*range(steps), *range(steps), 0]
     shape = (2, 1, 16, 16)
     generator = torch.Generator().manual_seed(spec.seed)
-    expected = (ddpm_sample(model, schedule, shape, generator=generator) if sampler == "ddpm"
-                else ddim_sample(model, schedule, shape, steps=steps, generator=generator))
-    torch.testing.assert_close(step.x, expected, rtol=0, atol=0)
+    for run in (1, 2):
+        expected = (ddpm_sample(model, schedule, shape, generator=generator)
+                    if sampler == "ddpm"
+                    else ddim_sample(model, schedule, shape, steps=steps, generator=generator))
+        torch.testing.assert_close(taken[run * steps - 1][2], expected, rtol=0, atol=0)
+
+
+def test_measure_times_the_shared_loop(monkeypatch):
+    """bench.sampling's timed steps are steps of ddpm.sample.sample_progressive: warm-up and
+    timed calls together take 1 + 3 = 4 steps, two complete DDIM-2 runs."""
+    import ddpm.sample
+    from bench.spec import BenchSpec
+
+    calls = spy_on(monkeypatch, ddpm.sample.sample_progressive)
+    spec = BenchSpec(preset="tiny", image_size=16, attention="8", batch=2, sampler="ddim",
+                     sampling_steps=2, steps=3, warmup=1)
+    figures = sampling.measure(spec)
+    assert figures["measured_steps"] == 3
+    assert [len(c.yielded) for c in calls] == [2, 2]
+    for call in calls:
+        used = call.args[1]
+        assert isinstance(used, ddpm.sample.DDIMSampler) and used.timesteps == [500, 0]
+        assert used.eta == 0 and call.args[2] == (2, 1, 16, 16)
+        assert call.kwargs["precision"] == "fp32"
 
 
 # ----- Frechet distance --------------------------------------------------------------------------

@@ -242,3 +242,32 @@ def test_a_file_that_would_run_code_is_refused_without_suggesting_to_run_it(tmp_
     with pytest.raises(CheckpointError) as info:
         ddpm.checkpoint.load_checkpoint(path)
     assert "weights_only" not in str(info.value)  # never the advice to load it unsafely
+
+
+def test_decoding_rebuilds_the_schedule_configs_and_ema_weights(tmp_path, schedule):
+    from ddpm.checkpoint import (
+        ema_from,
+        load_weights,
+        schedule_from,
+        train_config_from,
+        unet_config_from,
+    )
+
+    trainer = trainer_for(schedule, "fp32")
+    for x0 in batches(2):
+        trainer.step(x0)  # batch 2 x accum 2 = 4 images
+    trainer.save(tmp_path / "last.pt")
+    data = load_checkpoint(tmp_path / "last.pt")
+
+    assert torch.equal(schedule_from(data).betas, schedule.betas)
+    assert unet_config_from(data) == CONFIG and train_config_from(data) == trainer.config
+    ema = ema_from(data, UNet(CONFIG))
+    assert ema.decay == trainer.ema.decay and ema.num_updates == trainer.ema.num_updates == 2
+    torch.manual_seed(1)
+    model = UNet(CONFIG)
+    load_weights(model, data)
+    # The EMA weights, not the raw ones: after two steps at warm-up decay they differ.
+    for mine, shadow in zip(model.parameters(), trainer.ema.params, strict=True):
+        assert torch.equal(mine, shadow)
+    assert any(not torch.equal(s, r) for s, r in zip(trainer.ema.params,
+                                                      trainer.model.parameters(), strict=True))

@@ -80,3 +80,12 @@ def test_the_cycle_finder_finds_a_cycle_and_ignores_main_guards(tmp_path):
                       "if __name__ == '__main__':\n    import bench.cli\n")
     assert imports(module, {"ddpm.train", "bench.report", "bench.cli"}) == {"ddpm.train",
                                                                           "bench.report"}
+
+
+def test_sampling_does_not_import_training():
+    """Sampling needs the sampler, the checkpoint decoding and the precision helpers, none of
+    which live in ddpm.train: its modules import none of it (the sampling harness's model
+    builder, bench.workload, serves training harnesses too and may)."""
+    known = modules()
+    for name in ("ddpm.sample", "ddpm.sample_cli", "bench.harnesses.sampling"):
+        assert not {m for m in imports(known[name], set(known)) if m.startswith("ddpm.train")}, name

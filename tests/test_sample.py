@@ -5,11 +5,22 @@ import copy
 import numpy as np
 import pytest
 import torch
+from spies import spy_on
 from torch import nn
 
+import ddpm.sample
 from ddpm.config import PRESETS
 from ddpm.ema import EMA
-from ddpm.sample import ddim_sample, ddim_step, ddim_timesteps, ddpm_sample, ddpm_step
+from ddpm.sample import (
+    DDIMSampler,
+    DDPMSampler,
+    ddim_sample,
+    ddim_step,
+    ddim_timesteps,
+    ddpm_sample,
+    ddpm_step,
+    sample_progressive,
+)
 from ddpm.schedule import NoiseSchedule
 from ddpm.unet import UNet
 
@@ -373,3 +384,199 @@ def test_ddim_clip_x0_clamps_and_rederives_eps():
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
     assert x0.abs().max() == 1  # the clamp was active in this case
     assert not torch.allclose(out, ddim_step(s, x_t, t, t_prev, eps))
+
+
+# -- sampler objects and the one loop ----------------------------------------------------------
+
+# A tiny schedule whose tables are easy to follow by hand: T = 4.
+TINY_BETAS = np.array([0.1, 0.2, 0.3, 0.4])
+
+
+def tiny_tables():
+    """beta, alpha, abar and abar_{t-1} (abar_{-1} = 1) of TINY_BETAS, float64 (eq. 4)."""
+    beta = TINY_BETAS
+    alpha = 1 - beta
+    abar = np.cumprod(alpha)
+    return beta, alpha, abar, np.concatenate([[1.0], abar[:-1]])
+
+
+def by_hand_ddpm(x, eps, z, t, variance):
+    """Algorithm 2, line 4: 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - abar_t) eps) + sigma_t z,
+    sigma_t^2 = beta_t or beta tilde_t = (1 - abar_{t-1}) / (1 - abar_t) beta_t; no z at t = 0.
+    Also x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) (eq. 15)."""
+    beta, alpha, abar, abar_prev = tiny_tables()
+    mean = (x - beta[t] / np.sqrt(1 - abar[t]) * eps) / np.sqrt(alpha[t])
+    var = beta[t] if variance == "beta" else (1 - abar_prev[t]) / (1 - abar[t]) * beta[t]
+    x_prev = mean + np.sqrt(var) * z if t > 0 else mean
+    return x_prev, (x - np.sqrt(1 - abar[t]) * eps) / np.sqrt(abar[t])
+
+
+def by_hand_ddim(x, eps, z, t, t_prev, eta):
+    """DDIM eq. 12 with sigma from DDIM eq. 16; abar at t_prev = -1 is 1."""
+    abar = tiny_tables()[2]
+    a_t, a_p = abar[t], (abar[t_prev] if t_prev >= 0 else 1.0)
+    sigma = eta * np.sqrt((1 - a_p) / (1 - a_t)) * np.sqrt(1 - a_t / a_p)
+    x0 = (x - np.sqrt(1 - a_t) * eps) / np.sqrt(a_t)
+    x_prev = np.sqrt(a_p) * x0 + np.sqrt(1 - a_p - sigma**2) * eps
+    return (x_prev + sigma * z if sigma > 0 else x_prev), x0
+
+
+def test_sampler_timesteps_and_noise():
+    s = NoiseSchedule(torch.tensor(TINY_BETAS))
+    ddpm = DDPMSampler(s)
+    assert ddpm.timesteps == [3, 2, 1, 0]
+    assert [ddpm.needs_noise(t) for t in ddpm.timesteps] == [True, True, True, False]
+    # floor(i * 4 / 2) for i = 1, 0: DDIM jumps 2 -> 0 -> done.
+    ddim = DDIMSampler(s, 2, eta=0.5)
+    assert ddim.timesteps == [2, 0]
+    assert [ddim.needs_noise(t) for t in ddim.timesteps] == [True, False]  # sigma = 0 at the end
+    assert not any(DDIMSampler(s, 4).needs_noise(t) for t in range(4))  # eta = 0: no noise
+    with pytest.raises(ValueError, match="variance must be one of"):
+        DDPMSampler(s, variance="large")
+    with pytest.raises(ValueError, match="eta must be a number in"):
+        DDIMSampler(s, 2, eta=2.0)
+    with pytest.raises(ValueError, match=r"steps must lie in \[1, 4\]"):
+        DDIMSampler(s, 5)
+
+
+@pytest.mark.parametrize("variance", ["posterior", "beta"])
+def test_ddpm_sampler_step_is_algorithm_2_by_hand(variance):
+    s = NoiseSchedule(torch.tensor(TINY_BETAS))
+    sampler = DDPMSampler(s, variance=variance)
+    x, eps, z = randn(2, 5, seed=20), randn(2, 5, seed=21), randn(2, 5, seed=22)
+    for t in sampler.timesteps:
+        x_prev, x0_hat = sampler.step(eps, t, x, z if sampler.needs_noise(t) else None)
+        want_prev, want_x0 = by_hand_ddpm(d(x), d(eps), d(z), t, variance)
+        np.testing.assert_allclose(d(x_prev), want_prev, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(d(x0_hat), want_x0, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_ddim_sampler_step_is_eq_12_by_hand(eta):
+    s = NoiseSchedule(torch.tensor(TINY_BETAS))
+    sampler = DDIMSampler(s, 2, eta=eta)
+    x, eps, z = randn(2, 5, seed=23), randn(2, 5, seed=24), randn(2, 5, seed=25)
+    for t, t_prev in ((2, 0), (0, -1)):
+        x_prev, x0_hat = sampler.step(eps, t, x, z if sampler.needs_noise(t) else None)
+        want_prev, want_x0 = by_hand_ddim(d(x), d(eps), d(z), t, t_prev, eta)
+        np.testing.assert_allclose(d(x_prev), want_prev, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(d(x0_hat), want_x0, rtol=1e-5, atol=1e-5)
+
+
+def test_clipped_samplers_clamp_x0_hat():
+    """clip_x0: x0_hat clamped to [-1, 1]; DDPM's mean is then eq. 7 at the clamped x0_hat."""
+    s = NoiseSchedule(torch.tensor(TINY_BETAS))
+    beta, alpha, abar, abar_prev = tiny_tables()
+    x, eps, z = 3 * randn(2, 5, seed=26), randn(2, 5, seed=27), randn(2, 5, seed=28)
+    t = 2
+    x0 = np.clip((d(x) - np.sqrt(1 - abar[t]) * d(eps)) / np.sqrt(abar[t]), -1, 1)
+    assert (np.abs(x0) == 1).any() and (np.abs(x0) < 1).any()  # the clamp does something
+    mean = (np.sqrt(abar_prev[t]) * beta[t] * x0
+            + np.sqrt(alpha[t]) * (1 - abar_prev[t]) * d(x)) / (1 - abar[t])
+    sigma = np.sqrt((1 - abar_prev[t]) / (1 - abar[t]) * beta[t])
+    x_prev, x0_hat = DDPMSampler(s, clip_x0=True).step(eps, t, x, z)
+    np.testing.assert_allclose(d(x0_hat), x0, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(d(x_prev), mean + sigma * d(z), rtol=1e-5, atol=1e-5)
+    _, x0_hat = DDIMSampler(s, 2, clip_x0=True).step(eps, t, x)
+    np.testing.assert_allclose(d(x0_hat), x0, rtol=1e-5, atol=1e-6)
+
+
+class Wobble(nn.Module):
+    """eps = 0.5 tanh(x) + t / 100: depends on x and t, so a wrong x or t shows."""
+
+    def forward(self, x, t):
+        return 0.5 * torch.tanh(x) + t.float().view(-1, 1) / 100
+
+
+@pytest.mark.parametrize("make, by_hand", [
+    (lambda s: DDPMSampler(s), lambda x, e, z, t, i: by_hand_ddpm(x, e, z, t, "posterior")),
+    (lambda s: DDPMSampler(s, variance="beta"),
+     lambda x, e, z, t, i: by_hand_ddpm(x, e, z, t, "beta")),
+    (lambda s: DDIMSampler(s, 2, eta=0.5),
+     lambda x, e, z, t, i: by_hand_ddim(x, e, z, t, [0, -1][i], 0.5)),
+    (lambda s: DDIMSampler(s, 3), lambda x, e, z, t, i: by_hand_ddim(x, e, z, t, [1, 0, -1][i], 0)),
+])
+def test_sample_progressive_is_the_loop_by_hand(make, by_hand):
+    """x_T, then one z per step that needs one, drawn in order from the generator; each step's
+    model call at its t; each yield the step's (i, t, x_prev, x0_hat)."""
+    s = NoiseSchedule(torch.tensor(TINY_BETAS))
+    sampler, shape = make(s), (3, 4)
+    steps = list(sample_progressive(Wobble(), sampler, shape,
+                                    generator=torch.Generator().manual_seed(9)))
+    g = torch.Generator().manual_seed(9)
+    x = d(torch.randn(shape, generator=g))
+    assert [(i, t) for i, t, _, _ in steps] == list(enumerate(sampler.timesteps))
+    for i, t, x_prev, x0_hat in steps:
+        eps = 0.5 * np.tanh(x) + t / 100
+        z = d(torch.randn(shape, generator=g)) if sampler.needs_noise(t) else np.nan
+        want_prev, want_x0 = by_hand(x, eps, z, t, i)
+        np.testing.assert_allclose(d(x0_hat), want_x0, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(d(x_prev), want_prev, rtol=1e-5, atol=1e-5)
+        x = want_prev
+
+
+def test_sample_progressive_restores_the_model_when_closed_early():
+    """Stopped after one step: eval mode and the EMA weights last until the run is closed, then
+    the model's mode and weights come back; between steps inference mode is off."""
+    s = NoiseSchedule.linear(20)
+    model = Toy().train()
+    ema = EMA(model)
+    with torch.no_grad():
+        for p in ema.params:
+            p.add_(0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    run = sample_progressive(model, DDPMSampler(s), (2, 1, 4, 4), ema=ema)
+    next(run)
+    assert not model.training and not torch.is_inference_mode_enabled()
+    assert torch.equal(model.conv.weight, ema.params[0])
+    run.close()
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddpm_strip", "ddim"])
+def test_an_error_between_steps_restores_the_model_at_once(sampler):
+    """Ctrl-C (here an error) in a progress callback, while the loop waits between steps: the
+    model's mode and weights are back before the caller handles it, not at garbage collection
+    (the traceback keeps the suspended run alive)."""
+    s = NoiseSchedule.linear(8)
+    model = Toy().train()
+    ema = EMA(model)
+    with torch.no_grad():
+        for p in ema.params:
+            p.add_(0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def progress(done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    run = {"ddpm": lambda: ddpm_sample(model, s, (2, 1, 4, 4), ema=ema, progress=progress),
+           "ddpm_strip": lambda: ddpm_sample(model, s, (2, 1, 4, 4), ema=ema, progress=progress,
+                                             return_x0_every=2),
+           "ddim": lambda: ddim_sample(model, s, (2, 1, 4, 4), steps=4, ema=ema,
+                                       progress=progress)}[sampler]
+    try:
+        run()
+    except KeyboardInterrupt:
+        assert model.training
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, before[k]), k
+    else:
+        pytest.fail("the interrupt was lost")
+
+
+def test_the_samplers_run_the_one_loop(monkeypatch):
+    calls = spy_on(monkeypatch, ddpm.sample.sample_progressive)
+    s = NoiseSchedule.linear(6)
+    model = GaussianOracle(np_tables(6)[2], 0.0, 0.5)
+    ddpm_sample(model, s, (2, 3), variance="beta", clip_x0=True)
+    ddpm_sample(model, s, (2, 3), return_x0_every=2)
+    ddim_sample(model, s, (2, 3), steps=4, eta=0.5)
+    kinds = [(type(c.args[1]).__name__, len(c.yielded)) for c in calls]
+    assert kinds == [("DDPMSampler", 6), ("DDPMSampler", 6), ("DDIMSampler", 4)]
+    first, last = calls[0].args[1], calls[2].args[1]
+    assert (first.variance, first.clip_x0) == ("beta", True)
+    assert (last.steps, last.eta, last.clip_x0) == (4, 0.5, False)
+    assert len(model.seen) == 6 + 6 + 4  # no model call outside the loop

@@ -34,6 +34,7 @@ from bench.spec import BenchSpec, SpecError, parse_int_list
 from bench.workload import build_trainer
 from ddpm.config import PRESETS, TrainConfig
 from ddpm.data import DatasetError, load_dataset
+from ddpm.objective import held_out_draws, held_out_loss
 from ddpm.schedule import NoiseSchedule
 
 DATASETS = ("digits", "mnist", "cifar10", "folder")
@@ -208,33 +209,19 @@ def compare(rows: list[dict], context: RunContext) -> list[str]:
 
 def validation_draws(images: torch.Tensor, timesteps: int, seed: int
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Timesteps and noise for the held-out images, the same for every spec with this seed.
-    Timesteps are stratified (evenly over 0..T-1): a lower-variance estimate of eq. 14's
-    expectation over t than uniform draws."""
-    n = images.shape[0]
-    t = (torch.arange(n) * timesteps) // n
-    generator = torch.Generator().manual_seed(seed + VAL_SEED_OFFSET)
-    noise = torch.randn(images.shape, generator=generator, dtype=torch.float32)
-    return t, noise
+    """Timesteps and noise for the held-out images (ddpm.objective.held_out_draws), the same for
+    every spec with this seed."""
+    return held_out_draws(images, timesteps, seed + VAL_SEED_OFFSET)
 
 
-@torch.no_grad()
 def validation_loss(model: torch.nn.Module, schedule: NoiseSchedule, images: torch.Tensor,
                     t: torch.Tensor, noise: torch.Tensor, device: torch.device) -> float:
-    """L_simple on fixed (images, t, noise), in fp32 whatever the training precision, in eval
-    mode, in chunks of VAL_CHUNK: the same weights give the same number."""
-    was_training = model.training
-    model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    try:
-        for x0, tt, eps in zip(images.split(VAL_CHUNK), t.split(VAL_CHUNK),
-                               noise.split(VAL_CHUNK)):
-            x0, tt, eps = x0.to(device), tt.to(device), eps.to(device)
-            predicted = model(schedule.q_sample(x0, tt, eps), tt)
-            total += (predicted.float() - eps).square().sum(dtype=torch.float64)
-    finally:
-        model.train(was_training)
-    return float(total) / images.numel()
+    """L_simple on fixed (images, t, noise) (ddpm.objective.held_out_loss), in fp32 whatever the
+    training precision, in chunks of VAL_CHUNK: the same weights give the same number."""
+    chunks = zip(images.split(VAL_CHUNK), t.split(VAL_CHUNK), noise.split(VAL_CHUNK))
+    return held_out_loss(model, schedule.to(device),
+                         ((x0.to(device), tt.to(device), eps.to(device))
+                          for x0, tt, eps in chunks), precision="fp32")
 
 
 def is_diverged(loss: float) -> bool:

@@ -25,6 +25,7 @@ from bench.measure.tracked import CATEGORIES
 from bench.measure.training import timed_training
 from bench.spec import DEFAULT_BUDGET_MIB, BenchSpec
 from bench.workload import train_step
+from ddpm.precision import synchronize
 
 TRACKED = [f"tracked_{c}_mib" for c in CATEGORIES]
 # Transient convolution workspaces are not traced. torch's cuDNN path tries the next algorithm
@@ -157,7 +158,7 @@ def _fits_measured(spec: BenchSpec, device: torch.device) -> bool:
         step = train_step(spec, device)
         for _ in range(2):
             step()
-        torch.cuda.synchronize(device)
+        synchronize(device)
         fits = True
     except Exception as exc:
         if not cuda.is_oom(exc):

@@ -30,25 +30,20 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, record_function
+from torch.profiler import ProfilerActivity
 
 from bench.cli import build_parser, run_cli, specs_from_args
 from bench.core import Harness, RunContext, rank_folder
-from bench.harnesses.sampling import Denoiser, default_schedule
+from bench.harnesses.sampling import default_schedule, denoising_steps
 from bench.measure import cuda
 from bench.measure.profile_summary import SUMMARY_FILE, memory_curve, write_summary
-from bench.measure.timing import synchronize
 from bench.results import format_value
 from bench.spec import BenchSpec, SpecError, parse_choices
 from bench.workload import build_model, train_step
-from ddpm.train import apply_matmul_precision
+from ddpm.precision import MIB, SAMPLE_PHASES, TRAIN_PHASES, apply_matmul_precision, synchronize
 
 TARGETS = ("train", "sample")
-# The ranges ddpm.train.Trainer.step opens around its phases, in the order they run.
-TRAIN_PHASES = ("data", "forward", "loss", "backward", "unscale_clip", "optimizer", "ema")
-# ddpm.sample's loop names each denoising step so; the harness opens the same range around
-# bench.sampling's Denoiser, which takes one step exactly as that loop does.
-SAMPLE_PHASES = ("denoise_step",)
+# Training's ranges (Trainer.step) in the order they run, then sampling's (ddpm.sample's loop).
 PHASES = TRAIN_PHASES + tuple(p for p in SAMPLE_PHASES if p not in TRAIN_PHASES)
 SAMPLE_SAMPLER, SAMPLE_STEPS = "ddim", 50
 # Profiler options are not BenchSpec fields: they reach each spec in RunContext.options.
@@ -128,12 +123,10 @@ def step_function(spec: BenchSpec, device: torch.device):
         return train_and_sync, torch.enable_grad
 
     model = build_model(spec).to(device)
-    model.eval()
-    denoise = Denoiser(model, default_schedule(), spec, device)
+    denoise = denoising_steps(model, default_schedule(), spec, device)
 
     def sample_step() -> None:
-        with record_function("denoise_step"):
-            denoise()
+        denoise()  # one step of ddpm.sample's loop, inside its own denoise_step range
         synchronize(device)
     return sample_step, torch.inference_mode
 
@@ -266,7 +259,7 @@ def measure(spec: BenchSpec, context: RunContext) -> dict:
     figures = {"profiled_steps": steps, "step_ms": step_us / steps / 1000,
                **{f"phase_{p}_pct": v for p, v in shares.items()},
                "other_pct": 100 - sum(shares.values()),
-               "peak_memory_mib": collector.peak_bytes / 2**20, "trace_dir": str(folder),
+               "peak_memory_mib": collector.peak_bytes / MIB, "trace_dir": str(folder),
                "memory_snapshot": str(snapshot) if snapshot is not None else None}
     if device.type == "cuda":
         figures["peak_alloc_mib"] = cuda.peaks_mib(device)[0]

@@ -5,25 +5,26 @@ complete run, with DDPM's ancestral sampler (all T timesteps) and with DDIM at f
     python -m bench.sampling --batch 1,16,64 --precision fp32,bf16 --sampler ddim
     python -m bench.sampling --checkpoint runs/demo/last.pt   # speed and quality side by side
 
-One denoising step is what the samplers in ddpm.sample do per timestep: one UNet call on the
-whole batch (under autocast for bf16/fp16) and the sampler's update (ddpm_step, or ddim_step with
-eta = 0), in inference mode with the model in eval mode. A complete DDPM run is T = 1000 such
-steps, which takes long on a CPU, so each spec times --measure-steps steps of the real timestep
-sequence after --warmup steps (compilation lands there), each step bracketed by a device sync,
-and the full run is reported as a PROJECTION, step_s x sampling_steps, in columns named so.
+One denoising step is one step of ddpm.sample's loop (sample_progressive), the very code the
+samplers run: one UNet call on the whole batch (under autocast for bf16/fp16) and the sampler's
+update (ddpm_step, or ddim_step with eta = 0), in inference mode with the model in eval mode. A
+complete DDPM run is T = 1000 such steps, which takes long on a CPU, so each spec times
+--measure-steps steps of the real timestep sequence after --warmup steps (compilation lands
+there), each step bracketed by a device sync, and the full run is reported as a PROJECTION,
+step_s x sampling_steps, in columns named so.
 
 With --checkpoint (a ddpm.train checkpoint of a model trained on digits, e.g. the default
 `python -m ddpm.train`), each spec also draws --quality-samples images with its full sampler from
 the EMA weights, writes a grid of them, and reports the Frechet distance of their features from
-real digits' under a small classifier (bench.quality), next to the floor that as many real
+real digits' under a small classifier (bench.measure.quality), next to the floor that as many real
 held-out digits score."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -36,12 +37,18 @@ from bench.ratios import impl_ratios
 from bench.results import format_value
 from bench.spec import SpecError, parse_attention, parse_choices, parse_int_list, parse_preset
 from bench.workload import COMPILE_KWARGS, build_model
-from ddpm.checkpoint import CheckpointError, load_checkpoint
+from ddpm.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_weights,
+    schedule_from,
+    unet_config_from,
+)
+from ddpm.cli_common import first_line
 from ddpm.config import PRESETS, UNetConfig
-from ddpm.ema import EMA
-from ddpm.sample import ddim_sample, ddim_step, ddim_timesteps, ddpm_sample, ddpm_step
+from ddpm.precision import apply_matmul_precision
+from ddpm.sample import DDIMSampler, DDPMSampler, Sampler, Step, sample_loop, sample_progressive
 from ddpm.schedule import NoiseSchedule
-from ddpm.train import AUTOCAST_DTYPES, apply_matmul_precision, schedule_from, unet_config_from
 from ddpm.unet import UNet
 
 SAMPLERS = ("ddpm", "ddim")
@@ -79,61 +86,43 @@ def verdict(row: dict) -> str | None:
 
 # ----- one spec ----------------------------------------------------------------------------------
 
-def autocast(precision: str, device: torch.device):
-    """The trainer's precision policy, for inference: autocast for fp16/bf16, nothing otherwise."""
-    dtype = AUTOCAST_DTYPES.get(precision)
-    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+def sampler_of(spec, schedule: NoiseSchedule) -> Sampler:
+    """The spec's complete sampler: ddpm over all T timesteps, or ddim with eta 0 over
+    spec.sampling_steps, as ddpm_sample / ddim_sample run them."""
+    if spec.sampler == "ddpm":
+        return DDPMSampler(schedule)
+    return DDIMSampler(schedule, spec.sampling_steps)
 
 
-def timesteps(sampler: str, sampling_steps: int, schedule: NoiseSchedule) -> list[int]:
-    """The timesteps a complete run visits, noisiest first, as ddpm_sample / ddim_sample do."""
-    if sampler == "ddpm":
-        return list(reversed(range(schedule.timesteps)))
-    return ddim_timesteps(schedule.timesteps, sampling_steps)
+def denoising_steps(model: torch.nn.Module, schedule: NoiseSchedule, spec,
+                    device: torch.device) -> Callable[[], Step]:
+    """A function whose every call takes the next step of ddpm.sample's loop and returns what
+    the loop yields: (i, t, x_prev, x0_hat). Runs follow each other from one generator seeded
+    with spec.seed: the call after a run's last step starts the next run from a fresh x_T, so
+    any number of steps can be timed."""
+    sampler = sampler_of(spec, schedule.to(device))
+    c = model.config
+    shape = (spec.batch, c.in_channels, c.image_size, c.image_size)
+    generator = torch.Generator().manual_seed(spec.seed)
+    run = iter(())
 
-
-class Denoiser:
-    """Calling it takes one denoising step of a sampling run, exactly as ddpm.sample's loop does
-    (x_T and the noise drawn on the CPU from a seeded generator, then moved); past the last
-    timestep it starts a new run from a fresh x_T, so any number of steps can be timed."""
-
-    def __init__(self, model: torch.nn.Module, schedule: NoiseSchedule, spec, device):
-        c = model.config
-        self.model, self.spec, self.device = model, spec, device
-        self.schedule = schedule.to(device)
-        self.ts = timesteps(spec.sampler, spec.sampling_steps, schedule)
-        self.shape = (spec.batch, c.in_channels, c.image_size, c.image_size)
-        self.generator = torch.Generator().manual_seed(spec.seed)
-        self.i = len(self.ts)
-        self.x: torch.Tensor | None = None
-
-    def randn(self) -> torch.Tensor:
-        return torch.randn(self.shape, generator=self.generator).to(self.device)
-
-    def __call__(self) -> None:
-        if self.i == len(self.ts):
-            self.i, self.x = 0, self.randn()
-        t, x = self.ts[self.i], self.x
-        t_batch = torch.full((self.shape[0],), t, dtype=torch.long, device=self.device)
-        with autocast(self.spec.precision, self.device):
-            eps = self.model(x, t_batch)
-        if self.spec.sampler == "ddpm":
-            noise = self.randn() if t > 0 else None
-            x = ddpm_step(self.schedule, x, t, eps, noise)
-        else:
-            t_prev = self.ts[self.i + 1] if self.i + 1 < len(self.ts) else -1
-            x = ddim_step(self.schedule, x, t, t_prev, eps)
-        self.x, self.i = x, self.i + 1
+    def step() -> Step:
+        nonlocal run
+        try:
+            return next(run)
+        except StopIteration:
+            run = sample_progressive(model, sampler, shape, generator=generator, device=device,
+                                     precision=spec.precision)
+            return next(run)
+    return step
 
 
 def timed_sampling(model: torch.nn.Module, schedule: NoiseSchedule, spec,
                    device: torch.device) -> dict:
-    step = Denoiser(model, schedule, spec, device)
+    step = denoising_steps(model, schedule, spec, device)
     if device.type == "cuda":
         cuda.reset_peaks(device)
-    model.eval()
-    with torch.inference_mode():
-        timing = time_calls(step, spec.steps, spec.warmup, device)
+    timing = time_calls(step, spec.steps, spec.warmup, device)
     step_s = timing.median_s
     full = step_s * spec.sampling_steps
     figures = {
@@ -146,30 +135,18 @@ def timed_sampling(model: torch.nn.Module, schedule: NoiseSchedule, spec,
     return figures
 
 
-def load_weights(model: UNet, data: dict) -> None:
-    """The checkpoint's EMA weights, the ones ddpm.sample draws with."""
-    model.load_state_dict(data["model"])
-    ema = EMA(model, decay=data["ema"]["decay"])
-    ema.load_state_dict(data["ema"])
-    ema.copy_to(model)
-
-
 def generate(model: torch.nn.Module, schedule: NoiseSchedule, spec, device: torch.device,
              count: int) -> torch.Tensor:
     """`count` images from the spec's complete sampler, in chunks, on the CPU as float32."""
     c = model.config
+    sampler = sampler_of(spec, schedule)
     generator = torch.Generator().manual_seed(spec.seed)
     images = []
-    with autocast(spec.precision, device):
-        for start in range(0, count, QUALITY_CHUNK):
-            shape = (min(QUALITY_CHUNK, count - start), c.in_channels, c.image_size,
-                     c.image_size)
-            if spec.sampler == "ddpm":
-                x = ddpm_sample(model, schedule, shape, generator=generator, device=device)
-            else:
-                x = ddim_sample(model, schedule, shape, steps=spec.sampling_steps,
-                                generator=generator, device=device)
-            images.append(x.float().cpu())
+    for start in range(0, count, QUALITY_CHUNK):
+        shape = (min(QUALITY_CHUNK, count - start), c.in_channels, c.image_size, c.image_size)
+        x = sample_loop(model, sampler, shape, generator=generator, device=device,
+                        precision=spec.precision)
+        images.append(x.float().cpu())
     return torch.cat(images)
 
 
@@ -242,9 +219,8 @@ def read_checkpoint(args: argparse.Namespace) -> NoiseSchedule:
     except CheckpointError as exc:
         raise SpecError(f"--checkpoint: {exc}") from None
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SpecError(f"--checkpoint {path} does not hold a usable model "
-                        f"({reason[:200]}).") from None
+                        f"({first_line(exc)}).") from None
     preset = preset_of(config)
     if preset is None:
         raise SpecError(f"--checkpoint {path} holds a model that is none of the presets "
@@ -335,7 +311,8 @@ def build_sampling_parser() -> argparse.ArgumentParser:
                         "projected from them (default %(default)s)")
     g.add_argument("--checkpoint", default=None,
                    help="a ddpm.train checkpoint of a model trained on digits: sample with its "
-                        "EMA weights and schedule, and report frechet_digits (bench.quality)")
+                        "EMA weights and schedule, and report frechet_digits "
+                        "(bench.measure.quality)")
     g.add_argument("--quality-samples", type=int, default=256,
                    help="with --checkpoint: images drawn per spec with its complete sampler "
                         "for frechet_digits; ddpm costs quality-samples x T UNet evaluations "
@@ -376,10 +353,11 @@ HARNESS = Harness(
            "caching allocator peaks over the timed steps, MiB = 2^20 bytes (empty on CPU).",
            "frechet_digits (only with --checkpoint, a model trained on digits): Frechet distance "
            "between features of quality_samples images drawn with the full sampler and of real "
-           "digits, under a small MLP trained on scikit-learn's digits (bench.quality; lower is "
-           "better; not comparable with published FIDs); frechet_digits_real: what as many real "
-           "held-out digits score (a finite sample's floor). The quality pass runs eager and "
-           "after the timed one; it writes a grid per spec under <out>/sampling/<run_id>/."],
+           "digits, under a small MLP trained on scikit-learn's digits (bench.measure.quality; "
+           "lower is better; not comparable with published FIDs); frechet_digits_real: what as "
+           "many real held-out digits score (a finite sample's floor). The quality pass runs "
+           "eager and after the timed one; it writes a grid per spec under "
+           "<out>/sampling/<run_id>/."],
     verdict=verdict,
     compare=lambda rows, context: impl_ratios(rows, "img_per_s", "img/s"),
     measure=measure,

@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 
 from ddpm.cli_common import indexed_device
+from ddpm.precision import MIB, synchronize
 
-MIB = 2**20
 NEEDS_AMPERE = ("bf16", "tf32")  # bf16 kernels and TF32 tensor cores need compute capability 8.0
 
 # Out-of-memory that torch raises as a plain RuntimeError, not torch.OutOfMemoryError.
@@ -98,7 +98,7 @@ def cap_to_budget(device: torch.device, budget_mib: float, context_mib: float) -
 def reset_peaks(device: torch.device, release_cache: bool = True) -> None:
     """Start the allocator's peaks from now. release_cache returns cached blocks to the driver
     first (a spec's start); without it the cache stays, as it does between training steps."""
-    torch.cuda.synchronize(device)
+    synchronize(device)
     if release_cache:
         torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
@@ -106,7 +106,7 @@ def reset_peaks(device: torch.device, release_cache: bool = True) -> None:
 
 def peaks_mib(device: torch.device) -> tuple[float, float]:
     """(peak allocated, peak reserved) since the last reset_peaks, in MiB."""
-    torch.cuda.synchronize(device)
+    synchronize(device)
     return (torch.cuda.max_memory_allocated(device) / MIB,
             torch.cuda.max_memory_reserved(device) / MIB)
 

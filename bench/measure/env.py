@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from bench.measure.cuda import resolve
+from ddpm.precision import MIB
 
 # Environment variables read by the CUDA caching allocator and the driver.
 ALLOCATOR_SETTINGS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "CUDA_MODULE_LOADING")
@@ -82,7 +83,7 @@ def _cuda_device(device: str) -> dict:
     props = torch.cuda.get_device_properties(card)
     major, minor = torch.cuda.get_device_capability(card)
     return {"device": str(card), "device_name": props.name,
-            "device_memory_mib": round(props.total_memory / 2**20),
+            "device_memory_mib": round(props.total_memory / MIB),
             "compute_capability": f"{major}.{minor}", "driver": _driver()}
 
 

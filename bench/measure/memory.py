@@ -20,10 +20,10 @@ from bench.measure.cuda_rules import CudaRules
 from bench.measure.tracked import MemoryPeak, TensorTracker
 from bench.spec import BenchSpec
 from bench.workload import build_trainer, synthetic_images
+from ddpm.precision import MIB
 from ddpm.schedule import NoiseSchedule
 
 CUDA_BLOCK_BYTES = 512  # the caching allocator rounds every allocation up to a multiple of this
-MIB = 2**20
 # The card the prediction is for unless told otherwise: the 8 GB GeForce cards (RTX 3060 Ti,
 # 3070: sm86; RTX 4060: sm89, under the same rules here).
 DEFAULT_TARGET = (8, 6)

@@ -9,7 +9,8 @@ import threading
 import psutil
 import torch
 
-MIB = 2**20
+from ddpm.precision import MIB
+
 # Used bytes by NVML UUID, taken before this process's CUDA context exists.
 _BASELINE: dict[str, int | None] | None = None
 

@@ -14,9 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.measure.timing import time_calls
-
-DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16,
-          "bf16": torch.bfloat16}
+from ddpm.precision import COMPUTE_DTYPES, apply_matmul_precision
 
 
 def _probe_shapes(device: torch.device) -> tuple[int, int, int]:
@@ -30,10 +28,8 @@ def measure_peak_flops(device: torch.device, precision: str, repeats: int = 10) 
     median of 5 after 2 warm-ups read bf16 at half its rate once (oneDNN's first bf16 calls),
     which put MFU above 1."""
     n, channels, batch = _probe_shapes(device)
-    dtype = DTYPES[precision]
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    dtype = COMPUTE_DTYPES[precision]
+    apply_matmul_precision(precision, device)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     matmul = time_calls(lambda: a @ b, repeats, 5, device)

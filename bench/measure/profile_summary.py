@@ -13,6 +13,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from ddpm.precision import MIB
+
 SUMMARY_FILE = "summary.html"
 
 
@@ -27,7 +29,7 @@ def memory_curve(trace: dict, device_type: int) -> dict:
                     and (e.get("args") or {}).get("Device Type") == device_type)
     zero = starts[0] if starts else (points[0][0] if points else 0.0)
     return {"ms": [(t - zero) / 1000 for t, _ in points],
-            "mib": [b / 2**20 for _, b in points],
+            "mib": [b / MIB for _, b in points],
             "step_starts_ms": [(t - zero) / 1000 for t in starts]}
 
 

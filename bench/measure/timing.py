@@ -9,10 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from ddpm.precision import synchronize
 
 
 @dataclass(frozen=True)

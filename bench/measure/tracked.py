@@ -17,6 +17,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from ddpm.precision import MIB
+
 CATEGORIES = ("parameters", "gradients", "optimizer_state", "ema", "activations", "temporaries")
 
 
@@ -36,7 +38,7 @@ class MemoryPeak:
     by_category: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CATEGORIES, 0))
 
     def mib(self, category: str | None = None) -> float:
-        return (self.total if category is None else self.by_category[category]) / 2**20
+        return (self.total if category is None else self.by_category[category]) / MIB
 
 
 class TensorTracker(TorchDispatchMode):
