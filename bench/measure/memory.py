@@ -4,7 +4,10 @@ card on any machine.
 The prediction runs the same step on fake tensors (no memory, no compute) under CUDA's rules
 (bench.measure.cuda_rules), then replays its ordered allocations and frees through a model of
 the CUDA caching allocator (bench.measure.allocator): what the card's allocator would report as
-allocated and reserved, the cuBLAS workspace among them."""
+allocated and reserved, the cuBLAS workspace among them.
+
+A spec spread over ranks (parallel ddp or fsdp) is traced as its rank 0, in a fake process group
+of spec.ranks (bench.measure.ranks): the figures are per card, from one process and no card."""
 
 from __future__ import annotations
 
@@ -14,9 +17,11 @@ from dataclasses import dataclass
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.nn.parallel import DistributedDataParallel
 
 from bench.measure.allocator import cublas_workspace_bytes, parse_alloc_conf, replay
 from bench.measure.cuda_rules import CudaRules
+from bench.measure.ranks import KeptStorages, answer_all_reduce, fake_tensor_ddp, rank_zero
 from bench.measure.tracked import MemoryPeak, TensorTracker
 from bench.spec import BenchSpec
 from bench.workload import build_trainer, synthetic_images
@@ -51,16 +56,25 @@ def traced_accum(spec: BenchSpec) -> int:
     return min(spec.accum, 2)
 
 
-def _input_bytes(spec: BenchSpec, images: int) -> int:
+def _inputs(spec: BenchSpec, images: int, device: str) -> list[torch.Tensor]:
+    """Stand-ins of a step's inputs on the device: x0 and its noise in float32, one int64
+    timestep per image."""
     c = spec.unet_config()
-    # x0 and its noise in float32, and one int64 timestep per image.
-    return images * (2 * 4 * c.in_channels * c.image_size**2 + 8)
+    shape = (images, c.in_channels, c.image_size, c.image_size)
+    return [torch.empty(shape, device=device), torch.empty(shape, device=device),
+            torch.empty(images, dtype=torch.int64, device=device)]
+
+
+def step_images(spec: BenchSpec, accum: int) -> int:
+    """The images trainer.step takes for `accum` micro-batches: each rank's own."""
+    return spec.batch * accum
 
 
 def _trace(spec: BenchSpec, fake: bool, full_trace: bool = False,
            target: tuple[int, int] = DEFAULT_TARGET) -> TensorTracker:
     """A warm-up step (it creates the optimizer state), then a measured step, under a tracker
-    whose peak is reset between the two, so its peak is the steady state's.
+    whose peak is reset between the two, so its peak is the steady state's. With more than one
+    rank, rank 0's step (bench.measure.ranks).
 
     fake=True is the CUDA prediction: fake tensors, storages rounded to 512 B, CUDA's rules,
     and fp16 traced as bf16 (the same 2-byte autocast lists; GradScaler's step needs real
@@ -68,24 +82,55 @@ def _trace(spec: BenchSpec, fake: bool, full_trace: bool = False,
     accum = spec.accum if full_trace else traced_accum(spec)
     precision = "bf16" if fake and spec.precision == "fp16" else spec.precision
     schedule = NoiseSchedule.linear()  # built outside fake mode: its validation reads values
-    fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
-    rules = CudaRules(target) if fake else contextlib.nullcontext()
     device = "cpu" if fake else spec.device
-    with fake_mode, rules:
-        trainer = build_trainer(spec, device=device, accum=accum, precision=precision,
-                                compiled=False, schedule=schedule)
+    with rank_zero(spec, fake_tensors=fake) as mesh, contextlib.ExitStack() as stack:
+        if fake:
+            stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
+            stack.enter_context(CudaRules(target))
+            if spec.parallel == "ddp":
+                stack.enter_context(fake_tensor_ddp())
+        born = KeptStorages()
+        with born:
+            trainer = build_trainer(spec, device=device, accum=accum, precision=precision,
+                                    compiled=False, schedule=schedule, mesh=mesh)
+        answer_all_reduce(trainer.model)
+        # On a card the step's images and draws are host tensors and only their copies take
+        # device memory: in the fake trace (all on the CPU) the draws go uncounted and
+        # stand-ins of this rank's copies are held instead. Measured, the device decides.
+        host = synthetic_images(spec, step_images(spec, accum))
         round_to = CUDA_BLOCK_BYTES if fake else None
         with TensorTracker(trainer.model, trainer.optimizer, trainer.ema.params,
                            round_to=round_to) as tracker:
-            trainer.step(synthetic_images(spec, spec.batch * accum))  # creates optimizer state
+            if fake:
+                tracker.ignore([host])
+                draw = trainer.draw
+                trainer.draw = lambda x0: _untracked(tracker, draw, x0)
+            trainer.step(host)  # creates optimizer state
+            ddp = isinstance(trainer.model, DistributedDataParallel)
+            if ddp and not fake:
+                # DDP rebuilds its buckets before its second forward, in the order gradients
+                # arrived (not over fake tensors: bench.measure.ranks), so a real DDP step is
+                # steady from the third on.
+                with born:
+                    trainer.step(host)
+            if ddp:
+                # DDP's buckets: a flat copy of every gradient, for the exchange.
+                tracker.hold(born.kept(), "gradients")
             tracker.reset_peak()
-            # Inputs of the untraced micro-batches: held for the whole step, never touched.
-            untraced = torch.empty(_input_bytes(spec, spec.batch * (spec.accum - accum)),
-                                   dtype=torch.uint8, device=device)
-            images = synthetic_images(spec, spec.batch * accum).to(device)
-            trainer.step(images)
-            del untraced, images
+            if fake:
+                inputs = _inputs(spec, spec.batch * spec.accum, device)
+            else:
+                # Inputs of the untraced micro-batches: held for the whole step, never touched.
+                inputs = _inputs(spec, spec.batch * (spec.accum - accum), device)
+                host = synthetic_images(spec, step_images(spec, accum)).to(device)
+            trainer.step(host)
+            del inputs, host
     return tracker
+
+
+def _untracked(tracker: TensorTracker, draw, x0):
+    with tracker.untracked():
+        return draw(x0)
 
 
 def step_peak(spec: BenchSpec, fake: bool, full_trace: bool = False,
