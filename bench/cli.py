@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from bench.core import Harness
 from bench.results import ResultsError, check_writable, results_folder
-from bench.runner import run_sweep
+from bench.runner import Launch, launches_ranks, run_sweep
 from bench.spec import (
     COMPILE_MODES,
     DEFAULT_BUDGET,
@@ -29,7 +29,8 @@ from bench.spec import (
     parse_preset,
 )
 from ddpm.cli_common import ArgumentParser, seed_int
-from ddpm.config import PRECISIONS, PRESETS
+from ddpm.config import GRAD_SYNCS, PRECISIONS, PRESETS
+from ddpm.parallel import PARALLEL
 
 # Bad input gets one line naming the problem and exit status 2, not a usage dump: the same
 # parser as ddpm's command lines.
@@ -37,9 +38,10 @@ OneLineParser = ArgumentParser
 
 
 def build_parser(prog: str, description: str, defaults: dict,
-                 helps: dict[str, str] | None = None) -> OneLineParser:
+                 helps: dict[str, str] | None = None, ranks: bool = True) -> OneLineParser:
     """The shared options; `defaults` and `helps` (by option dest) let a harness say what an
-    option means for it, e.g. --warmup is learning-rate warm-up in bench.loss."""
+    option means for it, e.g. --warmup is learning-rate warm-up in bench.loss. `ranks`: the
+    data-parallel options, for the harnesses that train."""
     p = OneLineParser(prog=prog, description=description,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     axes = p.add_argument_group("axes (comma lists; the sweep is their product)")
@@ -60,6 +62,22 @@ def build_parser(prog: str, description: str, defaults: dict,
                       help="ddpm (ours), diffusers (UNet2DModel at the same architecture, trained "
                            "as diffusers' example trains it; optional dependency) "
                            "(default %(default)s)")
+    if ranks:
+        d = p.add_argument_group("more than one card (torchrun; gloo on CPU, NCCL on CUDA)")
+        d.add_argument("--ranks", default="1",
+                       help="data-parallel ranks, one process (and card) each; --batch is one "
+                            "rank's micro-batch (default %(default)s)")
+        d.add_argument("--parallel", default="none",
+                       help=f"how ranks share the model: {', '.join(PARALLEL)} (fsdp = FSDP2, "
+                            "each ResBlock and attention block sharded) (default %(default)s)")
+        d.add_argument("--grad-sync", default="last",
+                       help="exchange gradients after the last micro-batch or after every one: "
+                            "last, every (default %(default)s)")
+        d.add_argument("--nnodes", type=int, default=1,
+                       help="machines the ranks span; each runs the same command (default 1)")
+        d.add_argument("--rdzv-endpoint", default=None,
+                       help="host:port where the machines meet (torchrun's); default: all "
+                            "ranks on this machine (torchrun --standalone)")
     g = p.add_argument_group("model, device and run")
     g.add_argument("--preset", default="ddpm-cifar10",
                    help=f"{', '.join(PRESETS)} (default %(default)s)")
@@ -128,22 +146,78 @@ def specs_from_args(args: argparse.Namespace, **extra_axes: list) -> list[BenchS
         attention=attention,
         compile=parse_choices("--compile", args.compile, COMPILE_MODES),
         checkpointing=parse_choices("--checkpointing", args.checkpointing, ON_OFF),
+        **rank_axes(args),
         **extra_axes,
         # Fastest-varying: implementations alternate in the sweep, so machine drift is shared.
         impl=parse_impl(args.impl, configs),
     )
+    grid = [s for s in grid if parallel_pair_ok(s)]
     return [s.replace(repeat=r) for r in range(1, args.repeats + 1) for s in grid]
 
 
+def rank_axes(args: argparse.Namespace) -> dict[str, list]:
+    """--ranks, --parallel and --grad-sync, checked against each other, the launch and the
+    cards; a harness without them runs one rank."""
+    if not hasattr(args, "ranks"):
+        return {}
+    ranks = parse_int_list("--ranks", args.ranks)
+    modes = parse_choices("--parallel", args.parallel, PARALLEL)
+    syncs = parse_choices("--grad-sync", args.grad_sync, GRAD_SYNCS)
+    if max(ranks) > 1 and modes == ["none"]:
+        raise SpecError(f"--ranks {args.ranks} needs --parallel ddp or fsdp: how the ranks share "
+                        "the model.")
+    if syncs != ["last"] and modes == ["none"]:
+        raise SpecError("--grad-sync every needs --parallel ddp or fsdp: one rank exchanges no "
+                        "gradients.")
+    if args.nnodes < 1 or (args.nnodes > 1 and args.rdzv_endpoint is None):
+        raise SpecError(f"--nnodes {args.nnodes}: give a count >= 1, and --rdzv-endpoint "
+                        "host:port when the ranks span machines.")
+    uneven = [r for r in ranks if r > 1 and r % args.nnodes]
+    if uneven:
+        raise SpecError(f"--ranks {uneven[0]} does not split evenly over --nnodes "
+                        f"{args.nnodes}.")
+    return {"ranks": ranks, "parallel": modes, "grad_sync": syncs}
+
+
+def parallel_pair_ok(spec: BenchSpec) -> bool:
+    """Ranks > 1 need a way to share the model; one rank exchanges no gradients to time."""
+    if spec.parallel == "none":
+        return spec.ranks == 1 and spec.grad_sync == "last"
+    return True
+
+
+def check_launch(specs: list[BenchSpec], args: argparse.Namespace) -> None:
+    """Ranks are processes started by torchrun, and NCCL needs a card per rank: --inline with
+    ranks, or more ranks on this machine than it has cards, is one line."""
+    import torch
+
+    nnodes = getattr(args, "nnodes", 1)
+    if args.inline and any(launches_ranks(s) for s in specs):
+        raise SpecError("--inline runs specs in this one process; --parallel needs a process "
+                        "per rank.")
+    wanted = max((s.ranks // nnodes for s in specs if s.device.startswith("cuda")), default=0)
+    cards = torch.cuda.device_count() if wanted else 0
+    if wanted > cards:
+        raise SpecError(f"--ranks asks for {wanted} ranks on this machine, but it has {cards} "
+                        "CUDA card(s): one card per rank.")
+
+
+def launch_from_args(args: argparse.Namespace) -> Launch:
+    if not hasattr(args, "nnodes"):
+        return Launch()
+    return Launch(nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint)
+
+
 def run_cli(harness: Harness, parser: OneLineParser, argv: list[str] | None,
-            make_specs: Callable[[argparse.Namespace], list[BenchSpec]] = specs_from_args,
-            options: Callable[[argparse.Namespace], dict] | None = None) -> list[dict]:
-    """Parse, validate every value, run the sweep. `options(args)` gives the harness's settings
+            make_specs: Callable[[argparse.Namespace], list[BenchSpec]] = specs_from_args
+            ) -> list[dict]:
+    """Parse, validate every value, run the sweep. `harness.options(args)` gives its settings
     that are not spec axes (JSON-able); every spec's process receives them in its RunContext."""
     args = parser.parse_args(argv)
     try:
         specs = make_specs(args)
-        settings = options(args) if options else {}
+        check_launch(specs, args)
+        settings = harness.options(args) if harness.options else {}
         out = results_folder(args.out)
         check_writable(out)
     except (SpecError, ResultsError) as exc:
@@ -152,6 +226,7 @@ def run_cli(harness: Harness, parser: OneLineParser, argv: list[str] | None,
         sys.argv[1:] if argv is None else argv)
     try:
         return run_sweep(harness, specs, out, command.strip(), inline=args.inline,
-                         resume=args.resume, timeout_s=args.timeout, options=settings)
+                         resume=args.resume, timeout_s=args.timeout, options=settings,
+                         launch=launch_from_args(args))
     except ResultsError as exc:
         parser.error(str(exc))

@@ -14,6 +14,7 @@ from pathlib import Path
 from bench import spec as spec_module
 from bench.spec import BenchSpec
 from bench.workload import parameter_count
+from ddpm import parallel
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,13 @@ class RunContext:
             return
         with open(self.messages, "a") as f:
             f.write(line.replace("\n", " ") + "\n")
+
+
+def rank_folder(folder: Path) -> Path:
+    """Where this rank writes a spec's files: rank 0 in the spec's folder, rank r > 0 in
+    folder/rank<r>, so no two ranks ever write one file."""
+    rank = parallel.rank()
+    return Path(folder) / f"rank{rank}" if rank else Path(folder)
 
 
 @dataclass

@@ -283,20 +283,15 @@ def check_line_end(path: Path) -> None:
 
 def read_runs(path: Path) -> dict[str, dict]:
     """{run_id: {"command", "started", "options", "environment"}} from a JSON sidecar; {} when
-    there is none. The earlier sidecar (the latest run's command, environment and rows) is read
-    as one record per run id of its rows."""
+    there is none."""
     path = Path(path)
     if not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text())
-        if "runs" in data:
-            runs = data["runs"]
-            if not isinstance(runs, dict) or not all(isinstance(r, dict) for r in runs.values()):
-                raise ValueError("'runs' is not a mapping of run records")
-            return runs
-        record = {"command": data["command"], "environment": data["environment"]}
-        return {r["run_id"]: dict(record) for r in data.get("rows", [])}
+        runs = json.loads(path.read_text())["runs"]
+        if not isinstance(runs, dict) or not all(isinstance(r, dict) for r in runs.values()):
+            raise ValueError("'runs' is not a mapping of run records")
+        return runs
     except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
         raise ResultsError(f"{path} is not a run record ({_reason(exc)}); move it aside or "
                            "pass another --out.") from None

@@ -8,12 +8,14 @@ import contextlib
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from bench.measure.env import environment
 from bench.report import base_command, environment_line, write_markdown
 from bench.results import ResultsError, ResultsTable, rich_tables
 from bench.spec import BenchSpec
-from bench.worker import MESSAGES_FILE, PARENT_ENV, run_spec
+from bench.worker import MESSAGES_FILE, PARENT_ENV, rank_result, run_spec
 from ddpm.cli_common import sigterm_as_interrupt, stopping_signal
 
 
@@ -62,9 +64,45 @@ def _wait(child: subprocess.Popen, timeout_s: float, messages: Path,
             shown = _relay(messages, shown, say)
 
 
+@dataclass(frozen=True)
+class Launch:
+    """How torchrun starts a spec's ranks: all on this machine (standalone), or spread over
+    `nnodes` machines that meet at `rdzv_endpoint`, each running the same command."""
+
+    nnodes: int = 1
+    rdzv_endpoint: str | None = None
+
+    def local_ranks(self, ranks: int) -> int:
+        return ranks // self.nnodes
+
+    def torchrun_args(self, ranks: int) -> list[str]:
+        where = (["--standalone"] if self.rdzv_endpoint is None else
+                 ["--nnodes", str(self.nnodes), "--rdzv-backend", "c10d",
+                  "--rdzv-endpoint", self.rdzv_endpoint])
+        return [*where, "--nproc-per-node", str(self.local_ranks(ranks))]
+
+
+def launches_ranks(spec: BenchSpec) -> bool:
+    """A spec across ranks starts them, unless it is only predicted (one process does that)."""
+    return spec.parallel != "none" and not spec.predict_only
+
+
+def worker_command(harness: str, spec: BenchSpec, context: RunContext, result_path: str,
+                   launch: Launch) -> list[str]:
+    """The worker's command line: one process, or the spec's ranks under torchrun."""
+    worker = ["-m", "bench.worker", harness, json.dumps(spec.to_dict()), str(context.out),
+              context.run_id, json.dumps(context.options), result_path]
+    if not launches_ranks(spec):
+        return [sys.executable, *worker]
+    return [sys.executable, "-m", "torch.distributed.run", *launch.torchrun_args(spec.ranks),
+            *worker]
+
+
 def run_isolated(harness: str, spec: BenchSpec, context: RunContext, timeout_s: float,
-                 say: Callable[[str], None] = print) -> dict:
-    """A fresh interpreter per spec: clean allocator peaks, and a crash or hang is contained."""
+                 say: Callable[[str], None] = print, launch: Launch | None = None) -> dict:
+    """A fresh interpreter per spec (one per rank): clean allocator peaks, and a crash or hang
+    is contained."""
+    launch = launch or Launch()
     with tempfile.TemporaryDirectory(prefix="ddpm-bench-") as tmp:
         result_path = os.path.join(tmp, "result.json")
         log_path = os.path.join(tmp, "log.txt")
@@ -74,8 +112,7 @@ def run_isolated(harness: str, spec: BenchSpec, context: RunContext, timeout_s: 
                 # A process group of its own: a stop takes the worker's children (torch.compile's
                 # compile workers) with it; PARENT_ENV lets the worker end when the sweep does.
                 child = subprocess.Popen(
-                    [sys.executable, "-m", "bench.worker", harness, json.dumps(spec.to_dict()),
-                     str(context.out), context.run_id, json.dumps(context.options), result_path],
+                    worker_command(harness, spec, context, result_path, launch),
                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                     env={**os.environ, PARENT_ENV: str(os.getpid())})
                 _wait(child, timeout_s, Path(tmp) / MESSAGES_FILE, say)
@@ -87,18 +124,58 @@ def run_isolated(harness: str, spec: BenchSpec, context: RunContext, timeout_s: 
                     with contextlib.suppress(ProcessLookupError):  # the group has ended
                         os.killpg(child.pid, signal.SIGKILL)
                     child.wait()
+        log = Path(log_path).read_text(errors="replace")
+        if launches_ranks(spec):
+            return combine_ranks(result_path, launch.local_ranks(spec.ranks), child.returncode,
+                                 log)
+        lines = [ln for ln in log.splitlines() if ln.strip()]
+        last = lines[-1][:300] if lines else "no output"
         if os.path.exists(result_path):
             with open(result_path) as f:
                 return json.load(f)
-        lines = [ln for ln in Path(log_path).read_text(errors="replace").splitlines() if ln.strip()]
-        last = lines[-1][:300] if lines else "no output"
         return {"status": "error", "error": f"worker exited {child.returncode}: {last}",
                 "figures": {}}
 
 
+def combine_ranks(result_path: str, ranks: int, returncode: int, log: str) -> dict:
+    """One row from the ranks' results: a failing rank's own status, named; else rank 0's
+    figures (its step waits for every rank in the collectives) with each memory figure the
+    largest over the ranks, the card that must fit."""
+    results = {}
+    for rank in range(ranks):
+        path = rank_result(result_path, rank)
+        if os.path.exists(path):
+            with open(path) as f:
+                results[rank] = json.load(f)
+    for rank, result in sorted(results.items()):
+        if result["status"] != "ok":
+            return {**result, "error": f"rank {rank}: {result['error']}"}
+    if len(results) < ranks:
+        return {"status": "error", "figures": {}, "error": first_failure(log, returncode)}
+    figures = dict(results[0]["figures"])
+    for name, value in figures.items():
+        if name.endswith("_mib") and isinstance(value, (int, float)):
+            figures[name] = max(r["figures"][name] for r in results.values()
+                                if r["figures"].get(name) is not None)
+    return {"status": "ok", "error": None, "figures": figures}
+
+
+def first_failure(log: str, returncode: int) -> str:
+    """The rank torchrun's failure report names first (its root cause), and how it ended."""
+    cause = log.partition("Root Cause")[2]
+    rank = re.search(r"^\s*rank\s*:\s*(\d+)", cause, re.MULTILINE)
+    code = re.search(r"^\s*exitcode\s*:\s*(-?\d+)", cause, re.MULTILINE)
+    if not (rank and code):
+        return f"a rank ended without a result (torchrun exited {returncode})"
+    exit_code = int(code.group(1))
+    how = (f"killed by signal {-exit_code}" if exit_code < 0 else f"exit status {exit_code}")
+    return f"rank {rank.group(1)} ended without a result ({how})"
+
+
 def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
               inline: bool = False, resume: bool = False, timeout_s: float = 3600.0,
-              console: Console | None = None, options: dict | None = None) -> list[dict]:
+              console: Console | None = None, options: dict | None = None,
+              launch: Launch | None = None) -> list[dict]:
     # Off a terminal (CI logs, pipes) the width is $COLUMNS, else 120; tables split to fit it.
     width = None if sys.stderr.isatty() else int(os.environ.get("COLUMNS") or 120)
     console = console or Console(stderr=True, width=width)
@@ -134,7 +211,7 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
                 context = RunContext(out, run_id, options or {})
                 result = (run_spec(harness.name, spec, context) if inline
                           else run_isolated(harness.name, spec, context, timeout_s,
-                                            progress.console.print))
+                                            progress.console.print, launch))
                 row = {**spec_row(spec, run_id), "status": result["status"],
                        "error": result["error"], **result["figures"]}
                 row = {k: v for k, v in row.items() if k in table.columns}

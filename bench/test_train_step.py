@@ -14,7 +14,7 @@ from bench.measure.flops import training_step_flops
 from bench.measure.memory import DEFAULT_TARGET, predict
 from bench.measure.peak import peak_flops
 from bench.measure.timing import synchronize
-from bench.workload import build_trainer, synthetic_images
+from bench.workload import train_step
 
 
 def test_train_step(benchmark, spec, request):
@@ -23,16 +23,15 @@ def test_train_step(benchmark, spec, request):
         cuda.start(device, spec.precision)
     except cuda.CapabilityError as exc:  # e.g. bf16 on a card that would only emulate it
         pytest.skip(str(exc))
-    images = synthetic_images(spec, spec.effective_batch)
 
     def setup():
-        trainer = build_trainer(spec, device)
-        trainer.step(images)  # optimizer state exists: the timed step is a steady-state one
+        step = train_step(spec, device)
+        step()  # optimizer state exists: the timed step is a steady-state one
         synchronize(device)
-        return (trainer,), {}
+        return (step,), {}
 
-    def one_step(trainer):
-        trainer.step(images)
+    def one_step(step):
+        step()
         synchronize(device)  # the clock stops when the device is done, not when it was asked
 
     benchmark.pedantic(one_step, setup=setup, rounds=request.config.getoption("--bench-rounds"),

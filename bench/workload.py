@@ -4,6 +4,7 @@ here, so the same spec means the same model, weights and data in every table."""
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import torch
 
@@ -12,7 +13,7 @@ from bench.spec import BenchSpec
 from ddpm.config import TrainConfig
 from ddpm.parallel import wrap
 from ddpm.schedule import NoiseSchedule
-from ddpm.train import Trainer
+from ddpm.train import StepStats, Trainer
 
 COMPILE_KWARGS = {"default": {}, "reduce-overhead": {"mode": "reduce-overhead"},
                   "max-autotune": {"mode": "max-autotune"}}
@@ -34,7 +35,8 @@ def build_trainer(spec: BenchSpec, device: str | torch.device | None = None,
     the DeviceMesh FSDP shards over (default: one over the whole process group, on the machine's
     accelerator)."""
     config = config or TrainConfig(batch_size=spec.batch, accum_steps=accum or spec.accum,
-                                   precision=precision or spec.precision, seed=spec.seed)
+                                   precision=precision or spec.precision, seed=spec.seed,
+                                   grad_sync=spec.grad_sync)
     schedule = schedule or NoiseSchedule.linear()
     device = device or spec.device
     model = build_model(spec, compiled)
@@ -45,6 +47,32 @@ def build_trainer(spec: BenchSpec, device: str | torch.device | None = None,
     # diffusers' baseline trains with its own example's optimizer and EMA (bench.impl).
     recipe = diffusers_recipe(model, config) if spec.impl == "diffusers" else {}
     return Trainer(model, schedule, config, device=device, **recipe)
+
+
+@dataclass
+class TrainStep:
+    """One optimizer step of a spec, ready to call: its trainer and the seeded global batch.
+    Every training harness and the pytest suite measure this call."""
+
+    trainer: Trainer
+    images: torch.Tensor
+    warm_trainer: Trainer
+
+    def __call__(self) -> StepStats:
+        return self.trainer.step(self.images)
+
+    def warm_up(self) -> StepStats:
+        """One micro-batch and an optimizer step over the same model, optimizer and EMA:
+        kernels, allocator, optimizer state and compilation warm without a whole accumulated
+        step."""
+        return self.warm_trainer.step(self.images[:self.warm_trainer.config.effective_batch *
+                                                  self.trainer.world])
+
+
+def train_step(spec: BenchSpec, device: str | torch.device | None = None) -> TrainStep:
+    trainer = build_trainer(spec, device)
+    warm = micro_batch_trainer(trainer) if spec.accum > 1 else trainer
+    return TrainStep(trainer, synthetic_images(spec, spec.effective_batch), warm)
 
 
 def micro_batch_trainer(trainer: Trainer) -> Trainer:

@@ -6,6 +6,9 @@ import dataclasses
 from dataclasses import dataclass
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+# When data-parallel ranks average gradients within an accumulated step: after the last
+# micro-batch only (the same mean, one exchange), or after every one (to measure what that costs).
+GRAD_SYNCS = ("last", "every")
 
 
 def _positive(name: str, value: int) -> None:
@@ -88,7 +91,8 @@ class UNetConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One optimizer step sees batch_size * accum_steps images, in accum_steps micro-batches."""
+    """One optimizer step sees batch_size * accum_steps images, in accum_steps micro-batches, on
+    each data-parallel rank: batch_size is one rank's micro-batch."""
 
     batch_size: int = 128
     accum_steps: int = 1
@@ -101,6 +105,7 @@ class TrainConfig:
     ema_decay: float = 0.9999
     ema_warmup: bool = True
     seed: int = 0
+    grad_sync: str = "last"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
@@ -122,9 +127,13 @@ class TrainConfig:
                              "for no clipping.")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay={self.ema_decay!r} is not allowed: it must be in [0, 1).")
+        if self.grad_sync not in GRAD_SYNCS:
+            raise ValueError(f"grad_sync={self.grad_sync!r} is not allowed: "
+                             f"choose one of {', '.join(GRAD_SYNCS)}.")
 
     @property
     def effective_batch(self) -> int:
+        """One rank's images per optimizer step; all ranks together see world size times it."""
         return self.batch_size * self.accum_steps
 
     def replace(self, **changes) -> TrainConfig:

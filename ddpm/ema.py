@@ -2,6 +2,9 @@
 
 Buffers are copied from the model, never averaged: an averaged running statistic or a schedule
 table stored as a buffer drifts away from what the weights were trained with (black samples).
+
+A model sharded by FSDP2 has DTensor parameters: each shadow is then a DTensor sharded alike, so
+a rank keeps only its own shard, and every update is local (no exchange between ranks).
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import contextlib
 
 import torch
 from torch import nn
+
+from ddpm.parallel import local_shards
 
 
 class EMA:
@@ -51,7 +56,9 @@ class EMA:
                 p.detach().to(device=e.device, dtype=e.dtype)
                 for p, e in zip(params, self.params, strict=True)
             ]
-            torch._foreach_lerp_(self.params, src, weight)
+            # Plain tensors (a DTensor's shard) for the foreach kernels: torch has no DTensor
+            # rule for some of them (_foreach_copy_).
+            torch._foreach_lerp_(local_shards(self.params), local_shards(src), weight)
         buffers = self._matching(list(model.buffers()), self.buffers, "buffers")
         if buffers:
             torch._foreach_copy_(self.buffers, buffers)
@@ -63,7 +70,7 @@ class EMA:
         params = self._matching(list(model.parameters()), self.params, "parameters")
         buffers = self._matching(list(model.buffers()), self.buffers, "buffers")
         if params:
-            torch._foreach_copy_(params, self.params)
+            torch._foreach_copy_(local_shards(params), local_shards(self.params))
         if buffers:
             torch._foreach_copy_(buffers, self.buffers)
 

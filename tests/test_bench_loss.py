@@ -185,7 +185,8 @@ def fake_row(tmp_path: Path, name: str, curve_values: list[float], **axes) -> di
     row = {"preset": "tiny", "image_size": 16, "batch": 8, "accum": 1, "effective_batch": 8,
            "precision": "fp32", "attention": "8", "compile": "off", "checkpointing": "off",
            "device": "cpu", "status": "ok", "curve_path": str(path), "dataset": "digits",
-           "sampler": "none", "sampling_steps": 0,
+           "sampler": "none", "sampling_steps": 0, "ranks": 1, "parallel": "none",
+           "grad_sync": "last", "impl": "ddpm", "repeat": 1,
            "val_images": 180, "lr": 1e-3, "threads": 1, "final_loss": curve_values[-1],
            "val_loss": 0.5, "skipped_steps": 0}
     return {**row, **axes}
@@ -203,6 +204,18 @@ def test_compare_says_different_when_accumulation_changes_the_curve(tmp_path):
     text = [s for s in loss.compare(rows, RunContext(tmp_path, "r"))
             if s.startswith("Accumulation")]
     assert "DIFFERENT" in text[0] and "dropout 0.1" in text[0]
+
+
+def test_compare_sets_ranks_against_one_rank_with_the_same_effective_batch(tmp_path):
+    base = [1.0, 0.8, 0.6, 0.5]
+    rows = [fake_row(tmp_path, "one", base, batch=2, accum=4),
+            fake_row(tmp_path, "two", [v * (1 + 1e-6) for v in base], batch=2, accum=2, ranks=2,
+                     parallel="fsdp", grad_sync="every")]
+    (text,) = [s for s in loss.compare(rows, RunContext(tmp_path, "r")) if "ranks" in s.lower()]
+    assert text.startswith("Ranks and accumulation, effective batch 8")
+    assert ("2 rank(s) fsdp x batch 2 x accum 2 (gradients synced every) vs batch 2 x accum 4"
+            in text)
+    assert "1.00e-06" in text and "equal within float rounding" in text
 
 
 def test_compare_sets_attention_against_none_and_precision_against_fp32(tmp_path):
@@ -232,13 +245,22 @@ def test_accumulation_tolerance_grows_with_steps_and_knows_tf32_off_cuda():
 def test_accum_is_a_product_when_given_and_pairs_come_from_the_effective_batch():
     parser = loss.build_loss_parser()
     pairs = loss.batch_accum_pairs(parser.parse_args([]))
-    assert pairs == [(8, 1), (2, 4)]
+    assert pairs == [(8, 1, 8), (2, 4, 8)]
     assert loss.batch_accum_pairs(parser.parse_args(["--batch", "4", "--accum", "1,2"])) == [
-        (4, 1), (4, 2)]
+        (4, 1, None), (4, 2, None)]
     assert loss.batch_accum_pairs(parser.parse_args(["--batch", "1,4",
                                                      "--effective-batch", "4,8"])) == [
-        (1, 4), (4, 1), (1, 8), (4, 2)]
+        (1, 4, 4), (4, 1, 4), (1, 8, 8), (4, 2, 8)]
     assert parser.parse_args([]).preset == "tiny"
+
+
+def test_ranks_share_the_effective_batch():
+    parser = loss.build_loss_parser()
+    args = parser.parse_args(["--batch", "2", "--effective-batch", "8", "--ranks", "1,2",
+                              "--parallel", "ddp", "--precision", "fp32"])
+    specs = loss.make_specs(args)
+    assert [(s.ranks, s.batch, s.accum, s.effective_batch) for s in specs] == [
+        (1, 2, 4, 8), (2, 2, 2, 8)]
 
 
 @pytest.mark.parametrize("args, says", [

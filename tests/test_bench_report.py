@@ -198,15 +198,11 @@ def test_rows_without_a_run_record_are_their_own_section(tmp_path):
     assert "## Run `X` (its command is not in `fake.json`)\n\nEnvironment: not recorded" in text
 
 
-def test_the_earlier_sidecar_is_read_as_run_records(tmp_path):
+def test_a_sidecar_without_run_records_is_refused(tmp_path):
     path = tmp_path / "fake.json"
-    path.write_text(json.dumps({"harness": "fake", "command": "python -m bench.fake",
-                                "environment": ENVIRONMENT, "rows": [{"run_id": "A"}]}))
-    assert read_runs(path) == {"A": {"command": "python -m bench.fake",
-                                     "environment": ENVIRONMENT}}
-    ResultsTable(tmp_path, "fake", []).record_run("B", "python -m bench.fake --resume", {}, {},
-                                                   "now")
-    assert list(json.loads(path.read_text())["runs"]) == ["A", "B"]
+    path.write_text(json.dumps({"harness": "fake", "command": "python -m bench.fake"}))
+    with pytest.raises(ResultsError, match="is not a run record \\(no 'runs'\\)"):
+        read_runs(path)
 
 
 # ----- (d) bad input ------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The pytest-benchmark suite: a bare `--benchmark-save` and a named one both save JSON that
+"""The pytest-benchmark suite: an automatic save and a named one both save JSON that
 `pytest-benchmark compare` reads, with our machine info and extra_info inside."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ def run_suite(storage: Path, *args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-def test_bare_and_named_saves_are_read_by_compare(tmp_path):
-    bare = run_suite(tmp_path, "--benchmark-save")
+def test_automatic_and_named_saves_are_read_by_compare(tmp_path):
+    bare = run_suite(tmp_path, "--benchmark-autosave")
     assert bare.returncode == 0, bare.stdout[-3000:] + bare.stderr[-2000:]
     named = run_suite(tmp_path, "--benchmark-save=base")
     assert named.returncode == 0, named.stdout[-3000:] + named.stderr[-2000:]

@@ -139,6 +139,9 @@ def test_valid_edge_configs_are_accepted():
         ({"betas": (0.9,)}, r"betas=\(0\.9,\) is not allowed"),
         ({"warmup_steps": -1}, r"warmup_steps=-1 is not allowed"),
         ({"ema_decay": 1.0}, r"ema_decay=1\.0 is not allowed"),
+        ({"grad_sync": "first"},
+         r"grad_sync='first' is not allowed: choose one of last, every\."),
+        ({"grad_sync": "Last"}, r"grad_sync='Last' is not allowed"),
     ],
 )
 def test_bad_train_config_names_the_value(changes, pattern):
@@ -150,3 +153,9 @@ def test_grad_clip_none_means_no_clipping_and_is_allowed():
     assert TrainConfig(grad_clip=None).grad_clip is None
     for precision in PRECISIONS:
         assert TrainConfig(precision=precision).precision == precision
+
+
+def test_grad_sync_defaults_to_once_per_step():
+    # Ranks average gradients once per optimizer step unless told to after every micro-batch.
+    assert TrainConfig().grad_sync == "last"
+    assert TrainConfig(grad_sync="every").grad_sync == "every"

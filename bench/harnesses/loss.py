@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from bench.cli import build_parser, run_cli, specs_from_args
-from bench.core import Harness, RunContext, axes
+from bench.core import Harness, RunContext, axes, rank_folder
 from bench.measure import cuda
 from bench.spec import BenchSpec, SpecError, parse_int_list
 from bench.workload import build_trainer
@@ -46,20 +46,9 @@ VAL_CHUNK = 32
 # The validation draws come from their own generator, seeded apart from the trainer's (which is
 # seeded with the spec's seed), so the validation noise is not a copy of a training draw.
 VAL_SEED_OFFSET = 1_000_003
-# Accumulation must not change the curve "beyond float rounding". Curves of (8 x 1) and (2 x 4)
-# differ only in the order in which per-image gradients are summed (one sum of 8 vs four sums of
-# 2): a few units of the compute dtype's rounding in each step's gradient, which the following
-# steps carry along, so the difference grows as the runs go on. Measured on a 2-core CPU, tiny
-# preset, digits, lr 1e-3, against 8 x 1 (max over steps of |a - b| / |a|):
-#   fp32  2 x 4: 6.4e-6 at 200 steps, 2.7e-5 at 600;  1 x 8: 1.2e-5 at 200, 7.5e-5 at 600
-#   bf16  2 x 4 and 1 x 8: 9.7e-3 at 200 steps
-# The tolerance is ACCUM_TOLERANCE per 200 steps, growing linearly with the steps: 8x (fp32) and
-# 3x (bf16) the worst measured, and far below a real change: seed 1 against seed 0 differs by
-# 0.41 relative at the median step (5.5 at the worst); ddpm-mnist's dropout masks, drawn per
-# micro-batch, make 2 x 4 differ from 8 x 1 by 5.7e-2 within 5 steps.
-# Under bf16/fp16 autocast each micro-batch's weight gradient is rounded to 8 or 11 bits before
-# it is summed: 2^16 or 2^13 times coarser than fp32. tf32 is fp32 off CUDA; on CUDA its 10-bit
-# matmul inputs sit between fp16 and fp32 (not measured here: no GPU).
+# Accumulation (or ranks) must not change the curve beyond float rounding: they change only the
+# order in which per-image gradients are summed. The relative tolerance per 200 steps, growing
+# linearly with the steps, is 3x to 8x the worst split measured (docs/loss.md, "Tolerances").
 ACCUM_TOLERANCE = {"fp32": 1e-4, "tf32": 1e-2, "fp16": 3e-2, "bf16": 3e-2}
 TOLERANCE_STEPS = 200
 
@@ -154,6 +143,16 @@ def _against(ok: list[dict], axis: str, reference: str, varying: list[str]) -> l
     return sentences
 
 
+# How one optimizer step's images are split: across ranks, into micro-batches, exchanged when.
+SPLIT_AXES = ("ranks", "parallel", "grad_sync", "batch", "accum")
+
+
+def _split(row: dict) -> str:
+    ranks = "" if row["parallel"] == "none" else f"{row['ranks']} rank(s) {row['parallel']} x "
+    sync = "" if row["grad_sync"] == "last" else f" (gradients synced {row['grad_sync']})"
+    return f"{ranks}batch {row['batch']} x accum {row['accum']}{sync}"
+
+
 def compare(rows: list[dict], context: RunContext) -> list[str]:
     ok = [r for r in rows if r["status"] == "ok" and r.get("curve_path")]
     varying = [a for a in axes() if len({r.get(a) for r in ok}) > 1]
@@ -171,7 +170,8 @@ def compare(rows: list[dict], context: RunContext) -> list[str]:
     for group in groups.values():
         if len(group) < 2:
             continue
-        group = sorted(group, key=lambda r: r["accum"])  # reference: the least accumulation
+        # Reference: one rank if there is one, and the least accumulation.
+        group = sorted(group, key=lambda r: (r["ranks"], r["accum"]))
         ref, ref_curve = group[0], read_curve(group[0]["curve_path"])
         dropout = PRESETS[ref["preset"]].dropout
         for r in group[1:]:
@@ -189,10 +189,11 @@ def compare(rows: list[dict], context: RunContext) -> list[str]:
                                "has none)")
             lengths = ("" if len(curve) == len(ref_curve) else
                        f" (one curve stops early: {len(ref_curve)} vs {len(curve)} steps)")
+            split = ("Ranks and accumulation" if {ref["ranks"], r["ranks"]} != {1} else
+                     "Accumulation")
             sentences.append(
-                f"Accumulation, effective batch {ref['effective_batch']}"
-                f"{_others(ref, varying, ('batch', 'accum'))}: batch {r['batch']} x accum "
-                f"{r['accum']} vs batch {ref['batch']} x accum {ref['accum']}: max relative "
+                f"{split}, effective batch {ref['effective_batch']}"
+                f"{_others(ref, varying, SPLIT_AXES)}: {_split(r)} vs {_split(ref)}: max relative "
                 f"loss difference {diff:.2e} over {steps} steps{lengths} — {answer} (tolerance "
                 f"{tolerance:.2g} for {ref['precision']} at {steps} steps); final loss "
                 f"{r['final_loss']:.6g} vs {ref['final_loss']:.6g}, val loss "
@@ -247,7 +248,7 @@ def final_loss(losses: list[float], last_k: int) -> float:
 
 
 def curve_dir(spec: BenchSpec, context: RunContext) -> Path:
-    return Path(context.out) / "loss" / context.run_id / spec.name
+    return rank_folder(Path(context.out) / "loss" / context.run_id / spec.name)
 
 
 def measure(spec: BenchSpec, context: RunContext, options: LossOptions | None = None) -> dict:
@@ -342,10 +343,16 @@ def make_specs(args) -> list[BenchSpec]:
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise SpecError(f"--lr {args.lr:g} is not allowed: it must be a positive number.")
     specs = []
-    for batch, accum in batch_accum_pairs(args):
-        specs += specs_from_args(argparse.Namespace(**{**vars(args), "batch": str(batch),
-                                                       "accum": str(accum)}),
-                                 dataset=[args.dataset])
+    for batch, accum, total in batch_accum_pairs(args):
+        for spec in specs_from_args(argparse.Namespace(**{**vars(args), "batch": str(batch),
+                                                          "accum": str(accum)}),
+                                    dataset=[args.dataset]):
+            if total is not None:  # the ranks share the effective batch too
+                if total % (spec.ranks * batch):
+                    raise SpecError(f"--ranks {spec.ranks} x --batch {batch} does not divide "
+                                    f"--effective-batch {total}.")
+                spec = spec.replace(accum=total // (spec.ranks * batch))
+            specs.append(spec)
     root = str(Path(args.data_root).resolve())
     # One load here: a missing dataset is one line and exit 2, not a row of errors per spec.
     # A spec's image size and channels decide the conversion; load each distinct pair once.
@@ -366,22 +373,23 @@ def loss_options(args) -> dict:
                               val_every=args.val_every, threads=args.threads))
 
 
-def batch_accum_pairs(args) -> list[tuple[int, int]]:
-    """--accum given: the product of --batch and --accum, as every harness sweeps. Otherwise
-    each --batch b is paired with accum E / b for each --effective-batch E (default 8), so the
-    default --batch 8,2 gives exactly the pair the question is about: 8 x 1 and 2 x 4."""
+def batch_accum_pairs(args) -> list[tuple[int, int, int | None]]:
+    """(batch, accum, effective batch). --accum given: the product of --batch and --accum, as
+    every harness sweeps. Otherwise each --batch b is paired with accum E / b for each
+    --effective-batch E (default 8), so the default --batch 8,2 gives exactly the pair the
+    question is about: 8 x 1 and 2 x 4 (with --ranks, E / (ranks x b))."""
     batches = parse_int_list("--batch", args.batch)
     if args.accum is not None:
         if args.effective_batch is not None:
             raise SpecError("--accum and --effective-batch are not allowed together: give one.")
-        return [(b, a) for b in batches for a in parse_int_list("--accum", args.accum)]
+        return [(b, a, None) for b in batches for a in parse_int_list("--accum", args.accum)]
     pairs = []
     for total in parse_int_list("--effective-batch", args.effective_batch or "8"):
         for b in batches:
             if total % b:
                 raise SpecError(f"--batch {b} does not divide --effective-batch {total}: give "
                                 "batches that divide it, or --accum.")
-            pairs.append((b, total // b))
+            pairs.append((b, total // b, total))
     return pairs
 
 

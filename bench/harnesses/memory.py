@@ -24,7 +24,7 @@ from bench.measure.memory import DEFAULT_TARGET, predict, step_peak
 from bench.measure.tracked import CATEGORIES
 from bench.measure.training import timed_training
 from bench.spec import DEFAULT_BUDGET_MIB, BenchSpec
-from bench.workload import build_trainer, synthetic_images
+from bench.workload import train_step
 
 TRACKED = [f"tracked_{c}_mib" for c in CATEGORIES]
 # Transient convolution workspaces are not traced. torch's cuDNN path tries the next algorithm
@@ -152,19 +152,18 @@ def _fits_measured(spec: BenchSpec, device: torch.device) -> bool:
     """Two real optimizer steps under the budget cap; an out-of-memory of any kind means no.
     AdamW creates its state during step 1, after that step's activations are freed: only from
     step 2 on are both held at once."""
-    trainer = None
+    step = None
     try:
-        trainer = build_trainer(spec, device)
-        images = synthetic_images(spec, spec.effective_batch)
+        step = train_step(spec, device)
         for _ in range(2):
-            trainer.step(images)
+            step()
         torch.cuda.synchronize(device)
         fits = True
     except Exception as exc:
         if not cuda.is_oom(exc):
             raise
         fits = False
-    trainer = None  # the failed step's tensors go before the next probe
+    step = None  # the failed step's tensors go before the next probe
     gc.collect()
     torch.cuda.empty_cache()
     return fits

@@ -33,14 +33,14 @@ import torch
 from torch.profiler import ProfilerActivity, record_function
 
 from bench.cli import build_parser, run_cli, specs_from_args
-from bench.core import Harness, RunContext
+from bench.core import Harness, RunContext, rank_folder
 from bench.harnesses.sampling import Denoiser, default_schedule
 from bench.measure import cuda
 from bench.measure.profile_summary import SUMMARY_FILE, memory_curve, write_summary
 from bench.measure.timing import synchronize
 from bench.results import format_value
 from bench.spec import BenchSpec, SpecError, parse_choices
-from bench.workload import build_model, build_trainer, synthetic_images
+from bench.workload import build_model, train_step
 from ddpm.train import apply_matmul_precision
 
 TARGETS = ("train", "sample")
@@ -63,8 +63,9 @@ def options(context: RunContext) -> dict:
 
 
 def trace_dir(out: Path, spec: BenchSpec) -> Path:
-    """One folder per spec, named by spec.name: TensorBoard lists it as one run."""
-    return Path(out) / "traces" / spec.name
+    """One folder per spec, named by spec.name: TensorBoard lists it as one run (and each
+    further rank's folder inside it as a run of its own)."""
+    return rank_folder(Path(out) / "traces" / spec.name)
 
 
 def target_of(spec: BenchSpec) -> str:
@@ -119,13 +120,12 @@ def step_function(spec: BenchSpec, device: torch.device):
     """One call = one step of the target, closed by a device sync so that the ProfilerStep range
     around it contains the step's device work."""
     if target_of(spec) == "train":
-        trainer = build_trainer(spec, device)
-        images = synthetic_images(spec, spec.effective_batch)
+        step = train_step(spec, device)
 
-        def train_step() -> None:
-            trainer.step(images)
+        def train_and_sync() -> None:
+            step()
             synchronize(device)
-        return train_step, torch.enable_grad
+        return train_and_sync, torch.enable_grad
 
     model = build_model(spec).to(device)
     model.eval()

@@ -11,7 +11,7 @@ from bench.measure import cuda
 from bench.measure.monitor import Monitor
 from bench.measure.timing import Timing, time_calls
 from bench.spec import BenchSpec
-from bench.workload import build_trainer, micro_batch_trainer, synthetic_images
+from bench.workload import train_step
 
 # Figures of a CUDA run beside the allocator peaks and nvml_peak_mib; empty elsewhere.
 CUDA_COLUMNS = ["measured_context_mib", "warmup_peak_alloc_mib", "warmup_peak_reserved_mib",
@@ -33,13 +33,11 @@ def timed_training(spec: BenchSpec, device: torch.device) -> dict:
     figures, rss_peak_mib, and on CUDA the allocator's peaks: warmup_peak_alloc_mib and
     warmup_peak_reserved_mib over the warm-up steps, peak_alloc_mib and peak_reserved_mib over
     the measured (steady-state) steps."""
-    trainer = build_trainer(spec, device)
-    images = synthetic_images(spec, spec.effective_batch)
-    warm = micro_batch_trainer(trainer) if spec.accum > 1 else trainer
+    step = train_step(spec, device)
     figures: dict = {}
     with Monitor(device) as monitor:
-        warmup = _warm_up(lambda: warm.step(images[:spec.batch]), spec.warmup, device, figures)
-        timing = time_calls(lambda: trainer.step(images), spec.steps, 0, device)
+        warmup = _warm_up(step.warm_up, spec.warmup, device, figures)
+        timing = time_calls(step, spec.steps, 0, device)
         if device.type == "cuda":
             figures["peak_alloc_mib"], figures["peak_reserved_mib"] = cuda.peaks_mib(device)
     figures.update(
