@@ -37,31 +37,33 @@ from bench.spec import BenchSpec
 
 @contextlib.contextmanager
 def rank_zero(spec: BenchSpec, fake_tensors: bool) -> Iterator:
-    """The DeviceMesh the spec's model spreads over (None: no mesh to pass), in a process group.
+    """The DeviceMesh the spec's model spreads over (None for one rank), in a process group.
 
-    A spec on one rank needs none. A process already in a group (torchrun) measures in it, with
-    real peers; otherwise a fake group of spec.ranks is made for the trace and destroyed after
-    it, so one process can predict several specs in a row. Fake tensors cannot take part in a
-    real group's collectives, so they need the fake one."""
+    A process already in a group (a torchrun rank) measures in it, with real peers; otherwise a
+    fake group of spec.ranks is made for the trace and destroyed after it, so one process can
+    predict several specs in a row. Fake tensors cannot take part in a real group's collectives:
+    they need a process of their own (bench.measure.memory.predict starts one)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
     if spec.parallel == "none":
         yield None
         return
     if dist.is_initialized():
         if fake_tensors:
-            raise RuntimeError("predicting another rank count needs a process without a process "
-                               "group: the prediction makes a fake one of its own")
+            raise RuntimeError("fake tensors need a process without a process group: the "
+                               "trace makes a fake group of its own")
         if dist.get_world_size() != spec.ranks:
             raise RuntimeError(f"this process group has {dist.get_world_size()} ranks; the spec "
                                f"asks for {spec.ranks}")
-        yield None
+        # On the spec's device type: FSDP2's default mesh is on the machine's accelerator.
+        yield init_device_mesh(torch.device(spec.device).type, (spec.ranks,))
         return
-    from torch.distributed.device_mesh import init_device_mesh
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=spec.ranks)
     try:
         # Built before any FakeTensorMode: the mesh reads its rank table's values. On the CPU,
-        # where the fake tensors are (under CUDA's rules when predicting).
+        # where the trace's tensors are (under CUDA's rules when predicting).
         yield init_device_mesh("cpu", (spec.ranks,))
     finally:
         dist.destroy_process_group()

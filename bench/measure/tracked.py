@@ -159,6 +159,11 @@ class TensorTracker(TorchDispatchMode):
         """Bytes held by tracked tensors now."""
         return sum(self._current.values())
 
+    @property
+    def live(self) -> MemoryPeak:
+        """Bytes held by tracked tensors now, by category."""
+        return MemoryPeak(sum(self._current.values()), dict(self._current))
+
     def reset_peak(self) -> None:
         """Start a new peak from what is live now, like torch.cuda.reset_peak_memory_stats."""
         self.peak = MemoryPeak(sum(self._current.values()), dict(self._current))
