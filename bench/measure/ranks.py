@@ -7,16 +7,17 @@ the same ddpm.parallel.wrap as in training, so FSDP2 shards each parameter over 
 DDP builds its gradient buckets. Rank 0 is traced: it holds the largest share (FSDP2 gives it a
 whole chunk of every parameter; the last ranks hold the padding, which is not optimizer state).
 
-Three things DDP does need values, which fake tensors do not have; `fake_tensor_ddp` stands in
-for them without changing what a rank holds:
-  - at construction it compares parameter shapes across ranks and broadcasts rank 0's weights
-    (values only: both run in place);
-  - before its second forward it rebuilds its buckets in the order gradients arrived, agreeing
-    on that order across ranks by value. Skipped, the first buckets stay: the same bytes,
-    grouped in reverse definition order rather than arrival order;
+DDP needs what the fake group and fake tensors lack in three places, each stood in for without
+changing what a rank holds:
   - its gradient exchange waits on the group's future for the reduced bucket, and the fake
     group's future holds no tensor: a comm hook answers with the bucket itself, as NCCL's
-    in-place all-reduce would (no copy).
+    in-place all-reduce would, no copy (`answer_all_reduce`);
+  - at construction it compares parameter shapes across ranks and broadcasts rank 0's weights,
+    reading values fake tensors do not have; both run in place, so they are skipped
+    (`fake_tensor_ddp`);
+  - before its second forward it rebuilds its buckets in the order gradients arrived, agreeing
+    on that order across ranks by value. Skipped too (`fake_tensor_ddp`), the first buckets
+    stay: the same bytes, grouped in reverse definition order rather than arrival order.
 """
 
 from __future__ import annotations
