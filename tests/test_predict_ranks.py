@@ -206,13 +206,17 @@ def two_ranks(tmp_path_factory) -> dict[int, dict]:
 @pytest.mark.parametrize("name", list(worker.SPECS))
 def test_fake_group_prediction_within_10_percent_of_two_real_ranks(name, two_ranks):
     """Each real rank's tracked peak against rank 0's prediction. Rank 0 of the fake group on
-    real tensors is rank 0 of the real group, byte for byte: the fake group changes nothing a
-    rank holds. Rank 1 holds a little less (FSDP2 leaves the padding rows to the last rank, and
-    AdamW and the EMA keep no state for them)."""
+    real tensors is rank 0 of the real group: the fake group changes nothing a rank holds (the
+    weights, gradients, AdamW state and EMA to the byte; the whole peak up to the 4-byte loss a
+    gloo all-reduce may still hold from the step before). Rank 1 holds a little less: FSDP2
+    leaves the padding rows to the last rank, and AdamW and the EMA keep no state for them."""
     s = worker.SPECS[name]
     traced = memory(s, fake=False)
-    assert two_ranks[0][name] == {"peak": traced.peak.by_category,
-                                  "kept": traced.kept.by_category}
+    state = ("parameters", "gradients", "optimizer_state", "ema")
+    for when in ("peak", "kept"):
+        assert ({c: two_ranks[0][name][when][c] for c in state}
+                == {c: getattr(traced, when).by_category[c] for c in state}), when
+    assert abs(sum(two_ranks[0][name]["peak"].values()) - traced.peak.total) <= 4
     predicted = memory(s, fake=True).peak.total
     for rank, measured in two_ranks.items():
         real = sum(measured[name]["peak"].values())

@@ -81,8 +81,10 @@ class TensorTracker(TorchDispatchMode):
         self.events: list[tuple] = []
         self._hooks = []
         # Parameters whose .grad someone other than autograd may set: FSDP2 assigns each shard's
-        # gradient after its reduce-scatter, so these are read whenever a new peak is taken.
+        # gradient after its reduce-scatter, in backward. So after a backward has run, these are
+        # read when the next new peak is taken.
         self._params = [p for p in model.parameters() if p.requires_grad]
+        self._after_backward = False
         # id -> parameter, for as long as the parameter lives (tensors compare by value, so no
         # set of tensors).
         self._grad_hooked: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
@@ -117,8 +119,10 @@ class TensorTracker(TorchDispatchMode):
             self.events.append(("alloc", key, st.nbytes()))
         total = sum(self._current.values())
         if total > self.peak.total:
-            self._move(storages(p.grad for p in self._params if p.grad is not None),
-                       "gradients")
+            if self._after_backward:
+                self._move(storages(p.grad for p in self._params if p.grad is not None),
+                           "gradients")
+                self._after_backward = False
             self.peak = MemoryPeak(total, dict(self._current))
 
     def _free(self, key: int) -> None:
@@ -234,9 +238,10 @@ class TensorTracker(TorchDispatchMode):
 
     def _category(self) -> str:
         """What a storage made now is, unless a hook renames it later."""
-        if self._in_optimizer or torch._C._current_graph_task_id() != -1:
-            return "temporaries"  # inside optimizer.step or the autograd engine (backward)
-        return "activations"
+        if torch._C._current_graph_task_id() != -1:
+            self._after_backward = True
+            return "temporaries"  # inside the autograd engine (backward)
+        return "temporaries" if self._in_optimizer else "activations"
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
