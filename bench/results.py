@@ -95,12 +95,14 @@ class ResultsTable:
         return self.upgrade(header) if header != self.columns else None
 
     def upgrade(self, header: list[str]) -> str:
-        """A table written before an axis was added (or a column renamed) is rewritten with
-        this version's columns: a new axis gets its default, the value every old row had."""
+        """A table written before an axis or a figure was added (or a column renamed) is
+        rewritten with this version's columns: a new axis gets its default, the value every old
+        row had; a new figure stays empty, as a figure not measured."""
         renamed = [RENAMED.get(c, c) for c in header]
         defaults = axis_defaults()
         added = [c for c in self.columns if c not in renamed]
-        if set(renamed) - set(self.columns) or set(added) - set(defaults):
+        figures = [c for c in added if c not in spec_columns()]
+        if set(renamed) - set(self.columns) or set(added) - set(defaults) - set(figures):
             raise ResultsError(f"{self.csv_path} has other columns than this version writes; "
                                "move it aside or pass another --out.")
         with self.locked():
@@ -111,8 +113,10 @@ class ResultsTable:
             writer.writeheader()
             writer.writerows(rows)
             atomic_write(self.csv_path, text.getvalue())
-        said = [f"{c} = {defaults[c]}" for c in added] + [
+        said = [f"{c} = {defaults[c]}" for c in added if c in defaults] + [
             f"{old} is now {RENAMED[old]}" for old in header if old in RENAMED]
+        if figures:
+            said.append(f"{', '.join(figures)} empty")
         return (f"{self.csv_path} upgraded to this version's columns"
                 + (f" ({'; '.join(said)} in its {len(rows)} rows)." if said else "."))
 

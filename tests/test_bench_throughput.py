@@ -110,3 +110,38 @@ def test_a_damaged_peak_cache_is_refused_before_any_spec(tmp_path, capsys):
     check_one_line_error("peak_flops.json is not a record of peak FLOP/s", info.value.code,
                          captured.err, captured.out)
     assert snapshot(tmp_path) == before
+
+
+def scaling_row(img_per_s: float | None, status: str = "ok", **changes) -> dict:
+    from bench.core import axes
+
+    spec = BenchSpec(preset="tiny", image_size=16, attention="8", **changes)
+    return {**{a: getattr(spec, a) for a in axes()}, "status": status, "img_per_s": img_per_s}
+
+
+def test_scaling_efficiency_compares_each_rank_count_with_its_one_rank_twin(tmp_path):
+    from bench.core import RunContext
+    from bench.harnesses.throughput import HARNESS
+
+    ddp = dict(parallel="ddp")
+    rows = [
+        # 1 rank: the median of 38, 40, 45 is 40; 2 ranks: the median of 60, 58, 70 is 60.
+        *[scaling_row(v, ranks=1, repeat=r, **ddp) for r, v in enumerate([38, 40, 45], 1)],
+        *[scaling_row(v, ranks=2, repeat=r, **ddp) for r, v in enumerate([60, 58, 70], 1)],
+        scaling_row(96, ranks=4, **ddp),
+        scaling_row(50, ranks=1, parallel="none"),
+        # Batch 4 (per rank): its 1-rank twin failed, and batch 2's is no twin of it.
+        scaling_row(90, ranks=2, batch=4, **ddp),
+        scaling_row(None, "error", ranks=1, batch=4, **ddp),
+        # No 1-rank fsdp row: no sentence.
+        scaling_row(30, ranks=2, parallel="fsdp"),
+    ]
+    sentences = HARNESS.compare(rows, RunContext(tmp_path, "r"))
+    # 60 / (2 x 40) = 0.75; 96 / (4 x 40) = 0.6; 40 / 50 = 0.8.
+    assert sentences == [
+        "Scaling ddp, batch 2: 60 img/s on 2 ranks vs 40 on 1 (medians of 3 and 3 runs): "
+        "efficiency 60 / (2 x 40) = 75%.",
+        "Scaling ddp, batch 2: 96 img/s on 4 ranks vs 40 on 1 (medians of 1 and 3 runs): "
+        "efficiency 96 / (4 x 40) = 60%.",
+        "ddp vs none on 1 rank, batch 2: 40 vs 50 img/s (medians of 3 and 1 runs): 80%.",
+    ]

@@ -14,12 +14,15 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+import torch.distributed as dist
 from cli_checks import check_one_line_error
 
 from bench.cli import check_launch
+from bench.measure.training import timed_training
 from bench.results import read_rows
 from bench.spec import BenchSpec, SpecError
 from bench.worker import FAULT_ENV, FAULT_RANK_ENV
+from ddpm.train import Trainer
 
 ENV = {k: v for k, v in os.environ.items() if k not in (FAULT_ENV, FAULT_RANK_ENV)} | {
     "OMP_NUM_THREADS": "1"}
@@ -122,3 +125,27 @@ def test_more_ranks_than_cards_is_one_line(monkeypatch):
     with pytest.raises(SpecError, match="4 ranks on this machine, but it has 2 CUDA card"):
         check_launch(specs, args)
     check_launch([BenchSpec(device="cuda:0", ranks=2, parallel="fsdp")], args)  # two fit
+
+
+@pytest.fixture
+def fake_group_of_two():
+    """This process as rank 1 of 2 in a fake group, whose collectives do nothing."""
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    dist.init_process_group("fake", store=FakeStore(), rank=1, world_size=2)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_warm_up_step_takes_one_micro_batch_of_every_rank(fake_group_of_two, monkeypatch):
+    # A rank's trainer takes the images of all ranks and trains its own share: a warm-up step
+    # (one micro-batch) takes ranks x batch images, a measured step ranks x batch x accum.
+    seen = []
+    step = Trainer.step
+    monkeypatch.setattr(Trainer, "step", lambda self, x0: (seen.append(len(x0)), step(self, x0))[1])
+    spec = BenchSpec(preset="tiny", image_size=16, attention="8", batch=2, accum=3, ranks=2,
+                     parallel="fsdp", warmup=1, steps=1)
+    timed_training(spec, torch.device("cpu"))
+    assert seen == [2 * 2, 2 * 2 * 3]

@@ -1,6 +1,6 @@
 """The columns of every table come from BenchSpec's fields alone: a spec class with one more
 axis (one line) gets that column in the CSV, the Markdown and --resume; and a table written
-before an axis existed is upgraded, every old row keeping its values."""
+before an axis or a figure existed is upgraded, every old row keeping its values."""
 
 from __future__ import annotations
 
@@ -91,6 +91,23 @@ def test_a_table_from_before_an_axis_is_upgraded_with_its_default(winged, tmp_pa
     (upgraded,) = read_rows(csv_path)
     assert upgraded["wings"] == 1 and upgraded["batch"] == 4 and upgraded["value"] == 7.5
     assert table.check_header() is None  # once is enough
+
+
+def test_a_table_from_before_a_figure_is_upgraded_with_it_empty(tmp_path):
+    csv_path = tmp_path / "memory.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=spec_columns() + ["value"])
+        writer.writeheader()
+        writer.writerow({**{a: getattr(BenchSpec, a) for a in axes()}, "run_id": "r",
+                         "timestamp": "t", "spec_id": "old", "params": 5, "effective_batch": 2,
+                         "status": "ok", "error": "", "value": "7.5"})
+    table = ResultsTable(tmp_path, "memory", ["value", "later"])
+    said = table.check_header()
+    assert "later empty" in said and "1 rows" in said
+    assert header(csv_path) == table.columns
+    (upgraded,) = read_rows(csv_path)
+    assert upgraded["value"] == 7.5 and upgraded["later"] is None  # not measured then
+    assert table.check_header() is None
 
 
 def test_a_table_with_a_column_no_version_knows_is_refused_untouched(tmp_path):

@@ -4,7 +4,9 @@ device's measured peak does it use (MFU)?
 Per spec: the shared timed training pass (warm-up apart, device-synchronized steps), the FLOPs
 of one optimizer step counted once on an eager model over fake tensors, and the device's peak
 FLOP/s at that precision from a probe of large matmuls and convolutions, cached in
-<out>/peak_flops.json per device, precision, torch version and thread count."""
+<out>/peak_flops.json per device, precision, torch version and thread count. A spec across ranks
+(--parallel ddp or fsdp) runs one more optimizer step after the timed ones, under the profiler:
+the collectives it issues, the bytes they carry and the share of its time spent inside them."""
 
 from __future__ import annotations
 
@@ -16,14 +18,17 @@ from pathlib import Path
 from bench.cli import build_parser, run_cli, specs_from_args
 from bench.core import Harness, RunContext
 from bench.measure import cuda
+from bench.measure.collectives import measure_step
 from bench.measure.flops import training_step_flops
 from bench.measure.peak import peak_flops
 from bench.measure.training import CUDA_COLUMNS, CUDA_NOTE, timed_training
-from bench.ratios import impl_ratios
+from bench.ratios import impl_ratios, rank_scaling
 from bench.results import ResultsError
 from bench.spec import BenchSpec
+from bench.workload import TrainStep
 
 PEAK_CACHE = "peak_flops.json"
+COMM_COLUMNS = ["collectives_per_step", "comm_mib_per_step", "comm_share_pct", "collectives"]
 PEAK_FIGURES = ("peak_flops", "matmul_flops", "conv_flops")
 
 
@@ -58,9 +63,24 @@ def specs(args: argparse.Namespace) -> list[BenchSpec]:
     return specs_from_args(args)
 
 
+def communication(spec: BenchSpec, device):
+    """The tracker of the extra step, for `timed_training` to run after the timed steps."""
+
+    def after(step: TrainStep) -> dict:
+        # DDP rebuilds its gradient buckets at the first forward after the first backward,
+        # broadcasting the new order from rank 0: a one-off that the third step on never has.
+        for _ in range(max(0, 2 - spec.warmup - spec.steps)):
+            step()
+        return measure_step(step, device, spec.ranks).figures()
+
+    return after
+
+
 def measure(spec: BenchSpec, context: RunContext) -> dict:
     device = cuda.resolve(spec.device)
-    figures = {**cuda.start(device, spec.precision), **timed_training(spec, device)}
+    tracker = communication(spec, device) if spec.parallel != "none" else None
+    figures = {**cuda.start(device, spec.precision),
+               **timed_training(spec, device, after=tracker)}
     if spec.compile != "off":
         # A warm-up step is one micro-batch: about 1/accum of a measured step.
         warm_step_s = figures["step_s"] / spec.accum
@@ -78,9 +98,10 @@ HARNESS = Harness(
     figure_columns=["step_s", "step_s_min", "step_s_max", "img_per_s", "warmup_s", "compile_s",
                     "gflop_per_step", "achieved_tflops", "peak_tflops", "mfu", "peak_alloc_mib",
                     "peak_reserved_mib", "nvml_peak_mib", "rss_peak_mib", "cpu_util_pct",
-                    *CUDA_COLUMNS],
+                    *CUDA_COLUMNS, *COMM_COLUMNS],
     display_columns=["status", "step_s", "step_s_min", "step_s_max", "img_per_s", "compile_s",
-                     "gflop_per_step", "achieved_tflops", "peak_tflops", "mfu"],
+                     "gflop_per_step", "achieved_tflops", "peak_tflops", "mfu", *COMM_COLUMNS],
+    figure_kinds={"collectives": str},
     notes=["step_s: median seconds per optimizer step over --steps measured steps (min, max "
            "beside it); img_per_s = batch x accum x steps / measured seconds.",
            "compile_s: the warm-up steps' time (one micro-batch and an optimizer step each) less "
@@ -91,9 +112,29 @@ HARNESS = Harness(
            "achieved_tflops = gflop_per_step / step_s / 1000; peak_tflops: the probe's measured "
            "peak at this precision; mfu = achieved / peak (0 to 1).",
            "Memory columns as in bench.memory (MiB = 2^20 bytes; CUDA columns empty on CPU).",
-           CUDA_NOTE],
+           CUDA_NOTE,
+           "Communication, for --parallel ddp or fsdp (empty for none): one more optimizer step "
+           "after the timed ones, under torch.profiler on every rank, the row's figures rank "
+           "0's. collectives_per_step: the process-group collectives it issued (c10d "
+           "operators, DDP's bucket all-reduces and FSDP2's all-gathers included); collectives: "
+           "their count and MiB by kind. comm_mib_per_step: the MiB of their messages, each "
+           "collective's whole tensor (all-reduce and broadcast: the tensor; all-gather: the "
+           "gathered output; reduce-scatter: the input before scattering), not the bytes on the "
+           "wire, which the algorithm sets (a ring all-reduce sends 2(N-1)/N of it per rank). "
+           "comm_share_pct: the time inside collectives (gloo's own ranges on its threads, "
+           "NCCL's kernels; overlapping ones once) as a percentage of that step's wall time; it "
+           "includes waiting for the slowest rank, and DDP overlaps its all-reduces with "
+           "backward, so it is not all time the step loses. Empty where the backend records no "
+           "such ranges. The profiler slows the step, so the share is of a profiled step. With "
+           "fewer than two steps before it (--warmup + --steps), one unprofiled step runs first: "
+           "DDP's one-off bucket rebuild would be counted.",
+           "Scaling (the sentences below the table): a spec on N ranks against the same spec on "
+           "1 rank (the same per-rank --batch and every other axis, medians over --repeats): "
+           "efficiency = img/s at N ranks / (N x img/s at 1 rank), 100% for perfect scaling; and "
+           "a 1-rank spec spread by ddp or fsdp against parallel none: the wrapper's own cost."],
     compare=lambda rows, context: (peaks_measured(rows, context)
-                                   + impl_ratios(rows, "img_per_s", "img/s", also=("mfu",))),
+                                   + impl_ratios(rows, "img_per_s", "img/s", also=("mfu",))
+                                   + rank_scaling(rows, "img_per_s", "img/s")),
     measure=measure,
 )
 

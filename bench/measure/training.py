@@ -11,7 +11,7 @@ from bench.measure import cuda
 from bench.measure.monitor import Monitor
 from bench.measure.timing import Timing, time_calls
 from bench.spec import BenchSpec
-from bench.workload import train_step
+from bench.workload import TrainStep, train_step
 
 # Figures of a CUDA run beside the allocator peaks and nvml_peak_mib; empty elsewhere.
 CUDA_COLUMNS = ["measured_context_mib", "warmup_peak_alloc_mib", "warmup_peak_reserved_mib",
@@ -25,9 +25,12 @@ CUDA_NOTE = ("On CUDA: peak_alloc_mib / peak_reserved_mib cover the measured (st
              "process started CUDA. NVML figures are of this very GPU or MIG instance, or empty.")
 
 
-def timed_training(spec: BenchSpec, device: torch.device) -> dict:
+def timed_training(spec: BenchSpec, device: torch.device,
+                   after: Callable[[TrainStep], dict] | None = None) -> dict:
     """Warm-up then measured optimizer steps, with nothing else running in the process. A
-    warm-up step is one micro-batch and an optimizer step, whatever the accumulation.
+    warm-up step is one micro-batch (every rank's) and an optimizer step, whatever the
+    accumulation. `after` runs once every figure of the timed steps is taken, with the step,
+    and returns figures of its own (a tracker's extra step, which the timed ones never see).
 
     Figures: step_s (median), step_s_min/max, warmup_s, img_per_s, the Monitor's NVML and CPU
     figures, rss_peak_mib, and on CUDA the allocator's peaks: warmup_peak_alloc_mib and
@@ -46,6 +49,8 @@ def timed_training(spec: BenchSpec, device: torch.device) -> dict:
         # ru_maxrss is the process's high-water mark, in KiB on Linux.
         rss_peak_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         **monitor.figures())
+    if after is not None:
+        figures.update(after(step))
     return figures
 
 
