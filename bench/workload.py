@@ -30,8 +30,10 @@ def build_model(spec: BenchSpec, compiled: bool = True) -> torch.nn.Module:
 def build_trainer(spec: BenchSpec, device: str | torch.device | None = None,
                   accum: int | None = None, precision: str | None = None,
                   compiled: bool = True, schedule: NoiseSchedule | None = None,
-                  config: TrainConfig | None = None) -> Trainer:
-    """The spec's model and trainer; `config` replaces the TrainConfig the spec implies."""
+                  config: TrainConfig | None = None, mesh=None) -> Trainer:
+    """The spec's model and trainer; `config` replaces the TrainConfig the spec implies. `mesh`:
+    the DeviceMesh FSDP shards over (default: one over the whole process group, on the machine's
+    accelerator)."""
     config = config or TrainConfig(batch_size=spec.batch, accum_steps=accum or spec.accum,
                                    precision=precision or spec.precision, seed=spec.seed,
                                    grad_sync=spec.grad_sync)
@@ -41,7 +43,7 @@ def build_trainer(spec: BenchSpec, device: str | torch.device | None = None,
     if next(model.parameters()).device != torch.device(device):
         model.to(device)  # fake tensors (the memory prediction) are already in place: left as is
     # Across ranks (a process group is up: torchrun's, or a fake one for the prediction).
-    model = wrap(model, spec.parallel, torch.device(device))
+    model = wrap(model, spec.parallel, torch.device(device), mesh)
     # diffusers' baseline trains with its own example's optimizer and EMA (bench.impl).
     recipe = diffusers_recipe(model, config) if spec.impl == "diffusers" else {}
     return Trainer(model, schedule, config, device=device, **recipe)

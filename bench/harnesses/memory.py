@@ -25,6 +25,7 @@ from bench.measure.tracked import CATEGORIES
 from bench.measure.training import timed_training
 from bench.spec import DEFAULT_BUDGET_MIB, BenchSpec
 from bench.workload import train_step
+from ddpm import parallel
 from ddpm.precision import synchronize
 
 TRACKED = [f"tracked_{c}_mib" for c in CATEGORIES]
@@ -43,16 +44,18 @@ def budget_words(budget_mib: float) -> str:
 
 def verdict(row: dict) -> str | None:
     """The answer in words: does this configuration fit the budget, and by how much."""
-    what = (f"batch {row['batch']} x accum {row['accum']} ({row['precision']}, attention "
-            f"{row['attention']}, {row['preset']} at {row['image_size']}px)")
+    what = (f"batch {row['batch']} x accum {row['accum']}{_ranks_words(row)} ({row['precision']}, "
+            f"attention {row['attention']}, {row['preset']} at {row['image_size']}px)")
+    card_words = "each CUDA" if row.get("ranks", 1) > 1 else "a CUDA"
     if row["status"] != "ok":
         return f"{what}: {row['status']} ({row['error']})."
     budget = budget_words(row["budget_mib"])
     if row.get("max_batch_source"):
-        return (f"Largest batch that fits {budget} at accum {row['accum']} ({row['precision']}, "
-                f"attention {row['attention']}): {row['batch']} ({row['max_batch_source']}).")
+        return (f"Largest batch that fits {budget} at accum {row['accum']}{_ranks_words(row)} "
+                f"({row['precision']}, attention {row['attention']}): {row['batch']} "
+                f"({row['max_batch_source']}).")
     answer = "fits" if row["fits"] else "does NOT fit"
-    text = (f"Verdict: {what} {answer} in {budget} on a CUDA sm{row['target_sm']:g} card: "
+    text = (f"Verdict: {what} {answer} in {budget} on {card_words} sm{row['target_sm']:g} card: "
             f"predicted {row['predicted_cuda_mib']:,.0f} MiB ({row['predicted_reserved_mib']:,.0f}"
             f" MiB reserved by the allocator + {row['cudnn_workspace_mib']:,.0f} MiB cuDNN "
             f"workspace + {row['context_mib']:,.0f} MiB CUDA context), headroom "
@@ -62,6 +65,13 @@ def verdict(row: dict) -> str | None:
                  f"{row['peak_reserved_mib']:,.0f} MiB reserved (prediction off by "
                  f"{row['reserved_error_pct']:+.1f}%).")
     return text
+
+
+def _ranks_words(row: dict) -> str:
+    """How the row's ranks share the model; nothing for one rank. --batch is one rank's."""
+    if row.get("ranks", 1) == 1:
+        return ""
+    return f" per rank of {row['ranks']} ({row['parallel']}, gradient sync {row['grad_sync']})"
 
 
 PREDICTED = ["target_sm", "predicted_alloc_mib", "predicted_reserved_mib", "cublas_workspace_mib",
@@ -74,11 +84,12 @@ def measure(spec: BenchSpec, context: RunContext | None = None) -> dict:
         return max_batch_row(spec)
     device = cuda.resolve(spec.device)
     target, context_mib = card(spec, device)
-    # Pass 0, the answer first: the prediction, said before the long measured passes.
-    figures: dict = prediction(spec, target, context_mib)
+    # Pass 0, the answer first: the prediction, said before the long measured passes. Under
+    # torchrun rank 0 predicts for every card: its share of a sharded model is the largest.
+    figures: dict = prediction(spec, target, context_mib) if parallel.rank() == 0 else {}
     if spec.predict_only:
         return figures
-    if context is not None:
+    if context is not None and figures:
         context.say(f"Predicted for a CUDA sm{figures['target_sm']:g} card: "
                     f"{'fits' if figures['fits'] else 'does NOT fit'} in "
                     f"{figures['budget_mib'] / 1024:.3g} GiB, {figures['predicted_cuda_mib']:,.0f}"
@@ -97,7 +108,7 @@ def measure(spec: BenchSpec, context: RunContext | None = None) -> dict:
     figures.update({f"tracked_{c}_mib": tracked.mib(c) for c in CATEGORIES})
 
     # The predictor's error where the card measured the same step.
-    if figures.get("peak_reserved_mib"):
+    if figures.get("peak_reserved_mib") and "predicted_alloc_mib" in figures:
         figures["alloc_error_pct"] = _error_pct(figures["predicted_alloc_mib"],
                                                 figures["peak_alloc_mib"])
         figures["reserved_error_pct"] = _error_pct(

@@ -6,11 +6,18 @@ rules decide the ops (CUDA autocast's op lists, `native_dropout` with its 1-byte
 target card's attention backend), and the traced aten graph is replayed on the fake CPU
 arguments, where autograd records the backward exactly as it would for those ops on CUDA: each
 op's derivative, and so what it saves, is the same on every device.
+
+Calls that torch.distributed makes inside the autocast region (FSDP2 gathering a unit's
+parameters before it runs, DDP preparing its buckets) run as they are: they copy, split and
+resize bytes, and neither device's autocast has a rule for any of that; traced and replayed, they
+would also lose what they make (FSDP2's whole parameters come back as plain outputs of a graph,
+not parameters that require grad).
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +47,8 @@ class CudaRules(TorchFunctionMode):
         kwargs = kwargs or {}
         autocast = torch.is_autocast_enabled("cpu")
         if (not (func in _REWRITES or (autocast and _has_tensor(args, kwargs)))
-                or func in _DIRECT or getattr(func, "__name__", "") in _ATTRIBUTE_ACCESS):
+                or func in _DIRECT or getattr(func, "__name__", "") in _ATTRIBUTE_ACCESS
+                or (func not in _REWRITES and _from_distributed())):
             return func(*args, **kwargs)
         leaves, spec = tree_flatten((args, kwargs))
         tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
@@ -116,9 +124,26 @@ class CudaRules(TorchFunctionMode):
 _REWRITES = {F.dropout: CudaRules.dropout,
              F.scaled_dot_product_attention: CudaRules.attention}
 # Calls that return no tensor computed on a device, or that drive autograd itself.
-_DIRECT = {torch.Tensor.backward, torch.autograd.backward, torch.autograd.grad}
+_DIRECT = {torch.Tensor.backward, torch.autograd.backward, torch.autograd.grad,
+           torch.Tensor.register_hook, torch.Tensor.register_post_accumulate_grad_hook}
 _ATTRIBUTE_ACCESS = {"__get__", "__set__", "__delete__"}  # .requires_grad, .grad, .dtype, ...
 _NO_DEVICE_WORK = object()
+_DISTRIBUTED = ("torch.distributed", "torch.nn.parallel")
+
+
+def _from_distributed() -> bool:
+    """Whether torch.distributed made this call: the torch frames above it, up to the first
+    frame outside torch (the model's code, the trainer's), include one of torch.distributed or
+    torch.nn.parallel."""
+    frame = sys._getframe(2)  # the caller of __torch_function__
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if name.startswith(_DISTRIBUTED):
+            return True
+        if not (name == "torch" or name.startswith("torch.")):
+            return False
+        frame = frame.f_back
+    return False
 
 
 def _has_tensor(args, kwargs) -> bool:
