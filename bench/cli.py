@@ -132,7 +132,7 @@ def specs_from_args(args: argparse.Namespace, **extra_axes: list) -> list[BenchS
             raise SpecError(f"{option} {value:g} is not allowed: it must be >= {minimum:g} and "
                             "finite.")
     base = BenchSpec(preset=preset, image_size=image_size, device=parse_device(args.device),
-                     seed=args.seed, steps=args.steps, warmup=args.warmup,
+                     seed=args.seed, measure_steps=args.steps, warmup_steps=args.warmup,
                      budget_mib=parse_budget(args.budget), context_mib=args.cuda_context_mib,
                      find_max_batch=args.find_max_batch)
     batches = [1] if args.find_max_batch else parse_int_list("--batch", args.batch)

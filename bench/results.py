@@ -20,8 +20,11 @@ from bench import spec as spec_module
 from bench.core import axes, column_dtypes, spec_columns
 
 STATUSES = ("ok", "oom", "error", "timeout")
-# Columns by their old names: a table written before a rename is read through this.
-RENAMED: dict[str, str] = {}
+# Columns by their old names, per table: a table written before a rename is read through this.
+RENAMED: dict[str, dict[str, str]] = {
+    # Sampling's images per second is projected from timed steps, not measured over a run.
+    "sampling": {"img_per_s": "projected_img_per_s"},
+}
 
 
 def read_csv(path):
@@ -98,7 +101,8 @@ class ResultsTable:
         """A table written before an axis or a figure was added (or a column renamed) is
         rewritten with this version's columns: a new axis gets its default, the value every old
         row had; a new figure stays empty, as a figure not measured."""
-        renamed = [RENAMED.get(c, c) for c in header]
+        names = RENAMED.get(self.harness, {})
+        renamed = [names.get(c, c) for c in header]
         defaults = axis_defaults()
         added = [c for c in self.columns if c not in renamed]
         figures = [c for c in added if c not in spec_columns()]
@@ -107,14 +111,15 @@ class ResultsTable:
                                "move it aside or pass another --out.")
         with self.locked():
             with self.csv_path.open(newline="", encoding="utf-8") as f:
-                rows = [upgraded(dict(zip(header, cells))) for cells in list(csv.reader(f))[1:]]
+                rows = [upgraded(dict(zip(header, cells)), self.harness)
+                        for cells in list(csv.reader(f))[1:]]
             text = io.StringIO()
             writer = csv.DictWriter(text, fieldnames=self.columns)
             writer.writeheader()
             writer.writerows(rows)
             atomic_write(self.csv_path, text.getvalue())
         said = [f"{c} = {defaults[c]}" for c in added if c in defaults] + [
-            f"{old} is now {RENAMED[old]}" for old in header if old in RENAMED]
+            f"{old} is now {names[old]}" for old in header if old in names]
         if figures:
             said.append(f"{', '.join(figures)} empty")
         return (f"{self.csv_path} upgraded to this version's columns"
@@ -238,9 +243,10 @@ def axis_defaults() -> dict[str, str]:
     return {a: str(getattr(spec_module.BenchSpec, a)) for a in axes()}
 
 
-def upgraded(raw: dict[str, str]) -> dict[str, str]:
+def upgraded(raw: dict[str, str], table: str) -> dict[str, str]:
     """A row as this version writes it: old column names renamed, axes added since filled in."""
-    row = {RENAMED.get(c, c): text for c, text in raw.items()}
+    names = RENAMED.get(table, {})
+    row = {names.get(c, c): text for c, text in raw.items()}
     return {**{a: d for a, d in axis_defaults().items() if a not in row}, **row}
 
 
@@ -261,7 +267,7 @@ def read_rows(path: Path, kinds: dict[str, type] | None = None) -> list[dict]:
                 if None in raw:  # more cells than the header names
                     raise ResultsError(f"{path} line {reader.line_num} has more cells than "
                                        "its header.")
-                rows.append(typed_row(upgraded(raw), reader.line_num, path, kinds))
+                rows.append(typed_row(upgraded(raw, path.stem), reader.line_num, path, kinds))
             return rows
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ResultsError(f"{path} cannot be read ({_reason(exc)}).") from None

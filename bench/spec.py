@@ -65,8 +65,8 @@ class BenchSpec:
     repeat: int = axis(1, quiet=True)  # which pass over the grid (--repeats)
     # How a spec is run, not what it is: in the spec id, not columns.
     seed: int = 0
-    steps: int = 1
-    warmup: int = 1
+    measure_steps: int = 1  # the steps a harness measures: timed, profiled or trained
+    warmup_steps: int = 1  # steps run first and not measured (timing or profiler warm-up)
     budget_mib: float = DEFAULT_BUDGET_MIB
     context_mib: float = DEFAULT_CONTEXT_MIB
     find_max_batch: bool = False  # search the largest batch that fits instead of using `batch`
@@ -107,7 +107,7 @@ class BenchSpec:
 
     @property
     def spec_id(self) -> str:
-        return (f"{self.name}-seed{self.seed}-steps{self.steps}-warmup{self.warmup}"
+        return (f"{self.name}-seed{self.seed}-steps{self.measure_steps}-warmup{self.warmup_steps}"
                 f"-budget{self.budget_mib:g}-context{self.context_mib:g}"
                 + ("-maxbatch" if self.find_max_batch else "")
                 + ("-predicted" if self.predict_only else "")

@@ -57,6 +57,7 @@ class TrainStep:
     trainer: Trainer
     images: torch.Tensor
     warm_trainer: Trainer
+    warm_images: torch.Tensor  # one micro-batch of every rank
 
     def __call__(self) -> StepStats:
         return self.trainer.step(self.images)
@@ -65,14 +66,14 @@ class TrainStep:
         """One micro-batch and an optimizer step over the same model, optimizer and EMA:
         kernels, allocator, optimizer state and compilation warm without a whole accumulated
         step."""
-        return self.warm_trainer.step(self.images[:self.warm_trainer.config.effective_batch *
-                                                  self.trainer.world])
+        return self.warm_trainer.step(self.warm_images)
 
 
 def train_step(spec: BenchSpec, device: str | torch.device | None = None) -> TrainStep:
     trainer = build_trainer(spec, device)
     warm = micro_batch_trainer(trainer) if spec.accum > 1 else trainer
-    return TrainStep(trainer, synthetic_images(spec, spec.effective_batch), warm)
+    images = synthetic_images(spec, spec.effective_batch)
+    return TrainStep(trainer, images, warm, images[:spec.ranks * spec.batch])
 
 
 def micro_batch_trainer(trainer: Trainer) -> Trainer:

@@ -90,8 +90,13 @@ def unet_config_from(data: dict) -> UNetConfig:
     return UNetConfig(**data["unet_config"])
 
 
+# TrainConfig fields by their names in older checkpoints.
+RENAMED_FIELDS = {"warmup_steps": "lr_warmup_steps"}
+
+
 def train_config_from(data: dict) -> TrainConfig:
-    return TrainConfig(**data["train_config"])
+    fields = {RENAMED_FIELDS.get(k, k): v for k, v in data["train_config"].items()}
+    return TrainConfig(**fields)
 
 
 def ema_from(data: dict, model: torch.nn.Module) -> EMA:

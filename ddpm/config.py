@@ -100,7 +100,7 @@ class TrainConfig:
     lr: float = 2e-4
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 0
+    lr_warmup_steps: int = 0  # learning-rate warm-up, linear from 0
     grad_clip: float | None = 1.0
     ema_decay: float = 0.9999
     ema_warmup: bool = True
@@ -120,8 +120,9 @@ class TrainConfig:
             raise ValueError(f"weight_decay={self.weight_decay!r} is not allowed: it must be >= 0.")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas={self.betas!r} is not allowed: two numbers in [0, 1).")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps={self.warmup_steps} is not allowed: it must be >= 0.")
+        if self.lr_warmup_steps < 0:
+            raise ValueError(f"lr_warmup_steps={self.lr_warmup_steps} is not allowed: it must be "
+                             ">= 0.")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip={self.grad_clip!r} is not allowed: positive, or None "
                              "for no clipping.")

@@ -91,7 +91,7 @@ class Trainer:
         return autocast(self.config.precision, self.device)
 
     def lr_at(self, step: int) -> float:
-        warmup = self.config.warmup_steps
+        warmup = self.config.lr_warmup_steps
         return self.config.lr * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
 
     def draw(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

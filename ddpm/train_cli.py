@@ -57,7 +57,7 @@ SAMPLES = "samples.png"
 VAL_IMAGES = 512
 # TrainConfig field -> the option that sets it, to name options in messages.
 FLAGS = {"batch_size": "--batch", "accum_steps": "--accum", "precision": "--precision",
-         "lr": "--lr", "weight_decay": "--weight-decay", "warmup_steps": "--warmup-steps",
+         "lr": "--lr", "weight_decay": "--weight-decay", "lr_warmup_steps": "--lr-warmup-steps",
          "grad_clip": "--grad-clip", "ema_decay": "--ema-decay", "seed": "--seed"}
 
 
@@ -81,7 +81,8 @@ def build_parser() -> ArgumentParser:
     opt.add_argument("--precision", choices=PRECISIONS, default="fp32")
     opt.add_argument("--lr", type=positive_float, default=2e-4)
     opt.add_argument("--weight-decay", type=non_negative_float, default=0.0)
-    opt.add_argument("--warmup-steps", type=non_negative_int, default=0)
+    opt.add_argument("--lr-warmup-steps", type=non_negative_int, default=0,
+                     help="learning-rate warm-up, linear from 0 (default %(default)s)")
     opt.add_argument("--grad-clip", type=non_negative_float, default=1.0, help="0 turns it off")
     opt.add_argument("--ema-decay", type=decay_value, default=0.9999)
     opt.add_argument("--seed", type=seed_int, default=0)
@@ -121,7 +122,7 @@ def validate(args) -> Run:
     try:
         train_config = TrainConfig(
             batch_size=args.batch, accum_steps=args.accum, precision=args.precision, lr=args.lr,
-            weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+            weight_decay=args.weight_decay, lr_warmup_steps=args.lr_warmup_steps,
             grad_clip=args.grad_clip or None, ema_decay=args.ema_decay, seed=args.seed)
     except ValueError as exc:  # the dataclass names the field, the value and what is allowed
         raise UsageError(str(exc)) from None

@@ -163,8 +163,8 @@ def test_validation_loss_uses_fixed_timesteps_and_noise():
 
 
 def test_divergence_is_flagged(tmp_path):
-    spec = BenchSpec(preset="tiny", image_size=16, attention="8", batch=8, steps=10, warmup=0,
-                     dataset="digits")
+    spec = BenchSpec(preset="tiny", image_size=16, attention="8", batch=8, measure_steps=10,
+                     warmup_steps=0, dataset="digits")
     figures = loss.measure(spec, RunContext(tmp_path, "run"), loss.LossOptions(lr=1e6))
     assert figures["diverged"] is True
     assert 1 <= figures["diverged_step"] == figures["steps_done"] <= 10  # stopped there

@@ -274,7 +274,7 @@ def test_warm_up_is_one_micro_batch_and_an_optimizer_step(monkeypatch):
     step = Trainer.step
     monkeypatch.setattr(Trainer, "step", lambda self, x0: seen.append(
         (x0.shape[0], self.config.accum_steps)) or step(self, x0))
-    timed_training(tiny(batch=2, accum=4, warmup=1, steps=1), torch.device("cpu"))
+    timed_training(tiny(batch=2, accum=4, warmup_steps=1, measure_steps=1), torch.device("cpu"))
     assert seen == [(2, 1), (8, 4)]  # warm-up: 2 images in 1 micro-batch; measured: 2 x 4
 
 

@@ -29,7 +29,7 @@ from bench.spec import BenchSpec
 ROOT = Path(__file__).resolve().parents[1]
 # PYTHONPATH: the subprocess runs this checkout's bench whatever its working directory.
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-TINY = BenchSpec(preset="tiny", image_size=16, attention="8", steps=1, warmup=0)
+TINY = BenchSpec(preset="tiny", image_size=16, attention="8", measure_steps=1, warmup_steps=0)
 COMMAND = "python -m bench.memory --preset tiny --batch 1,2 --accum 1 --warmup 0 --steps 1"
 PNG = b"\x89PNG\r\n\x1a\n"
 

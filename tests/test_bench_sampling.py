@@ -86,7 +86,7 @@ def test_sweep_writes_rows_with_the_projection(tmp_path):
         full = num(r["projected_full_run_s"])
         assert math.isclose(full, step_s * steps, rel_tol=1e-9)
         assert math.isclose(num(r["projected_s_per_image"]), full / batch, rel_tol=1e-9)
-        assert math.isclose(num(r["img_per_s"]), batch / full, rel_tol=1e-9)
+        assert math.isclose(num(r["projected_img_per_s"]), batch / full, rel_tol=1e-9)
         assert math.isclose(num(r["step_ms_per_image"]), step_s / batch * 1000, rel_tol=1e-9)
         # A CPU cannot give CUDA allocator figures, and quality needs --checkpoint: empty.
         for column in ("peak_alloc_mib", "peak_reserved_mib", "quality_samples",
@@ -127,7 +127,8 @@ def test_specs_pair_each_sampler_with_its_steps():
     assert [(s.batch, s.sampler, s.sampling_steps) for s in specs] == [
         (b, sampler, steps) for b in (1, 4)
         for sampler, steps in (("ddpm", 1000), ("ddim", 10), ("ddim", 50))]
-    assert all(s.steps == 5 and s.warmup == 2 and s.accum == 1 for s in specs)  # the defaults
+    # The defaults:
+    assert all(s.measure_steps == 5 and s.warmup_steps == 2 and s.accum == 1 for s in specs)
     assert len({s.spec_id for s in specs}) == len(specs)
     args = sampling.build_sampling_parser().parse_args(["--sampler", "ddim"])
     assert [(s.preset, s.batch, s.sampling_steps) for s in sampling.make_specs(args)] == [
@@ -242,7 +243,7 @@ def test_measure_times_the_shared_loop(monkeypatch):
 
     calls = spy_on(monkeypatch, ddpm.sample.sample_progressive)
     spec = BenchSpec(preset="tiny", image_size=16, attention="8", batch=2, sampler="ddim",
-                     sampling_steps=2, steps=3, warmup=1)
+                     sampling_steps=2, measure_steps=3, warmup_steps=1)
     figures = sampling.measure(spec)
     assert figures["measured_steps"] == 3
     assert [len(c.yielded) for c in calls] == [2, 2]

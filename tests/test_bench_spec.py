@@ -211,8 +211,8 @@ def test_name_and_spec_id_are_stable():
 
 
 # Run settings: how a spec is run, in its id but not an axis.
-VARIANTS = {"seed": 1, "steps": 5, "warmup": 0, "budget_mib": 4096.0, "context_mib": 300.0,
-            "find_max_batch": True, "predict_only": True}
+VARIANTS = {"seed": 1, "measure_steps": 5, "warmup_steps": 0, "budget_mib": 4096.0,
+            "context_mib": 300.0, "find_max_batch": True, "predict_only": True}
 AXIS_FIELDS = [f for f in dataclasses.fields(BenchSpec) if f.metadata.get("axis")]
 
 

@@ -1,6 +1,7 @@
 """Checkpoints: save -> load -> continue is bit-for-bit the uninterrupted run, saving is atomic, and
 every unusable file is a CheckpointError naming the file and the problem."""
 
+import dataclasses
 import os
 import re
 
@@ -31,8 +32,8 @@ def batches(n):
 def trainer_for(schedule, precision, init_seed=0, config=CONFIG):
     torch.manual_seed(init_seed)
     model = UNet(config)
-    train = TrainConfig(batch_size=2, accum_steps=2, precision=precision, lr=1e-3, warmup_steps=3,
-                        seed=7)
+    train = TrainConfig(batch_size=2, accum_steps=2, precision=precision, lr=1e-3,
+                        lr_warmup_steps=3, seed=7)
     return Trainer(model, schedule, train, device="cpu")
 
 
@@ -271,3 +272,10 @@ def test_decoding_rebuilds_the_schedule_configs_and_ema_weights(tmp_path, schedu
         assert torch.equal(mine, shadow)
     assert any(not torch.equal(s, r) for s, r in zip(trainer.ema.params,
                                                       trainer.model.parameters(), strict=True))
+
+
+def test_a_checkpoint_from_before_the_rename_keeps_its_learning_rate_warm_up():
+    """TrainConfig.warmup_steps became lr_warmup_steps: an older file's value is kept."""
+    stored = dataclasses.asdict(TrainConfig(batch_size=2, lr_warmup_steps=7))
+    stored["warmup_steps"] = stored.pop("lr_warmup_steps")
+    assert ddpm.checkpoint.train_config_from({"train_config": stored}).lr_warmup_steps == 7

@@ -137,7 +137,7 @@ def test_valid_edge_configs_are_accepted():
         ({"weight_decay": -0.1}, r"weight_decay=-0\.1 is not allowed"),
         ({"betas": (0.9, 1.0)}, r"betas=\(0\.9, 1\.0\) is not allowed"),
         ({"betas": (0.9,)}, r"betas=\(0\.9,\) is not allowed"),
-        ({"warmup_steps": -1}, r"warmup_steps=-1 is not allowed"),
+        ({"lr_warmup_steps": -1}, r"lr_warmup_steps=-1 is not allowed"),
         ({"ema_decay": 1.0}, r"ema_decay=1\.0 is not allowed"),
         ({"grad_sync": "first"},
          r"grad_sync='first' is not allowed: choose one of last, every\."),

@@ -15,6 +15,7 @@ import torch
 from cli_checks import check_one_line_error
 from cuda_standin import NO_DRIVER
 
+from bench import workload
 from bench.core import RunContext
 from bench.harnesses import memory, throughput
 from bench.measure import cuda, monitor, training
@@ -34,8 +35,8 @@ def no_baseline(monkeypatch):
 
 
 def tiny(**changes) -> BenchSpec:
-    fields = dict(preset="tiny", image_size=16, attention="8", batch=2, accum=1, steps=1,
-                  warmup=1, device="cuda:0")
+    fields = dict(preset="tiny", image_size=16, attention="8", batch=2, accum=1, measure_steps=1,
+                  warmup_steps=1, device="cuda:0")
     return BenchSpec(**{**fields, **changes})
 
 
@@ -185,9 +186,9 @@ def test_timed_training_reports_warm_up_and_steady_state_peaks(fake_cuda, monkey
     gpu = fake_cuda(context_mib=300, others_mib=200)
     monitor.take_baseline()  # as the worker does, before CUDA starts
     steps = []
-    monkeypatch.setattr(training, "build_trainer", lambda spec, device: AdamLikeTrainer(
+    monkeypatch.setattr(workload, "build_trainer", lambda spec, device: AdamLikeTrainer(
         gpu, params_mib=100, activations_mib=300, state_mib=200, first_mib=1000, log=steps))
-    figures = training.timed_training(tiny(steps=2), CUDA0)
+    figures = training.timed_training(tiny(measure_steps=2), CUDA0)
     assert steps == [3]
     # Warm-up: parameters, activations and the one-off workspace.
     assert (figures["warmup_peak_alloc_mib"], figures["warmup_peak_reserved_mib"]) == (1400, 1400)
@@ -357,7 +358,7 @@ def test_which_code_runs_on_which_card(arch, capability, runs):
 def test_fits_measured_takes_two_optimizer_steps(fake_cuda, monkeypatch):
     gpu = fake_cuda(total_mib=8192)
     steps = []
-    monkeypatch.setattr(memory, "build_trainer",
+    monkeypatch.setattr(workload, "build_trainer",
                         lambda spec, device: AdamLikeTrainer(gpu, log=steps))
     # One step peaks at 400 MiB (parameters + activations), two at 600 (+ AdamW's state).
     cuda.cap_to_budget(CUDA0, budget_mib=500, context_mib=0)
@@ -379,10 +380,10 @@ def test_fits_measured_counts_a_library_oom_as_no_and_raises_anything_else(fake_
         def step(self, images):
             raise self.error
 
-    monkeypatch.setattr(memory, "build_trainer", lambda spec, device: Failing(
+    monkeypatch.setattr(workload, "build_trainer", lambda spec, device: Failing(
         RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED")))
     assert memory._fits_measured(tiny(), CUDA0) is False
-    monkeypatch.setattr(memory, "build_trainer",
+    monkeypatch.setattr(workload, "build_trainer",
                         lambda spec, device: Failing(RuntimeError("shape mismatch")))
     with pytest.raises(RuntimeError, match="shape mismatch"):
         memory._fits_measured(tiny(), CUDA0)
@@ -396,7 +397,7 @@ def test_max_batch_on_cuda_searches_under_the_cap(fake_cuda, monkeypatch):
         return AdamLikeTrainer(gpu, params_mib=100, activations_mib=50 * spec.batch,
                                state_mib=200)
 
-    monkeypatch.setattr(memory, "build_trainer", build)
+    monkeypatch.setattr(workload, "build_trainer", build)
     # The fake-tensor prediction runs on the CPU; with torch.cuda replaced, AdamW would ask the
     # (absent) driver whether a CUDA graph is being captured.
     monkeypatch.setattr(memory, "prediction", lambda spec, *card: {"fits": True})

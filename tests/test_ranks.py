@@ -146,6 +146,6 @@ def test_a_warm_up_step_takes_one_micro_batch_of_every_rank(fake_group_of_two, m
     step = Trainer.step
     monkeypatch.setattr(Trainer, "step", lambda self, x0: (seen.append(len(x0)), step(self, x0))[1])
     spec = BenchSpec(preset="tiny", image_size=16, attention="8", batch=2, accum=3, ranks=2,
-                     parallel="fsdp", warmup=1, steps=1)
+                     parallel="fsdp", warmup_steps=1, measure_steps=1)
     timed_training(spec, torch.device("cpu"))
     assert seen == [2 * 2, 2 * 2 * 3]

@@ -192,7 +192,7 @@ def test_grad_clipping(base_model, schedule):
 
 
 def test_warmup_learning_rates_and_the_first_adam_step(base_model, schedule):
-    trainer = make(base_model, schedule, batch_size=2, lr=1e-3, warmup_steps=4, grad_clip=None)
+    trainer = make(base_model, schedule, batch_size=2, lr=1e-3, lr_warmup_steps=4, grad_clip=None)
     p0 = [p.detach().clone() for p in trainer.model.parameters()]
     lrs = []
     for i in range(5):
@@ -246,7 +246,7 @@ def test_training_on_digits_lowers_the_validation_loss(schedule):
 
     torch.manual_seed(0)
     model = UNet(TINY)
-    trainer = Trainer(model, schedule, TrainConfig(batch_size=32, lr=2e-3, warmup_steps=10))
+    trainer = Trainer(model, schedule, TrainConfig(batch_size=32, lr=2e-3, lr_warmup_steps=10))
     initial = val_loss(model)
     batches = ds.batches(32, seed=0)
     for _ in range(200):
@@ -280,7 +280,7 @@ def test_accumulation_with_default_adam_matches_relative_1e5(base_model, schedul
 
 def test_fused_adamw_default_matches_the_per_tensor_loop(base_model, schedule):
     """The default optimizer is fused AdamW; its steps equal torch's reference loop in fp32."""
-    cfg = dict(batch_size=4, warmup_steps=0, lr=1e-3)
+    cfg = dict(batch_size=4, lr_warmup_steps=0, lr=1e-3)
     results = {}
     for eps in (1e-8, 1e-4):
         fused = make(base_model, schedule, **cfg)

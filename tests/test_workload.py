@@ -12,7 +12,8 @@ from bench.measure.training import timed_training
 from bench.spec import BenchSpec
 from bench.workload import TrainStep, build_trainer, synthetic_images, train_step
 
-TINY = BenchSpec(preset="tiny", image_size=16, attention="8", batch=2, accum=2, steps=2, warmup=1)
+TINY = BenchSpec(preset="tiny", image_size=16, attention="8", batch=2, accum=2, measure_steps=2,
+                 warmup_steps=1)
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def calls(monkeypatch):
 
 def test_timed_training_measures_the_shared_step(calls):
     timed_training(TINY, torch.device("cpu"))
-    assert calls == {"step": TINY.steps, "warm_up": TINY.warmup}
+    assert calls == {"step": TINY.measure_steps, "warm_up": TINY.warmup_steps}
 
 
 def test_the_profiler_profiles_the_shared_step(calls):

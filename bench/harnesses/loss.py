@@ -70,6 +70,7 @@ class LossOptions:
     val_images: int = 256
     val_every: int = 50
     threads: int = 1
+    lr_warmup: int = 0  # learning-rate warm-up steps, linear from 0
 
     @classmethod
     def from_context(cls, context: RunContext) -> LossOptions:
@@ -251,7 +252,7 @@ def measure(spec: BenchSpec, context: RunContext, options: LossOptions | None = 
     schedule = NoiseSchedule.linear()
     config = TrainConfig(batch_size=spec.batch, accum_steps=spec.accum,
                          precision=spec.precision, seed=spec.seed, lr=opts.lr,
-                         warmup_steps=spec.warmup)
+                         lr_warmup_steps=opts.lr_warmup)
     trainer = build_trainer(spec, device, schedule=schedule, config=config)
     val_images = data.validation()[: opts.val_images]
     val_t, val_noise = validation_draws(val_images, schedule.timesteps, spec.seed)
@@ -275,7 +276,7 @@ def measure(spec: BenchSpec, context: RunContext, options: LossOptions | None = 
         with curve_path.open("w", newline="") as f:
             out = csv.writer(f)
             out.writerow(["step", "loss", "grad_norm", "lr", "skipped", "val_loss"])
-            for step in range(1, spec.steps + 1):
+            for step in range(1, spec.measure_steps + 1):
                 x0 = next(batches)
                 start = time.perf_counter()
                 stats = trainer.step(x0)
@@ -283,7 +284,7 @@ def measure(spec: BenchSpec, context: RunContext, options: LossOptions | None = 
                 train_s += time.perf_counter() - start
                 losses.append(loss)
                 diverged = is_diverged(loss)
-                last = step == spec.steps or diverged
+                last = step == spec.measure_steps or diverged
                 val = ""
                 if last or (opts.val_every and step % opts.val_every == 0):
                     val = val_end = validate()
@@ -302,7 +303,7 @@ def measure(spec: BenchSpec, context: RunContext, options: LossOptions | None = 
     k = min(opts.last_k, len(losses))
     return {"data_root": opts.data_root, "lr": opts.lr, "last_k": k,
             "val_images": val_images.shape[0], "val_every": opts.val_every,
-            "threads": opts.threads,
+            "threads": opts.threads, "lr_warmup": opts.lr_warmup,
             "steps_done": len(losses), "final_loss": final_loss(losses, k), "val_loss": val_end,
             "val_loss_start": val_start, "skipped_steps": trainer.skipped_steps,
             "diverged": diverged_step is not None, "diverged_step": diverged_step,
@@ -329,6 +330,11 @@ def make_specs(args) -> list[BenchSpec]:
             raise SpecError(f"{option} {value} is not allowed: it must be >= {minimum}.")
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise SpecError(f"--lr {args.lr:g} is not allowed: it must be a positive number.")
+    if args.lr_warmup < 0:
+        raise SpecError(f"--lr-warmup {args.lr_warmup} is not allowed: it must be >= 0.")
+    if args.warmup:
+        raise SpecError(f"--warmup {args.warmup}: this harness times no steps to warm up; "
+                        "learning-rate warm-up is --lr-warmup.")
     specs = []
     for batch, accum, total in batch_accum_pairs(args):
         for spec in specs_from_args(argparse.Namespace(**{**vars(args), "batch": str(batch),
@@ -357,7 +363,8 @@ def make_specs(args) -> list[BenchSpec]:
 def loss_options(args) -> dict:
     return asdict(LossOptions(data_root=str(Path(args.data_root).resolve()), lr=args.lr,
                               last_k=args.last_k, val_images=args.val_images,
-                              val_every=args.val_every, threads=args.threads))
+                              val_every=args.val_every, threads=args.threads,
+                              lr_warmup=args.lr_warmup))
 
 
 def batch_accum_pairs(args) -> list[tuple[int, int, int | None]]:
@@ -386,13 +393,14 @@ def _check_resume(path: Path, specs: list[BenchSpec], options: LossOptions) -> N
         return
     ids = {s.spec_id for s in specs}
     asked = {"lr": options.lr, "val_every": options.val_every, "threads": options.threads,
-             "data_root": options.data_root}
+             "data_root": options.data_root, "lr_warmup": options.lr_warmup}
     with path.open(newline="") as f:
         for row in csv.DictReader(f):
             if row.get("status") != "ok" or row.get("spec_id") not in ids:
                 continue
             for name, value in asked.items():
-                stored = row.get(name) or ""
+                # A row from before --lr-warmup existed trained without warm-up.
+                stored = row.get(name) or ("0" if name == "lr_warmup" else "")
                 same = stored == value if isinstance(value, str) else float(stored) == value
                 if not same:
                     raise SpecError(f"--resume: {path} holds {row['spec_id']} trained with "
@@ -407,7 +415,7 @@ def build_loss_parser():
                   "warmup": 0},
         # The shared help speaks of timed runs; here steps are trained.
         helps={"steps": "optimizer steps trained per spec (default %(default)s)",
-               "warmup": "learning-rate warm-up steps, linear from 0 (default %(default)s)",
+               "warmup": "not used here (no step is timed); see --lr-warmup",
                "accum": "gradient-accumulation steps per optimizer step; the sweep is then "
                         "--batch x --accum (default: from --effective-batch)"})
     parser.set_defaults(preset="tiny")
@@ -421,6 +429,8 @@ def build_loss_parser():
                    help="where mnist/cifar10 live, or the image folder (default %(default)s)")
     g.add_argument("--download", action="store_true",
                    help="download mnist/cifar10 into --data-root first")
+    g.add_argument("--lr-warmup", type=int, default=LossOptions.lr_warmup,
+                   help="learning-rate warm-up steps, linear from 0 (default %(default)s)")
     g.add_argument("--lr", type=float, default=LossOptions.lr,
                    help="AdamW learning rate (default %(default)g)")
     g.add_argument("--last-k", type=int, default=LossOptions.last_k,
@@ -440,8 +450,9 @@ def build_loss_parser():
 HARNESS = Harness(
     name="loss",
     figure_columns=["data_root", "lr", "last_k", "val_images", "val_every", "threads",
-                    "steps_done", "final_loss", "val_loss", "val_loss_start", "skipped_steps",
-                    "diverged", "diverged_step", "train_s", "img_per_s", "curve_path"],
+                    "lr_warmup", "steps_done", "final_loss", "val_loss", "val_loss_start",
+                    "skipped_steps", "diverged", "diverged_step", "train_s", "img_per_s",
+                    "curve_path"],
     display_columns=["status", "steps_done", "final_loss", "val_loss",
                      "val_loss_start", "skipped_steps", "diverged", "img_per_s"],
     notes=["Losses are L_simple (Ho et al. 2020, eq. 14): mean squared error of the predicted "
@@ -457,7 +468,7 @@ HARNESS = Harness(
            "step (diverged_step). steps_done: optimizer steps trained. train_s: seconds of "
            "training, validation excluded; img_per_s = effective_batch x steps_done / train_s "
            "(informative: each step's loss is read, a device sync). lr: AdamW learning rate "
-           "after --warmup linear warm-up steps; gradients clipped at norm 1.",
+           "after --lr-warmup linear warm-up steps; gradients clipped at norm 1.",
            "Every spec starts from the same weights (seeded) and sees the same images in the "
            "same order: batches of effective_batch images, split into accum micro-batches. "
            "Curves: curve_path (CSV: step, loss, grad_norm, lr, skipped, val_loss) and "

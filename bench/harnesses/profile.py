@@ -223,7 +223,8 @@ def measure(spec: BenchSpec, context: RunContext) -> dict:
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
-    schedule = torch.profiler.schedule(wait=opts["wait"], warmup=spec.warmup, active=spec.steps,
+    schedule = torch.profiler.schedule(wait=opts["wait"], warmup=spec.warmup_steps,
+                                       active=spec.measure_steps,
                                        repeat=opts["repeat"])
     collector = Collector(folder, spec.name, device)
     snapshot = folder / f"{spec.name}.memory_snapshot.pickle" if opts["memory_snapshot"] else None
@@ -240,7 +241,8 @@ def measure(spec: BenchSpec, context: RunContext) -> dict:
                 activities=activities, schedule=schedule, on_trace_ready=collector,
                 record_shapes=True, profile_memory=True, with_flops=opts["with_flops"],
                 **stacks) as prof:
-            for _ in range((opts["wait"] + spec.warmup + spec.steps) * opts["repeat"]):
+            cycle = opts["wait"] + spec.warmup_steps + spec.measure_steps
+            for _ in range(cycle * opts["repeat"]):
                 step()
                 prof.step()
         if snapshot is not None:

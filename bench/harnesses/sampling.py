@@ -76,7 +76,7 @@ def verdict(row: dict) -> str | None:
             f"compile {row['compile']}: {v['step_s']} s per denoising step "
             f"({v['step_ms_per_image']} ms per image); a full run is projected at "
             f"{v['projected_full_run_s']} s, {v['projected_s_per_image']} s per image, "
-            f"{v['img_per_s']} images/s (from {row['measured_steps']} timed steps).")
+            f"{v['projected_img_per_s']} images/s (from {row['measured_steps']} timed steps).")
     if row.get("frechet_digits") is not None:
         text += (f" Frechet distance to real digits over {row['quality_samples']} samples: "
                  f"{v['frechet_digits']} (as many real held-out digits: "
@@ -122,14 +122,14 @@ def timed_sampling(model: torch.nn.Module, schedule: NoiseSchedule, spec,
     step = denoising_steps(model, schedule, spec, device)
     if device.type == "cuda":
         cuda.reset_peaks(device)
-    timing = time_calls(step, spec.steps, spec.warmup, device)
+    timing = time_calls(step, spec.measure_steps, spec.warmup_steps, device)
     step_s = timing.median_s
     full = step_s * spec.sampling_steps
     figures = {
-        "measured_steps": spec.steps, "step_s": step_s, "step_s_min": min(timing.times_s),
+        "measured_steps": spec.measure_steps, "step_s": step_s, "step_s_min": min(timing.times_s),
         "step_s_max": max(timing.times_s), "step_ms_per_image": step_s / spec.batch * 1000,
         "projected_full_run_s": full, "projected_s_per_image": full / spec.batch,
-        "img_per_s": spec.batch / full, "warmup_s": timing.warmup_s}
+        "projected_img_per_s": spec.batch / full, "warmup_s": timing.warmup_s}
     if device.type == "cuda":
         figures["peak_alloc_mib"], figures["peak_reserved_mib"] = cuda.peaks_mib(device)
     return figures
@@ -332,12 +332,12 @@ HARNESS = Harness(
     name="sampling",
     figure_columns=["measured_steps", "step_s", "step_s_min",
                     "step_s_max", "step_ms_per_image", "projected_full_run_s",
-                    "projected_s_per_image", "img_per_s", "warmup_s", "peak_alloc_mib",
+                    "projected_s_per_image", "projected_img_per_s", "warmup_s", "peak_alloc_mib",
                     "peak_reserved_mib", "quality_samples", "frechet_digits",
                     "frechet_digits_real"],
     display_columns=["sampler", "sampling_steps", "status", "measured_steps", "step_s",
                      "step_ms_per_image", "projected_full_run_s", "projected_s_per_image",
-                     "img_per_s", "warmup_s", "peak_alloc_mib", "frechet_digits",
+                     "projected_img_per_s", "warmup_s", "peak_alloc_mib", "frechet_digits",
                      "frechet_digits_real"],
     notes=["One denoising step = one UNet call on the whole batch + the sampler's update "
            "(ddpm_step, or ddim_step with eta 0), in inference mode. step_s: median seconds of "
@@ -346,8 +346,8 @@ HARNESS = Harness(
            "step_ms_per_image = 1000 x step_s / batch.",
            "PROJECTED, not measured: projected_full_run_s = step_s x sampling_steps (one "
            "complete run for the batch; ddpm: all T timesteps; a step costs the same at every "
-           "t); projected_s_per_image = projected_full_run_s / batch; img_per_s = batch / "
-           "projected_full_run_s, images per second of complete sampling.",
+           "t); projected_s_per_image = projected_full_run_s / batch; projected_img_per_s = "
+           "batch / projected_full_run_s, images per second of complete sampling.",
            "bf16/fp16: autocast around the UNet call, the sampler's update in fp32; tf32: TF32 "
            "matmuls on CUDA, plain fp32 elsewhere. peak_alloc_mib / peak_reserved_mib: CUDA "
            "caching allocator peaks over the timed steps, MiB = 2^20 bytes (empty on CPU).",
@@ -359,7 +359,7 @@ HARNESS = Harness(
            "eager and after the timed one; it writes a grid per spec under "
            "<out>/sampling/<run_id>/."],
     verdict=verdict,
-    compare=lambda rows, context: impl_ratios(rows, "img_per_s", "img/s"),
+    compare=lambda rows, context: impl_ratios(rows, "projected_img_per_s", "img/s"),
     measure=measure,
     options=sampling_options,
 )

@@ -69,7 +69,7 @@ def communication(spec: BenchSpec, device):
     def after(step: TrainStep) -> dict:
         # DDP rebuilds its gradient buckets at the first forward after the first backward,
         # broadcasting the new order from rank 0: a one-off that the third step on never has.
-        for _ in range(max(0, 2 - spec.warmup - spec.steps)):
+        for _ in range(max(0, 2 - spec.warmup_steps - spec.measure_steps)):
             step()
         return measure_step(step, device, spec.ranks).figures()
 
@@ -84,7 +84,7 @@ def measure(spec: BenchSpec, context: RunContext) -> dict:
     if spec.compile != "off":
         # A warm-up step is one micro-batch: about 1/accum of a measured step.
         warm_step_s = figures["step_s"] / spec.accum
-        figures["compile_s"] = max(0.0, figures["warmup_s"] - spec.warmup * warm_step_s)
+        figures["compile_s"] = max(0.0, figures["warmup_s"] - spec.warmup_steps * warm_step_s)
     flops = training_step_flops(spec)
     peak = peak_flops(device, spec.precision, context.out / PEAK_CACHE)["peak_flops"]
     achieved = flops / figures["step_s"]

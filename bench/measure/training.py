@@ -39,13 +39,14 @@ def timed_training(spec: BenchSpec, device: torch.device,
     step = train_step(spec, device)
     figures: dict = {}
     with Monitor(device) as monitor:
-        warmup = _warm_up(step.warm_up, spec.warmup, device, figures)
-        timing = time_calls(step, spec.steps, 0, device)
+        warmup = _warm_up(step.warm_up, spec.warmup_steps, device, figures)
+        timing = time_calls(step, spec.measure_steps, 0, device)
         if device.type == "cuda":
             figures["peak_alloc_mib"], figures["peak_reserved_mib"] = cuda.peaks_mib(device)
     figures.update(
         step_s=timing.median_s, step_s_min=min(timing.times_s), step_s_max=max(timing.times_s),
-        warmup_s=warmup.warmup_s, img_per_s=spec.effective_batch * spec.steps / timing.total_s,
+        warmup_s=warmup.warmup_s,
+        img_per_s=spec.effective_batch * spec.measure_steps / timing.total_s,
         # ru_maxrss is the process's high-water mark, in KiB on Linux.
         rss_peak_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         **monitor.figures())
