@@ -5,16 +5,13 @@ one rank count and resumed on the other."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import parallel_worker as worker
 import pytest
 import torch
 import torch.distributed as dist
+import torchrun
 
 from ddpm import parallel
 from ddpm.config import TrainConfig
@@ -22,14 +19,10 @@ from ddpm.schedule import NoiseSchedule
 from ddpm.train import Trainer
 from ddpm.unet import AttentionBlock, ResBlock, UNet
 
-ROOT = Path(__file__).resolve().parents[1]
 INIT_PROCESS_GROUP = dist.init_process_group  # the real one, for the fake group below
 MODES = ("ddp", "fsdp")
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
                  "MASTER_PORT")
-# Two ranks import torch, then train 9 tiny steps each: ~20 s on a busy 2-core CPU. A hang (a
-# rank waiting forever in a collective) fails the test after this long instead of stalling CI.
-LAUNCH_TIMEOUT_S = 300
 
 
 # --------------------------------------------------------------------------- the process group
@@ -173,21 +166,7 @@ def assert_same_weights(got: dict, want: dict, start: dict) -> None:
 
 
 def launch(out: Path) -> None:
-    """torchrun with 2 ranks; on a timeout the launcher and its ranks (its own process group)
-    are killed, and the test fails with their output."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc-per-node", str(worker.RANKS), str(Path(worker.__file__)), str(out)]
-    proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"2 ranks did not finish in {LAUNCH_TIMEOUT_S} s:\n{output[-4000:]}")
-    assert proc.returncode == 0, output[-4000:]
+    torchrun.launch(worker.__file__, worker.RANKS, str(out))
 
 
 @pytest.fixture(scope="module")

@@ -7,16 +7,12 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import memory_ranks_worker as worker
 import pytest
 import torch
 import torch.distributed as dist
+import torchrun
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from bench.harnesses import memory as harness
@@ -30,11 +26,7 @@ from bench.workload import build_trainer, parameter_count, synthetic_images
 from ddpm.schedule import NoiseSchedule
 from ddpm.unet import AttentionBlock, ResBlock
 
-ROOT = Path(__file__).resolve().parents[1]
 FP32 = 4
-# Two ranks import torch and trace 3 tiny specs twice each: ~10 s on a busy 2-core CPU. A rank
-# waiting forever in a collective fails the test after this long instead of stalling it.
-LAUNCH_TIMEOUT_S = 300
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -187,19 +179,7 @@ def two_ranks(tmp_path_factory) -> dict[int, dict]:
     """torchrun with 2 gloo ranks; on a timeout the launcher and its ranks (its own process
     group) are killed and the test fails with their output."""
     out = tmp_path_factory.mktemp("ranks")
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-               str(worker.RANKS), str(Path(worker.__file__)), str(out)]
-    proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"2 ranks did not finish in {LAUNCH_TIMEOUT_S} s:\n{output[-4000:]}")
-    assert proc.returncode == 0, output[-4000:]
+    torchrun.launch(worker.__file__, worker.RANKS, str(out))
     return {r: json.loads((out / f"rank{r}.json").read_text()) for r in range(worker.RANKS)}
 
 
