@@ -53,7 +53,9 @@ def held_out_loss(model: torch.nn.Module, schedule: NoiseSchedule,
     model.eval()
     total, count = None, 0
     try:
-        with torch.inference_mode():
+        # no_grad, not inference mode: an FSDP2 model keeps the whole weights it gathers here
+        # for its next step, and inference tensors cannot be used by autograd later.
+        with torch.no_grad():
             for x0, t, noise in batches:
                 loss = l_simple(model, schedule, x0, t, noise, precision).double() * x0.numel()
                 total = loss if total is None else total + loss

@@ -5,6 +5,7 @@ no process of the sweep survives it. Bad combinations are one line with exit sta
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -149,3 +150,25 @@ def test_a_warm_up_step_takes_one_micro_batch_of_every_rank(fake_group_of_two, m
                      parallel="fsdp", warmup_steps=1, measure_steps=1)
     timed_training(spec, torch.device("cpu"))
     assert seen == [2 * 2, 2 * 2 * 3]
+
+
+def test_loss_curves_across_fsdp_ranks_equal_one_rank(tmp_path):
+    """The held-out loss between steps leaves FSDP2's gathered weights usable by the next
+    step, and 2 ranks x batch 2 train the same curve as 1 rank with accumulation 2."""
+    mark = uuid.uuid4().hex
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.loss", "--ranks", "1,2", "--parallel", "fsdp", "--batch",
+         "2", "--effective-batch", "4", "--precision", "fp32", "--steps", "4", "--val-every",
+         "2", "--val-images", "16", "--out", str(tmp_path)],
+        env=ENV | {"DDPM_TEST_MARK": mark}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = read_rows(tmp_path / "loss.csv")
+    assert [(r["ranks"], r["accum"], r["status"]) for r in got] == [(1, 2, "ok"), (2, 1, "ok")]
+    one, two = (read_rows_of(Path(r["curve_path"])) for r in got)
+    assert [row["loss"] for row in two] == pytest.approx([row["loss"] for row in one], rel=1e-5)
+    assert survivors(mark) == []
+
+
+def read_rows_of(curve: Path) -> list[dict]:
+    with curve.open(newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
