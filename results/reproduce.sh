@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every committed table in results/, in the order they were measured (about 45 minutes on the
+# Every committed table in results/, in the order they were measured (about 100 minutes on the
 # project's 2-core CPU). Run from the repository root, on an idle machine, after installing
 # (README.md). Each command appends its rows to results/<harness>.csv and rewrites the .md;
 # results/README.md says what each one answers.
@@ -20,6 +20,14 @@ python -m bench.loss --precision fp32,bf16 --attention none,8
 # Sampling: DDPM's 1000 steps against DDIM's 10-250, then ours against diffusers.
 python -m bench.sampling --sampler ddpm,ddim --sampling-steps 10,50,100,250
 python -m bench.sampling --impl ddpm,diffusers --sampler ddpm --repeats 5
+
+# More than one card. The memory of one card of 1, 2, 4 and 8 for the main job and the largest
+# batch per card (predicted: no rank is started), then 1 against 2 ranks measured on this CPU,
+# where the 2 ranks share its 2 cores.
+python -m bench.memory --predict-only --batch 2 --accum 64 --ranks 1,2,4,8 --parallel ddp,fsdp --precision fp32,bf16
+python -m bench.memory --predict-only --find-max-batch --accum 1 --ranks 1,2,4,8 --parallel ddp,fsdp --precision fp32,bf16
+python -m bench.loss --ranks 1,2 --parallel ddp,fsdp --batch 2 --effective-batch 8 --precision fp32
+python -m bench.throughput --ranks 1,2 --parallel ddp,fsdp --batch 8 --precision fp32 --steps 3
 
 # Plots from the CSVs (the .md files are already current).
 python -m bench.report

@@ -191,8 +191,8 @@ def compare(rows: list[dict], context: RunContext) -> list[str]:
                                "has none)")
             lengths = ("" if len(curve) == len(ref_curve) else
                        f" (one curve stops early: {len(ref_curve)} vs {len(curve)} steps)")
-            split = ("Ranks and accumulation" if {ref["ranks"], r["ranks"]} != {1} else
-                     "Accumulation")
+            split = ("Accumulation" if ref["ranks"] == r["ranks"] == 1
+                     and ref["parallel"] == r["parallel"] else "Ranks and accumulation")
             sentences.append(
                 f"{split}, effective batch {ref['effective_batch']}"
                 f"{_others(ref, varying, SPLIT_AXES)}: {_split(r)} vs {_split(ref)}: max relative "
