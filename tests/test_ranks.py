@@ -21,6 +21,7 @@ from cli_checks import check_one_line_error
 from bench.cli import check_launch
 from bench.measure.training import timed_training
 from bench.results import read_rows
+from bench.runner import Launch
 from bench.spec import BenchSpec, SpecError
 from bench.worker import FAULT_ENV, FAULT_RANK_ENV
 from ddpm.train import Trainer
@@ -172,3 +173,33 @@ def test_loss_curves_across_fsdp_ranks_equal_one_rank(tmp_path):
 def read_rows_of(curve: Path) -> list[dict]:
     with curve.open(newline="") as f:
         return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("launch, ranks, expected", [
+    (Launch(), 2, {"standalone": True, "nnodes": "1:1", "nproc_per_node": "2"}),
+    (Launch(nnodes=2, rdzv_endpoint="node0:29500"), 8,
+     {"standalone": False, "nnodes": "2", "nproc_per_node": "4", "rdzv_endpoint": "node0:29500",
+      "rdzv_backend": "c10d"}),
+])
+def test_torchrun_reads_the_launch_as_meant(launch, ranks, expected):
+    """The arguments as torchrun's own parser reads them: all ranks here, or spread evenly."""
+    from torch.distributed.run import get_args_parser
+
+    args = get_args_parser().parse_args([*launch.torchrun_args(ranks), "worker.py"])
+    assert {k: getattr(args, k) for k in expected} == expected
+
+
+def test_the_pytest_suite_runs_across_ranks(tmp_path):
+    """torchrun -m pytest bench --bench-parallel ddp: each rank joins the group and runs the
+    benchmarks as one model over 2 ranks."""
+    mark = uuid.uuid4().hex
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "pytest", "bench/test_train_step.py", "--bench-parallel", "ddp",
+         "--benchmark-disable", "--bench-batch", "2", "--bench-precision", "fp32", "-q",
+         "-p", "no:cacheprovider"],
+        env=ENV | {"DDPM_TEST_MARK": mark}, capture_output=True, text=True, timeout=300,
+        cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert done.stdout.count("1 passed") == 2  # each rank ran the benchmark
+    assert survivors(mark) == []
