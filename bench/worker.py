@@ -116,8 +116,10 @@ def main(argv: list[str]) -> None:
     spec = BenchSpec(**json.loads(spec_json))
     messages = Path(result_path).with_name(MESSAGES_FILE)
     if parallel.launched():  # one of the spec's ranks, under torchrun: a result file each
-        result_path = rank_result(result_path, int(os.environ["RANK"]))
-        messages = messages if os.environ["RANK"] == "0" else None  # rank 0 speaks for all
+        # By the rank on this machine: the sweep reads the files of the ranks it started.
+        local_rank = int(os.environ["LOCAL_RANK"])
+        result_path = rank_result(result_path, local_rank)
+        messages = messages if local_rank == 0 else None  # rank 0 speaks for all
     result = run_spec(harness, spec,
                       RunContext(Path(out), run_id, json.loads(options_json), messages))
     tmp = result_path + ".tmp"

@@ -18,7 +18,3 @@ def named(name: str) -> Harness:
     if name not in names():
         raise KeyError(name)
     return importlib.import_module(f"{__name__}.{name}").HARNESS
-
-
-def every() -> dict[str, Harness]:
-    return {name: named(name) for name in names()}
