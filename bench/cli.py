@@ -40,7 +40,7 @@ OneLineParser = ArgumentParser
 def build_parser(prog: str, description: str, defaults: dict,
                  helps: dict[str, str] | None = None, ranks: bool = True) -> OneLineParser:
     """The shared options; `defaults` and `helps` (by option dest) let a harness say what an
-    option means for it, e.g. --warmup is learning-rate warm-up in bench.loss. `ranks`: the
+    option means for it, e.g. --steps are the steps trained in bench.loss. `ranks`: the
     data-parallel options, for the harnesses that train."""
     p = OneLineParser(prog=prog, description=description,
                       formatter_class=argparse.RawDescriptionHelpFormatter)

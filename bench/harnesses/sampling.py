@@ -297,7 +297,8 @@ def build_sampling_parser() -> argparse.ArgumentParser:
                "warmup": "denoising steps run before the timed ones, timed apart as warmup_s "
                          "(compilation lands there; default %(default)s)",
                **dict.fromkeys(("accum", "checkpointing", "find_max_batch", "budget",
-                                "cuda_context_mib"), training_only)})
+                                "cuda_context_mib"), training_only)},
+        ranks=False)
     # Validated against the checkpoint when one is given: None means "the default or its own".
     parser.set_defaults(preset=None)
     g = parser.add_argument_group("sampling")
