@@ -1,91 +1,11 @@
-"""The pytest-benchmark suite's options and parametrization.
+"""`pytest bench` loads this file first (a conftest beside the paths it is given), before it
+reads its options: the benchmark suite's plugin, in bench/suite/plugin.py, is registered here so
+its options exist by then. The benchmarks are bench/suite/test_*.py."""
 
-    pytest bench --benchmark-save=baseline      # small CPU defaults: tiny preset, batches 2 and 8
-    pytest bench --bench-preset ddpm-cifar10 --bench-batch 1,2,4 --bench-device cuda
-    pytest bench --benchmark-disable            # every benchmark once (the CI smoke test)
-    torchrun --standalone --nproc-per-node 2 -m pytest bench --bench-parallel fsdp  # 2 ranks
-"""
-
-from __future__ import annotations
-
-import os
-
-import pytest
-
-from bench.spec import (
-    SpecError,
-    expand_grid,
-    parse_choices,
-    parse_device,
-    parse_image_size,
-    parse_int_list,
-    parse_preset,
+from bench.suite.plugin import (  # noqa: F401  (pytest finds hooks by name in a conftest)
+    pytest_addoption,
+    pytest_benchmark_update_machine_info,
+    pytest_configure,
+    pytest_generate_tests,
+    pytest_unconfigure,
 )
-from ddpm import parallel
-from ddpm.config import PRECISIONS, PRESETS
-from ddpm.parallel import PARALLEL
-
-
-def pytest_addoption(parser):
-    group = parser.getgroup("ddpm-bench", "ddpm-bench benchmark axes (comma lists)")
-    group.addoption("--bench-preset", default="tiny", help=f"{', '.join(PRESETS)} (default tiny)")
-    group.addoption("--bench-device", default="cpu", help="auto, cpu, cuda, cuda:N (default cpu)")
-    group.addoption("--bench-batch", default="2,8", help="micro-batch sizes (default 2,8)")
-    group.addoption("--bench-accum", default="1", help="accumulation steps (default 1)")
-    group.addoption("--bench-precision", default="fp32,bf16",
-                    help=f"{', '.join(PRECISIONS)} (default fp32,bf16)")
-    group.addoption("--bench-parallel", default="none",
-                    help=f"{', '.join(PARALLEL)}: under torchrun, its ranks train one model "
-                         "(default none)")
-    group.addoption("--bench-rounds", type=int, default=3,
-                    help="timed rounds per benchmark, each on freshly built state (default 3)")
-
-
-def bench_specs(config):
-    from bench.spec import BenchSpec
-
-    try:
-        preset = parse_preset(config.getoption("--bench-preset"))
-        size = parse_image_size(None, preset)
-        (mode,) = parse_choices("--bench-parallel", config.getoption("--bench-parallel"),
-                                PARALLEL)
-        if parallel.launched() and mode == "none":
-            raise SpecError("under torchrun, give --bench-parallel ddp or fsdp: how the ranks "
-                            "share the model.")
-        base = BenchSpec(preset=preset, image_size=size,
-                         attention="+".join(map(str, PRESETS[preset].attention_resolutions))
-                         or "none", device=parse_device(config.getoption("--bench-device")),
-                         ranks=int(os.environ.get("WORLD_SIZE", 1)), parallel=mode)
-        return expand_grid(
-            base, batch=parse_int_list("--bench-batch", config.getoption("--bench-batch")),
-            accum=parse_int_list("--bench-accum", config.getoption("--bench-accum")),
-            precision=parse_choices("--bench-precision", config.getoption("--bench-precision"),
-                                    PRECISIONS))
-    except SpecError as exc:
-        raise pytest.UsageError(str(exc)) from None
-
-
-def pytest_configure(config):
-    """Under torchrun every rank runs the suite and joins the group; rank 0 alone saves."""
-    if parallel.launched():
-        parallel.init(parse_device(config.getoption("--bench-device")))
-        if parallel.rank() != 0:
-            config.option.benchmark_save = config.option.benchmark_autosave = None
-
-
-def pytest_unconfigure(config):
-    parallel.teardown()
-
-
-def pytest_generate_tests(metafunc):
-    if "spec" in metafunc.fixturenames:
-        specs = bench_specs(metafunc.config)
-        metafunc.parametrize("spec", specs, ids=[f"b{s.batch}x{s.accum}-{s.precision}"
-                                                 for s in specs])
-
-
-def pytest_benchmark_update_machine_info(config, machine_info):
-    """torch, CUDA, cuDNN, GPU name and memory, driver and CPU beside pytest-benchmark's own."""
-    from bench.measure.env import environment
-
-    machine_info["ddpm_bench"] = environment(parse_device(config.getoption("--bench-device")))

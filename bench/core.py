@@ -8,12 +8,10 @@ import dataclasses
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import spec as spec_module
 from bench.spec import BenchSpec
-from bench.workload import parameter_count
 from ddpm import parallel
 
 
@@ -64,6 +62,11 @@ class Harness:
     # a cell of another kind, so a damaged CSV is never rendered as a result.
     figure_kinds: dict[str, type] = field(default_factory=dict)
 
+    @property
+    def module(self) -> str:
+        """The module that defines this harness as HARNESS: how a fresh process finds it."""
+        return self.measure.__module__
+
     def kinds(self) -> dict[str, type]:
         return {c: self.figure_kinds.get(c, float) for c in self.figure_columns}
 
@@ -101,13 +104,6 @@ def column_dtypes() -> dict[str, str]:
     return {**dict.fromkeys(_TEXT, "string"),
             **{f.name: kinds[type(f.default)] for f in _axis_fields()},
             **DERIVED, **dict.fromkeys(_STATUS, "string")}
-
-
-def spec_row(spec: BenchSpec, run_id: str) -> dict:
-    """A row's spec columns (status and figures come from the run)."""
-    return {"run_id": run_id, "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "spec_id": spec.spec_id, **{a: getattr(spec, a) for a in axes()},
-            "params": parameter_count(spec), "effective_batch": spec.effective_batch}
 
 
 def display_columns(rows: list[dict], figures: list[str]) -> tuple[list[str], str]:

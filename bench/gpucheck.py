@@ -19,9 +19,9 @@ import torch
 from bench.harnesses import memory, profile
 from bench.measure import cuda
 from bench.measure.env import describe, environment
-from bench.results import markdown_table
 from bench.spec import SpecError, parse_budget, parse_device
-from ddpm.cli_common import ArgumentParser
+from bench.tables.results import markdown_table
+from ddpm.cli.args import ArgumentParser
 
 MEMORY_STEPS = (
     ("main job", ["--batch", "2", "--accum", "64"]),

@@ -11,10 +11,10 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from ddpm.cli_common import indexed_device
 from ddpm.config import PRESETS, UNetConfig
-from ddpm.precision import MIB
+from ddpm.device import indexed_device
 
+MIB = 2**20  # bytes per MiB: every *_mib figure of every table
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 ON_OFF = ("off", "on")
 _UNITS = {"mib": 1.0, "gib": 1024.0, "mb": 1e6 / MIB, "gb": 1e9 / MIB}
@@ -58,7 +58,7 @@ class BenchSpec:
     ranks: int = axis(1, quiet=True)  # data-parallel ranks (processes; one card each on CUDA)
     parallel: str = axis("none", quiet=True)  # how ranks share the model: none, ddp or fsdp
     grad_sync: str = axis("last", quiet=True)  # sync gradients on the "last" micro-batch or "every"
-    impl: str = axis("ddpm", quiet=True)  # bench.impl: "ddpm" (ours) or "diffusers"
+    impl: str = axis("ddpm", quiet=True)  # bench.models.impl: "ddpm" (ours) or "diffusers"
     dataset: str = axis("synthetic", quiet=True)  # bench.loss trains on real data
     sampler: str = axis("none", quiet=True)  # bench.sampling: "ddpm" or "ddim"
     sampling_steps: int = axis(0, quiet=True)  # denoising steps of a full sampling run
@@ -168,21 +168,6 @@ def parse_attention(text: str, preset: str, image_size: int) -> list[str]:
             item = "+".join(map(str, resolutions))
         values.append(item)
     return _once_each("--attention", text, values)
-
-
-def parse_impl(text: str, configs: list[UNetConfig]) -> list[str]:
-    """ddpm and/or diffusers; diffusers must be installed and able to build every config."""
-    from bench.impl import IMPLS, INSTALL_HINT, diffusers_installed, diffusers_unsupported
-
-    values = parse_choices("--impl", text, IMPLS)
-    if "diffusers" in values:
-        if not diffusers_installed():
-            raise SpecError(f"--impl diffusers needs the diffusers package: {INSTALL_HINT}.")
-        for config in configs:
-            reason = diffusers_unsupported(config)
-            if reason:
-                raise SpecError(f"--impl diffusers cannot build this model: {reason}.")
-    return values
 
 
 def parse_budget(text: str) -> float:

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from ddpm.cli_common import first_line
 from ddpm.config import TrainConfig, UNetConfig
 from ddpm.ema import EMA
+from ddpm.errors import first_line
 from ddpm.schedule import NoiseSchedule
 
 FORMAT = "ddpm-bench-checkpoint-v1"
@@ -107,7 +107,7 @@ def ema_from(data: dict, model: torch.nn.Module) -> EMA:
 
 
 def load_weights(model: torch.nn.Module, data: dict) -> None:
-    """The checkpoint's EMA weights into `model`: the weights ddpm.sample draws with by default.
+    """The checkpoint's EMA weights into `model`: the weights ddpm.cli.sample draws with by default.
     The raw weights are loaded first, so a checkpoint of another model fails on them by name."""
     model.load_state_dict(data["model"])
     ema_from(data, model).copy_to(model)

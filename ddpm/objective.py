@@ -1,5 +1,5 @@
 """The training objective, L_simple (Ho et al. 2020, eq. 14), and its held-out estimate: what
-Trainer.step optimizes, `python -m ddpm.train` logs as val/loss and bench.loss reports."""
+Trainer.step optimizes, `python -m ddpm.cli.train` logs as val/loss and bench.loss reports."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""Precision and device helpers that training, sampling and the benchmarks share: the autocast
-policy, the TF32 switches, the profiler ranges each phase opens (and their names), the device
-sync before a host clock read, and the MiB."""
+"""Precision helpers that training, sampling and the benchmarks share: the autocast policy, the
+TF32 switches, and the profiler ranges each phase opens (and their names)."""
 
 from __future__ import annotations
 
@@ -8,8 +7,6 @@ import contextlib
 
 import torch
 from torch.profiler import record_function
-
-MIB = 2**20  # bytes per MiB: every *_mib figure
 
 # The dtype each precision computes its matmuls and convolutions in. tf32 stores fp32 and rounds
 # matmul inputs to TF32 on CUDA only (see apply_matmul_precision).
@@ -67,10 +64,3 @@ def phase(name: str, device: torch.device | str):
     stack.enter_context(record_function(name))
     stack.enter_context(torch.cuda.nvtx.range(name))
     return stack
-
-
-def synchronize(device: torch.device | str) -> None:
-    """Wait for queued device work, so that a host clock read next covers it."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -6,7 +6,7 @@ Each sampler's update is a single-step function (`ddpm_step`, `ddim_step`). A sa
 diffusers' schedulers. The loop owns what every sampler needs alike: x_T and the noise drawn from
 a CPU generator (same samples on every device), eval mode restored afterwards, optional EMA
 weights, inference mode, autocast around the model and a profiler range per step.
-`sample_loop`, `ddpm_sample`, `ddim_sample`, `python -m ddpm.sample` and the benchmarks all run
+`sample_loop`, `ddpm_sample`, `ddim_sample`, `python -m ddpm.cli.sample` and the benchmarks all run
 it.
 
 Equation numbers: "eq." alone is Ho et al. 2020; "DDIM eq." is Song, Meng & Ermon 2021.
@@ -369,8 +369,3 @@ def _check_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an int, got {type(value).__name__} {value!r}.")
 
-
-if __name__ == "__main__":
-    from ddpm.sample_cli import main
-
-    main()

@@ -16,28 +16,17 @@ from dataclasses import dataclass
 
 import torch
 
-# schedule_from, unet_config_from, train_config_from, AUTOCAST_DTYPES, apply_matmul_precision
-# and phase are imported here too, for code that imported them from ddpm.train.
 from ddpm import parallel
-from ddpm.checkpoint import (  # noqa: F401
+from ddpm.checkpoint import (
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
-    schedule_from,
-    train_config_from,
-    unet_config_from,
 )
-from ddpm.cli_common import first_line
 from ddpm.config import TrainConfig, UNetConfig
 from ddpm.ema import EMA
+from ddpm.errors import first_line
 from ddpm.objective import l_simple
-from ddpm.precision import (  # noqa: F401
-    AUTOCAST_DTYPES,
-    Phase,
-    apply_matmul_precision,
-    autocast,
-    phase,
-)
+from ddpm.precision import Phase, apply_matmul_precision, autocast, phase
 from ddpm.schedule import NoiseSchedule
 
 
@@ -193,7 +182,7 @@ class Trainer:
         }
 
     def save(self, path: str | os.PathLike, **extra) -> None:
-        """`extra`: what the caller keeps with the state (ddpm.train: the dataset trained on).
+        """`extra`: what the caller keeps with the state (ddpm.cli.train: the dataset trained on).
         Under data parallelism every rank calls it; rank 0 writes and the others wait for it."""
         state = self.state_dict()
         parallel.on_rank0(lambda: save_checkpoint(path, {**state, **extra}), self.group)
@@ -239,8 +228,3 @@ def _differences(stored: dict, config: UNetConfig) -> str:
     diffs = [f"{k} {stored.get(k)!r} vs {mine[k]!r}" for k in mine if stored.get(k) != mine[k]]
     return ", ".join(diffs) or "different fields"
 
-
-if __name__ == "__main__":
-    from ddpm.train_cli import main
-
-    main()

@@ -1,3 +1,3 @@
 """Fixtures every test module may use."""
 
-from cuda_standin import fake_cuda  # noqa: F401  (the strict torch.cuda/pynvml stand-in)
+from tests.helpers.cuda_standin import fake_cuda  # noqa: F401  (the strict torch.cuda/pynvml stand-in)

@@ -1,5 +1,8 @@
-"""No import cycle among the project's modules: every import counts, at module level or inside
-a function, except the one a module's `if __name__ == "__main__":` guard makes of its own CLI."""
+"""The architecture, read from the imports: no import cycle among the project's modules, ddpm
+knows nothing of bench nor its library of its command lines, and within bench every arrow points
+down the layers (commands, harnesses, the sweep, the trackers / predictor / tables, the models,
+the contract). Every import counts, at module level or inside a function, except the one a
+module's `if __name__ == "__main__":` guard makes of its own CLI."""
 
 from __future__ import annotations
 
@@ -67,7 +70,8 @@ def cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_no_import_cycle():
     known = modules()
     graph = {name: imports(path, set(known)) - {name} for name, path in known.items()}
-    assert len(graph) > 40 and graph["bench.runner"] >= {"bench.report", "bench.core"}
+    assert len(graph) > 40 and graph["bench.sweep.runner"] >= {"bench.tables.markdown",
+                                                              "bench.core"}
     found = cycle(graph)
     assert found is None, " -> ".join(found)
 
@@ -77,15 +81,65 @@ def test_the_cycle_finder_finds_a_cycle_and_ignores_main_guards(tmp_path):
     assert cycle({"a": {"b"}, "b": set()}) is None
     module = tmp_path / "m.py"
     module.write_text("import ddpm.train\n\ndef f():\n    from bench import report\n\n"
-                      "if __name__ == '__main__':\n    import bench.cli\n")
-    assert imports(module, {"ddpm.train", "bench.report", "bench.cli"}) == {"ddpm.train",
+                      "if __name__ == '__main__':\n    import bench.sweep.cli\n")
+    assert imports(module, {"ddpm.train", "bench.report", "bench.sweep.cli"}) == {"ddpm.train",
                                                                           "bench.report"}
 
 
 def test_sampling_does_not_import_training():
     """Sampling needs the sampler, the checkpoint decoding and the precision helpers, none of
     which live in ddpm.train: its modules import none of it (the sampling harness's model
-    builder, bench.workload, serves training harnesses too and may)."""
+    builder, bench.models.workload, serves training harnesses too and may)."""
     known = modules()
-    for name in ("ddpm.sample", "ddpm.sample_cli", "bench.harnesses.sampling"):
+    for name in ("ddpm.sample", "ddpm.cli.sample", "bench.harnesses.sampling"):
         assert not {m for m in imports(known[name], set(known)) if m.startswith("ddpm.train")}, name
+
+
+# bench's layers, top to bottom: a module imports its own layer or those below, never above.
+LAYERS = [
+    ("commands", ("bench.memory", "bench.throughput", "bench.loss", "bench.sampling",
+                  "bench.profile", "bench.report", "bench.gpucheck", "bench.conftest")),
+    ("harnesses and the benchmark suite", ("bench.harnesses", "bench.suite")),
+    ("the sweep", ("bench.sweep",)),
+    ("trackers, predictor and tables", ("bench.measure", "bench.predict", "bench.tables")),
+    ("models", ("bench.models",)),
+    ("the contract", ("bench.core", "bench.spec", "bench")),
+    ("ddpm's command lines", ("ddpm.cli",)),
+    ("the ddpm library", ("ddpm",)),
+]
+
+
+def layer(module: str) -> int:
+    """The index in LAYERS of the most specific prefix naming this module."""
+    best = max((prefix for _, prefixes in LAYERS for prefix in prefixes
+                if module == prefix or module.startswith(prefix + ".")), key=len)
+    return next(i for i, (_, prefixes) in enumerate(LAYERS) if best in prefixes)
+
+
+def upward(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{a} ({LAYERS[layer(a)][0]}) -> {b} ({LAYERS[layer(b)][0]})"
+                  for a, targets in graph.items() for b in targets if layer(b) < layer(a))
+
+
+def test_every_arrow_points_down():
+    known = modules()
+    graph = {name: imports(path, set(known)) - {name} for name, path in known.items()}
+    assert {layer(m) for m in known} == set(range(len(LAYERS)))  # every layer has modules
+    assert upward(graph) == []
+
+
+def test_ddpm_imports_nothing_of_bench_and_its_library_no_command_line():
+    known = modules()
+    for name, path in known.items():
+        if name.startswith("ddpm"):
+            found = imports(path, set(known))
+            assert not {m for m in found if m.startswith("bench")}, name
+            if not name.startswith("ddpm.cli"):
+                assert not {m for m in found if m.startswith("ddpm.cli")}, name
+
+
+def test_the_layer_check_finds_an_arrow_up():
+    assert layer("bench.sweep.runner") == 2 and layer("bench.spec") == 5
+    assert layer("ddpm.cli.args") == 6 and layer("ddpm.train") == 7
+    assert upward({"bench.spec": {"bench.models.impl"}, "bench.memory": {"bench.spec"}}) == [
+        "bench.spec (the contract) -> bench.models.impl (models)"]

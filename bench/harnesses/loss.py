@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-from bench.cli import build_parser, run_cli, specs_from_args
 from bench.core import Harness, RunContext, axes, rank_folder
 from bench.measure import cuda
+from bench.models.workload import build_trainer
 from bench.spec import BenchSpec, SpecError, parse_int_list
-from bench.workload import build_trainer
+from bench.sweep.cli import build_parser, run_cli, specs_from_args
 from ddpm.config import PRESETS, TrainConfig
 from ddpm.data import DatasetError, load_dataset
 from ddpm.objective import held_out_draws, held_out_loss

@@ -17,16 +17,16 @@ from collections.abc import Callable
 
 import torch
 
-from bench.cli import build_parser, run_cli, specs_from_args
 from bench.core import Harness, RunContext
 from bench.measure import cuda
-from bench.measure.memory import DEFAULT_TARGET, predict, step_peak
 from bench.measure.tracked import CATEGORIES
 from bench.measure.training import timed_training
+from bench.models.workload import train_step
+from bench.predict.trace import DEFAULT_TARGET, predict, step_peak
 from bench.spec import DEFAULT_BUDGET_MIB, BenchSpec
-from bench.workload import train_step
+from bench.sweep.cli import build_parser, run_cli, specs_from_args
 from ddpm import parallel
-from ddpm.precision import synchronize
+from ddpm.device import synchronize
 
 TRACKED = [f"tracked_{c}_mib" for c in CATEGORIES]
 # Transient convolution workspaces are not traced. torch's cuDNN path tries the next algorithm

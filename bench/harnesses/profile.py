@@ -32,18 +32,19 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity
 
-from bench.cli import build_parser, run_cli, specs_from_args
 from bench.core import Harness, RunContext, rank_folder
 from bench.harnesses.sampling import default_schedule, denoising_steps
 from bench.measure import cuda
 from bench.measure.profile_summary import SUMMARY_FILE, memory_curve, write_summary
-from bench.results import format_value
-from bench.spec import BenchSpec, SpecError, parse_choices
-from bench.workload import build_model, train_step
-from ddpm.precision import MIB, SAMPLE_PHASES, TRAIN_PHASES, apply_matmul_precision, synchronize
+from bench.models.workload import build_model, train_step
+from bench.spec import MIB, BenchSpec, SpecError, parse_choices
+from bench.sweep.cli import build_parser, run_cli, specs_from_args
+from bench.tables.results import format_value
+from ddpm.device import synchronize
+from ddpm.precision import SAMPLE_PHASES, TRAIN_PHASES, apply_matmul_precision
 
 TARGETS = ("train", "sample")
-# Training's ranges (Trainer.step) in the order they run, then sampling's (ddpm.sample's loop).
+# Training's ranges (Trainer.step) in the order they run, then sampling's (ddpm.cli.sample's loop).
 PHASES = TRAIN_PHASES + tuple(p for p in SAMPLE_PHASES if p not in TRAIN_PHASES)
 SAMPLE_SAMPLER, SAMPLE_STEPS = "ddim", 50
 # Profiler options are not BenchSpec fields: they reach each spec in RunContext.options.
@@ -126,7 +127,7 @@ def step_function(spec: BenchSpec, device: torch.device):
     denoise = denoising_steps(model, default_schedule(), spec, device)
 
     def sample_step() -> None:
-        denoise()  # one step of ddpm.sample's loop, inside its own denoise_step range
+        denoise()  # one step of ddpm.cli.sample's loop, inside its own denoise_step range
         synchronize(device)
     return sample_step, torch.inference_mode
 

@@ -5,7 +5,7 @@ complete run, with DDPM's ancestral sampler (all T timesteps) and with DDIM at f
     python -m bench.sampling --batch 1,16,64 --precision fp32,bf16 --sampler ddim
     python -m bench.sampling --checkpoint runs/demo/last.pt   # speed and quality side by side
 
-One denoising step is one step of ddpm.sample's loop (sample_progressive), the very code the
+One denoising step is one step of ddpm.cli.sample's loop (sample_progressive), the very code the
 samplers run: one UNet call on the whole batch (under autocast for bf16/fp16) and the sampler's
 update (ddpm_step, or ddim_step with eta = 0), in inference mode with the model in eval mode. A
 complete DDPM run is T = 1000 such steps, which takes long on a CPU, so each spec times
@@ -13,8 +13,8 @@ complete DDPM run is T = 1000 such steps, which takes long on a CPU, so each spe
 there), each step bracketed by a device sync, and the full run is reported as a PROJECTION,
 step_s x sampling_steps, in columns named so.
 
-With --checkpoint (a ddpm.train checkpoint of a model trained on digits, e.g. the default
-`python -m ddpm.train`), each spec also draws --quality-samples images with its full sampler from
+With --checkpoint (a ddpm.cli.train checkpoint of a model trained on digits, e.g. the default
+`python -m ddpm.cli.train`), each spec also draws --quality-samples images with its full sampler from
 the EMA weights, writes a grid of them, and reports the Frechet distance of their features from
 real digits' under a small classifier (bench.measure.quality), next to the floor that as many real
 held-out digits score."""
@@ -29,14 +29,14 @@ from pathlib import Path
 
 import torch
 
-from bench.cli import build_parser, run_cli, specs_from_args
 from bench.core import Harness, RunContext
 from bench.measure import cuda
 from bench.measure.timing import time_calls
-from bench.ratios import impl_ratios
-from bench.results import format_value
+from bench.models.workload import COMPILE_KWARGS, build_model
 from bench.spec import SpecError, parse_attention, parse_choices, parse_int_list, parse_preset
-from bench.workload import COMPILE_KWARGS, build_model
+from bench.sweep.cli import build_parser, run_cli, specs_from_args
+from bench.tables.ratios import impl_ratios
+from bench.tables.results import format_value
 from ddpm.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -44,8 +44,8 @@ from ddpm.checkpoint import (
     schedule_from,
     unet_config_from,
 )
-from ddpm.cli_common import first_line
 from ddpm.config import PRESETS, UNetConfig
+from ddpm.errors import first_line
 from ddpm.precision import apply_matmul_precision
 from ddpm.sample import DDIMSampler, DDPMSampler, Sampler, Step, sample_loop, sample_progressive
 from ddpm.schedule import NoiseSchedule
@@ -59,7 +59,7 @@ GRID_IMAGES = 64
 
 
 def default_schedule() -> NoiseSchedule:
-    """Ho et al. 2020's linear schedule, T = 1000: what bench.workload trains with."""
+    """Ho et al. 2020's linear schedule, T = 1000: what bench.models.workload trains with."""
     return NoiseSchedule.linear()
 
 
@@ -96,7 +96,7 @@ def sampler_of(spec, schedule: NoiseSchedule) -> Sampler:
 
 def denoising_steps(model: torch.nn.Module, schedule: NoiseSchedule, spec,
                     device: torch.device) -> Callable[[], Step]:
-    """A function whose every call takes the next step of ddpm.sample's loop and returns what
+    """A function whose every call takes the next step of ddpm.cli.sample's loop and returns what
     the loop yields: (i, t, x_prev, x0_hat). Runs follow each other from one generator seeded
     with spec.seed: the call after a run's last step starts the next run from a fresh x_T, so
     any number of steps can be timed."""
@@ -179,7 +179,7 @@ def measure(spec, context: RunContext | None = None) -> dict:
     figures.update({"quality_samples": count, "frechet_digits": judge.score(images),
                     "frechet_digits_real": judge.floor(count)})
     if context is not None:
-        from ddpm.cli_common import grid_columns, save_grid
+        from ddpm.cli.output import grid_columns, save_grid
 
         folder = Path(context.out) / "sampling" / context.run_id
         folder.mkdir(parents=True, exist_ok=True)
@@ -311,7 +311,7 @@ def build_sampling_parser() -> argparse.ArgumentParser:
                    help="denoising steps timed per spec after the warm-up; the full run is "
                         "projected from them (default %(default)s)")
     g.add_argument("--checkpoint", default=None,
-                   help="a ddpm.train checkpoint of a model trained on digits: sample with its "
+                   help="a ddpm.cli.train checkpoint of a model trained on digits: sample with its "
                         "EMA weights and schedule, and report frechet_digits "
                         "(bench.measure.quality)")
     g.add_argument("--quality-samples", type=int, default=256,

@@ -15,17 +15,17 @@ import json
 import sys
 from pathlib import Path
 
-from bench.cli import build_parser, run_cli, specs_from_args
 from bench.core import Harness, RunContext
 from bench.measure import cuda
 from bench.measure.collectives import measure_step
 from bench.measure.flops import training_step_flops
 from bench.measure.peak import peak_flops
 from bench.measure.training import CUDA_COLUMNS, CUDA_NOTE, timed_training
-from bench.ratios import impl_ratios, rank_scaling
-from bench.results import ResultsError
+from bench.models.workload import TrainStep
 from bench.spec import BenchSpec
-from bench.workload import TrainStep
+from bench.sweep.cli import build_parser, run_cli, specs_from_args
+from bench.tables.ratios import impl_ratios, rank_scaling
+from bench.tables.results import ResultsError
 
 PEAK_CACHE = "peak_flops.json"
 COMM_COLUMNS = ["collectives_per_step", "comm_mib_per_step", "comm_share_pct", "collectives"]

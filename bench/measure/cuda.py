@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from ddpm.cli_common import indexed_device
-from ddpm.precision import MIB, synchronize
+from bench.spec import MIB
+from ddpm.device import indexed_device, synchronize
 
 NEEDS_AMPERE = ("bf16", "tf32")  # bf16 kernels and TF32 tensor cores need compute capability 8.0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from bench.measure.cuda import resolve
-from ddpm.precision import MIB
+from bench.spec import MIB
 
 # Environment variables read by the CUDA caching allocator and the driver.
 ALLOCATOR_SETTINGS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "CUDA_MODULE_LOADING")

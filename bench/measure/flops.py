@@ -7,7 +7,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from bench.impl import build_unet
+from bench.models.impl import build_unet
 from bench.spec import BenchSpec
 from ddpm.unet import Upsample
 

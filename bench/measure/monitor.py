@@ -9,7 +9,7 @@ import threading
 import psutil
 import torch
 
-from ddpm.precision import MIB
+from bench.spec import MIB
 
 # Used bytes by NVML UUID, taken before this process's CUDA context exists.
 _BASELINE: dict[str, int | None] | None = None

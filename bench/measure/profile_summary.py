@@ -13,7 +13,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from ddpm.precision import MIB
+from bench.spec import MIB
 
 SUMMARY_FILE = "summary.html"
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ddpm.precision import synchronize
+from ddpm.device import synchronize
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ It works on real tensors (the `tracked` figures) and on fake ones (the CUDA pred
 stream of allocations and frees (raw sizes), which the prediction replays through a model of the
 caching allocator.
 
-Under data parallelism (bench.measure.ranks) a parameter may be a DTensor, which holds no memory
+Under data parallelism (bench.predict.ranks) a parameter may be a DTensor, which holds no memory
 itself: its local shard does, so wrapper tensors are counted through the tensors inside them.
 FSDP2 frees and refills its gathered parameters by resizing their storages, which no dispatch
 mode sees; the tracker wraps UntypedStorage.resize_ while it is active to count those too.
@@ -23,7 +23,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_leaves
 
-from ddpm.precision import MIB
+from bench.spec import MIB
 
 CATEGORIES = ("parameters", "gradients", "optimizer_state", "ema", "activations", "temporaries")
 

@@ -10,8 +10,8 @@ import torch
 from bench.measure import cuda
 from bench.measure.monitor import Monitor
 from bench.measure.timing import Timing, time_calls
+from bench.models.workload import TrainStep, train_step
 from bench.spec import BenchSpec
-from bench.workload import TrainStep, train_step
 
 # Figures of a CUDA run beside the allocator peaks and nvml_peak_mib; empty elsewhere.
 CUDA_COLUMNS = ["measured_context_mib", "warmup_peak_alloc_mib", "warmup_peak_reserved_mib",

@@ -1,0 +1,97 @@
+"""What a spec trains: the UNet, its Trainer and a seeded batch. Every harness builds through
+here, so the same spec means the same model, weights and data in every table."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from bench.models.impl import build_unet, diffusers_recipe
+from bench.spec import BenchSpec
+from ddpm.config import TrainConfig
+from ddpm.parallel import wrap
+from ddpm.schedule import NoiseSchedule
+from ddpm.train import StepStats, Trainer
+
+COMPILE_KWARGS = {"default": {}, "reduce-overhead": {"mode": "reduce-overhead"},
+                  "max-autotune": {"mode": "max-autotune"}}
+
+
+def build_model(spec: BenchSpec, compiled: bool = True) -> torch.nn.Module:
+    torch.manual_seed(spec.seed)  # the same initial weights for every spec with this seed
+    model = build_unet(spec.unet_config(), spec.impl)
+    if compiled and spec.compile != "off":
+        model.compile(**COMPILE_KWARGS[spec.compile])  # in place: the module keeps its type
+    return model
+
+
+def build_trainer(spec: BenchSpec, device: str | torch.device | None = None,
+                  accum: int | None = None, precision: str | None = None,
+                  compiled: bool = True, schedule: NoiseSchedule | None = None,
+                  config: TrainConfig | None = None, mesh=None) -> Trainer:
+    """The spec's model and trainer; `config` replaces the TrainConfig the spec implies. `mesh`:
+    the DeviceMesh FSDP shards over (default: one over the whole process group, on the machine's
+    accelerator)."""
+    config = config or TrainConfig(batch_size=spec.batch, accum_steps=accum or spec.accum,
+                                   precision=precision or spec.precision, seed=spec.seed,
+                                   grad_sync=spec.grad_sync)
+    schedule = schedule or NoiseSchedule.linear()
+    device = device or spec.device
+    model = build_model(spec, compiled)
+    if next(model.parameters()).device != torch.device(device):
+        model.to(device)  # fake tensors (the memory prediction) are already in place: left as is
+    # Across ranks (a process group is up: torchrun's, or a fake one for the prediction).
+    model = wrap(model, spec.parallel, torch.device(device), mesh)
+    # diffusers' baseline trains with its own example's optimizer and EMA (bench.models.impl).
+    recipe = diffusers_recipe(model, config) if spec.impl == "diffusers" else {}
+    return Trainer(model, schedule, config, device=device, **recipe)
+
+
+@dataclass
+class TrainStep:
+    """One optimizer step of a spec, ready to call: its trainer and the seeded global batch.
+    Every training harness and the pytest suite measure this call."""
+
+    trainer: Trainer
+    images: torch.Tensor
+    warm_trainer: Trainer
+    warm_images: torch.Tensor  # one micro-batch of every rank
+
+    def __call__(self) -> StepStats:
+        return self.trainer.step(self.images)
+
+    def warm_up(self) -> StepStats:
+        """One micro-batch and an optimizer step over the same model, optimizer and EMA:
+        kernels, allocator, optimizer state and compilation warm without a whole accumulated
+        step."""
+        return self.warm_trainer.step(self.warm_images)
+
+
+def train_step(spec: BenchSpec, device: str | torch.device | None = None) -> TrainStep:
+    trainer = build_trainer(spec, device)
+    warm = micro_batch_trainer(trainer) if spec.accum > 1 else trainer
+    images = synthetic_images(spec, spec.effective_batch)
+    return TrainStep(trainer, images, warm, images[:spec.ranks * spec.batch])
+
+
+def micro_batch_trainer(trainer: Trainer) -> Trainer:
+    """A trainer of one micro-batch per optimizer step over the same model, optimizer and EMA:
+    warming up (kernels, allocator, optimizer state, compilation) needs one forward, backward
+    and optimizer step, not a whole accumulated step."""
+    config = dataclasses.replace(trainer.config, accum_steps=1)
+    return Trainer(trainer.model, trainer.schedule, config, trainer.device,
+                   optimizer=trainer.optimizer, ema=trainer.ema)
+
+
+def synthetic_images(spec: BenchSpec, count: int) -> torch.Tensor:
+    """Standard-normal images on the CPU: memory and speed do not depend on pixel values."""
+    c = spec.unet_config()
+    g = torch.Generator().manual_seed(spec.seed)
+    return torch.randn(count, c.in_channels, c.image_size, c.image_size, generator=g)
+
+
+def parameter_count(spec: BenchSpec) -> int:
+    with torch.device("meta"):  # no memory, no init cost
+        return sum(p.numel() for p in build_unet(spec.unet_config(), spec.impl).parameters())

@@ -1,0 +1,185 @@
+"""Memory of one steady-state optimizer step: tracked on the real device, or predicted for a CUDA
+card on any machine.
+
+The prediction runs the same step on fake tensors (no memory, no compute) under CUDA's rules
+(bench.predict.cuda_rules), then replays its ordered allocations and frees through a model of
+the CUDA caching allocator (bench.predict.allocator): what the card's allocator would report as
+allocated and reserved, the cuBLAS workspace among them.
+
+A spec spread over ranks (parallel ddp or fsdp) is traced as its rank 0, in a fake process group
+of spec.ranks (bench.predict.ranks): the figures are per card, from one process and no card."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import functools
+import multiprocessing
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from bench.measure.tracked import MemoryPeak, TensorTracker
+from bench.models.workload import build_trainer, synthetic_images
+from bench.predict.allocator import cublas_workspace_bytes, parse_alloc_conf, replay
+from bench.predict.cuda_rules import CudaRules
+from bench.predict.ranks import KeptStorages, answer_all_reduce, fake_tensor_ddp, rank_zero
+from bench.spec import MIB, BenchSpec
+from ddpm import parallel
+from ddpm.schedule import NoiseSchedule
+
+CUDA_BLOCK_BYTES = 512  # the caching allocator rounds every allocation up to a multiple of this
+# The card the prediction is for unless told otherwise: the 8 GB GeForce cards (RTX 3060 Ti,
+# 3070: sm86; RTX 4060: sm89, under the same rules here).
+DEFAULT_TARGET = (8, 6)
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """Live tensors of one steady-state optimizer step, by category."""
+
+    peak: MemoryPeak  # at the step's highest moment
+    kept: MemoryPeak  # after it: what a rank keeps from step to step (weights, gradients,
+    # optimizer state, EMA and, under DDP, its gradient buckets)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One steady-state step on a CUDA card of compute capability `target`."""
+
+    tensors: MemoryPeak  # live tensors at the peak, each rounded to 512 B, by category
+    alloc_bytes: int  # the allocator's peak allocated: whole blocks, cuBLAS workspaces included
+    reserved_bytes: int  # its peak reserved: the segments it took from the driver
+    cublas_workspace_bytes: int  # both threads' workspaces together
+    target: tuple[int, int]
+
+    def mib(self, what: str) -> float:
+        return getattr(self, f"{what}_bytes") / MIB
+
+
+def traced_accum(spec: BenchSpec) -> int:
+    """Micro-batches to trace. From the second micro-batch on, each one starts from the same
+    state (weights, gradients, optimizer state, EMA, inputs) and runs the same ops, so its peak
+    repeats; tracing two and holding the untraced inputs gives the full step's peak exactly
+    (tests/bench/harnesses/test_memory.py checks this against a full trace)."""
+    return min(spec.accum, 2)
+
+
+def _inputs(spec: BenchSpec, images: int, device: str) -> list[torch.Tensor]:
+    """Stand-ins of a step's inputs on the device: x0 and its noise in float32, one int64
+    timestep per image."""
+    c = spec.unet_config()
+    shape = (images, c.in_channels, c.image_size, c.image_size)
+    return [torch.empty(shape, device=device), torch.empty(shape, device=device),
+            torch.empty(images, dtype=torch.int64, device=device)]
+
+
+def _trace(spec: BenchSpec, fake: bool, full_trace: bool = False,
+           target: tuple[int, int] = DEFAULT_TARGET) -> tuple[TensorTracker, MemoryPeak]:
+    """A warm-up step (it creates the optimizer state), then a measured step, under a tracker
+    whose peak is reset between the two, so its peak is the steady state's. With more than one
+    rank, rank 0's step (bench.predict.ranks).
+
+    fake=True is the CUDA prediction: fake tensors, storages rounded to 512 B, CUDA's rules,
+    and fp16 traced as bf16 (the same 2-byte autocast lists; GradScaler's step needs real
+    values, and its own memory is a few scalars)."""
+    accum = spec.accum if full_trace else traced_accum(spec)
+    precision = "bf16" if fake and spec.precision == "fp16" else spec.precision
+    schedule = NoiseSchedule.linear()  # built outside fake mode: its validation reads values
+    device = "cpu" if fake else spec.device
+    with rank_zero(spec, fake_tensors=fake) as mesh, contextlib.ExitStack() as stack:
+        if fake:
+            stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
+            stack.enter_context(CudaRules(target))
+            if spec.parallel == "ddp":
+                stack.enter_context(fake_tensor_ddp())
+        born = KeptStorages()
+        with born:
+            trainer = build_trainer(spec, device=device, accum=accum, precision=precision,
+                                    compiled=False, schedule=schedule, mesh=mesh)
+        answer_all_reduce(trainer.model)
+        # trainer.step takes the global batch, every rank's images (the same on every rank).
+        images = trainer.world * spec.batch * accum
+        host = synthetic_images(spec, images)
+        round_to = CUDA_BLOCK_BYTES if fake else None
+        with TensorTracker(trainer.model, trainer.optimizer, trainer.ema.params,
+                           round_to=round_to) as tracker:
+            if fake:
+                _on_the_host(trainer, tracker, host)
+            trainer.step(host)  # creates optimizer state
+            ddp = parallel.kind(trainer.model) == "ddp"
+            if ddp and not fake:
+                # DDP rebuilds its buckets before its second forward, in the order gradients
+                # arrived (not over fake tensors: bench.predict.ranks), so a real DDP step is
+                # steady from the third on.
+                with born:
+                    trainer.step(host)
+            if ddp:
+                # DDP's buckets: a flat copy of every gradient, for the exchange.
+                tracker.hold(born.kept(), "gradients")
+            tracker.reset_peak()
+            if fake:
+                inputs = _inputs(spec, spec.batch * spec.accum, device)
+            else:
+                # Inputs of the untraced micro-batches: held for the whole step, never touched.
+                inputs = _inputs(spec, spec.batch * (spec.accum - accum), device)
+                host = synthetic_images(spec, images)  # the trainer copies its share over
+            trainer.step(host)
+            del inputs, host
+            kept = tracker.live
+    return tracker, kept
+
+
+def _on_the_host(trainer, tracker: TensorTracker, images: torch.Tensor) -> None:
+    """On a card, a step's images, their draws (timesteps, noise) and this rank's share of them
+    are host tensors, and only the share's copies take device memory. In the fake trace all are
+    on the CPU: what the images and the trainer's host-side methods make goes uncounted, and
+    stand-ins of the copies are held instead (_inputs)."""
+    tracker.ignore([images])
+    for name in ("draw", "share"):
+        setattr(trainer, name, functools.partial(_untracked, tracker, getattr(trainer, name)))
+
+
+def _untracked(tracker: TensorTracker, method, *args):
+    with tracker.untracked():
+        return method(*args)
+
+
+def step_memory(spec: BenchSpec, fake: bool, full_trace: bool = False,
+                target: tuple[int, int] = DEFAULT_TARGET) -> StepMemory:
+    """A steady-state optimizer step's live-tensor bytes by category, at its peak and after it
+    (fake: under CUDA's rules for `target`, each storage rounded to 512 B)."""
+    tracker, kept = _trace(spec, fake, full_trace, target)
+    return StepMemory(tracker.peak, kept)
+
+
+def step_peak(spec: BenchSpec, fake: bool, full_trace: bool = False,
+              target: tuple[int, int] = DEFAULT_TARGET) -> MemoryPeak:
+    """Peak live-tensor bytes of a steady-state optimizer step, by category (fake: under CUDA's
+    rules for `target`, each storage rounded to 512 B)."""
+    return step_memory(spec, fake, full_trace, target).peak
+
+
+def predict(spec: BenchSpec, target: tuple[int, int] = DEFAULT_TARGET,
+            alloc_conf: str | None = None) -> Prediction:
+    """The step's allocations replayed through the caching allocator as PYTORCH_CUDA_ALLOC_CONF
+    (`alloc_conf`, default: this process's) configures it. cuBLAS keeps one workspace per
+    handle and stream, and handles are per thread: the forward runs on this thread and the
+    backward on autograd's device thread, so a step holds two, taken first and kept.
+
+    In a rank of a real process group (under torchrun), a spec across ranks is predicted in a
+    process of its own: its trace needs a fake group."""
+    if spec.parallel != "none" and dist.is_initialized():
+        spawn = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+            return pool.submit(predict, spec, target, alloc_conf).result()
+    tracker, _ = _trace(spec, fake=True, target=target)
+    workspace = cublas_workspace_bytes(target)
+    conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") if alloc_conf is None else alloc_conf
+    events = [("alloc", f"cublas-{thread}", workspace) for thread in ("forward", "backward")]
+    allocator = replay(events + tracker.events, **parse_alloc_conf(conf))
+    return Prediction(tracker.peak, allocator.peak_allocated, allocator.peak_reserved,
+                      2 * workspace, target)

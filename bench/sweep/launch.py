@@ -1,0 +1,163 @@
+"""How a spec runs: in this process (inline, for tests and debugging), in a fresh interpreter
+(the default: clean allocator peaks, and a crash or hang is contained), or as its ranks under
+torchrun (a spec across ranks). The sweep (bench.sweep.runner) calls run_inline or run_isolated
+per spec; both return {"status", "error", "figures"}."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.core import Harness, RunContext
+from bench.spec import BenchSpec
+from bench.sweep.worker import MESSAGES_FILE, PARENT_ENV, rank_result, run_spec
+
+
+def run_inline(harness: Harness, spec: BenchSpec, context: RunContext) -> dict:
+    """The spec in this process: no isolation, so for tests and debugging (--inline)."""
+    return run_spec(harness, spec, context)
+
+
+def _relay(messages: Path, shown: int, say: Callable[[str], None]) -> int:
+    """Show the lines the worker said since the last call; returns how many are shown."""
+    if not messages.exists():
+        return shown
+    lines = messages.read_text(errors="replace").splitlines()
+    for line in lines[shown:]:
+        say(line)
+    return len(lines)
+
+
+def _wait(child: subprocess.Popen, timeout_s: float, messages: Path,
+          say: Callable[[str], None]) -> None:
+    """Wait for the worker, passing on what it says as it says it; TimeoutExpired at the end
+    of the timeout."""
+    deadline = time.monotonic() + timeout_s
+    shown = 0
+    while True:
+        try:
+            child.wait(timeout=max(0.0, min(0.5, deadline - time.monotonic())))
+            return
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                raise
+        finally:
+            shown = _relay(messages, shown, say)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How torchrun starts a spec's ranks: all on this machine (standalone), or spread over
+    `nnodes` machines that meet at `rdzv_endpoint`, each running the same command."""
+
+    nnodes: int = 1
+    rdzv_endpoint: str | None = None
+
+    def local_ranks(self, ranks: int) -> int:
+        return ranks // self.nnodes
+
+    def torchrun_args(self, ranks: int) -> list[str]:
+        where = (["--standalone"] if self.rdzv_endpoint is None else
+                 ["--nnodes", str(self.nnodes), "--rdzv-backend", "c10d",
+                  "--rdzv-endpoint", self.rdzv_endpoint])
+        return [*where, "--nproc-per-node", str(self.local_ranks(ranks))]
+
+
+def launches_ranks(spec: BenchSpec) -> bool:
+    """A spec across ranks starts them, unless it is only predicted (one process does that)."""
+    return spec.parallel != "none" and not spec.predict_only
+
+
+def worker_command(harness: Harness, spec: BenchSpec, context: RunContext, result_path: str,
+                   launch: Launch) -> list[str]:
+    """The worker's command line: one process, or the spec's ranks under torchrun."""
+    worker = ["-m", "bench.sweep.worker", harness.module, json.dumps(spec.to_dict()), str(context.out),
+              context.run_id, json.dumps(context.options), result_path]
+    if not launches_ranks(spec):
+        return [sys.executable, *worker]
+    return [sys.executable, "-m", "torch.distributed.run", *launch.torchrun_args(spec.ranks),
+            *worker]
+
+
+def run_isolated(harness: Harness, spec: BenchSpec, context: RunContext, timeout_s: float,
+                 say: Callable[[str], None] = print, launch: Launch | None = None) -> dict:
+    """A fresh interpreter per spec (one per rank): clean allocator peaks, and a crash or hang
+    is contained."""
+    launch = launch or Launch()
+    with tempfile.TemporaryDirectory(prefix="ddpm-bench-") as tmp:
+        result_path = os.path.join(tmp, "result.json")
+        log_path = os.path.join(tmp, "log.txt")
+        child = None
+        with open(log_path, "w") as log:
+            try:  # started inside the try: a signal during the start still kills the worker
+                # A process group of its own: a stop takes the worker's children (torch.compile's
+                # compile workers) with it; PARENT_ENV lets the worker end when the sweep does.
+                child = subprocess.Popen(
+                    worker_command(harness, spec, context, result_path, launch),
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    env={**os.environ, PARENT_ENV: str(os.getpid())})
+                _wait(child, timeout_s, Path(tmp) / MESSAGES_FILE, say)
+            except subprocess.TimeoutExpired:
+                return {"status": "timeout", "error": f"no result after {timeout_s:g} s",
+                        "figures": {}}
+            finally:
+                if child is not None:
+                    with contextlib.suppress(ProcessLookupError):  # the group has ended
+                        os.killpg(child.pid, signal.SIGKILL)
+                    child.wait()
+        log = Path(log_path).read_text(errors="replace")
+        if launches_ranks(spec):
+            return combine_ranks(result_path, launch.local_ranks(spec.ranks), child.returncode,
+                                 log)
+        lines = [ln for ln in log.splitlines() if ln.strip()]
+        last = lines[-1][:300] if lines else "no output"
+        if os.path.exists(result_path):
+            with open(result_path) as f:
+                return json.load(f)
+        return {"status": "error", "error": f"worker exited {child.returncode}: {last}",
+                "figures": {}}
+
+
+def combine_ranks(result_path: str, ranks: int, returncode: int, log: str) -> dict:
+    """One row from the ranks' results: a failing rank's own status, named; else rank 0's
+    figures (its step waits for every rank in the collectives) with each memory figure the
+    largest over the ranks, the card that must fit."""
+    results = {}
+    for rank in range(ranks):
+        path = rank_result(result_path, rank)
+        if os.path.exists(path):
+            with open(path) as f:
+                results[rank] = json.load(f)
+    for rank, result in sorted(results.items()):
+        if result["status"] != "ok":
+            return {**result, "error": f"rank {rank}: {result['error']}"}
+    if len(results) < ranks:
+        return {"status": "error", "figures": {}, "error": first_failure(log, returncode)}
+    figures = dict(results[0]["figures"])
+    for name, value in figures.items():
+        if name.endswith("_mib") and isinstance(value, (int, float)):
+            figures[name] = max(r["figures"][name] for r in results.values()
+                                if r["figures"].get(name) is not None)
+    return {"status": "ok", "error": None, "figures": figures}
+
+
+def first_failure(log: str, returncode: int) -> str:
+    """The rank torchrun's failure report names first (its root cause), and how it ended."""
+    cause = log.partition("Root Cause")[2]
+    rank = re.search(r"^\s*rank\s*:\s*(\d+)", cause, re.MULTILINE)
+    code = re.search(r"^\s*exitcode\s*:\s*(-?\d+)", cause, re.MULTILINE)
+    if not (rank and code):
+        return f"a rank ended without a result (torchrun exited {returncode})"
+    exit_code = int(code.group(1))
+    how = (f"killed by signal {-exit_code}" if exit_code < 0 else f"exit status {exit_code}")
+    return f"rank {rank.group(1)} ended without a result ({how})"

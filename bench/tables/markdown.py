@@ -1,0 +1,167 @@
+"""A harness's Markdown report, rendered from its CSV read back: the sweep writes <harness>.md
+with render() and `python -m bench.report` rebuilds it with the same call, so both give the same
+file, byte for byte.
+
+What a <harness>.md shows: one section per command (a --resume run belongs to the command it
+resumes), newest first. A section's table holds the latest row of every spec that command
+measured, in the order the specs first appeared; above it the command, the environment of the
+section's latest run and, when its rows come from several runs, their ids; below it the axes
+that are the same in every row, the harness's verdict per row and its comparisons. The harness's
+notes, the same for every section, come once at the end."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.core import Harness, RunContext, display_columns, spec_columns
+from bench.measure.env import describe
+from bench.tables.results import (
+    ResultsError,
+    ResultsTable,
+    atomic_write,
+    markdown_table,
+    read_rows,
+)
+
+
+@dataclass
+class Section:
+    """The rows of one command and what is said around them."""
+
+    command: str | None  # without --resume; None: the run has no record in the sidecar
+    rows: list[dict]  # the latest row of each spec, in order of first appearance
+    runs: dict[str, dict]  # run id -> its record, for the runs with a row shown, oldest first
+    latest_run: str  # the run that wrote the section's newest row
+    environment: dict | None
+    columns: list[str]
+    fixed: str
+    sentences: list[str]  # verdicts, then the harness's comparisons
+
+    def header(self, json_name: str) -> list[str]:
+        lines = [f"## Command: `{self.command}`" if self.command else
+                 f"## Run `{self.latest_run}` (its command is not in `{json_name}`)", "",
+                 f"Environment: {environment_line(self.environment)}", ""]
+        if len(self.runs) > 1:
+            lines += [runs_line(self), ""]
+        return lines
+
+    def bullets(self) -> list[str]:
+        return ([f"Same in every row: {self.fixed}."] if self.fixed else []) + self.sentences
+
+
+def environment_line(environment: dict | None) -> str:
+    try:
+        return describe(environment)
+    except (KeyError, TypeError):
+        return "not recorded"
+
+
+def runs_line(section: Section) -> str:
+    latest_env = environment_line(section.environment)
+    parts = []
+    for run_id, record in section.runs.items():
+        count = sum(r["run_id"] == run_id for r in section.rows)
+        extra = [f"{count} row{'s' if count != 1 else ''}"]
+        if record.get("command") and record["command"] != section.command:
+            extra.append("`--resume`")
+        env = environment_line(record.get("environment"))
+        if env != latest_env:
+            extra.append(f"environment: {env}")
+        parts.append(f"`{run_id}` ({'; '.join(extra)})")
+    return f"Rows from {len(section.runs)} runs, oldest first: {', '.join(parts)}."
+
+
+def base_command(command: str) -> str:
+    """The command without --resume (or an abbreviation argparse accepted for it), so a
+    resumed sweep belongs to the command it resumes."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return command
+    kept = [w for w in words if not (len(w) > 2 and "--resume".startswith(w))]
+    return command if kept == words else shlex.join(kept)
+
+
+def sections(harness: Harness, rows: list[dict], runs: dict[str, dict],
+             out: Path) -> list[Section]:
+    """The rows grouped by command, newest first (ResultsError if a comparison cannot read a
+    file it needs)."""
+    groups: dict[tuple, list[tuple[int, dict]]] = {}
+    for index, row in enumerate(rows):
+        record = runs.get(row["run_id"]) or {}
+        command = record.get("command")
+        key = ("command", base_command(command)) if command else ("run", row["run_id"])
+        groups.setdefault(key, []).append((index, row))
+    # The CSV is appended in time order: the index breaks ties of equal timestamps.
+    ordered = sorted(groups.items(), reverse=True,
+                     key=lambda kv: max((r["timestamp"] or "", i) for i, r in kv[1]))
+    return [_section(harness, key, members, runs, out) for key, members in ordered]
+
+
+def _section(harness: Harness, key: tuple, members: list[tuple[int, dict]],
+             runs: dict[str, dict], out: Path) -> Section:
+    latest: dict[str, dict] = {}
+    for _, row in members:
+        latest[row["spec_id"]] = row  # a later row replaces an earlier one in its place
+    shown = list(latest.values())
+    latest_run = members[-1][1]["run_id"]
+    record = runs.get(latest_run) or {}
+    run_ids = sorted({r["run_id"] for r in shown},
+                     key=lambda run: next(i for i, r in members if r["run_id"] == run))
+    columns, fixed = display_columns(shown, harness.display_columns)
+    sentences = [v for v in map(harness.verdict, shown) if v] if harness.verdict else []
+    if harness.compare:
+        context = RunContext(out, latest_run, record.get("options") or {})
+        try:
+            sentences += harness.compare(shown, context)
+        except OSError as exc:
+            raise ResultsError(
+                f"{harness.name}: the comparison of run {latest_run} needs "
+                f"{exc.filename or 'a file'}, which cannot be read ({exc.strerror}); rebuild "
+                "from the folder the sweep ran in.") from None
+    return Section(command=key[1] if key[0] == "command" else None, rows=shown,
+                   runs={run: runs.get(run) or {} for run in run_ids}, latest_run=latest_run,
+                   environment=record.get("environment"), columns=columns, fixed=fixed,
+                   sentences=sentences)
+
+
+def load(harness: Harness, out: Path) -> tuple[list[dict], dict[str, dict]]:
+    """The harness's rows (every column this version knows, None where an older CSV has none)
+    and its run records."""
+    table = ResultsTable(out, harness.name, harness.figure_columns)
+    blank = dict.fromkeys(spec_columns() + harness.figure_columns)
+    rows = read_rows(table.csv_path, harness.kinds())
+    return [{**blank, **row} for row in rows], table.runs()
+
+
+def render(harness: Harness, out: Path) -> tuple[str, list[Section]]:
+    """The Markdown of results/<harness>.md from the CSV and the JSON sidecar in `out`."""
+    out = Path(out)
+    table = ResultsTable(out, harness.name, harness.figure_columns)
+    rows, runs = load(harness, out)
+    found = sections(harness, rows, runs, out)
+    csv_name, json_name = table.csv_path.name, table.json_path.name
+    lines = [f"# {harness.name}", ""]
+    if not found:
+        lines += [f"No rows in `{csv_name}` yet.", ""]
+    else:
+        lines += ["One section per command, newest first, with the latest row of every spec it "
+                  "measured (a `--resume` run counts as the command it resumes). Every row of "
+                  f"every run: `{csv_name}`; each run's command, options and environment: "
+                  f"`{json_name}`; `python -m bench.report` rebuilds this file from the two.", ""]
+    for section in found:
+        lines += section.header(json_name)
+        lines += [markdown_table(section.rows, section.columns), ""]
+        bullets = section.bullets()
+        lines += [f"- {b}" for b in bullets] + ([""] if bullets else [])
+    if found and harness.notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in harness.notes] + [""]
+    return "\n".join(lines).rstrip("\n") + "\n", found
+
+
+def write_markdown(harness: Harness, out: Path) -> list[Section]:
+    text, found = render(harness, out)
+    atomic_write(Path(out) / f"{harness.name}.md", text)
+    return found

@@ -1,0 +1,294 @@
+"""Tensor-level memory of one optimizer step (bench.measure): the tracker's categories against
+closed forms, the two-micro-batch tracing shortcut against a full trace, the fake-tensor
+prediction against the real tracked peak, and the tracked peak against the process's RSS."""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from bench.harnesses.memory import prediction
+from bench.measure.tracked import CATEGORIES, TensorTracker
+from bench.predict.trace import CUDA_BLOCK_BYTES, step_peak
+from bench.spec import BenchSpec
+
+TINY_PARAMS = 177_873  # tiny preset with attention at 8
+FP32 = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The byte counts do not depend on threads, and on a small shared CPU intra-op threads
+    spin against other jobs: one thread keeps these tests in seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**changes) -> BenchSpec:
+    fields = dict(preset="tiny", image_size=16, attention="8", batch=2, accum=1,
+                  precision="fp32", device="cpu")
+    return BenchSpec(**{**fields, **changes})
+
+
+@functools.cache
+def peak(spec: BenchSpec, fake: bool = False, full_trace: bool = False):
+    """step_peak is deterministic for a spec on one machine: compute each once per session."""
+    return step_peak(spec, fake=fake, full_trace=full_trace)
+
+
+def input_bytes(images: int) -> int:
+    """What trainer.step holds per image: x0 and its noise in float32, one int64 timestep."""
+    return images * (2 * FP32 * 1 * 16 * 16 + 8)
+
+
+# ----- TensorTracker on a toy --------------------------------------------------------------------
+
+def toy():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(64, 32)  # 64*32 + 32 = 2080 parameters
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(8, 64)
+    model(x).square().sum().backward()
+    optimizer.step()  # optimizer state exists from here on: a steady-state step follows
+    ema = [p.detach().clone() for p in model.parameters()]
+    return model, optimizer, ema, x
+
+
+def test_tracker_categories_on_a_toy():
+    model, optimizer, ema, x = toy()
+    param_bytes = 2080 * FP32
+    big = 2**20  # bytes: an activation larger than anything else in the step
+    with TensorTracker(model, optimizer, ema) as tracker:
+        optimizer.zero_grad(set_to_none=True)
+        y = model(x)  # (8, 32) float32: 1024 bytes
+        loss = y.square().sum()
+        loss.backward()
+        optimizer.step()
+        marker = torch.empty(big // FP32)  # made last, so the peak is now, with all the above
+    peak_ = tracker.peak.by_category
+    assert set(peak_) == set(CATEGORIES)
+    assert peak_["parameters"] == param_bytes
+    assert peak_["gradients"] == param_bytes
+    assert peak_["ema"] == param_bytes
+    # AdamW: exp_avg and exp_avg_sq per parameter, plus one float32 `step` scalar per tensor.
+    assert peak_["optimizer_state"] == 2 * param_bytes + 2 * FP32
+    # The marker, y (8*32 floats) and the 0-dim loss; the square was freed by then.
+    assert peak_["activations"] == big + 8 * 32 * FP32 + FP32
+    assert peak_["temporaries"] == 0  # backward and optimizer temporaries are gone by then
+    assert tracker.peak.total == sum(peak_.values())
+    assert tracker.peak.mib("activations") == peak_["activations"] / 2**20
+    del marker, y, loss
+
+
+def test_tracker_counts_backward_and_optimizer_temporaries():
+    model, optimizer, ema, x = toy()
+    with TensorTracker(model, optimizer, ema) as tracker:
+        optimizer.zero_grad(set_to_none=True)
+        model(x).square().sum().backward()
+        optimizer.step()
+    peak_ = tracker.peak.by_category
+    assert peak_["temporaries"] > 0  # AdamW's and autograd's intermediate tensors
+    assert peak_["parameters"] == 2080 * FP32 and peak_["optimizer_state"] == 2 * 2080 * FP32 + 8
+
+
+def test_tracker_round_to_block():
+    model = torch.nn.Linear(1, 1)  # weight and bias: 4 bytes each
+    with TensorTracker(model, round_to=CUDA_BLOCK_BYTES) as tracker:
+        tiny_tensor = torch.ones(1)  # 4 bytes -> one 512-byte block
+        block = torch.ones(128)  # exactly 512 bytes: no rounding
+        odd = torch.ones(129)  # 516 bytes -> 1024
+    by = tracker.peak.by_category
+    assert by["parameters"] == 2 * 512
+    assert by["activations"] == 512 + 512 + 1024
+    del tiny_tensor, block, odd
+    with TensorTracker(model) as exact:
+        kept = torch.ones(1)
+    assert exact.peak.by_category == {**dict.fromkeys(CATEGORIES, 0), "parameters": 8,
+                                      "activations": 4}
+    del kept
+
+
+# ----- tracing shortcut -----------------------------------------------------------------------
+
+def test_tracing_two_micro_batches_is_exact():
+    spec = tiny(batch=2, accum=4)
+    short, full = peak(spec), peak(spec, full_trace=True)
+    assert short.total == full.total, (short, full)
+    assert short.by_category == full.by_category
+
+
+def test_tracing_two_micro_batches_is_exact_on_fake_tensors():
+    spec = tiny(batch=2, accum=4)
+    short, full = peak(spec, fake=True), peak(spec, fake=True, full_trace=True)
+    assert short.total == pytest.approx(full.total, rel=1e-3), (short, full)
+
+
+# ----- prediction against the tracked peak ---------------------------------------------------
+
+@pytest.mark.parametrize("attention", ["8", "none"])
+@pytest.mark.parametrize("batch", [2, 16])
+def test_prediction_within_ten_percent_of_tracked(batch, attention):
+    """In fp32 without dropout (tiny has none) CPU and CUDA run the same ops, so the prediction
+    must track this CPU's real tensors; in bf16 CUDA's autocast differs on purpose
+    (tests/bench/predict/test_cuda_rules.py)."""
+    spec = tiny(batch=batch, attention=attention, precision="fp32")
+    real, fake = peak(spec), peak(spec, fake=True)
+    assert real.total > 0
+    assert fake.total == pytest.approx(real.total, rel=0.10), (real, fake)
+    # Block rounding only ever adds: the prediction is never below the real tensors' bytes.
+    assert fake.by_category["parameters"] >= real.by_category["parameters"]
+
+
+# ----- closed forms and growth with batch ----------------------------------------------------
+
+BATCHES = (2, 4, 8, 16)
+
+
+def test_fixed_categories_are_closed_forms_independent_of_batch():
+    param_bytes = TINY_PARAMS * FP32
+    for batch in BATCHES:
+        by = peak(tiny(batch=batch)).by_category
+        assert by["parameters"] == param_bytes, batch  # tiny has no buffers
+        assert by["ema"] == param_bytes, batch
+        # exp_avg + exp_avg_sq, plus a 4-byte `step` per parameter tensor.
+        state_extra = by["optimizer_state"] - 2 * param_bytes
+        assert 0 < state_extra <= FP32 * 200 and state_extra % FP32 == 0, batch
+    assert len({peak(tiny(batch=b)).by_category["optimizer_state"] for b in BATCHES}) == 1
+    # With accumulation, the second micro-batch's peak holds every gradient of the first.
+    assert peak(tiny(batch=4, accum=8)).by_category["gradients"] == param_bytes
+
+
+def test_batch_dependent_memory_grows_linearly():
+    """Activations (+ the backward temporaries at the peak) are per-image memory: a line in the
+    batch. The split between the two shifts with the batch (the peak moves between two almost
+    equal moments of the first backward), so the line is checked on their sum and the total."""
+    act = {b: peak(tiny(batch=b)).by_category["activations"] for b in BATCHES}
+    per_image = {b: act[b] + peak(tiny(batch=b)).by_category["temporaries"] for b in BATCHES}
+    total = {b: peak(tiny(batch=b)).total for b in BATCHES}
+    for series in (per_image, total):
+        slopes = [(series[b2] - series[b1]) / (b2 - b1) for b1, b2 in zip(BATCHES, BATCHES[1:])]
+        assert all(s > 0 for s in slopes), series
+        assert max(slopes) == pytest.approx(min(slopes), rel=0.02), (series, slopes)
+    # Activations alone rise with the batch and stay near that line (within the shift above).
+    assert act[2] < act[4] < act[8] < act[16]
+    slope = (per_image[16] - per_image[2]) / 14
+    for b in BATCHES:
+        assert act[b] == pytest.approx(slope * b, rel=0.15), (act, slope)
+
+
+def test_accumulation_peak_is_one_micro_batch_plus_gradients():
+    one = peak(tiny(batch=4, accum=1))
+    accumulated = peak(tiny(batch=4, accum=8))
+    whole = peak(tiny(batch=32, accum=1))
+    extra_inputs = input_bytes(4 * 8) - input_bytes(4)
+    gradients = TINY_PARAMS * FP32
+    assert accumulated.total <= one.total + gradients + extra_inputs, (one, accumulated)
+    assert accumulated.total > one.total  # the gradients of micro-batch 1 are held
+    assert accumulated.total < whole.total, (accumulated, whole)
+
+
+# ----- fits arithmetic ------------------------------------------------------------------------
+
+def test_prediction_fits_and_headroom_arithmetic():
+    spec = tiny(batch=2, budget_mib=100.0, context_mib=500.0)
+    row = prediction(spec)
+    tensors = peak(spec, fake=True).mib()
+    # Both cuBLAS workspaces (8 MiB + 128 KiB each on sm86) are held all step long, and every
+    # tensor's block is at least its 512-byte rounded size.
+    assert row["cublas_workspace_mib"] == 2 * (8 + 1 / 8)
+    assert row["predicted_alloc_mib"] >= tensors + row["cublas_workspace_mib"]
+    # Segments are whole multiples of 2 MiB (2 MiB small, 20 MiB large, or rounded to 2 MiB).
+    assert row["predicted_reserved_mib"] >= row["predicted_alloc_mib"]
+    assert row["predicted_reserved_mib"] % 2 == 0
+    assert row["context_mib"] == 500.0 and row["cudnn_workspace_mib"] == 32.0
+    assert row["predicted_cuda_mib"] == row["predicted_reserved_mib"] + 32.0 + 500.0
+    assert row["fits"] is False
+    assert row["headroom_mib"] == 100.0 - row["predicted_cuda_mib"] < 0
+    roomy = prediction(spec.replace(budget_mib=8192.0))
+    assert roomy["fits"] is True and roomy["headroom_mib"] == 8192.0 - roomy["predicted_cuda_mib"]
+
+
+# ----- tracked peak against the process's resident memory ----------------------------------
+
+RSS_SCRIPT = textwrap.dedent("""
+    import resource
+    import psutil
+    import torch
+    from bench.predict.trace import step_peak
+    from bench.spec import BenchSpec
+    from bench.models.workload import build_trainer, synthetic_images
+
+    rss_before = psutil.Process().memory_info().rss
+    spec = BenchSpec(preset="tiny", image_size=16, attention="8", batch=16, accum=1,
+                     precision="fp32", device="cpu")
+    trainer = build_trainer(spec)
+    images = synthetic_images(spec, 16)
+    for _ in range(2):
+        trainer.step(images)
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    del trainer, images
+    tracked = step_peak(spec, fake=False).total
+    print(rss_before, maxrss, tracked)
+""")
+
+
+def test_tracked_peak_within_rss_growth():
+    result = subprocess.run([sys.executable, "-c", RSS_SCRIPT], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    rss_before, maxrss, tracked = map(int, result.stdout.split()[-3:])
+    growth = maxrss - rss_before
+    assert 0 < tracked <= growth, (
+        f"tracked {tracked / 2**20:.2f} MiB > RSS growth {growth / 2**20:.2f} MiB "
+        f"(RSS before {rss_before / 2**20:.1f} MiB, ru_maxrss {maxrss / 2**20:.1f} MiB)")
+
+
+# ----- the answer first ----------------------------------------------------------------------
+
+def test_predict_only_gives_the_verdict_without_a_measured_pass(tmp_path):
+    from bench.harnesses import memory
+
+    rows = memory.main(["--preset", "tiny", "--device", "cpu", "--batch", "2", "--accum", "4",
+                        "--predict-only", "--inline", "--out", str(tmp_path)])
+    (row,) = rows
+    assert row["status"] == "ok" and row["spec_id"].endswith("-predicted")
+    assert row["predicted_reserved_mib"] > 0 and row["fits"] is True
+    for measured in ("step_s", "tracked_peak_mib", "rss_peak_mib"):
+        assert row.get(measured) is None, measured
+    assert row == {**row, **prediction(tiny(batch=2, accum=4))}  # the same prediction
+
+
+def test_warm_up_is_one_micro_batch_and_an_optimizer_step(monkeypatch):
+    from bench.measure.training import timed_training
+    from ddpm.train import Trainer
+
+    seen = []
+    step = Trainer.step
+    monkeypatch.setattr(Trainer, "step", lambda self, x0: seen.append(
+        (x0.shape[0], self.config.accum_steps)) or step(self, x0))
+    timed_training(tiny(batch=2, accum=4, warmup_steps=1, measure_steps=1), torch.device("cpu"))
+    assert seen == [(2, 1), (8, 4)]  # warm-up: 2 images in 1 micro-batch; measured: 2 x 4
+
+
+def test_committed_rows_decide_on_reserved_memory():
+    """Every committed prediction: reserved >= allocated, and the verdict is reserved plus the
+    cuDNN allowance and the context against the budget."""
+    from pathlib import Path
+
+    from bench.tables.results import read_rows
+
+    rows = [r for r in read_rows(Path(__file__).parents[3] / "results" / "memory.csv")
+            if r.get("predicted_reserved_mib") is not None]
+    assert len(rows) >= 30
+    for r in rows:
+        assert r["predicted_reserved_mib"] >= r["predicted_alloc_mib"], r["spec_id"]
+        total = r["predicted_reserved_mib"] + r["cudnn_workspace_mib"] + r["context_mib"]
+        assert r["predicted_cuda_mib"] == total and r["fits"] == (total <= r["budget_mib"])

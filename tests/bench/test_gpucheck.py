@@ -1,0 +1,56 @@
+"""python -m bench.gpucheck on a machine without a GPU: its refusal, and its whole control flow
+under the strict torch.cuda / pynvml stand-in, up to the first real kernel."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+from tests.helpers.cli_checks import check_one_line_error, snapshot
+from tests.helpers.cuda_standin import NO_DRIVER
+
+from bench import gpucheck
+
+
+def test_refuses_without_cuda_in_one_line(tmp_path):
+    (tmp_path / "keep.txt").write_text("already here")
+    before = snapshot(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "bench.gpucheck", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    check_one_line_error("needs a CUDA GPU", result.returncode, result.stderr, result.stdout)
+    assert snapshot(tmp_path) == before
+
+
+def test_bad_small_budget_is_refused_before_anything_runs(fake_cuda, tmp_path, capsys):
+    fake_cuda()
+    with pytest.raises(SystemExit) as exit_:
+        gpucheck.main(["--small-budget", "3XB", "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert "--small-budget" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_control_flow_under_the_standin_reaches_the_first_kernel(fake_cuda, tmp_path, capsys):
+    """Every step runs (in this process, so the stand-in applies) with an indexed device; each
+    spec stops at its first real CUDA operation, becomes an error row naming it, and the
+    report names the card, lists the rows and fails its checks: exit status 1."""
+    gpu = fake_cuda()
+    with pytest.raises(SystemExit) as exit_:
+        gpucheck.main(["--inline", "--out", str(tmp_path)])
+    assert exit_.value.code == 1
+    report = (tmp_path / "gpucheck.md").read_text()
+    assert gpu.card.name in report
+    # main job 1 + sweep 8 + fp16 1 memory rows, each stopped by the missing driver.
+    rows = [line for line in report.splitlines() if re.search(r"\| error +\|", line)]
+    assert len(rows) == 10, report
+    assert "12 did not" in report  # and the largest-batch search and the profile
+    assert report.count("FAIL") == 5 and "PASS" not in report
+    assert NO_DRIVER in report
+    # Every harness selected the card by index, never an index-less "cuda".
+    selected = [call for call in gpu.calls if call[0] == "set_device"]
+    assert selected and all(index == 0 for _, index in selected)
+    # Each harness wrote its own table under <out>/gpucheck.
+    assert {p.name for p in (tmp_path / "gpucheck").glob("*.csv")} == {"memory.csv",
+                                                                      "profile.csv"}

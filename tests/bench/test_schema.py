@@ -1,0 +1,163 @@
+"""The columns of every table come from BenchSpec's fields alone: a spec class with one more
+axis (one line) gets that column in the CSV, the Markdown and --resume; and a table written
+before an axis or a figure existed is upgraded, every old row keeping its values."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from bench import spec as spec_module
+from bench.core import Harness, axes, column_dtypes, spec_columns
+from bench.spec import BenchSpec, axis
+from bench.sweep.runner import run_sweep
+from bench.tables.results import ResultsTable, read_rows
+
+MEASURED: list[str] = []
+
+
+def measure(spec, context) -> dict:
+    MEASURED.append(spec.spec_id)
+    return {"value": 10.0 * spec.wings}
+
+
+HARNESS = Harness(name="winged", measure=measure, figure_columns=["value"],
+                  display_columns=["status", "value"])
+
+
+@pytest.fixture
+def winged(monkeypatch):
+    """BenchSpec with one more axis, declared the way every axis is: one field."""
+    cls = dataclasses.make_dataclass("BenchSpec", [("wings", int, axis(1))], bases=(BenchSpec,),
+                                     frozen=True)
+    monkeypatch.setattr(spec_module, "BenchSpec", cls)
+    monkeypatch.setattr("bench.harnesses.named", lambda name: HARNESS)  # inline runs find it
+    MEASURED.clear()
+    return cls
+
+
+def quiet_console() -> Console:
+    return Console(file=open("/dev/null", "w"), width=120)  # noqa: SIM115
+
+
+def header(path: Path) -> list[str]:
+    with path.open(newline="") as f:
+        return next(csv.reader(f))
+
+
+def test_a_new_axis_is_a_column_of_the_csv_the_markdown_and_resume(winged, tmp_path):
+    specs = [winged(preset="tiny", image_size=16, attention="8", wings=w) for w in (1, 2)]
+    assert "wings" in axes() and column_dtypes()["wings"] == "int64"
+    run_sweep(HARNESS, specs, tmp_path, "python -m bench.winged", inline=True,
+              console=quiet_console())
+    csv_path = tmp_path / "winged.csv"
+    assert "wings" in header(csv_path)
+    assert [(r["wings"], r["value"]) for r in read_rows(csv_path)] == [(1, 10.0), (2, 20.0)]
+    rows = [line.split("|")[1:-1] for line in (tmp_path / "winged.md").read_text().splitlines()
+            if line.startswith("|")]
+    assert [c.strip() for c in rows[0]] == ["wings", "status", "value"]
+    assert [(r[0].strip(), r[2].strip()) for r in rows[2:]] == [("1", "10.00"), ("2", "20.00")]
+    # The axis is in the spec id, so --resume tells the two specs apart and reruns neither.
+    assert len(set(MEASURED)) == 2
+    MEASURED.clear()
+    more = specs + [winged(preset="tiny", image_size=16, attention="8", wings=3)]
+    run_sweep(HARNESS, more, tmp_path, "python -m bench.winged", inline=True, resume=True,
+              console=quiet_console())
+    assert MEASURED == [more[2].spec_id]
+
+
+def test_a_table_from_before_an_axis_is_upgraded_with_its_default(winged, tmp_path):
+    old_columns = [c for c in spec_columns() if c != "wings"] + ["value"]
+    csv_path = tmp_path / "winged.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=old_columns)
+        writer.writeheader()
+        row = {c: "" for c in old_columns}
+        row.update(run_id="r", timestamp="t", spec_id="old", preset="tiny", image_size=16,
+                   batch=4, accum=1, precision="fp32", attention="8", compile="off",
+                   checkpointing="off", device="cpu", ranks=1, parallel="none",
+                   grad_sync="last", impl="ddpm", dataset="synthetic", sampler="none",
+                   sampling_steps=0, repeat=1, params=5, effective_batch=4, status="ok",
+                   value=7.5)
+        writer.writerow(row)
+    table = ResultsTable(tmp_path, "winged", ["value"])
+    said = table.check_header()
+    assert "wings = 1" in said and "1 rows" in said
+    assert header(csv_path) == table.columns
+    (upgraded,) = read_rows(csv_path)
+    assert upgraded["wings"] == 1 and upgraded["batch"] == 4 and upgraded["value"] == 7.5
+    assert table.check_header() is None  # once is enough
+
+
+def test_a_table_from_before_a_figure_is_upgraded_with_it_empty(tmp_path):
+    csv_path = tmp_path / "memory.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=spec_columns() + ["value"])
+        writer.writeheader()
+        writer.writerow({**{a: getattr(BenchSpec, a) for a in axes()}, "run_id": "r",
+                         "timestamp": "t", "spec_id": "old", "params": 5, "effective_batch": 2,
+                         "status": "ok", "error": "", "value": "7.5"})
+    table = ResultsTable(tmp_path, "memory", ["value", "later"])
+    said = table.check_header()
+    assert "later empty" in said and "1 rows" in said
+    assert header(csv_path) == table.columns
+    (upgraded,) = read_rows(csv_path)
+    assert upgraded["value"] == 7.5 and upgraded["later"] is None  # not measured then
+    assert table.check_header() is None
+
+
+def test_a_table_with_a_column_no_version_knows_is_refused_untouched(tmp_path):
+    csv_path = tmp_path / "memory.csv"
+    text = (",".join(spec_columns() + ["value", "mystery"]) + "\r\n").encode()
+    csv_path.write_bytes(text)
+    with pytest.raises(ValueError, match="other columns than this version writes"):
+        ResultsTable(tmp_path, "memory", ["value"]).check_header()
+    assert csv_path.read_bytes() == text
+
+
+def test_the_committed_tables_upgrade_to_the_same_rows(tmp_path):
+    """The committed CSVs read back with every value, and those written before ranks, parallel
+    and grad_sync existed with those axes at 1, none and last."""
+    from bench import harnesses
+
+    results = Path(__file__).resolve().parents[2] / "results"
+    for csv_path in sorted(results.glob("*.csv")):
+        before = read_rows(csv_path)
+        copy = tmp_path / csv_path.name
+        copy.write_bytes(csv_path.read_bytes())
+        ResultsTable(tmp_path, csv_path.stem,
+                     harnesses.named(csv_path.stem).figure_columns).check_header()
+        after = read_rows(copy)
+        assert len(after) == len(before)
+        for old, new in zip(before, after):
+            assert {k: new[k] for k in old} == old
+            if "ranks" not in header(csv_path):
+                assert (new["ranks"], new["parallel"], new["grad_sync"]) == (1, "none", "last")
+
+
+def test_a_renamed_column_is_read_under_its_new_name(tmp_path):
+    """Sampling's img_per_s was a projection: old tables read as projected_img_per_s."""
+    from bench import harnesses
+
+    figures = harnesses.named("sampling").figure_columns
+    old = [c if c != "projected_img_per_s" else "img_per_s" for c in spec_columns() + figures]
+    csv_path = tmp_path / "sampling.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=old)
+        writer.writeheader()
+        writer.writerow({c: "" for c in old} | {
+            "run_id": "r", "timestamp": "t", "spec_id": "s", "preset": "tiny", "image_size": 16,
+            "batch": 4, "accum": 1, "precision": "fp32", "attention": "8", "compile": "off",
+            "checkpointing": "off", "device": "cpu", "ranks": 1, "parallel": "none",
+            "grad_sync": "last", "impl": "ddpm", "dataset": "synthetic", "sampler": "ddim",
+            "sampling_steps": 50, "repeat": 1, "params": 5, "effective_batch": 4,
+            "status": "ok", "img_per_s": 2.5})
+    (row,) = read_rows(csv_path)
+    assert row["projected_img_per_s"] == 2.5 and "img_per_s" not in row
+    said = ResultsTable(tmp_path, "sampling", figures).check_header()
+    assert "img_per_s is now projected_img_per_s" in said
+    assert header(csv_path) == spec_columns() + figures
