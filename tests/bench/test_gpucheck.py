@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
-from tests.helpers.cli_checks import check_one_line_error, snapshot
-from tests.helpers.cuda_standin import NO_DRIVER
 
 from bench import gpucheck
+from tests.helpers.cli_checks import check_one_line_error, snapshot
+from tests.helpers.cuda_standin import NO_DRIVER
 
 
 def test_refuses_without_cuda_in_one_line(tmp_path):

@@ -17,16 +17,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.helpers.cli_checks import check_one_line_error, snapshot
 
 from bench import harnesses, report
 from bench.core import Harness
-from bench.sweep.runner import spec_row
 from bench.harnesses import loss, memory, sampling, throughput
 from bench.spec import BenchSpec
-from bench.sweep.runner import run_sweep
+from bench.sweep.runner import run_sweep, spec_row
 from bench.tables import markdown, plots
 from bench.tables.results import ResultsError, ResultsTable, parse_cell, read_rows, read_runs
+from tests.helpers.cli_checks import check_one_line_error, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 # PYTHONPATH: the subprocess runs this checkout's bench whatever its working directory.

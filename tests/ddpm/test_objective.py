@@ -5,7 +5,6 @@ function."""
 import numpy as np
 import pytest
 import torch
-from tests.helpers.spies import spy_on
 from torch import nn
 
 import ddpm.objective
@@ -13,6 +12,7 @@ from ddpm.config import PRESETS, TrainConfig
 from ddpm.objective import held_out_draws, held_out_loss, l_simple
 from ddpm.schedule import NoiseSchedule
 from ddpm.unet import UNet
+from tests.helpers.spies import spy_on
 
 BETAS = np.array([0.1, 0.2, 0.3, 0.4])
 

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.helpers import parallel_worker as worker
 import pytest
 import torch
 import torch.distributed as dist
-from tests.helpers import torchrun
 
 from ddpm import parallel
 from ddpm.config import TrainConfig
 from ddpm.schedule import NoiseSchedule
 from ddpm.train import Trainer
 from ddpm.unet import AttentionBlock, ResBlock, UNet
+from tests.helpers import parallel_worker as worker
+from tests.helpers import torchrun
 
 INIT_PROCESS_GROUP = dist.init_process_group  # the real one, for the fake group below
 MODES = ("ddp", "fsdp")

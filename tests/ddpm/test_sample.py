@@ -5,7 +5,6 @@ import copy
 import numpy as np
 import pytest
 import torch
-from tests.helpers.spies import spy_on
 from torch import nn
 
 import ddpm.sample
@@ -23,6 +22,7 @@ from ddpm.sample import (
 )
 from ddpm.schedule import NoiseSchedule
 from ddpm.unet import UNet
+from tests.helpers.spies import spy_on
 
 T = 1000
 

@@ -20,15 +20,15 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from tests.helpers import headless
 import pytest
 import torch
-from tests.helpers.spies import spy_on
 
 from bench.core import RunContext
 from bench.harnesses import profile
-from bench.measure import profile_summary
+from bench.tables import profile_summary
 from bench.spec import BenchSpec
+from tests.helpers import headless
+from tests.helpers.spies import spy_on
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 BASE = ["--preset", "tiny", "--device", "cpu", "--batch", "2"]

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.helpers.spies import spy_on
 
 from bench.harnesses import sampling
 from bench.measure.quality import (
@@ -30,6 +29,7 @@ from ddpm.config import PRESETS, TrainConfig
 from ddpm.schedule import NoiseSchedule
 from ddpm.train import Trainer
 from ddpm.unet import UNet
+from tests.helpers.spies import spy_on
 
 # One thread per process: on a small shared CPU, OpenMP threads spin against each other.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -97,9 +97,8 @@ def test_throughput_cli_reports_mfu_between_0_and_1(tmp_path):
 
 
 def test_a_damaged_peak_cache_is_refused_before_any_spec(tmp_path, capsys):
-    from tests.helpers.cli_checks import check_one_line_error, snapshot
-
     from bench.harnesses import throughput
+    from tests.helpers.cli_checks import check_one_line_error, snapshot
 
     (tmp_path / "peak_flops.json").write_text("{not json")
     before = snapshot(tmp_path)

@@ -12,8 +12,6 @@ import csv
 
 import pytest
 import torch
-from tests.helpers.cli_checks import check_one_line_error
-from tests.helpers.cuda_standin import NO_DRIVER
 
 from bench import harnesses
 from bench.core import RunContext
@@ -25,6 +23,8 @@ from bench.spec import BenchSpec, SpecError, parse_device
 from bench.sweep.worker import run_spec
 from ddpm.cli import train as train_cli
 from ddpm.cli.args import device_arg
+from tests.helpers.cli_checks import check_one_line_error
+from tests.helpers.cuda_standin import NO_DRIVER
 
 CUDA0 = torch.device("cuda:0")
 

@@ -8,11 +8,9 @@ import functools
 import json
 import math
 
-from tests.helpers import memory_ranks_worker as worker
 import pytest
 import torch
 import torch.distributed as dist
-from tests.helpers import torchrun
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from bench.harnesses import memory as harness
@@ -25,6 +23,8 @@ from bench.predict.trace import CUDA_BLOCK_BYTES, DEFAULT_TARGET, predict, step_
 from bench.spec import BenchSpec
 from ddpm.schedule import NoiseSchedule
 from ddpm.unet import AttentionBlock, ResBlock
+from tests.helpers import memory_ranks_worker as worker
+from tests.helpers import torchrun
 
 FP32 = 4
 

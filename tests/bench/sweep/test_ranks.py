@@ -16,7 +16,6 @@ import psutil
 import pytest
 import torch
 import torch.distributed as dist
-from tests.helpers.cli_checks import check_one_line_error
 
 from bench.measure.training import timed_training
 from bench.spec import BenchSpec, SpecError
@@ -25,6 +24,7 @@ from bench.sweep.launch import Launch
 from bench.sweep.worker import FAULT_ENV, FAULT_RANK_ENV
 from bench.tables.results import read_rows
 from ddpm.train import Trainer
+from tests.helpers.cli_checks import check_one_line_error
 
 ENV = {k: v for k, v in os.environ.items() if k not in (FAULT_ENV, FAULT_RANK_ENV)} | {
     "OMP_NUM_THREADS": "1"}

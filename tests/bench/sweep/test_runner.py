@@ -25,10 +25,10 @@ import pytest
 import torch
 
 from bench.core import column_dtypes, spec_columns
-from bench.sweep.runner import spec_row
 from bench.harnesses import memory as memory_harness
 from bench.report import main as report_main
 from bench.spec import BenchSpec
+from bench.sweep.runner import spec_row
 from bench.sweep.worker import FAULT_ENV
 from bench.tables.results import ResultsTable, read_csv, read_rows
 

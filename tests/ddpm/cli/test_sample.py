@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.helpers.cli_checks import check_one_line_error, snapshot
 from PIL import Image
+
+from tests.helpers.cli_checks import check_one_line_error, snapshot
 
 # A checkpoint with T = 20, so DDPM (one model call per timestep) samples in well under a second.
 T = 20

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.helpers.cli_checks import check_one_line_error, snapshot
 from PIL import Image
 
 from ddpm.checkpoint import load_checkpoint
+from tests.helpers.cli_checks import check_one_line_error, snapshot
 
 # Tiny and short: a whole run, final grid included, takes about a second after imports.
 # 4 samples make a 2x2 grid of 16x16 images with torchvision's 2-pixel padding: 38x38.
