@@ -17,16 +17,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.helpers.cli_checks import check_one_line_error, snapshot
 
 from bench import harnesses, report
 from bench.core import Harness
-from bench.sweep.runner import spec_row
 from bench.harnesses import loss, memory, sampling, throughput
 from bench.spec import BenchSpec
-from bench.sweep.runner import run_sweep
+from bench.sweep.runner import run_sweep, spec_row
 from bench.tables import markdown, plots
 from bench.tables.results import ResultsError, ResultsTable, parse_cell, read_rows, read_runs
+from tests.helpers.cli_checks import check_one_line_error, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 # PYTHONPATH: the subprocess runs this checkout's bench whatever its working directory.
@@ -110,6 +109,37 @@ def test_report_rebuilds_the_sweeps_markdown_byte_for_byte(swept, tmp_path):
     (out / "memory.md").write_text("edited by hand\n")
     assert run_report("--out", str(out), "--no-plots").returncode == 0
     assert (out / "memory.md").read_bytes() == written
+
+
+def test_what_was_written_is_on_stdout_and_a_stray_csv_on_stderr(swept, tmp_path, capsys):
+    out = tmp_path / "results"
+    shutil.copytree(swept[0], out)
+    (out / "notes.csv").write_text("mine,not a harness's\n")
+    report.main(["--out", str(out), "--no-plots"])
+    captured = capsys.readouterr()
+    assert captured.out == f"wrote {out / 'memory.md'}\n"
+    assert captured.err == "notes.csv: no harness named notes, skipped.\n"
+
+
+def test_a_closed_stdout_blames_nothing_and_costs_no_file(swept, tmp_path):
+    """`python -m bench.report | head -0`: every file is written, no traceback, no error line
+    about --out, and exit status 141 (128 + SIGPIPE) for the output cut short."""
+    out = tmp_path / "results"
+    shutil.copytree(swept[0], out)
+    written = (out / "memory.md").read_bytes()
+    (out / "memory.md").unlink()
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "bench.report", "--out", str(out)],
+                                stdout=write, stderr=subprocess.PIPE, text=True, env=ENV)
+    finally:
+        os.close(write)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 141, stderr
+    assert stderr == ""
+    assert (out / "memory.md").read_bytes() == written
+    assert (out / "plots" / "memory_vs_batch.png").read_bytes().startswith(PNG)
 
 
 def test_sidecar_records_each_run_when_it_starts(swept):
