@@ -6,11 +6,13 @@ probes included), fp16 steps with the GradScaler, and a profile with CUDA activi
 snapshot, with NVML sampling throughout. It writes <out>/gpucheck.md: each memory row's
 measured allocated, reserved and NVML figures beside the prediction and its error, then the
 checks. Exit status 1 when a check fails or the prediction misses measured reserved memory by
-more than --tolerance percent; 2 without a CUDA GPU."""
+more than --tolerance percent; 2 without a CUDA GPU. The report goes to stdout as well; the
+sweeps' own tables and progress, steps on the way, to stderr."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from bench.measure.env import describe, environment
 from bench.spec import SpecError, parse_budget, parse_device
 from bench.tables.results import markdown_table
 from ddpm.cli.args import ArgumentParser
+from ddpm.cli.pipes import quiet_closed_pipes
 
 MEMORY_STEPS = (
     ("main job", ["--batch", "2", "--accum", "64"]),
@@ -55,6 +58,11 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    with quiet_closed_pipes():  # a reader that closes the pipe early costs no file
+        run_checks(argv)
+
+
+def run_checks(argv: list[str] | None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -70,11 +78,14 @@ def main(argv: list[str] | None = None) -> None:
     common = ["--device", device, "--out", str(work)] + (["--inline"] if args.inline else [])
 
     rows: list[dict] = []
-    for check, extra in MEMORY_STEPS:
-        rows += [{"check": check, **r} for r in memory.main(extra + common) or []]
-    search = memory.main(["--find-max-batch", "--accum", "1", "--budget", args.small_budget,
-                          *common]) or []
-    profiled = profile.main(["--batch", "8", "--memory-snapshot", "--steps", "2", *common]) or []
+    # The sweeps' answers are this check's progress: stdout keeps the report alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        for check, extra in MEMORY_STEPS:
+            rows += [{"check": check, **r} for r in memory.main(extra + common) or []]
+        search = memory.main(["--find-max-batch", "--accum", "1", "--budget", args.small_budget,
+                              *common]) or []
+        profiled = profile.main(["--batch", "8", "--memory-snapshot", "--steps", "2",
+                                 *common]) or []
 
     checks = verdicts(rows, search, profiled, args.tolerance)
     report = render(environment(device), rows, checks, args.tolerance)

@@ -5,7 +5,8 @@ measuring anything.
     python -m bench.report --out /tmp/r --harness memory,loss --no-plots
 
 A sweep renders its .md with the same call (bench.tables.markdown), reading the CSV back, so the
-file a sweep writes and the one rebuilt here are the same, byte for byte."""
+file a sweep writes and the one rebuilt here are the same, byte for byte. Each file written is a
+line on stdout; a CSV that no harness reads is a warning on stderr."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from bench.core import Harness
 from bench.tables.markdown import render
 from bench.tables.results import ResultsError, atomic_write, results_folder
 from ddpm.cli.args import ArgumentParser
+from ddpm.cli.pipes import quiet_closed_pipes
 
 # ----- the command line --------------------------------------------------------------------------
 
@@ -44,7 +46,7 @@ def chosen(parser: ArgumentParser, out: Path, names: str | None) -> list[Harness
             if path.stem in harnesses.names():
                 picked.append(harnesses.named(path.stem))
             else:
-                print(f"{path.name}: no harness named {path.stem}, skipped.")
+                print(f"{path.name}: no harness named {path.stem}, skipped.", file=sys.stderr)
         if not picked:
             parser.error(f"--out {out} holds no harness CSV (memory.csv, throughput.csv, ...): "
                          "nothing to rebuild.")
@@ -64,6 +66,13 @@ def chosen(parser: ArgumentParser, out: Path, names: str | None) -> list[Harness
 
 
 def main(argv: list[str] | None = None) -> None:
+    """What was written, on stdout; a reader that closes the pipe early costs no file
+    (ddpm.cli.pipes)."""
+    with quiet_closed_pipes():
+        rebuild(argv)
+
+
+def rebuild(argv: list[str] | None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -81,22 +90,23 @@ def main(argv: list[str] | None = None) -> None:
             texts[harness.name] = render(harness, out)[0]
         except ResultsError as exc:
             parser.error(str(exc))
-    try:
-        for name, text in texts.items():
+    for name, text in texts.items():
+        try:  # only the write: an error here is the folder's, never the printing's
             atomic_write(out / f"{name}.md", text)
-            print(f"wrote {out / f'{name}.md'}")
-    except OSError as exc:
-        parser.error(f"--out {out}: cannot write ({exc.strerror}).")
+        except OSError as exc:
+            parser.error(f"--out {out}: cannot write ({exc.strerror}).")
+        print(f"wrote {out / f'{name}.md'}")
     if not args.no_plots:
         from bench.tables import plots  # matplotlib: only when plots are drawn
 
         try:
-            for line in plots.draw(out, [h.name for h in picked]):
-                print(line)
+            lines = plots.draw(out, [h.name for h in picked])
         except ResultsError as exc:
             parser.error(str(exc))
         except OSError as exc:
             parser.error(f"--out {out / 'plots'}: cannot write ({exc.strerror}).")
+        for line in lines:
+            print(line)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from bench.sweep.launch import Launch, launches_ranks
 from bench.sweep.runner import run_sweep
 from bench.tables.results import ResultsError, check_writable, results_folder
 from ddpm.cli.args import ArgumentParser, seed_int
+from ddpm.cli.pipes import quiet_closed_pipes
 from ddpm.config import GRAD_SYNCS, PRECISIONS, PRESETS, UNetConfig
 from ddpm.parallel import PARALLEL
 
@@ -226,7 +227,14 @@ def run_cli(harness: Harness, parser: OneLineParser, argv: list[str] | None,
             make_specs: Callable[[argparse.Namespace], list[BenchSpec]] = specs_from_args
             ) -> list[dict]:
     """Parse, validate every value, run the sweep. `harness.options(args)` gives its settings
-    that are not spec axes (JSON-able); every spec's process receives them in its RunContext."""
+    that are not spec axes (JSON-able); every spec's process receives them in its RunContext.
+    A reader that closes the pipe early costs no row and no report (ddpm.cli.pipes)."""
+    with quiet_closed_pipes():
+        return _run_cli(harness, parser, argv, make_specs)
+
+
+def _run_cli(harness: Harness, parser: OneLineParser, argv: list[str] | None,
+             make_specs: Callable[[argparse.Namespace], list[BenchSpec]]) -> list[dict]:
     args = parser.parse_args(argv)
     try:
         specs = make_specs(args)

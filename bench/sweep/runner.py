@@ -1,6 +1,10 @@
 """The one sweep loop every harness uses: each spec in a fresh process (or inline), each row
 appended the moment its spec finishes, a progress bar over specs, and at the end the report,
-rendered from the CSV read back (bench.report's render, so a rebuild gives the same file)."""
+rendered from the CSV read back (bench.report's render, so a rebuild gives the same file).
+
+The answer (the table of this command's rows, the verdicts, where the rows and the report are)
+goes to stdout; progress (the bar, each spec's name, what a worker says while its spec runs,
+the predicted verdict among it) and warnings go to stderr, so `> file` keeps the answer alone."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -18,6 +23,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from bench.core import Harness, RunContext, axes
 from bench.measure.env import environment
@@ -39,21 +45,22 @@ def spec_row(spec: BenchSpec, run_id: str) -> dict:
 def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
               inline: bool = False, resume: bool = False, timeout_s: float = 3600.0,
               console: Console | None = None, options: dict | None = None,
-              launch: Launch | None = None) -> list[dict]:
-    # Off a terminal (CI logs, pipes) the width is $COLUMNS, else 120; tables split to fit it.
-    width = None if sys.stderr.isatty() else int(os.environ.get("COLUMNS") or 120)
-    console = console or Console(stderr=True, width=width)
+              launch: Launch | None = None, answer: Console | None = None) -> list[dict]:
+    """`console` shows progress and warnings (default: stderr), `answer` the report (default:
+    stdout)."""
+    console = console or make_console(stderr=True)
+    answer = answer or make_console(stderr=False)
     table = ResultsTable(out, harness.name, harness.figure_columns)
     upgraded = table.check_header()
     if upgraded:
-        console.print(upgraded)
+        say(console, upgraded)
     if resume:
         done = table.finished_spec_ids()
         skipped = [s for s in specs if s.spec_id in done]
         specs = [s for s in specs if s.spec_id not in done]
         if skipped:
-            console.print(f"--resume: {len(skipped)} spec(s) already in {table.csv_path}, "
-                          f"{len(specs)} to run.")
+            say(console, f"--resume: {len(skipped)} spec(s) already in {table.csv_path}, "
+                         f"{len(specs)} to run.")
     now = datetime.now(timezone.utc)
     run_id = now.strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}"
     env = environment(specs[0].device if specs else "cpu")
@@ -65,17 +72,18 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=20),
                         TextColumn("{task.completed}/{task.total} specs"), TimeElapsedColumn(),
                         TextColumn("left"), TimeRemainingColumn(),
-                        console=console, transient=False)
+                        # Only stderr: a write to stdout meanwhile stays on stdout.
+                        console=console, transient=False, redirect_stdout=False)
     try:
         # SIGTERM as Ctrl-C: no `except Exception` in a spec swallows it, and a worker is killed.
         with sigterm_as_interrupt(), progress:
-            task = progress.add_task(harness.name, total=len(specs))
+            task = progress.add_task(escape(harness.name), total=len(specs))
             for number, spec in enumerate(specs, 1):
-                progress.console.print(f"{harness.name} {number}/{len(specs)}: {spec.name}")
+                say(progress.console, f"{harness.name} {number}/{len(specs)}: {spec.name}")
                 context = RunContext(out, run_id, options or {})
                 result = (run_inline(harness, spec, context) if inline
                           else run_isolated(harness, spec, context, timeout_s,
-                                            progress.console.print, launch))
+                                            lambda line: say(progress.console, line), launch))
                 row = {**spec_row(spec, run_id), "status": result["status"],
                        "error": result["error"], **result["figures"]}
                 row = {k: v for k, v in row.items() if k in table.columns}
@@ -98,34 +106,52 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
                            f"{row['spec_id']} is on stdout, {len(rows)} earlier row(s) of this "
                            "run are in the file; make room, then run again with --resume.")
     if rows:
-        report_sweep(harness, table, command, console)
+        report_sweep(harness, table, command, answer, console)
     if interrupted:
-        console.print(f"Interrupted ({interrupted.name}): {len(rows)} finished row(s) kept in "
-                      f"{table.csv_path}; run again with --resume for the rest.")
+        say(console, f"Interrupted ({interrupted.name}): {len(rows)} finished row(s) kept in "
+                     f"{table.csv_path}; run again with --resume for the rest.")
         raise SystemExit(128 + interrupted)  # as a shell reports it: 130 SIGINT, 143 SIGTERM
     return rows
 
 
-def report_sweep(harness: Harness, table: ResultsTable, command: str, console: Console) -> None:
-    """Write <harness>.md from the CSV and print this command's section of it."""
+def report_sweep(harness: Harness, table: ResultsTable, command: str, answer: Console,
+                 console: Console | None = None) -> None:
+    """Write <harness>.md from the CSV and print this command's section of it on `answer`; a
+    report that cannot be written is a warning on `console` (default: `answer`)."""
+    console = console or answer
     try:
         found = write_markdown(harness, table.folder)
     except (ResultsError, OSError) as exc:
         problem = (f"{table.md_path} cannot be written ({exc.strerror})."
                    if isinstance(exc, OSError) else exc)
-        console.print(f"Rows appended to {table.csv_path}, but no report written: {problem} Once "
-                      f"that is fixed, python -m bench.report --out {table.folder} --harness "
-                      f"{harness.name} writes it.")
+        say(answer, f"Rows appended to {table.csv_path}; no report written.")
+        say(console, f"No report written: {problem} Once that is fixed, python -m bench.report "
+                     f"--out {table.folder} --harness {harness.name} writes it.")
         return
     section = next((s for s in found if s.command == base_command(command)), None)
     if section is not None:
-        title = f"{harness.name} — {environment_line(section.environment)}"
         keys = sum(1 for c in section.columns if c in axes())
-        console.print(title)
-        for piece in rich_tables(section.rows, section.columns, console.width, keys):
-            console.print(piece)
+        say(answer, f"{harness.name} — {environment_line(section.environment)}")
+        for piece in rich_tables(section.rows, section.columns, answer.width, keys):
+            answer.print(piece)
         if section.fixed:
-            console.print(f"Same in every row: {section.fixed}")
+            say(answer, f"Same in every row: {section.fixed}")
         for line in section.sentences:
-            console.print(line)
-    console.print(f"Rows appended to {table.csv_path}; report in {table.md_path}.")
+            say(answer, line)
+    say(answer, f"Rows appended to {table.csv_path}; report in {table.md_path}.")
+
+
+def make_console(stderr: bool) -> Console:
+    """A console on stderr or stdout. Off a terminal (CI logs, pipes, files) its width is
+    $COLUMNS, else 120; tables split to fit it."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else int(os.environ.get("COLUMNS") or 120)
+    # Not ours to interpret: what is printed holds paths, spec names and others' messages.
+    return Console(stderr=stderr, width=width, markup=False, emoji=False, highlight=False)
+
+
+def say(console: Console, line: str) -> None:
+    """A line as it is, whatever console shows it: rich would read `[/...]` in a path or in an
+    error message (gloo's `[/.../pair.cc:561]`) as markup and fail, and `:name:` as an emoji.
+    Never wrapped: in a file or a pipe a line stays one line; a terminal wraps it itself."""
+    console.print(Text(line), soft_wrap=True)

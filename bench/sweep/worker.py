@@ -27,8 +27,9 @@ from bench.spec import BenchSpec
 from ddpm import parallel
 from ddpm.errors import first_line
 
-# Test-only: "error:SUBSTRING", "oom:...", "hang:...", "kill:..." (SIGKILL); with FAULT_RANK_ENV
-# set, only that rank of a multi-rank spec fails.
+# Test-only: "error:SUBSTRING", "oom:...", "hang:...", "kill:..." (SIGKILL) for the specs whose id
+# holds SUBSTRING (ids hold no ":"); "error:SUBSTRING:TEXT" ends the error's message with TEXT.
+# With FAULT_RANK_ENV set, only that rank of a multi-rank spec fails.
 FAULT_ENV = "DDPM_BENCH_INJECT_FAULT"
 FAULT_RANK_ENV = "DDPM_BENCH_INJECT_FAULT_RANK"
 PARENT_ENV = "DDPM_BENCH_PARENT_PID"  # the sweep that started this worker
@@ -36,13 +37,15 @@ PARENT_ENV = "DDPM_BENCH_PARENT_PID"  # the sweep that started this worker
 
 def inject_fault(spec: BenchSpec) -> None:
     """Fail on purpose when a test asks for it: proves a failing spec becomes its own row."""
-    kind, _, match = os.environ.get(FAULT_ENV, "").partition(":")
+    kind, _, rest = os.environ.get(FAULT_ENV, "").partition(":")
+    match, _, text = rest.partition(":")
     if not kind or match not in spec.spec_id:
         return
     if os.environ.get(FAULT_RANK_ENV, str(parallel.rank())) != str(parallel.rank()):
         return
     if kind == "error":
-        raise RuntimeError(f"fault injected by {FAULT_ENV} for {spec.name}")
+        raise RuntimeError(f"fault injected by {FAULT_ENV} for {spec.name}"
+                           + (f": {text}" if text else ""))
     if kind == "oom":
         raise torch.OutOfMemoryError(f"fault injected by {FAULT_ENV}: CUDA out of memory")
     if kind == "hang":

@@ -349,8 +349,10 @@ def fold(name: str) -> str:
 def rich_tables(rows: list[dict], columns: list[str], width: int, keys: int = 0) -> list:
     """The table as rich Tables no wider than `width`: names folded onto two lines, and the
     columns that still do not fit moved to further tables that repeat the first `keys` (the
-    axes that tell rows apart). No column name is ever cut."""
+    axes that tell rows apart). No column name is ever cut. Cells are Text, shown as they are:
+    an error message's `[/...]` is not rich markup."""
     from rich.table import Table
+    from rich.text import Text
 
     cells = {c: [format_value(r.get(c)) for r in rows] for c in columns}
     # A column takes its widest line plus one space of padding each side and one border.
@@ -368,9 +370,10 @@ def rich_tables(rows: list[dict], columns: list[str], width: int, keys: int = 0)
         table = Table()
         for c in head + group:
             justify = "left" if c in ("status", "error", "precision") else "right"
-            table.add_column(fold(c), justify=justify, no_wrap=True, min_width=need[c] - 3)
+            table.add_column(Text(fold(c)), justify=justify, no_wrap=True,
+                             min_width=need[c] - 3)
         for j in range(len(rows)):
-            table.add_row(*(cells[c][j] for c in head + group))
+            table.add_row(*(Text(cells[c][j]) for c in head + group))
         tables.append(table)
     return tables
 

@@ -41,6 +41,7 @@ from ddpm.cli.output import (
     prepare_output_dir,
     save_grid,
 )
+from ddpm.cli.pipes import quiet_closed_pipes
 from ddpm.cli.signals import exit_on_interrupt
 from ddpm.device import synchronize
 from ddpm.ema import EMA
@@ -167,6 +168,13 @@ def sample(job: Job) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # A reader that closes the pipe early (| head), --help's included, costs no file
+    # and shows no traceback: ddpm.cli.pipes.
+    with quiet_closed_pipes():
+        _sample_command(argv)
+
+
+def _sample_command(argv: list[str] | None) -> None:
     args = build_parser().parse_args(argv)
     job = None
 

@@ -36,6 +36,7 @@ from ddpm.cli.args import (
     seed_int,
 )
 from ddpm.cli.output import grid_columns, make_progress, prepare_output_dir, save_grid
+from ddpm.cli.pipes import quiet_closed_pipes
 from ddpm.cli.signals import exit_on_interrupt
 from ddpm.config import PRECISIONS, PRESETS, TrainConfig, UNetConfig
 from ddpm.data import DATASETS, DatasetError, ImageDataset, load_dataset
@@ -320,6 +321,13 @@ def image_shape(config: UNetConfig) -> tuple[int, int, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # A reader that closes the pipe early (| head), --help's included, costs no file
+    # and shows no traceback: ddpm.cli.pipes.
+    with quiet_closed_pipes():
+        _train_command(argv)
+
+
+def _train_command(argv: list[str] | None) -> None:
     args = build_parser().parse_args(argv)
     run = None
 

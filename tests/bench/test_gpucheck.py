@@ -41,6 +41,10 @@ def test_control_flow_under_the_standin_reaches_the_first_kernel(fake_cuda, tmp_
         gpucheck.main(["--inline", "--out", str(tmp_path)])
     assert exit_.value.code == 1
     report = (tmp_path / "gpucheck.md").read_text()
+    # The report is the answer, on stdout alone; the sweeps' own tables are steps on the way.
+    captured = capsys.readouterr()
+    assert captured.out == report + "\n"
+    assert captured.err.count("Rows appended to ") == 5  # 3 memory sweeps, the search, profile
     assert gpu.card.name in report
     # main job 1 + sweep 8 + fp16 1 memory rows, each stopped by the missing driver.
     rows = [line for line in report.splitlines() if re.search(r"\| error +\|", line)]

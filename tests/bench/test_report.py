@@ -111,6 +111,37 @@ def test_report_rebuilds_the_sweeps_markdown_byte_for_byte(swept, tmp_path):
     assert (out / "memory.md").read_bytes() == written
 
 
+def test_what_was_written_is_on_stdout_and_a_stray_csv_on_stderr(swept, tmp_path, capsys):
+    out = tmp_path / "results"
+    shutil.copytree(swept[0], out)
+    (out / "notes.csv").write_text("mine,not a harness's\n")
+    report.main(["--out", str(out), "--no-plots"])
+    captured = capsys.readouterr()
+    assert captured.out == f"wrote {out / 'memory.md'}\n"
+    assert captured.err == "notes.csv: no harness named notes, skipped.\n"
+
+
+def test_a_closed_stdout_blames_nothing_and_costs_no_file(swept, tmp_path):
+    """`python -m bench.report | head -0`: every file is written, no traceback, no error line
+    about --out, and exit status 141 (128 + SIGPIPE) for the output cut short."""
+    out = tmp_path / "results"
+    shutil.copytree(swept[0], out)
+    written = (out / "memory.md").read_bytes()
+    (out / "memory.md").unlink()
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "bench.report", "--out", str(out)],
+                                stdout=write, stderr=subprocess.PIPE, text=True, env=ENV)
+    finally:
+        os.close(write)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 141, stderr
+    assert stderr == ""
+    assert (out / "memory.md").read_bytes() == written
+    assert (out / "plots" / "memory_vs_batch.png").read_bytes().startswith(PNG)
+
+
 def test_sidecar_records_each_run_when_it_starts(swept):
     out, rows = swept
     data = json.loads((out / "memory.json").read_text())

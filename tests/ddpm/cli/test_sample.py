@@ -155,7 +155,8 @@ def test_bad_input_as_subprocess(checkpoint, bad_folder):
     before = snapshot(bad_folder)
     names = ("n 0", "ddim steps over T")
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = pool.map(lambda name: cli("ddpm.cli.sample", *bad_args(name, bad_folder, checkpoint),
+        results = pool.map(lambda name: cli("ddpm.cli.sample",
+                                            *bad_args(name, bad_folder, checkpoint),
                                             cwd=bad_folder), names)
         for name, result in zip(names, results, strict=True):
             check_one_line_error(BAD[name][1], result.returncode, result.stderr, result.stdout)
@@ -199,3 +200,26 @@ def test_interrupt_is_one_line_with_the_signal_status(tmp_path, sig):
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == f"interrupted ({sig.name}): wrote nothing"
     assert stdout == "" and list(out.parent.iterdir()) == []
+
+
+# -- a closed pipe: the file written, no traceback, 141 -------------------------------------------
+
+
+def test_a_closed_stdout_costs_no_file_and_shows_no_traceback(checkpoint, tmp_path):
+    """`python -m ddpm.cli.sample ... | head -0`: the grid is written and the summary line that
+    nobody reads ends in os.devnull; exit status 141 (128 + SIGPIPE), as a shell reports it."""
+    out = tmp_path / "grid.png"
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ddpm.cli.sample", "--checkpoint", str(checkpoint),
+             "--steps", "2", "-n", "4", "--device", "cpu", "--out", str(out)], cwd=tmp_path,
+            env=ENV, stdout=write, stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(write)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 141, stderr
+    assert "Traceback" not in stderr and "Error" not in stderr, stderr
+    with Image.open(out) as image:
+        assert image.size == grid_size(4, columns=2)

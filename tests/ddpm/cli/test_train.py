@@ -1,4 +1,5 @@
-"""`python -m ddpm.cli.train` as a user runs it: a subprocess, its files, its exit status and stderr."""
+"""`python -m ddpm.cli.train` as a user runs it: a subprocess, its files, its exit status and
+stderr."""
 
 from __future__ import annotations
 
@@ -221,3 +222,24 @@ def test_sigterm_stops_training_with_143_and_no_temporary_files(tmp_path):
         assert load_checkpoint(out / "last.pt")["step"] >= 1
     else:
         assert "no checkpoint was written yet" in last
+
+
+# -- a closed pipe: every file written, no traceback, 141 -----------------------------------------
+
+
+def test_a_closed_stdout_and_stderr_cost_no_file(tmp_path):
+    """`python -m ddpm.cli.train ... 2>&1 | head -0`: the progress and the summary nobody reads
+    end in os.devnull; the checkpoint, the log and the grid are written, exit status 141."""
+    out = tmp_path / "run"
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "ddpm.cli.train", *FAST, "--out", str(out)],
+                                cwd=tmp_path, env=ENV, stdout=write, stderr=write)
+    finally:
+        os.close(write)
+    assert proc.wait(timeout=600) == 141
+    assert load_checkpoint(out / "last.pt")["step"] == 6
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    with Image.open(out / "samples.png") as image:
+        assert image.size == GRID_SIZE
