@@ -1,6 +1,7 @@
 """The pytest-benchmark suite's options and parametrization.
 
-    pytest bench --benchmark-save=baseline      # small CPU defaults: tiny preset, batches 2 and 8
+    pytest bench --benchmark-save               # small CPU defaults: tiny preset, batches 2 and 8
+    pytest bench --benchmark-save=baseline      # ... saved under a name of yours
     pytest bench --bench-preset ddpm-cifar10 --bench-batch 1,2,4 --bench-device cuda
     pytest bench --benchmark-disable            # every benchmark once (the CI smoke test)
     torchrun --standalone --nproc-per-node 2 -m pytest bench --bench-parallel fsdp  # 2 ranks

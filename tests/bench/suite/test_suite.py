@@ -1,36 +1,62 @@
-"""The pytest-benchmark suite: an automatic save and a named one both save JSON that
-`pytest-benchmark compare` reads, with our machine info and extra_info inside."""
+"""The pytest-benchmark suite: a bare `--benchmark-save` (an automatic name) and a named one
+both save JSON that `pytest-benchmark compare` reads, with our machine info and extra_info
+inside; the edit that lets the NAME go is checked against pytest-benchmark's real option, and its
+guard against a changed one."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
+
+import pytest
+import pytest_benchmark.plugin
+from _pytest.config.argparsing import Argument, Parser
+
+from bench.suite import save
 
 ROOT = Path(__file__).resolve().parents[3]
 SMALL = ["--bench-batch", "2", "--bench-precision", "fp32", "--bench-rounds", "1", "-q",
          "-p", "no:cacheprovider"]
 
 
-def run_suite(storage: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pytest", "bench", *SMALL,
+def run_suite(storage: Path, *args: str, before: tuple[str, ...] = ()
+              ) -> subprocess.CompletedProcess:
+    """`pytest [before] bench [small specs] [args]`, saving under `storage`."""
+    return subprocess.run([sys.executable, "-m", "pytest", *before, "bench", *SMALL,
                            f"--benchmark-storage=file://{storage}", *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-def test_automatic_and_named_saves_are_read_by_compare(tmp_path):
-    bare = run_suite(tmp_path, "--benchmark-autosave")
+def expected_commit() -> str:
+    """This tree's short commit, asked of git independently ("nogit" outside a git tree)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
+                              capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "nogit"
+
+
+def test_bare_and_named_saves_are_read_by_compare(tmp_path):
+    # The command as documented, the bare option last; then NAME followed by the path.
+    bare = run_suite(tmp_path, "--benchmark-save")
     assert bare.returncode == 0, bare.stdout[-3000:] + bare.stderr[-2000:]
-    named = run_suite(tmp_path, "--benchmark-save=base")
+    named = run_suite(tmp_path, before=("--benchmark-save", "base"))
     assert named.returncode == 0, named.stdout[-3000:] + named.stderr[-2000:]
 
     saved = sorted(tmp_path.rglob("*.json"))
     assert len(saved) == 2
-    assert saved[0].name.startswith("0001_") and saved[0].stem != "0001_"  # automatic name
-    assert saved[1].name == "0002_base.json"
+    automatic = re.fullmatch(r"0001_(\w+)-(\d{8}T\d{6}Z)(-dirty)?\.json", saved[0].name)
+    assert automatic, saved[0].name
+    assert automatic[1] == expected_commit()
+    stamp = datetime.strptime(automatic[2], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    assert abs((datetime.now(timezone.utc) - stamp).total_seconds()) < 600
+    assert saved[1].name == "0002_base.json"  # "base" is the NAME, "bench" the path
     for path in saved:
         data = json.loads(path.read_text())
         benches = {b["name"].split("[")[0]: b for b in data["benchmarks"]}
@@ -56,3 +82,80 @@ def test_disabled_suite_runs_each_benchmark_once(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:]
     assert "2 passed" in run.stdout
     assert not list(tmp_path.rglob("*.json"))  # nothing saved without --benchmark-save
+
+
+def benchmark_parser() -> Parser:
+    """A pytest parser holding pytest-benchmark's real options, edited as `pytest bench` is."""
+    parser = Parser(_ispytest=True)
+    pytest_benchmark.plugin.pytest_addoption(parser)
+    save.allow_bare_save(parser)
+    return parser
+
+
+@pytest.mark.parametrize("args, name, paths", [
+    (["bench", "--benchmark-save"], save.AUTOMATIC, ["bench"]),
+    (["bench", "--benchmark-save", "--benchmark-disable"], save.AUTOMATIC, ["bench"]),
+    (["bench", "--benchmark-save", "baseline"], "baseline", ["bench"]),
+    (["--benchmark-save", "baseline", "bench"], "baseline", ["bench"]),
+    (["bench", "--benchmark-save=base"], "base", ["bench"]),
+    (["bench"], None, ["bench"]),
+])
+def test_save_takes_its_name_optionally(args, name, paths):
+    ns = benchmark_parser().parse(args)
+    assert ns.benchmark_save is name or ns.benchmark_save == name
+    assert ns.file_or_dir == paths
+
+
+def test_a_given_name_is_still_checked_by_pytest_benchmark():
+    with pytest.raises(pytest.UsageError, match="Must not contain"):
+        benchmark_parser().parse(["--benchmark-save=a/b"])
+
+
+def test_the_guard_names_a_missing_option():
+    with pytest.raises(pytest.UsageError, match="has no single --benchmark-save"):
+        save.allow_bare_save(Parser(_ispytest=True))
+
+
+def test_the_guard_names_an_option_that_changed():
+    parser = Parser(_ispytest=True)
+    parser.getgroup("benchmark").addoption("--benchmark-save", nargs="+")
+    with pytest.raises(pytest.UsageError, match="no longer takes exactly one NAME"):
+        save.allow_bare_save(parser)
+
+
+def test_the_guard_names_an_edit_that_did_not_take(monkeypatch):
+    # As if pytest built argparse from a copy of each option: the edit changes nothing.
+    attrs = Argument.attrs
+    monkeypatch.setattr(Argument, "attrs", lambda self: dict(attrs(self)))
+    parser = Parser(_ispytest=True)
+    pytest_benchmark.plugin.pytest_addoption(parser)
+    with pytest.raises(pytest.UsageError, match="a bare --benchmark-save still does not parse"):
+        save.allow_bare_save(parser)
+
+
+NOW = datetime(2026, 12, 2, 23, 5, 9, tzinfo=timezone.utc)
+
+
+def test_the_automatic_name_outside_git_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    assert save.automatic_name(tmp_path, NOW) == "nogit-20261202T230509Z"
+    assert "not in a git tree" in capsys.readouterr().err
+
+
+def test_the_automatic_name_is_the_commit_and_time_and_dirt(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              cwd=tmp_path, check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "f").write_text("1")
+    git("add", "f")
+    git("commit", "-q", "-m", "one")
+    short = git("rev-parse", "--short", "HEAD")
+    (tmp_path / "untracked").write_text("not dirt")
+    assert save.automatic_name(tmp_path, NOW) == f"{short}-20261202T230509Z"
+    (tmp_path / "f").write_text("2")
+    assert save.automatic_name(tmp_path, NOW) == f"{short}-20261202T230509Z-dirty"
