@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from ddpm.config import PRESETS, UNetConfig
+from ddpm.config import PRESETS, TrainConfig, UNetConfig
 from ddpm.device import indexed_device
 
 MIB = 2**20  # bytes per MiB: every *_mib figure of every table
@@ -84,6 +84,22 @@ class BenchSpec:
         return PRESETS[self.preset].replace(
             image_size=self.image_size, attention_resolutions=self.attention_resolutions,
             gradient_checkpointing=self.checkpointing == "on")
+
+    def train_config(self, **settings) -> TrainConfig:
+        """The TrainConfig this spec trains with: the one route from a spec to a trainer
+        (bench.models.workload.build_trainer). The spec's names map onto TrainConfig's public
+        ones: batch -> batch_size (one rank's micro-batch), accum -> accum_steps, and precision,
+        seed and grad_sync by the same name. `settings`: the TrainConfig fields no axis sets
+        (lr, lr_warmup_steps, grad_clip, ema_decay, ...), e.g. bench.loss's learning rate; a
+        field an axis sets is refused, so a trainer never says other than its spec's row:
+        change the spec instead (spec.replace(accum=2))."""
+        from_spec = {"batch_size": self.batch, "accum_steps": self.accum,
+                     "precision": self.precision, "seed": self.seed, "grad_sync": self.grad_sync}
+        clash = sorted(set(settings) & set(from_spec))
+        if clash:
+            raise TypeError(f"train_config({', '.join(clash)}=...): the spec sets "
+                            f"{', '.join(clash)}; change the spec (spec.replace) instead.")
+        return TrainConfig(**from_spec, **settings)
 
     @property
     def name(self) -> str:

@@ -32,7 +32,7 @@ from bench.measure import cuda
 from bench.models.workload import build_trainer
 from bench.spec import BenchSpec, SpecError, parse_int_list
 from bench.sweep.cli import build_parser, run_cli, specs_from_args
-from ddpm.config import PRESETS, TrainConfig
+from ddpm.config import PRESETS
 from ddpm.data import DatasetError, load_dataset
 from ddpm.objective import held_out_draws, held_out_loss
 from ddpm.schedule import NoiseSchedule
@@ -250,10 +250,9 @@ def measure(spec: BenchSpec, context: RunContext, options: LossOptions | None = 
     data = load_dataset(spec.dataset, unet.image_size, unet.in_channels, root=opts.data_root,
                         seed=spec.seed)
     schedule = NoiseSchedule.linear()
-    config = TrainConfig(batch_size=spec.batch, accum_steps=spec.accum,
-                         precision=spec.precision, seed=spec.seed, lr=opts.lr,
-                         lr_warmup_steps=opts.lr_warmup)
-    trainer = build_trainer(spec, device, schedule=schedule, config=config)
+    # The spec's own TrainConfig (grad_sync included), with this harness's learning rate.
+    trainer = build_trainer(spec, device, schedule=schedule, lr=opts.lr,
+                            lr_warmup_steps=opts.lr_warmup)
     val_images = data.validation()[: opts.val_images]
     val_t, val_noise = validation_draws(val_images, schedule.timesteps, spec.seed)
 
