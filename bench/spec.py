@@ -9,14 +9,19 @@ import dataclasses
 import itertools
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ddpm.config import PRESETS, UNetConfig
+from ddpm.config import GRAD_SYNCS, PRECISIONS, PRESETS, TrainConfig, UNetConfig
 from ddpm.device import indexed_device
+from ddpm.parallel import PARALLEL
 
 MIB = 2**20  # bytes per MiB: every *_mib figure of every table
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 ON_OFF = ("off", "on")
+IMPLS = ("ddpm", "diffusers")  # bench.models.impl: ours, or diffusers' UNet2DModel
+DATASETS = ("digits", "mnist", "cifar10", "folder")  # bench.loss's real data (ddpm.data)
+SAMPLERS = ("ddpm", "ddim")  # bench.sampling's samplers (ddpm.sample)
 _UNITS = {"mib": 1.0, "gib": 1024.0, "mb": 1e6 / MIB, "gb": 1e9 / MIB}
 # What CUDA reports as the total capacity of an 8 GB GeForce card ("7.79 GiB total capacity" in
 # the out-of-memory messages users post): the default budget models that card, not 8 GiB.
@@ -37,31 +42,127 @@ class SpecError(ValueError):
     """A bad axis value; the message is the one line the user sees."""
 
 
-def axis(default, quiet: bool = False):
+# An axis's parser: (option, option text, spec) -> the axis's values, or SpecError with the line
+# the user reads. `spec` holds the single-valued axes declared above it (attention reads preset
+# and image_size); bench.sweep.cli expands the lists into the grid.
+AxisParser = Callable[[str, object, "BenchSpec"], list]
+
+
+@dataclass(frozen=True)
+class AxisOption:
+    """How an axis is given on the command line (bench.sweep.cli adds and parses it)."""
+
+    help: str  # argparse's: %(default)s is the default option text
+    parse: AxisParser
+    text: object  # the default option text (a harness may give its own)
+    option: str | None = None  # default: "--" and the field name with "-" for "_"
+    group: str = "axes"  # "axes" (comma lists), "ranks" or "run" (bench.sweep.cli.GROUPS)
+    common: bool = True  # an option of every harness that takes the common axes
+    type: Callable | None = None  # argparse's type, for a single number (--image-size)
+
+    def flag(self, name: str) -> str:
+        return self.option or "--" + name.replace("_", "-")
+
+
+_FIELD_DEFAULT = object()  # axis(text=...) not given: the option's default is str(default)
+
+
+def axis(default, quiet: bool = False, *, help: str | None = None,
+         parse: AxisParser | None = None, text: object = _FIELD_DEFAULT,
+         **option) -> dataclasses.Field:
     """A spec field that is a column of every results table, so tables can vary along it; a
-    quiet axis belongs to some harnesses and goes unsaid while at its default."""
-    return field(default=default, metadata={"axis": "quiet" if quiet else "said"})
+    quiet axis belongs to some harnesses and goes unsaid while at its default. Given `help` and
+    `parse`, it is also a command-line option of every harness that takes it, a comma list that
+    the sweep expands (AxisOption: `text` is the default option text, str(default) unless
+    given (None: none, as --image-size's "the preset's"), and `option` may set option, group,
+    common, type)."""
+    metadata = {"axis": "quiet" if quiet else "said"}
+    if parse is not None:
+        metadata["option"] = AxisOption(help=help or "", parse=parse,
+                                        text=str(default) if text is _FIELD_DEFAULT else text,
+                                        **option)
+    return field(default=default, metadata=metadata)
+
+
+def int_list(minimum: int = 1) -> AxisParser:
+    """A comma list of integers >= minimum."""
+    return lambda option, text, spec: parse_int_list(option, text, minimum)
+
+
+def choice_list(allowed: tuple[str, ...]) -> AxisParser:
+    """A comma list of allowed words."""
+    return lambda option, text, spec: parse_choices(option, text, allowed)
+
+
+def one_of(allowed: tuple[str, ...]) -> AxisParser:
+    """One allowed word (an axis that takes a single value)."""
+    def parse(option: str, text: str, spec) -> list[str]:
+        if text not in allowed:
+            raise SpecError(f"{option} {text!r} is not allowed: choose from "
+                            f"{', '.join(allowed)}.")
+        return [text]
+    return parse
 
 
 @dataclass(frozen=True)
 class BenchSpec:
-    # Axes: the columns of every table, in this order. A new axis is one line here.
-    preset: str = axis("ddpm-cifar10")
-    image_size: int = axis(32)
-    batch: int = axis(2)  # the micro-batch of one rank
-    accum: int = axis(1)
-    precision: str = axis("fp32")
-    attention: str = axis("16")  # "none", or resolutions joined by "+", e.g. "16+8"
-    compile: str = axis("off")
-    checkpointing: str = axis("off")
-    device: str = axis("cpu")  # resolved: "cpu" or "cuda:N" (never "auto" or index-less "cuda")
-    ranks: int = axis(1, quiet=True)  # data-parallel ranks (processes; one card each on CUDA)
-    parallel: str = axis("none", quiet=True)  # how ranks share the model: none, ddp or fsdp
-    grad_sync: str = axis("last", quiet=True)  # sync gradients on the "last" micro-batch or "every"
-    impl: str = axis("ddpm", quiet=True)  # bench.models.impl: "ddpm" (ours) or "diffusers"
-    dataset: str = axis("synthetic", quiet=True)  # bench.loss trains on real data
-    sampler: str = axis("none", quiet=True)  # bench.sampling: "ddpm" or "ddim"
-    sampling_steps: int = axis(0, quiet=True)  # denoising steps of a full sampling run
+    # Axes: the columns of every table, in this order. A new axis is one declaration here: its
+    # column, its place in the name, and (with help and parse) its command-line option.
+    preset: str = axis("ddpm-cifar10", group="run", parse=lambda o, t, s: [parse_preset(t)],
+                       help=f"{', '.join(PRESETS)} (default %(default)s)")
+    image_size: int = axis(32, group="run", type=int, text=None,
+                           parse=lambda o, t, s: [parse_image_size(t, s.preset)],
+                           help="image side in pixels (default: the preset's)")
+    batch: int = axis(2, parse=int_list(),  # the micro-batch of one rank
+                      help="micro-batch sizes, e.g. 1,2,4 (default %(default)s)")
+    accum: int = axis(1, parse=int_list(),
+                      help="gradient-accumulation steps per optimizer step (default %(default)s)")
+    precision: str = axis("fp32", parse=choice_list(PRECISIONS),
+                          help=f"{', '.join(PRECISIONS)} (default %(default)s)")
+    # "none", or resolutions joined by "+", e.g. "16+8"
+    attention: str = axis("16", text="preset",
+                          parse=lambda o, t, s: parse_attention(t, s.preset, s.image_size),
+                          help="none, preset (the preset's own), or resolutions like 16 or 16+8 "
+                               "(default %(default)s)")
+    compile: str = axis("off", parse=choice_list(COMPILE_MODES),
+                        help=f"torch.compile mode: {', '.join(COMPILE_MODES)} "
+                             "(default %(default)s)")
+    checkpointing: str = axis("off", parse=choice_list(ON_OFF),
+                              help="gradient checkpointing of UNet blocks: off, on "
+                                   "(default %(default)s)")
+    # resolved: "cpu" or "cuda:N" (never "auto" or index-less "cuda")
+    device: str = axis("cpu", group="run", text="auto", parse=lambda o, t, s: [parse_device(t)],
+                       help="auto, cpu, cuda, cuda:N (default auto)")
+    # data-parallel ranks (processes; one card each on CUDA)
+    ranks: int = axis(1, quiet=True, group="ranks", parse=int_list(),
+                      help="data-parallel ranks, one process (and card) each; --batch is one "
+                           "rank's micro-batch (default %(default)s)")
+    # how ranks share the model: none, ddp or fsdp
+    parallel: str = axis("none", quiet=True, group="ranks", parse=choice_list(PARALLEL),
+                         help=f"how ranks share the model: {', '.join(PARALLEL)} (fsdp = FSDP2, "
+                              "each ResBlock and attention block sharded) (default %(default)s)")
+    # sync gradients on the "last" micro-batch or "every"
+    grad_sync: str = axis("last", quiet=True, group="ranks", parse=choice_list(GRAD_SYNCS),
+                          help="exchange gradients after the last micro-batch or after every "
+                               "one: last, every (default %(default)s)")
+    # bench.models.impl: "ddpm" (ours) or "diffusers"
+    impl: str = axis("ddpm", quiet=True, parse=choice_list(IMPLS),
+                     help="ddpm (ours), diffusers (UNet2DModel at the same architecture, trained "
+                          "as diffusers' example trains it; optional dependency) "
+                          "(default %(default)s)")
+    # bench.loss trains on real data
+    dataset: str = axis("synthetic", quiet=True, group="run", common=False, text="digits",
+                        parse=one_of(DATASETS),
+                        help=f"{', '.join(DATASETS)} (default %(default)s: bundled, no network)")
+    # bench.sampling: "ddpm" or "ddim"
+    sampler: str = axis("none", quiet=True, common=False, text="ddpm,ddim",
+                        parse=choice_list(SAMPLERS),
+                        help="ddpm (all T timesteps, Ho et al. Algorithm 2), ddim (eta 0, "
+                             "--sampling-steps); a comma list (default %(default)s)")
+    # denoising steps of a full sampling run
+    sampling_steps: int = axis(0, quiet=True, common=False, text="10,50,100", parse=int_list(),
+                               help="DDIM steps per complete run, 1..T, a comma list "
+                                    "(default %(default)s)")
     repeat: int = axis(1, quiet=True)  # which pass over the grid (--repeats)
     # How a spec is run, not what it is: in the spec id, not columns.
     seed: int = 0
@@ -84,6 +185,22 @@ class BenchSpec:
         return PRESETS[self.preset].replace(
             image_size=self.image_size, attention_resolutions=self.attention_resolutions,
             gradient_checkpointing=self.checkpointing == "on")
+
+    def train_config(self, **settings) -> TrainConfig:
+        """The TrainConfig this spec trains with: the one route from a spec to a trainer
+        (bench.models.workload.build_trainer). The spec's names map onto TrainConfig's public
+        ones: batch -> batch_size (one rank's micro-batch), accum -> accum_steps, and precision,
+        seed and grad_sync by the same name. `settings`: the TrainConfig fields no axis sets
+        (lr, lr_warmup_steps, grad_clip, ema_decay, ...), e.g. bench.loss's learning rate; a
+        field an axis sets is refused, so a trainer never says other than its spec's row:
+        change the spec instead (spec.replace(accum=2))."""
+        from_spec = {"batch_size": self.batch, "accum_steps": self.accum,
+                     "precision": self.precision, "seed": self.seed, "grad_sync": self.grad_sync}
+        clash = sorted(set(settings) & set(from_spec))
+        if clash:
+            raise TypeError(f"train_config({', '.join(clash)}=...): the spec sets "
+                            f"{', '.join(clash)}; change the spec (spec.replace) instead.")
+        return TrainConfig(**from_spec, **settings)
 
     @property
     def name(self) -> str:
@@ -235,6 +352,18 @@ def _once_each(option: str, text: str, values: list) -> list:
         raise SpecError(f"{option} {text!r} names {twice} twice: give each value once (--repeats "
                         "measures a spec again).")
     return values
+
+
+def option_axes(cls: type | None = None) -> list[dataclasses.Field]:
+    """The axes that are command-line options, in declaration order (of `cls`, a BenchSpec
+    with more axes, such as a test's)."""
+    return [f for f in dataclasses.fields(cls or BenchSpec) if "option" in f.metadata]
+
+
+def common_axes(cls: type | None = None) -> tuple[str, ...]:
+    """The options of every harness that takes the common axes (bench.sweep.cli.build_parser's
+    default): all but the ones some harnesses name (dataset, sampler, sampling_steps)."""
+    return tuple(f.name for f in option_axes(cls) if f.metadata["option"].common)
 
 
 def expand_grid(base: BenchSpec, **axes: list) -> list[BenchSpec]:

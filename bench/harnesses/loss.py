@@ -30,14 +30,13 @@ import torch
 from bench.core import Harness, RunContext, axes, rank_folder
 from bench.measure import cuda
 from bench.models.workload import build_trainer
-from bench.spec import BenchSpec, SpecError, parse_int_list
+from bench.spec import BenchSpec, SpecError, common_axes, parse_int_list
 from bench.sweep.cli import build_parser, run_cli, specs_from_args
-from ddpm.config import PRESETS, TrainConfig
+from ddpm.config import PRESETS
 from ddpm.data import DatasetError, load_dataset
 from ddpm.objective import held_out_draws, held_out_loss
 from ddpm.schedule import NoiseSchedule
 
-DATASETS = ("digits", "mnist", "cifar10", "folder")
 # Options that are not BenchSpec fields reach each spec's process in RunContext.options. Each
 # row records them (data_root, lr, last_k, val_images, val_every, threads columns), and --resume
 # refuses a CSV whose finished rows were trained with another lr, val_every, threads or root.
@@ -250,10 +249,9 @@ def measure(spec: BenchSpec, context: RunContext, options: LossOptions | None = 
     data = load_dataset(spec.dataset, unet.image_size, unet.in_channels, root=opts.data_root,
                         seed=spec.seed)
     schedule = NoiseSchedule.linear()
-    config = TrainConfig(batch_size=spec.batch, accum_steps=spec.accum,
-                         precision=spec.precision, seed=spec.seed, lr=opts.lr,
-                         lr_warmup_steps=opts.lr_warmup)
-    trainer = build_trainer(spec, device, schedule=schedule, config=config)
+    # The spec's own TrainConfig (grad_sync included), with this harness's learning rate.
+    trainer = build_trainer(spec, device, schedule=schedule, lr=opts.lr,
+                            lr_warmup_steps=opts.lr_warmup)
     val_images = data.validation()[: opts.val_images]
     val_t, val_noise = validation_draws(val_images, schedule.timesteps, spec.seed)
 
@@ -319,9 +317,6 @@ def make_specs(args) -> list[BenchSpec]:
     anything runs or is written."""
     if args.find_max_batch:
         raise SpecError("--find-max-batch is not allowed here: it belongs to bench.memory.")
-    if args.dataset not in DATASETS:
-        raise SpecError(f"--dataset {args.dataset!r} is not allowed: choose from "
-                        f"{', '.join(DATASETS)}.")
     for option, value, minimum in (("--last-k", args.last_k, 1),
                                    ("--val-images", args.val_images, 1),
                                    ("--val-every", args.val_every, 0),
@@ -338,8 +333,7 @@ def make_specs(args) -> list[BenchSpec]:
     specs = []
     for batch, accum, total in batch_accum_pairs(args):
         for spec in specs_from_args(argparse.Namespace(**{**vars(args), "batch": str(batch),
-                                                          "accum": str(accum)}),
-                                    dataset=[args.dataset]):
+                                                          "accum": str(accum)})):
             if total is not None:  # the ranks share the effective batch too
                 if total % (spec.ranks * batch):
                     raise SpecError(f"--ranks {spec.ranks} x --batch {batch} does not divide "
@@ -417,14 +411,13 @@ def build_loss_parser():
         helps={"steps": "optimizer steps trained per spec (default %(default)s)",
                "warmup": "not used here (no step is timed); see --lr-warmup",
                "accum": "gradient-accumulation steps per optimizer step; the sweep is then "
-                        "--batch x --accum (default: from --effective-batch)"})
+                        "--batch x --accum (default: from --effective-batch)"},
+        axes=(*common_axes(), "dataset"))
     parser.set_defaults(preset="tiny")
     g = parser.add_argument_group("loss")
     g.add_argument("--effective-batch", default=None,
                    help="images per optimizer step, comma list: each --batch b runs with accum "
                         "E / b (default 8 when --accum is not given)")
-    g.add_argument("--dataset", default="digits",
-                   help=f"{', '.join(DATASETS)} (default %(default)s: bundled, no network)")
     g.add_argument("--data-root", default="data",
                    help="where mnist/cifar10 live, or the image folder (default %(default)s)")
     g.add_argument("--download", action="store_true",

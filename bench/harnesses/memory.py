@@ -244,7 +244,10 @@ HARNESS = Harness(
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = build_parser(
         "python -m bench.memory", __doc__,
-        defaults={"batch": "2", "accum": "64", "precision": "fp32", "steps": 1, "warmup": 1})
+        defaults={"batch": "2", "accum": "64", "precision": "fp32", "steps": 1, "warmup": 1},
+        helps={"steps": "optimizer steps timed per spec in the measured pass (its peaks cover "
+                        "them); the tracked pass and the prediction take one steady-state step "
+                        "(default %(default)s)"})
     parser.add_argument("--predict-only", action="store_true",
                         help="the verdict from the prediction alone, in seconds: no timed or "
                              "tracked pass (their columns stay empty)")

@@ -14,10 +14,10 @@ there), each step bracketed by a device sync, and the full run is reported as a 
 step_s x sampling_steps, in columns named so.
 
 With --checkpoint (a ddpm.cli.train checkpoint of a model trained on digits, e.g. the default
-`python -m ddpm.cli.train`), each spec also draws --quality-samples images with its full sampler from
-the EMA weights, writes a grid of them, and reports the Frechet distance of their features from
-real digits' under a small classifier (bench.measure.quality), next to the floor that as many real
-held-out digits score."""
+`python -m ddpm.cli.train`), each spec also draws --quality-samples images with its full sampler
+from the EMA weights, writes a grid of them, and reports the Frechet distance of their features
+from real digits' under a small classifier (bench.measure.quality), next to the floor that as many
+real held-out digits score."""
 
 from __future__ import annotations
 
@@ -33,7 +33,13 @@ from bench.core import Harness, RunContext
 from bench.measure import cuda
 from bench.measure.timing import time_calls
 from bench.models.workload import COMPILE_KWARGS, build_model
-from bench.spec import SpecError, parse_attention, parse_choices, parse_int_list, parse_preset
+from bench.spec import (
+    SpecError,
+    parse_attention,
+    parse_choices,
+    parse_int_list,
+    parse_preset,
+)
 from bench.sweep.cli import build_parser, run_cli, specs_from_args
 from bench.tables.ratios import impl_ratios
 from bench.tables.results import format_value
@@ -51,7 +57,10 @@ from ddpm.sample import DDIMSampler, DDPMSampler, Sampler, Step, sample_loop, sa
 from ddpm.schedule import NoiseSchedule
 from ddpm.unet import UNet
 
-SAMPLERS = ("ddpm", "ddim")
+# The axes this harness takes (it trains nothing: no ranks). --accum and --checkpointing are
+# options so that a training command line reads, and are refused off 1 and off.
+AXES = ("preset", "image_size", "batch", "accum", "precision", "attention", "compile",
+        "checkpointing", "device", "impl", "sampler", "sampling_steps")
 # BenchSpec has no field for a checkpoint: the parent validates it and hands it to the spec
 # processes (which inherit the environment) through these variables.
 QUALITY_CHUNK = 64  # images per sampling call in the quality pass: bounded memory, any N
@@ -254,7 +263,6 @@ def make_specs(args: argparse.Namespace) -> list:
     if parse_choices("--checkpointing", args.checkpointing, ("off", "on")) != ["off"]:
         raise SpecError(f"--checkpointing {args.checkpointing} is not allowed: it saves memory "
                         "for backward, and sampling has none; leave it off.")
-    samplers = parse_choices("--sampler", args.sampler, SAMPLERS)
     ddim_steps = parse_int_list("--sampling-steps", args.sampling_steps)
     if args.quality_samples < 2:
         raise SpecError(f"--quality-samples {args.quality_samples} is not allowed: a covariance "
@@ -272,17 +280,15 @@ def make_specs(args: argparse.Namespace) -> list:
             raise SpecError(f"--sampling-steps {steps} is more than {source}'s {T} timesteps: "
                             f"DDIM takes 1..{T} steps.")
     specs = []
-    for base in specs_from_args(args):
-        for sampler in samplers:
-            for steps in ([T] if sampler == "ddpm" else ddim_steps):
-                specs.append(base.replace(sampler=sampler, sampling_steps=steps))
+    # The grid varies impl fastest, so implementations stay side by side as elsewhere.
+    for spec in specs_from_args(args):
+        if spec.sampler == "ddpm":  # ddpm always takes every timestep of the schedule
+            spec = spec.replace(sampling_steps=T)
+        if spec not in specs:
+            specs.append(spec)
     if args.checkpoint is not None and any(s.impl != "ddpm" for s in specs):
         raise SpecError("--impl diffusers cannot load --checkpoint: it holds ddpm's weights.")
-    # Implementations side by side (stable sort: within a repeat, each spec's impls in a row),
-    # so they share the machine's drift as in the other harnesses.
-    first_seen: dict = {}
-    return sorted(specs, key=lambda s: (s.repeat, first_seen.setdefault(s.replace(impl="ddpm"),
-                                                                         len(first_seen))))
+    return specs
 
 
 def build_sampling_parser() -> argparse.ArgumentParser:
@@ -298,15 +304,10 @@ def build_sampling_parser() -> argparse.ArgumentParser:
                          "(compilation lands there; default %(default)s)",
                **dict.fromkeys(("accum", "checkpointing", "find_max_batch", "budget",
                                 "cuda_context_mib"), training_only)},
-        ranks=False)
+        axes=AXES)
     # Validated against the checkpoint when one is given: None means "the default or its own".
     parser.set_defaults(preset=None)
     g = parser.add_argument_group("sampling")
-    g.add_argument("--sampler", default="ddpm,ddim",
-                   help="ddpm (all T timesteps, Ho et al. Algorithm 2), ddim (eta 0, "
-                        "--sampling-steps); a comma list (default %(default)s)")
-    g.add_argument("--sampling-steps", default="10,50,100",
-                   help="DDIM steps per complete run, 1..T, a comma list (default %(default)s)")
     g.add_argument("--measure-steps", dest="steps", type=int, default=5,
                    help="denoising steps timed per spec after the warm-up; the full run is "
                         "projected from them (default %(default)s)")

@@ -1,5 +1,6 @@
-"""The implementations a spec can run (the `--impl` axis): ours (`ddpm`), or diffusers'
-UNet2DModel built to the same architecture and trained the way diffusers' own example trains it.
+"""The implementations a spec can run (the `--impl` axis, bench.spec.IMPLS): ours (`ddpm`), or
+diffusers' UNet2DModel built to the same architecture and trained the way diffusers' own example
+trains it.
 
 `diffusers` answers the memory question for users of that library and is the baseline our speed
 work is measured against (bench/PERF.md). It is an optional dependency:
@@ -15,7 +16,6 @@ from torch import nn
 from ddpm.config import TrainConfig, UNetConfig
 from ddpm.unet import UNet
 
-IMPLS = ("ddpm", "diffusers")
 INSTALL_HINT = "pip install 'ddpm-bench[diffusers]' (or pip install diffusers)"
 
 

@@ -10,7 +10,6 @@ import torch
 
 from bench.models.impl import build_unet, diffusers_recipe
 from bench.spec import BenchSpec
-from ddpm.config import TrainConfig
 from ddpm.parallel import wrap
 from ddpm.schedule import NoiseSchedule
 from ddpm.train import StepStats, Trainer
@@ -28,15 +27,14 @@ def build_model(spec: BenchSpec, compiled: bool = True) -> torch.nn.Module:
 
 
 def build_trainer(spec: BenchSpec, device: str | torch.device | None = None,
-                  accum: int | None = None, precision: str | None = None,
-                  compiled: bool = True, schedule: NoiseSchedule | None = None,
-                  config: TrainConfig | None = None, mesh=None) -> Trainer:
-    """The spec's model and trainer; `config` replaces the TrainConfig the spec implies. `mesh`:
-    the DeviceMesh FSDP shards over (default: one over the whole process group, on the machine's
-    accelerator)."""
-    config = config or TrainConfig(batch_size=spec.batch, accum_steps=accum or spec.accum,
-                                   precision=precision or spec.precision, seed=spec.seed,
-                                   grad_sync=spec.grad_sync)
+                  compiled: bool = True, schedule: NoiseSchedule | None = None, mesh=None,
+                  **settings) -> Trainer:
+    """The spec's model and trainer, trained as spec.train_config(**settings) says: a caller
+    that wants another accumulation or precision changes the spec (spec.replace), and
+    `settings` are the TrainConfig fields no axis sets (bench.loss's lr and warm-up). `mesh`:
+    the DeviceMesh FSDP shards over (default: one over the whole process group, on the
+    machine's accelerator)."""
+    config = spec.train_config(**settings)
     schedule = schedule or NoiseSchedule.linear()
     device = device or spec.device
     model = build_model(spec, compiled)

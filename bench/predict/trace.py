@@ -98,8 +98,8 @@ def _trace(spec: BenchSpec, fake: bool, full_trace: bool = False,
                 stack.enter_context(fake_tensor_ddp())
         born = KeptStorages()
         with born:
-            trainer = build_trainer(spec, device=device, accum=accum, precision=precision,
-                                    compiled=False, schedule=schedule, mesh=mesh)
+            trainer = build_trainer(spec.replace(accum=accum, precision=precision),
+                                    device=device, compiled=False, schedule=schedule, mesh=mesh)
         answer_all_reduce(trainer.model)
         # trainer.step takes the global batch, every rank's images (the same on every rank).
         images = trainer.world * spec.batch * accum

@@ -8,84 +8,64 @@ import shlex
 import sys
 from collections.abc import Callable
 
+from bench import spec as spec_module
 from bench.core import Harness
 from bench.models import impl
 from bench.spec import (
-    COMPILE_MODES,
     DEFAULT_BUDGET,
     DEFAULT_CONTEXT_MIB,
-    ON_OFF,
     BenchSpec,
     SpecError,
+    common_axes,
     expand_grid,
-    parse_attention,
+    option_axes,
     parse_budget,
-    parse_choices,
-    parse_device,
-    parse_image_size,
-    parse_int_list,
-    parse_preset,
 )
 from bench.sweep.launch import Launch, launches_ranks
 from bench.sweep.runner import run_sweep
 from bench.tables.results import ResultsError, check_writable, results_folder
 from ddpm.cli.args import ArgumentParser, seed_int
 from ddpm.cli.pipes import quiet_closed_pipes
-from ddpm.config import GRAD_SYNCS, PRECISIONS, PRESETS, UNetConfig
-from ddpm.parallel import PARALLEL
 
 # Bad input gets one line naming the problem and exit status 2, not a usage dump: the same
 # parser as ddpm's command lines.
 OneLineParser = ArgumentParser
 
 
+# The option groups of --help, by an axis declaration's `group` (bench.spec.AxisOption).
+GROUPS = {"axes": "axes (comma lists; the sweep is their product)",
+          "ranks": "more than one card (torchrun; gloo on CPU, NCCL on CUDA)",
+          "run": "model, device and run"}
+
+
 def build_parser(prog: str, description: str, defaults: dict,
-                 helps: dict[str, str] | None = None, ranks: bool = True) -> OneLineParser:
-    """The shared options; `defaults` and `helps` (by option dest) let a harness say what an
-    option means for it, e.g. --steps are the steps trained in bench.loss. `ranks`: the
-    data-parallel options, for the harnesses that train."""
+                 helps: dict[str, str] | None = None,
+                 axes: tuple[str, ...] | None = None) -> OneLineParser:
+    """An option for each axis the harness takes (`axes`, default bench.spec.common_axes()), as
+    its declaration in BenchSpec says, and the shared run options. `defaults` and `helps` (by
+    option dest) let a harness say what an option means for it, e.g. --steps are the steps
+    trained in bench.loss. Taking "ranks" brings --nnodes and --rdzv-endpoint too."""
     p = OneLineParser(prog=prog, description=description,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    axes = p.add_argument_group("axes (comma lists; the sweep is their product)")
-    axes.add_argument("--batch", default=defaults.get("batch", "2"),
-                      help="micro-batch sizes, e.g. 1,2,4 (default %(default)s)")
-    axes.add_argument("--accum", default=defaults.get("accum", "1"),
-                      help="gradient-accumulation steps per optimizer step (default %(default)s)")
-    axes.add_argument("--precision", default=defaults.get("precision", "fp32"),
-                      help=f"{', '.join(PRECISIONS)} (default %(default)s)")
-    axes.add_argument("--attention", default="preset",
-                      help="none, preset (the preset's own), or resolutions like 16 or 16+8 "
-                           "(default %(default)s)")
-    axes.add_argument("--compile", default="off",
-                      help=f"torch.compile mode: {', '.join(COMPILE_MODES)} (default %(default)s)")
-    axes.add_argument("--checkpointing", default="off",
-                      help="gradient checkpointing of UNet blocks: off, on (default %(default)s)")
-    axes.add_argument("--impl", default="ddpm",
-                      help="ddpm (ours), diffusers (UNet2DModel at the same architecture, trained "
-                           "as diffusers' example trains it; optional dependency) "
-                           "(default %(default)s)")
-    if ranks:
-        d = p.add_argument_group("more than one card (torchrun; gloo on CPU, NCCL on CUDA)")
-        d.add_argument("--ranks", default="1",
-                       help="data-parallel ranks, one process (and card) each; --batch is one "
-                            "rank's micro-batch (default %(default)s)")
-        d.add_argument("--parallel", default="none",
-                       help=f"how ranks share the model: {', '.join(PARALLEL)} (fsdp = FSDP2, "
-                            "each ResBlock and attention block sharded) (default %(default)s)")
-        d.add_argument("--grad-sync", default="last",
-                       help="exchange gradients after the last micro-batch or after every one: "
-                            "last, every (default %(default)s)")
+    groups = {key: p.add_argument_group(title) for key, title in GROUPS.items()}
+    cls = spec_module.BenchSpec  # read at each call, so a spec class with one more axis is seen
+    taken = common_axes(cls) if axes is None else axes
+    for f in option_axes(cls):
+        if f.name not in taken:
+            continue
+        o = f.metadata["option"]
+        if o.group not in groups:
+            groups[o.group] = p.add_argument_group(o.group)
+        groups[o.group].add_argument(o.flag(f.name), dest=f.name, type=o.type,
+                                     default=defaults.get(f.name, o.text), help=o.help)
+    if "ranks" in taken:
+        d = groups["ranks"]
         d.add_argument("--nnodes", type=int, default=1,
                        help="machines the ranks span; each runs the same command (default 1)")
         d.add_argument("--rdzv-endpoint", default=None,
                        help="host:port where the machines meet (torchrun's); default: all "
                             "ranks on this machine (torchrun --standalone)")
-    g = p.add_argument_group("model, device and run")
-    g.add_argument("--preset", default="ddpm-cifar10",
-                   help=f"{', '.join(PRESETS)} (default %(default)s)")
-    g.add_argument("--image-size", type=int, default=None,
-                   help="image side in pixels (default: the preset's)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
+    g = groups["run"]
     g.add_argument("--budget", default=DEFAULT_BUDGET,
                    help="memory budget the fits column answers for (default: an 8 GB card, "
                         "whose CUDA capacity is 7.79 GiB): MiB/GiB (2^20, 2^30 bytes) "
@@ -121,11 +101,9 @@ def build_parser(prog: str, description: str, defaults: dict,
     return p
 
 
-def specs_from_args(args: argparse.Namespace, **extra_axes: list) -> list[BenchSpec]:
-    """Every axis value checked before anything runs; SpecError carries the user's line.
-    A harness adds its own axes (BenchSpec fields, already parsed) through extra_axes."""
-    preset = parse_preset(args.preset)
-    image_size = parse_image_size(args.image_size, preset)
+def specs_from_args(args: argparse.Namespace) -> list[BenchSpec]:
+    """Every axis the parser took, parsed by its declaration and expanded into the grid, every
+    value checked before anything runs; SpecError carries the user's line."""
     for option, value, minimum in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0),
                                    ("--timeout", args.timeout, 1e-9),
                                    ("--repeats", args.repeats, 1),
@@ -133,51 +111,46 @@ def specs_from_args(args: argparse.Namespace, **extra_axes: list) -> list[BenchS
         if not minimum <= value < math.inf:  # NaN fails every comparison, so this too
             raise SpecError(f"{option} {value:g} is not allowed: it must be >= {minimum:g} and "
                             "finite.")
-    base = BenchSpec(preset=preset, image_size=image_size, device=parse_device(args.device),
-                     seed=args.seed, measure_steps=args.steps, warmup_steps=args.warmup,
-                     budget_mib=parse_budget(args.budget), context_mib=args.cuda_context_mib,
-                     find_max_batch=args.find_max_batch)
-    batches = [1] if args.find_max_batch else parse_int_list("--batch", args.batch)
-    attention = parse_attention(args.attention, preset, image_size)
-    configs = [base.replace(attention=a).unet_config() for a in attention]
-    grid = expand_grid(
-        base,
-        batch=batches,
-        accum=parse_int_list("--accum", args.accum),
-        precision=parse_choices("--precision", args.precision, PRECISIONS),
-        attention=attention,
-        compile=parse_choices("--compile", args.compile, COMPILE_MODES),
-        checkpointing=parse_choices("--checkpointing", args.checkpointing, ON_OFF),
-        **rank_axes(args),
-        **extra_axes,
-        # Fastest-varying: implementations alternate in the sweep, so machine drift is shared.
-        impl=parse_impl(args.impl, configs),
-    )
+    base = spec_module.BenchSpec(seed=args.seed, measure_steps=args.steps,
+                                 warmup_steps=args.warmup, budget_mib=parse_budget(args.budget),
+                                 context_mib=args.cuda_context_mib,
+                                 find_max_batch=args.find_max_batch)
+    values: dict[str, list] = {}
+    for f in option_axes(type(base)):
+        if not hasattr(args, f.name):
+            continue  # not this harness's: the spec keeps the field's default
+        o = f.metadata["option"]
+        if f.name == "batch" and args.find_max_batch:
+            values[f.name] = [1]  # the search sets the batch; --batch is ignored
+        else:
+            values[f.name] = o.parse(o.flag(f.name), getattr(args, f.name), base)
+        if len(values[f.name]) == 1:  # what the axes declared below may read (attention)
+            base = base.replace(**{f.name: values[f.name][0]})
+    check_rank_axes(values, args)
+    # Fastest-varying: implementations alternate in the sweep, so machine drift is shared.
+    grid = expand_grid(base, **dict(sorted(values.items(), key=lambda item: item[0] == "impl")))
+    check_impl(grid)
     grid = [s for s in grid if parallel_pair_ok(s)]
     return [s.replace(repeat=r) for r in range(1, args.repeats + 1) for s in grid]
 
 
-def parse_impl(text: str, configs: list[UNetConfig]) -> list[str]:
-    """ddpm and/or diffusers; diffusers must be installed and able to build every config."""
-    values = parse_choices("--impl", text, impl.IMPLS)
-    if "diffusers" in values:
-        if not impl.diffusers_installed():
-            raise SpecError(f"--impl diffusers needs the diffusers package: {impl.INSTALL_HINT}.")
-        for config in configs:
-            reason = impl.diffusers_unsupported(config)
-            if reason:
-                raise SpecError(f"--impl diffusers cannot build this model: {reason}.")
-    return values
+def check_impl(specs: list[BenchSpec]) -> None:
+    """diffusers must be installed and able to build every config it is asked for."""
+    wanted = [s for s in specs if s.impl == "diffusers"]
+    if wanted and not impl.diffusers_installed():
+        raise SpecError(f"--impl diffusers needs the diffusers package: {impl.INSTALL_HINT}.")
+    for spec in wanted:
+        reason = impl.diffusers_unsupported(spec.unet_config())
+        if reason:
+            raise SpecError(f"--impl diffusers cannot build this model: {reason}.")
 
 
-def rank_axes(args: argparse.Namespace) -> dict[str, list]:
-    """--ranks, --parallel and --grad-sync, checked against each other, the launch and the
-    cards; a harness without them runs one rank."""
-    if not hasattr(args, "ranks"):
-        return {}
-    ranks = parse_int_list("--ranks", args.ranks)
-    modes = parse_choices("--parallel", args.parallel, PARALLEL)
-    syncs = parse_choices("--grad-sync", args.grad_sync, GRAD_SYNCS)
+def check_rank_axes(values: dict[str, list], args: argparse.Namespace) -> None:
+    """--ranks, --parallel and --grad-sync (parsed), checked against each other, the launch and
+    the cards; a harness without them runs one rank."""
+    if "ranks" not in values:
+        return
+    ranks, modes, syncs = values["ranks"], values["parallel"], values["grad_sync"]
     if max(ranks) > 1 and modes == ["none"]:
         raise SpecError(f"--ranks {args.ranks} needs --parallel ddp or fsdp: how the ranks share "
                         "the model.")
@@ -191,7 +164,6 @@ def rank_axes(args: argparse.Namespace) -> dict[str, list]:
     if uneven:
         raise SpecError(f"--ranks {uneven[0]} does not split evenly over --nnodes "
                         f"{args.nnodes}.")
-    return {"ranks": ranks, "parallel": modes, "grad_sync": syncs}
 
 
 def parallel_pair_ok(spec: BenchSpec) -> bool:

@@ -1,6 +1,7 @@
-"""The columns of every table come from BenchSpec's fields alone: a spec class with one more
-axis (one line) gets that column in the CSV, the Markdown and --resume; and a table written
-before an axis or a figure existed is upgraded, every old row keeping its values."""
+"""The columns of every table and the shared command line come from BenchSpec's fields alone: a
+spec class with one more axis (one declaration) gets that column in the CSV, the Markdown and
+--resume, and an option that sweeps; and a table written before an axis or a figure existed is
+upgraded, every old row keeping its values."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from rich.console import Console
 
 from bench import spec as spec_module
 from bench.core import Harness, axes, column_dtypes, spec_columns
-from bench.spec import BenchSpec, axis
+from bench.spec import BenchSpec, axis, int_list
+from bench.sweep.cli import build_parser, run_cli, specs_from_args
 from bench.sweep.runner import run_sweep
 from bench.tables.results import ResultsTable, read_rows
 
@@ -31,8 +33,10 @@ HARNESS = Harness(name="winged", measure=measure, figure_columns=["value"],
 
 @pytest.fixture
 def winged(monkeypatch):
-    """BenchSpec with one more axis, declared the way every axis is: one field."""
-    cls = dataclasses.make_dataclass("BenchSpec", [("wings", int, axis(1))], bases=(BenchSpec,),
+    """BenchSpec with one more axis, declared the way every axis is: one field, with its
+    option's help and parser."""
+    wings = axis(1, parse=int_list(), help="wings per spec, a comma list (default %(default)s)")
+    cls = dataclasses.make_dataclass("BenchSpec", [("wings", int, wings)], bases=(BenchSpec,),
                                      frozen=True)
     monkeypatch.setattr(spec_module, "BenchSpec", cls)
     monkeypatch.setattr("bench.harnesses.named", lambda name: HARNESS)  # inline runs find it
@@ -68,6 +72,30 @@ def test_a_new_axis_is_a_column_of_the_csv_the_markdown_and_resume(winged, tmp_p
     run_sweep(HARNESS, more, tmp_path, "python -m bench.winged", inline=True, resume=True,
               console=quiet_console())
     assert MEASURED == [more[2].spec_id]
+
+
+TINY = ["--preset", "tiny", "--image-size", "16", "--attention", "8", "--device", "cpu"]
+
+
+def test_a_new_axis_is_an_option_that_sweeps(winged, tmp_path, capsys):
+    parser = build_parser("python -m bench.winged", "", {})
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    said = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal's width
+    assert "--wings WINGS wings per spec, a comma list (default 1)" in said
+    assert [s.wings for s in specs_from_args(parser.parse_args(TINY))] == [1]
+    specs = specs_from_args(parser.parse_args([*TINY, "--wings", "2,3", "--batch", "1,2"]))
+    assert [(s.batch, s.wings) for s in specs] == [(1, 2), (1, 3), (2, 2), (2, 3)]
+    # Its values are checked by its declared parser: one line, exit status 2.
+    with pytest.raises(SystemExit) as info:
+        run_cli(HARNESS, parser, [*TINY, "--wings", "0", "--out", str(tmp_path)])
+    assert info.value.code == 2
+    assert "--wings 0 is not allowed: it must be >= 1." in capsys.readouterr().err
+    # And a sweep along it is one row per value.
+    rows = run_cli(HARNESS, parser, [*TINY, "--wings", "1,2", "--inline", "--out",
+                                     str(tmp_path)])
+    assert [(r["wings"], r["value"]) for r in rows] == [(1, 10.0), (2, 20.0)]
+    assert [r["wings"] for r in read_rows(tmp_path / "winged.csv")] == [1, 2]
 
 
 def test_a_table_from_before_an_axis_is_upgraded_with_its_default(winged, tmp_path):

@@ -256,3 +256,16 @@ def test_unet_config_reflects_axes():
     assert tiny.unet_config() == PRESETS["tiny"]
     assert tiny.attention_resolutions == (8,)
     assert tiny.replace(batch=4, accum=8).effective_batch == 32
+
+
+def test_train_config_is_the_spec_in_trainconfig_names():
+    spec = BenchSpec(batch=4, accum=3, precision="bf16", seed=7, ranks=2, parallel="ddp",
+                     grad_sync="every")
+    config = spec.train_config(lr=1e-3, lr_warmup_steps=5)
+    assert (config.batch_size, config.accum_steps, config.precision, config.seed,
+            config.grad_sync, config.lr, config.lr_warmup_steps) == (
+        4, 3, "bf16", 7, "every", 1e-3, 5)
+    assert config.effective_batch * spec.ranks == spec.effective_batch
+    # An axis's field is the spec's to say: a second route to it is refused.
+    with pytest.raises(TypeError, match="accum_steps.*spec.replace"):
+        spec.train_config(accum_steps=1)
