@@ -25,8 +25,8 @@ import torch
 
 from bench.core import RunContext
 from bench.harnesses import profile
-from bench.tables import profile_summary
 from bench.spec import BenchSpec
+from bench.tables import profile_summary
 from tests.helpers import headless
 from tests.helpers.spies import spy_on
 
