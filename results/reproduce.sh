@@ -5,10 +5,13 @@
 # results/README.md says what each one answers.
 set -euo pipefail
 
-# Memory: the batch sweep, the largest batch per precision, then the main job (top of memory.md).
+# Memory: the batch sweep, the largest batch per precision, then the main job.
 python -m bench.memory --batch 1,2,4,8,16,32,64 --accum 1 --precision fp32,bf16 --attention none,16
 python -m bench.memory --find-max-batch --accum 1 --precision fp32,bf16 --attention none,16
 python -m bench.memory --batch 2 --accum 64
+# Gradient checkpointing, predicted: the main job and the largest batch.
+python -m bench.memory --predict-only --batch 2 --accum 64 --checkpointing on
+python -m bench.memory --predict-only --find-max-batch --accum 1 --precision fp32,bf16 --attention 16 --checkpointing on
 
 # Throughput against batch, then ours against diffusers' UNet2DModel (5 alternating repeats).
 python -m bench.throughput --batch 1,2,4,8,16,32 --precision fp32,bf16 --steps 3

@@ -21,6 +21,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.graph import _engine_run_backward
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
@@ -45,6 +46,8 @@ class CudaRules(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func in _BACKWARD:
+            return self._backward(func, *args, **kwargs)
         autocast = torch.is_autocast_enabled("cpu")
         if (not (func in _REWRITES or (autocast and _has_tensor(args, kwargs)))
                 or func in _DIRECT or getattr(func, "__name__", "") in _ATTRIBUTE_ACCESS
@@ -85,6 +88,34 @@ class CudaRules(TorchFunctionMode):
             return _NO_DEVICE_WORK  # e.g. .size() or .dim(): the call itself answers
         return _on_cpu(graph)
 
+    def _backward(self, func, tensors, gradient=None, retain_graph=None, create_graph=False,
+                  inputs=None, **kwargs):
+        """Tensor.backward / torch.autograd.backward with this mode on while the engine runs.
+
+        A mode is off while its own handler runs, and calling the function from here would run
+        the whole backward without it: gradient checkpointing's recomputed forward would then
+        follow the CPU's rules (dropout's float noise, the CPU's attention) instead of the
+        forward's CUDA ones, save other tensors, and torch.utils.checkpoint refuses the step.
+        Calling the function with the mode on would come back here, so the engine is run
+        directly, as torch.autograd.backward runs it after its argument checks."""
+        gradient = kwargs.pop("grad_tensors", gradient)
+        if kwargs:
+            raise TypeError(f"{func.__name__}: unexpected arguments {sorted(kwargs)}")
+        tensors = (tensors,) if isinstance(tensors, torch.Tensor) else tuple(tensors)
+        if inputs is None:
+            inputs = ()
+        elif isinstance(inputs, torch.Tensor):
+            inputs = (inputs,)
+        else:
+            inputs = tuple(inputs.values() if isinstance(inputs, dict) else inputs)
+        with self:
+            grads = torch.autograd._make_grads(
+                tensors, torch.autograd._tensor_or_tensors_to_tuple(gradient, len(tensors)),
+                is_grads_batched=False)
+            _engine_run_backward(tensors, grads, create_graph if retain_graph is None
+                                 else retain_graph, create_graph, inputs,
+                                 allow_unreachable=True, accumulate_grad=True)
+
     def dropout(self, input, p=0.5, training=True, inplace=False):
         """CUDA's dropout is the fused kernel: it keeps a bool mask, not a float noise tensor."""
         if not training or p == 0 or input.numel() == 0:
@@ -124,8 +155,10 @@ class CudaRules(TorchFunctionMode):
 _REWRITES = {F.dropout: CudaRules.dropout,
              F.scaled_dot_product_attention: CudaRules.attention}
 # Calls that return no tensor computed on a device, or that drive autograd itself.
-_DIRECT = {torch.Tensor.backward, torch.autograd.backward, torch.autograd.grad,
-           torch.Tensor.register_hook, torch.Tensor.register_post_accumulate_grad_hook}
+# Calls that run the autograd engine: run with CudaRules on (CudaRules._backward).
+_BACKWARD = {torch.Tensor.backward, torch.autograd.backward}
+_DIRECT = {torch.autograd.grad, torch.Tensor.register_hook,
+           torch.Tensor.register_post_accumulate_grad_hook}
 _ATTRIBUTE_ACCESS = {"__get__", "__set__", "__delete__"}  # .requires_grad, .grad, .dtype, ...
 _NO_DEVICE_WORK = object()
 _DISTRIBUTED = ("torch.distributed", "torch.nn.parallel")
