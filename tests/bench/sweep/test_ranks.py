@@ -140,8 +140,7 @@ def prediction_child(mark: str) -> psutil.Process | None:
     for pid in survivors(mark):
         with contextlib.suppress(psutil.Error):
             proc = psutil.Process(pid)
-            if "multiprocessing.spawn" in " ".join(proc.cmdline()) and "tracker" not in \
-                    " ".join(proc.cmdline()):
+            if "spawn_main" in " ".join(proc.cmdline()):  # not the resource tracker
                 return proc
     return None
 
