@@ -139,10 +139,11 @@ def combine_ranks(result_path: str, ranks: int, returncode: int, log: str) -> di
             with open(path) as f:
                 results[rank] = json.load(f)
     failed = [(rank, r) for rank, r in sorted(results.items()) if r["status"] != "ok"]
-    # A rank whose peer died fails too, and may write its error first: when a rank left no
-    # result, or every error is only a lost peer, torchrun's root cause names the rank to blame.
+    # A rank whose peer died fails too, and may write its error first: when the rank torchrun
+    # names as the root cause left no result, or every error is only a lost peer, that rank is
+    # the one to blame.
     cause = root_cause(log)
-    if cause and (len(results) < ranks or
+    if cause and (cause[0] not in results or
                   (failed and all(_peer_lost(r["error"]) for _, r in failed))):
         return {"status": "error", "figures": {}, "error": first_failure(log, returncode)}
     if failed:  # a rank's own failure before one that only lost its peer
