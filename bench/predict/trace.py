@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import ctypes
 import functools
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +40,7 @@ CUDA_BLOCK_BYTES = 512  # the caching allocator rounds every allocation up to a 
 # The card the prediction is for unless told otherwise: the 8 GB GeForce cards (RTX 3060 Ti,
 # 3070: sm86; RTX 4060: sm89, under the same rules here).
 DEFAULT_TARGET = (8, 6)
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent thread exits
 
 
 @dataclass(frozen=True)
@@ -174,7 +180,10 @@ def predict(spec: BenchSpec, target: tuple[int, int] = DEFAULT_TARGET,
     process of its own: its trace needs a fake group."""
     if spec.parallel != "none" and dist.is_initialized():
         spawn = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        # torchrun starts each rank in a session of its own, so the sweep's stop of the worker's
+        # group misses this child: it ends with the rank that started it instead.
+        with concurrent.futures.ProcessPoolExecutor(
+                1, mp_context=spawn, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             return pool.submit(predict, spec, target, alloc_conf).result()
     tracker, _ = _trace(spec, fake=True, target=target)
     workspace = cublas_workspace_bytes(target)
@@ -183,3 +192,20 @@ def predict(spec: BenchSpec, target: tuple[int, int] = DEFAULT_TARGET,
     allocator = replay(events + tracker.events, **parse_alloc_conf(conf))
     return Prediction(tracker.peak, allocator.peak_allocated, allocator.peak_reserved,
                       2 * workspace, target)
+
+
+def die_with_parent(parent: int) -> None:
+    """In the prediction child: end when the rank that started it ends, however it ends (a
+    rank killed outright cannot stop its pool). Linux signals the child when the parent thread
+    exits; a watcher on the parent process covers the rest, and the parent gone before either."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    # An exited parent's children pass to another process, so getppid() tells.
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)

@@ -160,10 +160,35 @@ def check_rank_axes(values: dict[str, list], args: argparse.Namespace) -> None:
     if args.nnodes < 1 or (args.nnodes > 1 and args.rdzv_endpoint is None):
         raise SpecError(f"--nnodes {args.nnodes}: give a count >= 1, and --rdzv-endpoint "
                         "host:port when the ranks span machines.")
-    uneven = [r for r in ranks if r > 1 and r % args.nnodes]
+    # Every node runs the same number of ranks, one at least: one rank cannot span two nodes.
+    uneven = [r for r in ranks if r % args.nnodes]
     if uneven:
         raise SpecError(f"--ranks {uneven[0]} does not split evenly over --nnodes "
-                        f"{args.nnodes}.")
+                        f"{args.nnodes}: each node runs ranks / nnodes of them.")
+    if args.rdzv_endpoint is not None:
+        check_endpoint(args.rdzv_endpoint)
+
+
+def check_endpoint(endpoint: str) -> None:
+    """--rdzv-endpoint as torchrun reads it, with the port given (torchrun would take its
+    default for a bare host), and a host this machine can resolve: a bad one is one line now,
+    not a rendezvous that times out."""
+    import socket
+
+    from torch.distributed.elastic.rendezvous.utils import parse_rendezvous_endpoint
+
+    bad = f"--rdzv-endpoint {endpoint!r}: give host:port, e.g. 10.0.0.1:29400"
+    host, colon, port = endpoint.rpartition(":")
+    if not colon or not host or not port.isdigit() or "]" in port:
+        raise SpecError(f"{bad}.")
+    try:
+        host, port_number = parse_rendezvous_endpoint(endpoint, default_port=-1)
+    except ValueError as exc:
+        raise SpecError(f"{bad} ({exc})") from None
+    try:
+        socket.getaddrinfo(host, port_number)
+    except OSError:
+        raise SpecError(f"{bad}: host {host!r} is not known here.") from None
 
 
 def parallel_pair_ok(spec: BenchSpec) -> bool:

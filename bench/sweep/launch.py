@@ -81,8 +81,8 @@ def launches_ranks(spec: BenchSpec) -> bool:
 def worker_command(harness: Harness, spec: BenchSpec, context: RunContext, result_path: str,
                    launch: Launch) -> list[str]:
     """The worker's command line: one process, or the spec's ranks under torchrun."""
-    worker = ["-m", "bench.sweep.worker", harness.module, json.dumps(spec.to_dict()), str(context.out),
-              context.run_id, json.dumps(context.options), result_path]
+    worker = ["-m", "bench.sweep.worker", harness.module, json.dumps(spec.to_dict()),
+              str(context.out), context.run_id, json.dumps(context.options), result_path]
     if not launches_ranks(spec):
         return [sys.executable, *worker]
     return [sys.executable, "-m", "torch.distributed.run", *launch.torchrun_args(spec.ranks),
@@ -138,9 +138,17 @@ def combine_ranks(result_path: str, ranks: int, returncode: int, log: str) -> di
         if os.path.exists(path):
             with open(path) as f:
                 results[rank] = json.load(f)
-    for rank, result in sorted(results.items()):
-        if result["status"] != "ok":
-            return {**result, "error": f"rank {rank}: {result['error']}"}
+    failed = [(rank, r) for rank, r in sorted(results.items()) if r["status"] != "ok"]
+    # A rank whose peer died fails too, and may write its error first: when the rank torchrun
+    # names as the root cause left no result, or every error is only a lost peer, that rank is
+    # the one to blame.
+    cause = root_cause(log)
+    if cause and (cause[0] not in results or
+                  (failed and all(_peer_lost(r["error"]) for _, r in failed))):
+        return {"status": "error", "figures": {}, "error": first_failure(log, returncode)}
+    if failed:  # a rank's own failure before one that only lost its peer
+        rank, result = min(failed, key=lambda f: (_peer_lost(f[1]["error"]), f[0]))
+        return {**result, "error": f"rank {rank}: {result['error']}"}
     if len(results) < ranks:
         return {"status": "error", "figures": {}, "error": first_failure(log, returncode)}
     figures = dict(results[0]["figures"])
@@ -151,13 +159,28 @@ def combine_ranks(result_path: str, ranks: int, returncode: int, log: str) -> di
     return {"status": "ok", "error": None, "figures": figures}
 
 
-def first_failure(log: str, returncode: int) -> str:
-    """The rank torchrun's failure report names first (its root cause), and how it ended."""
+# How gloo and NCCL report a peer that is gone: a consequence, not the cause.
+PEER_LOST = re.compile(r"closed by peer|Connection reset|Broken pipe|NCCL communicator was aborted"
+                       r"|remote process exited|Socket Timeout", re.IGNORECASE)
+
+
+def _peer_lost(error: str | None) -> bool:
+    return bool(error and PEER_LOST.search(error))
+
+
+def root_cause(log: str) -> tuple[int, int] | None:
+    """The rank torchrun's failure report names first (its root cause) and its exit code."""
     cause = log.partition("Root Cause")[2]
     rank = re.search(r"^\s*rank\s*:\s*(\d+)", cause, re.MULTILINE)
     code = re.search(r"^\s*exitcode\s*:\s*(-?\d+)", cause, re.MULTILINE)
-    if not (rank and code):
+    return (int(rank.group(1)), int(code.group(1))) if rank and code else None
+
+
+def first_failure(log: str, returncode: int) -> str:
+    """The rank torchrun's failure report names first (its root cause), and how it ended."""
+    cause = root_cause(log)
+    if cause is None:
         return f"a rank ended without a result (torchrun exited {returncode})"
-    exit_code = int(code.group(1))
+    rank, exit_code = cause
     how = (f"killed by signal {-exit_code}" if exit_code < 0 else f"exit status {exit_code}")
-    return f"rank {rank.group(1)} ended without a result ({how})"
+    return f"rank {rank} ended without a result ({how})"

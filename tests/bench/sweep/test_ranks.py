@@ -5,10 +5,15 @@ no process of the sweep survives it. Bad combinations are one line with exit sta
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -20,8 +25,8 @@ import torch.distributed as dist
 from bench.measure.training import timed_training
 from bench.spec import BenchSpec, SpecError
 from bench.sweep.cli import check_launch
-from bench.sweep.launch import Launch
-from bench.sweep.worker import FAULT_ENV, FAULT_RANK_ENV
+from bench.sweep.launch import Launch, combine_ranks
+from bench.sweep.worker import FAULT_ENV, FAULT_RANK_ENV, rank_result
 from bench.tables.results import read_rows
 from ddpm.train import Trainer
 from tests.helpers.cli_checks import check_one_line_error
@@ -94,6 +99,105 @@ def test_a_failing_rank_is_the_row_and_takes_the_other_rank_along(tmp_path, faul
     assert survivors(mark) == []
 
 
+def test_a_rank_killed_first_is_blamed_not_the_peer_it_left(tmp_path):
+    # Rank 1 then fails in its collective ("Connection closed by peer"): a consequence.
+    done, mark = sweep(tmp_path, "--ranks", "2", "--parallel", "ddp", fault="kill:tiny", rank=0)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = rows(tmp_path)
+    assert row["status"] == "error", row
+    assert row["error"] == "rank 0 ended without a result (killed by signal 9)", row["error"]
+    assert survivors(mark) == []
+
+
+TORCHRUN_ROOT_CAUSE = """Root Cause (first observed failure):
+[0]:
+  time      : 2026-12-02_23:00:00
+  host      : here
+  rank      : 0 (local_rank: 0)
+  exitcode  : -9 (pid: 1)
+"""
+
+
+def test_a_lost_peer_is_a_consequence_and_torchruns_root_cause_is_named(tmp_path):
+    result = tmp_path / "result.json"
+    lost = {"status": "error", "figures": {},
+            "error": "RuntimeError: [gloo] Connection closed by peer [127.0.0.1]:1234"}
+    Path(rank_result(str(result), 1)).write_text(json.dumps(lost))
+    got = combine_ranks(str(result), 2, 1, TORCHRUN_ROOT_CAUSE)
+    assert got["error"] == "rank 0 ended without a result (killed by signal 9)"
+    # Both results there, rank 0's only a lost peer too: still torchrun's root cause.
+    Path(rank_result(str(result), 0)).write_text(json.dumps(lost))
+    assert combine_ranks(str(result), 2, 1, TORCHRUN_ROOT_CAUSE)["error"].startswith("rank 0 ")
+    # A rank's own failure, not a lost peer, is the row, whatever torchrun names.
+    own = {"status": "oom", "figures": {}, "error": "CUDA out of memory"}
+    Path(rank_result(str(result), 1)).write_text(json.dumps(own))
+    assert combine_ranks(str(result), 2, 1, TORCHRUN_ROOT_CAUSE) == {
+        **own, "error": "rank 1: CUDA out of memory"}
+
+
+def prediction_child(mark: str) -> psutil.Process | None:
+    """Rank 0's spawned prediction process, once it runs."""
+    for pid in survivors(mark):
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            if "spawn_main" in " ".join(proc.cmdline()):  # not the resource tracker
+                return proc
+    return None
+
+
+@pytest.mark.parametrize("stop", ["sigterm-sweep", "kill-rank-0"])
+def test_no_process_outlives_a_sweep_stopped_while_rank_0_predicts(tmp_path, stop):
+    mark = uuid.uuid4().hex
+    sweep_proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.memory", *BASE, "--image-size", "16", "--ranks", "2",
+         "--parallel", "ddp", "--out", str(tmp_path)], env=ENV | {"DDPM_TEST_MARK": mark},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        child = None
+        for _ in range(600):
+            child = prediction_child(mark)
+            if child is not None or sweep_proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert child is not None, "rank 0 never started its prediction process"
+        if stop == "sigterm-sweep":
+            sweep_proc.send_signal(signal.SIGTERM)
+        else:
+            os.kill(child.ppid(), signal.SIGKILL)  # rank 0, the prediction's parent
+        sweep_proc.wait(timeout=120)
+        for _ in range(50):  # the watchers notice within a second
+            if not survivors(mark):
+                break
+            time.sleep(0.2)
+        assert survivors(mark) == []
+    finally:
+        sweep_proc.kill()
+        sweep_proc.wait()
+
+
+def test_two_nodes_on_this_machine_run_a_rank_sweep(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    marks, nodes = [], []
+    for node in range(2):
+        mark = uuid.uuid4().hex
+        marks.append(mark)
+        nodes.append(subprocess.Popen(
+            [sys.executable, "-m", "bench.throughput", *BASE, "--image-size", "16", "--ranks",
+             "2", "--parallel", "ddp", "--nnodes", "2", "--rdzv-endpoint", f"127.0.0.1:{port}",
+             "--out", str(tmp_path / f"node{node}")], env=ENV | {"DDPM_TEST_MARK": mark},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = [n.communicate(timeout=300)[0] for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], outs
+    # Each node writes its row: the same spec, ok, across the 2 ranks of both nodes.
+    got = [read_rows(tmp_path / f"node{node}" / "throughput.csv") for node in range(2)]
+    assert [[(r["ranks"], r["parallel"], r["status"]) for r in g] for g in got] == [
+        [(2, "ddp", "ok")], [(2, "ddp", "ok")]]
+    assert all(survivors(m) == [] for m in marks)
+
+
 def test_a_hung_collective_ends_at_the_timeout_with_no_process_left(tmp_path):
     # Rank 1 never reaches the first gradient exchange; rank 0 waits in it.
     done, mark = sweep(tmp_path, "--ranks", "2", "--parallel", "ddp", "--timeout", "30",
@@ -113,6 +217,13 @@ def test_a_hung_collective_ends_at_the_timeout_with_no_process_left(tmp_path):
     (["--ranks", "3", "--parallel", "ddp", "--nnodes", "2", "--rdzv-endpoint", "h:1"],
      "--ranks 3 does not split evenly over --nnodes 2"),
     (["--ranks", "2", "--parallel", "ddp", "--nnodes", "2"], "--rdzv-endpoint host:port"),
+    # One rank cannot span two nodes, with --parallel none or not.
+    (["--ranks", "1", "--parallel", "none,ddp", "--nnodes", "2", "--rdzv-endpoint",
+      "127.0.0.1:29400"], "--ranks 1 does not split evenly over --nnodes 2"),
+    (["--ranks", "2", "--parallel", "ddp", "--nnodes", "2", "--rdzv-endpoint", "nonsense"],
+     "--rdzv-endpoint 'nonsense': give host:port"),
+    (["--ranks", "2", "--parallel", "ddp", "--nnodes", "2", "--rdzv-endpoint", "h:99999"],
+     "must be an integer between 0 and 65536"),
 ])
 def test_bad_rank_options_are_one_line(tmp_path, args, says):
     done, _ = sweep(tmp_path, *args)
