@@ -137,7 +137,7 @@ def load(harness: Harness, out: Path) -> tuple[list[dict], dict[str, dict]]:
 
 
 def render(harness: Harness, out: Path) -> tuple[str, list[Section]]:
-    """The Markdown of results/<harness>.md from the CSV and the JSON sidecar in `out`."""
+    """The Markdown of <out>/<harness>.md from the CSV and the JSON sidecar in `out`."""
     out = Path(out)
     table = ResultsTable(out, harness.name, harness.figure_columns)
     rows, runs = load(harness, out)
@@ -150,7 +150,8 @@ def render(harness: Harness, out: Path) -> tuple[str, list[Section]]:
         lines += ["One section per command, newest first, with the latest row of every spec it "
                   "measured (a `--resume` run counts as the command it resumes). Every row of "
                   f"every run: `{csv_name}`; each run's command, options and environment: "
-                  f"`{json_name}`; `python -m bench.report` rebuilds this file from the two.", ""]
+                  f"`{json_name}`; `python -m bench.report --out` with this folder rebuilds "
+                  "this file from the two.", ""]
     for section in found:
         lines += section.header(json_name)
         lines += [markdown_table(section.rows, section.columns), ""]
