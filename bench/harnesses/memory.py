@@ -33,6 +33,11 @@ TRACKED = [f"tracked_{c}_mib" for c in CATEGORIES]
 # when a workspace allocation fails, so workspaces take what is free rather than cause an OOM;
 # this allowance is room for the chosen algorithms' workspaces.
 CUDNN_ALLOWANCE_MIB = 32.0
+# Where --find-max-batch stops searching, by where its answer comes from. A measured probe runs
+# two real steps of that batch, so its search stops at 65,536; a predicted probe traces fake
+# tensors, whose cost does not grow with the batch, so its search goes on to 16,777,216. A batch
+# at the limit is a lower bound, and the verdict says so.
+SEARCH_LIMITS = {"measured": 1 << 16, "predicted": 1 << 24}
 
 
 def budget_words(budget_mib: float) -> str:
@@ -51,9 +56,12 @@ def verdict(row: dict) -> str | None:
         return f"{what}: {row['status']} ({row['error']})."
     budget = budget_words(row["budget_mib"])
     if row.get("max_batch_source"):
+        source = row["max_batch_source"]
+        limit = SEARCH_LIMITS.get(source)
+        answer = (f"at least {row['batch']:,} ({source}; the search stops at {limit:,})"
+                  if limit is not None and row["batch"] >= limit else f"{row['batch']} ({source})")
         return (f"Largest batch that fits {budget} at accum {row['accum']}{_ranks_words(row)} "
-                f"({row['precision']}, attention {row['attention']}): {row['batch']} "
-                f"({row['max_batch_source']}).")
+                f"({row['precision']}, attention {row['attention']}): {answer}.")
     answer = "fits" if row["fits"] else "does NOT fit"
     text = (f"Verdict: {what} {answer} in {budget} on {card_words} sm{row['target_sm']:g} card: "
             f"predicted {row['predicted_cuda_mib']:,.0f} MiB ({row['predicted_reserved_mib']:,.0f}"
@@ -145,7 +153,7 @@ def prediction(spec: BenchSpec, target: tuple[int, int] = DEFAULT_TARGET,
             "fits": total <= spec.budget_mib, "headroom_mib": spec.budget_mib - total}
 
 
-def largest(fits: Callable[[int], bool], limit: int = 1 << 16) -> int:
+def largest(fits: Callable[[int], bool], limit: int) -> int:
     """The largest n in 1..limit with fits(n), assuming fits is monotone: double until it fails,
     then bisect between the last success and the first failure. 0 when even 1 does not fit."""
     if not fits(1):
@@ -186,11 +194,13 @@ def max_batch_row(spec: BenchSpec) -> dict:
     device = cuda.resolve(spec.device)
     target, context_mib = card(spec, device)
     if device.type == "cuda" and not spec.predict_only:
-        best = largest(lambda n: _fits_measured(spec.replace(batch=n), device))
         source = "measured"
+        best = largest(lambda n: _fits_measured(spec.replace(batch=n), device),
+                       SEARCH_LIMITS[source])
     else:
-        best = largest(lambda n: prediction(spec.replace(batch=n), target, context_mib)["fits"])
         source = "predicted"
+        best = largest(lambda n: prediction(spec.replace(batch=n), target, context_mib)["fits"],
+                       SEARCH_LIMITS[source])
     if best == 0:
         raise torch.OutOfMemoryError(f"not even batch 1 fits {spec.budget_mib:g} MiB")
     found = spec.replace(batch=best)
