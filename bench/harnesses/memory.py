@@ -68,7 +68,7 @@ def verdict(row: dict) -> str | None:
             f" MiB reserved by the allocator + {row['cudnn_workspace_mib']:,.0f} MiB cuDNN "
             f"workspace + {row['context_mib']:,.0f} MiB CUDA context), headroom "
             f"{row['headroom_mib']:,.0f} MiB.")
-    if row.get("peak_reserved_mib") is not None:
+    if all(row.get(c) is not None for c in MEASURED_WORDS):
         text += (f" Measured on {row['device']}: {row['peak_alloc_mib']:,.0f} MiB allocated, "
                  f"{row['peak_reserved_mib']:,.0f} MiB reserved (prediction off by "
                  f"{row['reserved_error_pct']:+.1f}%).")
@@ -82,6 +82,11 @@ def _ranks_words(row: dict) -> str:
     return f" per rank of {row['ranks']} ({row['parallel']}, gradient sync {row['grad_sync']})"
 
 
+# The verdict's figures: the predicted ones in every ok row, the measured ones where a card
+# measured the step (the sentence about them is left out elsewhere).
+VERDICT_COLUMNS = ["target_sm", "predicted_cuda_mib", "predicted_reserved_mib",
+                   "cudnn_workspace_mib", "context_mib", "budget_mib", "fits", "headroom_mib"]
+MEASURED_WORDS = ["peak_alloc_mib", "peak_reserved_mib", "reserved_error_pct"]
 PREDICTED = ["target_sm", "predicted_alloc_mib", "predicted_reserved_mib", "cublas_workspace_mib",
              "cudnn_workspace_mib", "context_mib", "predicted_cuda_mib", "budget_mib", "fits",
              "headroom_mib"]
@@ -246,6 +251,7 @@ HARNESS = Harness(
            "On CUDA, alloc_error_pct and reserved_error_pct = 100 x (predicted - measured) / "
            "measured, for allocated and for reserved (with the cuDNN allowance)."],
     verdict=verdict,
+    verdict_columns=VERDICT_COLUMNS,
     figure_kinds={"fits": bool, "max_batch_source": str},
     measure=measure,
 )

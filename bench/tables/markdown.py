@@ -111,6 +111,8 @@ def _section(harness: Harness, key: tuple, members: list[tuple[int, dict]],
     run_ids = sorted({r["run_id"] for r in shown},
                      key=lambda run: next(i for i, r in members if r["run_id"] == run))
     columns, fixed = display_columns(shown, harness.display_columns)
+    if harness.verdict:
+        check_verdict_columns(harness, shown, out)
     sentences = [v for v in map(harness.verdict, shown) if v] if harness.verdict else []
     if harness.compare:
         context = RunContext(out, latest_run, record.get("options") or {})
@@ -125,6 +127,22 @@ def _section(harness: Harness, key: tuple, members: list[tuple[int, dict]],
                    runs={run: runs.get(run) or {} for run in run_ids}, latest_run=latest_run,
                    environment=record.get("environment"), columns=columns, fixed=fixed,
                    sentences=sentences)
+
+
+def check_verdict_columns(harness: Harness, rows: list[dict], out: Path) -> None:
+    """Every figure the verdict of an ok row reads is there: a CSV without the column (or with
+    the cell emptied) is not a table this harness wrote."""
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        missing = [c for c in harness.verdict_columns if row.get(c) is None]
+        if missing:
+            raise ResultsError(
+                f"{Path(out) / f'{harness.name}.csv'}: the ok row of {row['spec_id']} (run "
+                f"{row['run_id']}) has no {', '.join(missing)} (an empty cell or no such "
+                "column), which its verdict needs; "
+                f"bench.{harness.name} writes {'it' if len(missing) == 1 else 'them'} in every "
+                "ok row.")
 
 
 def load(harness: Harness, out: Path) -> tuple[list[dict], dict[str, dict]]:
