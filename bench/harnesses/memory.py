@@ -76,10 +76,13 @@ def verdict(row: dict) -> str | None:
 
 
 def _ranks_words(row: dict) -> str:
-    """How the row's ranks share the model; nothing for one rank. --batch is one rank's."""
-    if row.get("ranks", 1) == 1:
-        return ""
-    return f" per rank of {row['ranks']} ({row['parallel']}, gradient sync {row['grad_sync']})"
+    """How the row's ranks share the model; nothing for one rank without a parallel wrapper.
+    --batch is one rank's. One rank under DDP or FSDP2 is named: the wrapper's buffers count."""
+    ranks, mode = row.get("ranks", 1), row.get("parallel") or "none"
+    if ranks == 1:
+        return "" if mode == "none" else (f" on 1 rank ({mode}, gradient sync "
+                                          f"{row['grad_sync']})")
+    return f" per rank of {ranks} ({mode}, gradient sync {row['grad_sync']})"
 
 
 # The verdict's figures: the predicted ones in every ok row, the measured ones where a card
