@@ -77,7 +77,7 @@ def verdict(row: dict) -> str | None:
 
 def _ranks_words(row: dict) -> str:
     """How the row's ranks share the model; nothing for one rank without a parallel wrapper.
-    --batch is one rank's. One rank under DDP or FSDP2 is named: the wrapper's buffers count."""
+    --batch is one rank's. One rank under DDP or FSDP2 is named: its step is traced wrapped."""
     ranks, mode = row.get("ranks", 1), row.get("parallel") or "none"
     if ranks == 1:
         return "" if mode == "none" else (f" on 1 rank ({mode}, gradient sync "
