@@ -55,6 +55,9 @@ class Harness:
     options: Callable[..., dict] | None = None
     # One sentence per row that answers the harness's question in words (printed and in the .md).
     verdict: Callable[[dict], str | None] | None = None
+    # The figure columns the verdict of every ok row reads. bench.report refuses a table whose
+    # ok row lacks one, in one line, rather than fail inside the sentence or print a hole in it.
+    verdict_columns: list[str] = field(default_factory=list)
     # Sentences that compare the finished rows (e.g. accumulation vs none), given the run's
     # context so a harness can read files its specs wrote; printed and in the .md.
     compare: Callable[[list[dict], RunContext], list[str]] | None = None

@@ -22,7 +22,7 @@ from bench.harnesses import memory, profile
 from bench.measure import cuda
 from bench.measure.env import describe, environment
 from bench.spec import SpecError, parse_budget, parse_device
-from bench.tables.results import markdown_table
+from bench.tables.results import RUN_FOLDER, markdown_table
 from ddpm.cli.args import ArgumentParser
 from ddpm.cli.pipes import quiet_closed_pipes
 
@@ -43,9 +43,10 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m bench.gpucheck", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", help="cuda or cuda:N (default cuda: the current)")
-    p.add_argument("--out", default="results",
+    p.add_argument("--out", default=RUN_FOLDER,
                    help="gpucheck.md goes here, the harness tables of the check under "
-                        "<out>/gpucheck/ (default %(default)s)")
+                        "<out>/gpucheck/ (default %(default)s, which git ignores; for the "
+                        "committed tables: --out results)")
     p.add_argument("--small-budget", default="3GiB",
                    help="budget of the largest-batch search: small, so it ends in OOM probes "
                         "(default %(default)s)")

@@ -1,7 +1,8 @@
-"""python -m bench.report: rebuild every results/<harness>.md and the plots from the CSVs, without
-measuring anything.
+"""python -m bench.report: rebuild every <harness>.md of a results folder and its plots from the
+CSVs, without measuring anything.
 
-    python -m bench.report                          # every <harness>.csv in results/
+    python -m bench.report                          # every <harness>.csv in runs/bench/
+    python -m bench.report --out results            # the committed reference tables
     python -m bench.report --out /tmp/r --harness memory,loss --no-plots
 
 A sweep renders its .md with the same call (bench.tables.markdown), reading the CSV back, so the
@@ -17,7 +18,7 @@ from pathlib import Path
 from bench import harnesses
 from bench.core import Harness
 from bench.tables.markdown import render
-from bench.tables.results import ResultsError, atomic_write, results_folder
+from bench.tables.results import RUN_FOLDER, ResultsError, atomic_write, results_folder
 from ddpm.cli.args import ArgumentParser
 from ddpm.cli.pipes import quiet_closed_pipes
 
@@ -26,9 +27,10 @@ from ddpm.cli.pipes import quiet_closed_pipes
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m bench.report", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="results",
+    p.add_argument("--out", default=RUN_FOLDER,
                    help="the results folder holding <harness>.csv and .json; the .md files and "
-                        "plots/ are written there (default %(default)s)")
+                        "plots/ are written there (default %(default)s, where the harnesses "
+                        "write by default; the committed reference tables: --out results)")
     p.add_argument("--harness", default=None,
                    help="comma list of harnesses to rebuild: memory, throughput, loss, "
                         "sampling, profile, or any bench module with a HARNESS (default: every "

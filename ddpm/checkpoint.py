@@ -26,11 +26,19 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing, corrupt, truncated or from another model."""
 
 
+def _temporary_affixes(path: Path) -> tuple[str, str]:
+    """The prefix and suffix of the temporary file a save of `path` writes first."""
+    return f".{path.name}.", ".tmp"
+
+
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file."""
+    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file
+    (a process killed outright leaves the temporary file, which remove_stale_temporaries
+    removes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    prefix, suffix = _temporary_affixes(path)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     try:
         # mkstemp makes the file 0600; a checkpoint gets the permissions any new file gets.
         umask = os.umask(0)
@@ -45,6 +53,27 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """The temporary files saves of `path` began and never renamed: .<name>.<mkstemp's random
+    letters, digits and underscores>.tmp beside it, and nothing else."""
+    path = Path(path)
+    prefix, suffix = _temporary_affixes(path)
+    pattern = re.compile(re.escape(prefix) + r"[a-z0-9_]+" + re.escape(suffix))
+    if not path.parent.is_dir():
+        return []
+    return sorted(p for p in path.parent.iterdir() if pattern.fullmatch(p.name) and p.is_file())
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove what stale_temporaries finds; call it before a process saves `path` again, when no
+    other save of it can be under way. Returns the files removed."""
+    removed = []
+    for tmp in stale_temporaries(path):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Trains each spec for --steps optimizer steps on real data (digits by default: bundled with
 scikit-learn, no network; mnist, cifar10 or an image folder when present under --data-root) from
 the same initial weights, the same data order and the same seed. Writes each spec's loss curve to
-CSV and to TensorBoard scalars in results/loss/<run_id>/<spec>/, and a table of the final training
+CSV and to TensorBoard scalars in <out>/loss/<run_id>/<spec>/, and a table of the final training
 loss (mean of the last --last-k steps), the validation loss (held-out images with fixed timesteps
 and noise, in fp32, so it is comparable across specs), skipped fp16 steps and a divergence flag.
 
@@ -13,7 +13,7 @@ difference is reported, whatever it is.
 
   python -m bench.loss                                   # 8x1 vs 2x4, fp32 vs bf16, digits
   python -m bench.loss --dataset mnist --data-root data --preset ddpm-mnist --steps 500
-  tensorboard --logdir results/loss"""
+  tensorboard --logdir runs/bench/loss                   # the curves under --out's default"""
 
 from __future__ import annotations
 
@@ -465,7 +465,7 @@ HARNESS = Harness(
            "Every spec starts from the same weights (seeded) and sees the same images in the "
            "same order: batches of effective_batch images, split into accum micro-batches. "
            "Curves: curve_path (CSV: step, loss, grad_norm, lr, skipped, val_loss) and "
-           "TensorBoard scalars in the same folder (tensorboard --logdir results/loss).",
+           "TensorBoard scalars in the same folder (tensorboard --logdir <out>/loss).",
            "Options recorded in each row: dataset and data_root (absolute path; unused by "
            "digits), lr, last_k (steps averaged), val_images (held-out images used), val_every "
            "(steps between validation points in the curve; 0: start and end only), threads "

@@ -33,6 +33,11 @@ TRACKED = [f"tracked_{c}_mib" for c in CATEGORIES]
 # when a workspace allocation fails, so workspaces take what is free rather than cause an OOM;
 # this allowance is room for the chosen algorithms' workspaces.
 CUDNN_ALLOWANCE_MIB = 32.0
+# Where --find-max-batch stops searching, by where its answer comes from. A measured probe runs
+# two real steps of that batch, so its search stops at 65,536; a predicted probe traces fake
+# tensors, whose cost does not grow with the batch, so its search goes on to 16,777,216. A batch
+# at the limit is a lower bound, and the verdict says so.
+SEARCH_LIMITS = {"measured": 1 << 16, "predicted": 1 << 24}
 
 
 def budget_words(budget_mib: float) -> str:
@@ -51,16 +56,19 @@ def verdict(row: dict) -> str | None:
         return f"{what}: {row['status']} ({row['error']})."
     budget = budget_words(row["budget_mib"])
     if row.get("max_batch_source"):
+        source = row["max_batch_source"]
+        limit = SEARCH_LIMITS.get(source)
+        answer = (f"at least {row['batch']:,} ({source}; the search stops at {limit:,})"
+                  if limit is not None and row["batch"] >= limit else f"{row['batch']} ({source})")
         return (f"Largest batch that fits {budget} at accum {row['accum']}{_ranks_words(row)} "
-                f"({row['precision']}, attention {row['attention']}): {row['batch']} "
-                f"({row['max_batch_source']}).")
+                f"({row['precision']}, attention {row['attention']}): {answer}.")
     answer = "fits" if row["fits"] else "does NOT fit"
     text = (f"Verdict: {what} {answer} in {budget} on {card_words} sm{row['target_sm']:g} card: "
             f"predicted {row['predicted_cuda_mib']:,.0f} MiB ({row['predicted_reserved_mib']:,.0f}"
             f" MiB reserved by the allocator + {row['cudnn_workspace_mib']:,.0f} MiB cuDNN "
             f"workspace + {row['context_mib']:,.0f} MiB CUDA context), headroom "
             f"{row['headroom_mib']:,.0f} MiB.")
-    if row.get("peak_reserved_mib") is not None:
+    if all(row.get(c) is not None for c in MEASURED_WORDS):
         text += (f" Measured on {row['device']}: {row['peak_alloc_mib']:,.0f} MiB allocated, "
                  f"{row['peak_reserved_mib']:,.0f} MiB reserved (prediction off by "
                  f"{row['reserved_error_pct']:+.1f}%).")
@@ -68,12 +76,20 @@ def verdict(row: dict) -> str | None:
 
 
 def _ranks_words(row: dict) -> str:
-    """How the row's ranks share the model; nothing for one rank. --batch is one rank's."""
-    if row.get("ranks", 1) == 1:
-        return ""
-    return f" per rank of {row['ranks']} ({row['parallel']}, gradient sync {row['grad_sync']})"
+    """How the row's ranks share the model; nothing for one rank without a parallel wrapper.
+    --batch is one rank's. One rank under DDP or FSDP2 is named: its step is traced wrapped."""
+    ranks, mode = row.get("ranks", 1), row.get("parallel") or "none"
+    if ranks == 1:
+        return "" if mode == "none" else (f" on 1 rank ({mode}, gradient sync "
+                                          f"{row['grad_sync']})")
+    return f" per rank of {ranks} ({mode}, gradient sync {row['grad_sync']})"
 
 
+# The verdict's figures: the predicted ones in every ok row, the measured ones where a card
+# measured the step (the sentence about them is left out elsewhere).
+VERDICT_COLUMNS = ["target_sm", "predicted_cuda_mib", "predicted_reserved_mib",
+                   "cudnn_workspace_mib", "context_mib", "budget_mib", "fits", "headroom_mib"]
+MEASURED_WORDS = ["peak_alloc_mib", "peak_reserved_mib", "reserved_error_pct"]
 PREDICTED = ["target_sm", "predicted_alloc_mib", "predicted_reserved_mib", "cublas_workspace_mib",
              "cudnn_workspace_mib", "context_mib", "predicted_cuda_mib", "budget_mib", "fits",
              "headroom_mib"]
@@ -145,7 +161,7 @@ def prediction(spec: BenchSpec, target: tuple[int, int] = DEFAULT_TARGET,
             "fits": total <= spec.budget_mib, "headroom_mib": spec.budget_mib - total}
 
 
-def largest(fits: Callable[[int], bool], limit: int = 1 << 16) -> int:
+def largest(fits: Callable[[int], bool], limit: int) -> int:
     """The largest n in 1..limit with fits(n), assuming fits is monotone: double until it fails,
     then bisect between the last success and the first failure. 0 when even 1 does not fit."""
     if not fits(1):
@@ -186,11 +202,13 @@ def max_batch_row(spec: BenchSpec) -> dict:
     device = cuda.resolve(spec.device)
     target, context_mib = card(spec, device)
     if device.type == "cuda" and not spec.predict_only:
-        best = largest(lambda n: _fits_measured(spec.replace(batch=n), device))
         source = "measured"
+        best = largest(lambda n: _fits_measured(spec.replace(batch=n), device),
+                       SEARCH_LIMITS[source])
     else:
-        best = largest(lambda n: prediction(spec.replace(batch=n), target, context_mib)["fits"])
         source = "predicted"
+        best = largest(lambda n: prediction(spec.replace(batch=n), target, context_mib)["fits"],
+                       SEARCH_LIMITS[source])
     if best == 0:
         raise torch.OutOfMemoryError(f"not even batch 1 fits {spec.budget_mib:g} MiB")
     found = spec.replace(batch=best)
@@ -236,6 +254,7 @@ HARNESS = Harness(
            "On CUDA, alloc_error_pct and reserved_error_pct = 100 x (predicted - measured) / "
            "measured, for allocated and for reserved (with the cuDNN allowance)."],
     verdict=verdict,
+    verdict_columns=VERDICT_COLUMNS,
     figure_kinds={"fits": bool, "max_batch_source": str},
     measure=measure,
 )

@@ -363,6 +363,7 @@ HARNESS = Harness(
            "Traces (one file per profiler cycle): tensorboard --logdir <out>/traces, or "
            "ui.perfetto.dev, or Holistic Trace Analysis; see docs/profile.md."],
     verdict=verdict,
+    verdict_columns=["step_ms", "profiled_steps", "other_pct", "peak_memory_mib", "trace_dir"],
     compare=top_operators,
     figure_kinds={"trace_dir": str, "memory_snapshot": str},
     measure=measure,

@@ -361,6 +361,8 @@ HARNESS = Harness(
            "eager and after the timed one; it writes a grid per spec under "
            "<out>/sampling/<run_id>/."],
     verdict=verdict,
+    verdict_columns=["step_s", "step_ms_per_image", "projected_full_run_s",
+                     "projected_s_per_image", "projected_img_per_s", "measured_steps"],
     compare=lambda rows, context: impl_ratios(rows, "projected_img_per_s", "img/s"),
     measure=measure,
     options=sampling_options,

@@ -23,7 +23,7 @@ from bench.spec import (
 )
 from bench.sweep.launch import Launch, launches_ranks
 from bench.sweep.runner import run_sweep
-from bench.tables.results import ResultsError, check_writable, results_folder
+from bench.tables.results import RUN_FOLDER, ResultsError, check_writable, results_folder
 from ddpm.cli.args import ArgumentParser, seed_int
 from ddpm.cli.pipes import quiet_closed_pipes
 
@@ -88,7 +88,9 @@ def build_parser(prog: str, description: str, defaults: dict,
                         "drift; each pass is its own rows (column repeat) (default 1)")
     g.add_argument("--seed", type=seed_int, default=0,
                    help="seed for weights and data (default 0)")
-    g.add_argument("--out", default="results", help="results folder (default %(default)s)")
+    g.add_argument("--out", default=RUN_FOLDER,
+                   help="results folder (default %(default)s, which git ignores; the committed "
+                        "reference tables: --out results)")
     g.add_argument("--resume", action="store_true",
                    help="skip specs that already have an ok or oom row in the CSV")
     g.add_argument("--inline", action="store_true",

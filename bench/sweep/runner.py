@@ -108,8 +108,11 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
     if rows:
         report_sweep(harness, table, command, answer, console)
     if interrupted:
+        # Before the first row this run wrote no row: the CSV may not even exist.
         say(console, f"Interrupted ({interrupted.name}): {len(rows)} finished row(s) kept in "
-                     f"{table.csv_path}; run again with --resume for the rest.")
+                     f"{table.csv_path}; run again with --resume for the rest." if rows else
+                     f"Interrupted ({interrupted.name}) before any spec finished: no row "
+                     "written; run the command again.")
         raise SystemExit(128 + interrupted)  # as a shell reports it: 130 SIGINT, 143 SIGTERM
     return rows
 

@@ -111,6 +111,8 @@ def _section(harness: Harness, key: tuple, members: list[tuple[int, dict]],
     run_ids = sorted({r["run_id"] for r in shown},
                      key=lambda run: next(i for i, r in members if r["run_id"] == run))
     columns, fixed = display_columns(shown, harness.display_columns)
+    if harness.verdict:
+        check_verdict_columns(harness, shown, out)
     sentences = [v for v in map(harness.verdict, shown) if v] if harness.verdict else []
     if harness.compare:
         context = RunContext(out, latest_run, record.get("options") or {})
@@ -127,6 +129,22 @@ def _section(harness: Harness, key: tuple, members: list[tuple[int, dict]],
                    sentences=sentences)
 
 
+def check_verdict_columns(harness: Harness, rows: list[dict], out: Path) -> None:
+    """Every figure the verdict of an ok row reads is there: a CSV without the column (or with
+    the cell emptied) is not a table this harness wrote."""
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        missing = [c for c in harness.verdict_columns if row.get(c) is None]
+        if missing:
+            raise ResultsError(
+                f"{Path(out) / f'{harness.name}.csv'}: the ok row of {row['spec_id']} (run "
+                f"{row['run_id']}) has no {', '.join(missing)} (an empty cell or no such "
+                "column), which its verdict needs; "
+                f"bench.{harness.name} writes {'it' if len(missing) == 1 else 'them'} in every "
+                "ok row.")
+
+
 def load(harness: Harness, out: Path) -> tuple[list[dict], dict[str, dict]]:
     """The harness's rows (every column this version knows, None where an older CSV has none)
     and its run records."""
@@ -137,7 +155,7 @@ def load(harness: Harness, out: Path) -> tuple[list[dict], dict[str, dict]]:
 
 
 def render(harness: Harness, out: Path) -> tuple[str, list[Section]]:
-    """The Markdown of results/<harness>.md from the CSV and the JSON sidecar in `out`."""
+    """The Markdown of <out>/<harness>.md from the CSV and the JSON sidecar in `out`."""
     out = Path(out)
     table = ResultsTable(out, harness.name, harness.figure_columns)
     rows, runs = load(harness, out)
@@ -150,7 +168,8 @@ def render(harness: Harness, out: Path) -> tuple[str, list[Section]]:
         lines += ["One section per command, newest first, with the latest row of every spec it "
                   "measured (a `--resume` run counts as the command it resumes). Every row of "
                   f"every run: `{csv_name}`; each run's command, options and environment: "
-                  f"`{json_name}`; `python -m bench.report` rebuilds this file from the two.", ""]
+                  f"`{json_name}`; `python -m bench.report --out` with this folder rebuilds "
+                  "this file from the two.", ""]
     for section in found:
         lines += section.header(json_name)
         lines += [markdown_table(section.rows, section.columns), ""]

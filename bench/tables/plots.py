@@ -148,9 +148,9 @@ def throughput_vs_batch(rows: list[dict], runs: dict, path: Path, out: Path) -> 
 
 
 def curve_file(path: str, out: Path) -> Path | None:
-    """A curve path as the sweep wrote it: relative to where it ran, usually the folder above
-    --out (results/loss/...); absolute paths are taken as they are."""
-    for candidate in (Path(path), out.parent / path):
+    """A curve path as the sweep wrote it: relative to where it ran, usually a folder above
+    --out (results/loss/..., runs/bench/loss/...); absolute paths are taken as they are."""
+    for candidate in (Path(path), *(folder / path for folder in out.absolute().parents)):
         if candidate.is_file():
             return candidate
     return None

@@ -35,6 +35,11 @@ def read_csv(path):
     return pd.read_csv(path, dtype={**column_dtypes(), "fits": "boolean"}, keep_default_na=True)
 
 
+# Where a run's rows go unless --out says otherwise: a folder git ignores (runs/), so a user's
+# runs never mix with the committed reference tables in results/ (rebuilt with --out results).
+RUN_FOLDER = "runs/bench"
+
+
 class ResultsError(ValueError):
     """The results folder or an existing table cannot be used; the message is for the user."""
 
@@ -42,7 +47,8 @@ class ResultsError(ValueError):
 def results_folder(text: str) -> Path:
     """--out as a folder: an empty one would be Path("."), the current folder, unasked."""
     if not text.strip():
-        raise ResultsError(f"--out {text!r} is empty: name the results folder, e.g. results.")
+        raise ResultsError(f"--out {text!r} is empty: name the results folder, e.g. "
+                           f"{RUN_FOLDER}.")
     return Path(text)
 
 
@@ -58,7 +64,7 @@ def check_writable(folder: Path) -> None:
 
 
 class ResultsTable:
-    """results/<harness>.csv (every row ever) and .json (every run's command and environment);
+    """<out>/<harness>.csv (every row ever) and .json (every run's command and environment);
     bench.report renders the .md from the two."""
 
     def __init__(self, folder: Path, harness: str, figure_columns: list[str]):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,13 @@ from pathlib import Path
 import psutil
 import torch
 
-from ddpm.checkpoint import CheckpointError, load_checkpoint, schedule_from, train_config_from
+from ddpm.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    remove_stale_temporaries,
+    schedule_from,
+    train_config_from,
+)
 from ddpm.cli.args import (
     ArgumentParser,
     UsageError,
@@ -170,6 +177,12 @@ def validate(args) -> Run:
                 from None
 
     prepare_output_dir(args.out)  # last: the first thing that touches the disk
+    # A save killed outright (kill -9, power loss) leaves its temporary file; this run saves the
+    # same checkpoint, so what it finds of that name is stale.
+    removed = remove_stale_temporaries(checkpoint)
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) an interrupted save of {checkpoint} "
+              f"left: {', '.join(p.name for p in removed)}", file=sys.stderr)
     return Run(args, trainer, data, start_step, dataset)
 
 

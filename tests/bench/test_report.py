@@ -303,6 +303,63 @@ def test_a_cell_of_the_wrong_kind_is_one_line_exit_2(good, capsys, column, value
     assert snapshot(good.parent) == before
 
 
+def rewrite(path: Path, change) -> None:
+    """memory.csv with change(rows, columns) applied, written as a CSV writer would."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = change(rows, list(rows[0]))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@pytest.mark.parametrize("column", memory.VERDICT_COLUMNS)
+def test_a_table_without_a_column_the_verdict_needs_is_one_line_exit_2(good, capsys, column):
+    rewrite(good / "memory.csv", lambda rows, columns: [c for c in columns if c != column])
+    before = snapshot(good.parent)
+    with pytest.raises(SystemExit) as info:
+        report.main(["--out", str(good), "--no-plots"])
+    captured = capsys.readouterr()
+    spec_id = read_rows(good / "memory.csv")[0]["spec_id"]
+    check_one_line_error(f"memory.csv: the ok row of {spec_id} (run ", info.value.code,
+                         captured.err, captured.out)
+    assert f"has no {column} (an empty cell or no such column)" in captured.err
+    assert snapshot(good.parent) == before
+
+
+def test_an_emptied_cell_the_verdict_needs_is_one_line_exit_2(good, capsys):
+    def empty(rows, columns):
+        rows[1]["predicted_cuda_mib"] = rows[1]["headroom_mib"] = ""
+        return columns
+
+    rewrite(good / "memory.csv", empty)
+    with pytest.raises(SystemExit) as info:
+        report.main(["--out", str(good), "--no-plots"])
+    captured = capsys.readouterr()
+    check_one_line_error("has no predicted_cuda_mib, headroom_mib", info.value.code,
+                         captured.err, captured.out)
+    assert read_rows(good / "memory.csv")[1]["spec_id"] in captured.err
+
+
+def test_a_failed_row_needs_no_figure(good):
+    """An oom or error row has no prediction to speak of: its verdict is its status."""
+    def fail(rows, columns):
+        rows[0].update(status="oom", error="out of memory", predicted_cuda_mib="", fits="")
+        return columns
+
+    rewrite(good / "memory.csv", fail)
+    report.main(["--out", str(good), "--no-plots"])
+    assert ": oom (out of memory)." in (good / "memory.md").read_text()
+
+
+@pytest.mark.parametrize("name", harnesses.names())
+def test_a_verdicts_columns_are_the_harness_figures(name):
+    harness = harnesses.named(name)
+    assert set(harness.verdict_columns) <= set(harness.figure_columns)
+    assert not harness.verdict_columns or harness.verdict is not None
+
+
 def test_help_explains(capsys):
     with pytest.raises(SystemExit) as info:
         report.main(["--help"])

@@ -4,6 +4,10 @@ every unusable file is a CheckpointError naming the file and the problem."""
 import dataclasses
 import os
 import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -156,6 +160,47 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, schedule, monkeypat
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["last.pt"]
     assert load_checkpoint(path)["step"] == 0
+
+
+KILLED_MID_SAVE = """
+import os, signal, sys
+import torch
+from ddpm.checkpoint import save_checkpoint
+
+def killed(obj, f, *args, **kwargs):
+    f.write(b"PK\\x03\\x04 half a zip")
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)  # kill -9: no handler, no cleanup
+
+torch.save = killed
+save_checkpoint(sys.argv[1], {"step": 1})
+"""
+
+
+def test_a_save_killed_outright_leaves_a_temporary_that_is_found_and_removed(tmp_path):
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"the previous checkpoint")
+    # Files that look alike but are not a save's temporary of last.pt: all stay.
+    others = [".last.pt.tmp", ".other.pt.abcd1234.tmp", ".last.pt.abcd1234.tmp.keep",
+              "last.pt.abcd1234.tmp", ".last.pt.ABCD1234.tmp", "notes.tmp"]
+    for name in others:
+        (tmp_path / name).write_text("keep")
+    (tmp_path / ".last.pt.dir_1234.tmp").mkdir()  # a folder is not a file a save wrote
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # this checkout
+    for _ in range(2):
+        killed = subprocess.run([sys.executable, "-c", KILLED_MID_SAVE, str(path)], env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+    stale = ddpm.checkpoint.stale_temporaries(path)
+    assert len(stale) == 2 and all(p.read_bytes() == b"PK\x03\x04 half a zip" for p in stale)
+    assert all(re.fullmatch(r"\.last\.pt\.[a-z0-9_]+\.tmp", p.name) for p in stale)
+
+    assert ddpm.checkpoint.remove_stale_temporaries(path) == stale
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*others, ".last.pt.dir_1234.tmp", "last.pt"])
+    assert path.read_bytes() == b"the previous checkpoint"
+    assert ddpm.checkpoint.remove_stale_temporaries(path) == []
+    assert ddpm.checkpoint.stale_temporaries(tmp_path / "absent" / "last.pt") == []
 
 
 # --------------------------------------------------------------------------- unusable files

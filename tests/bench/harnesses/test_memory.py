@@ -13,6 +13,7 @@ import textwrap
 import pytest
 import torch
 
+from bench.harnesses import memory
 from bench.harnesses.memory import prediction
 from bench.measure.tracked import CATEGORIES, TensorTracker
 from bench.predict.trace import CUDA_BLOCK_BYTES, step_peak
@@ -333,3 +334,61 @@ def test_checkpointing_gives_the_same_loss_and_gradients():
     assert torch.equal(losses[0], losses[1]) or torch.allclose(*losses, rtol=1e-6)
     for g_off, g_on in zip(*grads):
         torch.testing.assert_close(g_on, g_off, rtol=1e-5, atol=1e-7)
+
+
+# ----- the largest batch: the search and its limit ------------------------------------------------
+
+@pytest.mark.parametrize("answer", [0, 1, 2, 3, 100, 65_535, 65_536, 65_537, 99_999, 1 << 20])
+def test_largest_finds_the_last_batch_that_fits(answer):
+    """fits(n) = n <= answer: the search returns answer, or the limit when answer passes it,
+    in at most 2 log2(limit) + 1 probes."""
+    limit = 1 << 17
+    probes = []
+    found = memory.largest(lambda n: probes.append(n) or n <= answer, limit)
+    assert found == min(answer, limit)
+    assert len(probes) <= 2 * 17 + 1 and max(probes) <= limit
+
+
+def cheap_prediction(largest_fitting: int | None):
+    """A stand-in for the fake-tensor trace: fits up to largest_fitting (None: always)."""
+    def predicted(spec, target, context_mib):
+        return {"fits": largest_fitting is None or spec.batch <= largest_fitting}
+    return predicted
+
+
+def max_batch_verdict(monkeypatch, largest_fitting: int | None) -> tuple[dict, str]:
+    from bench.sweep.runner import spec_row
+
+    monkeypatch.setattr(memory, "prediction", cheap_prediction(largest_fitting))
+    spec = tiny(accum=1, find_max_batch=True, predict_only=True, budget_mib=102_400.0)
+    row = {**spec_row(spec, "run"), "status": "ok", **memory.max_batch_row(spec)}
+    return row, memory.verdict(row)
+
+
+def test_the_predicted_search_goes_past_65536(monkeypatch):
+    """The answer of tiny at 100 GiB lies near 80,000: past the measured limit, which the
+    predicted search once shared and reported as the answer."""
+    row, text = max_batch_verdict(monkeypatch, 80_123)
+    assert row["batch"] == 80_123 and row["max_batch_source"] == "predicted"
+    assert text.endswith("(fp32, attention 8): 80123 (predicted).")
+    assert "at least" not in text
+
+
+def test_a_search_that_reaches_its_limit_says_so(monkeypatch):
+    limit = memory.SEARCH_LIMITS["predicted"]
+    assert limit == 1 << 24
+    row, text = max_batch_verdict(monkeypatch, None)
+    assert row["batch"] == limit
+    assert text.endswith("(fp32, attention 8): at least 16,777,216 (predicted; the search stops "
+                         "at 16,777,216).")
+
+
+def test_a_measured_search_at_its_limit_says_so(fake_cuda, monkeypatch):
+    fake_cuda(total_mib=8192)
+    monkeypatch.setattr(memory, "_fits_measured", lambda spec, device: True)
+    monkeypatch.setattr(memory, "prediction", cheap_prediction(None))
+    spec = tiny(device="cuda", accum=1, find_max_batch=True, context_mib=500.0)
+    row = memory.max_batch_row(spec)
+    assert row["batch"] == memory.SEARCH_LIMITS["measured"] == 65_536
+    text = memory.verdict({**spec.to_dict(), "status": "ok", **row})
+    assert text.endswith(": at least 65,536 (measured; the search stops at 65,536).")

@@ -246,3 +246,22 @@ def test_verdict_speaks_per_card():
     assert "batch 2 x accum 2 per rank of 8 (fsdp, gradient sync last)" in text
     assert "on each CUDA sm86 card" in text
     assert "per rank" not in harness.verdict({**row, "ranks": 1, "parallel": "none"})
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_verdict_of_one_rank_names_its_parallel_mode(mode):
+    """--ranks 1 --parallel ddp is not the plain step: the wrapper's buffers count, so the
+    sentence says which it is, for a verdict and for a largest batch."""
+    row = {**spec(ranks=1, parallel=mode, grad_sync="last").to_dict(), "status": "ok",
+           "target_sm": 86, "predicted_cuda_mib": 702.0, "predicted_reserved_mib": 244.0,
+           "cudnn_workspace_mib": 32.0, "context_mib": 426.0, "budget_mib": 7977.0,
+           "fits": True, "headroom_mib": 7275.0}
+    text = harness.verdict(row)
+    assert f"batch 2 x accum 2 on 1 rank ({mode}, gradient sync last) (fp32," in text
+    assert "on a CUDA sm86 card" in text
+    largest = harness.verdict({**row, "batch": 136, "max_batch_source": "predicted"})
+    assert largest.startswith(f"Largest batch that fits 7.79 GiB at accum 2 on 1 rank ({mode}, "
+                              "gradient sync last) (fp32, attention")
+    assert largest.endswith(": 136 (predicted).")
+    plain = harness.verdict({**row, "parallel": "none"})
+    assert "rank" not in plain and mode not in plain

@@ -498,6 +498,54 @@ def test_sigint_stops_the_sweep_and_its_worker(tmp_path):
     assert rows_of(out) == [] and not (out / "memory.md").exists()
 
 
+def interrupted_in_process(out: Path, interrupt_at: int) -> tuple[int, str]:
+    """An inline sweep of three specs of a harness whose spec number interrupt_at (1-based) is
+    stopped by Ctrl-C: the exit status and what the sweep said."""
+    from rich.console import Console
+
+    from bench.core import Harness
+    from bench.sweep.runner import run_sweep
+
+    calls = []
+
+    def measure(spec, context):
+        calls.append(spec.batch)
+        if len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return {"value": float(spec.batch)}
+
+    harness = Harness(name="fake", measure=measure, figure_columns=["value"],
+                      display_columns=["status", "value"])
+    said = io.StringIO()
+    specs = [BenchSpec(preset="tiny", image_size=16, batch=b, device="cpu") for b in (1, 2, 3)]
+    with pytest.raises(SystemExit) as info:
+        run_sweep(harness, specs, out, "python -m bench.fake", inline=True,
+                  console=Console(file=said, width=300))
+    assert calls == [1, 2, 3][:interrupt_at]
+    return info.value.code, said.getvalue()
+
+
+def test_an_interrupt_before_the_first_row_names_no_file(tmp_path):
+    out = tmp_path / "results"
+    status, said = interrupted_in_process(out, interrupt_at=1)
+    assert status == 130
+    assert not (out / "fake.csv").exists()
+    (line,) = [s for s in said.splitlines() if s.startswith("Interrupted")]
+    assert line == ("Interrupted (SIGINT) before any spec finished: no row written; run the "
+                    "command again.")
+    assert "fake.csv" not in said
+
+
+def test_an_interrupt_after_a_row_says_where_it_is(tmp_path):
+    out = tmp_path / "results"
+    status, said = interrupted_in_process(out, interrupt_at=2)
+    assert status == 130
+    assert [r["value"] for r in read_rows(out / "fake.csv")] == [1.0]
+    (line,) = [s for s in said.splitlines() if s.startswith("Interrupted")]
+    assert line == (f"Interrupted (SIGINT): 1 finished row(s) kept in {out / 'fake.csv'}; run "
+                    "again with --resume for the rest.")
+
+
 # ----- --inline --------------------------------------------------------------------------------
 
 @pytest.fixture

@@ -106,6 +106,25 @@ def test_resume_continues_bit_for_bit(runs):
     assert scalar_steps(runs["root"] / "resumed", "train/loss") == [2, 4, 6, 8, 9]
 
 
+def test_resume_removes_the_temporaries_of_a_save_killed_outright(runs, tmp_path):
+    """kill -9 during a save leaves .last.pt.<random>.tmp (no handler runs); the next start
+    removes those, says so, and leaves every other file."""
+    out = tmp_path / "run"
+    shutil.copytree(runs["root"] / "run", out)
+    stale = [".last.pt.k2x_9q7a.tmp", ".last.pt.0abcdefg.tmp"]
+    others = [".last.pt.tmp", ".samples.png.k2x_9q7a.tmp", "notes.tmp"]
+    for name in stale + others:
+        (out / name).write_bytes(b"PK\x03\x04 half a zip")
+    resumed = train(*FAST, "--steps", "7", "--resume", "--out", out, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(out / "last.pt")["step"] == 7
+    assert not any((out / name).exists() for name in stale)
+    assert all((out / name).exists() for name in others)
+    said = [line for line in resumed.stderr.splitlines() if line.startswith("removed ")]
+    assert said == [f"removed 2 temporary file(s) an interrupted save of {out / 'last.pt'} left: "
+                    f"{stale[1]}, {stale[0]}"]
+
+
 # -- bad input: one line, exit 2, no traceback, nothing written ------------------------------------
 
 BAD = {
