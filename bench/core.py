@@ -77,6 +77,7 @@ class Harness:
 # ----- the columns of every table, from BenchSpec's axis fields ----------------------------------
 # Read from bench.spec at each call, so a spec class with one more axis (a test's) is seen.
 
+
 def _axis_fields() -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(spec_module.BenchSpec) if f.metadata.get("axis")]
 
@@ -104,9 +105,12 @@ def spec_columns() -> list[str]:
 def column_dtypes() -> dict[str, str]:
     """pandas dtypes of the spec columns (results.read_csv); figure columns are float64."""
     kinds = {int: "int64", str: "string"}  # an axis is a number or a word, as its default
-    return {**dict.fromkeys(_TEXT, "string"),
-            **{f.name: kinds[type(f.default)] for f in _axis_fields()},
-            **DERIVED, **dict.fromkeys(_STATUS, "string")}
+    return {
+        **dict.fromkeys(_TEXT, "string"),
+        **{f.name: kinds[type(f.default)] for f in _axis_fields()},
+        **DERIVED,
+        **dict.fromkeys(_STATUS, "string"),
+    }
 
 
 def display_columns(rows: list[dict], figures: list[str]) -> tuple[list[str], str]:
@@ -114,10 +118,12 @@ def display_columns(rows: list[dict], figures: list[str]) -> tuple[list[str], st
     # .get: rows read back from a CSV written before an axis existed lack its column.
     varying = [a for a in axes() if len({r.get(a) for r in rows}) > 1]
     # Axes of other harnesses at their defaults (dataset=synthetic in a memory table) say nothing.
-    unused = {a for a, default in quiet_axes().items()
-              if a not in varying and rows[0].get(a) == default}
-    fixed = ", ".join(f"{a}={rows[0].get(a)}" for a in axes()
-                      if a not in varying and a not in unused)
+    unused = {
+        a for a, default in quiet_axes().items() if a not in varying and rows[0].get(a) == default
+    }
+    fixed = ", ".join(
+        f"{a}={rows[0].get(a)}" for a in axes() if a not in varying and a not in unused
+    )
     # A figure no row has (e.g. CUDA allocator peaks on a CPU) is left out of the display.
     shown = [c for c in figures if c not in varying and any(r.get(c) is not None for r in rows)]
     return varying + shown, fixed

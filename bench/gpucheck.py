@@ -28,33 +28,64 @@ from ddpm.cli.pipes import quiet_closed_pipes
 
 MEMORY_STEPS = (
     ("main job", ["--batch", "2", "--accum", "64"]),
-    ("batch sweep", ["--batch", "8,32", "--accum", "1", "--precision", "fp32,bf16",
-                     "--attention", "none,16"]),
-    ("fp16 with GradScaler", ["--batch", "8", "--accum", "2", "--precision", "fp16",
-                              "--steps", "3"]),
+    (
+        "batch sweep",
+        ["--batch", "8,32", "--accum", "1", "--precision", "fp32,bf16", "--attention", "none,16"],
+    ),
+    (
+        "fp16 with GradScaler",
+        ["--batch", "8", "--accum", "2", "--precision", "fp16", "--steps", "3"],
+    ),
 )
-COLUMNS = ["check", "batch", "accum", "precision", "attention", "status", "peak_alloc_mib",
-           "predicted_alloc_mib", "alloc_error_pct", "peak_reserved_mib",
-           "predicted_reserved_mib", "reserved_error_pct", "nvml_peak_mib",
-           "nvml_process_peak_mib", "context_mib"]
+COLUMNS = [
+    "check",
+    "batch",
+    "accum",
+    "precision",
+    "attention",
+    "status",
+    "peak_alloc_mib",
+    "predicted_alloc_mib",
+    "alloc_error_pct",
+    "peak_reserved_mib",
+    "predicted_reserved_mib",
+    "reserved_error_pct",
+    "nvml_peak_mib",
+    "nvml_process_peak_mib",
+    "context_mib",
+]
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="python -m bench.gpucheck", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(
+        prog="python -m bench.gpucheck",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--device", default="cuda", help="cuda or cuda:N (default cuda: the current)")
-    p.add_argument("--out", default=RUN_FOLDER,
-                   help="gpucheck.md goes here, the harness tables of the check under "
-                        "<out>/gpucheck/ (default %(default)s, which git ignores; for the "
-                        "committed tables: --out results)")
-    p.add_argument("--small-budget", default="3GiB",
-                   help="budget of the largest-batch search: small, so it ends in OOM probes "
-                        "(default %(default)s)")
-    p.add_argument("--tolerance", type=float, default=10.0,
-                   help="largest |error| of predicted against measured reserved memory, in "
-                        "percent (default %(default)g)")
-    p.add_argument("--inline", action="store_true",
-                   help="run every spec in this process (debugging)")
+    p.add_argument(
+        "--out",
+        default=RUN_FOLDER,
+        help="gpucheck.md goes here, the harness tables of the check under "
+        "<out>/gpucheck/ (default %(default)s, which git ignores; for the "
+        "committed tables: --out results)",
+    )
+    p.add_argument(
+        "--small-budget",
+        default="3GiB",
+        help="budget of the largest-batch search: small, so it ends in OOM probes "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=10.0,
+        help="largest |error| of predicted against measured reserved memory, in "
+        "percent (default %(default)g)",
+    )
+    p.add_argument(
+        "--inline", action="store_true", help="run every spec in this process (debugging)"
+    )
     return p
 
 
@@ -67,9 +98,11 @@ def run_checks(argv: list[str] | None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        parser.error(f"bench.gpucheck needs a CUDA GPU and torch sees none here (torch "
-                     f"{torch.__version__}, CUDA {torch.version.cuda or 'not built in'}); run "
-                     "it on the machine with the card.")
+        parser.error(
+            f"bench.gpucheck needs a CUDA GPU and torch sees none here (torch "
+            f"{torch.__version__}, CUDA {torch.version.cuda or 'not built in'}); run "
+            "it on the machine with the card."
+        )
     try:
         device = str(cuda.resolve(parse_device(args.device)))
         parse_budget(args.small_budget)
@@ -83,10 +116,15 @@ def run_checks(argv: list[str] | None) -> None:
     with contextlib.redirect_stdout(sys.stderr):
         for check, extra in MEMORY_STEPS:
             rows += [{"check": check, **r} for r in memory.main(extra + common) or []]
-        search = memory.main(["--find-max-batch", "--accum", "1", "--budget", args.small_budget,
-                              *common]) or []
-        profiled = profile.main(["--batch", "8", "--memory-snapshot", "--steps", "2",
-                                 *common]) or []
+        search = (
+            memory.main(
+                ["--find-max-batch", "--accum", "1", "--budget", args.small_budget, *common]
+            )
+            or []
+        )
+        profiled = (
+            profile.main(["--batch", "8", "--memory-snapshot", "--steps", "2", *common]) or []
+        )
 
     checks = verdicts(rows, search, profiled, args.tolerance)
     report = render(environment(device), rows, checks, args.tolerance)
@@ -97,39 +135,81 @@ def run_checks(argv: list[str] | None) -> None:
         raise SystemExit(1)
 
 
-def verdicts(rows: list[dict], search: list[dict], profiled: list[dict],
-             tolerance: float) -> list[tuple[bool, str]]:
+def verdicts(
+    rows: list[dict], search: list[dict], profiled: list[dict], tolerance: float
+) -> list[tuple[bool, str]]:
     """(passed, sentence) for each thing the check must show on a real card."""
     checks = []
     failed = [r for r in rows + search + profiled if r.get("status") != "ok"]
-    checks.append((not failed, f"every spec ran ({len(failed)} did not: "
-                   + "; ".join(f"{r.get('spec_id')}: {r.get('status')} {r.get('error')}"
-                               for r in failed) + ")" if failed else "every spec ran"))
+    checks.append(
+        (
+            not failed,
+            f"every spec ran ({len(failed)} did not: "
+            + "; ".join(f"{r.get('spec_id')}: {r.get('status')} {r.get('error')}" for r in failed)
+            + ")"
+            if failed
+            else "every spec ran",
+        )
+    )
     ok = [r for r in rows if r.get("status") == "ok"]
-    misses = [r for r in ok if r.get("reserved_error_pct") is None
-              or abs(r["reserved_error_pct"]) > tolerance]
+    misses = [
+        r
+        for r in ok
+        if r.get("reserved_error_pct") is None or abs(r["reserved_error_pct"]) > tolerance
+    ]
     within = len(ok) - len(misses)
-    checks.append((bool(ok) and not misses, f"predicted reserved within {tolerance:g}% of "
-                   f"measured in {within} of {len(ok)} rows"))
-    checks.append((bool(ok) and all(r.get("nvml_peak_mib") for r in ok),
-                   "NVML sampled device memory in every row"))
+    checks.append(
+        (
+            bool(ok) and not misses,
+            f"predicted reserved within {tolerance:g}% of measured in {within} of {len(ok)} rows",
+        )
+    )
+    checks.append(
+        (
+            bool(ok) and all(r.get("nvml_peak_mib") for r in ok),
+            "NVML sampled device memory in every row",
+        )
+    )
     found = [r for r in search if r.get("status") == "ok" and r.get("batch")]
-    checks.append((bool(found), "the largest-batch search finished: "
-                   + (", ".join(f"batch {r['batch']} ({r['precision']}, attention "
-                                f"{r['attention']})" for r in found) or "no result")))
+    checks.append(
+        (
+            bool(found),
+            "the largest-batch search finished: "
+            + (
+                ", ".join(
+                    f"batch {r['batch']} ({r['precision']}, attention {r['attention']})"
+                    for r in found
+                )
+                or "no result"
+            ),
+        )
+    )
     traced = [r for r in profiled if r.get("status") == "ok" and r.get("memory_snapshot")]
-    checks.append((bool(traced), "a profile with CUDA activity and a memory snapshot: "
-                   + (", ".join(str(r["trace_dir"]) for r in traced) or "none")))
+    checks.append(
+        (
+            bool(traced),
+            "a profile with CUDA activity and a memory snapshot: "
+            + (", ".join(str(r["trace_dir"]) for r in traced) or "none"),
+        )
+    )
     return checks
 
 
-def render(env: dict, rows: list[dict], checks: list[tuple[bool, str]],
-           tolerance: float) -> str:
-    lines = ["# gpucheck", "", f"Card and environment: {describe(env)}.", "",
-             "Measured (allocator peaks after warm-up, NVML) beside the prediction for this card; "
-             "error = 100 x (predicted - measured) / measured; reserved is compared with "
-             "predicted reserved plus the cuDNN allowance. MiB = 2^20 bytes.", "",
-             markdown_table(rows, COLUMNS), "", f"## Checks (tolerance {tolerance:g}%)", ""]
+def render(env: dict, rows: list[dict], checks: list[tuple[bool, str]], tolerance: float) -> str:
+    lines = [
+        "# gpucheck",
+        "",
+        f"Card and environment: {describe(env)}.",
+        "",
+        "Measured (allocator peaks after warm-up, NVML) beside the prediction for this card; "
+        "error = 100 x (predicted - measured) / measured; reserved is compared with "
+        "predicted reserved plus the cuDNN allowance. MiB = 2^20 bytes.",
+        "",
+        markdown_table(rows, COLUMNS),
+        "",
+        f"## Checks (tolerance {tolerance:g}%)",
+        "",
+    ]
     lines += [f"- {'PASS' if ok else 'FAIL'}: {sentence}" for ok, sentence in checks]
     return "\n".join(lines) + "\n"
 

@@ -24,20 +24,33 @@ from ddpm.cli.pipes import quiet_closed_pipes
 
 # ----- the command line --------------------------------------------------------------------------
 
+
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="python -m bench.report", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=RUN_FOLDER,
-                   help="the results folder holding <harness>.csv and .json; the .md files and "
-                        "plots/ are written there (default %(default)s, where the harnesses "
-                        "write by default; the committed reference tables: --out results)")
-    p.add_argument("--harness", default=None,
-                   help="comma list of harnesses to rebuild: memory, throughput, loss, "
-                        "sampling, profile, or any bench module with a HARNESS (default: every "
-                        "<harness>.csv in --out)")
-    p.add_argument("--no-plots", action="store_true",
-                   help="rebuild the .md files only; default: also draw plots/*.png "
-                        "(memory_vs_batch, throughput_vs_batch, loss_curves, sampling_time)")
+    p = ArgumentParser(
+        prog="python -m bench.report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--out",
+        default=RUN_FOLDER,
+        help="the results folder holding <harness>.csv and .json; the .md files and "
+        "plots/ are written there (default %(default)s, where the harnesses "
+        "write by default; the committed reference tables: --out results)",
+    )
+    p.add_argument(
+        "--harness",
+        default=None,
+        help="comma list of harnesses to rebuild: memory, throughput, loss, "
+        "sampling, profile, or any bench module with a HARNESS (default: every "
+        "<harness>.csv in --out)",
+    )
+    p.add_argument(
+        "--no-plots",
+        action="store_true",
+        help="rebuild the .md files only; default: also draw plots/*.png "
+        "(memory_vs_batch, throughput_vs_batch, loss_curves, sampling_time)",
+    )
     return p
 
 
@@ -50,18 +63,23 @@ def chosen(parser: ArgumentParser, out: Path, names: str | None) -> list[Harness
             else:
                 print(f"{path.name}: no harness named {path.stem}, skipped.", file=sys.stderr)
         if not picked:
-            parser.error(f"--out {out} holds no harness CSV (memory.csv, throughput.csv, ...): "
-                         "nothing to rebuild.")
+            parser.error(
+                f"--out {out} holds no harness CSV (memory.csv, throughput.csv, ...): "
+                "nothing to rebuild."
+            )
         return picked
     picked = []
     for name in [n.strip() for n in names.split(",")]:
         if name not in harnesses.names():
-            parser.error(f"--harness {name!r} is not a harness: choose from "
-                         f"{', '.join(harnesses.names())}.")
+            parser.error(
+                f"--harness {name!r} is not a harness: choose from {', '.join(harnesses.names())}."
+            )
         harness = harnesses.named(name)
         if not (out / f"{name}.csv").is_file():
-            parser.error(f"--harness {name}: {out / f'{name}.csv'} does not exist; nothing to "
-                         "rebuild it from.")
+            parser.error(
+                f"--harness {name}: {out / f'{name}.csv'} does not exist; nothing to "
+                "rebuild it from."
+            )
         if harness not in picked:
             picked.append(harness)
     return picked
@@ -82,8 +100,10 @@ def rebuild(argv: list[str] | None) -> None:
     except ResultsError as exc:
         parser.error(str(exc))
     if not out.is_dir():
-        parser.error(f"--out {out} is not a folder{'' if out.exists() else ' (it does not exist)'}"
-                     ": pass the results folder a harness wrote.")
+        parser.error(
+            f"--out {out} is not a folder{'' if out.exists() else ' (it does not exist)'}"
+            ": pass the results folder a harness wrote."
+        )
     picked = chosen(parser, out, args.harness)
     # Every .md rendered before any is written: a table that cannot be read costs nothing.
     texts = {}

@@ -34,8 +34,22 @@ DEFAULT_CONTEXT_MIB = 426.0
 
 
 # The axes the name above spells out; repeat is in the spec id.
-_NAMED_ABOVE = ("preset", "image_size", "batch", "accum", "precision", "attention", "compile",
-                "checkpointing", "device", "dataset", "sampler", "sampling_steps", "impl", "repeat")
+_NAMED_ABOVE = (
+    "preset",
+    "image_size",
+    "batch",
+    "accum",
+    "precision",
+    "attention",
+    "compile",
+    "checkpointing",
+    "device",
+    "dataset",
+    "sampler",
+    "sampling_steps",
+    "impl",
+    "repeat",
+)
 
 
 class SpecError(ValueError):
@@ -67,9 +81,15 @@ class AxisOption:
 _FIELD_DEFAULT = object()  # axis(text=...) not given: the option's default is str(default)
 
 
-def axis(default, quiet: bool = False, *, help: str | None = None,
-         parse: AxisParser | None = None, text: object = _FIELD_DEFAULT,
-         **option) -> dataclasses.Field:
+def axis(
+    default,
+    quiet: bool = False,
+    *,
+    help: str | None = None,
+    parse: AxisParser | None = None,
+    text: object = _FIELD_DEFAULT,
+    **option,
+) -> dataclasses.Field:
     """A spec field that is a column of every results table, so tables can vary along it; a
     quiet axis belongs to some harnesses and goes unsaid while at its default. Given `help` and
     `parse`, it is also a command-line option of every harness that takes it, a comma list that
@@ -78,9 +98,12 @@ def axis(default, quiet: bool = False, *, help: str | None = None,
     common, type)."""
     metadata = {"axis": "quiet" if quiet else "said"}
     if parse is not None:
-        metadata["option"] = AxisOption(help=help or "", parse=parse,
-                                        text=str(default) if text is _FIELD_DEFAULT else text,
-                                        **option)
+        metadata["option"] = AxisOption(
+            help=help or "",
+            parse=parse,
+            text=str(default) if text is _FIELD_DEFAULT else text,
+            **option,
+        )
     return field(default=default, metadata=metadata)
 
 
@@ -96,11 +119,12 @@ def choice_list(allowed: tuple[str, ...]) -> AxisParser:
 
 def one_of(allowed: tuple[str, ...]) -> AxisParser:
     """One allowed word (an axis that takes a single value)."""
+
     def parse(option: str, text: str, spec) -> list[str]:
         if text not in allowed:
-            raise SpecError(f"{option} {text!r} is not allowed: choose from "
-                            f"{', '.join(allowed)}.")
+            raise SpecError(f"{option} {text!r} is not allowed: choose from {', '.join(allowed)}.")
         return [text]
+
     return parse
 
 
@@ -108,61 +132,124 @@ def one_of(allowed: tuple[str, ...]) -> AxisParser:
 class BenchSpec:
     # Axes: the columns of every table, in this order. A new axis is one declaration here: its
     # column, its place in the name, and (with help and parse) its command-line option.
-    preset: str = axis("ddpm-cifar10", group="run", parse=lambda o, t, s: [parse_preset(t)],
-                       help=f"{', '.join(PRESETS)} (default %(default)s)")
-    image_size: int = axis(32, group="run", type=int, text=None,
-                           parse=lambda o, t, s: [parse_image_size(t, s.preset)],
-                           help="image side in pixels (default: the preset's)")
-    batch: int = axis(2, parse=int_list(),  # the micro-batch of one rank
-                      help="micro-batch sizes, e.g. 1,2,4 (default %(default)s)")
-    accum: int = axis(1, parse=int_list(),
-                      help="gradient-accumulation steps per optimizer step (default %(default)s)")
-    precision: str = axis("fp32", parse=choice_list(PRECISIONS),
-                          help=f"{', '.join(PRECISIONS)} (default %(default)s)")
+    preset: str = axis(
+        "ddpm-cifar10",
+        group="run",
+        parse=lambda o, t, s: [parse_preset(t)],
+        help=f"{', '.join(PRESETS)} (default %(default)s)",
+    )
+    image_size: int = axis(
+        32,
+        group="run",
+        type=int,
+        text=None,
+        parse=lambda o, t, s: [parse_image_size(t, s.preset)],
+        help="image side in pixels (default: the preset's)",
+    )
+    batch: int = axis(
+        2,
+        parse=int_list(),  # the micro-batch of one rank
+        help="micro-batch sizes, e.g. 1,2,4 (default %(default)s)",
+    )
+    accum: int = axis(
+        1,
+        parse=int_list(),
+        help="gradient-accumulation steps per optimizer step (default %(default)s)",
+    )
+    precision: str = axis(
+        "fp32", parse=choice_list(PRECISIONS), help=f"{', '.join(PRECISIONS)} (default %(default)s)"
+    )
     # "none", or resolutions joined by "+", e.g. "16+8"
-    attention: str = axis("16", text="preset",
-                          parse=lambda o, t, s: parse_attention(t, s.preset, s.image_size),
-                          help="none, preset (the preset's own), or resolutions like 16 or 16+8 "
-                               "(default %(default)s)")
-    compile: str = axis("off", parse=choice_list(COMPILE_MODES),
-                        help=f"torch.compile mode: {', '.join(COMPILE_MODES)} "
-                             "(default %(default)s)")
-    checkpointing: str = axis("off", parse=choice_list(ON_OFF),
-                              help="gradient checkpointing of UNet blocks: off, on "
-                                   "(default %(default)s)")
+    attention: str = axis(
+        "16",
+        text="preset",
+        parse=lambda o, t, s: parse_attention(t, s.preset, s.image_size),
+        help="none, preset (the preset's own), or resolutions like 16 or 16+8 "
+        "(default %(default)s)",
+    )
+    compile: str = axis(
+        "off",
+        parse=choice_list(COMPILE_MODES),
+        help=f"torch.compile mode: {', '.join(COMPILE_MODES)} (default %(default)s)",
+    )
+    checkpointing: str = axis(
+        "off",
+        parse=choice_list(ON_OFF),
+        help="gradient checkpointing of UNet blocks: off, on (default %(default)s)",
+    )
     # resolved: "cpu" or "cuda:N" (never "auto" or index-less "cuda")
-    device: str = axis("cpu", group="run", text="auto", parse=lambda o, t, s: [parse_device(t)],
-                       help="auto, cpu, cuda, cuda:N (default auto)")
+    device: str = axis(
+        "cpu",
+        group="run",
+        text="auto",
+        parse=lambda o, t, s: [parse_device(t)],
+        help="auto, cpu, cuda, cuda:N (default auto)",
+    )
     # data-parallel ranks (processes; one card each on CUDA)
-    ranks: int = axis(1, quiet=True, group="ranks", parse=int_list(),
-                      help="data-parallel ranks, one process (and card) each; --batch is one "
-                           "rank's micro-batch (default %(default)s)")
+    ranks: int = axis(
+        1,
+        quiet=True,
+        group="ranks",
+        parse=int_list(),
+        help="data-parallel ranks, one process (and card) each; --batch is one "
+        "rank's micro-batch (default %(default)s)",
+    )
     # how ranks share the model: none, ddp or fsdp
-    parallel: str = axis("none", quiet=True, group="ranks", parse=choice_list(PARALLEL),
-                         help=f"how ranks share the model: {', '.join(PARALLEL)} (fsdp = FSDP2, "
-                              "each ResBlock and attention block sharded) (default %(default)s)")
+    parallel: str = axis(
+        "none",
+        quiet=True,
+        group="ranks",
+        parse=choice_list(PARALLEL),
+        help=f"how ranks share the model: {', '.join(PARALLEL)} (fsdp = FSDP2, "
+        "each ResBlock and attention block sharded) (default %(default)s)",
+    )
     # sync gradients on the "last" micro-batch or "every"
-    grad_sync: str = axis("last", quiet=True, group="ranks", parse=choice_list(GRAD_SYNCS),
-                          help="exchange gradients after the last micro-batch or after every "
-                               "one: last, every (default %(default)s)")
+    grad_sync: str = axis(
+        "last",
+        quiet=True,
+        group="ranks",
+        parse=choice_list(GRAD_SYNCS),
+        help="exchange gradients after the last micro-batch or after every "
+        "one: last, every (default %(default)s)",
+    )
     # bench.models.impl: "ddpm" (ours) or "diffusers"
-    impl: str = axis("ddpm", quiet=True, parse=choice_list(IMPLS),
-                     help="ddpm (ours), diffusers (UNet2DModel at the same architecture, trained "
-                          "as diffusers' example trains it; optional dependency) "
-                          "(default %(default)s)")
+    impl: str = axis(
+        "ddpm",
+        quiet=True,
+        parse=choice_list(IMPLS),
+        help="ddpm (ours), diffusers (UNet2DModel at the same architecture, trained "
+        "as diffusers' example trains it; optional dependency) "
+        "(default %(default)s)",
+    )
     # bench.loss trains on real data
-    dataset: str = axis("synthetic", quiet=True, group="run", common=False, text="digits",
-                        parse=one_of(DATASETS),
-                        help=f"{', '.join(DATASETS)} (default %(default)s: bundled, no network)")
+    dataset: str = axis(
+        "synthetic",
+        quiet=True,
+        group="run",
+        common=False,
+        text="digits",
+        parse=one_of(DATASETS),
+        help=f"{', '.join(DATASETS)} (default %(default)s: bundled, no network)",
+    )
     # bench.sampling: "ddpm" or "ddim"
-    sampler: str = axis("none", quiet=True, common=False, text="ddpm,ddim",
-                        parse=choice_list(SAMPLERS),
-                        help="ddpm (all T timesteps, Ho et al. Algorithm 2), ddim (eta 0, "
-                             "--sampling-steps); a comma list (default %(default)s)")
+    sampler: str = axis(
+        "none",
+        quiet=True,
+        common=False,
+        text="ddpm,ddim",
+        parse=choice_list(SAMPLERS),
+        help="ddpm (all T timesteps, Ho et al. Algorithm 2), ddim (eta 0, "
+        "--sampling-steps); a comma list (default %(default)s)",
+    )
     # denoising steps of a full sampling run
-    sampling_steps: int = axis(0, quiet=True, common=False, text="10,50,100", parse=int_list(),
-                               help="DDIM steps per complete run, 1..T, a comma list "
-                                    "(default %(default)s)")
+    sampling_steps: int = axis(
+        0,
+        quiet=True,
+        common=False,
+        text="10,50,100",
+        parse=int_list(),
+        help="DDIM steps per complete run, 1..T, a comma list (default %(default)s)",
+    )
     repeat: int = axis(1, quiet=True)  # which pass over the grid (--repeats)
     # How a spec is run, not what it is: in the spec id, not columns.
     seed: int = 0
@@ -183,8 +270,10 @@ class BenchSpec:
 
     def unet_config(self) -> UNetConfig:
         return PRESETS[self.preset].replace(
-            image_size=self.image_size, attention_resolutions=self.attention_resolutions,
-            gradient_checkpointing=self.checkpointing == "on")
+            image_size=self.image_size,
+            attention_resolutions=self.attention_resolutions,
+            gradient_checkpointing=self.checkpointing == "on",
+        )
 
     def train_config(self, **settings) -> TrainConfig:
         """The TrainConfig this spec trains with: the one route from a spec to a trainer
@@ -194,20 +283,29 @@ class BenchSpec:
         (lr, lr_warmup_steps, grad_clip, ema_decay, ...), e.g. bench.loss's learning rate; a
         field an axis sets is refused, so a trainer never says other than its spec's row:
         change the spec instead (spec.replace(accum=2))."""
-        from_spec = {"batch_size": self.batch, "accum_steps": self.accum,
-                     "precision": self.precision, "seed": self.seed, "grad_sync": self.grad_sync}
+        from_spec = {
+            "batch_size": self.batch,
+            "accum_steps": self.accum,
+            "precision": self.precision,
+            "seed": self.seed,
+            "grad_sync": self.grad_sync,
+        }
         clash = sorted(set(settings) & set(from_spec))
         if clash:
-            raise TypeError(f"train_config({', '.join(clash)}=...): the spec sets "
-                            f"{', '.join(clash)}; change the spec (spec.replace) instead.")
+            raise TypeError(
+                f"train_config({', '.join(clash)}=...): the spec sets "
+                f"{', '.join(clash)}; change the spec (spec.replace) instead."
+            )
         return TrainConfig(**from_spec, **settings)
 
     @property
     def name(self) -> str:
         """Readable and stable: names trace folders and identifies a spec for --resume."""
-        name = (f"{self.preset}-{self.image_size}px-b{self.batch}x{self.accum}-{self.precision}"
-                f"-attn{self.attention}-compile-{self.compile}-ckpt-{self.checkpointing}"
-                f"-{self.device.replace(':', '')}")
+        name = (
+            f"{self.preset}-{self.image_size}px-b{self.batch}x{self.accum}-{self.precision}"
+            f"-attn{self.attention}-compile-{self.compile}-ckpt-{self.checkpointing}"
+            f"-{self.device.replace(':', '')}"
+        )
         if self.dataset != "synthetic":
             name += f"-{self.dataset}"
         if self.sampler != "none" or self.sampling_steps:
@@ -224,11 +322,13 @@ class BenchSpec:
 
     @property
     def spec_id(self) -> str:
-        return (f"{self.name}-seed{self.seed}-steps{self.measure_steps}-warmup{self.warmup_steps}"
-                f"-budget{self.budget_mib:g}-context{self.context_mib:g}"
-                + ("-maxbatch" if self.find_max_batch else "")
-                + ("-predicted" if self.predict_only else "")
-                + (f"-repeat{self.repeat}" if self.repeat > 1 else ""))
+        return (
+            f"{self.name}-seed{self.seed}-steps{self.measure_steps}-warmup{self.warmup_steps}"
+            f"-budget{self.budget_mib:g}-context{self.context_mib:g}"
+            + ("-maxbatch" if self.find_max_batch else "")
+            + ("-predicted" if self.predict_only else "")
+            + (f"-repeat{self.repeat}" if self.repeat > 1 else "")
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -239,14 +339,16 @@ class BenchSpec:
 
 # ----- parsing: each returns a value or raises SpecError with the line the user will read ------
 
+
 def parse_int_list(option: str, text: str, minimum: int = 1) -> list[int]:
     values = []
     for item in _items(option, text):
         try:
             value = int(item)
         except ValueError:
-            raise SpecError(f"{option} {item!r} is not an integer; give a comma list such as "
-                            "1,2,4.") from None
+            raise SpecError(
+                f"{option} {item!r} is not an integer; give a comma list such as 1,2,4."
+            ) from None
         if value < minimum:
             raise SpecError(f"{option} {value} is not allowed: it must be >= {minimum}.")
         values.append(value)
@@ -257,8 +359,7 @@ def parse_choices(option: str, text: str, allowed: tuple[str, ...]) -> list[str]
     values = _items(option, text)
     for value in values:
         if value not in allowed:
-            raise SpecError(f"{option} {value!r} is not allowed: choose from "
-                            f"{', '.join(allowed)}.")
+            raise SpecError(f"{option} {value!r} is not allowed: choose from {', '.join(allowed)}.")
     return _once_each(option, text, values)
 
 
@@ -272,14 +373,18 @@ def parse_attention(text: str, preset: str, image_size: int) -> list[str]:
         if item != "none":
             parts = item.split("+")
             if not all(p.isdigit() for p in parts):
-                raise SpecError(f"--attention {item!r} is not allowed: use none, preset, or "
-                                "resolutions joined by '+', e.g. 16 or 16+8.")
+                raise SpecError(
+                    f"--attention {item!r} is not allowed: use none, preset, or "
+                    "resolutions joined by '+', e.g. 16 or 16+8."
+                )
             visited = config.resolutions
             for res in map(int, parts):
                 if res not in visited:
-                    raise SpecError(f"--attention {res} is never visited by {preset} at "
-                                    f"{image_size}px: choose from none, "
-                                    f"{', '.join(map(str, visited))}.")
+                    raise SpecError(
+                        f"--attention {res} is never visited by {preset} at "
+                        f"{image_size}px: choose from none, "
+                        f"{', '.join(map(str, visited))}."
+                    )
             resolutions = sorted(map(int, parts), reverse=True)
             _once_each("--attention", item, resolutions)
             item = "+".join(map(str, resolutions))
@@ -291,12 +396,16 @@ def parse_budget(text: str) -> float:
     """'8GiB' -> 8192.0 (MiB). MiB/GiB are powers of two, MB/GB powers of ten."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]+)\s*", text)
     if match and match.group(2).endswith("b") and match.group(2).lower() in _UNITS:
-        raise SpecError(f"--budget {text!r} is in bits (lowercase b): give bytes, e.g. 8GiB, "
-                        "8192MiB, 8GB or 500MB.")
+        raise SpecError(
+            f"--budget {text!r} is in bits (lowercase b): give bytes, e.g. 8GiB, "
+            "8192MiB, 8GB or 500MB."
+        )
     mib = float(match.group(1)) * _UNITS.get(match.group(2).lower(), 0) if match else 0
     if not 0 < mib < math.inf:  # a 400-digit number is inf as a float
-        raise SpecError(f"--budget {text!r} is not allowed: give a positive, finite size with a "
-                        "unit, e.g. 8GiB, 8192MiB, 8GB or 500MB.")
+        raise SpecError(
+            f"--budget {text!r} is not allowed: give a positive, finite size with a "
+            "unit, e.g. 8GiB, 8192MiB, 8GB or 500MB."
+        )
     return mib
 
 
@@ -330,11 +439,15 @@ def parse_device(text: str) -> str:
         raise SpecError(f"--device {text!r} is not allowed: choose auto, cpu, cuda or cuda:N.")
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
-        raise SpecError(f"--device {text} asked for a GPU, but torch sees no CUDA device here; "
-                        "use --device cpu or auto.")
+        raise SpecError(
+            f"--device {text} asked for a GPU, but torch sees no CUDA device here; "
+            "use --device cpu or auto."
+        )
     if match.group(1) is not None and int(match.group(1)) >= count:
-        raise SpecError(f"--device {text} is not allowed: this machine has {count} CUDA "
-                        f"device(s), cuda:0..cuda:{count - 1}.")
+        raise SpecError(
+            f"--device {text} is not allowed: this machine has {count} CUDA "
+            f"device(s), cuda:0..cuda:{count - 1}."
+        )
     return indexed_device(text)
 
 
@@ -349,8 +462,10 @@ def _once_each(option: str, text: str, values: list) -> list:
     """A value named twice (8+8, or 2,02) would be the same spec twice, measured twice."""
     twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
     if twice is not None:
-        raise SpecError(f"{option} {text!r} names {twice} twice: give each value once (--repeats "
-                        "measures a spec again).")
+        raise SpecError(
+            f"{option} {text!r} names {twice} twice: give each value once (--repeats "
+            "measures a spec again)."
+        )
     return values
 
 

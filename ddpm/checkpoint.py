@@ -18,8 +18,18 @@ from ddpm.errors import first_line
 from ddpm.schedule import NoiseSchedule
 
 FORMAT = "ddpm-bench-checkpoint-v1"
-REQUIRED_KEYS = ("format", "unet_config", "train_config", "schedule", "step", "model", "ema",
-                 "optimizer", "scaler", "rng")
+REQUIRED_KEYS = (
+    "format",
+    "unet_config",
+    "train_config",
+    "schedule",
+    "step",
+    "model",
+    "ema",
+    "optimizer",
+    "scaler",
+    "rng",
+)
 
 
 class CheckpointError(ValueError):
@@ -91,17 +101,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             # never passed on.
             found = re.search(r"GLOBAL (\S+)", text)
             if found:
-                message = (f"checkpoint {path} is not a plain checkpoint: it holds "
-                           f"{found.group(1)}, an object that loading would have to run code to "
-                           "build; it was refused.")
+                message = (
+                    f"checkpoint {path} is not a plain checkpoint: it holds "
+                    f"{found.group(1)}, an object that loading would have to run code to "
+                    "build; it was refused."
+                )
                 raise CheckpointError(message) from None
             detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)
             reason = detail.group(1) if detail else "not tensors and plain data"
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({reason[:200]}).") from None
+            f"checkpoint {path} is corrupt or truncated ({reason[:200]})."
+        ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path} is not a ddpm-bench checkpoint "
-                              f"(expected format {FORMAT!r}).")
+        raise CheckpointError(
+            f"checkpoint {path} is not a ddpm-bench checkpoint (expected format {FORMAT!r})."
+        )
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}.")

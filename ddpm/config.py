@@ -42,39 +42,60 @@ class UNetConfig:
         # Accept lists from callers (JSON, argparse) but store tuples so configs stay hashable.
         object.__setattr__(self, "channel_mults", tuple(self.channel_mults))
         object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
-        for name in ("image_size", "in_channels", "base_channels", "num_res_blocks", "num_heads",
-                     "norm_groups", "time_embed_dim", "time_hidden_dim"):
+        for name in (
+            "image_size",
+            "in_channels",
+            "base_channels",
+            "num_res_blocks",
+            "num_heads",
+            "norm_groups",
+            "time_embed_dim",
+            "time_hidden_dim",
+        ):
             _positive(name, getattr(self, name))
         if not self.channel_mults or any(m <= 0 for m in self.channel_mults):
-            raise ValueError(f"channel_mults={self.channel_mults!r} is not allowed: "
-                             "it must be a non-empty list of positive integers.")
+            raise ValueError(
+                f"channel_mults={self.channel_mults!r} is not allowed: "
+                "it must be a non-empty list of positive integers."
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout!r} is not allowed: it must be in [0, 1).")
         if self.time_embed_dim % 2 or self.time_embed_dim < 4:
             # Frequencies are spaced over half - 1 intervals: a width of 2 has none.
-            raise ValueError(f"time_embed_dim={self.time_embed_dim} is not allowed: "
-                             "the sinusoidal embedding needs an even width of at least 4.")
+            raise ValueError(
+                f"time_embed_dim={self.time_embed_dim} is not allowed: "
+                "the sinusoidal embedding needs an even width of at least 4."
+            )
         halvings = len(self.channel_mults) - 1
         if self.image_size % (2**halvings):
             raise ValueError(
                 f"image_size={self.image_size} is not allowed: {len(self.channel_mults)} levels "
-                f"halve it {halvings} times, so it must be a multiple of {2**halvings}.")
+                f"halve it {halvings} times, so it must be a multiple of {2**halvings}."
+            )
         for ch in sorted(set(self.level_channels)):
             if ch % self.norm_groups:
-                raise ValueError(f"norm_groups={self.norm_groups} does not divide {ch} channels: "
-                                 "GroupNorm needs every level's channel count divisible by it.")
+                raise ValueError(
+                    f"norm_groups={self.norm_groups} does not divide {ch} channels: "
+                    "GroupNorm needs every level's channel count divisible by it."
+                )
         visited = self.resolutions
         for res in self.attention_resolutions:
             if res not in visited:
-                raise ValueError(f"attention resolution {res} is never visited: this UNet visits "
-                                 f"{', '.join(map(str, visited))}.")
+                raise ValueError(
+                    f"attention resolution {res} is never visited: this UNet visits "
+                    f"{', '.join(map(str, visited))}."
+                )
             ch = self.level_channels[visited.index(res)]
             if ch % self.num_heads:
-                raise ValueError(f"num_heads={self.num_heads} does not divide the {ch} channels "
-                                 f"at resolution {res}.")
+                raise ValueError(
+                    f"num_heads={self.num_heads} does not divide the {ch} channels "
+                    f"at resolution {res}."
+                )
         if self.attention_resolutions and self.level_channels[-1] % self.num_heads:
-            raise ValueError(f"num_heads={self.num_heads} does not divide the "
-                             f"{self.level_channels[-1]} channels of the middle block.")
+            raise ValueError(
+                f"num_heads={self.num_heads} does not divide the "
+                f"{self.level_channels[-1]} channels of the middle block."
+            )
 
     @property
     def level_channels(self) -> tuple[int, ...]:
@@ -112,8 +133,10 @@ class TrainConfig:
         _positive("batch_size", self.batch_size)
         _positive("accum_steps", self.accum_steps)
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision={self.precision!r} is not allowed: "
-                             f"choose one of {', '.join(PRECISIONS)}.")
+            raise ValueError(
+                f"precision={self.precision!r} is not allowed: "
+                f"choose one of {', '.join(PRECISIONS)}."
+            )
         if not self.lr > 0:
             raise ValueError(f"lr={self.lr!r} is not allowed: it must be positive.")
         if self.weight_decay < 0:
@@ -121,16 +144,20 @@ class TrainConfig:
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas={self.betas!r} is not allowed: two numbers in [0, 1).")
         if self.lr_warmup_steps < 0:
-            raise ValueError(f"lr_warmup_steps={self.lr_warmup_steps} is not allowed: it must be "
-                             ">= 0.")
+            raise ValueError(
+                f"lr_warmup_steps={self.lr_warmup_steps} is not allowed: it must be >= 0."
+            )
         if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip={self.grad_clip!r} is not allowed: positive, or None "
-                             "for no clipping.")
+            raise ValueError(
+                f"grad_clip={self.grad_clip!r} is not allowed: positive, or None for no clipping."
+            )
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay={self.ema_decay!r} is not allowed: it must be in [0, 1).")
         if self.grad_sync not in GRAD_SYNCS:
-            raise ValueError(f"grad_sync={self.grad_sync!r} is not allowed: "
-                             f"choose one of {', '.join(GRAD_SYNCS)}.")
+            raise ValueError(
+                f"grad_sync={self.grad_sync!r} is not allowed: "
+                f"choose one of {', '.join(GRAD_SYNCS)}."
+            )
 
     @property
     def effective_batch(self) -> int:
@@ -148,11 +175,28 @@ PRESETS: dict[str, UNetConfig] = {
     "ddpm-cifar10": UNetConfig(),
     # MNIST padded to 32x32 as in the tutorials this project grew from: base 64, three resolutions
     # (32, 16, 8), one residual block per level, time embedding 128 -> 512; attention at 16 as DDPM.
-    "ddpm-mnist": UNetConfig(image_size=32, in_channels=1, base_channels=64,
-                             channel_mults=(1, 2, 2), num_res_blocks=1,
-                             attention_resolutions=(16,), time_embed_dim=128, time_hidden_dim=512),
+    "ddpm-mnist": UNetConfig(
+        image_size=32,
+        in_channels=1,
+        base_channels=64,
+        channel_mults=(1, 2, 2),
+        num_res_blocks=1,
+        attention_resolutions=(16,),
+        time_embed_dim=128,
+        time_hidden_dim=512,
+    ),
     # Small enough that tests train it on a CPU in seconds; every block type is still present.
-    "tiny": UNetConfig(image_size=16, in_channels=1, base_channels=16, channel_mults=(1, 2),
-                       num_res_blocks=1, attention_resolutions=(8,), num_heads=2, dropout=0.0,
-                       norm_groups=8, time_embed_dim=32, time_hidden_dim=64),
+    "tiny": UNetConfig(
+        image_size=16,
+        in_channels=1,
+        base_channels=16,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(8,),
+        num_heads=2,
+        dropout=0.0,
+        norm_groups=8,
+        time_embed_dim=32,
+        time_hidden_dim=64,
+    ),
 }

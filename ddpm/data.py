@@ -85,8 +85,9 @@ class ImageDataset:
                 # Every epoch the batch needs in one concatenation: growing the queue an epoch at
                 # a time copies it once per epoch, quadratic in a batch many times the set.
                 epochs = -(-(batch_size - queue.numel()) // n)
-                queue = torch.cat([queue, *(torch.randperm(n, generator=generator)
-                                            for _ in range(epochs))])
+                queue = torch.cat(
+                    [queue, *(torch.randperm(n, generator=generator) for _ in range(epochs))]
+                )
             index, queue = queue[:batch_size], queue[batch_size:]
             x = self.train_images[index]
             if self.flip:

@@ -12,8 +12,14 @@ from ddpm.precision import Phase, autocast, phase
 from ddpm.schedule import NoiseSchedule
 
 
-def l_simple(model: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Tensor,
-             t: torch.Tensor, noise: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+def l_simple(
+    model: torch.nn.Module,
+    schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    precision: str = "fp32",
+) -> torch.Tensor:
     """E ||eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t)||^2 (eq. 14) over the
     batch, as a 0-dim fp32 tensor: the mean squared error per element.
 
@@ -27,8 +33,9 @@ def l_simple(model: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Tensor,
         return F.mse_loss(eps.float(), noise.float())
 
 
-def held_out_draws(images: torch.Tensor, timesteps: int, seed: int
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def held_out_draws(
+    images: torch.Tensor, timesteps: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Timesteps and noise for held-out images, drawn once: the same for every call with this
     seed, so a held-out loss changes only when the model does.
 
@@ -43,9 +50,12 @@ def held_out_draws(images: torch.Tensor, timesteps: int, seed: int
     return t, noise
 
 
-def held_out_loss(model: torch.nn.Module, schedule: NoiseSchedule,
-                  batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-                  precision: str = "fp32") -> float:
+def held_out_loss(
+    model: torch.nn.Module,
+    schedule: NoiseSchedule,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    precision: str = "fp32",
+) -> float:
     """L_simple over every element of the (x0, t, noise) batches, each batch's mean weighted by
     its size and summed in float64, in eval mode (dropout off) without gradients; the model's
     mode comes back afterwards."""

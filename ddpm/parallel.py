@@ -98,7 +98,8 @@ def _cuda_device_for_this_rank() -> torch.device:
     if local_ranks > cards:
         raise RuntimeError(
             f"{local_ranks} ranks on this node but {cards} CUDA card(s): NCCL needs one card per "
-            f"rank, so start at most {cards} (torchrun --nproc-per-node {cards}).")
+            f"rank, so start at most {cards} (torchrun --nproc-per-node {cards})."
+        )
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     torch.cuda.set_device(device)
     return device
@@ -127,14 +128,18 @@ def replicate(model: nn.Module, device: torch.device, mesh=None) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     device = torch.device(device)
-    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
-                                   process_group=mesh.get_group() if mesh is not None else None)
+    return DistributedDataParallel(
+        model,
+        device_ids=[device] if device.type == "cuda" else None,
+        process_group=mesh.get_group() if mesh is not None else None,
+    )
 
 
 def wrap(model: nn.Module, parallel: str, device: torch.device, mesh=None) -> nn.Module:
     if parallel not in PARALLEL:
-        raise ValueError(f"parallel={parallel!r} is not allowed: choose one of "
-                         f"{', '.join(PARALLEL)}.")
+        raise ValueError(
+            f"parallel={parallel!r} is not allowed: choose one of {', '.join(PARALLEL)}."
+        )
     if parallel == "fsdp":
         return shard(model, mesh)
     if parallel == "ddp":
@@ -241,8 +246,12 @@ def distributed_like(tensors: dict, reference: dict) -> dict:
     for name, tensor in tensors.items():
         ref = reference.get(name)
         if isinstance(ref, DTensor) and not isinstance(tensor, DTensor):
-            tensor = distribute_tensor(tensor.to(ref.device, ref.dtype), ref.device_mesh,
-                                       ref.placements, src_data_rank=None)
+            tensor = distribute_tensor(
+                tensor.to(ref.device, ref.dtype),
+                ref.device_mesh,
+                ref.placements,
+                src_data_rank=None,
+            )
         out[name] = tensor
     return out
 
@@ -267,8 +276,9 @@ def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tupl
     return model_state, _numbered(optimizer_state) if optimizer_state else {}
 
 
-def load_full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
-                          optimizer_state: dict) -> None:
+def load_full_state_dicts(
+    model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optimizer_state: dict
+) -> None:
     """Load whole state dicts (what `full_state_dicts` or one rank saved) into a spread model
     and its optimizer: each rank keeps its shard (FSDP2) or a full copy (DDP)."""
     from torch.distributed.checkpoint.state_dict import (
@@ -285,16 +295,19 @@ def load_full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer, mo
         optimizer.load_state_dict(optimizer_state)
         return
     names = {id(p): name for name, p in unwrap(model).named_parameters()}
-    set_optimizer_state_dict(model, optimizer, _named(optimizer_state, optimizer, names),
-                             options=options)
+    set_optimizer_state_dict(
+        model, optimizer, _named(optimizer_state, optimizer, names), options=options
+    )
 
 
 def _numbered(state: dict) -> dict:
     """An optimizer state dict keyed by parameter names -> keyed by numbers, as
     Optimizer.state_dict numbers them: in parameter-group order, from 0."""
     number: dict[str, int] = {}
-    groups = [{**g, "params": [number.setdefault(n, len(number)) for n in g["params"]]}
-              for g in state["param_groups"]]
+    groups = [
+        {**g, "params": [number.setdefault(n, len(number)) for n in g["params"]]}
+        for g in state["param_groups"]
+    ]
     return {"state": {number[n]: s for n, s in state["state"].items()}, "param_groups": groups}
 
 
@@ -302,8 +315,10 @@ def _named(state: dict, optimizer: torch.optim.Optimizer, names: dict[int, str])
     """The inverse of `_numbered` for `optimizer`, whose parameters `names` names by id."""
     order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
     if len(order) != sum(len(g["params"]) for g in state["param_groups"]):
-        raise ValueError(f"the optimizer state holds another number of parameters than this "
-                         f"model's {len(order)}.")
+        raise ValueError(
+            f"the optimizer state holds another number of parameters than this "
+            f"model's {len(order)}."
+        )
     groups = [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]]
     return {"state": {order[i]: s for i, s in state["state"].items()}, "param_groups": groups}
 

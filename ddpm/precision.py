@@ -10,11 +10,14 @@ from torch.profiler import record_function
 
 # The dtype each precision computes its matmuls and convolutions in. tf32 stores fp32 and rounds
 # matmul inputs to TF32 on CUDA only (see apply_matmul_precision).
-COMPUTE_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16,
-                  "bf16": torch.bfloat16}
+COMPUTE_DTYPES = {
+    "fp32": torch.float32,
+    "tf32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
 # The precisions that run the model under autocast, and its dtype there.
-AUTOCAST_DTYPES = {name: dtype for name, dtype in COMPUTE_DTYPES.items()
-                   if dtype != torch.float32}
+AUTOCAST_DTYPES = {name: dtype for name, dtype in COMPUTE_DTYPES.items() if dtype != torch.float32}
 
 
 class Phase:
@@ -31,8 +34,15 @@ class Phase:
 
 
 # The ranges of one optimizer step (ddpm.train.Trainer.step), in the order they run.
-TRAIN_PHASES = (Phase.DATA, Phase.FORWARD, Phase.LOSS, Phase.BACKWARD, Phase.UNSCALE_CLIP,
-                Phase.OPTIMIZER, Phase.EMA)
+TRAIN_PHASES = (
+    Phase.DATA,
+    Phase.FORWARD,
+    Phase.LOSS,
+    Phase.BACKWARD,
+    Phase.UNSCALE_CLIP,
+    Phase.OPTIMIZER,
+    Phase.EMA,
+)
 # The range of one denoising step (ddpm.sample.sample_progressive).
 SAMPLE_PHASES = (Phase.DENOISE_STEP,)
 
@@ -41,8 +51,9 @@ def autocast(precision: str, device: torch.device | str) -> torch.autocast:
     """Autocast to fp16/bf16 on the device's type; for fp32 and tf32 autocast is switched off,
     so an enclosing autocast region cannot lower their precision."""
     if precision not in COMPUTE_DTYPES:
-        raise ValueError(f"precision must be one of {', '.join(COMPUTE_DTYPES)}, "
-                         f"got {precision!r}.")
+        raise ValueError(
+            f"precision must be one of {', '.join(COMPUTE_DTYPES)}, got {precision!r}."
+        )
     dtype = AUTOCAST_DTYPES.get(precision)
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
 

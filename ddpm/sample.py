@@ -159,8 +159,7 @@ class DDPMSampler(_Sampler):
     """Algorithm 2: every timestep T-1, ..., 0, each updated by `ddpm_step` (variance and
     clip_x0 as there)."""
 
-    def __init__(self, schedule: NoiseSchedule, variance: str = "posterior",
-                 clip_x0: bool = False):
+    def __init__(self, schedule: NoiseSchedule, variance: str = "posterior", clip_x0: bool = False):
         _check_variance(variance)
         self.schedule, self.variance, self.clip_x0 = schedule, variance, clip_x0
         self.timesteps = list(reversed(range(schedule.timesteps)))
@@ -168,22 +167,26 @@ class DDPMSampler(_Sampler):
     def needs_noise(self, t: int) -> bool:
         return t > 0  # the last step returns the posterior mean
 
-    def step(self, eps: torch.Tensor, t: int, x: torch.Tensor,
-             noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(
+        self, eps: torch.Tensor, t: int, x: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_{t-1}, x0_hat) from x = x_t and the model's eps."""
         return _ddpm_update(self.schedule, x, t, eps, noise, self.variance, self.clip_x0)
 
     def __repr__(self) -> str:
-        return (f"DDPMSampler(T={self.schedule.timesteps}, variance={self.variance!r}, "
-                f"clip_x0={self.clip_x0})")
+        return (
+            f"DDPMSampler(T={self.schedule.timesteps}, variance={self.variance!r}, "
+            f"clip_x0={self.clip_x0})"
+        )
 
 
 class DDIMSampler(_Sampler):
     """DDIM over `ddim_timesteps(T, steps)`, each step by `ddim_step` to the next timestep
     visited (-1 after the last); eta and clip_x0 as there."""
 
-    def __init__(self, schedule: NoiseSchedule, steps: int, eta: float = 0.0,
-                 clip_x0: bool = False):
+    def __init__(
+        self, schedule: NoiseSchedule, steps: int, eta: float = 0.0, clip_x0: bool = False
+    ):
         self.timesteps = ddim_timesteps(schedule.timesteps, steps)
         _check_eta(eta)
         self.schedule, self.steps, self.eta, self.clip_x0 = schedule, steps, eta, clip_x0
@@ -192,15 +195,17 @@ class DDIMSampler(_Sampler):
     def needs_noise(self, t: int) -> bool:
         return self.eta > 0 and self.t_prev[t] >= 0  # sigma = 0 otherwise (DDIM eq. 16)
 
-    def step(self, eps: torch.Tensor, t: int, x: torch.Tensor,
-             noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(
+        self, eps: torch.Tensor, t: int, x: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_{t_prev}, x0_hat) from x = x_t and the model's eps."""
-        return _ddim_update(self.schedule, x, t, self.t_prev[t], eps, self.eta, noise,
-                            self.clip_x0)
+        return _ddim_update(self.schedule, x, t, self.t_prev[t], eps, self.eta, noise, self.clip_x0)
 
     def __repr__(self) -> str:
-        return (f"DDIMSampler(T={self.schedule.timesteps}, steps={self.steps}, eta={self.eta}, "
-                f"clip_x0={self.clip_x0})")
+        return (
+            f"DDIMSampler(T={self.schedule.timesteps}, steps={self.steps}, eta={self.eta}, "
+            f"clip_x0={self.clip_x0})"
+        )
 
 
 Sampler = DDPMSampler | DDIMSampler
@@ -279,9 +284,11 @@ def sample_loop(
     total = len(sampler.timesteps)
     # Closed on the way out, not left to the garbage collector: after an exception here (Ctrl-C
     # in `progress`) the model's mode and weights are back before the caller sees it.
-    with contextlib.closing(sample_progressive(model, sampler, shape, generator=generator,
-                                               device=device, ema=ema,
-                                               precision=precision)) as run:
+    with contextlib.closing(
+        sample_progressive(
+            model, sampler, shape, generator=generator, device=device, ema=ema, precision=precision
+        )
+    ) as run:
         for step in run:
             if progress is not None:
                 progress(step[0] + 1, total)
@@ -313,15 +320,17 @@ def ddpm_sample(
     """
     sampler = DDPMSampler(schedule, variance=variance, clip_x0=clip_x0)
     if return_x0_every is None:
-        return sample_loop(model, sampler, shape, generator=generator, device=device, ema=ema,
-                           progress=progress)
+        return sample_loop(
+            model, sampler, shape, generator=generator, device=device, ema=ema, progress=progress
+        )
     _check_int("return_x0_every", return_x0_every)
     if return_x0_every < 1:
         raise ValueError(f"return_x0_every must be >= 1 or None, got {return_x0_every}.")
     trajectory: list[tuple[int, torch.Tensor]] = []
     total = len(sampler.timesteps)
-    with contextlib.closing(sample_progressive(model, sampler, shape, generator=generator,
-                                               device=device, ema=ema)) as run:
+    with contextlib.closing(
+        sample_progressive(model, sampler, shape, generator=generator, device=device, ema=ema)
+    ) as run:
         for i, t, x_prev, x0_hat in run:
             if (i + 1) % return_x0_every == 0 or t == 0:
                 trajectory.append((t, x0_hat.clone()))  # clone: normal tensors, as x_0 is
@@ -349,14 +358,16 @@ def ddim_sample(
     clip_x0 as in `ddim_step`.
     """
     sampler = DDIMSampler(schedule, steps, eta=eta, clip_x0=clip_x0)
-    return sample_loop(model, sampler, shape, generator=generator, device=device, ema=ema,
-                       progress=progress)
+    return sample_loop(
+        model, sampler, shape, generator=generator, device=device, ema=ema, progress=progress
+    )
 
 
 def _check_variance(variance: str) -> None:
     if variance not in VARIANCES:
-        raise ValueError(f"variance must be one of {', '.join(map(repr, VARIANCES))}, "
-                         f"got {variance!r}.")
+        raise ValueError(
+            f"variance must be one of {', '.join(map(repr, VARIANCES))}, got {variance!r}."
+        )
 
 
 def _check_eta(eta) -> None:
@@ -368,4 +379,3 @@ def _check_eta(eta) -> None:
 def _check_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an int, got {type(value).__name__} {value!r}.")
-

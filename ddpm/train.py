@@ -44,9 +44,15 @@ class StepStats:
 
 
 class Trainer:
-    def __init__(self, model: torch.nn.Module, schedule: NoiseSchedule, config: TrainConfig,
-                 device: str | torch.device = "cpu", optimizer: torch.optim.Optimizer | None = None,
-                 ema: EMA | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        schedule: NoiseSchedule,
+        config: TrainConfig,
+        device: str | torch.device = "cpu",
+        optimizer: torch.optim.Optimizer | None = None,
+        ema: EMA | None = None,
+    ):
         """`optimizer` and `ema` default to ours (fused AdamW, foreach EMA); another recipe (the
         benchmarks' diffusers baseline) passes its own: anything with .step()/.update(model).
         A `model` spread by ddpm.parallel.wrap trains data-parallel over its process group."""
@@ -69,8 +75,12 @@ class Trainer:
         # Fused: one kernel updates every parameter (CPU and CUDA), 8x faster than the per-tensor
         # loop on a 2-core CPU for the CIFAR model, with the same update (bench/PERF.md).
         self.optimizer = optimizer or torch.optim.AdamW(
-            model.parameters(), lr=config.lr, betas=config.betas,
-            weight_decay=config.weight_decay, fused=True)
+            model.parameters(),
+            lr=config.lr,
+            betas=config.betas,
+            weight_decay=config.weight_decay,
+            fused=True,
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.ema = ema or EMA(self.module, decay=config.ema_decay, warmup=config.ema_warmup)
         self.step_count = 0
@@ -104,13 +114,16 @@ class Trainer:
             terms, values = "batch_size*accum_steps", f"{b}*{cfg.accum_steps}"
             if self.world > 1:
                 terms, values = f"ranks*{terms}", f"{self.world}*{values}"
-            raise ValueError(f"trainer.step got {x0.shape[0]} images; one optimizer step takes "
-                             f"{terms} = {values} = {n}.")
+            raise ValueError(
+                f"trainer.step got {x0.shape[0]} images; one optimizer step takes "
+                f"{terms} = {values} = {n}."
+            )
         self.model.train()
         with phase(Phase.DATA, dev):
             t, noise = self.draw(x0)
-            x0, t, noise = (self.share(v).to(dev, non_blocking=True)
-                            for v in (x0.float(), t, noise))
+            x0, t, noise = (
+                self.share(v).to(dev, non_blocking=True) for v in (x0.float(), t, noise)
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=dev)
         for i in range(cfg.accum_steps):
@@ -118,12 +131,14 @@ class Trainer:
             # Gradients stay on each rank until the last micro-batch (grad_sync "last"): its
             # backward averages their sums across ranks, the same mean with one exchange.
             parallel.set_gradient_sync(
-                self.model, cfg.grad_sync == "every" or i == cfg.accum_steps - 1)
+                self.model, cfg.grad_sync == "every" or i == cfg.accum_steps - 1
+            )
             # L_simple (eq. 14) in fp32, in the forward and loss ranges. Each micro-batch's mean
             # is weighted by b/n, so the summed gradient equals the full batch's: accumulation
             # changes no math.
-            loss = l_simple(self.model, self.schedule, x0[part], t[part], noise[part],
-                            cfg.precision)
+            loss = l_simple(
+                self.model, self.schedule, x0[part], t[part], noise[part], cfg.precision
+            )
             with phase(Phase.BACKWARD, dev):
                 self.scaler.scale(loss / cfg.accum_steps).backward()
             loss_sum += loss.detach()
@@ -133,7 +148,8 @@ class Trainer:
             # The global norm: DDP's gradients are already averaged; FSDP2's are sharded
             # DTensors, whose norm is taken over all shards (a replicated DTensor).
             grad_norm = parallel.plain(
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+            )
         lr = self.lr_at(self.step_count)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -149,8 +165,14 @@ class Trainer:
         self.skipped_steps += int(skipped)
         # One all-reduce of a scalar: each rank's mean is over an equal share of the images.
         loss = parallel.mean_over_ranks(loss_sum / cfg.accum_steps, self.group)
-        return StepStats(loss=loss, grad_norm=grad_norm.detach(), lr=lr, images=n,
-                         skipped=skipped, loss_scale=scale)
+        return StepStats(
+            loss=loss,
+            grad_norm=grad_norm.detach(),
+            lr=lr,
+            images=n,
+            skipped=skipped,
+            loss_scale=scale,
+        )
 
     # ----- checkpoints -------------------------------------------------------------------------
 
@@ -192,27 +214,35 @@ class Trainer:
         any number of ranks (every rank reads the file and keeps its share)."""
         data = load_checkpoint(path)
         if _architecture(data["unet_config"]) != _architecture(self.module.config):
-            raise CheckpointError(f"checkpoint {path} holds another model: "
-                                  f"{_differences(data['unet_config'], self.module.config)}.")
+            raise CheckpointError(
+                f"checkpoint {path} holds another model: "
+                f"{_differences(data['unet_config'], self.module.config)}."
+            )
         try:
             if self.group is None:
                 self.model.load_state_dict(data["model"])
                 self.ema.load_state_dict(data["ema"])
                 self.optimizer.load_state_dict(data["optimizer"])
             else:
-                parallel.load_full_state_dicts(self.model, self.optimizer, data["model"],
-                                               data["optimizer"])
+                parallel.load_full_state_dicts(
+                    self.model, self.optimizer, data["model"], data["optimizer"]
+                )
                 ema = self.ema.state_dict()
-                self.ema.load_state_dict({**data["ema"], "params": parallel.distributed_like(
-                    data["ema"]["params"], ema["params"])})
+                self.ema.load_state_dict(
+                    {
+                        **data["ema"],
+                        "params": parallel.distributed_like(data["ema"]["params"], ema["params"]),
+                    }
+                )
             self.scaler.load_state_dict(data["scaler"])
             self.generator.set_state(data["rng"]["trainer"])
             torch.set_rng_state(data["rng"]["torch"])
             if self.device.type == "cuda" and "cuda" in data["rng"]:
                 torch.cuda.set_rng_state(data["rng"]["cuda"], self.device)
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"checkpoint {path} does not fit this trainer: "
-                                  f"{first_line(exc)}") from None
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this trainer: {first_line(exc)}"
+            ) from None
         self.step_count = int(data["step"])
         self.skipped_steps = int(data.get("skipped_steps", 0))
 
@@ -227,4 +257,3 @@ def _differences(stored: dict, config: UNetConfig) -> str:
     mine = _architecture(config)
     diffs = [f"{k} {stored.get(k)!r} vs {mine[k]!r}" for k in mine if stored.get(k) != mine[k]]
     return ", ".join(diffs) or "different fields"
-

@@ -58,8 +58,10 @@ class AttentionBlock(nn.Module):
         b, c, h, w = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
         q, k, v = self.qkv(tokens).chunk(3, dim=-1)
-        q, k, v = (z.reshape(b, h * w, self.num_heads, c // self.num_heads).transpose(1, 2)
-                   for z in (q, k, v))
+        q, k, v = (
+            z.reshape(b, h * w, self.num_heads, c // self.num_heads).transpose(1, 2)
+            for z in (q, k, v)
+        )
         out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
         out = self.proj(out.transpose(1, 2).reshape(b, h * w, c))
         return x + out.transpose(1, 2).reshape(b, c, h, w)
@@ -104,8 +106,9 @@ def _merge_taps(w: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([w0, w1 + w2], dim), torch.stack([w0 + w1, w2], dim)
 
 
-def phased_upsample_conv(x: torch.Tensor, weight: torch.Tensor,
-                         bias: torch.Tensor | None) -> torch.Tensor:
+def phased_upsample_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
     """conv2d(nearest_upsample_x2(x), weight, bias, padding=1) for a 3x3 weight, by phases."""
     b, _, h, w = x.shape
     out_ch = weight.shape[0]
@@ -117,7 +120,7 @@ def phased_upsample_conv(x: torch.Tensor, weight: torch.Tensor,
     out = y.new_empty(b, out_ch, h, 2, w, 2)
     for a in (0, 1):
         for c in (0, 1):
-            out[:, :, :, a, :, c] = y[:, a, c, :, a:a + h, c:c + w]
+            out[:, :, :, a, :, c] = y[:, a, c, :, a : a + h, c : c + w]
     return out.view(b, out_ch, 2 * h, 2 * w)
 
 
@@ -138,8 +141,10 @@ class UNet(nn.Module):
         super().__init__()
         self.config = c = config
         self.time_mlp = nn.Sequential(
-            nn.Linear(c.time_embed_dim, c.time_hidden_dim), nn.SiLU(),
-            nn.Linear(c.time_hidden_dim, c.time_hidden_dim))
+            nn.Linear(c.time_embed_dim, c.time_hidden_dim),
+            nn.SiLU(),
+            nn.Linear(c.time_hidden_dim, c.time_hidden_dim),
+        )
         self.conv_in = nn.Conv2d(c.in_channels, c.base_channels, 3, padding=1)
 
         def res(i: int, o: int) -> ResBlock:

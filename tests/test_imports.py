@@ -22,8 +22,12 @@ def modules() -> dict[str, Path]:
 
 
 def is_main_guard(node: ast.AST) -> bool:
-    return (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
-            and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__")
+    return (
+        isinstance(node, ast.If)
+        and isinstance(node.test, ast.Compare)
+        and isinstance(node.test.left, ast.Name)
+        and node.test.left.id == "__name__"
+    )
 
 
 def imports(path: Path, known: set[str]) -> set[str]:
@@ -54,7 +58,7 @@ def cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         path.pop()
@@ -70,8 +74,10 @@ def cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_no_import_cycle():
     known = modules()
     graph = {name: imports(path, set(known)) - {name} for name, path in known.items()}
-    assert len(graph) > 40 and graph["bench.sweep.runner"] >= {"bench.tables.markdown",
-                                                              "bench.core"}
+    assert len(graph) > 40 and graph["bench.sweep.runner"] >= {
+        "bench.tables.markdown",
+        "bench.core",
+    }
     found = cycle(graph)
     assert found is None, " -> ".join(found)
 
@@ -80,10 +86,14 @@ def test_the_cycle_finder_finds_a_cycle_and_ignores_main_guards(tmp_path):
     assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert cycle({"a": {"b"}, "b": set()}) is None
     module = tmp_path / "m.py"
-    module.write_text("import ddpm.train\n\ndef f():\n    from bench import report\n\n"
-                      "if __name__ == '__main__':\n    import bench.sweep.cli\n")
-    assert imports(module, {"ddpm.train", "bench.report", "bench.sweep.cli"}) == {"ddpm.train",
-                                                                          "bench.report"}
+    module.write_text(
+        "import ddpm.train\n\ndef f():\n    from bench import report\n\n"
+        "if __name__ == '__main__':\n    import bench.sweep.cli\n"
+    )
+    assert imports(module, {"ddpm.train", "bench.report", "bench.sweep.cli"}) == {
+        "ddpm.train",
+        "bench.report",
+    }
 
 
 def test_sampling_does_not_import_training():
@@ -97,8 +107,19 @@ def test_sampling_does_not_import_training():
 
 # bench's layers, top to bottom: a module imports its own layer or those below, never above.
 LAYERS = [
-    ("commands", ("bench.memory", "bench.throughput", "bench.loss", "bench.sampling",
-                  "bench.profile", "bench.report", "bench.gpucheck", "bench.conftest")),
+    (
+        "commands",
+        (
+            "bench.memory",
+            "bench.throughput",
+            "bench.loss",
+            "bench.sampling",
+            "bench.profile",
+            "bench.report",
+            "bench.gpucheck",
+            "bench.conftest",
+        ),
+    ),
     ("harnesses and the benchmark suite", ("bench.harnesses", "bench.suite")),
     ("the sweep", ("bench.sweep",)),
     ("trackers, predictor and tables", ("bench.measure", "bench.predict", "bench.tables")),
@@ -111,14 +132,25 @@ LAYERS = [
 
 def layer(module: str) -> int:
     """The index in LAYERS of the most specific prefix naming this module."""
-    best = max((prefix for _, prefixes in LAYERS for prefix in prefixes
-                if module == prefix or module.startswith(prefix + ".")), key=len)
+    best = max(
+        (
+            prefix
+            for _, prefixes in LAYERS
+            for prefix in prefixes
+            if module == prefix or module.startswith(prefix + ".")
+        ),
+        key=len,
+    )
     return next(i for i, (_, prefixes) in enumerate(LAYERS) if best in prefixes)
 
 
 def upward(graph: dict[str, set[str]]) -> list[str]:
-    return sorted(f"{a} ({LAYERS[layer(a)][0]}) -> {b} ({LAYERS[layer(b)][0]})"
-                  for a, targets in graph.items() for b in targets if layer(b) < layer(a))
+    return sorted(
+        f"{a} ({LAYERS[layer(a)][0]}) -> {b} ({LAYERS[layer(b)][0]})"
+        for a, targets in graph.items()
+        for b in targets
+        if layer(b) < layer(a)
+    )
 
 
 def test_every_arrow_points_down():
@@ -142,4 +174,5 @@ def test_the_layer_check_finds_an_arrow_up():
     assert layer("bench.sweep.runner") == 2 and layer("bench.spec") == 5
     assert layer("ddpm.cli.args") == 6 and layer("ddpm.train") == 7
     assert upward({"bench.spec": {"bench.models.impl"}, "bench.memory": {"bench.spec"}}) == [
-        "bench.spec (the contract) -> bench.models.impl (models)"]
+        "bench.spec (the contract) -> bench.models.impl (models)"
+    ]

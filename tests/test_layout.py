@@ -32,8 +32,12 @@ def named_paths(text: str) -> set[str]:
 
 
 def modules() -> set[str]:
-    return {str(p.relative_to(ROOT)) for package in ("ddpm", "bench")
-            for p in (ROOT / package).rglob("*.py") if p.name != "__init__.py"}
+    return {
+        str(p.relative_to(ROOT))
+        for package in ("ddpm", "bench")
+        for p in (ROOT / package).rglob("*.py")
+        if p.name != "__init__.py"
+    }
 
 
 def test_the_layout_names_every_module_and_no_other():
@@ -49,6 +53,8 @@ def test_the_layout_names_every_test_helper():
 
 
 def test_the_tree_reader_follows_indentation():
-    text = ("```\npkg/\n  a.py        holds a\n  sub/        a folder\n    b.py, c.py   two\n"
-            "                continued description\n  d.py\n```\n")
+    text = (
+        "```\npkg/\n  a.py        holds a\n  sub/        a folder\n    b.py, c.py   two\n"
+        "                continued description\n  d.py\n```\n"
+    )
     assert named_paths(text) == {"pkg/a.py", "pkg/sub/b.py", "pkg/sub/c.py", "pkg/d.py"}

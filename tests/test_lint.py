@@ -16,6 +16,7 @@ RUFF = shutil.which("ruff")
 @pytest.mark.skipif(RUFF is None, reason="ruff is in the test extra: pip install -e '.[test]'")
 @pytest.mark.parametrize("check", [["check"], ["format", "--check"]], ids=["check", "format"])
 def test_ruff_passes(check):
-    result = subprocess.run([RUFF, *check, "ddpm", "bench", "tests"], cwd=ROOT,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [RUFF, *check, "ddpm", "bench", "tests"], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]

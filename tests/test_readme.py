@@ -69,7 +69,8 @@ def relative(target: str) -> bool:
 def test_the_readme_is_a_front_page():
     size = len(README.read_bytes())
     assert size <= README_MAX_BYTES, (
-        f"README.md is {size:,} bytes (at most {README_MAX_BYTES:,}): move the manual to docs/")
+        f"README.md is {size:,} bytes (at most {README_MAX_BYTES:,}): move the manual to docs/"
+    )
 
 
 def test_every_number_in_the_headline_is_in_a_committed_table():
@@ -79,8 +80,12 @@ def test_every_number_in_the_headline_is_in_a_committed_table():
     assert len(headline) == 1
     assert len(NUMBER.findall(headline[0])) > 20  # the headline does quote figures
     assert any(quoted_blocks(p) for p in pages() if p != README)  # so do the docs pages
-    missing = {str(p.relative_to(ROOT)): [n for b in quoted_blocks(p) for n in NUMBER.findall(b)
-                                          if n.rstrip(",") not in found] for p in pages()}
+    missing = {
+        str(p.relative_to(ROOT)): [
+            n for b in quoted_blocks(p) for n in NUMBER.findall(b) if n.rstrip(",") not in found
+        ]
+        for p in pages()
+    }
     missing = {page: numbers for page, numbers in missing.items() if numbers}
     assert not missing, f"numbers quoted between markers that are in no results/*.md: {missing}"
 
@@ -103,8 +108,7 @@ def test_every_relative_link_resolves(page):
 
 
 def test_the_readme_links_every_docs_page():
-    linked = {(README.parent / t.partition("#")[0]).resolve() for t in links(README)
-              if relative(t)}
+    linked = {(README.parent / t.partition("#")[0]).resolve() for t in links(README) if relative(t)}
     unlinked = [p.name for p in sorted(DOCS.glob("*.md")) if p.resolve() not in linked]
     assert not unlinked, f"docs pages the README's tour does not link: {unlinked}"
 

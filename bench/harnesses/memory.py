@@ -49,8 +49,10 @@ def budget_words(budget_mib: float) -> str:
 
 def verdict(row: dict) -> str | None:
     """The answer in words: does this configuration fit the budget, and by how much."""
-    what = (f"batch {row['batch']} x accum {row['accum']}{_ranks_words(row)} ({row['precision']}, "
-            f"attention {row['attention']}, {row['preset']} at {row['image_size']}px)")
+    what = (
+        f"batch {row['batch']} x accum {row['accum']}{_ranks_words(row)} ({row['precision']}, "
+        f"attention {row['attention']}, {row['preset']} at {row['image_size']}px)"
+    )
     card_words = "each CUDA" if row.get("ranks", 1) > 1 else "a CUDA"
     if row["status"] != "ok":
         return f"{what}: {row['status']} ({row['error']})."
@@ -58,20 +60,29 @@ def verdict(row: dict) -> str | None:
     if row.get("max_batch_source"):
         source = row["max_batch_source"]
         limit = SEARCH_LIMITS.get(source)
-        answer = (f"at least {row['batch']:,} ({source}; the search stops at {limit:,})"
-                  if limit is not None and row["batch"] >= limit else f"{row['batch']} ({source})")
-        return (f"Largest batch that fits {budget} at accum {row['accum']}{_ranks_words(row)} "
-                f"({row['precision']}, attention {row['attention']}): {answer}.")
+        answer = (
+            f"at least {row['batch']:,} ({source}; the search stops at {limit:,})"
+            if limit is not None and row["batch"] >= limit
+            else f"{row['batch']} ({source})"
+        )
+        return (
+            f"Largest batch that fits {budget} at accum {row['accum']}{_ranks_words(row)} "
+            f"({row['precision']}, attention {row['attention']}): {answer}."
+        )
     answer = "fits" if row["fits"] else "does NOT fit"
-    text = (f"Verdict: {what} {answer} in {budget} on {card_words} sm{row['target_sm']:g} card: "
-            f"predicted {row['predicted_cuda_mib']:,.0f} MiB ({row['predicted_reserved_mib']:,.0f}"
-            f" MiB reserved by the allocator + {row['cudnn_workspace_mib']:,.0f} MiB cuDNN "
-            f"workspace + {row['context_mib']:,.0f} MiB CUDA context), headroom "
-            f"{row['headroom_mib']:,.0f} MiB.")
+    text = (
+        f"Verdict: {what} {answer} in {budget} on {card_words} sm{row['target_sm']:g} card: "
+        f"predicted {row['predicted_cuda_mib']:,.0f} MiB ({row['predicted_reserved_mib']:,.0f}"
+        f" MiB reserved by the allocator + {row['cudnn_workspace_mib']:,.0f} MiB cuDNN "
+        f"workspace + {row['context_mib']:,.0f} MiB CUDA context), headroom "
+        f"{row['headroom_mib']:,.0f} MiB."
+    )
     if all(row.get(c) is not None for c in MEASURED_WORDS):
-        text += (f" Measured on {row['device']}: {row['peak_alloc_mib']:,.0f} MiB allocated, "
-                 f"{row['peak_reserved_mib']:,.0f} MiB reserved (prediction off by "
-                 f"{row['reserved_error_pct']:+.1f}%).")
+        text += (
+            f" Measured on {row['device']}: {row['peak_alloc_mib']:,.0f} MiB allocated, "
+            f"{row['peak_reserved_mib']:,.0f} MiB reserved (prediction off by "
+            f"{row['reserved_error_pct']:+.1f}%)."
+        )
     return text
 
 
@@ -80,19 +91,35 @@ def _ranks_words(row: dict) -> str:
     --batch is one rank's. One rank under DDP or FSDP2 is named: its step is traced wrapped."""
     ranks, mode = row.get("ranks", 1), row.get("parallel") or "none"
     if ranks == 1:
-        return "" if mode == "none" else (f" on 1 rank ({mode}, gradient sync "
-                                          f"{row['grad_sync']})")
+        return "" if mode == "none" else (f" on 1 rank ({mode}, gradient sync {row['grad_sync']})")
     return f" per rank of {ranks} ({mode}, gradient sync {row['grad_sync']})"
 
 
 # The verdict's figures: the predicted ones in every ok row, the measured ones where a card
 # measured the step (the sentence about them is left out elsewhere).
-VERDICT_COLUMNS = ["target_sm", "predicted_cuda_mib", "predicted_reserved_mib",
-                   "cudnn_workspace_mib", "context_mib", "budget_mib", "fits", "headroom_mib"]
+VERDICT_COLUMNS = [
+    "target_sm",
+    "predicted_cuda_mib",
+    "predicted_reserved_mib",
+    "cudnn_workspace_mib",
+    "context_mib",
+    "budget_mib",
+    "fits",
+    "headroom_mib",
+]
 MEASURED_WORDS = ["peak_alloc_mib", "peak_reserved_mib", "reserved_error_pct"]
-PREDICTED = ["target_sm", "predicted_alloc_mib", "predicted_reserved_mib", "cublas_workspace_mib",
-             "cudnn_workspace_mib", "context_mib", "predicted_cuda_mib", "budget_mib", "fits",
-             "headroom_mib"]
+PREDICTED = [
+    "target_sm",
+    "predicted_alloc_mib",
+    "predicted_reserved_mib",
+    "cublas_workspace_mib",
+    "cudnn_workspace_mib",
+    "context_mib",
+    "predicted_cuda_mib",
+    "budget_mib",
+    "fits",
+    "headroom_mib",
+]
 
 
 def measure(spec: BenchSpec, context: RunContext | None = None) -> dict:
@@ -106,11 +133,13 @@ def measure(spec: BenchSpec, context: RunContext | None = None) -> dict:
     if spec.predict_only:
         return figures
     if context is not None and figures:
-        context.say(f"Predicted for a CUDA sm{figures['target_sm']:g} card: "
-                    f"{'fits' if figures['fits'] else 'does NOT fit'} in "
-                    f"{figures['budget_mib'] / 1024:.3g} GiB, {figures['predicted_cuda_mib']:,.0f}"
-                    f" MiB, headroom {figures['headroom_mib']:,.0f} MiB. Measuring the step "
-                    "now (--predict-only stops here).")
+        context.say(
+            f"Predicted for a CUDA sm{figures['target_sm']:g} card: "
+            f"{'fits' if figures['fits'] else 'does NOT fit'} in "
+            f"{figures['budget_mib'] / 1024:.3g} GiB, {figures['predicted_cuda_mib']:,.0f}"
+            f" MiB, headroom {figures['headroom_mib']:,.0f} MiB. Measuring the step "
+            "now (--predict-only stops here)."
+        )
 
     # Pass 1: timed; its trainer is freed when it returns.
     figures.update(timed_training(spec, device))
@@ -125,11 +154,13 @@ def measure(spec: BenchSpec, context: RunContext | None = None) -> dict:
 
     # The predictor's error where the card measured the same step.
     if figures.get("peak_reserved_mib") and "predicted_alloc_mib" in figures:
-        figures["alloc_error_pct"] = _error_pct(figures["predicted_alloc_mib"],
-                                                figures["peak_alloc_mib"])
+        figures["alloc_error_pct"] = _error_pct(
+            figures["predicted_alloc_mib"], figures["peak_alloc_mib"]
+        )
         figures["reserved_error_pct"] = _error_pct(
             figures["predicted_reserved_mib"] + figures["cudnn_workspace_mib"],
-            figures["peak_reserved_mib"])
+            figures["peak_reserved_mib"],
+        )
     return figures
 
 
@@ -147,18 +178,25 @@ def _error_pct(predicted: float, measured: float) -> float:
     return 100.0 * (predicted - measured) / measured
 
 
-def prediction(spec: BenchSpec, target: tuple[int, int] = DEFAULT_TARGET,
-               context_mib: float | None = None) -> dict:
+def prediction(
+    spec: BenchSpec, target: tuple[int, int] = DEFAULT_TARGET, context_mib: float | None = None
+) -> dict:
     """The predicted figures of a row, and the verdict they give against the budget."""
     predicted = predict(spec, target)
     context_mib = spec.context_mib if context_mib is None else context_mib
     total = predicted.mib("reserved") + CUDNN_ALLOWANCE_MIB + context_mib
-    return {"target_sm": target[0] * 10 + target[1], "predicted_alloc_mib": predicted.mib("alloc"),
-            "predicted_reserved_mib": predicted.mib("reserved"),
-            "cublas_workspace_mib": predicted.mib("cublas_workspace"),
-            "cudnn_workspace_mib": CUDNN_ALLOWANCE_MIB, "context_mib": context_mib,
-            "predicted_cuda_mib": total, "budget_mib": spec.budget_mib,
-            "fits": total <= spec.budget_mib, "headroom_mib": spec.budget_mib - total}
+    return {
+        "target_sm": target[0] * 10 + target[1],
+        "predicted_alloc_mib": predicted.mib("alloc"),
+        "predicted_reserved_mib": predicted.mib("reserved"),
+        "cublas_workspace_mib": predicted.mib("cublas_workspace"),
+        "cudnn_workspace_mib": CUDNN_ALLOWANCE_MIB,
+        "context_mib": context_mib,
+        "predicted_cuda_mib": total,
+        "budget_mib": spec.budget_mib,
+        "fits": total <= spec.budget_mib,
+        "headroom_mib": spec.budget_mib - total,
+    }
 
 
 def largest(fits: Callable[[int], bool], limit: int) -> int:
@@ -203,56 +241,93 @@ def max_batch_row(spec: BenchSpec) -> dict:
     target, context_mib = card(spec, device)
     if device.type == "cuda" and not spec.predict_only:
         source = "measured"
-        best = largest(lambda n: _fits_measured(spec.replace(batch=n), device),
-                       SEARCH_LIMITS[source])
+        best = largest(
+            lambda n: _fits_measured(spec.replace(batch=n), device), SEARCH_LIMITS[source]
+        )
     else:
         source = "predicted"
-        best = largest(lambda n: prediction(spec.replace(batch=n), target, context_mib)["fits"],
-                       SEARCH_LIMITS[source])
+        best = largest(
+            lambda n: prediction(spec.replace(batch=n), target, context_mib)["fits"],
+            SEARCH_LIMITS[source],
+        )
     if best == 0:
         raise torch.OutOfMemoryError(f"not even batch 1 fits {spec.budget_mib:g} MiB")
     found = spec.replace(batch=best)
-    return {"batch": best, "effective_batch": found.effective_batch, "budget_mib": spec.budget_mib,
-            "max_batch_source": source, **prediction(found, target, context_mib)}
+    return {
+        "batch": best,
+        "effective_batch": found.effective_batch,
+        "budget_mib": spec.budget_mib,
+        "max_batch_source": source,
+        **prediction(found, target, context_mib),
+    }
 
 
 HARNESS = Harness(
     name="memory",
-    figure_columns=["step_s", "step_s_min", "step_s_max", "img_per_s", "warmup_s",
-                    "peak_alloc_mib", "peak_reserved_mib", "warmup_peak_alloc_mib",
-                    "warmup_peak_reserved_mib", "nvml_peak_mib", "nvml_process_peak_mib",
-                    "nvml_baseline_mib",
-                    "rss_peak_mib", "cpu_util_pct", "tracked_peak_mib", *TRACKED, *PREDICTED,
-                    "alloc_error_pct", "reserved_error_pct", "max_batch_source"],
-    display_columns=["status", "step_s", "img_per_s", "peak_alloc_mib", "peak_reserved_mib",
-                     "tracked_peak_mib", "predicted_reserved_mib", "predicted_cuda_mib",
-                     "budget_mib", "fits", "headroom_mib", "reserved_error_pct",
-                     "max_batch_source"],
-    notes=["MiB = 2^20 bytes. step_s: median seconds per optimizer step (batch x accum images); "
-           "img_per_s = images / measured seconds; warmup_s: the warm-up steps, compilation "
-           "included. A warm-up step is one micro-batch and an optimizer step whatever the "
-           "accumulation: it warms kernels, allocator and optimizer state without a whole "
-           "accumulated step (what it skips: nothing the measured step needs).",
-           "peak_alloc_mib / peak_reserved_mib: CUDA caching allocator peaks of the measured "
-           "steps, after warm-up (warmup_peak_*: the warm-up's own, compilation and autotuning "
-           "included; all empty on CPU). nvml_peak_mib: device memory used per NVML, CUDA "
-           "context and other processes included; nvml_process_peak_mib: this process's own "
-           "(empty off NVIDIA). rss_peak_mib: peak resident memory of the spec's process.",
-           "tracked_peak_mib: live-tensor peak of one steady-state optimizer step on this "
-           "device, split into parameters, gradients, optimizer state, EMA copy, activations "
-           "and temporaries.",
-           "Prediction for a CUDA card of compute capability target_sm (this card on CUDA): the "
-           "step traced on fake tensors with CUDA's rules (bool dropout masks, CUDA autocast's "
-           "op lists, the card's attention kernel), its allocations replayed through a model of "
-           "the CUDA caching allocator: predicted_alloc_mib and predicted_reserved_mib are its "
-           "peak allocated and reserved, with the cuBLAS workspaces of the forward and the "
-           "backward thread (cublas_workspace_mib, both together) among them. "
-           f"predicted_cuda_mib = predicted_reserved_mib + cudnn_workspace_mib (an allowance of "
-           f"{CUDNN_ALLOWANCE_MIB:g} MiB for convolution workspaces, not traced) + context_mib "
-           "(the CUDA context: an allowance off CUDA, measured on CUDA). fits: "
-           "predicted_cuda_mib <= budget_mib; headroom_mib = budget_mib - predicted_cuda_mib.",
-           "On CUDA, alloc_error_pct and reserved_error_pct = 100 x (predicted - measured) / "
-           "measured, for allocated and for reserved (with the cuDNN allowance)."],
+    figure_columns=[
+        "step_s",
+        "step_s_min",
+        "step_s_max",
+        "img_per_s",
+        "warmup_s",
+        "peak_alloc_mib",
+        "peak_reserved_mib",
+        "warmup_peak_alloc_mib",
+        "warmup_peak_reserved_mib",
+        "nvml_peak_mib",
+        "nvml_process_peak_mib",
+        "nvml_baseline_mib",
+        "rss_peak_mib",
+        "cpu_util_pct",
+        "tracked_peak_mib",
+        *TRACKED,
+        *PREDICTED,
+        "alloc_error_pct",
+        "reserved_error_pct",
+        "max_batch_source",
+    ],
+    display_columns=[
+        "status",
+        "step_s",
+        "img_per_s",
+        "peak_alloc_mib",
+        "peak_reserved_mib",
+        "tracked_peak_mib",
+        "predicted_reserved_mib",
+        "predicted_cuda_mib",
+        "budget_mib",
+        "fits",
+        "headroom_mib",
+        "reserved_error_pct",
+        "max_batch_source",
+    ],
+    notes=[
+        "MiB = 2^20 bytes. step_s: median seconds per optimizer step (batch x accum images); "
+        "img_per_s = images / measured seconds; warmup_s: the warm-up steps, compilation "
+        "included. A warm-up step is one micro-batch and an optimizer step whatever the "
+        "accumulation: it warms kernels, allocator and optimizer state without a whole "
+        "accumulated step (what it skips: nothing the measured step needs).",
+        "peak_alloc_mib / peak_reserved_mib: CUDA caching allocator peaks of the measured "
+        "steps, after warm-up (warmup_peak_*: the warm-up's own, compilation and autotuning "
+        "included; all empty on CPU). nvml_peak_mib: device memory used per NVML, CUDA "
+        "context and other processes included; nvml_process_peak_mib: this process's own "
+        "(empty off NVIDIA). rss_peak_mib: peak resident memory of the spec's process.",
+        "tracked_peak_mib: live-tensor peak of one steady-state optimizer step on this "
+        "device, split into parameters, gradients, optimizer state, EMA copy, activations "
+        "and temporaries.",
+        "Prediction for a CUDA card of compute capability target_sm (this card on CUDA): the "
+        "step traced on fake tensors with CUDA's rules (bool dropout masks, CUDA autocast's "
+        "op lists, the card's attention kernel), its allocations replayed through a model of "
+        "the CUDA caching allocator: predicted_alloc_mib and predicted_reserved_mib are its "
+        "peak allocated and reserved, with the cuBLAS workspaces of the forward and the "
+        "backward thread (cublas_workspace_mib, both together) among them. "
+        f"predicted_cuda_mib = predicted_reserved_mib + cudnn_workspace_mib (an allowance of "
+        f"{CUDNN_ALLOWANCE_MIB:g} MiB for convolution workspaces, not traced) + context_mib "
+        "(the CUDA context: an allowance off CUDA, measured on CUDA). fits: "
+        "predicted_cuda_mib <= budget_mib; headroom_mib = budget_mib - predicted_cuda_mib.",
+        "On CUDA, alloc_error_pct and reserved_error_pct = 100 x (predicted - measured) / "
+        "measured, for allocated and for reserved (with the cuDNN allowance).",
+    ],
     verdict=verdict,
     verdict_columns=VERDICT_COLUMNS,
     figure_kinds={"fits": bool, "max_batch_source": str},
@@ -262,16 +337,29 @@ HARNESS = Harness(
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = build_parser(
-        "python -m bench.memory", __doc__,
+        "python -m bench.memory",
+        __doc__,
         defaults={"batch": "2", "accum": "64", "precision": "fp32", "steps": 1, "warmup": 1},
-        helps={"steps": "optimizer steps timed per spec in the measured pass (its peaks cover "
-                        "them); the tracked pass and the prediction take one steady-state step "
-                        "(default %(default)s)"})
-    parser.add_argument("--predict-only", action="store_true",
-                        help="the verdict from the prediction alone, in seconds: no timed or "
-                             "tracked pass (their columns stay empty)")
-    return run_cli(HARNESS, parser, argv, lambda args: [
-        spec.replace(predict_only=args.predict_only) for spec in specs_from_args(args)])
+        helps={
+            "steps": "optimizer steps timed per spec in the measured pass (its peaks cover "
+            "them); the tracked pass and the prediction take one steady-state step "
+            "(default %(default)s)"
+        },
+    )
+    parser.add_argument(
+        "--predict-only",
+        action="store_true",
+        help="the verdict from the prediction alone, in seconds: no timed or "
+        "tracked pass (their columns stay empty)",
+    )
+    return run_cli(
+        HARNESS,
+        parser,
+        argv,
+        lambda args: [
+            spec.replace(predict_only=args.predict_only) for spec in specs_from_args(args)
+        ],
+    )
 
 
 if __name__ == "__main__":

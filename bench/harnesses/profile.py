@@ -48,8 +48,14 @@ TARGETS = ("train", "sample")
 PHASES = TRAIN_PHASES + tuple(p for p in SAMPLE_PHASES if p not in TRAIN_PHASES)
 SAMPLE_SAMPLER, SAMPLE_STEPS = "ddim", 50
 # Profiler options are not BenchSpec fields: they reach each spec in RunContext.options.
-DEFAULT_OPTIONS = {"wait": 1, "repeat": 1, "with_stack": True, "with_flops": False,
-                   "memory_snapshot": False, "top": 15}
+DEFAULT_OPTIONS = {
+    "wait": 1,
+    "repeat": 1,
+    "with_stack": True,
+    "with_flops": False,
+    "memory_snapshot": False,
+    "top": 15,
+}
 SNAPSHOT_ENTRIES = 100_000  # allocator events kept by --memory-snapshot (a ring buffer)
 OPERATORS_FILE = "operators.csv"
 
@@ -70,6 +76,7 @@ def target_of(spec: BenchSpec) -> str:
 
 # ----- the table ---------------------------------------------------------------------------------
 
+
 def top_operators(rows: list[dict], context: RunContext) -> list[str]:
     """Each profiled spec's top operators by self CPU time (and self device time where there is
     a device), from the operators.csv its process wrote; printed and in profile.md."""
@@ -84,14 +91,18 @@ def top_operators(rows: list[dict], context: RunContext) -> list[str]:
         device = any(float(op["self_device_ms"] or 0) > 0 for op in ops)
         parts = []
         for op in ops:
-            text = (f"{op['name']} {float(op['self_cpu_ms']):.2f} ms "
-                    f"({float(op['self_cpu_pct']):.1f}%)")
+            text = (
+                f"{op['name']} {float(op['self_cpu_ms']):.2f} ms ({float(op['self_cpu_pct']):.1f}%)"
+            )
             if device:
                 text += f" / device {float(op['self_device_ms']):.2f} ms"
             parts.append(text)
-        lines.append(f"Top {len(ops)} operators of {row['spec_id']} ({target_of_row(row)}) by "
-                     f"self CPU time per step{' (and self device time)' if device else ''}: "
-                     + "; ".join(parts) + f". All operators: {path}.")
+        lines.append(
+            f"Top {len(ops)} operators of {row['spec_id']} ({target_of_row(row)}) by "
+            f"self CPU time per step{' (and self device time)' if device else ''}: "
+            + "; ".join(parts)
+            + f". All operators: {path}."
+        )
     return lines
 
 
@@ -104,13 +115,16 @@ def verdict(row: dict) -> str | None:
         return f"{row['spec_id']}: {row['status']} ({row['error']})."
     phases = [(p, row.get(f"phase_{p}_pct")) for p in PHASES]
     shares = ", ".join(f"{p} {v:.1f}%" for p, v in phases if v is not None)
-    return (f"{row['spec_id']}: {format_value(row['step_ms'])} ms per profiled step over "
-            f"{row['profiled_steps']} steps: {shares}, other {row['other_pct']:.1f}%; peak "
-            f"{format_value(row['peak_memory_mib'])} MiB. Trace: {row['trace_dir']}; offline "
-            f"summary: {Path(row['trace_dir']) / SUMMARY_FILE}.")
+    return (
+        f"{row['spec_id']}: {format_value(row['step_ms'])} ms per profiled step over "
+        f"{row['profiled_steps']} steps: {shares}, other {row['other_pct']:.1f}%; peak "
+        f"{format_value(row['peak_memory_mib'])} MiB. Trace: {row['trace_dir']}; offline "
+        f"summary: {Path(row['trace_dir']) / SUMMARY_FILE}."
+    )
 
 
 # ----- one spec ----------------------------------------------------------------------------------
+
 
 def step_function(spec: BenchSpec, device: torch.device):
     """One call = one step of the target, closed by a device sync so that the ProfilerStep range
@@ -121,6 +135,7 @@ def step_function(spec: BenchSpec, device: torch.device):
         def train_and_sync() -> None:
             step()
             synchronize(device)
+
         return train_and_sync, torch.enable_grad
 
     model = build_model(spec).to(device)
@@ -129,6 +144,7 @@ def step_function(spec: BenchSpec, device: torch.device):
     def sample_step() -> None:
         denoise()  # one step of ddpm.cli.sample's loop, inside its own denoise_step range
         synchronize(device)
+
     return sample_step, torch.inference_mode
 
 
@@ -161,8 +177,10 @@ class Collector:
         for avg in prof.key_averages():
             if avg.key.startswith("ProfilerStep") or avg.key in PHASES:
                 continue  # ranges, not operators: their self time is the Python between calls
-            op = self.ops.setdefault(avg.key, {"calls": 0, "self_cpu_us": 0.0,
-                                               "self_device_us": 0.0, "cpu_total_us": 0.0})
+            op = self.ops.setdefault(
+                avg.key,
+                {"calls": 0, "self_cpu_us": 0.0, "self_device_us": 0.0, "cpu_total_us": 0.0},
+            )
             op["calls"] += avg.count
             op["self_cpu_us"] += avg.self_cpu_time_total
             op["self_device_us"] += getattr(avg, "self_device_time_total", 0.0)
@@ -177,8 +195,11 @@ def read_trace(path: Path) -> dict:
 
 def ranges(trace: dict) -> list[tuple[str, float]]:
     """(name, microseconds) of the host-side record_function ranges in a Chrome trace."""
-    return [(e["name"], float(e["dur"])) for e in trace.get("traceEvents", [])
-            if e.get("cat") == "user_annotation" and e.get("ph") == "X"]
+    return [
+        (e["name"], float(e["dur"]))
+        for e in trace.get("traceEvents", [])
+        if e.get("cat") == "user_annotation" and e.get("ph") == "X"
+    ]
 
 
 def peak_allocated(trace: dict, device: torch.device) -> int:
@@ -202,14 +223,30 @@ def write_operators(collector: Collector, steps: int, path: Path) -> None:
     total_us = sum(op["self_cpu_us"] for op in collector.ops.values()) or 1.0
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["name", "calls_per_step", "self_cpu_ms", "self_cpu_pct",
-                         "self_device_ms", "cpu_total_ms"])
+        writer.writerow(
+            [
+                "name",
+                "calls_per_step",
+                "self_cpu_ms",
+                "self_cpu_pct",
+                "self_device_ms",
+                "cpu_total_ms",
+            ]
+        )
         for name, op in sorted(collector.ops.items(), key=lambda kv: -kv[1]["self_cpu_us"]):
-            per_step_ms = {k: op[k] / steps / 1000
-                           for k in ("self_cpu_us", "self_device_us", "cpu_total_us")}
-            writer.writerow([name, op["calls"] / steps, per_step_ms["self_cpu_us"],
-                             100 * op["self_cpu_us"] / total_us, per_step_ms["self_device_us"],
-                             per_step_ms["cpu_total_us"]])
+            per_step_ms = {
+                k: op[k] / steps / 1000 for k in ("self_cpu_us", "self_device_us", "cpu_total_us")
+            }
+            writer.writerow(
+                [
+                    name,
+                    op["calls"] / steps,
+                    per_step_ms["self_cpu_us"],
+                    100 * op["self_cpu_us"] / total_us,
+                    per_step_ms["self_device_us"],
+                    per_step_ms["cpu_total_us"],
+                ]
+            )
 
 
 def measure(spec: BenchSpec, context: RunContext) -> dict:
@@ -224,9 +261,12 @@ def measure(spec: BenchSpec, context: RunContext) -> dict:
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
-    schedule = torch.profiler.schedule(wait=opts["wait"], warmup=spec.warmup_steps,
-                                       active=spec.measure_steps,
-                                       repeat=opts["repeat"])
+    schedule = torch.profiler.schedule(
+        wait=opts["wait"],
+        warmup=spec.warmup_steps,
+        active=spec.measure_steps,
+        repeat=opts["repeat"],
+    )
     collector = Collector(folder, spec.name, device)
     snapshot = folder / f"{spec.name}.memory_snapshot.pickle" if opts["memory_snapshot"] else None
     if snapshot is not None:  # allocator history of every profiled step, for memory_viz
@@ -235,13 +275,27 @@ def measure(spec: BenchSpec, context: RunContext) -> dict:
         cuda.reset_peaks(device)
     # with_stack records Python frames and nn.Module events (the plugin's Module view); verbose
     # copies each operator's stack into its trace event, which the plugin's View CallStack reads.
-    stacks = {"with_stack": True, "experimental_config": torch.profiler._ExperimentalConfig(
-        verbose=True)} if opts["with_stack"] else {}
+    stacks = (
+        {
+            "with_stack": True,
+            "experimental_config": torch.profiler._ExperimentalConfig(verbose=True),
+        }
+        if opts["with_stack"]
+        else {}
+    )
     try:
-        with grad_mode(), torch.profiler.profile(
-                activities=activities, schedule=schedule, on_trace_ready=collector,
-                record_shapes=True, profile_memory=True, with_flops=opts["with_flops"],
-                **stacks) as prof:
+        with (
+            grad_mode(),
+            torch.profiler.profile(
+                activities=activities,
+                schedule=schedule,
+                on_trace_ready=collector,
+                record_shapes=True,
+                profile_memory=True,
+                with_flops=opts["with_flops"],
+                **stacks,
+            ) as prof,
+        ):
             cycle = opts["wait"] + spec.warmup_steps + spec.measure_steps
             for _ in range(cycle * opts["repeat"]):
                 step()
@@ -259,109 +313,183 @@ def measure(spec: BenchSpec, context: RunContext) -> dict:
     phases = TRAIN_PHASES if target_of(spec) == "train" else SAMPLE_PHASES
     shares = {p: 100 * collector.phases_us.get(p, 0.0) / step_us for p in phases}
     write_operators(collector, steps, folder / OPERATORS_FILE)
-    figures = {"profiled_steps": steps, "step_ms": step_us / steps / 1000,
-               **{f"phase_{p}_pct": v for p, v in shares.items()},
-               "other_pct": 100 - sum(shares.values()),
-               "peak_memory_mib": collector.peak_bytes / MIB, "trace_dir": str(folder),
-               "memory_snapshot": str(snapshot) if snapshot is not None else None}
+    figures = {
+        "profiled_steps": steps,
+        "step_ms": step_us / steps / 1000,
+        **{f"phase_{p}_pct": v for p, v in shares.items()},
+        "other_pct": 100 - sum(shares.values()),
+        "peak_memory_mib": collector.peak_bytes / MIB,
+        "trace_dir": str(folder),
+        "memory_snapshot": str(snapshot) if snapshot is not None else None,
+    }
     if device.type == "cuda":
         figures["peak_alloc_mib"] = cuda.peaks_mib(device)[0]
-    write_summary(folder, spec.name, figures, phases, folder / OPERATORS_FILE, collector.curves,
-                  device.type.upper(), opts["top"])
+    write_summary(
+        folder,
+        spec.name,
+        figures,
+        phases,
+        folder / OPERATORS_FILE,
+        collector.curves,
+        device.type.upper(),
+        opts["top"],
+    )
     return figures
 
 
 # ----- the command line --------------------------------------------------------------------------
 
+
 def make_specs(args: argparse.Namespace) -> list[BenchSpec]:
     """Every check first; then one spec per (other axes, target). A sample spec is a DDIM-50
     spec with accumulation 1, so its name, and its trace folder, differ from training's."""
     if args.find_max_batch:
-        raise SpecError("--find-max-batch searches a batch (python -m bench.memory); "
-                        "profiling takes --batch.")
-    for option, value, minimum in (("--wait", args.wait, 0), ("--repeat", args.repeat, 1),
-                                   ("--top", args.top, 1)):
+        raise SpecError(
+            "--find-max-batch searches a batch (python -m bench.memory); profiling takes --batch."
+        )
+    for option, value, minimum in (
+        ("--wait", args.wait, 0),
+        ("--repeat", args.repeat, 1),
+        ("--top", args.top, 1),
+    ):
         if value < minimum:
             raise SpecError(f"{option} {value} is not allowed: it must be >= {minimum}.")
     targets = parse_choices("--target", args.target, TARGETS)
     specs = []
     for spec in specs_from_args(args):
         if args.memory_snapshot and not spec.device.startswith("cuda"):
-            raise SpecError(f"--memory-snapshot records the CUDA caching allocator; device "
-                            f"{spec.device} has none: leave it out or use --device cuda.")
+            raise SpecError(
+                f"--memory-snapshot records the CUDA caching allocator; device "
+                f"{spec.device} has none: leave it out or use --device cuda."
+            )
         for target in targets:
             # Accumulation and checkpointing change training only: sampling is the same spec.
-            one = spec if target == "train" else spec.replace(
-                accum=1, checkpointing="off", sampler=SAMPLE_SAMPLER, sampling_steps=SAMPLE_STEPS)
+            one = (
+                spec
+                if target == "train"
+                else spec.replace(
+                    accum=1,
+                    checkpointing="off",
+                    sampler=SAMPLE_SAMPLER,
+                    sampling_steps=SAMPLE_STEPS,
+                )
+            )
             if one not in specs:
                 specs.append(one)
     return specs
 
 
 def profile_options(args: argparse.Namespace) -> dict:
-    return {"wait": args.wait, "repeat": args.repeat, "with_stack": not args.no_stack,
-            "with_flops": args.with_flops, "memory_snapshot": args.memory_snapshot,
-            "top": args.top}
+    return {
+        "wait": args.wait,
+        "repeat": args.repeat,
+        "with_stack": not args.no_stack,
+        "with_flops": args.with_flops,
+        "memory_snapshot": args.memory_snapshot,
+        "top": args.top,
+    }
 
 
 def build_profile_parser() -> argparse.ArgumentParser:
     parser = build_parser(
-        "python -m bench.profile", __doc__,
+        "python -m bench.profile",
+        __doc__,
         defaults={"batch": "2", "accum": "1", "precision": "fp32", "steps": 2, "warmup": 1},
-        helps={"steps": "profiler schedule: active steps recorded per cycle (default %(default)s)",
-               "warmup": "profiler schedule: warm-up steps per cycle, traced but discarded "
-                         "(default %(default)s)"})
+        helps={
+            "steps": "profiler schedule: active steps recorded per cycle (default %(default)s)",
+            "warmup": "profiler schedule: warm-up steps per cycle, traced but discarded "
+            "(default %(default)s)",
+        },
+    )
     g = parser.add_argument_group("profiler")
-    g.add_argument("--target", default="train",
-                   help="train (optimizer steps), sample (DDIM-50 denoising steps), or both: "
-                        "train,sample (default %(default)s)")
-    g.add_argument("--wait", type=int, default=1,
-                   help="profiler schedule: steps skipped at the start of each cycle "
-                        "(default %(default)s)")
-    g.add_argument("--repeat", type=int, default=1,
-                   help="profiler cycles, each written as its own trace file (default "
-                        "%(default)s)")
-    g.add_argument("--no-stack", action="store_true",
-                   help="leave out Python call stacks, recorded by default for TensorBoard's "
-                        "View CallStack and Module view. Their cost on --preset tiny (CPU): "
-                        "profiled steps 10-25%% slower, the run 20%% longer, trace files 5x as "
-                        "large (34 MB against 7 MB for a training step)")
-    g.add_argument("--with-flops", action="store_true",
-                   help="estimate FLOPs of matmuls and convolutions in the trace")
-    g.add_argument("--memory-snapshot", action="store_true",
-                   help="CUDA only: record the allocator's history over the profiled steps and "
-                        "dump <trace dir>/<spec>.memory_snapshot.pickle for "
-                        "pytorch.org/memory_viz")
-    g.add_argument("--top", type=int, default=15,
-                   help="operators listed per spec below the table (default %(default)s)")
+    g.add_argument(
+        "--target",
+        default="train",
+        help="train (optimizer steps), sample (DDIM-50 denoising steps), or both: "
+        "train,sample (default %(default)s)",
+    )
+    g.add_argument(
+        "--wait",
+        type=int,
+        default=1,
+        help="profiler schedule: steps skipped at the start of each cycle (default %(default)s)",
+    )
+    g.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="profiler cycles, each written as its own trace file (default %(default)s)",
+    )
+    g.add_argument(
+        "--no-stack",
+        action="store_true",
+        help="leave out Python call stacks, recorded by default for TensorBoard's "
+        "View CallStack and Module view. Their cost on --preset tiny (CPU): "
+        "profiled steps 10-25%% slower, the run 20%% longer, trace files 5x as "
+        "large (34 MB against 7 MB for a training step)",
+    )
+    g.add_argument(
+        "--with-flops",
+        action="store_true",
+        help="estimate FLOPs of matmuls and convolutions in the trace",
+    )
+    g.add_argument(
+        "--memory-snapshot",
+        action="store_true",
+        help="CUDA only: record the allocator's history over the profiled steps and "
+        "dump <trace dir>/<spec>.memory_snapshot.pickle for "
+        "pytorch.org/memory_viz",
+    )
+    g.add_argument(
+        "--top",
+        type=int,
+        default=15,
+        help="operators listed per spec below the table (default %(default)s)",
+    )
     return parser
 
 
 HARNESS = Harness(
     name="profile",
-    figure_columns=["profiled_steps", "step_ms", *[f"phase_{p}_pct" for p in PHASES],
-                    "other_pct", "peak_memory_mib", "peak_alloc_mib", "trace_dir",
-                    "memory_snapshot"],
-    display_columns=["status", "profiled_steps", "step_ms", *[f"phase_{p}_pct" for p in PHASES],
-                     "other_pct", "peak_memory_mib", "peak_alloc_mib"],
-    notes=["Profiled, not benchmarked: the profiler records every operator, so step_ms (mean "
-           "length of the ProfilerStep ranges over the active steps, a device sync closing each "
-           "step) runs slower than bench.throughput's step_s.",
-           "phase_<name>_pct: the CPU time of the ddpm range <name> as a share of step_ms "
-           "(training: data, forward, loss, backward, unscale_clip, optimizer, ema; sampling: "
-           "denoise_step around one DDIM-50 step); other_pct: the rest (model.train(), "
-           "zero_grad, the sync, the profiler's own bookkeeping). On CUDA the ranges time the "
-           "host side: kernels still running when a range closes are paid for later, mostly in "
-           "other_pct's sync.",
-           "peak_memory_mib: the largest 'Total Allocated' on the spec's device among the "
-           "profiler's memory events of the active steps (MiB = 2^20 bytes). On CUDA that is "
-           "the caching allocator's total; on CPU the profiler counts only what was allocated "
-           "while it ran, so tensors alive before (weights, optimizer state, EMA copy) are "
-           "left out: read it as what the steps allocate (gradients, activations, "
-           "temporaries). peak_alloc_mib: "
-           "the CUDA caching allocator's peak over all profiled steps (empty on CPU).",
-           "Traces (one file per profiler cycle): tensorboard --logdir <out>/traces, or "
-           "ui.perfetto.dev, or Holistic Trace Analysis; see docs/profile.md."],
+    figure_columns=[
+        "profiled_steps",
+        "step_ms",
+        *[f"phase_{p}_pct" for p in PHASES],
+        "other_pct",
+        "peak_memory_mib",
+        "peak_alloc_mib",
+        "trace_dir",
+        "memory_snapshot",
+    ],
+    display_columns=[
+        "status",
+        "profiled_steps",
+        "step_ms",
+        *[f"phase_{p}_pct" for p in PHASES],
+        "other_pct",
+        "peak_memory_mib",
+        "peak_alloc_mib",
+    ],
+    notes=[
+        "Profiled, not benchmarked: the profiler records every operator, so step_ms (mean "
+        "length of the ProfilerStep ranges over the active steps, a device sync closing each "
+        "step) runs slower than bench.throughput's step_s.",
+        "phase_<name>_pct: the CPU time of the ddpm range <name> as a share of step_ms "
+        "(training: data, forward, loss, backward, unscale_clip, optimizer, ema; sampling: "
+        "denoise_step around one DDIM-50 step); other_pct: the rest (model.train(), "
+        "zero_grad, the sync, the profiler's own bookkeeping). On CUDA the ranges time the "
+        "host side: kernels still running when a range closes are paid for later, mostly in "
+        "other_pct's sync.",
+        "peak_memory_mib: the largest 'Total Allocated' on the spec's device among the "
+        "profiler's memory events of the active steps (MiB = 2^20 bytes). On CUDA that is "
+        "the caching allocator's total; on CPU the profiler counts only what was allocated "
+        "while it ran, so tensors alive before (weights, optimizer state, EMA copy) are "
+        "left out: read it as what the steps allocate (gradients, activations, "
+        "temporaries). peak_alloc_mib: "
+        "the CUDA caching allocator's peak over all profiled steps (empty on CPU).",
+        "Traces (one file per profiler cycle): tensorboard --logdir <out>/traces, or "
+        "ui.perfetto.dev, or Holistic Trace Analysis; see docs/profile.md.",
+    ],
     verdict=verdict,
     verdict_columns=["step_ms", "profiled_steps", "other_pct", "peak_memory_mib", "trace_dir"],
     compare=top_operators,

@@ -59,8 +59,20 @@ from ddpm.unet import UNet
 
 # The axes this harness takes (it trains nothing: no ranks). --accum and --checkpointing are
 # options so that a training command line reads, and are refused off 1 and off.
-AXES = ("preset", "image_size", "batch", "accum", "precision", "attention", "compile",
-        "checkpointing", "device", "impl", "sampler", "sampling_steps")
+AXES = (
+    "preset",
+    "image_size",
+    "batch",
+    "accum",
+    "precision",
+    "attention",
+    "compile",
+    "checkpointing",
+    "device",
+    "impl",
+    "sampler",
+    "sampling_steps",
+)
 # BenchSpec has no field for a checkpoint: the parent validates it and hands it to the spec
 # processes (which inherit the environment) through these variables.
 QUALITY_CHUNK = 64  # images per sampling call in the quality pass: bounded memory, any N
@@ -74,6 +86,7 @@ def default_schedule() -> NoiseSchedule:
 
 # ----- the table ---------------------------------------------------------------------------------
 
+
 def verdict(row: dict) -> str | None:
     if row["status"] != "ok":
         return f"{row['spec_id']}: {row['status']} ({row['error']})."
@@ -81,19 +94,24 @@ def verdict(row: dict) -> str | None:
     if row.get("impl", "ddpm") != "ddpm":
         name = f"{name} ({row['impl']} UNet)"
     v = {k: format_value(row.get(k)) for k in row}
-    text = (f"{name} {row['sampling_steps']} steps, batch {row['batch']}, {row['precision']}, "
-            f"compile {row['compile']}: {v['step_s']} s per denoising step "
-            f"({v['step_ms_per_image']} ms per image); a full run is projected at "
-            f"{v['projected_full_run_s']} s, {v['projected_s_per_image']} s per image, "
-            f"{v['projected_img_per_s']} images/s (from {row['measured_steps']} timed steps).")
+    text = (
+        f"{name} {row['sampling_steps']} steps, batch {row['batch']}, {row['precision']}, "
+        f"compile {row['compile']}: {v['step_s']} s per denoising step "
+        f"({v['step_ms_per_image']} ms per image); a full run is projected at "
+        f"{v['projected_full_run_s']} s, {v['projected_s_per_image']} s per image, "
+        f"{v['projected_img_per_s']} images/s (from {row['measured_steps']} timed steps)."
+    )
     if row.get("frechet_digits") is not None:
-        text += (f" Frechet distance to real digits over {row['quality_samples']} samples: "
-                 f"{v['frechet_digits']} (as many real held-out digits: "
-                 f"{v['frechet_digits_real']}).")
+        text += (
+            f" Frechet distance to real digits over {row['quality_samples']} samples: "
+            f"{v['frechet_digits']} (as many real held-out digits: "
+            f"{v['frechet_digits_real']})."
+        )
     return text
 
 
 # ----- one spec ----------------------------------------------------------------------------------
+
 
 def sampler_of(spec, schedule: NoiseSchedule) -> Sampler:
     """The spec's complete sampler: ddpm over all T timesteps, or ddim with eta 0 over
@@ -103,8 +121,9 @@ def sampler_of(spec, schedule: NoiseSchedule) -> Sampler:
     return DDIMSampler(schedule, spec.sampling_steps)
 
 
-def denoising_steps(model: torch.nn.Module, schedule: NoiseSchedule, spec,
-                    device: torch.device) -> Callable[[], Step]:
+def denoising_steps(
+    model: torch.nn.Module, schedule: NoiseSchedule, spec, device: torch.device
+) -> Callable[[], Step]:
     """A function whose every call takes the next step of ddpm.cli.sample's loop and returns what
     the loop yields: (i, t, x_prev, x0_hat). Runs follow each other from one generator seeded
     with spec.seed: the call after a run's last step starts the next run from a fresh x_T, so
@@ -120,14 +139,17 @@ def denoising_steps(model: torch.nn.Module, schedule: NoiseSchedule, spec,
         try:
             return next(run)
         except StopIteration:
-            run = sample_progressive(model, sampler, shape, generator=generator, device=device,
-                                     precision=spec.precision)
+            run = sample_progressive(
+                model, sampler, shape, generator=generator, device=device, precision=spec.precision
+            )
             return next(run)
+
     return step
 
 
-def timed_sampling(model: torch.nn.Module, schedule: NoiseSchedule, spec,
-                   device: torch.device) -> dict:
+def timed_sampling(
+    model: torch.nn.Module, schedule: NoiseSchedule, spec, device: torch.device
+) -> dict:
     step = denoising_steps(model, schedule, spec, device)
     if device.type == "cuda":
         cuda.reset_peaks(device)
@@ -135,17 +157,24 @@ def timed_sampling(model: torch.nn.Module, schedule: NoiseSchedule, spec,
     step_s = timing.median_s
     full = step_s * spec.sampling_steps
     figures = {
-        "measured_steps": spec.measure_steps, "step_s": step_s, "step_s_min": min(timing.times_s),
-        "step_s_max": max(timing.times_s), "step_ms_per_image": step_s / spec.batch * 1000,
-        "projected_full_run_s": full, "projected_s_per_image": full / spec.batch,
-        "projected_img_per_s": spec.batch / full, "warmup_s": timing.warmup_s}
+        "measured_steps": spec.measure_steps,
+        "step_s": step_s,
+        "step_s_min": min(timing.times_s),
+        "step_s_max": max(timing.times_s),
+        "step_ms_per_image": step_s / spec.batch * 1000,
+        "projected_full_run_s": full,
+        "projected_s_per_image": full / spec.batch,
+        "projected_img_per_s": spec.batch / full,
+        "warmup_s": timing.warmup_s,
+    }
     if device.type == "cuda":
         figures["peak_alloc_mib"], figures["peak_reserved_mib"] = cuda.peaks_mib(device)
     return figures
 
 
-def generate(model: torch.nn.Module, schedule: NoiseSchedule, spec, device: torch.device,
-             count: int) -> torch.Tensor:
+def generate(
+    model: torch.nn.Module, schedule: NoiseSchedule, spec, device: torch.device, count: int
+) -> torch.Tensor:
     """`count` images from the spec's complete sampler, in chunks, on the CPU as float32."""
     c = model.config
     sampler = sampler_of(spec, schedule)
@@ -153,8 +182,9 @@ def generate(model: torch.nn.Module, schedule: NoiseSchedule, spec, device: torc
     images = []
     for start in range(0, count, QUALITY_CHUNK):
         shape = (min(QUALITY_CHUNK, count - start), c.in_channels, c.image_size, c.image_size)
-        x = sample_loop(model, sampler, shape, generator=generator, device=device,
-                        precision=spec.precision)
+        x = sample_loop(
+            model, sampler, shape, generator=generator, device=device, precision=spec.precision
+        )
         images.append(x.float().cpu())
     return torch.cat(images)
 
@@ -185,8 +215,13 @@ def measure(spec, context: RunContext | None = None) -> dict:
     count = int(options.get("quality_samples", 256))
     images = generate(eager, schedule, spec, device, count)
     judge = DigitsJudge.build(eager.config.image_size, eager.config.in_channels)
-    figures.update({"quality_samples": count, "frechet_digits": judge.score(images),
-                    "frechet_digits_real": judge.floor(count)})
+    figures.update(
+        {
+            "quality_samples": count,
+            "frechet_digits": judge.score(images),
+            "frechet_digits_real": judge.floor(count),
+        }
+    )
     if context is not None:
         from ddpm.cli.output import grid_columns, save_grid
 
@@ -199,13 +234,16 @@ def measure(spec, context: RunContext | None = None) -> dict:
 
 # ----- the command line --------------------------------------------------------------------------
 
+
 def preset_of(config: UNetConfig) -> str | None:
     """The preset this configuration is, up to the axes a spec sets (size, attention)."""
     for name, preset in PRESETS.items():
         try:
-            candidate = preset.replace(image_size=config.image_size,
-                                       attention_resolutions=config.attention_resolutions,
-                                       gradient_checkpointing=config.gradient_checkpointing)
+            candidate = preset.replace(
+                image_size=config.image_size,
+                attention_resolutions=config.attention_resolutions,
+                gradient_checkpointing=config.gradient_checkpointing,
+            )
         except ValueError:
             continue
         if candidate == config:
@@ -218,8 +256,10 @@ def read_checkpoint(args: argparse.Namespace) -> NoiseSchedule:
     that the ones given agree). Returns its schedule."""
     path = Path(args.checkpoint)
     if path.is_dir():
-        raise SpecError(f"--checkpoint {path} is a folder: pass the checkpoint file in it "
-                        f"(e.g. {path / 'last.pt'}).")
+        raise SpecError(
+            f"--checkpoint {path} is a folder: pass the checkpoint file in it "
+            f"(e.g. {path / 'last.pt'})."
+        )
     try:
         data = load_checkpoint(path)
         schedule = schedule_from(data)
@@ -228,23 +268,32 @@ def read_checkpoint(args: argparse.Namespace) -> NoiseSchedule:
     except CheckpointError as exc:
         raise SpecError(f"--checkpoint: {exc}") from None
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-        raise SpecError(f"--checkpoint {path} does not hold a usable model "
-                        f"({first_line(exc)}).") from None
+        raise SpecError(
+            f"--checkpoint {path} does not hold a usable model ({first_line(exc)})."
+        ) from None
     preset = preset_of(config)
     if preset is None:
-        raise SpecError(f"--checkpoint {path} holds a model that is none of the presets "
-                        f"({', '.join(PRESETS)}) at any size or attention placement.")
+        raise SpecError(
+            f"--checkpoint {path} holds a model that is none of the presets "
+            f"({', '.join(PRESETS)}) at any size or attention placement."
+        )
     if args.preset is not None and args.preset != preset:
-        raise SpecError(f"--preset {args.preset} does not match --checkpoint {path}, which holds "
-                        f"a {preset} model: leave --preset out or pass {preset}.")
+        raise SpecError(
+            f"--preset {args.preset} does not match --checkpoint {path}, which holds "
+            f"a {preset} model: leave --preset out or pass {preset}."
+        )
     if args.image_size is not None and args.image_size != config.image_size:
-        raise SpecError(f"--image-size {args.image_size} does not match --checkpoint {path}, "
-                        f"which holds a {config.image_size}px model.")
+        raise SpecError(
+            f"--image-size {args.image_size} does not match --checkpoint {path}, "
+            f"which holds a {config.image_size}px model."
+        )
     own = "+".join(map(str, config.attention_resolutions)) or "none"
     given = parse_attention(args.attention, preset, config.image_size)
     if args.attention != "preset" and given != [own]:
-        raise SpecError(f"--attention {args.attention} does not match --checkpoint {path}, "
-                        f"whose model has attention {own}.")
+        raise SpecError(
+            f"--attention {args.attention} does not match --checkpoint {path}, "
+            f"whose model has attention {own}."
+        )
     args.preset, args.image_size, args.attention = preset, config.image_size, own
     return schedule
 
@@ -255,18 +304,26 @@ def make_specs(args: argparse.Namespace) -> list:
     if args.steps < 1:
         raise SpecError(f"--measure-steps {args.steps} is not allowed: it must be >= 1.")
     if args.find_max_batch:
-        raise SpecError("--find-max-batch searches a training batch (python -m bench.memory); "
-                        "sampling takes --batch.")
+        raise SpecError(
+            "--find-max-batch searches a training batch (python -m bench.memory); "
+            "sampling takes --batch."
+        )
     if parse_int_list("--accum", args.accum) != [1]:
-        raise SpecError(f"--accum {args.accum} is not allowed: sampling has no gradient "
-                        "accumulation; leave it at 1.")
+        raise SpecError(
+            f"--accum {args.accum} is not allowed: sampling has no gradient "
+            "accumulation; leave it at 1."
+        )
     if parse_choices("--checkpointing", args.checkpointing, ("off", "on")) != ["off"]:
-        raise SpecError(f"--checkpointing {args.checkpointing} is not allowed: it saves memory "
-                        "for backward, and sampling has none; leave it off.")
+        raise SpecError(
+            f"--checkpointing {args.checkpointing} is not allowed: it saves memory "
+            "for backward, and sampling has none; leave it off."
+        )
     ddim_steps = parse_int_list("--sampling-steps", args.sampling_steps)
     if args.quality_samples < 2:
-        raise SpecError(f"--quality-samples {args.quality_samples} is not allowed: a covariance "
-                        "needs at least 2 images.")
+        raise SpecError(
+            f"--quality-samples {args.quality_samples} is not allowed: a covariance "
+            "needs at least 2 images."
+        )
     if args.checkpoint is not None:
         schedule = read_checkpoint(args)
         source = f"--checkpoint {args.checkpoint}'s schedule"
@@ -277,8 +334,10 @@ def make_specs(args: argparse.Namespace) -> list:
     T = schedule.timesteps
     for steps in ddim_steps:
         if steps > T:
-            raise SpecError(f"--sampling-steps {steps} is more than {source}'s {T} timesteps: "
-                            f"DDIM takes 1..{T} steps.")
+            raise SpecError(
+                f"--sampling-steps {steps} is more than {source}'s {T} timesteps: "
+                f"DDIM takes 1..{T} steps."
+            )
     specs = []
     # The grid varies impl fastest, so implementations stay side by side as elsewhere.
     for spec in specs_from_args(args):
@@ -294,31 +353,48 @@ def make_specs(args: argparse.Namespace) -> list:
 def build_sampling_parser() -> argparse.ArgumentParser:
     training_only = "training only; not used by sampling"
     parser = build_parser(
-        "python -m bench.sampling", __doc__,
+        "python -m bench.sampling",
+        __doc__,
         defaults={"batch": "16", "precision": "fp32", "steps": 5, "warmup": 2},
         # The shared options are worded for training; say what they do here.
-        helps={"preset": f"{', '.join(PRESETS)} (default ddpm-cifar10, or the --checkpoint's "
-                         "own)",
-               "steps": "same as --measure-steps",
-               "warmup": "denoising steps run before the timed ones, timed apart as warmup_s "
-                         "(compilation lands there; default %(default)s)",
-               **dict.fromkeys(("accum", "checkpointing", "find_max_batch", "budget",
-                                "cuda_context_mib"), training_only)},
-        axes=AXES)
+        helps={
+            "preset": f"{', '.join(PRESETS)} (default ddpm-cifar10, or the --checkpoint's own)",
+            "steps": "same as --measure-steps",
+            "warmup": "denoising steps run before the timed ones, timed apart as warmup_s "
+            "(compilation lands there; default %(default)s)",
+            **dict.fromkeys(
+                ("accum", "checkpointing", "find_max_batch", "budget", "cuda_context_mib"),
+                training_only,
+            ),
+        },
+        axes=AXES,
+    )
     # Validated against the checkpoint when one is given: None means "the default or its own".
     parser.set_defaults(preset=None)
     g = parser.add_argument_group("sampling")
-    g.add_argument("--measure-steps", dest="steps", type=int, default=5,
-                   help="denoising steps timed per spec after the warm-up; the full run is "
-                        "projected from them (default %(default)s)")
-    g.add_argument("--checkpoint", default=None,
-                   help="a ddpm.cli.train checkpoint of a model trained on digits: sample with its "
-                        "EMA weights and schedule, and report frechet_digits "
-                        "(bench.measure.quality)")
-    g.add_argument("--quality-samples", type=int, default=256,
-                   help="with --checkpoint: images drawn per spec with its complete sampler "
-                        "for frechet_digits; ddpm costs quality-samples x T UNet evaluations "
-                        "per spec (default %(default)s)")
+    g.add_argument(
+        "--measure-steps",
+        dest="steps",
+        type=int,
+        default=5,
+        help="denoising steps timed per spec after the warm-up; the full run is "
+        "projected from them (default %(default)s)",
+    )
+    g.add_argument(
+        "--checkpoint",
+        default=None,
+        help="a ddpm.cli.train checkpoint of a model trained on digits: sample with its "
+        "EMA weights and schedule, and report frechet_digits "
+        "(bench.measure.quality)",
+    )
+    g.add_argument(
+        "--quality-samples",
+        type=int,
+        default=256,
+        help="with --checkpoint: images drawn per spec with its complete sampler "
+        "for frechet_digits; ddpm costs quality-samples x T UNet evaluations "
+        "per spec (default %(default)s)",
+    )
     return parser
 
 
@@ -326,43 +402,75 @@ def sampling_options(args: argparse.Namespace) -> dict:
     """The checkpoint (an absolute path: workers may run elsewhere) and the quality sample count."""
     if args.checkpoint is None:
         return {}
-    return {"checkpoint": str(Path(args.checkpoint).resolve()),
-            "quality_samples": args.quality_samples}
+    return {
+        "checkpoint": str(Path(args.checkpoint).resolve()),
+        "quality_samples": args.quality_samples,
+    }
 
 
 HARNESS = Harness(
     name="sampling",
-    figure_columns=["measured_steps", "step_s", "step_s_min",
-                    "step_s_max", "step_ms_per_image", "projected_full_run_s",
-                    "projected_s_per_image", "projected_img_per_s", "warmup_s", "peak_alloc_mib",
-                    "peak_reserved_mib", "quality_samples", "frechet_digits",
-                    "frechet_digits_real"],
-    display_columns=["sampler", "sampling_steps", "status", "measured_steps", "step_s",
-                     "step_ms_per_image", "projected_full_run_s", "projected_s_per_image",
-                     "projected_img_per_s", "warmup_s", "peak_alloc_mib", "frechet_digits",
-                     "frechet_digits_real"],
-    notes=["One denoising step = one UNet call on the whole batch + the sampler's update "
-           "(ddpm_step, or ddim_step with eta 0), in inference mode. step_s: median seconds of "
-           "the measured_steps steps timed (step_s_min/max in the CSV), each after a device "
-           "sync; warmup_s: the warm-up steps together, compilation included. "
-           "step_ms_per_image = 1000 x step_s / batch.",
-           "PROJECTED, not measured: projected_full_run_s = step_s x sampling_steps (one "
-           "complete run for the batch; ddpm: all T timesteps; a step costs the same at every "
-           "t); projected_s_per_image = projected_full_run_s / batch; projected_img_per_s = "
-           "batch / projected_full_run_s, images per second of complete sampling.",
-           "bf16/fp16: autocast around the UNet call, the sampler's update in fp32; tf32: TF32 "
-           "matmuls on CUDA, plain fp32 elsewhere. peak_alloc_mib / peak_reserved_mib: CUDA "
-           "caching allocator peaks over the timed steps, MiB = 2^20 bytes (empty on CPU).",
-           "frechet_digits (only with --checkpoint, a model trained on digits): Frechet distance "
-           "between features of quality_samples images drawn with the full sampler and of real "
-           "digits, under a small MLP trained on scikit-learn's digits (bench.measure.quality; "
-           "lower is better; not comparable with published FIDs); frechet_digits_real: what as "
-           "many real held-out digits score (a finite sample's floor). The quality pass runs "
-           "eager and after the timed one; it writes a grid per spec under "
-           "<out>/sampling/<run_id>/."],
+    figure_columns=[
+        "measured_steps",
+        "step_s",
+        "step_s_min",
+        "step_s_max",
+        "step_ms_per_image",
+        "projected_full_run_s",
+        "projected_s_per_image",
+        "projected_img_per_s",
+        "warmup_s",
+        "peak_alloc_mib",
+        "peak_reserved_mib",
+        "quality_samples",
+        "frechet_digits",
+        "frechet_digits_real",
+    ],
+    display_columns=[
+        "sampler",
+        "sampling_steps",
+        "status",
+        "measured_steps",
+        "step_s",
+        "step_ms_per_image",
+        "projected_full_run_s",
+        "projected_s_per_image",
+        "projected_img_per_s",
+        "warmup_s",
+        "peak_alloc_mib",
+        "frechet_digits",
+        "frechet_digits_real",
+    ],
+    notes=[
+        "One denoising step = one UNet call on the whole batch + the sampler's update "
+        "(ddpm_step, or ddim_step with eta 0), in inference mode. step_s: median seconds of "
+        "the measured_steps steps timed (step_s_min/max in the CSV), each after a device "
+        "sync; warmup_s: the warm-up steps together, compilation included. "
+        "step_ms_per_image = 1000 x step_s / batch.",
+        "PROJECTED, not measured: projected_full_run_s = step_s x sampling_steps (one "
+        "complete run for the batch; ddpm: all T timesteps; a step costs the same at every "
+        "t); projected_s_per_image = projected_full_run_s / batch; projected_img_per_s = "
+        "batch / projected_full_run_s, images per second of complete sampling.",
+        "bf16/fp16: autocast around the UNet call, the sampler's update in fp32; tf32: TF32 "
+        "matmuls on CUDA, plain fp32 elsewhere. peak_alloc_mib / peak_reserved_mib: CUDA "
+        "caching allocator peaks over the timed steps, MiB = 2^20 bytes (empty on CPU).",
+        "frechet_digits (only with --checkpoint, a model trained on digits): Frechet distance "
+        "between features of quality_samples images drawn with the full sampler and of real "
+        "digits, under a small MLP trained on scikit-learn's digits (bench.measure.quality; "
+        "lower is better; not comparable with published FIDs); frechet_digits_real: what as "
+        "many real held-out digits score (a finite sample's floor). The quality pass runs "
+        "eager and after the timed one; it writes a grid per spec under "
+        "<out>/sampling/<run_id>/.",
+    ],
     verdict=verdict,
-    verdict_columns=["step_s", "step_ms_per_image", "projected_full_run_s",
-                     "projected_s_per_image", "projected_img_per_s", "measured_steps"],
+    verdict_columns=[
+        "step_s",
+        "step_ms_per_image",
+        "projected_full_run_s",
+        "projected_s_per_image",
+        "projected_img_per_s",
+        "measured_steps",
+    ],
     compare=lambda rows, context: impl_ratios(rows, "projected_img_per_s", "img/s"),
     measure=measure,
     options=sampling_options,
@@ -372,9 +480,6 @@ HARNESS = Harness(
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = build_sampling_parser()
     return run_cli(HARNESS, parser, argv, make_specs)
-
-
-
 
 
 if __name__ == "__main__":

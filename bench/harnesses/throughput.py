@@ -40,22 +40,29 @@ def read_peaks(cache: Path) -> dict[str, dict]:
     try:
         table = json.loads(cache.read_text())
         entries = table.values() if isinstance(table, dict) else [None]
-        valid = all(isinstance(e, dict) and isinstance(e.get("probe"), str)
-                    and all(isinstance(e.get(k), (int, float)) for k in PEAK_FIGURES)
-                    for e in entries)
+        valid = all(
+            isinstance(e, dict)
+            and isinstance(e.get("probe"), str)
+            and all(isinstance(e.get(k), (int, float)) for k in PEAK_FIGURES)
+            for e in entries
+        )
     except (OSError, UnicodeDecodeError, ValueError):
         valid = False
     if not valid:
-        raise ResultsError(f"{cache} is not a record of peak FLOP/s; move it aside (the next "
-                           "throughput run measures the peaks again).")
+        raise ResultsError(
+            f"{cache} is not a record of peak FLOP/s; move it aside (the next "
+            "throughput run measures the peaks again)."
+        )
     return table
 
 
 def peaks_measured(rows: list[dict], context: RunContext) -> list[str]:
     """The MFU denominators, stated once above the table."""
-    return [f"Peak {key}: {entry['peak_flops'] / 1e12:.3g} TFLOP/s measured ({entry['probe']}; "
-            f"matmul {entry['matmul_flops'] / 1e12:.3g}, conv {entry['conv_flops'] / 1e12:.3g})."
-            for key, entry in read_peaks(context.out / PEAK_CACHE).items()]
+    return [
+        f"Peak {key}: {entry['peak_flops'] / 1e12:.3g} TFLOP/s measured ({entry['probe']}; "
+        f"matmul {entry['matmul_flops'] / 1e12:.3g}, conv {entry['conv_flops'] / 1e12:.3g})."
+        for key, entry in read_peaks(context.out / PEAK_CACHE).items()
+    ]
 
 
 def specs(args: argparse.Namespace) -> list[BenchSpec]:
@@ -79,8 +86,7 @@ def communication(spec: BenchSpec, device):
 def measure(spec: BenchSpec, context: RunContext) -> dict:
     device = cuda.resolve(spec.device)
     tracker = communication(spec, device) if spec.parallel != "none" else None
-    figures = {**cuda.start(device, spec.precision),
-               **timed_training(spec, device, after=tracker)}
+    figures = {**cuda.start(device, spec.precision), **timed_training(spec, device, after=tracker)}
     if spec.compile != "off":
         # A warm-up step is one micro-batch: about 1/accum of a measured step.
         warm_step_s = figures["step_s"] / spec.accum
@@ -88,61 +94,97 @@ def measure(spec: BenchSpec, context: RunContext) -> dict:
     flops = training_step_flops(spec)
     peak = peak_flops(device, spec.precision, context.out / PEAK_CACHE)["peak_flops"]
     achieved = flops / figures["step_s"]
-    figures.update(gflop_per_step=flops / 1e9, achieved_tflops=achieved / 1e12,
-                   peak_tflops=peak / 1e12, mfu=achieved / peak)
+    figures.update(
+        gflop_per_step=flops / 1e9,
+        achieved_tflops=achieved / 1e12,
+        peak_tflops=peak / 1e12,
+        mfu=achieved / peak,
+    )
     return figures
 
 
 HARNESS = Harness(
     name="throughput",
-    figure_columns=["step_s", "step_s_min", "step_s_max", "img_per_s", "warmup_s", "compile_s",
-                    "gflop_per_step", "achieved_tflops", "peak_tflops", "mfu", "peak_alloc_mib",
-                    "peak_reserved_mib", "nvml_peak_mib", "rss_peak_mib", "cpu_util_pct",
-                    *CUDA_COLUMNS, *COMM_COLUMNS],
-    display_columns=["status", "step_s", "step_s_min", "step_s_max", "img_per_s", "compile_s",
-                     "gflop_per_step", "achieved_tflops", "peak_tflops", "mfu", *COMM_COLUMNS],
+    figure_columns=[
+        "step_s",
+        "step_s_min",
+        "step_s_max",
+        "img_per_s",
+        "warmup_s",
+        "compile_s",
+        "gflop_per_step",
+        "achieved_tflops",
+        "peak_tflops",
+        "mfu",
+        "peak_alloc_mib",
+        "peak_reserved_mib",
+        "nvml_peak_mib",
+        "rss_peak_mib",
+        "cpu_util_pct",
+        *CUDA_COLUMNS,
+        *COMM_COLUMNS,
+    ],
+    display_columns=[
+        "status",
+        "step_s",
+        "step_s_min",
+        "step_s_max",
+        "img_per_s",
+        "compile_s",
+        "gflop_per_step",
+        "achieved_tflops",
+        "peak_tflops",
+        "mfu",
+        *COMM_COLUMNS,
+    ],
     figure_kinds={"collectives": str},
-    notes=["step_s: median seconds per optimizer step over --steps measured steps (min, max "
-           "beside it); img_per_s = batch x accum x steps / measured seconds.",
-           "compile_s: the warm-up steps' time (one micro-batch and an optimizer step each) less "
-           "as many micro-batches of the measured step's pace (torch.compile's compilation); "
-           "empty with --compile off.",
-           "gflop_per_step: 10^9 FLOPs of one optimizer step (matmul, convolution and attention,"
-           " forward and backward; a multiply-add counts 2), counted on an eager copy. "
-           "achieved_tflops = gflop_per_step / step_s / 1000; peak_tflops: the probe's measured "
-           "peak at this precision; mfu = achieved / peak (0 to 1).",
-           "Memory columns as in bench.memory (MiB = 2^20 bytes; CUDA columns empty on CPU).",
-           CUDA_NOTE,
-           "Communication, for --parallel ddp or fsdp (empty for none): one more optimizer step "
-           "after the timed ones, under torch.profiler on every rank, the row's figures rank "
-           "0's. collectives_per_step: the process-group collectives it issued (c10d "
-           "operators, DDP's bucket all-reduces and FSDP2's all-gathers included); collectives: "
-           "their count and MiB by kind. comm_mib_per_step: the MiB of their messages, each "
-           "collective's whole tensor (all-reduce and broadcast: the tensor; all-gather: the "
-           "gathered output; reduce-scatter: the input before scattering), not the bytes on the "
-           "wire, which the algorithm sets (a ring all-reduce sends 2(N-1)/N of it per rank). "
-           "comm_share_pct: the time inside collectives (gloo's own ranges on its threads, "
-           "NCCL's kernels; overlapping ones once) as a percentage of that step's wall time; it "
-           "includes waiting for the slowest rank, and DDP overlaps its all-reduces with "
-           "backward, so it is not all time the step loses. Empty where the backend records no "
-           "such ranges. The profiler slows the step, so the share is of a profiled step. With "
-           "fewer than two steps before it (--warmup + --steps), one unprofiled step runs first: "
-           "DDP's one-off bucket rebuild would be counted.",
-           "Scaling (the sentences below the table): a spec on N ranks against the same spec on "
-           "1 rank (the same per-rank --batch and every other axis, medians over --repeats): "
-           "efficiency = img/s at N ranks / (N x img/s at 1 rank), 100% for perfect scaling; and "
-           "a 1-rank spec spread by ddp or fsdp against parallel none: the wrapper's own cost."],
-    compare=lambda rows, context: (peaks_measured(rows, context)
-                                   + impl_ratios(rows, "img_per_s", "img/s", also=("mfu",))
-                                   + rank_scaling(rows, "img_per_s", "img/s")),
+    notes=[
+        "step_s: median seconds per optimizer step over --steps measured steps (min, max "
+        "beside it); img_per_s = batch x accum x steps / measured seconds.",
+        "compile_s: the warm-up steps' time (one micro-batch and an optimizer step each) less "
+        "as many micro-batches of the measured step's pace (torch.compile's compilation); "
+        "empty with --compile off.",
+        "gflop_per_step: 10^9 FLOPs of one optimizer step (matmul, convolution and attention,"
+        " forward and backward; a multiply-add counts 2), counted on an eager copy. "
+        "achieved_tflops = gflop_per_step / step_s / 1000; peak_tflops: the probe's measured "
+        "peak at this precision; mfu = achieved / peak (0 to 1).",
+        "Memory columns as in bench.memory (MiB = 2^20 bytes; CUDA columns empty on CPU).",
+        CUDA_NOTE,
+        "Communication, for --parallel ddp or fsdp (empty for none): one more optimizer step "
+        "after the timed ones, under torch.profiler on every rank, the row's figures rank "
+        "0's. collectives_per_step: the process-group collectives it issued (c10d "
+        "operators, DDP's bucket all-reduces and FSDP2's all-gathers included); collectives: "
+        "their count and MiB by kind. comm_mib_per_step: the MiB of their messages, each "
+        "collective's whole tensor (all-reduce and broadcast: the tensor; all-gather: the "
+        "gathered output; reduce-scatter: the input before scattering), not the bytes on the "
+        "wire, which the algorithm sets (a ring all-reduce sends 2(N-1)/N of it per rank). "
+        "comm_share_pct: the time inside collectives (gloo's own ranges on its threads, "
+        "NCCL's kernels; overlapping ones once) as a percentage of that step's wall time; it "
+        "includes waiting for the slowest rank, and DDP overlaps its all-reduces with "
+        "backward, so it is not all time the step loses. Empty where the backend records no "
+        "such ranges. The profiler slows the step, so the share is of a profiled step. With "
+        "fewer than two steps before it (--warmup + --steps), one unprofiled step runs first: "
+        "DDP's one-off bucket rebuild would be counted.",
+        "Scaling (the sentences below the table): a spec on N ranks against the same spec on "
+        "1 rank (the same per-rank --batch and every other axis, medians over --repeats): "
+        "efficiency = img/s at N ranks / (N x img/s at 1 rank), 100% for perfect scaling; and "
+        "a 1-rank spec spread by ddp or fsdp against parallel none: the wrapper's own cost.",
+    ],
+    compare=lambda rows, context: (
+        peaks_measured(rows, context)
+        + impl_ratios(rows, "img_per_s", "img/s", also=("mfu",))
+        + rank_scaling(rows, "img_per_s", "img/s")
+    ),
     measure=measure,
 )
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = build_parser(
-        "python -m bench.throughput", __doc__,
-        defaults={"batch": "8", "accum": "1", "precision": "fp32,bf16", "steps": 5, "warmup": 1})
+        "python -m bench.throughput",
+        __doc__,
+        defaults={"batch": "8", "accum": "1", "precision": "fp32,bf16", "steps": 5, "warmup": 1},
+    )
     return run_cli(HARNESS, parser, argv, make_specs=specs)
 
 

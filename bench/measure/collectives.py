@@ -94,11 +94,17 @@ class StepCollectives:
     def figures(self) -> dict:
         """The throughput harness's columns."""
         by_kind = self.bytes_by_kind()
-        text = ", ".join(f"{kind} {n}: {by_kind[kind] / MIB:.3g} MiB"
-                         for kind, n in sorted(self.counts().items(), key=lambda kv: -kv[1]))
+        text = ", ".join(
+            f"{kind} {n}: {by_kind[kind] / MIB:.3g} MiB"
+            for kind, n in sorted(self.counts().items(), key=lambda kv: -kv[1])
+        )
         share = None if self.comm_s is None else 100 * self.comm_s / self.step_s
-        return {"collectives_per_step": len(self.calls), "comm_mib_per_step": self.nbytes / MIB,
-                "comm_share_pct": share, "collectives": text or "none"}
+        return {
+            "collectives_per_step": len(self.calls),
+            "comm_mib_per_step": self.nbytes / MIB,
+            "comm_share_pct": share,
+            "collectives": text or "none",
+        }
 
 
 def measure_step(step: Callable[[], object], device: torch.device, ranks: int) -> StepCollectives:
@@ -119,13 +125,16 @@ def measure_step(step: Callable[[], object], device: torch.device, ranks: int) -
     window = next(e for e in events if e.name == WINDOW)
     start, end = window.start_time_ns, window.end_time_ns
     spans = [(e.start_time_ns, e.end_time_ns) for e in events if e.name.startswith("gloo:")]
-    spans += [(k.start_ns(), k.end_ns()) for k in result.events()
-              if k.device_type() != torch.autograd.DeviceType.CPU
-              and k.name().lower().startswith("nccl")]
+    spans += [
+        (k.start_ns(), k.end_ns())
+        for k in result.events()
+        if k.device_type() != torch.autograd.DeviceType.CPU and k.name().lower().startswith("nccl")
+    ]
     calls = tuple(_collectives(tree, ranks))
     comm_ns = busy_ns(spans, start, end) if spans or not calls else None
-    return StepCollectives(calls=calls, step_s=(end - start) / 1e9,
-                           comm_s=None if comm_ns is None else comm_ns / 1e9)
+    return StepCollectives(
+        calls=calls, step_s=(end - start) / 1e9, comm_s=None if comm_ns is None else comm_ns / 1e9
+    )
 
 
 def _walk(events) -> Iterator:

@@ -55,12 +55,16 @@ def check_capability(device: torch.device, precision: str) -> None:
     major, minor = torch.cuda.get_device_capability(device)
     name = f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})"
     if precision in NEEDS_AMPERE and major < 8:
-        raise CapabilityError(f"{precision} needs compute capability 8.0 or newer; {name} "
-                              "emulates bf16 and runs tf32 as fp32: use fp32 or fp16.")
+        raise CapabilityError(
+            f"{precision} needs compute capability 8.0 or newer; {name} "
+            "emulates bf16 and runs tf32 as fp32: use fp32 or fp16."
+        )
     archs = torch.cuda.get_arch_list()
     if archs and not any(runs_on(arch, 10 * major + minor) for arch in archs):
-        raise CapabilityError(f"{name} cannot run this torch build's kernels "
-                              f"({' '.join(archs)}): install a build for sm_{major}{minor}.")
+        raise CapabilityError(
+            f"{name} cannot run this torch build's kernels "
+            f"({' '.join(archs)}): install a build for sm_{major}{minor}."
+        )
 
 
 def runs_on(arch: str, capability: int) -> bool:
@@ -107,8 +111,10 @@ def reset_peaks(device: torch.device, release_cache: bool = True) -> None:
 def peaks_mib(device: torch.device) -> tuple[float, float]:
     """(peak allocated, peak reserved) since the last reset_peaks, in MiB."""
     synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) / MIB,
-            torch.cuda.max_memory_reserved(device) / MIB)
+    return (
+        torch.cuda.max_memory_allocated(device) / MIB,
+        torch.cuda.max_memory_reserved(device) / MIB,
+    )
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -116,7 +122,8 @@ def is_oom(exc: BaseException) -> bool:
     allocation failure as a RuntimeError, directly or as the cause of a wrapping error."""
     while exc is not None:
         if isinstance(exc, torch.OutOfMemoryError) or (
-                isinstance(exc, RuntimeError) and any(m in str(exc) for m in OOM_MARKERS)):
+            isinstance(exc, RuntimeError) and any(m in str(exc) for m in OOM_MARKERS)
+        ):
             return True
         exc = exc.__cause__
     return False

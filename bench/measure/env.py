@@ -15,6 +15,7 @@ from bench.spec import MIB
 # Environment variables read by the CUDA caching allocator and the driver.
 ALLOCATOR_SETTINGS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "CUDA_MODULE_LOADING")
 
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -38,7 +39,8 @@ def cpu_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
         words = []
     bf16 = [flag for flag in BF16_FLAGS if flag in words]
     return f"{torch.backends.cpu.get_cpu_capability()} " + (
-        f"with {' and '.join(bf16)}" if bf16 else "without native bf16")
+        f"with {' and '.join(bf16)}" if bf16 else "without native bf16"
+    )
 
 
 def cpu_name() -> str:
@@ -49,10 +51,19 @@ def cpu_name() -> str:
 def git_commit() -> str | None:
     root = Path(__file__).resolve().parent.parent
     try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "-uno"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "-uno"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return out + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -72,19 +83,25 @@ def _settings() -> dict:
     """The switches that change CUDA numbers without changing the code: cuDNN's algorithm search,
     TF32, the allocator's configuration and lazy module loading (as this process starts them;
     each harness sets TF32 per spec from --precision)."""
-    return {"cudnn_benchmark": torch.backends.cudnn.benchmark,
-            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-            "tf32_cudnn": torch.backends.cudnn.allow_tf32,
-            **{name.lower(): os.environ.get(name) for name in ALLOCATOR_SETTINGS}}
+    return {
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        **{name.lower(): os.environ.get(name) for name in ALLOCATOR_SETTINGS},
+    }
 
 
 def _cuda_device(device: str) -> dict:
     card = resolve(device)
     props = torch.cuda.get_device_properties(card)
     major, minor = torch.cuda.get_device_capability(card)
-    return {"device": str(card), "device_name": props.name,
-            "device_memory_mib": round(props.total_memory / MIB),
-            "compute_capability": f"{major}.{minor}", "driver": _driver()}
+    return {
+        "device": str(card),
+        "device_name": props.name,
+        "device_memory_mib": round(props.total_memory / MIB),
+        "compute_capability": f"{major}.{minor}",
+        "driver": _driver(),
+    }
 
 
 def environment(device: str = "cpu") -> dict:

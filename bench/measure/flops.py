@@ -23,8 +23,10 @@ def _cpu_sdpa_backward(grad_out, query, key, value, *args, out_shape=None, **kwa
 
 
 # torch's FLOP table knows the CUDA attention kernels; the CPU one has the same arithmetic.
-CPU_ATTENTION = {aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa,
-                 aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward}
+CPU_ATTENTION = {
+    aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa,
+    aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward,
+}
 
 
 def training_step_flops(spec: BenchSpec) -> int:

@@ -49,9 +49,12 @@ class Monitor:
         self.cpu_percent = self._process.cpu_percent(None)
 
     def figures(self) -> dict:
-        return {"nvml_peak_mib": self.nvml_peak_mib,
-                "nvml_process_peak_mib": self.nvml_process_peak_mib,
-                "nvml_baseline_mib": self.nvml_baseline_mib, "cpu_util_pct": self.cpu_percent}
+        return {
+            "nvml_peak_mib": self.nvml_peak_mib,
+            "nvml_process_peak_mib": self.nvml_process_peak_mib,
+            "nvml_baseline_mib": self.nvml_baseline_mib,
+            "cpu_util_pct": self.cpu_percent,
+        }
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -38,9 +38,12 @@ def measure_peak_flops(device: torch.device, precision: str, repeats: int = 10) 
     conv = time_calls(lambda: F.conv2d(x, w, padding=1), repeats, 5, device)
     matmul_flops = 2 * n**3 / min(matmul.times_s)
     conv_flops = 2 * batch * channels * channels * 9 * 32 * 32 / min(conv.times_s)
-    return {"peak_flops": max(matmul_flops, conv_flops), "matmul_flops": matmul_flops,
-            "conv_flops": conv_flops,
-            "probe": f"matmul {n}x{n}x{n}, conv3x3 {channels}ch 32x32 batch {batch}"}
+    return {
+        "peak_flops": max(matmul_flops, conv_flops),
+        "matmul_flops": matmul_flops,
+        "conv_flops": conv_flops,
+        "probe": f"matmul {n}x{n}x{n}, conv3x3 {channels}ch 32x32 batch {batch}",
+    }
 
 
 def device_key(device: torch.device, precision: str) -> str:

@@ -31,8 +31,9 @@ HIDDEN_UNITS = 64
 SPLIT = (0.4, 0.4)  # classifier, reference; the rest is the real-digit floor
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
-                     sigma2: np.ndarray) -> float:
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
+) -> float:
     """The Frechet (2-Wasserstein) distance squared between N(mu1, sigma1) and N(mu2, sigma2).
 
     Tr (S1 S2)^(1/2) is computed as Tr (S1^(1/2) S2 S1^(1/2))^(1/2): the two matrices are similar,
@@ -41,10 +42,15 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     sigma1 = np.atleast_2d(sigma1).astype(np.float64)
     sigma2 = np.atleast_2d(sigma2).astype(np.float64)
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or \
-            sigma1.shape != (mu1.size, mu1.size):
-        raise ValueError(f"mismatched statistics: means {mu1.shape} and {mu2.shape}, "
-                         f"covariances {sigma1.shape} and {sigma2.shape}.")
+    if (
+        mu1.shape != mu2.shape
+        or sigma1.shape != sigma2.shape
+        or sigma1.shape != (mu1.size, mu1.size)
+    ):
+        raise ValueError(
+            f"mismatched statistics: means {mu1.shape} and {mu2.shape}, "
+            f"covariances {sigma1.shape} and {sigma2.shape}."
+        )
     root1 = _psd_sqrt(sigma1)
     cross = np.linalg.eigvalsh(root1 @ sigma2 @ root1).clip(min=0)
     diff = mu1 - mu2
@@ -78,8 +84,9 @@ def to_digit_inputs(images: torch.Tensor) -> np.ndarray:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}.")
     x = images.detach().float().cpu().clamp(-1, 1).mean(dim=1, keepdim=True)
     if x.shape[-2:] != (DIGIT_SIDE, DIGIT_SIDE):
-        x = F.interpolate(x, size=(DIGIT_SIDE, DIGIT_SIDE), mode="bilinear",
-                          align_corners=False, antialias=True)
+        x = F.interpolate(
+            x, size=(DIGIT_SIDE, DIGIT_SIDE), mode="bilinear", align_corners=False, antialias=True
+        )
     return x.flatten(1).numpy().astype(np.float64)
 
 
@@ -118,17 +125,22 @@ class DigitsJudge:
         inputs = to_digit_inputs(images)
         order = np.random.default_rng(seed).permutation(len(inputs))
         n_clf, n_ref = (round(f * len(inputs)) for f in SPLIT)
-        clf_idx, ref_idx = order[:n_clf], order[n_clf:n_clf + n_ref]
-        floor_idx = order[n_clf + n_ref:]
-        classifier = MLPClassifier(hidden_layer_sizes=(HIDDEN_UNITS,), alpha=1e-3,
-                                   max_iter=300, random_state=seed)
+        clf_idx, ref_idx = order[:n_clf], order[n_clf : n_clf + n_ref]
+        floor_idx = order[n_clf + n_ref :]
+        classifier = MLPClassifier(
+            hidden_layer_sizes=(HIDDEN_UNITS,), alpha=1e-3, max_iter=300, random_state=seed
+        )
         with warnings.catch_warnings():
             # Stopping at max_iter is deliberate: a fixed budget keeps the features reproducible.
             warnings.simplefilter("ignore", ConvergenceWarning)
             classifier.fit(inputs[clf_idx], labels[clf_idx])
-        judge = cls(weights=classifier.coefs_[0], bias=classifier.intercepts_[0],
-                    accuracy=float(classifier.score(inputs[ref_idx], labels[ref_idx])),
-                    reference=(np.zeros(0), np.zeros((0, 0))), floor_inputs=inputs[floor_idx])
+        judge = cls(
+            weights=classifier.coefs_[0],
+            bias=classifier.intercepts_[0],
+            accuracy=float(classifier.score(inputs[ref_idx], labels[ref_idx])),
+            reference=(np.zeros(0), np.zeros((0, 0))),
+            floor_inputs=inputs[floor_idx],
+        )
         judge.reference = gaussian(judge.features(inputs[ref_idx]))
         return judge
 
@@ -138,11 +150,10 @@ class DigitsJudge:
 
     def score(self, images: torch.Tensor) -> float:
         """Frechet distance of these images' features from the reference digits' features."""
-        return frechet_distance(*gaussian(self.features(to_digit_inputs(images))),
-                                *self.reference)
+        return frechet_distance(*gaussian(self.features(to_digit_inputs(images))), *self.reference)
 
     def floor(self, count: int) -> float:
         """The same distance for `count` real held-out digits (at most the floor split's size):
         what a perfect sampler would score with that many images."""
-        inputs = self.floor_inputs[:max(2, count)]
+        inputs = self.floor_inputs[: max(2, count)]
         return frechet_distance(*gaussian(self.features(inputs)), *self.reference)

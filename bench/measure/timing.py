@@ -26,8 +26,7 @@ class Timing:
         return sum(self.times_s)
 
 
-def time_calls(fn: Callable[[], object], calls: int, warmup: int,
-               device: torch.device) -> Timing:
+def time_calls(fn: Callable[[], object], calls: int, warmup: int, device: torch.device) -> Timing:
     """Run fn `warmup` times, then `calls` times, each measured call bracketed by syncs.
 
     Syncing per call costs a little overlap on CUDA; in exchange every call has its own time,

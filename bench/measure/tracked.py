@@ -69,8 +69,13 @@ class TensorTracker(TorchDispatchMode):
     shards; the gathered whole parameters are activations in the forward and temporaries in the
     backward, like any other working copy."""
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                 ema_tensors=(), round_to: int | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        ema_tensors=(),
+        round_to: int | None = None,
+    ):
         super().__init__()
         self.model, self.optimizer, self.round_to = model, optimizer, round_to
         # Only the model's device counts: a CPU staging copy is not GPU memory.
@@ -122,8 +127,9 @@ class TensorTracker(TorchDispatchMode):
         total = sum(self._current.values())
         if total > self.peak.total:
             if self._after_backward:
-                self._move(storages(p.grad for p in self._params if p.grad is not None),
-                           "gradients")
+                self._move(
+                    storages(p.grad for p in self._params if p.grad is not None), "gradients"
+                )
                 self._after_backward = False
             self.peak = MemoryPeak(total, dict(self._current))
 
@@ -141,8 +147,14 @@ class TensorTracker(TorchDispatchMode):
         pairs = list(pairs)
         self._add(pairs, category)
         working = ("activations", "temporaries")
-        self._move([(st, device) for st, device in pairs
-                    if self._live.get(st._cdata, ("",))[0] in working], category)
+        self._move(
+            [
+                (st, device)
+                for st, device in pairs
+                if self._live.get(st._cdata, ("",))[0] in working
+            ],
+            category,
+        )
 
     def ignore(self, tensors) -> None:
         """Never count these tensors' storages, nor any view of them: host-side tensors, when
@@ -224,8 +236,11 @@ class TensorTracker(TorchDispatchMode):
     def _hook_grad(self, p: torch.Tensor) -> None:
         if p.requires_grad and self._grad_hooked.get(id(p)) is not p:
             self._grad_hooked[id(p)] = p
-            self._hooks.append(p.register_post_accumulate_grad_hook(
-                lambda q: self._move(storages([q.grad]), "gradients")))
+            self._hooks.append(
+                p.register_post_accumulate_grad_hook(
+                    lambda q: self._move(storages([q.grad]), "gradients")
+                )
+            )
 
     def _hook_module(self, module, _args) -> None:
         for p in module.parameters(recurse=False):
@@ -256,8 +271,10 @@ class TensorTracker(TorchDispatchMode):
 
 def _counted_resize(resize, resized):
     """UntypedStorage.resize_ that also tells the tracker."""
+
     def resize_(storage, size):
         out = resize(storage, size)
         resized(storage)
         return out
+
     return resize_

@@ -14,19 +14,27 @@ from bench.models.workload import TrainStep, train_step
 from bench.spec import BenchSpec
 
 # Figures of a CUDA run beside the allocator peaks and nvml_peak_mib; empty elsewhere.
-CUDA_COLUMNS = ["measured_context_mib", "warmup_peak_alloc_mib", "warmup_peak_reserved_mib",
-                "nvml_process_peak_mib", "nvml_baseline_mib"]
-CUDA_NOTE = ("On CUDA: peak_alloc_mib / peak_reserved_mib cover the measured (steady-state) "
-             "steps, warmup_peak_alloc_mib / warmup_peak_reserved_mib the warm-up steps. "
-             "measured_context_mib: device memory in use at spec start outside this process's "
-             "allocator (its CUDA context and other processes). nvml_peak_mib excludes "
-             "driver-reserved memory; nvml_process_peak_mib: this process's own (empty where the "
-             "driver does not report it); nvml_baseline_mib: the device's use before this "
-             "process started CUDA. NVML figures are of this very GPU or MIG instance, or empty.")
+CUDA_COLUMNS = [
+    "measured_context_mib",
+    "warmup_peak_alloc_mib",
+    "warmup_peak_reserved_mib",
+    "nvml_process_peak_mib",
+    "nvml_baseline_mib",
+]
+CUDA_NOTE = (
+    "On CUDA: peak_alloc_mib / peak_reserved_mib cover the measured (steady-state) "
+    "steps, warmup_peak_alloc_mib / warmup_peak_reserved_mib the warm-up steps. "
+    "measured_context_mib: device memory in use at spec start outside this process's "
+    "allocator (its CUDA context and other processes). nvml_peak_mib excludes "
+    "driver-reserved memory; nvml_process_peak_mib: this process's own (empty where the "
+    "driver does not report it); nvml_baseline_mib: the device's use before this "
+    "process started CUDA. NVML figures are of this very GPU or MIG instance, or empty."
+)
 
 
-def timed_training(spec: BenchSpec, device: torch.device,
-                   after: Callable[[TrainStep], dict] | None = None) -> dict:
+def timed_training(
+    spec: BenchSpec, device: torch.device, after: Callable[[TrainStep], dict] | None = None
+) -> dict:
     """Warm-up then measured optimizer steps, with nothing else running in the process. A
     warm-up step is one micro-batch (every rank's) and an optimizer step, whatever the
     accumulation. `after` runs once every figure of the timed steps is taken, with the step,
@@ -44,19 +52,21 @@ def timed_training(spec: BenchSpec, device: torch.device,
         if device.type == "cuda":
             figures["peak_alloc_mib"], figures["peak_reserved_mib"] = cuda.peaks_mib(device)
     figures.update(
-        step_s=timing.median_s, step_s_min=min(timing.times_s), step_s_max=max(timing.times_s),
+        step_s=timing.median_s,
+        step_s_min=min(timing.times_s),
+        step_s_max=max(timing.times_s),
         warmup_s=warmup.warmup_s,
         img_per_s=spec.effective_batch * spec.measure_steps / timing.total_s,
         # ru_maxrss is the process's high-water mark, in KiB on Linux.
         rss_peak_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        **monitor.figures())
+        **monitor.figures(),
+    )
     if after is not None:
         figures.update(after(step))
     return figures
 
 
-def _warm_up(step: Callable[[], object], calls: int, device: torch.device,
-             figures: dict) -> Timing:
+def _warm_up(step: Callable[[], object], calls: int, device: torch.device, figures: dict) -> Timing:
     """The warm-up calls, timed; on CUDA their allocator peaks go into `figures` and the peaks
     start again, so the measured steps' peaks are the steady state's own."""
     if device.type != "cuda":
@@ -64,7 +74,8 @@ def _warm_up(step: Callable[[], object], calls: int, device: torch.device,
     cuda.reset_peaks(device)
     timing = time_calls(step, 0, calls, device)
     if calls:
-        figures["warmup_peak_alloc_mib"], figures["warmup_peak_reserved_mib"] = (
-            cuda.peaks_mib(device))
+        figures["warmup_peak_alloc_mib"], figures["warmup_peak_reserved_mib"] = cuda.peaks_mib(
+            device
+        )
     cuda.reset_peaks(device, release_cache=False)  # the cache stays, as in training
     return timing

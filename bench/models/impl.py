@@ -27,12 +27,16 @@ def diffusers_unsupported(config: UNetConfig) -> str | None:
     """Why UNet2DModel cannot express this architecture, or None when it can."""
     c = config
     if c.time_embed_dim != c.base_channels or c.time_hidden_dim != 4 * c.base_channels:
-        return (f"UNet2DModel ties the time embedding to the base width ({c.base_channels} -> "
-                f"{4 * c.base_channels}); this model has {c.time_embed_dim} -> "
-                f"{c.time_hidden_dim}")
+        return (
+            f"UNet2DModel ties the time embedding to the base width ({c.base_channels} -> "
+            f"{4 * c.base_channels}); this model has {c.time_embed_dim} -> "
+            f"{c.time_hidden_dim}"
+        )
     if c.attention_resolutions and c.num_heads != 1:
-        return (f"UNet2DModel's head width is one number for every level; this model has "
-                f"{c.num_heads} heads per block")
+        return (
+            f"UNet2DModel's head width is one number for every level; this model has "
+            f"{c.num_heads} heads per block"
+        )
     return None
 
 
@@ -43,13 +47,22 @@ def diffusers_kwargs(config: UNetConfig) -> dict:
     c = config
     attn = [r in c.attention_resolutions for r in c.resolutions]
     return dict(
-        sample_size=c.image_size, in_channels=c.in_channels, out_channels=c.in_channels,
-        block_out_channels=c.level_channels, layers_per_block=c.num_res_blocks,
+        sample_size=c.image_size,
+        in_channels=c.in_channels,
+        out_channels=c.in_channels,
+        block_out_channels=c.level_channels,
+        layers_per_block=c.num_res_blocks,
         down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
         up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
-        add_attention=bool(c.attention_resolutions), attention_head_dim=None,
-        norm_num_groups=c.norm_groups, norm_eps=1e-5, downsample_padding=1,
-        flip_sin_to_cos=False, freq_shift=1, dropout=c.dropout)
+        add_attention=bool(c.attention_resolutions),
+        attention_head_dim=None,
+        norm_num_groups=c.norm_groups,
+        norm_eps=1e-5,
+        downsample_padding=1,
+        flip_sin_to_cos=False,
+        freq_shift=1,
+        dropout=c.dropout,
+    )
 
 
 class DiffusersUNet(nn.Module):
@@ -83,8 +96,13 @@ class DiffusersEMA:
         from diffusers.training_utils import EMAModel
 
         # As diffusers' train_unconditional example: warm-up 1 - (1 + step)^(-3/4), capped.
-        self.ema = EMAModel(model.parameters(), decay=config.ema_decay,
-                            use_ema_warmup=config.ema_warmup, inv_gamma=1.0, power=0.75)
+        self.ema = EMAModel(
+            model.parameters(),
+            decay=config.ema_decay,
+            use_ema_warmup=config.ema_warmup,
+            inv_gamma=1.0,
+            power=0.75,
+        )
 
     @property
     def params(self) -> list[torch.Tensor]:
@@ -103,6 +121,7 @@ class DiffusersEMA:
 def diffusers_recipe(model: nn.Module, config: TrainConfig) -> dict:
     """The optimizer and EMA of diffusers' train_unconditional example: torch's AdamW with its
     defaults (on CPU, the per-tensor loop) and EMAModel. Trainer(..., **diffusers_recipe(...))."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
-                                  weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+    )
     return {"optimizer": optimizer, "ema": DiffusersEMA(model, config)}

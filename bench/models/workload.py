@@ -14,8 +14,11 @@ from ddpm.parallel import wrap
 from ddpm.schedule import NoiseSchedule
 from ddpm.train import StepStats, Trainer
 
-COMPILE_KWARGS = {"default": {}, "reduce-overhead": {"mode": "reduce-overhead"},
-                  "max-autotune": {"mode": "max-autotune"}}
+COMPILE_KWARGS = {
+    "default": {},
+    "reduce-overhead": {"mode": "reduce-overhead"},
+    "max-autotune": {"mode": "max-autotune"},
+}
 
 
 def build_model(spec: BenchSpec, compiled: bool = True) -> torch.nn.Module:
@@ -26,9 +29,14 @@ def build_model(spec: BenchSpec, compiled: bool = True) -> torch.nn.Module:
     return model
 
 
-def build_trainer(spec: BenchSpec, device: str | torch.device | None = None,
-                  compiled: bool = True, schedule: NoiseSchedule | None = None, mesh=None,
-                  **settings) -> Trainer:
+def build_trainer(
+    spec: BenchSpec,
+    device: str | torch.device | None = None,
+    compiled: bool = True,
+    schedule: NoiseSchedule | None = None,
+    mesh=None,
+    **settings,
+) -> Trainer:
     """The spec's model and trainer, trained as spec.train_config(**settings) says: a caller
     that wants another accumulation or precision changes the spec (spec.replace), and
     `settings` are the TrainConfig fields no axis sets (bench.loss's lr and warm-up). `mesh`:
@@ -71,7 +79,7 @@ def train_step(spec: BenchSpec, device: str | torch.device | None = None) -> Tra
     trainer = build_trainer(spec, device)
     warm = micro_batch_trainer(trainer) if spec.accum > 1 else trainer
     images = synthetic_images(spec, spec.effective_batch)
-    return TrainStep(trainer, images, warm, images[:spec.ranks * spec.batch])
+    return TrainStep(trainer, images, warm, images[: spec.ranks * spec.batch])
 
 
 def micro_batch_trainer(trainer: Trainer) -> Trainer:
@@ -79,8 +87,14 @@ def micro_batch_trainer(trainer: Trainer) -> Trainer:
     warming up (kernels, allocator, optimizer state, compilation) needs one forward, backward
     and optimizer step, not a whole accumulated step."""
     config = dataclasses.replace(trainer.config, accum_steps=1)
-    return Trainer(trainer.model, trainer.schedule, config, trainer.device,
-                   optimizer=trainer.optimizer, ema=trainer.ema)
+    return Trainer(
+        trainer.model,
+        trainer.schedule,
+        config,
+        trainer.device,
+        optimizer=trainer.optimizer,
+        ema=trainer.ema,
+    )
 
 
 def synthetic_images(spec: BenchSpec, count: int) -> torch.Tensor:

@@ -410,8 +410,9 @@ def parse_alloc_conf(text: str | None) -> dict:
     if conf["max_non_split_rounding_mb"] is None:
         # Unset, it follows large_segment_size_mb (AcceleratorAllocatorConfig::parseArgs).
         conf["max_non_split_rounding_mb"] = conf["large_segment_size_mb"]
-    _check_sizes(conf["max_split_size_mb"], conf["max_non_split_rounding_mb"],
-                 conf["large_segment_size_mb"])
+    _check_sizes(
+        conf["max_split_size_mb"], conf["max_non_split_rounding_mb"], conf["large_segment_size_mb"]
+    )
     return conf
 
 

@@ -43,8 +43,11 @@ def flash_ok(capability, dtype, head_dim, requires_grad) -> bool:
 def efficient_ok(capability, dtype, head_dim) -> bool:
     if not (5, 0) <= capability <= (12, 1):
         return False
-    allowed = (torch.float16, torch.float32, torch.bfloat16) if capability >= (8, 0) else (
-        torch.float16, torch.float32)
+    allowed = (
+        (torch.float16, torch.float32, torch.bfloat16)
+        if capability >= (8, 0)
+        else (torch.float16, torch.float32)
+    )
     if dtype not in allowed:
         return False
     # The last dimension must be a multiple of the GEMM alignment: 128 bits on tensor cores
@@ -56,18 +59,24 @@ def efficient_ok(capability, dtype, head_dim) -> bool:
     return head_dim % alignment == 0
 
 
-def attention_backend(capability: tuple[int, int], dtype: torch.dtype, head_dim: int,
-                      requires_grad: bool, has_mask: bool = False,
-                      cudnn_version: int | None = None) -> str:
-    """"cudnn", "flash", "efficient" or "math" for the UNet's attention on this card."""
+def attention_backend(
+    capability: tuple[int, int],
+    dtype: torch.dtype,
+    head_dim: int,
+    requires_grad: bool,
+    has_mask: bool = False,
+    cudnn_version: int | None = None,
+) -> str:
+    """ "cudnn", "flash", "efficient" or "math" for the UNet's attention on this card."""
     if cudnn_version is None:
         cudnn_version = torch.backends.cudnn.version()
     order = ["flash", "efficient", "math"]
     if prefers_cudnn(capability, cudnn_version):
         order.insert(0, "cudnn")
     usable = {
-        "cudnn": lambda: not has_mask and cudnn_ok(capability, dtype, head_dim, requires_grad,
-                                                   cudnn_version),
+        "cudnn": lambda: (
+            not has_mask and cudnn_ok(capability, dtype, head_dim, requires_grad, cudnn_version)
+        ),
         "flash": lambda: not has_mask and flash_ok(capability, dtype, head_dim, requires_grad),
         "efficient": lambda: efficient_ok(capability, dtype, head_dim),
         "math": lambda: True,

@@ -49,9 +49,12 @@ class CudaRules(TorchFunctionMode):
         if func in _BACKWARD:
             return self._backward(func, *args, **kwargs)
         autocast = torch.is_autocast_enabled("cpu")
-        if (not (func in _REWRITES or (autocast and _has_tensor(args, kwargs)))
-                or func in _DIRECT or getattr(func, "__name__", "") in _ATTRIBUTE_ACCESS
-                or (func not in _REWRITES and _from_distributed())):
+        if (
+            not (func in _REWRITES or (autocast and _has_tensor(args, kwargs)))
+            or func in _DIRECT
+            or getattr(func, "__name__", "") in _ATTRIBUTE_ACCESS
+            or (func not in _REWRITES and _from_distributed())
+        ):
             return func(*args, **kwargs)
         leaves, spec = tree_flatten((args, kwargs))
         tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
@@ -79,8 +82,12 @@ class CudaRules(TorchFunctionMode):
                 return rule(self, *args, **kwargs)
             return rule(*args, **kwargs)
 
-        standins = [torch.empty_strided(leaves[i].shape, leaves[i].stride(),
-                                        dtype=leaves[i].dtype, device=CUDA) for i in positions]
+        standins = [
+            torch.empty_strided(
+                leaves[i].shape, leaves[i].stride(), dtype=leaves[i].dtype, device=CUDA
+            )
+            for i in positions
+        ]
         with _cuda_autocast(dtype):
             graph = make_fx(call)(*standins)
         output = next(n for n in graph.graph.nodes if n.op == "output")
@@ -88,8 +95,16 @@ class CudaRules(TorchFunctionMode):
             return _NO_DEVICE_WORK  # e.g. .size() or .dim(): the call itself answers
         return _on_cpu(graph)
 
-    def _backward(self, func, tensors, gradient=None, retain_graph=None, create_graph=False,
-                  inputs=None, **kwargs):
+    def _backward(
+        self,
+        func,
+        tensors,
+        gradient=None,
+        retain_graph=None,
+        create_graph=False,
+        inputs=None,
+        **kwargs,
+    ):
         """Tensor.backward / torch.autograd.backward with this mode on while the engine runs.
 
         A mode is off while its own handler runs, and calling the function from here would run
@@ -110,11 +125,19 @@ class CudaRules(TorchFunctionMode):
             inputs = tuple(inputs.values() if isinstance(inputs, dict) else inputs)
         with self:
             grads = torch.autograd._make_grads(
-                tensors, torch.autograd._tensor_or_tensors_to_tuple(gradient, len(tensors)),
-                is_grads_batched=False)
-            _engine_run_backward(tensors, grads, create_graph if retain_graph is None
-                                 else retain_graph, create_graph, inputs,
-                                 allow_unreachable=True, accumulate_grad=True)
+                tensors,
+                torch.autograd._tensor_or_tensors_to_tuple(gradient, len(tensors)),
+                is_grads_batched=False,
+            )
+            _engine_run_backward(
+                tensors,
+                grads,
+                create_graph if retain_graph is None else retain_graph,
+                create_graph,
+                inputs,
+                allow_unreachable=True,
+                accumulate_grad=True,
+            )
 
     def dropout(self, input, p=0.5, training=True, inplace=False):
         """CUDA's dropout is the fused kernel: it keeps a bool mask, not a float noise tensor."""
@@ -123,42 +146,66 @@ class CudaRules(TorchFunctionMode):
         out = torch.native_dropout(input, p, True)[0]
         return input.copy_(out) if inplace else out
 
-    def attention(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
-                  scale=None, enable_gqa=False):
+    def attention(
+        self,
+        query,
+        key,
+        value,
+        attn_mask=None,
+        dropout_p=0.0,
+        is_causal=False,
+        scale=None,
+        enable_gqa=False,
+    ):
         """The backend the target card's SDPA dispatcher would pick (it needs a real device to
         choose, so the choice is made here and the backend's op is called directly)."""
         if torch.is_autocast_enabled("cuda"):  # SDPA is on CUDA autocast's lower-precision list
             low = torch.get_autocast_dtype("cuda")
             query, key, value = (x.to(low) for x in (query, key, value))
-        backend = attention_backend(self.capability, query.dtype, query.shape[-1],
-                                    requires_grad=torch.is_grad_enabled(),
-                                    has_mask=attn_mask is not None)
+        backend = attention_backend(
+            self.capability,
+            query.dtype,
+            query.shape[-1],
+            requires_grad=torch.is_grad_enabled(),
+            has_mask=attn_mask is not None,
+        )
         grad = torch.is_grad_enabled()
         with torch.autocast("cuda", enabled=False):
             if backend == "cudnn":
                 return torch.ops.aten._scaled_dot_product_cudnn_attention(
-                    query, key, value, attn_mask, grad, dropout_p, is_causal, False,
-                    scale=scale)[0]
+                    query, key, value, attn_mask, grad, dropout_p, is_causal, False, scale=scale
+                )[0]
             if backend == "flash":
                 return torch.ops.aten._scaled_dot_product_flash_attention(
-                    query, key, value, dropout_p, is_causal, False, scale=scale)[0]
+                    query, key, value, dropout_p, is_causal, False, scale=scale
+                )[0]
             if backend == "efficient":
                 return torch.ops.aten._scaled_dot_product_efficient_attention(
-                    query, key, value, attn_mask, grad, dropout_p, is_causal, scale=scale)[0]
+                    query, key, value, attn_mask, grad, dropout_p, is_causal, scale=scale
+                )[0]
             with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
-                return F.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p,
-                                                      is_causal, scale=scale,
-                                                      enable_gqa=enable_gqa)
+                return F.scaled_dot_product_attention(
+                    query,
+                    key,
+                    value,
+                    attn_mask,
+                    dropout_p,
+                    is_causal,
+                    scale=scale,
+                    enable_gqa=enable_gqa,
+                )
 
 
 # Calls whose CUDA form is not what CPU's dispatcher would choose, and the method that gives it.
-_REWRITES = {F.dropout: CudaRules.dropout,
-             F.scaled_dot_product_attention: CudaRules.attention}
+_REWRITES = {F.dropout: CudaRules.dropout, F.scaled_dot_product_attention: CudaRules.attention}
 # Calls that return no tensor computed on a device, or that drive autograd itself.
 # Calls that run the autograd engine: run with CudaRules on (CudaRules._backward).
 _BACKWARD = {torch.Tensor.backward, torch.autograd.backward}
-_DIRECT = {torch.autograd.grad, torch.Tensor.register_hook,
-           torch.Tensor.register_post_accumulate_grad_hook}
+_DIRECT = {
+    torch.autograd.grad,
+    torch.Tensor.register_hook,
+    torch.Tensor.register_post_accumulate_grad_hook,
+}
 _ATTRIBUTE_ACCESS = {"__get__", "__set__", "__delete__"}  # .requires_grad, .grad, .dtype, ...
 _NO_DEVICE_WORK = object()
 _DISTRIBUTED = ("torch.distributed", "torch.nn.parallel")
@@ -210,6 +257,7 @@ def _cuda_autocast(dtype: torch.dtype | None):
 
 def _on_cpu(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """Move every device argument and constant of a traced graph from CUDA to the CPU."""
+
     def move(x):
         if isinstance(x, torch.device) and x.type == "cuda":
             return CPU

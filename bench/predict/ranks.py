@@ -51,11 +51,15 @@ def rank_zero(spec: BenchSpec, fake_tensors: bool) -> Iterator:
         return
     if dist.is_initialized():
         if fake_tensors:
-            raise RuntimeError("fake tensors need a process without a process group: the "
-                               "trace makes a fake group of its own")
+            raise RuntimeError(
+                "fake tensors need a process without a process group: the "
+                "trace makes a fake group of its own"
+            )
         if dist.get_world_size() != spec.ranks:
-            raise RuntimeError(f"this process group has {dist.get_world_size()} ranks; the spec "
-                               f"asks for {spec.ranks}")
+            raise RuntimeError(
+                f"this process group has {dist.get_world_size()} ranks; the spec "
+                f"asks for {spec.ranks}"
+            )
         # On the spec's device type: FSDP2's default mesh is on the machine's accelerator.
         yield init_device_mesh(torch.device(spec.device).type, (spec.ranks,))
         return
@@ -94,9 +98,11 @@ def fake_tensor_ddp() -> Iterator[None]:
     """DDP over fake tensors: its value-only steps skipped (see the module's docstring)."""
     import torch.nn.parallel.distributed as ddp
 
-    with (mock.patch.object(ddp, "_verify_param_shape_across_processes", _nothing),
-          mock.patch.object(ddp, "_sync_module_states", _nothing),
-          mock.patch.object(dist.Reducer, "_rebuild_buckets", lambda _reducer: False)):
+    with (
+        mock.patch.object(ddp, "_verify_param_shape_across_processes", _nothing),
+        mock.patch.object(ddp, "_sync_module_states", _nothing),
+        mock.patch.object(dist.Reducer, "_rebuild_buckets", lambda _reducer: False),
+    ):
         yield
 
 
@@ -115,8 +121,7 @@ class KeptStorages(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        self._born.extend((weakref.ref(st), device) for st, device in
-                          storages(tree_leaves(out)))
+        self._born.extend((weakref.ref(st), device) for st, device in storages(tree_leaves(out)))
         return out
 
     def kept(self) -> list[tuple[torch.UntypedStorage, str]]:

@@ -79,12 +79,16 @@ def _inputs(spec: BenchSpec, images: int, device: str) -> list[torch.Tensor]:
     timestep per image."""
     c = spec.unet_config()
     shape = (images, c.in_channels, c.image_size, c.image_size)
-    return [torch.empty(shape, device=device), torch.empty(shape, device=device),
-            torch.empty(images, dtype=torch.int64, device=device)]
+    return [
+        torch.empty(shape, device=device),
+        torch.empty(shape, device=device),
+        torch.empty(images, dtype=torch.int64, device=device),
+    ]
 
 
-def _trace(spec: BenchSpec, fake: bool, full_trace: bool = False,
-           target: tuple[int, int] = DEFAULT_TARGET) -> tuple[TensorTracker, MemoryPeak]:
+def _trace(
+    spec: BenchSpec, fake: bool, full_trace: bool = False, target: tuple[int, int] = DEFAULT_TARGET
+) -> tuple[TensorTracker, MemoryPeak]:
     """A warm-up step (it creates the optimizer state), then a measured step, under a tracker
     whose peak is reset between the two, so its peak is the steady state's. With more than one
     rank, rank 0's step (bench.predict.ranks).
@@ -104,15 +108,21 @@ def _trace(spec: BenchSpec, fake: bool, full_trace: bool = False,
                 stack.enter_context(fake_tensor_ddp())
         born = KeptStorages()
         with born:
-            trainer = build_trainer(spec.replace(accum=accum, precision=precision),
-                                    device=device, compiled=False, schedule=schedule, mesh=mesh)
+            trainer = build_trainer(
+                spec.replace(accum=accum, precision=precision),
+                device=device,
+                compiled=False,
+                schedule=schedule,
+                mesh=mesh,
+            )
         answer_all_reduce(trainer.model)
         # trainer.step takes the global batch, every rank's images (the same on every rank).
         images = trainer.world * spec.batch * accum
         host = synthetic_images(spec, images)
         round_to = CUDA_BLOCK_BYTES if fake else None
-        with TensorTracker(trainer.model, trainer.optimizer, trainer.ema.params,
-                           round_to=round_to) as tracker:
+        with TensorTracker(
+            trainer.model, trainer.optimizer, trainer.ema.params, round_to=round_to
+        ) as tracker:
             if fake:
                 _on_the_host(trainer, tracker, host)
             trainer.step(host)  # creates optimizer state
@@ -154,23 +164,26 @@ def _untracked(tracker: TensorTracker, method, *args):
         return method(*args)
 
 
-def step_memory(spec: BenchSpec, fake: bool, full_trace: bool = False,
-                target: tuple[int, int] = DEFAULT_TARGET) -> StepMemory:
+def step_memory(
+    spec: BenchSpec, fake: bool, full_trace: bool = False, target: tuple[int, int] = DEFAULT_TARGET
+) -> StepMemory:
     """A steady-state optimizer step's live-tensor bytes by category, at its peak and after it
     (fake: under CUDA's rules for `target`, each storage rounded to 512 B)."""
     tracker, kept = _trace(spec, fake, full_trace, target)
     return StepMemory(tracker.peak, kept)
 
 
-def step_peak(spec: BenchSpec, fake: bool, full_trace: bool = False,
-              target: tuple[int, int] = DEFAULT_TARGET) -> MemoryPeak:
+def step_peak(
+    spec: BenchSpec, fake: bool, full_trace: bool = False, target: tuple[int, int] = DEFAULT_TARGET
+) -> MemoryPeak:
     """Peak live-tensor bytes of a steady-state optimizer step, by category (fake: under CUDA's
     rules for `target`, each storage rounded to 512 B)."""
     return step_memory(spec, fake, full_trace, target).peak
 
 
-def predict(spec: BenchSpec, target: tuple[int, int] = DEFAULT_TARGET,
-            alloc_conf: str | None = None) -> Prediction:
+def predict(
+    spec: BenchSpec, target: tuple[int, int] = DEFAULT_TARGET, alloc_conf: str | None = None
+) -> Prediction:
     """The step's allocations replayed through the caching allocator as PYTORCH_CUDA_ALLOC_CONF
     (`alloc_conf`, default: this process's) configures it. cuBLAS keeps one workspace per
     handle and stream, and handles are per thread: the forward runs on this thread and the
@@ -183,15 +196,17 @@ def predict(spec: BenchSpec, target: tuple[int, int] = DEFAULT_TARGET,
         # torchrun starts each rank in a session of its own, so the sweep's stop of the worker's
         # group misses this child: it ends with the rank that started it instead.
         with concurrent.futures.ProcessPoolExecutor(
-                1, mp_context=spawn, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+            1, mp_context=spawn, initializer=die_with_parent, initargs=(os.getpid(),)
+        ) as pool:
             return pool.submit(predict, spec, target, alloc_conf).result()
     tracker, _ = _trace(spec, fake=True, target=target)
     workspace = cublas_workspace_bytes(target)
     conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") if alloc_conf is None else alloc_conf
     events = [("alloc", f"cublas-{thread}", workspace) for thread in ("forward", "backward")]
     allocator = replay(events + tracker.events, **parse_alloc_conf(conf))
-    return Prediction(tracker.peak, allocator.peak_allocated, allocator.peak_reserved,
-                      2 * workspace, target)
+    return Prediction(
+        tracker.peak, allocator.peak_allocated, allocator.peak_reserved, 2 * workspace, target
+    )
 
 
 def die_with_parent(parent: int) -> None:

@@ -1,10 +1,10 @@
 """The pytest-benchmark suite's options and parametrization.
 
-    pytest bench --benchmark-save               # small CPU defaults: tiny preset, batches 2 and 8
-    pytest bench --benchmark-save=baseline      # ... saved under a name of yours
-    pytest bench --bench-preset ddpm-cifar10 --bench-batch 1,2,4 --bench-device cuda
-    pytest bench --benchmark-disable            # every benchmark once (the CI smoke test)
-    torchrun --standalone --nproc-per-node 2 -m pytest bench --bench-parallel fsdp  # 2 ranks
+pytest bench --benchmark-save               # small CPU defaults: tiny preset, batches 2 and 8
+pytest bench --benchmark-save=baseline      # ... saved under a name of yours
+pytest bench --bench-preset ddpm-cifar10 --bench-batch 1,2,4 --bench-device cuda
+pytest bench --benchmark-disable            # every benchmark once (the CI smoke test)
+torchrun --standalone --nproc-per-node 2 -m pytest bench --bench-parallel fsdp  # 2 ranks
 """
 
 from __future__ import annotations
@@ -33,13 +33,22 @@ def pytest_addoption(parser):
     group.addoption("--bench-device", default="cpu", help="auto, cpu, cuda, cuda:N (default cpu)")
     group.addoption("--bench-batch", default="2,8", help="micro-batch sizes (default 2,8)")
     group.addoption("--bench-accum", default="1", help="accumulation steps (default 1)")
-    group.addoption("--bench-precision", default="fp32,bf16",
-                    help=f"{', '.join(PRECISIONS)} (default fp32,bf16)")
-    group.addoption("--bench-parallel", default="none",
-                    help=f"{', '.join(PARALLEL)}: under torchrun, its ranks train one model "
-                         "(default none)")
-    group.addoption("--bench-rounds", type=int, default=3,
-                    help="timed rounds per benchmark, each on freshly built state (default 3)")
+    group.addoption(
+        "--bench-precision",
+        default="fp32,bf16",
+        help=f"{', '.join(PRECISIONS)} (default fp32,bf16)",
+    )
+    group.addoption(
+        "--bench-parallel",
+        default="none",
+        help=f"{', '.join(PARALLEL)}: under torchrun, its ranks train one model (default none)",
+    )
+    group.addoption(
+        "--bench-rounds",
+        type=int,
+        default=3,
+        help="timed rounds per benchmark, each on freshly built state (default 3)",
+    )
 
 
 def bench_specs(config):
@@ -48,20 +57,27 @@ def bench_specs(config):
     try:
         preset = parse_preset(config.getoption("--bench-preset"))
         size = parse_image_size(None, preset)
-        (mode,) = parse_choices("--bench-parallel", config.getoption("--bench-parallel"),
-                                PARALLEL)
+        (mode,) = parse_choices("--bench-parallel", config.getoption("--bench-parallel"), PARALLEL)
         if parallel.launched() and mode == "none":
-            raise SpecError("under torchrun, give --bench-parallel ddp or fsdp: how the ranks "
-                            "share the model.")
-        base = BenchSpec(preset=preset, image_size=size,
-                         attention="+".join(map(str, PRESETS[preset].attention_resolutions))
-                         or "none", device=parse_device(config.getoption("--bench-device")),
-                         ranks=int(os.environ.get("WORLD_SIZE", 1)), parallel=mode)
+            raise SpecError(
+                "under torchrun, give --bench-parallel ddp or fsdp: how the ranks share the model."
+            )
+        base = BenchSpec(
+            preset=preset,
+            image_size=size,
+            attention="+".join(map(str, PRESETS[preset].attention_resolutions)) or "none",
+            device=parse_device(config.getoption("--bench-device")),
+            ranks=int(os.environ.get("WORLD_SIZE", 1)),
+            parallel=mode,
+        )
         return expand_grid(
-            base, batch=parse_int_list("--bench-batch", config.getoption("--bench-batch")),
+            base,
+            batch=parse_int_list("--bench-batch", config.getoption("--bench-batch")),
             accum=parse_int_list("--bench-accum", config.getoption("--bench-accum")),
-            precision=parse_choices("--bench-precision", config.getoption("--bench-precision"),
-                                    PRECISIONS))
+            precision=parse_choices(
+                "--bench-precision", config.getoption("--bench-precision"), PRECISIONS
+            ),
+        )
     except SpecError as exc:
         raise pytest.UsageError(str(exc)) from None
 
@@ -81,8 +97,9 @@ def pytest_unconfigure(config):
 def pytest_generate_tests(metafunc):
     if "spec" in metafunc.fixturenames:
         specs = bench_specs(metafunc.config)
-        metafunc.parametrize("spec", specs, ids=[f"b{s.batch}x{s.accum}-{s.precision}"
-                                                 for s in specs])
+        metafunc.parametrize(
+            "spec", specs, ids=[f"b{s.batch}x{s.accum}-{s.precision}" for s in specs]
+        )
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

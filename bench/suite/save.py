@@ -48,7 +48,8 @@ def allow_bare_save(parser) -> None:
         return pytest.UsageError(
             f"bench.suite.save: {what}; pytest or pytest-benchmark changed shape, so a bare "
             f"{OPTION} cannot be given an automatic name (give it a NAME, or update "
-            "allow_bare_save in bench/suite/save.py)")
+            "allow_bare_save in bench/suite/save.py)"
+        )
 
     try:
         options = parser.getgroup("benchmark").options
@@ -58,13 +59,18 @@ def allow_bare_save(parser) -> None:
         raise changed(f"pytest's option groups are not as expected ({exc})") from None
     if attrs is None:
         raise changed(f"pytest-benchmark's 'benchmark' option group has no single {OPTION}")
-    if attrs.get("nargs") is not None or attrs.get("const") is not None or attrs.get(
-            "action", "store") != "store":
+    if (
+        attrs.get("nargs") is not None
+        or attrs.get("const") is not None
+        or attrs.get("action", "store") != "store"
+    ):
         raise changed(f"{OPTION} no longer takes exactly one NAME")
     attrs["nargs"] = "?"
     attrs["const"] = AUTOMATIC
-    attrs["help"] = (f"{attrs.get('help') or ''} Without NAME (ddpm-bench): an automatic name, "
-                     "<commit>-<UTC time>[-dirty].").strip()
+    attrs["help"] = (
+        f"{attrs.get('help') or ''} Without NAME (ddpm-bench): an automatic name, "
+        "<commit>-<UTC time>[-dirty]."
+    ).strip()
     try:
         probe = parser.parse_known_args([OPTION]).benchmark_save
     except (pytest.UsageError, AttributeError) as exc:
@@ -79,15 +85,18 @@ def automatic_name(root: Path, now: datetime | None = None) -> str:
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                              check=True, timeout=30).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
 
     try:
         commit = git("rev-parse", "--short", "HEAD")
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
-        print(f"{OPTION}: {root} is not in a git tree with a commit; saving as nogit-{stamp}",
-              file=sys.stderr)
+        print(
+            f"{OPTION}: {root} is not in a git tree with a commit; saving as nogit-{stamp}",
+            file=sys.stderr,
+        )
         return f"nogit-{stamp}"
     return f"{commit}-{stamp}" + ("-dirty" if dirty else "")
 
@@ -100,8 +109,10 @@ def pytest_plugin_registered(plugin, manager):
         try:
             parser = config._parser
         except AttributeError:
-            raise pytest.UsageError("bench.suite.save: pytest's config has no parser; pytest "
-                                    "changed shape (update bench/suite/save.py)") from None
+            raise pytest.UsageError(
+                "bench.suite.save: pytest's config has no parser; pytest "
+                "changed shape (update bench/suite/save.py)"
+            ) from None
         allow_bare_save(parser)
 
 

@@ -31,8 +31,13 @@ def test_ddim_step(benchmark, spec, request):
         step()
         synchronize(device)
 
-    benchmark.pedantic(one_step, setup=setup, rounds=request.config.getoption("--bench-rounds"),
-                       iterations=1, warmup_rounds=1)
+    benchmark.pedantic(
+        one_step,
+        setup=setup,
+        rounds=request.config.getoption("--bench-rounds"),
+        iterations=1,
+        warmup_rounds=1,
+    )
     benchmark.extra_info["images_per_step"] = spec.batch
     if benchmark.stats is not None:  # None under --benchmark-disable
         median = benchmark.stats.stats.median

@@ -34,8 +34,9 @@ def test_train_step(benchmark, spec, request):
         step()
         synchronize(device)  # the clock stops when the device is done, not when it was asked
 
-    benchmark.pedantic(one_step, setup=setup, rounds=request.config.getoption("--bench-rounds"),
-                       iterations=1)
+    benchmark.pedantic(
+        one_step, setup=setup, rounds=request.config.getoption("--bench-rounds"), iterations=1
+    )
     info = benchmark.extra_info
     info["images_per_step"] = spec.effective_batch
     predicted = predict(spec, cuda.capability(device) if device.type == "cuda" else DEFAULT_TARGET)

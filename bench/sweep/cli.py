@@ -33,20 +33,27 @@ OneLineParser = ArgumentParser
 
 
 # The option groups of --help, by an axis declaration's `group` (bench.spec.AxisOption).
-GROUPS = {"axes": "axes (comma lists; the sweep is their product)",
-          "ranks": "more than one card (torchrun; gloo on CPU, NCCL on CUDA)",
-          "run": "model, device and run"}
+GROUPS = {
+    "axes": "axes (comma lists; the sweep is their product)",
+    "ranks": "more than one card (torchrun; gloo on CPU, NCCL on CUDA)",
+    "run": "model, device and run",
+}
 
 
-def build_parser(prog: str, description: str, defaults: dict,
-                 helps: dict[str, str] | None = None,
-                 axes: tuple[str, ...] | None = None) -> OneLineParser:
+def build_parser(
+    prog: str,
+    description: str,
+    defaults: dict,
+    helps: dict[str, str] | None = None,
+    axes: tuple[str, ...] | None = None,
+) -> OneLineParser:
     """An option for each axis the harness takes (`axes`, default bench.spec.common_axes()), as
     its declaration in BenchSpec says, and the shared run options. `defaults` and `helps` (by
     option dest) let a harness say what an option means for it, e.g. --steps are the steps
     trained in bench.loss. Taking "ranks" brings --nnodes and --rdzv-endpoint too."""
-    p = OneLineParser(prog=prog, description=description,
-                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     groups = {key: p.add_argument_group(title) for key, title in GROUPS.items()}
     cls = spec_module.BenchSpec  # read at each call, so a spec class with one more axis is seen
     taken = common_axes(cls) if axes is None else axes
@@ -56,47 +63,93 @@ def build_parser(prog: str, description: str, defaults: dict,
         o = f.metadata["option"]
         if o.group not in groups:
             groups[o.group] = p.add_argument_group(o.group)
-        groups[o.group].add_argument(o.flag(f.name), dest=f.name, type=o.type,
-                                     default=defaults.get(f.name, o.text), help=o.help)
+        groups[o.group].add_argument(
+            o.flag(f.name),
+            dest=f.name,
+            type=o.type,
+            default=defaults.get(f.name, o.text),
+            help=o.help,
+        )
     if "ranks" in taken:
         d = groups["ranks"]
-        d.add_argument("--nnodes", type=int, default=1,
-                       help="machines the ranks span; each runs the same command (default 1)")
-        d.add_argument("--rdzv-endpoint", default=None,
-                       help="host:port where the machines meet (torchrun's); default: all "
-                            "ranks on this machine (torchrun --standalone)")
+        d.add_argument(
+            "--nnodes",
+            type=int,
+            default=1,
+            help="machines the ranks span; each runs the same command (default 1)",
+        )
+        d.add_argument(
+            "--rdzv-endpoint",
+            default=None,
+            help="host:port where the machines meet (torchrun's); default: all "
+            "ranks on this machine (torchrun --standalone)",
+        )
     g = groups["run"]
-    g.add_argument("--budget", default=DEFAULT_BUDGET,
-                   help="memory budget the fits column answers for (default: an 8 GB card, "
-                        "whose CUDA capacity is 7.79 GiB): MiB/GiB (2^20, 2^30 bytes) "
-                        "or MB/GB (10^6, 10^9) (default %(default)s)")
-    g.add_argument("--cuda-context-mib", type=float, default=DEFAULT_CONTEXT_MIB,
-                   help="allowance for the CUDA context off CUDA (on CUDA it is measured), "
-                        "added to the prediction: published figures with lazy loading run "
-                        "from 256 to 426 MiB (default %(default)g)")
-    g.add_argument("--steps", type=int, default=defaults.get("steps", 1),
-                   help="measured optimizer steps per spec (default %(default)s)")
-    g.add_argument("--warmup", type=int, default=defaults.get("warmup", 1),
-                   help="warm-up optimizer steps, timed apart (default %(default)s)")
-    g.add_argument("--find-max-batch", action="store_true",
-                   help="for each combination of the other axes, search the largest batch that "
-                        "fits the budget (doubling, then bisection): measured on CUDA, predicted "
-                        "elsewhere; --batch is ignored")
-    g.add_argument("--repeats", type=int, default=1,
-                   help="run the whole grid this many times, one pass after another, so specs "
-                        "next to each other (e.g. --impl ddpm,diffusers) share the machine's "
-                        "drift; each pass is its own rows (column repeat) (default 1)")
-    g.add_argument("--seed", type=seed_int, default=0,
-                   help="seed for weights and data (default 0)")
-    g.add_argument("--out", default=RUN_FOLDER,
-                   help="results folder (default %(default)s, which git ignores; the committed "
-                        "reference tables: --out results)")
-    g.add_argument("--resume", action="store_true",
-                   help="skip specs that already have an ok or oom row in the CSV")
-    g.add_argument("--inline", action="store_true",
-                   help="run specs in this process (debugging); default: one process per spec")
-    g.add_argument("--timeout", type=float, default=3600.0,
-                   help="seconds before a spec's process is stopped (default %(default)s)")
+    g.add_argument(
+        "--budget",
+        default=DEFAULT_BUDGET,
+        help="memory budget the fits column answers for (default: an 8 GB card, "
+        "whose CUDA capacity is 7.79 GiB): MiB/GiB (2^20, 2^30 bytes) "
+        "or MB/GB (10^6, 10^9) (default %(default)s)",
+    )
+    g.add_argument(
+        "--cuda-context-mib",
+        type=float,
+        default=DEFAULT_CONTEXT_MIB,
+        help="allowance for the CUDA context off CUDA (on CUDA it is measured), "
+        "added to the prediction: published figures with lazy loading run "
+        "from 256 to 426 MiB (default %(default)g)",
+    )
+    g.add_argument(
+        "--steps",
+        type=int,
+        default=defaults.get("steps", 1),
+        help="measured optimizer steps per spec (default %(default)s)",
+    )
+    g.add_argument(
+        "--warmup",
+        type=int,
+        default=defaults.get("warmup", 1),
+        help="warm-up optimizer steps, timed apart (default %(default)s)",
+    )
+    g.add_argument(
+        "--find-max-batch",
+        action="store_true",
+        help="for each combination of the other axes, search the largest batch that "
+        "fits the budget (doubling, then bisection): measured on CUDA, predicted "
+        "elsewhere; --batch is ignored",
+    )
+    g.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run the whole grid this many times, one pass after another, so specs "
+        "next to each other (e.g. --impl ddpm,diffusers) share the machine's "
+        "drift; each pass is its own rows (column repeat) (default 1)",
+    )
+    g.add_argument("--seed", type=seed_int, default=0, help="seed for weights and data (default 0)")
+    g.add_argument(
+        "--out",
+        default=RUN_FOLDER,
+        help="results folder (default %(default)s, which git ignores; the committed "
+        "reference tables: --out results)",
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip specs that already have an ok or oom row in the CSV",
+    )
+    g.add_argument(
+        "--inline",
+        action="store_true",
+        help="run specs in this process (debugging); default: one process per spec",
+    )
+    g.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="seconds before a spec's process is stopped (default %(default)s)",
+    )
     for action in p._actions:
         if helps and action.dest in helps:
             action.help = helps[action.dest]
@@ -106,17 +159,25 @@ def build_parser(prog: str, description: str, defaults: dict,
 def specs_from_args(args: argparse.Namespace) -> list[BenchSpec]:
     """Every axis the parser took, parsed by its declaration and expanded into the grid, every
     value checked before anything runs; SpecError carries the user's line."""
-    for option, value, minimum in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0),
-                                   ("--timeout", args.timeout, 1e-9),
-                                   ("--repeats", args.repeats, 1),
-                                   ("--cuda-context-mib", args.cuda_context_mib, 0)):
+    for option, value, minimum in (
+        ("--steps", args.steps, 1),
+        ("--warmup", args.warmup, 0),
+        ("--timeout", args.timeout, 1e-9),
+        ("--repeats", args.repeats, 1),
+        ("--cuda-context-mib", args.cuda_context_mib, 0),
+    ):
         if not minimum <= value < math.inf:  # NaN fails every comparison, so this too
-            raise SpecError(f"{option} {value:g} is not allowed: it must be >= {minimum:g} and "
-                            "finite.")
-    base = spec_module.BenchSpec(seed=args.seed, measure_steps=args.steps,
-                                 warmup_steps=args.warmup, budget_mib=parse_budget(args.budget),
-                                 context_mib=args.cuda_context_mib,
-                                 find_max_batch=args.find_max_batch)
+            raise SpecError(
+                f"{option} {value:g} is not allowed: it must be >= {minimum:g} and finite."
+            )
+    base = spec_module.BenchSpec(
+        seed=args.seed,
+        measure_steps=args.steps,
+        warmup_steps=args.warmup,
+        budget_mib=parse_budget(args.budget),
+        context_mib=args.cuda_context_mib,
+        find_max_batch=args.find_max_batch,
+    )
     values: dict[str, list] = {}
     for f in option_axes(type(base)):
         if not hasattr(args, f.name):
@@ -154,19 +215,25 @@ def check_rank_axes(values: dict[str, list], args: argparse.Namespace) -> None:
         return
     ranks, modes, syncs = values["ranks"], values["parallel"], values["grad_sync"]
     if max(ranks) > 1 and modes == ["none"]:
-        raise SpecError(f"--ranks {args.ranks} needs --parallel ddp or fsdp: how the ranks share "
-                        "the model.")
+        raise SpecError(
+            f"--ranks {args.ranks} needs --parallel ddp or fsdp: how the ranks share the model."
+        )
     if syncs != ["last"] and modes == ["none"]:
-        raise SpecError("--grad-sync every needs --parallel ddp or fsdp: one rank exchanges no "
-                        "gradients.")
+        raise SpecError(
+            "--grad-sync every needs --parallel ddp or fsdp: one rank exchanges no gradients."
+        )
     if args.nnodes < 1 or (args.nnodes > 1 and args.rdzv_endpoint is None):
-        raise SpecError(f"--nnodes {args.nnodes}: give a count >= 1, and --rdzv-endpoint "
-                        "host:port when the ranks span machines.")
+        raise SpecError(
+            f"--nnodes {args.nnodes}: give a count >= 1, and --rdzv-endpoint "
+            "host:port when the ranks span machines."
+        )
     # Every node runs the same number of ranks, one at least: one rank cannot span two nodes.
     uneven = [r for r in ranks if r % args.nnodes]
     if uneven:
-        raise SpecError(f"--ranks {uneven[0]} does not split evenly over --nnodes "
-                        f"{args.nnodes}: each node runs ranks / nnodes of them.")
+        raise SpecError(
+            f"--ranks {uneven[0]} does not split evenly over --nnodes "
+            f"{args.nnodes}: each node runs ranks / nnodes of them."
+        )
     if args.rdzv_endpoint is not None:
         check_endpoint(args.rdzv_endpoint)
 
@@ -207,13 +274,16 @@ def check_launch(specs: list[BenchSpec], args: argparse.Namespace) -> None:
 
     nnodes = getattr(args, "nnodes", 1)
     if args.inline and any(launches_ranks(s) for s in specs):
-        raise SpecError("--inline runs specs in this one process; --parallel needs a process "
-                        "per rank.")
+        raise SpecError(
+            "--inline runs specs in this one process; --parallel needs a process per rank."
+        )
     wanted = max((s.ranks // nnodes for s in specs if s.device.startswith("cuda")), default=0)
     cards = torch.cuda.device_count() if wanted else 0
     if wanted > cards:
-        raise SpecError(f"--ranks asks for {wanted} ranks on this machine, but it has {cards} "
-                        "CUDA card(s): one card per rank.")
+        raise SpecError(
+            f"--ranks asks for {wanted} ranks on this machine, but it has {cards} "
+            "CUDA card(s): one card per rank."
+        )
 
 
 def launch_from_args(args: argparse.Namespace) -> Launch:
@@ -222,9 +292,12 @@ def launch_from_args(args: argparse.Namespace) -> Launch:
     return Launch(nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint)
 
 
-def run_cli(harness: Harness, parser: OneLineParser, argv: list[str] | None,
-            make_specs: Callable[[argparse.Namespace], list[BenchSpec]] = specs_from_args
-            ) -> list[dict]:
+def run_cli(
+    harness: Harness,
+    parser: OneLineParser,
+    argv: list[str] | None,
+    make_specs: Callable[[argparse.Namespace], list[BenchSpec]] = specs_from_args,
+) -> list[dict]:
     """Parse, validate every value, run the sweep. `harness.options(args)` gives its settings
     that are not spec axes (JSON-able); every spec's process receives them in its RunContext.
     A reader that closes the pipe early costs no row and no report (ddpm.cli.pipes)."""
@@ -232,8 +305,12 @@ def run_cli(harness: Harness, parser: OneLineParser, argv: list[str] | None,
         return _run_cli(harness, parser, argv, make_specs)
 
 
-def _run_cli(harness: Harness, parser: OneLineParser, argv: list[str] | None,
-             make_specs: Callable[[argparse.Namespace], list[BenchSpec]]) -> list[dict]:
+def _run_cli(
+    harness: Harness,
+    parser: OneLineParser,
+    argv: list[str] | None,
+    make_specs: Callable[[argparse.Namespace], list[BenchSpec]],
+) -> list[dict]:
     args = parser.parse_args(argv)
     try:
         specs = make_specs(args)
@@ -243,11 +320,20 @@ def _run_cli(harness: Harness, parser: OneLineParser, argv: list[str] | None,
         check_writable(out)
     except (SpecError, ResultsError) as exc:
         parser.error(str(exc))
-    command = "python -m bench." + harness.name + " " + shlex.join(
-        sys.argv[1:] if argv is None else argv)
+    command = (
+        "python -m bench." + harness.name + " " + shlex.join(sys.argv[1:] if argv is None else argv)
+    )
     try:
-        return run_sweep(harness, specs, out, command.strip(), inline=args.inline,
-                         resume=args.resume, timeout_s=args.timeout, options=settings,
-                         launch=launch_from_args(args))
+        return run_sweep(
+            harness,
+            specs,
+            out,
+            command.strip(),
+            inline=args.inline,
+            resume=args.resume,
+            timeout_s=args.timeout,
+            options=settings,
+            launch=launch_from_args(args),
+        )
     except ResultsError as exc:
         parser.error(str(exc))

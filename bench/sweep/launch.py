@@ -38,8 +38,9 @@ def _relay(messages: Path, shown: int, say: Callable[[str], None]) -> int:
     return len(lines)
 
 
-def _wait(child: subprocess.Popen, timeout_s: float, messages: Path,
-          say: Callable[[str], None]) -> None:
+def _wait(
+    child: subprocess.Popen, timeout_s: float, messages: Path, say: Callable[[str], None]
+) -> None:
     """Wait for the worker, passing on what it says as it says it; TimeoutExpired at the end
     of the timeout."""
     deadline = time.monotonic() + timeout_s
@@ -67,9 +68,18 @@ class Launch:
         return ranks // self.nnodes
 
     def torchrun_args(self, ranks: int) -> list[str]:
-        where = (["--standalone"] if self.rdzv_endpoint is None else
-                 ["--nnodes", str(self.nnodes), "--rdzv-backend", "c10d",
-                  "--rdzv-endpoint", self.rdzv_endpoint])
+        where = (
+            ["--standalone"]
+            if self.rdzv_endpoint is None
+            else [
+                "--nnodes",
+                str(self.nnodes),
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                self.rdzv_endpoint,
+            ]
+        )
         return [*where, "--nproc-per-node", str(self.local_ranks(ranks))]
 
 
@@ -78,19 +88,39 @@ def launches_ranks(spec: BenchSpec) -> bool:
     return spec.parallel != "none" and not spec.predict_only
 
 
-def worker_command(harness: Harness, spec: BenchSpec, context: RunContext, result_path: str,
-                   launch: Launch) -> list[str]:
+def worker_command(
+    harness: Harness, spec: BenchSpec, context: RunContext, result_path: str, launch: Launch
+) -> list[str]:
     """The worker's command line: one process, or the spec's ranks under torchrun."""
-    worker = ["-m", "bench.sweep.worker", harness.module, json.dumps(spec.to_dict()),
-              str(context.out), context.run_id, json.dumps(context.options), result_path]
+    worker = [
+        "-m",
+        "bench.sweep.worker",
+        harness.module,
+        json.dumps(spec.to_dict()),
+        str(context.out),
+        context.run_id,
+        json.dumps(context.options),
+        result_path,
+    ]
     if not launches_ranks(spec):
         return [sys.executable, *worker]
-    return [sys.executable, "-m", "torch.distributed.run", *launch.torchrun_args(spec.ranks),
-            *worker]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *launch.torchrun_args(spec.ranks),
+        *worker,
+    ]
 
 
-def run_isolated(harness: Harness, spec: BenchSpec, context: RunContext, timeout_s: float,
-                 say: Callable[[str], None] = print, launch: Launch | None = None) -> dict:
+def run_isolated(
+    harness: Harness,
+    spec: BenchSpec,
+    context: RunContext,
+    timeout_s: float,
+    say: Callable[[str], None] = print,
+    launch: Launch | None = None,
+) -> dict:
     """A fresh interpreter per spec (one per rank): clean allocator peaks, and a crash or hang
     is contained."""
     launch = launch or Launch()
@@ -104,12 +134,18 @@ def run_isolated(harness: Harness, spec: BenchSpec, context: RunContext, timeout
                 # compile workers) with it; PARENT_ENV lets the worker end when the sweep does.
                 child = subprocess.Popen(
                     worker_command(harness, spec, context, result_path, launch),
-                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                    env={**os.environ, PARENT_ENV: str(os.getpid())})
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    env={**os.environ, PARENT_ENV: str(os.getpid())},
+                )
                 _wait(child, timeout_s, Path(tmp) / MESSAGES_FILE, say)
             except subprocess.TimeoutExpired:
-                return {"status": "timeout", "error": f"no result after {timeout_s:g} s",
-                        "figures": {}}
+                return {
+                    "status": "timeout",
+                    "error": f"no result after {timeout_s:g} s",
+                    "figures": {},
+                }
             finally:
                 if child is not None:
                     with contextlib.suppress(ProcessLookupError):  # the group has ended
@@ -117,15 +153,17 @@ def run_isolated(harness: Harness, spec: BenchSpec, context: RunContext, timeout
                     child.wait()
         log = Path(log_path).read_text(errors="replace")
         if launches_ranks(spec):
-            return combine_ranks(result_path, launch.local_ranks(spec.ranks), child.returncode,
-                                 log)
+            return combine_ranks(result_path, launch.local_ranks(spec.ranks), child.returncode, log)
         lines = [ln for ln in log.splitlines() if ln.strip()]
         last = lines[-1][:300] if lines else "no output"
         if os.path.exists(result_path):
             with open(result_path) as f:
                 return json.load(f)
-        return {"status": "error", "error": f"worker exited {child.returncode}: {last}",
-                "figures": {}}
+        return {
+            "status": "error",
+            "error": f"worker exited {child.returncode}: {last}",
+            "figures": {},
+        }
 
 
 def combine_ranks(result_path: str, ranks: int, returncode: int, log: str) -> dict:
@@ -143,8 +181,9 @@ def combine_ranks(result_path: str, ranks: int, returncode: int, log: str) -> di
     # names as the root cause left no result, or every error is only a lost peer, that rank is
     # the one to blame.
     cause = root_cause(log)
-    if cause and (cause[0] not in results or
-                  (failed and all(_peer_lost(r["error"]) for _, r in failed))):
+    if cause and (
+        cause[0] not in results or (failed and all(_peer_lost(r["error"]) for _, r in failed))
+    ):
         return {"status": "error", "figures": {}, "error": first_failure(log, returncode)}
     if failed:  # a rank's own failure before one that only lost its peer
         rank, result = min(failed, key=lambda f: (_peer_lost(f[1]["error"]), f[0]))
@@ -154,14 +193,18 @@ def combine_ranks(result_path: str, ranks: int, returncode: int, log: str) -> di
     figures = dict(results[0]["figures"])
     for name, value in figures.items():
         if name.endswith("_mib") and isinstance(value, (int, float)):
-            figures[name] = max(r["figures"][name] for r in results.values()
-                                if r["figures"].get(name) is not None)
+            figures[name] = max(
+                r["figures"][name] for r in results.values() if r["figures"].get(name) is not None
+            )
     return {"status": "ok", "error": None, "figures": figures}
 
 
 # How gloo and NCCL report a peer that is gone: a consequence, not the cause.
-PEER_LOST = re.compile(r"closed by peer|Connection reset|Broken pipe|NCCL communicator was aborted"
-                       r"|remote process exited|Socket Timeout", re.IGNORECASE)
+PEER_LOST = re.compile(
+    r"closed by peer|Connection reset|Broken pipe|NCCL communicator was aborted"
+    r"|remote process exited|Socket Timeout",
+    re.IGNORECASE,
+)
 
 
 def _peer_lost(error: str | None) -> bool:
@@ -182,5 +225,5 @@ def first_failure(log: str, returncode: int) -> str:
     if cause is None:
         return f"a rank ended without a result (torchrun exited {returncode})"
     rank, exit_code = cause
-    how = (f"killed by signal {-exit_code}" if exit_code < 0 else f"exit status {exit_code}")
+    how = f"killed by signal {-exit_code}" if exit_code < 0 else f"exit status {exit_code}"
     return f"rank {rank} ended without a result ({how})"

@@ -37,15 +37,29 @@ from ddpm.cli.signals import sigterm_as_interrupt, stopping_signal
 
 def spec_row(spec: BenchSpec, run_id: str) -> dict:
     """A row's spec columns (status and figures come from the run)."""
-    return {"run_id": run_id, "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "spec_id": spec.spec_id, **{a: getattr(spec, a) for a in axes()},
-            "params": parameter_count(spec), "effective_batch": spec.effective_batch}
+    return {
+        "run_id": run_id,
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "spec_id": spec.spec_id,
+        **{a: getattr(spec, a) for a in axes()},
+        "params": parameter_count(spec),
+        "effective_batch": spec.effective_batch,
+    }
 
 
-def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
-              inline: bool = False, resume: bool = False, timeout_s: float = 3600.0,
-              console: Console | None = None, options: dict | None = None,
-              launch: Launch | None = None, answer: Console | None = None) -> list[dict]:
+def run_sweep(
+    harness: Harness,
+    specs: list[BenchSpec],
+    out: Path,
+    command: str,
+    inline: bool = False,
+    resume: bool = False,
+    timeout_s: float = 3600.0,
+    console: Console | None = None,
+    options: dict | None = None,
+    launch: Launch | None = None,
+    answer: Console | None = None,
+) -> list[dict]:
     """`console` shows progress and warnings (default: stderr), `answer` the report (default:
     stdout)."""
     console = console or make_console(stderr=True)
@@ -59,8 +73,11 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
         skipped = [s for s in specs if s.spec_id in done]
         specs = [s for s in specs if s.spec_id not in done]
         if skipped:
-            say(console, f"--resume: {len(skipped)} spec(s) already in {table.csv_path}, "
-                         f"{len(specs)} to run.")
+            say(
+                console,
+                f"--resume: {len(skipped)} spec(s) already in {table.csv_path}, "
+                f"{len(specs)} to run.",
+            )
     now = datetime.now(timezone.utc)
     run_id = now.strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}"
     env = environment(specs[0].device if specs else "cpu")
@@ -69,11 +86,18 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
     rows: list[dict] = []
     interrupted = unsaved = None
     # Compact enough for 80 columns; each spec's full name is a line of its own above it.
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=20),
-                        TextColumn("{task.completed}/{task.total} specs"), TimeElapsedColumn(),
-                        TextColumn("left"), TimeRemainingColumn(),
-                        # Only stderr: a write to stdout meanwhile stays on stdout.
-                        console=console, transient=False, redirect_stdout=False)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(bar_width=20),
+        TextColumn("{task.completed}/{task.total} specs"),
+        TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
+        # Only stderr: a write to stdout meanwhile stays on stdout.
+        console=console,
+        transient=False,
+        redirect_stdout=False,
+    )
     try:
         # SIGTERM as Ctrl-C: no `except Exception` in a spec swallows it, and a worker is killed.
         with sigterm_as_interrupt(), progress:
@@ -81,11 +105,24 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
             for number, spec in enumerate(specs, 1):
                 say(progress.console, f"{harness.name} {number}/{len(specs)}: {spec.name}")
                 context = RunContext(out, run_id, options or {})
-                result = (run_inline(harness, spec, context) if inline
-                          else run_isolated(harness, spec, context, timeout_s,
-                                            lambda line: say(progress.console, line), launch))
-                row = {**spec_row(spec, run_id), "status": result["status"],
-                       "error": result["error"], **result["figures"]}
+                result = (
+                    run_inline(harness, spec, context)
+                    if inline
+                    else run_isolated(
+                        harness,
+                        spec,
+                        context,
+                        timeout_s,
+                        lambda line: say(progress.console, line),
+                        launch,
+                    )
+                )
+                row = {
+                    **spec_row(spec, run_id),
+                    "status": result["status"],
+                    "error": result["error"],
+                    **result["figures"],
+                }
                 row = {k: v for k, v in row.items() if k in table.columns}
                 try:
                     table.append(row)  # on disk before the next spec starts
@@ -102,34 +139,51 @@ def run_sweep(harness: Harness, specs: list[BenchSpec], out: Path, command: str,
         writer = csv.DictWriter(sys.stdout, fieldnames=table.columns)
         writer.writeheader()
         writer.writerow(row)
-        raise ResultsError(f"{table.csv_path} cannot be written ({exc.strerror}): the row of "
-                           f"{row['spec_id']} is on stdout, {len(rows)} earlier row(s) of this "
-                           "run are in the file; make room, then run again with --resume.")
+        raise ResultsError(
+            f"{table.csv_path} cannot be written ({exc.strerror}): the row of "
+            f"{row['spec_id']} is on stdout, {len(rows)} earlier row(s) of this "
+            "run are in the file; make room, then run again with --resume."
+        )
     if rows:
         report_sweep(harness, table, command, answer, console)
     if interrupted:
         # Before the first row this run wrote no row: the CSV may not even exist.
-        say(console, f"Interrupted ({interrupted.name}): {len(rows)} finished row(s) kept in "
-                     f"{table.csv_path}; run again with --resume for the rest." if rows else
-                     f"Interrupted ({interrupted.name}) before any spec finished: no row "
-                     "written; run the command again.")
+        say(
+            console,
+            f"Interrupted ({interrupted.name}): {len(rows)} finished row(s) kept in "
+            f"{table.csv_path}; run again with --resume for the rest."
+            if rows
+            else f"Interrupted ({interrupted.name}) before any spec finished: no row "
+            "written; run the command again.",
+        )
         raise SystemExit(128 + interrupted)  # as a shell reports it: 130 SIGINT, 143 SIGTERM
     return rows
 
 
-def report_sweep(harness: Harness, table: ResultsTable, command: str, answer: Console,
-                 console: Console | None = None) -> None:
+def report_sweep(
+    harness: Harness,
+    table: ResultsTable,
+    command: str,
+    answer: Console,
+    console: Console | None = None,
+) -> None:
     """Write <harness>.md from the CSV and print this command's section of it on `answer`; a
     report that cannot be written is a warning on `console` (default: `answer`)."""
     console = console or answer
     try:
         found = write_markdown(harness, table.folder)
     except (ResultsError, OSError) as exc:
-        problem = (f"{table.md_path} cannot be written ({exc.strerror})."
-                   if isinstance(exc, OSError) else exc)
+        problem = (
+            f"{table.md_path} cannot be written ({exc.strerror})."
+            if isinstance(exc, OSError)
+            else exc
+        )
         say(answer, f"Rows appended to {table.csv_path}; no report written.")
-        say(console, f"No report written: {problem} Once that is fixed, python -m bench.report "
-                     f"--out {table.folder} --harness {harness.name} writes it.")
+        say(
+            console,
+            f"No report written: {problem} Once that is fixed, python -m bench.report "
+            f"--out {table.folder} --harness {harness.name} writes it.",
+        )
         return
     section = next((s for s in found if s.command == base_command(command)), None)
     if section is not None:

@@ -44,8 +44,9 @@ def inject_fault(spec: BenchSpec) -> None:
     if os.environ.get(FAULT_RANK_ENV, str(parallel.rank())) != str(parallel.rank()):
         return
     if kind == "error":
-        raise RuntimeError(f"fault injected by {FAULT_ENV} for {spec.name}"
-                           + (f": {text}" if text else ""))
+        raise RuntimeError(
+            f"fault injected by {FAULT_ENV} for {spec.name}" + (f": {text}" if text else "")
+        )
     if kind == "oom":
         raise torch.OutOfMemoryError(f"fault injected by {FAULT_ENV}: CUDA out of memory")
     if kind == "hang":
@@ -127,8 +128,9 @@ def main(argv: list[str]) -> None:
         local_rank = int(os.environ["LOCAL_RANK"])
         result_path = rank_result(result_path, local_rank)
         messages = messages if local_rank == 0 else None  # rank 0 speaks for all
-    result = run_spec(harness, spec,
-                      RunContext(Path(out), run_id, json.loads(options_json), messages))
+    result = run_spec(
+        harness, spec, RunContext(Path(out), run_id, json.loads(options_json), messages)
+    )
     tmp = result_path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(result, f, default=float)

@@ -40,9 +40,14 @@ class Section:
     sentences: list[str]  # verdicts, then the harness's comparisons
 
     def header(self, json_name: str) -> list[str]:
-        lines = [f"## Command: `{self.command}`" if self.command else
-                 f"## Run `{self.latest_run}` (its command is not in `{json_name}`)", "",
-                 f"Environment: {environment_line(self.environment)}", ""]
+        lines = [
+            f"## Command: `{self.command}`"
+            if self.command
+            else f"## Run `{self.latest_run}` (its command is not in `{json_name}`)",
+            "",
+            f"Environment: {environment_line(self.environment)}",
+            "",
+        ]
         if len(self.runs) > 1:
             lines += [runs_line(self), ""]
         return lines
@@ -84,8 +89,7 @@ def base_command(command: str) -> str:
     return command if kept == words else shlex.join(kept)
 
 
-def sections(harness: Harness, rows: list[dict], runs: dict[str, dict],
-             out: Path) -> list[Section]:
+def sections(harness: Harness, rows: list[dict], runs: dict[str, dict], out: Path) -> list[Section]:
     """The rows grouped by command, newest first (ResultsError if a comparison cannot read a
     file it needs)."""
     groups: dict[tuple, list[tuple[int, dict]]] = {}
@@ -95,21 +99,27 @@ def sections(harness: Harness, rows: list[dict], runs: dict[str, dict],
         key = ("command", base_command(command)) if command else ("run", row["run_id"])
         groups.setdefault(key, []).append((index, row))
     # The CSV is appended in time order: the index breaks ties of equal timestamps.
-    ordered = sorted(groups.items(), reverse=True,
-                     key=lambda kv: max((r["timestamp"] or "", i) for i, r in kv[1]))
+    ordered = sorted(
+        groups.items(),
+        reverse=True,
+        key=lambda kv: max((r["timestamp"] or "", i) for i, r in kv[1]),
+    )
     return [_section(harness, key, members, runs, out) for key, members in ordered]
 
 
-def _section(harness: Harness, key: tuple, members: list[tuple[int, dict]],
-             runs: dict[str, dict], out: Path) -> Section:
+def _section(
+    harness: Harness, key: tuple, members: list[tuple[int, dict]], runs: dict[str, dict], out: Path
+) -> Section:
     latest: dict[str, dict] = {}
     for _, row in members:
         latest[row["spec_id"]] = row  # a later row replaces an earlier one in its place
     shown = list(latest.values())
     latest_run = members[-1][1]["run_id"]
     record = runs.get(latest_run) or {}
-    run_ids = sorted({r["run_id"] for r in shown},
-                     key=lambda run: next(i for i, r in members if r["run_id"] == run))
+    run_ids = sorted(
+        {r["run_id"] for r in shown},
+        key=lambda run: next(i for i, r in members if r["run_id"] == run),
+    )
     columns, fixed = display_columns(shown, harness.display_columns)
     if harness.verdict:
         check_verdict_columns(harness, shown, out)
@@ -122,11 +132,18 @@ def _section(harness: Harness, key: tuple, members: list[tuple[int, dict]],
             raise ResultsError(
                 f"{harness.name}: the comparison of run {latest_run} needs "
                 f"{exc.filename or 'a file'}, which cannot be read ({exc.strerror}); rebuild "
-                "from the folder the sweep ran in.") from None
-    return Section(command=key[1] if key[0] == "command" else None, rows=shown,
-                   runs={run: runs.get(run) or {} for run in run_ids}, latest_run=latest_run,
-                   environment=record.get("environment"), columns=columns, fixed=fixed,
-                   sentences=sentences)
+                "from the folder the sweep ran in."
+            ) from None
+    return Section(
+        command=key[1] if key[0] == "command" else None,
+        rows=shown,
+        runs={run: runs.get(run) or {} for run in run_ids},
+        latest_run=latest_run,
+        environment=record.get("environment"),
+        columns=columns,
+        fixed=fixed,
+        sentences=sentences,
+    )
 
 
 def check_verdict_columns(harness: Harness, rows: list[dict], out: Path) -> None:
@@ -142,7 +159,8 @@ def check_verdict_columns(harness: Harness, rows: list[dict], out: Path) -> None
                 f"{row['run_id']}) has no {', '.join(missing)} (an empty cell or no such "
                 "column), which its verdict needs; "
                 f"bench.{harness.name} writes {'it' if len(missing) == 1 else 'them'} in every "
-                "ok row.")
+                "ok row."
+            )
 
 
 def load(harness: Harness, out: Path) -> tuple[list[dict], dict[str, dict]]:
@@ -165,11 +183,14 @@ def render(harness: Harness, out: Path) -> tuple[str, list[Section]]:
     if not found:
         lines += [f"No rows in `{csv_name}` yet.", ""]
     else:
-        lines += ["One section per command, newest first, with the latest row of every spec it "
-                  "measured (a `--resume` run counts as the command it resumes). Every row of "
-                  f"every run: `{csv_name}`; each run's command, options and environment: "
-                  f"`{json_name}`; `python -m bench.report --out` with this folder rebuilds "
-                  "this file from the two.", ""]
+        lines += [
+            "One section per command, newest first, with the latest row of every spec it "
+            "measured (a `--resume` run counts as the command it resumes). Every row of "
+            f"every run: `{csv_name}`; each run's command, options and environment: "
+            f"`{json_name}`; `python -m bench.report --out` with this folder rebuilds "
+            "this file from the two.",
+            "",
+        ]
     for section in found:
         lines += section.header(json_name)
         lines += [markdown_table(section.rows, section.columns), ""]

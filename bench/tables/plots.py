@@ -34,14 +34,25 @@ def latest_ok(rows: list[dict]) -> list[dict]:
 
 def varying(rows: list[dict], exclude: tuple[str, ...] = ()) -> list[str]:
     # Repeated passes over a grid are not lines of their own: a point is the latest repeat's row.
-    return [a for a in axes()
-            if a != "repeat" and a not in exclude and any(a in r for r in rows)
-            and len({r.get(a) for r in rows}) > 1]
+    return [
+        a
+        for a in axes()
+        if a != "repeat"
+        and a not in exclude
+        and any(a in r for r in rows)
+        and len({r.get(a) for r in rows}) > 1
+    ]
 
 
 def label(row: dict, axes: list[str]) -> str:
-    words = {"precision": "{}", "attention": "attention {}", "compile": "compile {}",
-             "sampler": "{}", "batch": "batch {}", "accum": "accum {}"}
+    words = {
+        "precision": "{}",
+        "attention": "attention {}",
+        "compile": "compile {}",
+        "sampler": "{}",
+        "batch": "batch {}",
+        "accum": "accum {}",
+    }
     return ", ".join(words.get(a, a + " {}").format(row.get(a)) for a in axes)
 
 
@@ -93,37 +104,68 @@ def finish(fig: Figure, ax, path: Path) -> None:
 
 # ----- one function per plot: rows and runs in, a reason to skip (str) or None out ------------
 
+
 def memory_vs_batch(rows: list[dict], runs: dict, path: Path, out: Path) -> str | None:
-    rows = [r for r in latest_ok(rows) if r["accum"] == 1 and not r.get("max_batch_source")
-            and r.get("predicted_cuda_mib") is not None]
+    rows = [
+        r
+        for r in latest_ok(rows)
+        if r["accum"] == 1
+        and not r.get("max_batch_source")
+        and r.get("predicted_cuda_mib") is not None
+    ]
     if not rows:
         return "no ok rows with accum 1"
     fig, ax = new_figure()
-    axes = ["precision", "attention", *varying(rows, ("batch", "effective_batch", "precision",
-                                                      "attention"))]
+    axes = [
+        "precision",
+        "attention",
+        *varying(rows, ("batch", "effective_batch", "precision", "attention")),
+    ]
     colors = matplotlib.rcParamsDefault["axes.prop_cycle"].by_key()["color"]
     for i, (name, points) in enumerate(series(rows, "batch", axes).items()):
         color, x = colors[i % len(colors)], [p["batch"] for p in points]
         where = devices(points, runs)
-        ax.plot(x, [p["predicted_cuda_mib"] for p in points], "o-", color=color,
-                label=f"{name}: predicted for a CUDA card")
+        ax.plot(
+            x,
+            [p["predicted_cuda_mib"] for p in points],
+            "o-",
+            color=color,
+            label=f"{name}: predicted for a CUDA card",
+        )
         tracked = [p for p in points if p.get("tracked_peak_mib") is not None]
         if tracked:
-            ax.plot([p["batch"] for p in tracked], [p["tracked_peak_mib"] for p in tracked],
-                    "s--", color=color, label=f"{name}: tracked on {where}")
+            ax.plot(
+                [p["batch"] for p in tracked],
+                [p["tracked_peak_mib"] for p in tracked],
+                "s--",
+                color=color,
+                label=f"{name}: tracked on {where}",
+            )
         alloc = [p for p in points if p.get("peak_alloc_mib") is not None]
         if alloc:
-            ax.plot([p["batch"] for p in alloc], [p["peak_alloc_mib"] for p in alloc], "^:",
-                    color=color, label=f"{name}: allocated on {where}")
+            ax.plot(
+                [p["batch"] for p in alloc],
+                [p["peak_alloc_mib"] for p in alloc],
+                "^:",
+                color=color,
+                label=f"{name}: allocated on {where}",
+            )
     for budget in sorted({r["budget_mib"] for r in rows if r.get("budget_mib") is not None}):
-        ax.axhline(budget, color="black", linestyle="-.", linewidth=1,
-                   label=f"{budget / 1024:.3g} GiB budget")
+        ax.axhline(
+            budget,
+            color="black",
+            linestyle="-.",
+            linewidth=1,
+            label=f"{budget / 1024:.3g} GiB budget",
+        )
     batch_axis(ax, [r["batch"] for r in rows])
     ax.set_ylabel("memory of one optimizer step (MiB = 2^20 bytes)")
-    ax.set_title(f"Memory vs batch: {one_of(rows, 'preset')} at {one_of(rows, 'image_size')}px, "
-                 f"accum 1, measured on {devices(rows, runs)}\npredicted: what a CUDA card must "
-                 "hold (reserved + workspaces + context); tracked: live tensors here",
-                 fontsize="medium")
+    ax.set_title(
+        f"Memory vs batch: {one_of(rows, 'preset')} at {one_of(rows, 'image_size')}px, "
+        f"accum 1, measured on {devices(rows, runs)}\npredicted: what a CUDA card must "
+        "hold (reserved + workspaces + context); tracked: live tensors here",
+        fontsize="medium",
+    )
     finish(fig, ax, path)
     return None
 
@@ -136,13 +178,15 @@ def throughput_vs_batch(rows: list[dict], runs: dict, path: Path, out: Path) -> 
     forced = ["precision", "attention", "compile", *(["impl"] if "impl" in rows[0] else [])]
     axes = forced + varying(rows, ("batch", "effective_batch", *forced))
     for name, points in series(rows, "batch", axes).items():
-        ax.plot([p["batch"] for p in points], [p["img_per_s"] for p in points], "o-",
-                label=name)
+        ax.plot([p["batch"] for p in points], [p["img_per_s"] for p in points], "o-", label=name)
     batch_axis(ax, [r["batch"] for r in rows])
     ax.set_ylim(bottom=0)
     ax.set_ylabel("training throughput (images per second)")
-    ax.set_title(f"Training throughput vs batch: {one_of(rows, 'preset')} at "
-                 f"{one_of(rows, 'image_size')}px, on {devices(rows, runs)}", fontsize="medium")
+    ax.set_title(
+        f"Training throughput vs batch: {one_of(rows, 'preset')} at "
+        f"{one_of(rows, 'image_size')}px, on {devices(rows, runs)}",
+        fontsize="medium",
+    )
     finish(fig, ax, path)
     return None
 
@@ -181,9 +225,11 @@ def loss_curves(rows: list[dict], runs: dict, path: Path, out: Path) -> str | No
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss L_simple (MSE of the noise, log scale)")
     shown = [r for r, _ in curves]
-    ax.set_title(f"Loss curves: {one_of(shown, 'preset')} at {one_of(shown, 'image_size')}px on "
-                 f"{one_of(shown, 'dataset')}, trained on {devices(shown, runs)}",
-                 fontsize="medium")
+    ax.set_title(
+        f"Loss curves: {one_of(shown, 'preset')} at {one_of(shown, 'image_size')}px on "
+        f"{one_of(shown, 'dataset')}, trained on {devices(shown, runs)}",
+        fontsize="medium",
+    )
     finish(fig, ax, path)
     return None
 
@@ -195,15 +241,22 @@ def sampling_time(rows: list[dict], runs: dict, path: Path, out: Path) -> str | 
     fig, ax = new_figure()
     axes = ["sampler", *varying(rows, ("sampler", "sampling_steps"))]
     for name, points in series(rows, "sampling_steps", axes).items():
-        ax.plot([p["sampling_steps"] for p in points],
-                [p["projected_s_per_image"] for p in points], "o-", label=name)
+        ax.plot(
+            [p["sampling_steps"] for p in points],
+            [p["projected_s_per_image"] for p in points],
+            "o-",
+            label=name,
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("denoising steps per sampling run (log scale)")
     ax.set_ylabel("projected seconds per image, full run (log scale)")
-    ax.set_title(f"Sampling time per image (projected from timed steps): "
-                 f"{one_of(rows, 'preset')} at {one_of(rows, 'image_size')}px, batch "
-                 f"{one_of(rows, 'batch')}, on {devices(rows, runs)}", fontsize="medium")
+    ax.set_title(
+        f"Sampling time per image (projected from timed steps): "
+        f"{one_of(rows, 'preset')} at {one_of(rows, 'image_size')}px, batch "
+        f"{one_of(rows, 'batch')}, on {devices(rows, runs)}",
+        fontsize="medium",
+    )
     finish(fig, ax, path)
     return None
 
@@ -235,8 +288,10 @@ def draw(out: Path, harnesses: list[str]) -> list[str]:
             try:
                 skipped = plot(rows, runs, path, out)
             except (KeyError, TypeError) as exc:  # a CSV of another version lacks a column
-                raise ResultsError(f"{csv_path}: cannot plot {name} ({type(exc).__name__}: "
-                                   f"{exc}).") from None
-        lines.append(f"skipped plots/{name}: {skipped} in {csv_path}" if skipped else
-                     f"wrote {path}")
+                raise ResultsError(
+                    f"{csv_path}: cannot plot {name} ({type(exc).__name__}: {exc})."
+                ) from None
+        lines.append(
+            f"skipped plots/{name}: {skipped} in {csv_path}" if skipped else f"wrote {path}"
+        )
     return lines

@@ -22,15 +22,24 @@ def memory_curve(trace: dict, device_type: int) -> dict:
     """'Total Allocated' over time from a trace's [memory] events on one device type (0 CPU,
     1 CUDA), in ms from the first profiled step's start, with each step's start."""
     events = trace.get("traceEvents", [])
-    starts = sorted(float(e["ts"]) for e in events if e.get("cat") == "user_annotation"
-                    and e.get("ph") == "X" and e["name"].startswith("ProfilerStep#"))
-    points = sorted((float(e["ts"]), int(e["args"].get("Total Allocated", 0))) for e in events
-                    if e.get("name") == "[memory]"
-                    and (e.get("args") or {}).get("Device Type") == device_type)
+    starts = sorted(
+        float(e["ts"])
+        for e in events
+        if e.get("cat") == "user_annotation"
+        and e.get("ph") == "X"
+        and e["name"].startswith("ProfilerStep#")
+    )
+    points = sorted(
+        (float(e["ts"]), int(e["args"].get("Total Allocated", 0)))
+        for e in events
+        if e.get("name") == "[memory]" and (e.get("args") or {}).get("Device Type") == device_type
+    )
     zero = starts[0] if starts else (points[0][0] if points else 0.0)
-    return {"ms": [(t - zero) / 1000 for t, _ in points],
-            "mib": [b / MIB for _, b in points],
-            "step_starts_ms": [(t - zero) / 1000 for t in starts]}
+    return {
+        "ms": [(t - zero) / 1000 for t, _ in points],
+        "mib": [b / MIB for _, b in points],
+        "step_starts_ms": [(t - zero) / 1000 for t in starts],
+    }
 
 
 def png_tag(fig: Figure, alt: str) -> str:
@@ -69,8 +78,9 @@ def memory_chart(curves: list[dict], device: str) -> str:
 
 def table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-                   for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -80,20 +90,38 @@ def operator_table(path: Path, top: int) -> str:
     device = any(float(op["self_device_ms"] or 0) > 0 for op in ops)
     header = ["operator", "calls per step", "self CPU ms per step", "self CPU %"]
     header += ["self device ms per step"] if device else []
-    rows = [[op["name"], f"{float(op['calls_per_step']):g}", f"{float(op['self_cpu_ms']):.3f}",
-             f"{float(op['self_cpu_pct']):.1f}"]
-            + ([f"{float(op['self_device_ms']):.3f}"] if device else []) for op in ops]
+    rows = [
+        [
+            op["name"],
+            f"{float(op['calls_per_step']):g}",
+            f"{float(op['self_cpu_ms']):.3f}",
+            f"{float(op['self_cpu_pct']):.1f}",
+        ]
+        + ([f"{float(op['self_device_ms']):.3f}"] if device else [])
+        for op in ops
+    ]
     return table(header, rows)
 
 
-def write_summary(folder: Path, name: str, figures: dict, phases: tuple[str, ...],
-                  operators: Path, curves: list[dict], device: str, top: int) -> Path:
+def write_summary(
+    folder: Path,
+    name: str,
+    figures: dict,
+    phases: tuple[str, ...],
+    operators: Path,
+    curves: list[dict],
+    device: str,
+    top: int,
+) -> Path:
     """The page for one spec; figures is the spec's row (step_ms, phase_*_pct, other_pct,
     peak_memory_mib), curves one memory_curve per trace file."""
     shares = {p: figures[f"phase_{p}_pct"] for p in phases} | {"other": figures["other_pct"]}
     phase_rows = [[p, f"{v:.1f}"] for p, v in shares.items()]
-    memory = (memory_chart(curves, device) if any(c["ms"] for c in curves)
-              else "<p>No memory events on this device in the trace.</p>")
+    memory = (
+        memory_chart(curves, device)
+        if any(c["ms"] for c in curves)
+        else "<p>No memory events on this device in the trace.</p>"
+    )
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(name)}: profile summary</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:60em}}

@@ -28,13 +28,17 @@ def impl_ratios(rows: list[dict], figure: str, unit: str, also: tuple[str, ...] 
         spec = ", ".join(f"{a} {dict(zip(keys, key))[a]}" for a in varying) or "every spec"
         ours, theirs = ([r[figure] for r in by_impl[impl]] for impl in (OURS, THEIRS))
         mine, base = statistics.median(ours), statistics.median(theirs)
-        text = (f"{OURS} vs {THEIRS}, {spec}: {mine:.3g} vs {base:.3g} {unit} (medians of "
-                f"{len(ours)} and {len(theirs)} alternating runs; ranges {min(ours):.3g}-"
-                f"{max(ours):.3g} and {min(theirs):.3g}-{max(theirs):.3g}): "
-                f"{mine / base:.2f}x")
+        text = (
+            f"{OURS} vs {THEIRS}, {spec}: {mine:.3g} vs {base:.3g} {unit} (medians of "
+            f"{len(ours)} and {len(theirs)} alternating runs; ranges {min(ours):.3g}-"
+            f"{max(ours):.3g} and {min(theirs):.3g}-{max(theirs):.3g}): "
+            f"{mine / base:.2f}x"
+        )
         for name in also:
-            a, b = ([r[name] for r in by_impl[impl] if r.get(name) is not None]
-                    for impl in (OURS, THEIRS))
+            a, b = (
+                [r[name] for r in by_impl[impl] if r.get(name) is not None]
+                for impl in (OURS, THEIRS)
+            )
             if a and b:
                 text += f"; {name} {statistics.median(a):.3g} vs {statistics.median(b):.3g}"
         sentences.append(text + ".")
@@ -63,8 +67,7 @@ def rank_scaling(rows: list[dict], figure: str, unit: str) -> list[str]:
 
     def repeats(*specs: dict) -> str:
         counts = [len(runs[tuple(s[a] for a in keys)]) for s in specs]
-        return (f" (medians of {' and '.join(map(str, counts))} runs)" if max(counts) > 1
-                else "")
+        return f" (medians of {' and '.join(map(str, counts))} runs)" if max(counts) > 1 else ""
 
     sentences = []
     specs = [dict(zip(keys, key)) for key in median]
@@ -76,7 +79,8 @@ def rank_scaling(rows: list[dict], figure: str, unit: str) -> list[str]:
             sentences.append(
                 f"Scaling {spec['parallel']}{sync}{where(spec)}: {many:.3g} {unit} on {n} ranks vs "
                 f"{one:.3g} on 1{repeats(spec, {**spec, 'ranks': 1})}: efficiency {many:.3g} / "
-                f"({n} x {one:.3g}) = {many / (n * one):.0%}.")
+                f"({n} x {one:.3g}) = {many / (n * one):.0%}."
+            )
     for spec in specs:
         plain = twin(spec, parallel="none", grad_sync="last")
         if spec["ranks"] == 1 and spec["parallel"] != "none" and plain is not None:
@@ -85,5 +89,6 @@ def rank_scaling(rows: list[dict], figure: str, unit: str) -> list[str]:
             base = {**spec, "parallel": "none", "grad_sync": "last"}
             sentences.append(
                 f"{spec['parallel']}{sync} vs none on 1 rank{where(spec)}: {spread:.3g} vs "
-                f"{plain:.3g} {unit}{repeats(spec, base)}: {spread / plain:.0%}.")
+                f"{plain:.3g} {unit}{repeats(spec, base)}: {spread / plain:.0%}."
+            )
     return sentences

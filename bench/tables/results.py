@@ -47,8 +47,7 @@ class ResultsError(ValueError):
 def results_folder(text: str) -> Path:
     """--out as a folder: an empty one would be Path("."), the current folder, unasked."""
     if not text.strip():
-        raise ResultsError(f"--out {text!r} is empty: name the results folder, e.g. "
-                           f"{RUN_FOLDER}.")
+        raise ResultsError(f"--out {text!r} is empty: name the results folder, e.g. {RUN_FOLDER}.")
     return Path(text)
 
 
@@ -90,16 +89,20 @@ class ResultsTable:
         to tell the user is returned) and ends its last row."""
         for path in (self.csv_path, self.md_path, self.json_path):
             if path.is_dir():
-                raise ResultsError(f"{path} is a folder where this harness writes a file; move "
-                                   "it aside or pass another --out.")
+                raise ResultsError(
+                    f"{path} is a folder where this harness writes a file; move "
+                    "it aside or pass another --out."
+                )
         if not self.csv_path.exists() or self.csv_path.stat().st_size == 0:
             return None
         try:
             with self.csv_path.open(newline="", encoding="utf-8") as f:
                 header = next(csv.reader(f), [])
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise ResultsError(f"{self.csv_path} cannot be read ({_reason(exc)}); move it aside "
-                               "or pass another --out.") from None
+            raise ResultsError(
+                f"{self.csv_path} cannot be read ({_reason(exc)}); move it aside "
+                "or pass another --out."
+            ) from None
         check_line_end(self.csv_path)
         return self.upgrade(header) if header != self.columns else None
 
@@ -113,23 +116,29 @@ class ResultsTable:
         added = [c for c in self.columns if c not in renamed]
         figures = [c for c in added if c not in spec_columns()]
         if set(renamed) - set(self.columns) or set(added) - set(defaults) - set(figures):
-            raise ResultsError(f"{self.csv_path} has other columns than this version writes; "
-                               "move it aside or pass another --out.")
+            raise ResultsError(
+                f"{self.csv_path} has other columns than this version writes; "
+                "move it aside or pass another --out."
+            )
         with self.locked():
             with self.csv_path.open(newline="", encoding="utf-8") as f:
-                rows = [upgraded(dict(zip(header, cells)), self.harness)
-                        for cells in list(csv.reader(f))[1:]]
+                rows = [
+                    upgraded(dict(zip(header, cells)), self.harness)
+                    for cells in list(csv.reader(f))[1:]
+                ]
             text = io.StringIO()
             writer = csv.DictWriter(text, fieldnames=self.columns)
             writer.writeheader()
             writer.writerows(rows)
             atomic_write(self.csv_path, text.getvalue())
         said = [f"{c} = {defaults[c]}" for c in added if c in defaults] + [
-            f"{old} is now {names[old]}" for old in header if old in names]
+            f"{old} is now {names[old]}" for old in header if old in names
+        ]
         if figures:
             said.append(f"{', '.join(figures)} empty")
-        return (f"{self.csv_path} upgraded to this version's columns"
-                + (f" ({'; '.join(said)} in its {len(rows)} rows)." if said else "."))
+        return f"{self.csv_path} upgraded to this version's columns" + (
+            f" ({'; '.join(said)} in its {len(rows)} rows)." if said else "."
+        )
 
     def finished_spec_ids(self) -> set[str]:
         """Specs with a final answer (ok or oom); errors and timeouts are tried again."""
@@ -137,11 +146,14 @@ class ResultsTable:
             return set()
         try:
             with self.csv_path.open(newline="", encoding="utf-8") as f:
-                return {row["spec_id"] for row in csv.DictReader(f)
-                        if row["status"] in ("ok", "oom")}
+                return {
+                    row["spec_id"] for row in csv.DictReader(f) if row["status"] in ("ok", "oom")
+                }
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise ResultsError(f"{self.csv_path} cannot be read ({_reason(exc)}); move it aside "
-                               "or pass another --out.") from None
+            raise ResultsError(
+                f"{self.csv_path} cannot be read ({_reason(exc)}); move it aside "
+                "or pass another --out."
+            ) from None
 
     def append(self, row: dict) -> None:
         """The row on disk whole or not at all: a failed write (disk full) is undone."""
@@ -158,7 +170,7 @@ class ResultsTable:
             data = memoryview(text.getvalue().encode("utf-8"))
             try:
                 while data:
-                    data = data[f.write(data):]
+                    data = data[f.write(data) :]
                 os.fsync(f.fileno())
             except OSError:
                 f.truncate(size)
@@ -170,13 +182,18 @@ class ResultsTable:
     def runs(self) -> dict[str, dict]:
         return read_runs(self.json_path)
 
-    def record_run(self, run_id: str, command: str, environment: dict, options: dict,
-                   started: str) -> None:
+    def record_run(
+        self, run_id: str, command: str, environment: dict, options: dict, started: str
+    ) -> None:
         """Written when a run starts, so an interrupted run's rows have their command too."""
         with self.locked():
             runs = self.runs()
-            runs[run_id] = {"command": command, "started": started, "options": options,
-                            "environment": environment}
+            runs[run_id] = {
+                "command": command,
+                "started": started,
+                "options": options,
+                "environment": environment,
+            }
             sidecar = {"harness": self.harness, "runs": runs}
             atomic_write(self.json_path, json.dumps(sidecar, indent=2, default=str) + "\n")
 
@@ -185,8 +202,9 @@ class ResultsTable:
 
 # What Python's csv module writes for a float: str(float), which is repr, an exact round trip.
 _INT = re.compile(r"[+-]?\d+")
-_FLOAT = re.compile(r"[+-]?(?:\d+\.\d*(?:e[+-]?\d+)?|\.\d+(?:e[+-]?\d+)?|\d+e[+-]?\d+|inf|nan)",
-                    re.IGNORECASE)
+_FLOAT = re.compile(
+    r"[+-]?(?:\d+\.\d*(?:e[+-]?\d+)?|\.\d+(?:e[+-]?\d+)?|\d+e[+-]?\d+|inf|nan)", re.IGNORECASE
+)
 
 
 def parse_cell(text: str):
@@ -206,8 +224,12 @@ def parse_cell(text: str):
 _KINDS = {float: "a number", bool: "True or False", str: "text"}
 
 
-def typed_row(raw: dict[str, str], line: int | None = None, path: Path | None = None,
-              kinds: dict[str, type] | None = None) -> dict:
+def typed_row(
+    raw: dict[str, str],
+    line: int | None = None,
+    path: Path | None = None,
+    kinds: dict[str, type] | None = None,
+) -> dict:
     """A CSV row with the types the harness produced: spec columns by column_dtypes() (an empty
     string column is None, as the harness's `error` of an ok row), figures by parse_cell.
     `kinds` (figure column -> float, bool or str) refuses a figure of another kind."""
@@ -222,16 +244,16 @@ def typed_row(raw: dict[str, str], line: int | None = None, path: Path | None = 
                 raise ResultsError(f"{path} line {line}: {column} {text!r} is not an integer.")
             row[column] = int(text)
         elif column == "status" and text not in STATUSES:
-            raise ResultsError(f"{path} line {line}: status {text!r} is not one of "
-                               f"{', '.join(STATUSES)}.")
+            raise ResultsError(
+                f"{path} line {line}: status {text!r} is not one of {', '.join(STATUSES)}."
+            )
         elif dtype == "string":
             row[column] = text if text != "" else None
         else:
             row[column] = parse_cell(text)
             kind = (kinds or {}).get(column, str)
             if row[column] is not None and not _is_kind(row[column], kind):
-                raise ResultsError(f"{path} line {line}: {column} {text!r} is not "
-                                   f"{_KINDS[kind]}.")
+                raise ResultsError(f"{path} line {line}: {column} {text!r} is not {_KINDS[kind]}.")
     return row
 
 
@@ -265,14 +287,16 @@ def read_rows(path: Path, kinds: dict[str, type] | None = None) -> list[dict]:
             reader = csv.DictReader(f)
             missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
             if missing:
-                raise ResultsError(f"{path} is not a results table: no column "
-                                   f"{', '.join(missing)}.")
+                raise ResultsError(
+                    f"{path} is not a results table: no column {', '.join(missing)}."
+                )
             check_line_end(path)
             rows = []
             for raw in reader:
                 if None in raw:  # more cells than the header names
-                    raise ResultsError(f"{path} line {reader.line_num} has more cells than "
-                                       "its header.")
+                    raise ResultsError(
+                        f"{path} line {reader.line_num} has more cells than its header."
+                    )
                 rows.append(typed_row(upgraded(raw, path.stem), reader.line_num, path, kinds))
             return rows
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -293,8 +317,10 @@ def check_line_end(path: Path) -> None:
             line = f.read().count(b"\n") + 1
     except FileNotFoundError:
         return
-    raise ResultsError(f"{path} line {line} is cut off (no line end: the run writing it stopped "
-                       "mid-row); delete that line, then run again.")
+    raise ResultsError(
+        f"{path} line {line} is cut off (no line end: the run writing it stopped "
+        "mid-row); delete that line, then run again."
+    )
 
 
 def read_runs(path: Path) -> dict[str, dict]:
@@ -309,8 +335,9 @@ def read_runs(path: Path) -> dict[str, dict]:
             raise ValueError("'runs' is not a mapping of run records")
         return runs
     except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
-        raise ResultsError(f"{path} is not a run record ({_reason(exc)}); move it aside or "
-                           "pass another --out.") from None
+        raise ResultsError(
+            f"{path} is not a run record ({_reason(exc)}); move it aside or pass another --out."
+        ) from None
 
 
 def _reason(exc: BaseException) -> str:
@@ -362,8 +389,7 @@ def rich_tables(rows: list[dict], columns: list[str], width: int, keys: int = 0)
 
     cells = {c: [format_value(r.get(c)) for r in rows] for c in columns}
     # A column takes its widest line plus one space of padding each side and one border.
-    need = {c: max(len(line) for line in [*fold(c).splitlines(), *cells[c]]) + 3
-            for c in columns}
+    need = {c: max(len(line) for line in [*fold(c).splitlines(), *cells[c]]) + 3 for c in columns}
     head, rest = columns[:keys], columns[keys:]
     groups: list[list[str]] = []
     for c in rest:
@@ -376,8 +402,7 @@ def rich_tables(rows: list[dict], columns: list[str], width: int, keys: int = 0)
         table = Table()
         for c in head + group:
             justify = "left" if c in ("status", "error", "precision") else "right"
-            table.add_column(Text(fold(c)), justify=justify, no_wrap=True,
-                             min_width=need[c] - 3)
+            table.add_column(Text(fold(c)), justify=justify, no_wrap=True, min_width=need[c] - 3)
         for j in range(len(rows)):
             table.add_row(*(Text(cells[c][j]) for c in head + group))
         tables.append(table)

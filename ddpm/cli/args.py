@@ -42,7 +42,8 @@ def positive_int(text: str) -> int:
     value = _number(text, int, "a positive integer (1, 2, ...)")
     if value <= 0:
         raise argparse.ArgumentTypeError(
-            f"{text} is not allowed: it must be a positive integer (1, 2, ...)")
+            f"{text} is not allowed: it must be a positive integer (1, 2, ...)"
+        )
     return value
 
 
@@ -90,7 +91,8 @@ def seed_int(text: str) -> int:
     value = _number(text, int, f"an integer in [0, {MAX_SEED}]")
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(
-            f"{text} is not allowed: it must be an integer in [0, {MAX_SEED}]")
+            f"{text} is not allowed: it must be an integer in [0, {MAX_SEED}]"
+        )
     return value
 
 
@@ -118,18 +120,21 @@ def device_arg(text: str) -> str:
 
     if not DEVICE_PATTERN.fullmatch(text):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a device: choose auto, cpu, cuda or cuda:N")
+            f"{text!r} is not a device: choose auto, cpu, cuda or cuda:N"
+        )
     if text == "auto":
         return indexed_device("cuda") if torch.cuda.is_available() else "cpu"
     if text.startswith("cuda"):
         if not torch.cuda.is_available():
             raise argparse.ArgumentTypeError(
                 f"{text} is not available: no CUDA GPU found (torch {torch.__version__}, "
-                f"CUDA {torch.version.cuda or 'not built in'}); use cpu or auto")
+                f"CUDA {torch.version.cuda or 'not built in'}); use cpu or auto"
+            )
         index = int(text.partition(":")[2] or 0)
         count = torch.cuda.device_count()
         if index >= count:
             raise argparse.ArgumentTypeError(
                 f"{text} does not exist: this machine has {count} CUDA device(s), "
-                f"cuda:0..cuda:{count - 1}")
+                f"cuda:0..cuda:{count - 1}"
+            )
     return indexed_device(text)

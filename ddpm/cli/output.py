@@ -36,8 +36,9 @@ def prepare_output_dir(path: Path, flag: str = "--out") -> None:
         # "File exists" / "Not a directory" are mkdir's words; say which path is the file.
         blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
         reason = f"{blocker} is a file" if blocker else exc.strerror or type(exc).__name__
-        raise UsageError(f"{flag} {path} is not a writable folder ({reason}): "
-                         "choose a folder you can write to") from None
+        raise UsageError(
+            f"{flag} {path} is not a writable folder ({reason}): choose a folder you can write to"
+        ) from None
 
 
 def check_image_path(path: Path, flag: str = "--out") -> None:
@@ -47,8 +48,9 @@ def check_image_path(path: Path, flag: str = "--out") -> None:
     Image.init()
     known = Image.registered_extensions()
     if path.suffix.lower() not in known or known[path.suffix.lower()] not in Image.SAVE:
-        raise UsageError(f"{flag} {path} has no image suffix PIL can write: "
-                         "use .png (or .jpg, .webp, .bmp)")
+        raise UsageError(
+            f"{flag} {path} has no image suffix PIL can write: use .png (or .jpg, .webp, .bmp)"
+        )
 
 
 def save_grid(images, path: Path, nrow: int) -> None:
@@ -86,6 +88,12 @@ def make_progress(label: str, *extra_columns):
         TimeRemainingColumn,
     )
 
-    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
-                    *extra_columns, TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True))
+    return Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *extra_columns,
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )

@@ -59,20 +59,39 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m ddpm.cli.sample", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, required=True, help="a last.pt from ddpm.cli.train")
     p.add_argument("--sampler", choices=SAMPLERS, default="ddim")
-    p.add_argument("--steps", type=positive_int, default=50,
-                   help="DDIM steps, at most the checkpoint's timesteps (ddpm always uses all T)")
-    p.add_argument("--eta", type=unit_interval, default=0.0,
-                   help="DDIM noise: 0 deterministic, 1 DDPM-like (DDIM eq. 16)")
-    p.add_argument("--variance", choices=VARIANCES, default="posterior",
-                   help="ddpm: sigma_t^2 = posterior beta tilde or beta (Ho et al. section 3.2)")
-    p.add_argument("--no-clip", action="store_true",
-                   help="do not clamp each x0 estimate to [-1, 1] (clamped by default)")
+    p.add_argument(
+        "--steps",
+        type=positive_int,
+        default=50,
+        help="DDIM steps, at most the checkpoint's timesteps (ddpm always uses all T)",
+    )
+    p.add_argument(
+        "--eta",
+        type=unit_interval,
+        default=0.0,
+        help="DDIM noise: 0 deterministic, 1 DDPM-like (DDIM eq. 16)",
+    )
+    p.add_argument(
+        "--variance",
+        choices=VARIANCES,
+        default="posterior",
+        help="ddpm: sigma_t^2 = posterior beta tilde or beta (Ho et al. section 3.2)",
+    )
+    p.add_argument(
+        "--no-clip",
+        action="store_true",
+        help="do not clamp each x0 estimate to [-1, 1] (clamped by default)",
+    )
     p.add_argument("-n", type=positive_int, default=64, help="images to draw")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
-    p.add_argument("--x0-every", type=positive_int, metavar="K",
-                   help="ddpm: also write <out stem>_x0.png, the x0 estimate every K steps")
+    p.add_argument(
+        "--x0-every",
+        type=positive_int,
+        metavar="K",
+        help="ddpm: also write <out stem>_x0.png, the x0 estimate every K steps",
+    )
     p.add_argument("--out", type=Path, default=Path("samples.png"))
     return p
 
@@ -91,12 +110,16 @@ class Job:
 
 def validate(args) -> Job:
     if args.x0_every is not None and args.sampler != "ddpm":
-        raise UsageError(f"--x0-every {args.x0_every} needs --sampler ddpm (got "
-                         f"{args.sampler}): DDIM has no per-step strip")
+        raise UsageError(
+            f"--x0-every {args.x0_every} needs --sampler ddpm (got "
+            f"{args.sampler}): DDIM has no per-step strip"
+        )
     check_image_path(args.out)
     if args.checkpoint.is_dir():
-        raise UsageError(f"--checkpoint {args.checkpoint} is a folder: pass the checkpoint file "
-                         f"in it (e.g. {args.checkpoint / 'last.pt'})")
+        raise UsageError(
+            f"--checkpoint {args.checkpoint} is a folder: pass the checkpoint file "
+            f"in it (e.g. {args.checkpoint / 'last.pt'})"
+        )
     try:
         data = load_checkpoint(args.checkpoint)
         schedule = schedule_from(data)
@@ -108,19 +131,24 @@ def validate(args) -> Job:
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         # A file in the right format whose contents do not build a model (edited, or from
         # another version): name the file and the first line of the reason.
-        raise UsageError(f"checkpoint {args.checkpoint} does not hold a usable model "
-                         f"({first_line(exc)})") from None
+        raise UsageError(
+            f"checkpoint {args.checkpoint} does not hold a usable model ({first_line(exc)})"
+        ) from None
     T = schedule.timesteps
     if args.sampler == "ddim" and args.steps > T:
-        raise UsageError(f"--steps {args.steps} is more than the {T} timesteps of "
-                         f"{args.checkpoint}: DDIM takes 1..{T} steps")
+        raise UsageError(
+            f"--steps {args.steps} is more than the {T} timesteps of "
+            f"{args.checkpoint}: DDIM takes 1..{T} steps"
+        )
     x0_path = None
     if args.x0_every is not None:
         x0_path = args.out.with_name(f"{args.out.stem}_x0.png")
     for path in (args.out, x0_path):
         if path is not None and path.is_dir():  # found now, not after the sampling
-            raise UsageError(f"--out {args.out}: {path} is a folder where an image would be "
-                             "written; choose another --out")
+            raise UsageError(
+                f"--out {args.out}: {path} is a folder where an image would be "
+                "written; choose another --out"
+            )
     prepare_output_dir(args.out.parent, "--out folder")  # last: the first thing that writes
     model.to(args.device)
     if ema is not None:
@@ -132,8 +160,12 @@ def sample(job: Job) -> None:
     args, model = job.args, job.model
     shape = (args.n, model.config.in_channels, model.config.image_size, model.config.image_size)
     # A CPU generator: the same seed gives the same samples on any device (ddpm.cli.sample).
-    common = dict(generator=torch.Generator().manual_seed(args.seed), device=args.device,
-                  ema=job.ema, clip_x0=not args.no_clip)
+    common = dict(
+        generator=torch.Generator().manual_seed(args.seed),
+        device=args.device,
+        ema=job.ema,
+        clip_x0=not args.no_clip,
+    )
     total = job.schedule.timesteps if args.sampler == "ddpm" else args.steps
     trajectory = None
     start = time.perf_counter()
@@ -141,11 +173,18 @@ def sample(job: Job) -> None:
         task = progress.add_task(args.sampler, total=total)
         common["progress"] = lambda done, _: progress.update(task, completed=done)
         if args.sampler == "ddim":
-            images = ddim_sample(model, job.schedule, shape, steps=args.steps, eta=args.eta,
-                                 **common)
+            images = ddim_sample(
+                model, job.schedule, shape, steps=args.steps, eta=args.eta, **common
+            )
         else:
-            result = ddpm_sample(model, job.schedule, shape, variance=args.variance,
-                                 return_x0_every=args.x0_every, **common)
+            result = ddpm_sample(
+                model,
+                job.schedule,
+                shape,
+                variance=args.variance,
+                return_x0_every=args.x0_every,
+                **common,
+            )
             images, trajectory = result if args.x0_every is not None else (result, None)
     synchronize(args.device)  # the clock is read after the device finished
     seconds = time.perf_counter() - start
@@ -153,8 +192,10 @@ def sample(job: Job) -> None:
     save_grid(images, args.out, nrow=grid_columns(args.n))
     job.written.append(args.out)
     weights = "raw" if job.ema is None else "EMA"
-    line = (f"wrote {args.n} {args.sampler} samples ({total} steps, {weights} weights, "
-            f"{seconds:.1f} s) to {args.out}")
+    line = (
+        f"wrote {args.n} {args.sampler} samples ({total} steps, {weights} weights, "
+        f"{seconds:.1f} s) to {args.out}"
+    )
     if trajectory is not None:
         # One row per x0 estimate, noisiest first, over the first few images: how the model's
         # guess of the final image sharpens as t falls.
@@ -162,8 +203,7 @@ def sample(job: Job) -> None:
         strip = torch.cat([x0[:k].cpu() for _, x0 in trajectory])
         save_grid(strip, job.x0_path, nrow=k)
         job.written.append(job.x0_path)
-        line += (f"; x0 estimates at t = {', '.join(str(t) for t, _ in trajectory)} "
-                 f"to {job.x0_path}")
+        line += f"; x0 estimates at t = {', '.join(str(t) for t, _ in trajectory)} to {job.x0_path}"
     print(line)
 
 

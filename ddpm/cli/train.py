@@ -61,9 +61,17 @@ SAMPLES = "samples.png"
 # enough to repeat every --val-every steps on a 5,000-image CIFAR-10 split.
 VAL_IMAGES = 512
 # TrainConfig field -> the option that sets it, to name options in messages.
-FLAGS = {"batch_size": "--batch", "accum_steps": "--accum", "precision": "--precision",
-         "lr": "--lr", "weight_decay": "--weight-decay", "lr_warmup_steps": "--lr-warmup-steps",
-         "grad_clip": "--grad-clip", "ema_decay": "--ema-decay", "seed": "--seed"}
+FLAGS = {
+    "batch_size": "--batch",
+    "accum_steps": "--accum",
+    "precision": "--precision",
+    "lr": "--lr",
+    "weight_decay": "--weight-decay",
+    "lr_warmup_steps": "--lr-warmup-steps",
+    "grad_clip": "--grad-clip",
+    "ema_decay": "--ema-decay",
+    "seed": "--seed",
+}
 
 
 def build_parser() -> ArgumentParser:
@@ -71,8 +79,12 @@ def build_parser() -> ArgumentParser:
     model = p.add_argument_group("model and data")
     model.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     model.add_argument("--dataset", choices=DATASETS, default="digits")
-    model.add_argument("--data-root", type=Path, default=Path("data"),
-                       help="where mnist/cifar10 live, or the image folder (default: data)")
+    model.add_argument(
+        "--data-root",
+        type=Path,
+        default=Path("data"),
+        help="where mnist/cifar10 live, or the image folder (default: data)",
+    )
     model.add_argument("--download", action="store_true", help="download mnist/cifar10 if missing")
     model.add_argument("--image-size", type=positive_int, help="default: the preset's")
     model.add_argument("--schedule", choices=SCHEDULES, default="linear")
@@ -81,13 +93,21 @@ def build_parser() -> ArgumentParser:
     opt = p.add_argument_group("optimization")
     opt.add_argument("--steps", type=positive_int, default=1000, help="optimizer steps in total")
     opt.add_argument("--batch", type=positive_int, default=32, help="micro-batch size")
-    opt.add_argument("--accum", type=positive_int, default=1,
-                     help="micro-batches per optimizer step (effective batch = batch * accum)")
+    opt.add_argument(
+        "--accum",
+        type=positive_int,
+        default=1,
+        help="micro-batches per optimizer step (effective batch = batch * accum)",
+    )
     opt.add_argument("--precision", choices=PRECISIONS, default="fp32")
     opt.add_argument("--lr", type=positive_float, default=2e-4)
     opt.add_argument("--weight-decay", type=non_negative_float, default=0.0)
-    opt.add_argument("--lr-warmup-steps", type=non_negative_int, default=0,
-                     help="learning-rate warm-up, linear from 0 (default %(default)s)")
+    opt.add_argument(
+        "--lr-warmup-steps",
+        type=non_negative_int,
+        default=0,
+        help="learning-rate warm-up, linear from 0 (default %(default)s)",
+    )
     opt.add_argument("--grad-clip", type=non_negative_float, default=1.0, help="0 turns it off")
     opt.add_argument("--ema-decay", type=decay_value, default=0.9999)
     opt.add_argument("--seed", type=seed_int, default=0)
@@ -99,8 +119,9 @@ def build_parser() -> ArgumentParser:
     out.add_argument("--val-every", type=positive_int, default=100)
     out.add_argument("--checkpoint-every", type=positive_int, default=100)
     out.add_argument("--samples", type=positive_int, default=64, help="images in the final grid")
-    out.add_argument("--sample-steps", type=positive_int, default=50,
-                     help="DDIM steps for the final grid")
+    out.add_argument(
+        "--sample-steps", type=positive_int, default=50, help="DDIM steps for the final grid"
+    )
     out.add_argument("--resume", action="store_true", help=f"continue from <out>/{CHECKPOINT}")
     return p
 
@@ -122,13 +143,21 @@ def validate(args) -> Run:
     try:
         unet_config = preset.replace(image_size=args.image_size or preset.image_size)
     except ValueError as exc:
-        raise UsageError(f"--image-size {args.image_size} does not fit preset {args.preset}: "
-                         f"{exc}") from None
+        raise UsageError(
+            f"--image-size {args.image_size} does not fit preset {args.preset}: {exc}"
+        ) from None
     try:
         train_config = TrainConfig(
-            batch_size=args.batch, accum_steps=args.accum, precision=args.precision, lr=args.lr,
-            weight_decay=args.weight_decay, lr_warmup_steps=args.lr_warmup_steps,
-            grad_clip=args.grad_clip or None, ema_decay=args.ema_decay, seed=args.seed)
+            batch_size=args.batch,
+            accum_steps=args.accum,
+            precision=args.precision,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            lr_warmup_steps=args.lr_warmup_steps,
+            grad_clip=args.grad_clip or None,
+            ema_decay=args.ema_decay,
+            seed=args.seed,
+        )
     except ValueError as exc:  # the dataclass names the field, the value and what is allowed
         raise UsageError(str(exc)) from None
     # One optimizer step holds its whole batch (and as much noise) in memory: refuse a batch
@@ -137,13 +166,17 @@ def validate(args) -> Run:
     batch_bytes = 2 * images * unet_config.in_channels * unet_config.image_size**2 * 4
     memory = psutil.virtual_memory().total
     if batch_bytes > memory:
-        raise UsageError(f"--batch {args.batch} x --accum {args.accum} = {images:,} images needs "
-                         f"{batch_bytes / 2**30:,.0f} GiB for the images and their noise alone, "
-                         f"more than this machine's {memory / 2**30:,.0f} GiB: choose a smaller "
-                         "--batch")
+        raise UsageError(
+            f"--batch {args.batch} x --accum {args.accum} = {images:,} images needs "
+            f"{batch_bytes / 2**30:,.0f} GiB for the images and their noise alone, "
+            f"more than this machine's {memory / 2**30:,.0f} GiB: choose a smaller "
+            "--batch"
+        )
     if args.sample_steps > args.timesteps:
-        raise UsageError(f"--sample-steps {args.sample_steps} is more than the schedule's "
-                         f"{args.timesteps} timesteps: DDIM takes 1..{args.timesteps} steps")
+        raise UsageError(
+            f"--sample-steps {args.sample_steps} is more than the schedule's "
+            f"{args.timesteps} timesteps: DDIM takes 1..{args.timesteps} steps"
+        )
     schedule = getattr(NoiseSchedule, args.schedule)(timesteps=args.timesteps)
 
     checkpoint = args.out / CHECKPOINT
@@ -152,20 +185,30 @@ def validate(args) -> Run:
         start_step, trained_on = check_resumable(checkpoint, args.steps, train_config, schedule)
     elif checkpoint.exists():
         # A fresh run would overwrite a trained model and mix two runs in one TensorBoard log.
-        raise UsageError(f"--out {args.out} already holds {CHECKPOINT}: pass --resume to "
-                         "continue it, or choose another --out")
+        raise UsageError(
+            f"--out {args.out} already holds {CHECKPOINT}: pass --resume to "
+            "continue it, or choose another --out"
+        )
 
     try:
-        data = load_dataset(args.dataset, unet_config.image_size, unet_config.in_channels,
-                            root=args.data_root, download=args.download, seed=args.seed)
+        data = load_dataset(
+            args.dataset,
+            unet_config.image_size,
+            unet_config.in_channels,
+            root=args.data_root,
+            download=args.download,
+            seed=args.seed,
+        )
     except DatasetError as exc:
         raise UsageError(str(exc)) from None
     dataset = {"name": args.dataset, "images": len(data) + len(data.validation())}
     # A checkpoint written before datasets were recorded has none to compare.
     if trained_on is not None and trained_on != dataset:
-        raise UsageError(f"cannot resume: checkpoint {checkpoint} was trained on "
-                         f"{describe_dataset(trained_on)}, not {describe_dataset(dataset)}: pass "
-                         "the same --dataset and --data-root")
+        raise UsageError(
+            f"cannot resume: checkpoint {checkpoint} was trained on "
+            f"{describe_dataset(trained_on)}, not {describe_dataset(dataset)}: pass "
+            "the same --dataset and --data-root"
+        )
 
     torch.manual_seed(args.seed)  # the UNet's initial weights come from the global generator
     trainer = Trainer(UNet(unet_config), schedule, train_config, device=args.device)
@@ -173,16 +216,20 @@ def validate(args) -> Run:
         try:
             trainer.load(checkpoint)  # also refuses a checkpoint of another model shape
         except CheckpointError as exc:
-            raise UsageError(f"cannot resume: {exc} (pass the options it was trained with)") \
-                from None
+            raise UsageError(
+                f"cannot resume: {exc} (pass the options it was trained with)"
+            ) from None
 
     prepare_output_dir(args.out)  # last: the first thing that touches the disk
     # A save killed outright (kill -9, power loss) leaves its temporary file; this run saves the
     # same checkpoint, so what it finds of that name is stale.
     removed = remove_stale_temporaries(checkpoint)
     if removed:
-        print(f"removed {len(removed)} temporary file(s) an interrupted save of {checkpoint} "
-              f"left: {', '.join(p.name for p in removed)}", file=sys.stderr)
+        print(
+            f"removed {len(removed)} temporary file(s) an interrupted save of {checkpoint} "
+            f"left: {', '.join(p.name for p in removed)}",
+            file=sys.stderr,
+        )
     return Run(args, trainer, data, start_step, dataset)
 
 
@@ -193,8 +240,9 @@ def describe_dataset(dataset) -> str:
         return repr(dataset)
 
 
-def check_resumable(path: Path, steps: int, config: TrainConfig,
-                    schedule: NoiseSchedule) -> tuple[int, dict | None]:
+def check_resumable(
+    path: Path, steps: int, config: TrainConfig, schedule: NoiseSchedule
+) -> tuple[int, dict | None]:
     """The step to resume from and the dataset trained on (None in older checkpoints). The
     checkpoint is read here, before anything is built, to refuse a mismatch early; Trainer.load
     reads it again to restore the state (a second read, but it keeps state restoration in one
@@ -206,25 +254,33 @@ def check_resumable(path: Path, steps: int, config: TrainConfig,
     except CheckpointError as exc:
         raise UsageError(f"cannot resume: {exc}") from None
     except (TypeError, ValueError, KeyError) as exc:
-        raise UsageError(f"cannot resume: checkpoint {path} has an unreadable configuration "
-                         f"({exc})") from None
+        raise UsageError(
+            f"cannot resume: checkpoint {path} has an unreadable configuration ({exc})"
+        ) from None
     # Continuing with other settings would not be a continuation: say which differ.
     mine, theirs = dataclasses.asdict(config), dataclasses.asdict(stored)
     diffs = [f"{FLAGS.get(k, k)} {theirs[k]} (now {mine[k]})" for k in mine if mine[k] != theirs[k]]
     if diffs:
-        raise UsageError(f"cannot resume: checkpoint {path} was trained with "
-                         f"{', '.join(diffs)}: pass the same options")
+        raise UsageError(
+            f"cannot resume: checkpoint {path} was trained with "
+            f"{', '.join(diffs)}: pass the same options"
+        )
     if not torch.equal(stored_schedule.state_dict()["betas"], schedule.state_dict()["betas"]):
-        raise UsageError(f"cannot resume: checkpoint {path} has another noise schedule "
-                         f"(T={stored_schedule.timesteps}): pass the same --schedule and "
-                         "--timesteps")
+        raise UsageError(
+            f"cannot resume: checkpoint {path} has another noise schedule "
+            f"(T={stored_schedule.timesteps}): pass the same --schedule and "
+            "--timesteps"
+        )
     step = data["step"]
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise UsageError(f"cannot resume: checkpoint {path} has step {step!r}, not a count of "
-                         "optimizer steps")
+        raise UsageError(
+            f"cannot resume: checkpoint {path} has step {step!r}, not a count of optimizer steps"
+        )
     if step >= steps:
-        raise UsageError(f"--steps {steps} is not more than the {step} steps already in {path}: "
-                         f"pass --steps larger than {step} to continue")
+        raise UsageError(
+            f"--steps {steps} is not more than the {step} steps already in {path}: "
+            f"pass --steps larger than {step} to continue"
+        )
     return step, data.get("dataset")
 
 
@@ -240,15 +296,18 @@ class HeldOutLoss:
         t, noise = held_out_draws(images, trainer.schedule.timesteps, seed)
         b, dev = trainer.config.batch_size, trainer.device
         # Micro-batches of the training size, which is known to fit; moved to the device once.
-        self.batches = [tuple(v.to(dev) for v in part)
-                        for part in zip(images.split(b), t.split(b), noise.split(b), strict=True)]
+        self.batches = [
+            tuple(v.to(dev) for v in part)
+            for part in zip(images.split(b), t.split(b), noise.split(b), strict=True)
+        ]
         self.trainer = trainer
 
     def __call__(self) -> float:
         trainer = self.trainer
         # The training precision: this is the loss the optimizer sees, on unseen images.
-        return held_out_loss(trainer.model, trainer.schedule, self.batches,
-                             trainer.config.precision)
+        return held_out_loss(
+            trainer.model, trainer.schedule, self.batches, trainer.config.precision
+        )
 
 
 def train(run: Run) -> None:
@@ -265,8 +324,9 @@ def train(run: Run) -> None:
         next(batches)
     # purge_step drops events logged after the checkpoint (step start_step, whose own events
     # stay) by a run that died before saving again: TensorBoard shows one history, not two.
-    writer = SummaryWriter(str(args.out / "tb"),
-                           purge_step=run.start_step + 1 if run.start_step else None)
+    writer = SummaryWriter(
+        str(args.out / "tb"), purge_step=run.start_step + 1 if run.start_step else None
+    )
 
     window_loss = torch.zeros((), device=trainer.device)  # summed on the device: no sync per step
     window_steps = window_images = 0
@@ -319,14 +379,22 @@ def train(run: Run) -> None:
     with make_progress("sample") as progress:
         task = progress.add_task("sample", total=args.sample_steps)
         images = ddim_sample(
-            trainer.model, trainer.schedule, (args.samples, *image_shape(trainer.model.config)),
-            steps=args.sample_steps, generator=torch.Generator().manual_seed(args.seed),
-            device=trainer.device, ema=trainer.ema, clip_x0=True,  # images live in [-1, 1]
-            progress=lambda done, total: progress.update(task, completed=done))
+            trainer.model,
+            trainer.schedule,
+            (args.samples, *image_shape(trainer.model.config)),
+            steps=args.sample_steps,
+            generator=torch.Generator().manual_seed(args.seed),
+            device=trainer.device,
+            ema=trainer.ema,
+            clip_x0=True,  # images live in [-1, 1]
+            progress=lambda done, total: progress.update(task, completed=done),
+        )
     save_grid(images, samples_path, nrow=grid_columns(args.samples))
-    print(f"done: {args.steps} steps ({args.steps - run.start_step} in this run, "
-          f"{train_time:.1f} s), train loss {train_loss:.4f}, val loss {val_loss:.4f}; "
-          f"checkpoint {checkpoint}, samples {samples_path}, TensorBoard {args.out / 'tb'}")
+    print(
+        f"done: {args.steps} steps ({args.steps - run.start_step} in this run, "
+        f"{train_time:.1f} s), train loss {train_loss:.4f}, val loss {val_loss:.4f}; "
+        f"checkpoint {checkpoint}, samples {samples_path}, TensorBoard {args.out / 'tb'}"
+    )
 
 
 def image_shape(config: UNetConfig) -> tuple[int, int, int]:
@@ -349,8 +417,11 @@ def _train_command(argv: list[str] | None) -> None:
         if run is None:
             return f"interrupted ({name}) before training started"
         checkpoint = args.out / CHECKPOINT
-        then = (f"continue from {checkpoint} with --resume" if checkpoint.exists()
-                else "no checkpoint was written yet")
+        then = (
+            f"continue from {checkpoint} with --resume"
+            if checkpoint.exists()
+            else "no checkpoint was written yet"
+        )
         return f"interrupted ({name}) at step {run.trainer.step_count}: {then}"
 
     with exit_on_interrupt(interrupted):

@@ -17,8 +17,12 @@ from tests.helpers.cuda_standin import NO_DRIVER
 def test_refuses_without_cuda_in_one_line(tmp_path):
     (tmp_path / "keep.txt").write_text("already here")
     before = snapshot(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "bench.gpucheck", "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.gpucheck", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     check_one_line_error("needs a CUDA GPU", result.returncode, result.stderr, result.stdout)
     assert snapshot(tmp_path) == before
 
@@ -56,5 +60,4 @@ def test_control_flow_under_the_standin_reaches_the_first_kernel(fake_cuda, tmp_
     selected = [call for call in gpu.calls if call[0] == "set_device"]
     assert selected and all(index == 0 for _, index in selected)
     # Each harness wrote its own table under <out>/gpucheck.
-    assert {p.name for p in (tmp_path / "gpucheck").glob("*.csv")} == {"memory.csv",
-                                                                      "profile.csv"}
+    assert {p.name for p in (tmp_path / "gpucheck").glob("*.csv")} == {"memory.csv", "profile.csv"}

@@ -36,16 +36,46 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def run_report(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench.report", *args], capture_output=True,
-                          text=True, env=ENV, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "bench.report", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 # ----- (a) the typed round trip -------------------------------------------------------------------
 
-@pytest.mark.parametrize("value", [
-    None, True, False, 0, -3, 35_746_307, 0.0, -0.0, 0.1, 1 / 3, 1e-05, 1.5e20, 8192.0, 2.5e-300,
-    math.inf, -math.inf, "measured", "/abs/results/loss/run/curve.csv", "16+8", "1.2.3", "e5",
-    "True story"])
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        True,
+        False,
+        0,
+        -3,
+        35_746_307,
+        0.0,
+        -0.0,
+        0.1,
+        1 / 3,
+        1e-05,
+        1.5e20,
+        8192.0,
+        2.5e-300,
+        math.inf,
+        -math.inf,
+        "measured",
+        "/abs/results/loss/run/curve.csv",
+        "16+8",
+        "1.2.3",
+        "e5",
+        "True story",
+    ],
+)
 def test_a_figure_round_trips_with_its_type(tmp_path, value):
     table = ResultsTable(tmp_path, "fake", ["x"])
     row = {**spec_row(TINY, "run"), "status": "ok", "error": None, "x": value}
@@ -79,6 +109,7 @@ def test_a_bad_cell_in_a_spec_column_is_a_results_error(tmp_path):
 
 # ----- (b) the sweep's .md is what bench.report rebuilds --------------------------------------
 
+
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     """A real bench.memory sweep, inline: the tiny preset at batch 1 and 2, one step each."""
@@ -86,8 +117,9 @@ def swept(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rows = run_sweep(memory.HARNESS, [TINY.replace(batch=b) for b in (1, 2)], out, COMMAND,
-                         inline=True)
+        rows = run_sweep(
+            memory.HARNESS, [TINY.replace(batch=b) for b in (1, 2)], out, COMMAND, inline=True
+        )
     finally:
         torch.set_num_threads(threads)
     assert [r["status"] for r in rows] == ["ok", "ok"], [r["error"] for r in rows]
@@ -131,8 +163,13 @@ def test_a_closed_stdout_blames_nothing_and_costs_no_file(swept, tmp_path):
     read, write = os.pipe()
     os.close(read)  # the reader is gone before the first line
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "bench.report", "--out", str(out)],
-                                stdout=write, stderr=subprocess.PIPE, text=True, env=ENV)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.report", "--out", str(out)],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
     finally:
         os.close(write)
     _, stderr = proc.communicate(timeout=300)
@@ -156,53 +193,101 @@ def test_sidecar_records_each_run_when_it_starts(swept):
 
 # ----- (c) sections -----------------------------------------------------------------------------
 
-ENVIRONMENT = {"torch": "2.x", "device_name": "Test CPU", "torch_threads": 1,
-               "git_commit": "abc1234"}
+ENVIRONMENT = {
+    "torch": "2.x",
+    "device_name": "Test CPU",
+    "torch_threads": 1,
+    "git_commit": "abc1234",
+}
+
+
 def never_measured(spec, context):
     raise AssertionError("report tests render rows; they measure nothing")
 
 
-FAKE = Harness(name="fake", measure=never_measured, figure_columns=["value"],
-               display_columns=["status", "value"],
-               notes=["A note on value."],
-               verdict=lambda r: f"{r['spec_id']}: {r['status']}, value {r['value']}.",
-               compare=lambda rows, ctx: [f"Compared {len(rows)} rows; latest run {ctx.run_id}, "
-                                          f"options {ctx.options}."])
+FAKE = Harness(
+    name="fake",
+    measure=never_measured,
+    figure_columns=["value"],
+    display_columns=["status", "value"],
+    notes=["A note on value."],
+    verdict=lambda r: f"{r['spec_id']}: {r['status']}, value {r['value']}.",
+    compare=lambda rows, ctx: [
+        f"Compared {len(rows)} rows; latest run {ctx.run_id}, options {ctx.options}."
+    ],
+)
 
 
-def add_run(out: Path, run_id: str, command: str, stamp: str, rows: list[tuple],
-            environment: dict = ENVIRONMENT) -> None:
+def add_run(
+    out: Path,
+    run_id: str,
+    command: str,
+    stamp: str,
+    rows: list[tuple],
+    environment: dict = ENVIRONMENT,
+) -> None:
     table = ResultsTable(out, FAKE.name, FAKE.figure_columns)
     table.record_run(run_id, command, environment, {"top": 3}, stamp)
     for batch, status, value in rows:
-        table.append({**spec_row(TINY.replace(batch=batch), run_id), "timestamp": stamp,
-                      "status": status, "error": None if status == "ok" else "boom",
-                      "value": value})
+        table.append(
+            {
+                **spec_row(TINY.replace(batch=batch), run_id),
+                "timestamp": stamp,
+                "status": status,
+                "error": None if status == "ok" else "boom",
+                "value": value,
+            }
+        )
 
 
 def test_base_command_drops_resume_only():
-    assert markdown.base_command("python -m bench.memory --batch 2 --resume") == \
-        "python -m bench.memory --batch 2"
-    assert markdown.base_command("python -m bench.loss --res --data-root 'my data'") == \
-        "python -m bench.loss --data-root 'my data'"
-    assert markdown.base_command("python -m bench.loss --data-root 'my  data'") == \
-        "python -m bench.loss --data-root 'my  data'"
+    assert (
+        markdown.base_command("python -m bench.memory --batch 2 --resume")
+        == "python -m bench.memory --batch 2"
+    )
+    assert (
+        markdown.base_command("python -m bench.loss --res --data-root 'my data'")
+        == "python -m bench.loss --data-root 'my data'"
+    )
+    assert (
+        markdown.base_command("python -m bench.loss --data-root 'my  data'")
+        == "python -m bench.loss --data-root 'my  data'"
+    )
 
 
 def test_sections_by_command_newest_first_and_resume_joins_its_command(tmp_path):
-    add_run(tmp_path, "A", "python -m bench.fake --batch 1,2", "2026-01-01T00:00:00+00:00",
-            [(1, "ok", 1.5), (2, "error", None)])
-    add_run(tmp_path, "B", "python -m bench.fake --batch 4", "2026-01-01T01:00:00+00:00",
-            [(4, "ok", 4.0)])
-    add_run(tmp_path, "C", "python -m bench.fake --batch 1,2 --resume",
-            "2026-01-01T02:00:00+00:00", [(2, "ok", 2.25)],
-            environment={**ENVIRONMENT, "git_commit": "def5678"})
+    add_run(
+        tmp_path,
+        "A",
+        "python -m bench.fake --batch 1,2",
+        "2026-01-01T00:00:00+00:00",
+        [(1, "ok", 1.5), (2, "error", None)],
+    )
+    add_run(
+        tmp_path,
+        "B",
+        "python -m bench.fake --batch 4",
+        "2026-01-01T01:00:00+00:00",
+        [(4, "ok", 4.0)],
+    )
+    add_run(
+        tmp_path,
+        "C",
+        "python -m bench.fake --batch 1,2 --resume",
+        "2026-01-01T02:00:00+00:00",
+        [(2, "ok", 2.25)],
+        environment={**ENVIRONMENT, "git_commit": "def5678"},
+    )
     text, found = markdown.render(FAKE, tmp_path)
-    assert [s.command for s in found] == ["python -m bench.fake --batch 1,2",
-                                          "python -m bench.fake --batch 4"]
+    assert [s.command for s in found] == [
+        "python -m bench.fake --batch 1,2",
+        "python -m bench.fake --batch 4",
+    ]
     first, second = found
-    assert [(r["batch"], r["run_id"], r["status"]) for r in first.rows] == \
-        [(1, "A", "ok"), (2, "C", "ok")]  # the resumed spec's latest row, in its first place
+    assert [(r["batch"], r["run_id"], r["status"]) for r in first.rows] == [
+        (1, "A", "ok"),
+        (2, "C", "ok"),
+    ]  # the resumed spec's latest row, in its first place
     assert first.latest_run == "C" and list(first.runs) == ["A", "C"]
     assert first.environment["git_commit"] == "def5678"
     assert "Compared 2 rows; latest run C, options {'top': 3}." in first.sentences
@@ -212,8 +297,10 @@ def test_sections_by_command_newest_first_and_resume_joins_its_command(tmp_path)
     b = text.index("## Command: `python -m bench.fake --batch 4`\n")
     assert a < b < text.index("## Notes")
     assert "Environment: torch 2.x, Test CPU, 1 threads, commit def5678" in text[a:b]
-    assert ("Rows from 2 runs, oldest first: `A` (1 row; environment: torch 2.x, Test CPU, "
-            "1 threads, commit abc1234), `C` (1 row; `--resume`).") in text[a:b]
+    assert (
+        "Rows from 2 runs, oldest first: `A` (1 row; environment: torch 2.x, Test CPU, "
+        "1 threads, commit abc1234), `C` (1 row; `--resume`)."
+    ) in text[a:b]
     assert "Rows from" not in text[b:]
     assert text.count("- A note on value.") == 1
     assert "2.25" in text[a:b]
@@ -223,8 +310,14 @@ def test_sections_by_command_newest_first_and_resume_joins_its_command(tmp_path)
 def test_rows_without_a_run_record_are_their_own_section(tmp_path):
     add_run(tmp_path, "A", "python -m bench.fake", "2026-01-01T00:00:00+00:00", [(1, "ok", 1.0)])
     table = ResultsTable(tmp_path, FAKE.name, FAKE.figure_columns)
-    table.append({**spec_row(TINY, "X"), "timestamp": "2026-01-02T00:00:00+00:00",
-                  "status": "ok", "value": 2.0})
+    table.append(
+        {
+            **spec_row(TINY, "X"),
+            "timestamp": "2026-01-02T00:00:00+00:00",
+            "status": "ok",
+            "value": 2.0,
+        }
+    )
     text, found = markdown.render(FAKE, tmp_path)
     assert [s.command for s in found] == [None, "python -m bench.fake"]
     assert "## Run `X` (its command is not in `fake.json`)\n\nEnvironment: not recorded" in text
@@ -238,6 +331,7 @@ def test_a_sidecar_without_run_records_is_refused(tmp_path):
 
 
 # ----- (d) bad input ------------------------------------------------------------------------------
+
 
 def test_missing_folder_is_one_line_exit_2(tmp_path):
     result = run_report("--out", str(tmp_path / "nope"))
@@ -282,9 +376,10 @@ def test_bad_input_is_one_line_exit_2_and_nothing_is_touched(good, capsys, case)
     assert snapshot(good.parent) == before  # memory.md too, though memory.csv may be fine
 
 
-@pytest.mark.parametrize("column, value", [("status", "weird"), ("step_s", "fast"),
-                                           ("step_s", "True"), ("fits", "maybe"),
-                                           ("fits", "1")])
+@pytest.mark.parametrize(
+    "column, value",
+    [("status", "weird"), ("step_s", "fast"), ("step_s", "True"), ("fits", "maybe"), ("fits", "1")],
+)
 def test_a_cell_of_the_wrong_kind_is_one_line_exit_2(good, capsys, column, value):
     path = good / "memory.csv"
     with path.open(newline="") as f:
@@ -298,8 +393,9 @@ def test_a_cell_of_the_wrong_kind_is_one_line_exit_2(good, capsys, column, value
     with pytest.raises(SystemExit) as info:
         report.main(["--out", str(good), "--no-plots"])
     captured = capsys.readouterr()
-    check_one_line_error(f"{path} line 2: {column} {value!r} is not", info.value.code,
-                         captured.err, captured.out)
+    check_one_line_error(
+        f"{path} line 2: {column} {value!r} is not", info.value.code, captured.err, captured.out
+    )
     assert snapshot(good.parent) == before
 
 
@@ -322,8 +418,9 @@ def test_a_table_without_a_column_the_verdict_needs_is_one_line_exit_2(good, cap
         report.main(["--out", str(good), "--no-plots"])
     captured = capsys.readouterr()
     spec_id = read_rows(good / "memory.csv")[0]["spec_id"]
-    check_one_line_error(f"memory.csv: the ok row of {spec_id} (run ", info.value.code,
-                         captured.err, captured.out)
+    check_one_line_error(
+        f"memory.csv: the ok row of {spec_id} (run ", info.value.code, captured.err, captured.out
+    )
     assert f"has no {column} (an empty cell or no such column)" in captured.err
     assert snapshot(good.parent) == before
 
@@ -337,13 +434,15 @@ def test_an_emptied_cell_the_verdict_needs_is_one_line_exit_2(good, capsys):
     with pytest.raises(SystemExit) as info:
         report.main(["--out", str(good), "--no-plots"])
     captured = capsys.readouterr()
-    check_one_line_error("has no predicted_cuda_mib, headroom_mib", info.value.code,
-                         captured.err, captured.out)
+    check_one_line_error(
+        "has no predicted_cuda_mib, headroom_mib", info.value.code, captured.err, captured.out
+    )
     assert read_rows(good / "memory.csv")[1]["spec_id"] in captured.err
 
 
 def test_a_failed_row_needs_no_figure(good):
     """An oom or error row has no prediction to speak of: its verdict is its status."""
+
     def fail(rows, columns):
         rows[0].update(status="oom", error="out of memory", predicted_cuda_mib="", fits="")
         return columns
@@ -370,12 +469,15 @@ def test_help_explains(capsys):
 
 # ----- (e) plots ----------------------------------------------------------------------------------
 
+
 def synthetic_results(out: Path) -> None:
     """Rows for every plot: two precisions x two attentions x three batches of memory and
     throughput figures, two loss curves, DDPM and DDIM sampling times."""
     env = {**ENVIRONMENT, "device": "cpu"}
-    tables = {h.name: ResultsTable(out, h.name, h.figure_columns)
-              for h in (memory.HARNESS, throughput.HARNESS, loss.HARNESS, sampling.HARNESS)}
+    tables = {
+        h.name: ResultsTable(out, h.name, h.figure_columns)
+        for h in (memory.HARNESS, throughput.HARNESS, loss.HARNESS, sampling.HARNESS)
+    }
     for table in tables.values():
         table.record_run("R", f"python -m bench.{table.harness}", env, {}, "then")
     for precision in ("fp32", "bf16"):
@@ -384,21 +486,29 @@ def synthetic_results(out: Path) -> None:
                 spec = TINY.replace(batch=batch, precision=precision, attention=attention)
                 row = {**spec_row(spec, "R"), "status": "ok"}
                 size = batch * (2.0 if precision == "fp32" else 1.5)
-                tables["memory"].append({**row, "tracked_peak_mib": size,
-                                         "predicted_cuda_mib": 500.0 + size,
-                                         "budget_mib": 8192.0})
+                tables["memory"].append(
+                    {
+                        **row,
+                        "tracked_peak_mib": size,
+                        "predicted_cuda_mib": 500.0 + size,
+                        "budget_mib": 8192.0,
+                    }
+                )
                 tables["throughput"].append({**row, "img_per_s": 10.0 * batch})
     for batch, accum in ((8, 1), (2, 4)):
         spec = TINY.replace(batch=batch, accum=accum, dataset="digits")
         curve = out / "loss" / "R" / spec.name / "curve.csv"
         curve.parent.mkdir(parents=True)
-        curve.write_text("step,loss,grad_norm,lr,skipped,val_loss\n" + "".join(
-            f"{s},{1.0 / s + accum * 1e-3!r},1.0,0.001,0,\n" for s in range(1, 21)))
+        curve.write_text(
+            "step,loss,grad_norm,lr,skipped,val_loss\n"
+            + "".join(f"{s},{1.0 / s + accum * 1e-3!r},1.0,0.001,0,\n" for s in range(1, 21))
+        )
         tables["loss"].append({**spec_row(spec, "R"), "status": "ok", "curve_path": str(curve)})
     for sampler, steps in (("ddpm", 1000), ("ddim", 10), ("ddim", 50)):
         spec = TINY.replace(sampler=sampler, sampling_steps=steps)
-        tables["sampling"].append({**spec_row(spec, "R"), "status": "ok",
-                                   "projected_s_per_image": steps * 0.01})
+        tables["sampling"].append(
+            {**spec_row(spec, "R"), "status": "ok", "projected_s_per_image": steps * 0.01}
+        )
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -456,8 +566,9 @@ def test_committed_markdown_rebuilds_exactly(committed_copy, csv_path, monkeypat
     assert text == committed.read_text()
 
 
-@pytest.mark.parametrize("cache", [b"{not json", b'{"cpu | fp32": {"peak_flops": "fast"}}',
-                                   b"[1, 2]"])
+@pytest.mark.parametrize(
+    "cache", [b"{not json", b'{"cpu | fp32": {"peak_flops": "fast"}}', b"[1, 2]"]
+)
 def test_a_damaged_peak_cache_is_one_line_exit_2(tmp_path, capsys, cache):
     table = ResultsTable(tmp_path, "throughput", throughput.HARNESS.figure_columns)
     table.append({**spec_row(TINY, "run"), "status": "error", "error": "failed"})
@@ -466,6 +577,10 @@ def test_a_damaged_peak_cache_is_one_line_exit_2(tmp_path, capsys, cache):
     with pytest.raises(SystemExit) as info:
         report.main(["--out", str(tmp_path), "--no-plots"])
     captured = capsys.readouterr()
-    check_one_line_error("peak_flops.json is not a record of peak FLOP/s", info.value.code,
-                         captured.err, captured.out)
+    check_one_line_error(
+        "peak_flops.json is not a record of peak FLOP/s",
+        info.value.code,
+        captured.err,
+        captured.out,
+    )
     assert snapshot(tmp_path) == before

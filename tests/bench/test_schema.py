@@ -27,8 +27,9 @@ def measure(spec, context) -> dict:
     return {"value": 10.0 * spec.wings}
 
 
-HARNESS = Harness(name="winged", measure=measure, figure_columns=["value"],
-                  display_columns=["status", "value"])
+HARNESS = Harness(
+    name="winged", measure=measure, figure_columns=["value"], display_columns=["status", "value"]
+)
 
 
 @pytest.fixture
@@ -36,8 +37,9 @@ def winged(monkeypatch):
     """BenchSpec with one more axis, declared the way every axis is: one field, with its
     option's help and parser."""
     wings = axis(1, parse=int_list(), help="wings per spec, a comma list (default %(default)s)")
-    cls = dataclasses.make_dataclass("BenchSpec", [("wings", int, wings)], bases=(BenchSpec,),
-                                     frozen=True)
+    cls = dataclasses.make_dataclass(
+        "BenchSpec", [("wings", int, wings)], bases=(BenchSpec,), frozen=True
+    )
     monkeypatch.setattr(spec_module, "BenchSpec", cls)
     monkeypatch.setattr("bench.harnesses.named", lambda name: HARNESS)  # inline runs find it
     MEASURED.clear()
@@ -56,21 +58,32 @@ def header(path: Path) -> list[str]:
 def test_a_new_axis_is_a_column_of_the_csv_the_markdown_and_resume(winged, tmp_path):
     specs = [winged(preset="tiny", image_size=16, attention="8", wings=w) for w in (1, 2)]
     assert "wings" in axes() and column_dtypes()["wings"] == "int64"
-    run_sweep(HARNESS, specs, tmp_path, "python -m bench.winged", inline=True,
-              console=quiet_console())
+    run_sweep(
+        HARNESS, specs, tmp_path, "python -m bench.winged", inline=True, console=quiet_console()
+    )
     csv_path = tmp_path / "winged.csv"
     assert "wings" in header(csv_path)
     assert [(r["wings"], r["value"]) for r in read_rows(csv_path)] == [(1, 10.0), (2, 20.0)]
-    rows = [line.split("|")[1:-1] for line in (tmp_path / "winged.md").read_text().splitlines()
-            if line.startswith("|")]
+    rows = [
+        line.split("|")[1:-1]
+        for line in (tmp_path / "winged.md").read_text().splitlines()
+        if line.startswith("|")
+    ]
     assert [c.strip() for c in rows[0]] == ["wings", "status", "value"]
     assert [(r[0].strip(), r[2].strip()) for r in rows[2:]] == [("1", "10.00"), ("2", "20.00")]
     # The axis is in the spec id, so --resume tells the two specs apart and reruns neither.
     assert len(set(MEASURED)) == 2
     MEASURED.clear()
     more = specs + [winged(preset="tiny", image_size=16, attention="8", wings=3)]
-    run_sweep(HARNESS, more, tmp_path, "python -m bench.winged", inline=True, resume=True,
-              console=quiet_console())
+    run_sweep(
+        HARNESS,
+        more,
+        tmp_path,
+        "python -m bench.winged",
+        inline=True,
+        resume=True,
+        console=quiet_console(),
+    )
     assert MEASURED == [more[2].spec_id]
 
 
@@ -92,8 +105,7 @@ def test_a_new_axis_is_an_option_that_sweeps(winged, tmp_path, capsys):
     assert info.value.code == 2
     assert "--wings 0 is not allowed: it must be >= 1." in capsys.readouterr().err
     # And a sweep along it is one row per value.
-    rows = run_cli(HARNESS, parser, [*TINY, "--wings", "1,2", "--inline", "--out",
-                                     str(tmp_path)])
+    rows = run_cli(HARNESS, parser, [*TINY, "--wings", "1,2", "--inline", "--out", str(tmp_path)])
     assert [(r["wings"], r["value"]) for r in rows] == [(1, 10.0), (2, 20.0)]
     assert [r["wings"] for r in read_rows(tmp_path / "winged.csv")] == [1, 2]
 
@@ -105,12 +117,32 @@ def test_a_table_from_before_an_axis_is_upgraded_with_its_default(winged, tmp_pa
         writer = csv.DictWriter(f, fieldnames=old_columns)
         writer.writeheader()
         row = {c: "" for c in old_columns}
-        row.update(run_id="r", timestamp="t", spec_id="old", preset="tiny", image_size=16,
-                   batch=4, accum=1, precision="fp32", attention="8", compile="off",
-                   checkpointing="off", device="cpu", ranks=1, parallel="none",
-                   grad_sync="last", impl="ddpm", dataset="synthetic", sampler="none",
-                   sampling_steps=0, repeat=1, params=5, effective_batch=4, status="ok",
-                   value=7.5)
+        row.update(
+            run_id="r",
+            timestamp="t",
+            spec_id="old",
+            preset="tiny",
+            image_size=16,
+            batch=4,
+            accum=1,
+            precision="fp32",
+            attention="8",
+            compile="off",
+            checkpointing="off",
+            device="cpu",
+            ranks=1,
+            parallel="none",
+            grad_sync="last",
+            impl="ddpm",
+            dataset="synthetic",
+            sampler="none",
+            sampling_steps=0,
+            repeat=1,
+            params=5,
+            effective_batch=4,
+            status="ok",
+            value=7.5,
+        )
         writer.writerow(row)
     table = ResultsTable(tmp_path, "winged", ["value"])
     said = table.check_header()
@@ -126,9 +158,19 @@ def test_a_table_from_before_a_figure_is_upgraded_with_it_empty(tmp_path):
     with csv_path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=spec_columns() + ["value"])
         writer.writeheader()
-        writer.writerow({**{a: getattr(BenchSpec, a) for a in axes()}, "run_id": "r",
-                         "timestamp": "t", "spec_id": "old", "params": 5, "effective_batch": 2,
-                         "status": "ok", "error": "", "value": "7.5"})
+        writer.writerow(
+            {
+                **{a: getattr(BenchSpec, a) for a in axes()},
+                "run_id": "r",
+                "timestamp": "t",
+                "spec_id": "old",
+                "params": 5,
+                "effective_batch": 2,
+                "status": "ok",
+                "error": "",
+                "value": "7.5",
+            }
+        )
     table = ResultsTable(tmp_path, "memory", ["value", "later"])
     said = table.check_header()
     assert "later empty" in said and "1 rows" in said
@@ -157,8 +199,9 @@ def test_the_committed_tables_upgrade_to_the_same_rows(tmp_path):
         before = read_rows(csv_path)
         copy = tmp_path / csv_path.name
         copy.write_bytes(csv_path.read_bytes())
-        ResultsTable(tmp_path, csv_path.stem,
-                     harnesses.named(csv_path.stem).figure_columns).check_header()
+        ResultsTable(
+            tmp_path, csv_path.stem, harnesses.named(csv_path.stem).figure_columns
+        ).check_header()
         after = read_rows(copy)
         assert len(after) == len(before)
         for old, new in zip(before, after):
@@ -177,13 +220,35 @@ def test_a_renamed_column_is_read_under_its_new_name(tmp_path):
     with csv_path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=old)
         writer.writeheader()
-        writer.writerow({c: "" for c in old} | {
-            "run_id": "r", "timestamp": "t", "spec_id": "s", "preset": "tiny", "image_size": 16,
-            "batch": 4, "accum": 1, "precision": "fp32", "attention": "8", "compile": "off",
-            "checkpointing": "off", "device": "cpu", "ranks": 1, "parallel": "none",
-            "grad_sync": "last", "impl": "ddpm", "dataset": "synthetic", "sampler": "ddim",
-            "sampling_steps": 50, "repeat": 1, "params": 5, "effective_batch": 4,
-            "status": "ok", "img_per_s": 2.5})
+        writer.writerow(
+            {c: "" for c in old}
+            | {
+                "run_id": "r",
+                "timestamp": "t",
+                "spec_id": "s",
+                "preset": "tiny",
+                "image_size": 16,
+                "batch": 4,
+                "accum": 1,
+                "precision": "fp32",
+                "attention": "8",
+                "compile": "off",
+                "checkpointing": "off",
+                "device": "cpu",
+                "ranks": 1,
+                "parallel": "none",
+                "grad_sync": "last",
+                "impl": "ddpm",
+                "dataset": "synthetic",
+                "sampler": "ddim",
+                "sampling_steps": 50,
+                "repeat": 1,
+                "params": 5,
+                "effective_batch": 4,
+                "status": "ok",
+                "img_per_s": 2.5,
+            }
+        )
     (row,) = read_rows(csv_path)
     assert row["projected_img_per_s"] == 2.5 and "img_per_s" not in row
     said = ResultsTable(tmp_path, "sampling", figures).check_header()

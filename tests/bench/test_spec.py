@@ -29,15 +29,19 @@ NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has 
 
 # ----- parse_budget ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, mib", [
-    ("8GiB", 8192.0),
-    ("8192MiB", 8192.0),
-    ("8GB", 8e9 / 2**20),
-    ("500MB", 500e6 / 2**20),
-    ("0.5GiB", 512.0),
-    ("8GIB", 8192.0),
-    (" 8 GiB ", 8192.0),
-])
+
+@pytest.mark.parametrize(
+    "text, mib",
+    [
+        ("8GiB", 8192.0),
+        ("8192MiB", 8192.0),
+        ("8GB", 8e9 / 2**20),
+        ("500MB", 500e6 / 2**20),
+        ("0.5GiB", 512.0),
+        ("8GIB", 8192.0),
+        (" 8 GiB ", 8192.0),
+    ],
+)
 def test_parse_budget(text, mib):
     assert parse_budget(text) == pytest.approx(mib, rel=1e-12)
 
@@ -54,10 +58,12 @@ def test_parse_budget_refuses_what_a_float_cannot_hold():
 
 
 def test_a_value_named_twice_is_refused():
-    for call in (lambda: parse_attention("8+8", "tiny", 16),
-                 lambda: parse_attention("8,preset", "tiny", 16),
-                 lambda: parse_int_list("--batch", "2,02"),
-                 lambda: parse_choices("--precision", "fp32,bf16,fp32", PRECISIONS)):
+    for call in (
+        lambda: parse_attention("8+8", "tiny", 16),
+        lambda: parse_attention("8,preset", "tiny", 16),
+        lambda: parse_int_list("--batch", "2,02"),
+        lambda: parse_choices("--precision", "fp32,bf16,fp32", PRECISIONS),
+    ):
         with pytest.raises(SpecError, match="twice"):
             call()
 
@@ -73,6 +79,7 @@ def test_parse_budget_rejects(text):
 
 # ----- parse_int_list / parse_choices / parse_preset -------------------------------------------
 
+
 def test_parse_int_list():
     assert parse_int_list("--batch", "1,2,4") == [1, 2, 4]
     assert parse_int_list("--batch", " 8 , 16 ") == [8, 16]
@@ -80,10 +87,18 @@ def test_parse_int_list():
     assert parse_int_list("--warmup", "0", minimum=0) == [0]
 
 
-@pytest.mark.parametrize("text, named", [
-    ("0", "0"), ("-1", "-1"), ("1,0", "0"), ("two", "'two'"), ("1.5", "'1.5'"),
-    ("1,,2", "'1,,2'"), ("", "''"),
-])
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("0", "0"),
+        ("-1", "-1"),
+        ("1,0", "0"),
+        ("two", "'two'"),
+        ("1.5", "'1.5'"),
+        ("1,,2", "'1,,2'"),
+        ("", "''"),
+    ],
+)
 def test_parse_int_list_rejects(text, named):
     with pytest.raises(SpecError) as info:
         parse_int_list("--batch", text)
@@ -110,6 +125,7 @@ def test_parse_preset():
 
 
 # ----- parse_attention --------------------------------------------------------------------------
+
 
 def test_parse_attention():
     assert parse_attention("none", "ddpm-cifar10", 32) == ["none"]
@@ -139,6 +155,7 @@ def test_parse_attention_rejects_malformed(text):
 
 
 # ----- parse_device / parse_image_size ----------------------------------------------------------
+
 
 def test_parse_device_cpu_and_auto():
     assert parse_device("cpu") == "cpu"
@@ -178,12 +195,14 @@ def test_parse_image_size_rejects(preset, size):
 
 def test_image_size_checked_against_requested_attention_not_presets():
     args = build_parser("t", "", {}).parse_args(
-        ["--preset", "tiny", "--image-size", "10", "--attention", "none", "--device", "cpu"])
+        ["--preset", "tiny", "--image-size", "10", "--attention", "none", "--device", "cpu"]
+    )
     (spec,) = specs_from_args(args)
     assert spec.image_size == 10 and spec.unet_config().attention_resolutions == ()
 
 
 # ----- expand_grid, names, unet_config ---------------------------------------------------------
+
 
 def test_expand_grid_product_and_order():
     base = BenchSpec(preset="tiny", image_size=16, attention="8")
@@ -191,7 +210,12 @@ def test_expand_grid_product_and_order():
     assert len(specs) == 3 * 2 * 2
     # The first axis varies slowest, the last fastest.
     assert [(s.batch, s.accum, s.precision) for s in specs[:5]] == [
-        (1, 1, "fp32"), (1, 1, "bf16"), (1, 8, "fp32"), (1, 8, "bf16"), (2, 1, "fp32")]
+        (1, 1, "fp32"),
+        (1, 1, "bf16"),
+        (1, 8, "fp32"),
+        (1, 8, "bf16"),
+        (2, 1, "fp32"),
+    ]
     assert specs[-1].batch == 4 and specs[-1].accum == 8 and specs[-1].precision == "bf16"
     assert all(s.preset == "tiny" and s.attention == "8" for s in specs)  # the base's values
     assert len({s.spec_id for s in specs}) == len(specs)
@@ -200,26 +224,51 @@ def test_expand_grid_product_and_order():
 
 
 def test_name_and_spec_id_are_stable():
-    spec = BenchSpec(preset="tiny", image_size=16, batch=2, accum=4, precision="bf16",
-                     attention="16+8", device="cuda:1")
+    spec = BenchSpec(
+        preset="tiny",
+        image_size=16,
+        batch=2,
+        accum=4,
+        precision="bf16",
+        attention="16+8",
+        device="cuda:1",
+    )
     # --resume and the trace folders rely on these strings: they must not drift.
     assert spec.name == "tiny-16px-b2x4-bf16-attn16+8-compile-off-ckpt-off-cuda1"
     assert spec.spec_id == spec.name + "-seed0-steps1-warmup1-budget7976.96-context426"
-    assert BenchSpec(preset="tiny", image_size=16, batch=2, accum=4, precision="bf16",
-                     attention="16+8", device="cuda:1").spec_id == spec.spec_id
+    assert (
+        BenchSpec(
+            preset="tiny",
+            image_size=16,
+            batch=2,
+            accum=4,
+            precision="bf16",
+            attention="16+8",
+            device="cuda:1",
+        ).spec_id
+        == spec.spec_id
+    )
     assert BenchSpec(**spec.to_dict()) == spec  # the worker's round trip through JSON fields
 
 
 # Run settings: how a spec is run, in its id but not an axis.
-VARIANTS = {"seed": 1, "measure_steps": 5, "warmup_steps": 0, "budget_mib": 4096.0,
-            "context_mib": 300.0, "find_max_batch": True, "predict_only": True}
+VARIANTS = {
+    "seed": 1,
+    "measure_steps": 5,
+    "warmup_steps": 0,
+    "budget_mib": 4096.0,
+    "context_mib": 300.0,
+    "find_max_batch": True,
+    "predict_only": True,
+}
 AXIS_FIELDS = [f for f in dataclasses.fields(BenchSpec) if f.metadata.get("axis")]
 
 
 def test_variants_cover_every_run_setting():
     # A new run setting needs a variant here, so the test below checks --resume tells it apart.
-    assert set(VARIANTS) == {f.name for f in dataclasses.fields(BenchSpec)
-                             if not f.metadata.get("axis")}
+    assert set(VARIANTS) == {
+        f.name for f in dataclasses.fields(BenchSpec) if not f.metadata.get("axis")
+    }
 
 
 @pytest.mark.parametrize("field", [f for f in VARIANTS if f != "context_mib"])
@@ -259,12 +308,19 @@ def test_unet_config_reflects_axes():
 
 
 def test_train_config_is_the_spec_in_trainconfig_names():
-    spec = BenchSpec(batch=4, accum=3, precision="bf16", seed=7, ranks=2, parallel="ddp",
-                     grad_sync="every")
+    spec = BenchSpec(
+        batch=4, accum=3, precision="bf16", seed=7, ranks=2, parallel="ddp", grad_sync="every"
+    )
     config = spec.train_config(lr=1e-3, lr_warmup_steps=5)
-    assert (config.batch_size, config.accum_steps, config.precision, config.seed,
-            config.grad_sync, config.lr, config.lr_warmup_steps) == (
-        4, 3, "bf16", 7, "every", 1e-3, 5)
+    assert (
+        config.batch_size,
+        config.accum_steps,
+        config.precision,
+        config.seed,
+        config.grad_sync,
+        config.lr,
+        config.lr_warmup_steps,
+    ) == (4, 3, "bf16", 7, "every", 1e-3, 5)
     assert config.effective_batch * spec.ranks == spec.effective_batch
     # An axis's field is the spec's to say: a second route to it is refused.
     with pytest.raises(TypeError, match="accum_steps.*spec.replace"):

@@ -36,8 +36,9 @@ def batches(n):
 def trainer_for(schedule, precision, init_seed=0, config=CONFIG):
     torch.manual_seed(init_seed)
     model = UNet(config)
-    train = TrainConfig(batch_size=2, accum_steps=2, precision=precision, lr=1e-3,
-                        lr_warmup_steps=3, seed=7)
+    train = TrainConfig(
+        batch_size=2, accum_steps=2, precision=precision, lr=1e-3, lr_warmup_steps=3, seed=7
+    )
     return Trainer(model, schedule, train, device="cpu")
 
 
@@ -124,8 +125,9 @@ def test_checkpoint_contents(tmp_path, schedule):
     assert data["step"] == 1
     assert data["unet_config"]["dropout"] == 0.1
     assert data["train_config"]["batch_size"] == 2
-    assert torch.equal(data["schedule"]["betas"], torch.linspace(1e-4, 0.02, 1000,
-                                                                 dtype=torch.float64))
+    assert torch.equal(
+        data["schedule"]["betas"], torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    )
 
 
 # --------------------------------------------------------------------------- atomic save
@@ -181,15 +183,26 @@ def test_a_save_killed_outright_leaves_a_temporary_that_is_found_and_removed(tmp
     path = tmp_path / "last.pt"
     path.write_bytes(b"the previous checkpoint")
     # Files that look alike but are not a save's temporary of last.pt: all stay.
-    others = [".last.pt.tmp", ".other.pt.abcd1234.tmp", ".last.pt.abcd1234.tmp.keep",
-              "last.pt.abcd1234.tmp", ".last.pt.ABCD1234.tmp", "notes.tmp"]
+    others = [
+        ".last.pt.tmp",
+        ".other.pt.abcd1234.tmp",
+        ".last.pt.abcd1234.tmp.keep",
+        "last.pt.abcd1234.tmp",
+        ".last.pt.ABCD1234.tmp",
+        "notes.tmp",
+    ]
     for name in others:
         (tmp_path / name).write_text("keep")
     (tmp_path / ".last.pt.dir_1234.tmp").mkdir()  # a folder is not a file a save wrote
     env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # this checkout
     for _ in range(2):
-        killed = subprocess.run([sys.executable, "-c", KILLED_MID_SAVE, str(path)], env=env,
-                                capture_output=True, text=True, timeout=300)
+        killed = subprocess.run(
+            [sys.executable, "-c", KILLED_MID_SAVE, str(path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert killed.returncode == -signal.SIGKILL, killed.stderr
     stale = ddpm.checkpoint.stale_temporaries(path)
     assert len(stale) == 2 and all(p.read_bytes() == b"PK\x03\x04 half a zip" for p in stale)
@@ -197,7 +210,8 @@ def test_a_save_killed_outright_leaves_a_temporary_that_is_found_and_removed(tmp
 
     assert ddpm.checkpoint.remove_stale_temporaries(path) == stale
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [*others, ".last.pt.dir_1234.tmp", "last.pt"])
+        [*others, ".last.pt.dir_1234.tmp", "last.pt"]
+    )
     assert path.read_bytes() == b"the previous checkpoint"
     assert ddpm.checkpoint.remove_stale_temporaries(path) == []
     assert ddpm.checkpoint.stale_temporaries(tmp_path / "absent" / "last.pt") == []
@@ -283,8 +297,9 @@ class _RunsCode:
 def test_a_file_that_would_run_code_is_refused_without_suggesting_to_run_it(tmp_path, schedule):
     path = tmp_path / "evil.pt"
     torch.save({"format": ddpm.checkpoint.FORMAT, "payload": _RunsCode()}, path)
-    expect_error(trainer_for(schedule, "fp32"), path, "not a plain checkpoint", "holds print",
-                 "refused")
+    expect_error(
+        trainer_for(schedule, "fp32"), path, "not a plain checkpoint", "holds print", "refused"
+    )
     with pytest.raises(CheckpointError) as info:
         ddpm.checkpoint.load_checkpoint(path)
     assert "weights_only" not in str(info.value)  # never the advice to load it unsafely
@@ -315,8 +330,10 @@ def test_decoding_rebuilds_the_schedule_configs_and_ema_weights(tmp_path, schedu
     # The EMA weights, not the raw ones: after two steps at warm-up decay they differ.
     for mine, shadow in zip(model.parameters(), trainer.ema.params, strict=True):
         assert torch.equal(mine, shadow)
-    assert any(not torch.equal(s, r) for s, r in zip(trainer.ema.params,
-                                                      trainer.model.parameters(), strict=True))
+    assert any(
+        not torch.equal(s, r)
+        for s, r in zip(trainer.ema.params, trainer.model.parameters(), strict=True)
+    )
 
 
 def test_a_checkpoint_from_before_the_rename_keeps_its_learning_rate_warm_up():

@@ -61,8 +61,10 @@ def test_train_config_effective_batch_and_replace():
     [
         # 4 levels halve 3 times: the side must be a multiple of 8.
         ({"image_size": 30}, r"image_size=30 .*multiple of 8"),
-        ({"attention_resolutions": (12,)},
-         r"attention resolution 12 is never visited.*visits 32, 16, 8, 4\."),
+        (
+            {"attention_resolutions": (12,)},
+            r"attention resolution 12 is never visited.*visits 32, 16, 8, 4\.",
+        ),
         ({"base_channels": 48}, r"norm_groups=32 does not divide 48 channels"),
         ({"norm_groups": 24}, r"norm_groups=24 does not divide 128 channels"),
         ({"num_heads": 3}, r"num_heads=3 does not divide the 256 channels at resolution 16"),
@@ -101,19 +103,32 @@ def test_heads_must_divide_the_middle_block_too():
     # Level 0 has 16 channels (16 heads divide it), the middle block 24 (they do not).
     pattern = "num_heads=16 does not divide the 24 channels of the middle block"
     with pytest.raises(ValueError, match=pattern):
-        UNetConfig(image_size=32, base_channels=8, channel_mults=(2, 3),
-                   attention_resolutions=(32,), num_heads=16, norm_groups=8)
+        UNetConfig(
+            image_size=32,
+            base_channels=8,
+            channel_mults=(2, 3),
+            attention_resolutions=(32,),
+            num_heads=16,
+            norm_groups=8,
+        )
     # Without attention the head count is irrelevant.
-    UNetConfig(image_size=32, base_channels=8, channel_mults=(2, 3), attention_resolutions=(),
-               num_heads=16, norm_groups=8)
+    UNetConfig(
+        image_size=32,
+        base_channels=8,
+        channel_mults=(2, 3),
+        attention_resolutions=(),
+        num_heads=16,
+        norm_groups=8,
+    )
 
 
 def test_valid_edge_configs_are_accepted():
     UNetConfig(dropout=0.0)
     UNetConfig(attention_resolutions=())
     UNetConfig(image_size=8, channel_mults=(1, 2, 2, 2), attention_resolutions=(1,))  # 8,4,2,1
-    UNetConfig(image_size=64, channel_mults=(1, 2, 2, 2), attention_resolutions=(16, 8),
-               num_heads=4)
+    UNetConfig(
+        image_size=64, channel_mults=(1, 2, 2, 2), attention_resolutions=(16, 8), num_heads=4
+    )
 
 
 # --------------------------------------------------------------------------- TrainConfig errors
@@ -126,8 +141,10 @@ def test_valid_edge_configs_are_accepted():
         ({"batch_size": -3}, r"batch_size=-3 is not allowed"),
         ({"accum_steps": -1}, r"accum_steps=-1 is not allowed"),
         ({"accum_steps": 0}, r"accum_steps=0 is not allowed"),
-        ({"precision": "fp8"},
-         r"precision='fp8' is not allowed: choose one of fp32, tf32, fp16, bf16\."),
+        (
+            {"precision": "fp8"},
+            r"precision='fp8' is not allowed: choose one of fp32, tf32, fp16, bf16\.",
+        ),
         ({"precision": "FP16"}, r"precision='FP16' is not allowed"),
         ({"lr": 0}, r"lr=0 is not allowed"),
         ({"lr": -1e-4}, r"lr=-0\.0001 is not allowed"),
@@ -139,8 +156,7 @@ def test_valid_edge_configs_are_accepted():
         ({"betas": (0.9,)}, r"betas=\(0\.9,\) is not allowed"),
         ({"lr_warmup_steps": -1}, r"lr_warmup_steps=-1 is not allowed"),
         ({"ema_decay": 1.0}, r"ema_decay=1\.0 is not allowed"),
-        ({"grad_sync": "first"},
-         r"grad_sync='first' is not allowed: choose one of last, every\."),
+        ({"grad_sync": "first"}, r"grad_sync='first' is not allowed: choose one of last, every\."),
         ({"grad_sync": "Last"}, r"grad_sync='Last' is not allowed"),
     ],
 )

@@ -77,8 +77,7 @@ def test_held_out_loss_is_the_mean_over_every_image_in_eval_mode():
     x0, t, noise = draws(4, seed=2)
     model = Affine().train()
     batches = [(x0[:3], t[:3], noise[:3]), (x0[3:], t[3:], noise[3:])]
-    assert held_out_loss(model, schedule, batches) == pytest.approx(by_hand(x0, t, noise),
-                                                                     rel=1e-6)
+    assert held_out_loss(model, schedule, batches) == pytest.approx(by_hand(x0, t, noise), rel=1e-6)
     assert model.training
 
 
@@ -99,8 +98,9 @@ def test_training_and_both_held_out_losses_run_the_one_l_simple(monkeypatch):
     calls = spy_on(monkeypatch, ddpm.objective.l_simple)
     schedule = NoiseSchedule.linear(20)
     torch.manual_seed(0)
-    trainer = Trainer(UNet(PRESETS["tiny"]), schedule,
-                      TrainConfig(batch_size=2, accum_steps=3, precision="bf16"))
+    trainer = Trainer(
+        UNet(PRESETS["tiny"]), schedule, TrainConfig(batch_size=2, accum_steps=3, precision="bf16")
+    )
     images = torch.rand(6, 1, 16, 16) * 2 - 1
 
     trainer.step(images)
@@ -110,8 +110,11 @@ def test_training_and_both_held_out_losses_run_the_one_l_simple(monkeypatch):
     calls.clear()
     HeldOutLoss(trainer, images[:5], seed=0)()
     # Micro-batches of the training size, at the training precision.
-    assert [(c.args[2].shape[0], c.args[5]) for c in calls] == [(2, "bf16"), (2, "bf16"),
-                                                                (1, "bf16")]
+    assert [(c.args[2].shape[0], c.args[5]) for c in calls] == [
+        (2, "bf16"),
+        (2, "bf16"),
+        (1, "bf16"),
+    ]
 
     calls.clear()
     t, noise = bench_loss.validation_draws(images, schedule.timesteps, seed=0)

@@ -21,8 +21,14 @@ from tests.helpers import torchrun
 
 INIT_PROCESS_GROUP = dist.init_process_group  # the real one, for the fake group below
 MODES = ("ddp", "fsdp")
-TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
-                 "MASTER_PORT")
+TORCHRUN_VARS = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
 
 
 # --------------------------------------------------------------------------- the process group
@@ -38,12 +44,17 @@ def not_launched(monkeypatch):
 def launched_as(monkeypatch):
     """torchrun's variables for one rank, with init_process_group recorded instead of run."""
     calls = []
-    monkeypatch.setattr(dist, "init_process_group",
-                        lambda backend, **kw: calls.append((backend, kw)))
+    monkeypatch.setattr(
+        dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw))
+    )
 
     def set_env(rank: int, local_rank: int, local_world: int, world: int) -> list:
-        for name, value in (("RANK", rank), ("LOCAL_RANK", local_rank),
-                            ("LOCAL_WORLD_SIZE", local_world), ("WORLD_SIZE", world)):
+        for name, value in (
+            ("RANK", rank),
+            ("LOCAL_RANK", local_rank),
+            ("LOCAL_WORLD_SIZE", local_world),
+            ("WORLD_SIZE", world),
+        ):
             monkeypatch.setenv(name, str(value))
         return calls
 
@@ -110,8 +121,11 @@ def test_a_group_already_there_is_used_and_kept(fake_group, launched_as, mode):
     assert (trainer.rank, trainer.world) == (1, 2)
     # Micro-batch i of the 12 images is [4i, 4i+4); rank 1 takes its second pair.
     assert trainer.share(torch.arange(12)).tolist() == [2, 3, 6, 7, 10, 11]
-    with pytest.raises(ValueError, match=r"got 6 images.*ranks\*batch_size\*accum_steps = "
-                                         r"2\*2\*3 = 12\."):
+    with pytest.raises(
+        ValueError,
+        match=r"got 6 images.*ranks\*batch_size\*accum_steps = "
+        r"2\*2\*3 = 12\.",
+    ):
         trainer.step(torch.zeros(6, 1, 16, 16))
     parallel.teardown()
     assert dist.is_initialized()  # not init's group: teardown leaves it to its maker
@@ -181,9 +195,12 @@ def runs(tmp_path_factory):
         stats.append(one.step(x0))
         if step == worker.SAVE_AT:
             one.save(out / "one-rank.pt")
-    reference = {"loss": torch.stack([s.loss for s in stats]),
-                 "grad_norm": torch.stack([s.grad_norm for s in stats]), **worker.weights(one),
-                 "start": {n: p.detach() for n, p in worker.fresh_model().named_parameters()}}
+    reference = {
+        "loss": torch.stack([s.loss for s in stats]),
+        "grad_norm": torch.stack([s.grad_norm for s in stats]),
+        **worker.weights(one),
+        "start": {n: p.detach() for n, p in worker.fresh_model().named_parameters()},
+    }
     launch(out)
     return reference, torch.load(out / "results.pt"), out
 
@@ -267,14 +284,16 @@ def test_a_two_rank_checkpoint_is_one_rank_format_and_resumes_on_one_rank(runs, 
     assert two["optimizer"]["param_groups"] == one["optimizer"]["param_groups"]
     for name in one["model"]:
         torch.testing.assert_close(two["model"][name], one["model"][name], rtol=0, atol=1e-6)
-        torch.testing.assert_close(two["ema"]["params"][name], one["ema"]["params"][name],
-                                   rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            two["ema"]["params"][name], one["ema"]["params"][name], rtol=0, atol=1e-6
+        )
     for i, moments in one["optimizer"]["state"].items():
         for key, value in moments.items():
             # Measured: 4e-6 of each tensor's largest element.
             scale = float(value.abs().max())
-            torch.testing.assert_close(two["optimizer"]["state"][i][key], value, rtol=0,
-                                       atol=1e-4 * scale)
+            torch.testing.assert_close(
+                two["optimizer"]["state"][i][key], value, rtol=0, atol=1e-4 * scale
+            )
 
     resumed = worker.trainer(worker.fresh_model(init_seed=99), worker.RANKS * worker.B)
     resumed.load(out / f"{mode}-two-ranks.pt")

@@ -136,8 +136,9 @@ def test_ddpm_step_clip_x0_matches_manual_computation():
     x0 = d(x) / np.sqrt(abar[t]) - np.sqrt(1 / abar[t] - 1) * d(eps)
     assert (np.abs(x0) > 1).any() and (np.abs(x0) < 1).any()  # the clamp does something
     x0 = np.clip(x0, -1, 1)
-    mean = (beta[t] * np.sqrt(abar_prev[t]) * x0
-            + (1 - abar_prev[t]) * np.sqrt(alpha[t]) * d(x)) / (1 - abar[t])  # eq. 7
+    mean = (
+        beta[t] * np.sqrt(abar_prev[t]) * x0 + (1 - abar_prev[t]) * np.sqrt(alpha[t]) * d(x)
+    ) / (1 - abar[t])  # eq. 7
     want = mean + np.sqrt(beta_tilde[t]) * d(z)
     got = ddpm_step(s, x, t, eps, z, clip_x0=True)
     np.testing.assert_allclose(d(got), want, rtol=1e-5, atol=2e-5)
@@ -224,8 +225,7 @@ def test_ddpm_sample_with_optimal_eps_reproduces_gaussian_data(variance):
     abar = np_tables()[2]
     model = GaussianOracle(abar, m, sd)
     g = torch.Generator().manual_seed(0)
-    x = ddpm_sample(model, NoiseSchedule.linear(T), (4096, 1, 4, 4), generator=g,
-                    variance=variance)
+    x = ddpm_sample(model, NoiseSchedule.linear(T), (4096, 1, 4, 4), generator=g, variance=variance)
     assert len(model.seen) == T
     assert [int(t[0]) for _, _, t in model.seen] == list(range(T - 1, -1, -1))
     assert x.mean().item() == pytest.approx(m, abs=0.01)
@@ -264,8 +264,9 @@ def test_ddim_eta0_is_deterministic_and_draws_only_x_T():
 def test_ddpm_sample_trajectory():
     s = NoiseSchedule.linear(10, 1e-3, 0.2)
     model = GaussianOracle(np_tables(10, 1e-3, 0.2)[2], 0.0, 0.5)
-    x, traj = ddpm_sample(model, s, (2, 1, 3, 3), generator=torch.Generator().manual_seed(0),
-                          return_x0_every=3)
+    x, traj = ddpm_sample(
+        model, s, (2, 1, 3, 3), generator=torch.Generator().manual_seed(0), return_x0_every=3
+    )
     assert [t for t, _ in traj] == [7, 4, 1, 0]  # steps 3, 6, 9 and the last (10)
     assert all(x0.shape == (2, 1, 3, 3) for _, x0 in traj)
     # At t = 0 the posterior mean is x0_hat itself (coef1 = 1, coef2 = 0) and no noise is added.
@@ -285,8 +286,11 @@ def test_ddpm_sample_trajectory():
 def test_sampling_mode_inference_and_restored_training(sampler):
     s = NoiseSchedule.linear(20)
     model = Toy().train()
-    run = (lambda **kw: ddpm_sample(model, s, (2, 1, 4, 4), **kw)) if sampler == "ddpm" else (
-        lambda **kw: ddim_sample(model, s, (2, 1, 4, 4), steps=5, **kw))
+    run = (
+        (lambda **kw: ddpm_sample(model, s, (2, 1, 4, 4), **kw))
+        if sampler == "ddpm"
+        else (lambda **kw: ddim_sample(model, s, (2, 1, 4, 4), steps=5, **kw))
+    )
     x = run(generator=torch.Generator().manual_seed(0))  # outside no_grad on purpose
     assert model.training and model.drop.training
     assert all(seen == (False, True) for seen in model.seen)  # eval + inference mode inside
@@ -471,8 +475,9 @@ def test_clipped_samplers_clamp_x0_hat():
     t = 2
     x0 = np.clip((d(x) - np.sqrt(1 - abar[t]) * d(eps)) / np.sqrt(abar[t]), -1, 1)
     assert (np.abs(x0) == 1).any() and (np.abs(x0) < 1).any()  # the clamp does something
-    mean = (np.sqrt(abar_prev[t]) * beta[t] * x0
-            + np.sqrt(alpha[t]) * (1 - abar_prev[t]) * d(x)) / (1 - abar[t])
+    mean = (
+        np.sqrt(abar_prev[t]) * beta[t] * x0 + np.sqrt(alpha[t]) * (1 - abar_prev[t]) * d(x)
+    ) / (1 - abar[t])
     sigma = np.sqrt((1 - abar_prev[t]) / (1 - abar[t]) * beta[t])
     x_prev, x0_hat = DDPMSampler(s, clip_x0=True).step(eps, t, x, z)
     np.testing.assert_allclose(d(x0_hat), x0, rtol=1e-5, atol=1e-6)
@@ -488,21 +493,32 @@ class Wobble(nn.Module):
         return 0.5 * torch.tanh(x) + t.float().view(-1, 1) / 100
 
 
-@pytest.mark.parametrize("make, by_hand", [
-    (lambda s: DDPMSampler(s), lambda x, e, z, t, i: by_hand_ddpm(x, e, z, t, "posterior")),
-    (lambda s: DDPMSampler(s, variance="beta"),
-     lambda x, e, z, t, i: by_hand_ddpm(x, e, z, t, "beta")),
-    (lambda s: DDIMSampler(s, 2, eta=0.5),
-     lambda x, e, z, t, i: by_hand_ddim(x, e, z, t, [0, -1][i], 0.5)),
-    (lambda s: DDIMSampler(s, 3), lambda x, e, z, t, i: by_hand_ddim(x, e, z, t, [1, 0, -1][i], 0)),
-])
+@pytest.mark.parametrize(
+    "make, by_hand",
+    [
+        (lambda s: DDPMSampler(s), lambda x, e, z, t, i: by_hand_ddpm(x, e, z, t, "posterior")),
+        (
+            lambda s: DDPMSampler(s, variance="beta"),
+            lambda x, e, z, t, i: by_hand_ddpm(x, e, z, t, "beta"),
+        ),
+        (
+            lambda s: DDIMSampler(s, 2, eta=0.5),
+            lambda x, e, z, t, i: by_hand_ddim(x, e, z, t, [0, -1][i], 0.5),
+        ),
+        (
+            lambda s: DDIMSampler(s, 3),
+            lambda x, e, z, t, i: by_hand_ddim(x, e, z, t, [1, 0, -1][i], 0),
+        ),
+    ],
+)
 def test_sample_progressive_is_the_loop_by_hand(make, by_hand):
     """x_T, then one z per step that needs one, drawn in order from the generator; each step's
     model call at its t; each yield the step's (i, t, x_prev, x0_hat)."""
     s = NoiseSchedule(torch.tensor(TINY_BETAS))
     sampler, shape = make(s), (3, 4)
-    steps = list(sample_progressive(Wobble(), sampler, shape,
-                                    generator=torch.Generator().manual_seed(9)))
+    steps = list(
+        sample_progressive(Wobble(), sampler, shape, generator=torch.Generator().manual_seed(9))
+    )
     g = torch.Generator().manual_seed(9)
     x = d(torch.randn(shape, generator=g))
     assert [(i, t) for i, t, _, _ in steps] == list(enumerate(sampler.timesteps))
@@ -552,11 +568,13 @@ def test_an_error_between_steps_restores_the_model_at_once(sampler):
         if done == 2:
             raise KeyboardInterrupt
 
-    run = {"ddpm": lambda: ddpm_sample(model, s, (2, 1, 4, 4), ema=ema, progress=progress),
-           "ddpm_strip": lambda: ddpm_sample(model, s, (2, 1, 4, 4), ema=ema, progress=progress,
-                                             return_x0_every=2),
-           "ddim": lambda: ddim_sample(model, s, (2, 1, 4, 4), steps=4, ema=ema,
-                                       progress=progress)}[sampler]
+    run = {
+        "ddpm": lambda: ddpm_sample(model, s, (2, 1, 4, 4), ema=ema, progress=progress),
+        "ddpm_strip": lambda: ddpm_sample(
+            model, s, (2, 1, 4, 4), ema=ema, progress=progress, return_x0_every=2
+        ),
+        "ddim": lambda: ddim_sample(model, s, (2, 1, 4, 4), steps=4, ema=ema, progress=progress),
+    }[sampler]
     try:
         run()
     except KeyboardInterrupt:

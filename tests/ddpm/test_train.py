@@ -54,8 +54,9 @@ def test_accumulation_changes_no_math(base_model, schedule):
     runs = {}
     for b, a in [(8, 1), (2, 4), (1, 8)]:
         # No clipping: a clipped norm would hide a wrongly scaled gradient.
-        trainer = make(base_model, schedule, batch_size=b, accum_steps=a, lr=1e-3, grad_clip=None,
-                       seed=3)
+        trainer = make(
+            base_model, schedule, batch_size=b, accum_steps=a, lr=1e-3, grad_clip=None, seed=3
+        )
         # Adam divides each element by its own gradient's size, so float rounding in an element
         # whose true gradient is ~0 (e.g. attention key biases: softmax ignores a shift shared by
         # all keys) would become an O(lr) step. eps = 1e-4 keeps such elements linear in their
@@ -99,8 +100,9 @@ def test_first_loss_is_the_mean_per_image_mse(base_model, schedule):
     x_t = (abar.sqrt() * x0 + (1 - abar).sqrt() * noise).float()
     model = base_model.eval()  # dropout 0 in tiny: train and eval agree
     with torch.no_grad():
-        per_image = [((model(x_t[i : i + 1], t[i : i + 1]) - noise[i : i + 1]) ** 2).mean()
-                     for i in range(8)]
+        per_image = [
+            ((model(x_t[i : i + 1], t[i : i + 1]) - noise[i : i + 1]) ** 2).mean() for i in range(8)
+        ]
     assert float(stats.loss) == pytest.approx(float(torch.stack(per_image).mean()), rel=1e-5)
     assert isinstance(stats, StepStats) and stats.loss.dim() == 0 and stats.grad_norm.dim() == 0
 
@@ -203,8 +205,9 @@ def test_warmup_learning_rates_and_the_first_adam_step(base_model, schedule):
             # Adam's first step (bias-corrected m = g, v = g^2): delta = -lr g / (|g| + eps).
             for p, q in zip(trainer.model.parameters(), p0):
                 g = p.grad
-                torch.testing.assert_close(p - q, -2.5e-4 * g / (g.abs() + 1e-8),
-                                           rtol=1e-3, atol=5e-8)
+                torch.testing.assert_close(
+                    p - q, -2.5e-4 * g / (g.abs() + 1e-8), rtol=1e-3, atol=5e-8
+                )
     assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3], rel=1e-12)
 
 
@@ -286,9 +289,19 @@ def test_fused_adamw_default_matches_the_per_tensor_loop(base_model, schedule):
         fused = make(base_model, schedule, **cfg)
         model = copy.deepcopy(base_model)
         config = TrainConfig(**cfg)
-        loop = Trainer(model, schedule, config, device="cpu", optimizer=torch.optim.AdamW(
-            model.parameters(), lr=config.lr, betas=config.betas,
-            weight_decay=config.weight_decay, foreach=False))
+        loop = Trainer(
+            model,
+            schedule,
+            config,
+            device="cpu",
+            optimizer=torch.optim.AdamW(
+                model.parameters(),
+                lr=config.lr,
+                betas=config.betas,
+                weight_decay=config.weight_decay,
+                foreach=False,
+            ),
+        )
         assert fused.optimizer.defaults["fused"] is True
         for trainer in (fused, loop):
             for group in trainer.optimizer.param_groups:

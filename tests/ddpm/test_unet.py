@@ -15,8 +15,14 @@ TINY = PRESETS["tiny"]
 MNIST = PRESETS["ddpm-mnist"]
 # A 64x64 model with DDPM's CelebA-HQ/LSUN-style multipliers, attention at two resolutions and
 # several heads; base 64 keeps the CPU forward cheap.
-BIG64 = UNetConfig(image_size=64, in_channels=3, base_channels=64, channel_mults=(1, 2, 2, 2),
-                   attention_resolutions=(16, 8), num_heads=4)
+BIG64 = UNetConfig(
+    image_size=64,
+    in_channels=3,
+    base_channels=64,
+    channel_mults=(1, 2, 2, 2),
+    attention_resolutions=(16, 8),
+    num_heads=4,
+)
 
 
 def n_params(model):
@@ -141,8 +147,11 @@ def attention_sides(config):
     """Side length of the feature map each AttentionBlock sees in one forward pass."""
     model = UNet(config).eval()
     sides = []
-    hooks = [m.register_forward_pre_hook(lambda m, args: sides.append(args[0].shape[-1]))
-             for m in model.modules() if isinstance(m, AttentionBlock)]
+    hooks = [
+        m.register_forward_pre_hook(lambda m, args: sides.append(args[0].shape[-1]))
+        for m in model.modules()
+        if isinstance(m, AttentionBlock)
+    ]
     x = torch.zeros(1, config.in_channels, config.image_size, config.image_size)
     with torch.no_grad():
         model(x, torch.zeros(1, dtype=torch.long))

@@ -90,7 +90,8 @@ class FakeCuda:
         self._init()
         if self.fraction is not None and self.allocated + nbytes > self.fraction * self._total():
             raise torch.OutOfMemoryError(
-                f"CUDA out of memory. Tried to allocate {nbytes / MIB:.2f} MiB")
+                f"CUDA out of memory. Tried to allocate {nbytes / MIB:.2f} MiB"
+            )
         self.allocated += nbytes
         self.reserved = max(self.reserved, self.allocated)  # the cache keeps what it got
         self.peak_allocated = max(self.peak_allocated, self.allocated)
@@ -105,8 +106,14 @@ class FakeCuda:
     def _total(self) -> int:
         return self.card.total_mib * MIB
 
-    def _index(self, name: str, device, optional: bool, error: type[Exception] = RuntimeError,
-               message: str = "CUDA error: invalid device ordinal") -> int:
+    def _index(
+        self,
+        name: str,
+        device,
+        optional: bool,
+        error: type[Exception] = RuntimeError,
+        message: str = "CUDA error: invalid device ordinal",
+    ) -> int:
         index = _get_device_index(device, optional=optional)
         if not 0 <= index < self.card.count:
             raise error(message)
@@ -143,12 +150,22 @@ class FakeCuda:
 
     def get_device_properties(self, device=None):
         self._init()
-        self._index("get_device_properties", device, optional=True, error=AssertionError,
-                    message="Invalid device id")
+        self._index(
+            "get_device_properties",
+            device,
+            optional=True,
+            error=AssertionError,
+            message="Invalid device id",
+        )
         major, minor = self.card.capability
         return types.SimpleNamespace(
-            name=self.card.name, major=major, minor=minor, total_memory=self._total(),
-            multi_processor_count=46, uuid=CUuuid(self.card.uuid))
+            name=self.card.name,
+            major=major,
+            minor=minor,
+            total_memory=self._total(),
+            multi_processor_count=46,
+            uuid=CUuuid(self.card.uuid),
+        )
 
     def get_device_capability(self, device=None) -> tuple[int, int]:
         props = self.get_device_properties(device)
@@ -176,8 +193,12 @@ class FakeCuda:
     def _stat(self, name: str, device, value: int) -> int:
         if not self.initialized:  # torch's memory_stats is {} before CUDA starts
             return 0
-        self._index(name, device, optional=True,
-                    message=f"Invalid device argument {device}: did you call init?")
+        self._index(
+            name,
+            device,
+            optional=True,
+            message=f"Invalid device argument {device}: did you call init?",
+        )
         return value
 
     def memory_allocated(self, device=None) -> int:
@@ -193,8 +214,12 @@ class FakeCuda:
         return self._stat("max_memory_reserved", device, self.peak_reserved)
 
     def reset_peak_memory_stats(self, device=None) -> None:
-        self._index("reset_peak_memory_stats", device, optional=True,
-                    message=f"Invalid device argument {device}: did you call init?")
+        self._index(
+            "reset_peak_memory_stats",
+            device,
+            optional=True,
+            message=f"Invalid device argument {device}: did you call init?",
+        )
         self.peak_allocated, self.peak_reserved = self.allocated, self.reserved
 
     def empty_cache(self) -> None:  # torch's takes no device: it empties the current one
@@ -223,14 +248,31 @@ class FakeCuda:
 
 
 TORCH_FUNCTIONS = [
-    "is_available", "is_initialized", "device_count", "current_device", "set_device",
-    "get_device_properties", "get_device_capability", "get_device_name", "get_arch_list",
-    "is_bf16_supported", "mem_get_info", "memory_allocated", "memory_reserved",
-    "max_memory_allocated", "max_memory_reserved", "reset_peak_memory_stats", "empty_cache",
-    "synchronize", "set_per_process_memory_fraction", "manual_seed_all"]
+    "is_available",
+    "is_initialized",
+    "device_count",
+    "current_device",
+    "set_device",
+    "get_device_properties",
+    "get_device_capability",
+    "get_device_name",
+    "get_arch_list",
+    "is_bf16_supported",
+    "mem_get_info",
+    "memory_allocated",
+    "memory_reserved",
+    "max_memory_allocated",
+    "max_memory_reserved",
+    "reset_peak_memory_stats",
+    "empty_cache",
+    "synchronize",
+    "set_per_process_memory_fraction",
+    "manual_seed_all",
+]
 
 
 # -- pynvml -------------------------------------------------------------------------------------
+
 
 class Handle:
     """An nvmlDevice_t the stand-in issued."""
@@ -336,8 +378,9 @@ class FakeNvml:
             return types.SimpleNamespace(total=total, free=free, used=used + reserved)
         if version != real_nvml.nvmlMemory_v2:
             raise _nvml_error(real_nvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
-        return types.SimpleNamespace(version=version, total=total, reserved=reserved, free=free,
-                                     used=used)
+        return types.SimpleNamespace(
+            version=version, total=total, reserved=reserved, free=free, used=used
+        )
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: Handle) -> list:
         self._check(handle)
@@ -353,8 +396,9 @@ class FakeNvml:
     @staticmethod
     def _process(pid: int, used: int, known: bool = True):
         # pynvml turns NVML_VALUE_NOT_AVAILABLE into None.
-        return types.SimpleNamespace(pid=pid, usedGpuMemory=used if known else None,
-                                     gpuInstanceId=0, computeInstanceId=0)
+        return types.SimpleNamespace(
+            pid=pid, usedGpuMemory=used if known else None, gpuInstanceId=0, computeInstanceId=0
+        )
 
     def module(self) -> types.ModuleType:
         """A pynvml look-alike: pynvml's own errors and constants, only these functions."""

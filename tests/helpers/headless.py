@@ -24,20 +24,34 @@ CHROMIUM = shutil.which("chromium")
 class Browser:
     def __init__(self, width: int = 1400, height: int = 900):
         self.profile = tempfile.TemporaryDirectory(prefix="chromium-")
-        command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-                   "--disable-dev-shm-usage", "--no-first-run", "--disable-extensions",
-                   "--disable-background-networking", "--disable-component-update",
-                   "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-                   f"--user-data-dir={self.profile.name}", f"--window-size={width},{height}",
-                   "--remote-debugging-pipe", "about:blank"]
+        command = [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            f"--user-data-dir={self.profile.name}",
+            f"--window-size={width},{height}",
+            "--remote-debugging-pipe",
+            "about:blank",
+        ]
         theirs_in, self.send_fd = os.pipe()
         self.recv_fd, theirs_out = os.pipe()
         theirs_in, theirs_out = above_4(theirs_in), above_4(theirs_out)  # the shell dups to 3, 4
         # Chromium reads commands on fd 3 and writes replies on fd 4.
         self.process = subprocess.Popen(
             ["bash", "-c", f'exec "$@" 3<&{theirs_in} 4>&{theirs_out}', "bash", *command],
-            pass_fds=(theirs_in, theirs_out), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            pass_fds=(theirs_in, theirs_out),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         os.close(theirs_in)
         os.close(theirs_out)
         self.buffer, self.last_id = b"", 0
@@ -50,8 +64,9 @@ class Browser:
             self.call("Target.closeTarget", targetId=self.target)
         self.session = None
         self.target = self.call("Target.createTarget", url="about:blank")["targetId"]
-        self.session = self.call("Target.attachToTarget", targetId=self.target,
-                                 flatten=True)["sessionId"]
+        self.session = self.call("Target.attachToTarget", targetId=self.target, flatten=True)[
+            "sessionId"
+        ]
         self.call("Page.enable")
 
     def call(self, method: str, **params) -> dict:
@@ -85,8 +100,9 @@ class Browser:
         self.call("Page.navigate", url=url)
 
     def evaluate(self, expression: str):
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True,
-                           awaitPromise=True)
+        result = self.call(
+            "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
+        )
         if "exceptionDetails" in result:
             raise RuntimeError(result["exceptionDetails"].get("exception", result))
         return result["result"].get("value")
@@ -95,8 +111,9 @@ class Browser:
         """The expression's first truthy value, polled; AssertionError if none comes."""
         deadline = time.monotonic() + timeout
         while True:
-            value = self.evaluate(f"(() => {{ try {{ return {expression}; }} "
-                                  f"catch (e) {{ return null; }} }})()")
+            value = self.evaluate(
+                f"(() => {{ try {{ return {expression}; }} catch (e) {{ return null; }} }})()"
+            )
             if value:
                 return value
             if time.monotonic() > deadline:
@@ -108,10 +125,13 @@ class Browser:
         params = {"format": "png"}
         if width:
             height = self.call("Page.getLayoutMetrics")["cssContentSize"]["height"]
-            params |= {"captureBeyondViewport": True,
-                       "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}}
-        Path(path).write_bytes(base64.b64decode(self.call("Page.captureScreenshot",
-                                                          **params)["data"]))
+            params |= {
+                "captureBeyondViewport": True,
+                "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
+            }
+        Path(path).write_bytes(
+            base64.b64decode(self.call("Page.captureScreenshot", **params)["data"])
+        )
         return Path(path)
 
     def close(self) -> None:

@@ -26,9 +26,28 @@ from ddpm import parallel
 from ddpm.train import Trainer
 
 RANKS, ACCUM, STEPS = 2, 2, 2
-ARGV = ["--ranks", str(RANKS), "--parallel", "ddp", "--grad-sync", "last,every", "--batch", "2",
-        "--accum", str(ACCUM), "--precision", "fp32", "--steps", str(STEPS), "--val-every", "0",
-        "--val-images", "8", "--device", "cpu"]
+ARGV = [
+    "--ranks",
+    str(RANKS),
+    "--parallel",
+    "ddp",
+    "--grad-sync",
+    "last,every",
+    "--batch",
+    "2",
+    "--accum",
+    str(ACCUM),
+    "--precision",
+    "fp32",
+    "--steps",
+    str(STEPS),
+    "--val-every",
+    "0",
+    "--val-images",
+    "8",
+    "--device",
+    "cpu",
+]
 
 
 def main(out: Path) -> None:

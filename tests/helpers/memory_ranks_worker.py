@@ -1,6 +1,8 @@
-"""The ranks of tests/bench/predict/test_ranks.py, started by torchrun (2 processes, gloo on the CPU):
+"""The ranks of tests/bench/predict/test_ranks.py, started by torchrun (2 processes, gloo on
+the CPU):
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/helpers/memory_ranks_worker.py OUT
+    python -m torch.distributed.run --standalone --nproc-per-node 2 \\
+        tests/helpers/memory_ranks_worker.py OUT
 
 Each rank traces one steady-state optimizer step of every spec in SPECS on real tensors, with
 the tracker the prediction uses (bench.predict.trace.step_memory, fake=False), and writes the
@@ -21,8 +23,16 @@ from bench.spec import BenchSpec
 from ddpm import parallel
 
 RANKS = 2
-TINY = dict(preset="tiny", image_size=16, attention="8", batch=2, accum=2, precision="fp32",
-            device="cpu", ranks=RANKS)
+TINY = dict(
+    preset="tiny",
+    image_size=16,
+    attention="8",
+    batch=2,
+    accum=2,
+    precision="fp32",
+    device="cpu",
+    ranks=RANKS,
+)
 SPECS = {
     "fsdp-last": BenchSpec(**TINY, parallel="fsdp", grad_sync="last"),
     "fsdp-every": BenchSpec(**TINY, parallel="fsdp", grad_sync="every"),

@@ -1,6 +1,7 @@
 """The ranks of tests/ddpm/test_parallel.py, started by torchrun (2 processes, gloo on the CPU):
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/helpers/parallel_worker.py OUT
+    python -m torch.distributed.run --standalone --nproc-per-node 2 \\
+        tests/helpers/parallel_worker.py OUT
 
 For DDP and for FSDP2 it trains 3 steps of 2 ranks x micro-batch B x ACCUM (saving checkpoints
 before step 1 and after step 2), again with grad_sync "every", once more from OUT/one-rank.pt (a

@@ -44,8 +44,19 @@ def one_thread():
 def sweep(tmp_path_factory):
     """The default grid (8 x 1 and 2 x 4, fp32 and bf16), 20 steps, in this process."""
     out = tmp_path_factory.mktemp("loss")
-    loss.main(["--inline", "--steps", str(STEPS), "--last-k", str(LAST_K), "--val-every", "10",
-               "--out", str(out)])
+    loss.main(
+        [
+            "--inline",
+            "--steps",
+            str(STEPS),
+            "--last-k",
+            str(LAST_K),
+            "--val-every",
+            "10",
+            "--out",
+            str(out),
+        ]
+    )
     rows = {(r["batch"], r["accum"], r["precision"]): r for r in read_rows(out / "loss.csv")}
     return out, rows, (out / "loss.md").read_text()
 
@@ -98,8 +109,11 @@ def test_accumulation_leaves_the_fp32_curve_alone(sweep):
 def test_bf16_against_fp32_reports_the_measured_difference(sweep):
     _, rows, md = sweep
     text = sentence(md, "precision bf16 vs fp32 (batch 8, accum 1)")
-    match = re.search(r"final loss (\S+) vs (\S+) \(([-+]\d+\.\d+)%\), val loss (\S+) vs (\S+) "
-                      r"\(([-+]\d+\.\d+)%\)", text)
+    match = re.search(
+        r"final loss (\S+) vs (\S+) \(([-+]\d+\.\d+)%\), val loss (\S+) vs (\S+) "
+        r"\(([-+]\d+\.\d+)%\)",
+        text,
+    )
     assert match, text
     bf16, fp32 = (float(match.group(i)) for i in (1, 2))
     # The numbers are the curves' own: the mean of the last k steps of each curve.
@@ -118,8 +132,13 @@ def test_curve_csv_and_tensorboard_scalars(sweep):
     _, rows, _ = sweep
     row = rows[2, 4, "fp32"]
     folder = Path(row["curve_path"]).parent
-    assert folder.parent.parent.name == "loss" and folder.name == BenchSpec(
-        preset="tiny", image_size=16, batch=2, accum=4, attention="8", dataset="digits").name
+    assert (
+        folder.parent.parent.name == "loss"
+        and folder.name
+        == BenchSpec(
+            preset="tiny", image_size=16, batch=2, accum=4, attention="8", dataset="digits"
+        ).name
+    )
     lines = curve(row)
     assert list(lines[0]) == ["step", "loss", "grad_norm", "lr", "skipped", "val_loss"]
     assert [int(r["step"]) for r in lines] == list(range(1, STEPS + 1))
@@ -163,8 +182,15 @@ def test_validation_loss_uses_fixed_timesteps_and_noise():
 
 
 def test_divergence_is_flagged(tmp_path):
-    spec = BenchSpec(preset="tiny", image_size=16, attention="8", batch=8, measure_steps=10,
-                     warmup_steps=0, dataset="digits")
+    spec = BenchSpec(
+        preset="tiny",
+        image_size=16,
+        attention="8",
+        batch=8,
+        measure_steps=10,
+        warmup_steps=0,
+        dataset="digits",
+    )
     figures = loss.measure(spec, RunContext(tmp_path, "run"), loss.LossOptions(lr=1e6))
     assert figures["diverged"] is True
     assert 1 <= figures["diverged_step"] == figures["steps_done"] <= 10  # stopped there
@@ -182,57 +208,105 @@ def fake_row(tmp_path: Path, name: str, curve_values: list[float], **axes) -> di
         writer = csv.writer(f)
         writer.writerow(["step", "loss"])
         writer.writerows(enumerate(curve_values, 1))
-    row = {"preset": "tiny", "image_size": 16, "batch": 8, "accum": 1, "effective_batch": 8,
-           "precision": "fp32", "attention": "8", "compile": "off", "checkpointing": "off",
-           "device": "cpu", "status": "ok", "curve_path": str(path), "dataset": "digits",
-           "sampler": "none", "sampling_steps": 0, "ranks": 1, "parallel": "none",
-           "grad_sync": "last", "impl": "ddpm", "repeat": 1,
-           "val_images": 180, "lr": 1e-3, "threads": 1, "final_loss": curve_values[-1],
-           "val_loss": 0.5, "skipped_steps": 0}
+    row = {
+        "preset": "tiny",
+        "image_size": 16,
+        "batch": 8,
+        "accum": 1,
+        "effective_batch": 8,
+        "precision": "fp32",
+        "attention": "8",
+        "compile": "off",
+        "checkpointing": "off",
+        "device": "cpu",
+        "status": "ok",
+        "curve_path": str(path),
+        "dataset": "digits",
+        "sampler": "none",
+        "sampling_steps": 0,
+        "ranks": 1,
+        "parallel": "none",
+        "grad_sync": "last",
+        "impl": "ddpm",
+        "repeat": 1,
+        "val_images": 180,
+        "lr": 1e-3,
+        "threads": 1,
+        "final_loss": curve_values[-1],
+        "val_loss": 0.5,
+        "skipped_steps": 0,
+    }
     return {**row, **axes}
 
 
 def test_compare_says_different_when_accumulation_changes_the_curve(tmp_path):
     base = [1.0, 0.8, 0.6, 0.5]
-    rows = [fake_row(tmp_path, "a", base),
-            fake_row(tmp_path, "b", [v * 1.01 for v in base], batch=2, accum=4)]
-    text = [s for s in loss.compare(rows, RunContext(tmp_path, "r"))
-            if s.startswith("Accumulation")]
+    rows = [
+        fake_row(tmp_path, "a", base),
+        fake_row(tmp_path, "b", [v * 1.01 for v in base], batch=2, accum=4),
+    ]
+    text = [
+        s for s in loss.compare(rows, RunContext(tmp_path, "r")) if s.startswith("Accumulation")
+    ]
     assert len(text) == 1 and "DIFFERENT" in text[0] and "1.00e-02" in text[0]
     # With dropout, the masks differ with the split: said, so nobody hunts an accumulation bug.
     rows = [{**r, "preset": "ddpm-mnist"} for r in rows]
-    text = [s for s in loss.compare(rows, RunContext(tmp_path, "r"))
-            if s.startswith("Accumulation")]
+    text = [
+        s for s in loss.compare(rows, RunContext(tmp_path, "r")) if s.startswith("Accumulation")
+    ]
     assert "DIFFERENT" in text[0] and "dropout 0.1" in text[0]
 
 
 def test_compare_sets_ranks_against_one_rank_with_the_same_effective_batch(tmp_path):
     base = [1.0, 0.8, 0.6, 0.5]
-    rows = [fake_row(tmp_path, "one", base, batch=2, accum=4),
-            fake_row(tmp_path, "two", [v * (1 + 1e-6) for v in base], batch=2, accum=2, ranks=2,
-                     parallel="fsdp", grad_sync="every")]
+    rows = [
+        fake_row(tmp_path, "one", base, batch=2, accum=4),
+        fake_row(
+            tmp_path,
+            "two",
+            [v * (1 + 1e-6) for v in base],
+            batch=2,
+            accum=2,
+            ranks=2,
+            parallel="fsdp",
+            grad_sync="every",
+        ),
+    ]
     (text,) = [s for s in loss.compare(rows, RunContext(tmp_path, "r")) if "ranks" in s.lower()]
     assert text.startswith("Ranks and accumulation, effective batch 8")
-    assert ("2 rank(s) fsdp x batch 2 x accum 2 (gradients synced every) vs batch 2 x accum 4"
-            in text)
+    assert (
+        "2 rank(s) fsdp x batch 2 x accum 2 (gradients synced every) vs batch 2 x accum 4" in text
+    )
     assert "1.00e-06" in text and "equal within float rounding" in text
 
 
 def test_compare_sets_attention_against_none_and_precision_against_fp32(tmp_path):
     base = [1.0, 0.8, 0.6, 0.5]
-    rows = [fake_row(tmp_path, "none", base, attention="none"),
-            fake_row(tmp_path, "attn", [1.0, 0.8, 0.6, 0.4], attention="8", val_loss=0.25),
-            fake_row(tmp_path, "bf16", [1.0, 0.8, 0.6, 0.55], attention="none",
-                     precision="bf16", skipped_steps=0)]
+    rows = [
+        fake_row(tmp_path, "none", base, attention="none"),
+        fake_row(tmp_path, "attn", [1.0, 0.8, 0.6, 0.4], attention="8", val_loss=0.25),
+        fake_row(
+            tmp_path,
+            "bf16",
+            [1.0, 0.8, 0.6, 0.55],
+            attention="none",
+            precision="bf16",
+            skipped_steps=0,
+        ),
+    ]
     text = loss.compare(rows, RunContext(tmp_path, "r"))
     (attn,) = [s for s in text if s.startswith("attention ")]
     # final 0.4 vs 0.5 (-20%), val 0.25 vs 0.5 (-50%), worst step |0.5 - 0.4| / 0.5 = 0.2
-    assert attn.startswith("attention 8 vs none (precision fp32): final loss 0.4 vs 0.5 "
-                           "(-20.00%), val loss 0.25 vs 0.5 (-50.00%); max relative loss "
-                           "difference 2.00e-01 over the curve.")
+    assert attn.startswith(
+        "attention 8 vs none (precision fp32): final loss 0.4 vs 0.5 "
+        "(-20.00%), val loss 0.25 vs 0.5 (-50.00%); max relative loss "
+        "difference 2.00e-01 over the curve."
+    )
     (prec,) = [s for s in text if s.startswith("precision ")]
-    assert prec.startswith("precision bf16 vs fp32 (attention none): final loss 0.55 vs 0.5 "
-                           "(+10.00%)") and "0 skipped step(s)" in prec
+    assert (
+        prec.startswith("precision bf16 vs fp32 (attention none): final loss 0.55 vs 0.5 (+10.00%)")
+        and "0 skipped step(s)" in prec
+    )
 
 
 def test_accumulation_tolerance_grows_with_steps_and_knows_tf32_off_cuda():
@@ -247,35 +321,54 @@ def test_accum_is_a_product_when_given_and_pairs_come_from_the_effective_batch()
     pairs = loss.batch_accum_pairs(parser.parse_args([]))
     assert pairs == [(8, 1, 8), (2, 4, 8)]
     assert loss.batch_accum_pairs(parser.parse_args(["--batch", "4", "--accum", "1,2"])) == [
-        (4, 1, None), (4, 2, None)]
-    assert loss.batch_accum_pairs(parser.parse_args(["--batch", "1,4",
-                                                     "--effective-batch", "4,8"])) == [
-        (1, 4, 4), (4, 1, 4), (1, 8, 8), (4, 2, 8)]
+        (4, 1, None),
+        (4, 2, None),
+    ]
+    assert loss.batch_accum_pairs(
+        parser.parse_args(["--batch", "1,4", "--effective-batch", "4,8"])
+    ) == [(1, 4, 4), (4, 1, 4), (1, 8, 8), (4, 2, 8)]
     assert parser.parse_args([]).preset == "tiny"
 
 
 def test_ranks_share_the_effective_batch():
     parser = loss.build_loss_parser()
-    args = parser.parse_args(["--batch", "2", "--effective-batch", "8", "--ranks", "1,2",
-                              "--parallel", "ddp", "--precision", "fp32"])
+    args = parser.parse_args(
+        [
+            "--batch",
+            "2",
+            "--effective-batch",
+            "8",
+            "--ranks",
+            "1,2",
+            "--parallel",
+            "ddp",
+            "--precision",
+            "fp32",
+        ]
+    )
     specs = loss.make_specs(args)
     assert [(s.ranks, s.batch, s.accum, s.effective_batch) for s in specs] == [
-        (1, 2, 4, 8), (2, 2, 2, 8)]
+        (1, 2, 4, 8),
+        (2, 2, 2, 8),
+    ]
 
 
-@pytest.mark.parametrize("args, says", [
-    (["--steps", "0"], "--steps 0"),
-    (["--last-k", "0"], "--last-k 0"),
-    (["--val-images", "0"], "--val-images 0"),
-    (["--threads", "0"], "--threads 0"),
-    (["--lr", "0"], "--lr 0"),
-    (["--lr", "nan"], "--lr nan"),
-    (["--dataset", "synthetic"], "--dataset 'synthetic'"),
-    (["--batch", "3"], "--batch 3 does not divide --effective-batch 8"),
-    (["--accum", "2", "--effective-batch", "8"], "--accum and --effective-batch"),
-    (["--find-max-batch"], "--find-max-batch"),
-    (["--precision", "fp8"], "--precision 'fp8'"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--steps", "0"], "--steps 0"),
+        (["--last-k", "0"], "--last-k 0"),
+        (["--val-images", "0"], "--val-images 0"),
+        (["--threads", "0"], "--threads 0"),
+        (["--lr", "0"], "--lr 0"),
+        (["--lr", "nan"], "--lr nan"),
+        (["--dataset", "synthetic"], "--dataset 'synthetic'"),
+        (["--batch", "3"], "--batch 3 does not divide --effective-batch 8"),
+        (["--accum", "2", "--effective-batch", "8"], "--accum and --effective-batch"),
+        (["--find-max-batch"], "--find-max-batch"),
+        (["--precision", "fp8"], "--precision 'fp8'"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, says):
     out = tmp_path / "results"
     with pytest.raises(SystemExit) as exc:
@@ -301,8 +394,21 @@ def test_resume_refuses_rows_trained_with_other_options(sweep, capsys):
     out, _, _ = sweep
     before = (out / "loss.csv").read_text()
     with pytest.raises(SystemExit) as exc:
-        loss.main(["--steps", str(STEPS), "--last-k", str(LAST_K), "--val-every", "10",
-                   "--lr", "0.5", "--resume", "--out", str(out)])
+        loss.main(
+            [
+                "--steps",
+                str(STEPS),
+                "--last-k",
+                str(LAST_K),
+                "--val-every",
+                "10",
+                "--lr",
+                "0.5",
+                "--resume",
+                "--out",
+                str(out),
+            ]
+        )
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--lr" in err and "0.5" in err, err
@@ -313,14 +419,33 @@ def test_command_line_in_fresh_processes(tmp_path):
     """As a user types it: one worker process per spec, files written, the verdict in words."""
     out = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.loss", "--steps", "3", "--precision", "fp32",
-         "--val-every", "0", "--val-images", "32", "--out", str(out)],
-        env=ENV, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "bench.loss",
+            "--steps",
+            "3",
+            "--precision",
+            "fp32",
+            "--val-every",
+            "0",
+            "--val-images",
+            "32",
+            "--out",
+            str(out),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with (out / "loss.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["batch"], r["accum"], r["status"]) for r in rows] == [("8", "1", "ok"),
-                                                                     ("2", "4", "ok")]
+    assert [(r["batch"], r["accum"], r["status"]) for r in rows] == [
+        ("8", "1", "ok"),
+        ("2", "4", "ok"),
+    ]
     assert all(r["val_images"] == "32" and r["steps_done"] == "3" for r in rows)
     md = (out / "loss.md").read_text()
     assert "equal within float rounding" in sentence(md, "Accumulation, effective batch 8")

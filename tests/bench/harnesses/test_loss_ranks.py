@@ -28,4 +28,5 @@ def test_grad_sync_every_exchanges_gradients_after_every_micro_batch(tmp_path):
     for run in got:
         assert len(run["steps"]) == worker.STEPS
         assert [s["c10d.allreduce_"] for s in run["steps"]] == (
-            [exchanges[run["grad_sync"]] + 1] * worker.STEPS), run
+            [exchanges[run["grad_sync"]] + 1] * worker.STEPS
+        ), run

@@ -34,8 +34,15 @@ def one_thread():
 
 
 def tiny(**changes) -> BenchSpec:
-    fields = dict(preset="tiny", image_size=16, attention="8", batch=2, accum=1,
-                  precision="fp32", device="cpu")
+    fields = dict(
+        preset="tiny",
+        image_size=16,
+        attention="8",
+        batch=2,
+        accum=1,
+        precision="fp32",
+        device="cpu",
+    )
     return BenchSpec(**{**fields, **changes})
 
 
@@ -51,6 +58,7 @@ def input_bytes(images: int) -> int:
 
 
 # ----- TensorTracker on a toy --------------------------------------------------------------------
+
 
 def toy():
     torch.manual_seed(0)
@@ -112,12 +120,16 @@ def test_tracker_round_to_block():
     del tiny_tensor, block, odd
     with TensorTracker(model) as exact:
         kept = torch.ones(1)
-    assert exact.peak.by_category == {**dict.fromkeys(CATEGORIES, 0), "parameters": 8,
-                                      "activations": 4}
+    assert exact.peak.by_category == {
+        **dict.fromkeys(CATEGORIES, 0),
+        "parameters": 8,
+        "activations": 4,
+    }
     del kept
 
 
 # ----- tracing shortcut -----------------------------------------------------------------------
+
 
 def test_tracing_two_micro_batches_is_exact():
     spec = tiny(batch=2, accum=4)
@@ -133,6 +145,7 @@ def test_tracing_two_micro_batches_is_exact_on_fake_tensors():
 
 
 # ----- prediction against the tracked peak ---------------------------------------------------
+
 
 @pytest.mark.parametrize("attention", ["8", "none"])
 @pytest.mark.parametrize("batch", [2, 16])
@@ -198,6 +211,7 @@ def test_accumulation_peak_is_one_micro_batch_plus_gradients():
 
 # ----- fits arithmetic ------------------------------------------------------------------------
 
+
 def test_prediction_fits_and_headroom_arithmetic():
     spec = tiny(batch=2, budget_mib=100.0, context_mib=500.0)
     row = prediction(spec)
@@ -242,23 +256,44 @@ RSS_SCRIPT = textwrap.dedent("""
 
 
 def test_tracked_peak_within_rss_growth():
-    result = subprocess.run([sys.executable, "-c", RSS_SCRIPT], capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", RSS_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr
     rss_before, maxrss, tracked = map(int, result.stdout.split()[-3:])
     growth = maxrss - rss_before
     assert 0 < tracked <= growth, (
         f"tracked {tracked / 2**20:.2f} MiB > RSS growth {growth / 2**20:.2f} MiB "
-        f"(RSS before {rss_before / 2**20:.1f} MiB, ru_maxrss {maxrss / 2**20:.1f} MiB)")
+        f"(RSS before {rss_before / 2**20:.1f} MiB, ru_maxrss {maxrss / 2**20:.1f} MiB)"
+    )
 
 
 # ----- the answer first ----------------------------------------------------------------------
 
+
 def test_predict_only_gives_the_verdict_without_a_measured_pass(tmp_path):
     from bench.harnesses import memory
 
-    rows = memory.main(["--preset", "tiny", "--device", "cpu", "--batch", "2", "--accum", "4",
-                        "--predict-only", "--inline", "--out", str(tmp_path)])
+    rows = memory.main(
+        [
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--batch",
+            "2",
+            "--accum",
+            "4",
+            "--predict-only",
+            "--inline",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     (row,) = rows
     assert row["status"] == "ok" and row["spec_id"].endswith("-predicted")
     assert row["predicted_reserved_mib"] > 0 and row["fits"] is True
@@ -273,8 +308,11 @@ def test_warm_up_is_one_micro_batch_and_an_optimizer_step(monkeypatch):
 
     seen = []
     step = Trainer.step
-    monkeypatch.setattr(Trainer, "step", lambda self, x0: seen.append(
-        (x0.shape[0], self.config.accum_steps)) or step(self, x0))
+    monkeypatch.setattr(
+        Trainer,
+        "step",
+        lambda self, x0: seen.append((x0.shape[0], self.config.accum_steps)) or step(self, x0),
+    )
     timed_training(tiny(batch=2, accum=4, warmup_steps=1, measure_steps=1), torch.device("cpu"))
     assert seen == [(2, 1), (8, 4)]  # warm-up: 2 images in 1 micro-batch; measured: 2 x 4
 
@@ -286,8 +324,11 @@ def test_committed_rows_decide_on_reserved_memory():
 
     from bench.tables.results import read_rows
 
-    rows = [r for r in read_rows(Path(__file__).parents[3] / "results" / "memory.csv")
-            if r.get("predicted_reserved_mib") is not None]
+    rows = [
+        r
+        for r in read_rows(Path(__file__).parents[3] / "results" / "memory.csv")
+        if r.get("predicted_reserved_mib") is not None
+    ]
     assert len(rows) >= 30
     for r in rows:
         assert r["predicted_reserved_mib"] >= r["predicted_alloc_mib"], r["spec_id"]
@@ -296,6 +337,7 @@ def test_committed_rows_decide_on_reserved_memory():
 
 
 # ----- gradient checkpointing -----------------------------------------------------------------
+
 
 def working(p) -> int:
     """A step's per-image memory at its peak: what checkpointing trades for recomputation."""
@@ -338,6 +380,7 @@ def test_checkpointing_gives_the_same_loss_and_gradients():
 
 # ----- the largest batch: the search and its limit ------------------------------------------------
 
+
 @pytest.mark.parametrize("answer", [0, 1, 2, 3, 100, 65_535, 65_536, 65_537, 99_999, 1 << 20])
 def test_largest_finds_the_last_batch_that_fits(answer):
     """fits(n) = n <= answer: the search returns answer, or the limit when answer passes it,
@@ -351,8 +394,10 @@ def test_largest_finds_the_last_batch_that_fits(answer):
 
 def cheap_prediction(largest_fitting: int | None):
     """A stand-in for the fake-tensor trace: fits up to largest_fitting (None: always)."""
+
     def predicted(spec, target, context_mib):
         return {"fits": largest_fitting is None or spec.batch <= largest_fitting}
+
     return predicted
 
 
@@ -379,8 +424,9 @@ def test_a_search_that_reaches_its_limit_says_so(monkeypatch):
     assert limit == 1 << 24
     row, text = max_batch_verdict(monkeypatch, None)
     assert row["batch"] == limit
-    assert text.endswith("(fp32, attention 8): at least 16,777,216 (predicted; the search stops "
-                         "at 16,777,216).")
+    assert text.endswith(
+        "(fp32, attention 8): at least 16,777,216 (predicted; the search stops at 16,777,216)."
+    )
 
 
 def test_a_measured_search_at_its_limit_says_so(fake_cuda, monkeypatch):

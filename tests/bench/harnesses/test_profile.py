@@ -37,8 +37,13 @@ SAMPLE = TRAIN.replace(sampler="ddim", sampling_steps=50)
 
 
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench.profile", *args], env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "bench.profile", *args],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +71,7 @@ def load(path: Path) -> dict:
 
 # ----- files, phases, summary ----------------------------------------------------------------
 
+
 def test_one_trace_folder_per_spec_named_by_spec(profiled):
     traces = profiled / "traces"
     assert sorted(p.name for p in traces.iterdir()) == sorted([TRAIN.name, SAMPLE.name])
@@ -81,16 +87,19 @@ def test_one_trace_folder_per_spec_named_by_spec(profiled):
 def test_phase_ranges_are_in_the_trace_inside_each_profiled_step(profiled):
     trace = load(trace_files(profiled / "traces" / TRAIN.name)[0])
     assert trace["profile_memory"] and trace["record_shapes"]
-    ranges = [e for e in trace["traceEvents"]
-              if e.get("cat") == "user_annotation" and e.get("ph") == "X"]
+    ranges = [
+        e for e in trace["traceEvents"] if e.get("cat") == "user_annotation" and e.get("ph") == "X"
+    ]
     steps = [e for e in ranges if e["name"].startswith("ProfilerStep#")]
     assert len(steps) == 2  # --steps 2 active steps (wait 1 and warm-up 1 are not kept)
     for phase in profile.TRAIN_PHASES:
         found = [e for e in ranges if e["name"] == phase]
         assert len(found) == 2, phase  # once per optimizer step at accum 1
         for event in found:
-            assert any(s["ts"] <= event["ts"] and event["ts"] + event["dur"] <= s["ts"] + s["dur"]
-                       for s in steps), f"{phase} outside every ProfilerStep range"
+            assert any(
+                s["ts"] <= event["ts"] and event["ts"] + event["dur"] <= s["ts"] + s["dur"]
+                for s in steps
+            ), f"{phase} outside every ProfilerStep range"
     sampling = load(trace_files(profiled / "traces" / SAMPLE.name)[0])
     names = [e["name"] for e in sampling["traceEvents"] if e.get("cat") == "user_annotation"]
     assert names.count("denoise_step") == 2
@@ -143,8 +152,11 @@ def test_summary_files_and_peak_memory(profiled):
 def test_traces_carry_call_stacks_and_module_events(profiled):
     trace = load(trace_files(profiled / "traces" / TRAIN.name)[0])
     assert trace["with_stack"]
-    convolutions = [e for e in trace["traceEvents"]
-                    if e.get("cat") == "cpu_op" and e["name"] == "aten::convolution"]
+    convolutions = [
+        e
+        for e in trace["traceEvents"]
+        if e.get("cat") == "cpu_op" and e["name"] == "aten::convolution"
+    ]
     assert convolutions
     for event in convolutions:  # the field the plugin's View CallStack reads
         stack = event["args"]["Call stack"]
@@ -160,8 +172,11 @@ def test_summary_html_is_one_self_contained_page(profiled):
         assert len(links) == 2 and all(u.startswith("data:image/png;base64,") for u in links)
         assert "http" not in page and "<script" not in page
         assert f"{float(row['step_ms']):.2f} ms per step" in page
-        for heading in ("Phase breakdown", "Top operators by self CPU time",
-                        "Memory over the profiled steps"):
+        for heading in (
+            "Phase breakdown",
+            "Top operators by self CPU time",
+            "Memory over the profiled steps",
+        ):
             assert heading in page
     assert profile_summary.SUMMARY_FILE in (profiled / "profile.md").read_text()
 
@@ -172,12 +187,15 @@ def test_no_stack_leaves_stacks_out(tmp_path):
     (row,) = rows(tmp_path)
     trace = load(trace_files(Path(row["trace_dir"]))[0])
     assert not trace.get("with_stack")
-    assert not any(e.get("cat") == "python_function" or "Call stack" in (e.get("args") or {})
-                   for e in trace["traceEvents"])
+    assert not any(
+        e.get("cat") == "python_function" or "Call stack" in (e.get("args") or {})
+        for e in trace["traceEvents"]
+    )
     assert (Path(row["trace_dir"]) / profile_summary.SUMMARY_FILE).is_file()
 
 
 # ----- TensorBoard's PyTorch Profiler plugin ---------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -206,9 +224,21 @@ def tensorboard(profiled, tmp_path_factory) -> str:
     log_path = tmp_path_factory.mktemp("tensorboard") / "tensorboard.log"
     log = open(log_path, "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(profiled / "traces"),
-         "--port", str(port), "--host", "127.0.0.1"], stdout=log, stderr=subprocess.STDOUT,
-        env=ENV)
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(profiled / "traces"),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=ENV,
+    )
     try:
         deadline = time.monotonic() + 120  # the plugin parses traces in the background
         runs = None
@@ -319,13 +349,17 @@ def screenshot(browser, path: Path, width: int | None = None) -> Path:
 
 def plugin_page(browser, base: str, stand_in: bool) -> None:
     browser.new_tab()
-    browser.open(f"{base}/data/plugin/pytorch_profiler/index.html",
-                 before=GOOGLE_CHARTS_STAND_IN if stand_in else None)
+    browser.open(
+        f"{base}/data/plugin/pytorch_profiler/index.html",
+        before=GOOGLE_CHARTS_STAND_IN if stand_in else None,
+    )
     browser.wait_for("document.body.innerText.includes('Workers')")
     choose(browser, "Runs", TRAIN.name)
     # The page then asks for the run's views and workers and picks the first of each.
-    browser.wait_for(f"{picker_js('Views')}.textContent === 'Overview' && "
-                     f"{picker_js('Workers')}.textContent === {json.dumps(TRAIN.name)}")
+    browser.wait_for(
+        f"{picker_js('Views')}.textContent === 'Overview' && "
+        f"{picker_js('Workers')}.textContent === {json.dumps(TRAIN.name)}"
+    )
 
 
 def picker_js(picker: str) -> str:
@@ -392,7 +426,9 @@ def test_plugin_overview_with_charts_stood_in(browser, tensorboard, tmp_path):
 def test_plugin_operator_view_table_and_call_stacks(browser, tensorboard, tmp_path):
     plugin_page(browser, tensorboard, stand_in=True)
     choose(browser, "Views", "Operator")
-    browser.wait_for("document.querySelector('main').innerText.includes('aten::mkldnn_convolution')")
+    browser.wait_for(
+        "document.querySelector('main').innerText.includes('aten::mkldnn_convolution')"
+    )
     text = main_text(browser)
     assert "Operator View" in text and "Host Self Duration (us)" in text
     assert charts(browser, "PieChart")[-2:] == [10, 10]  # self and total time of the top 10
@@ -419,8 +455,10 @@ def test_plugin_trace_view_gets_the_trace(browser, tensorboard, tmp_path):
     frame = browser.wait_for("document.querySelector('main iframe').src")
     assert frame.endswith("/trace_embedding.html")
     # The page fetched the run's trace for its viewer: the same file the plugin serves here.
-    browser.wait_for("performance.getEntriesByType('resource')"
-                     ".some(e => e.name.includes('/pytorch_profiler/trace?'))")
+    browser.wait_for(
+        "performance.getEntriesByType('resource')"
+        ".some(e => e.name.includes('/pytorch_profiler/trace?'))"
+    )
     trace = get_json(tensorboard, "trace", **span_query(tensorboard))
     names = {e.get("name") for e in trace["traceEvents"]}
     assert "ProfilerStep#3" in names and set(profile.TRAIN_PHASES) <= names
@@ -456,11 +494,16 @@ def test_summary_page_in_the_browser(browser, profiled, tmp_path, spec):
     page = profiled / "traces" / spec.name / profile_summary.SUMMARY_FILE
     browser.new_tab()
     browser.open(page.as_uri())
-    browser.wait_for("document.readyState === 'complete' && document.images.length === 2 && "
-                     "[...document.images].every(i => i.complete && i.naturalWidth > 300)")
+    browser.wait_for(
+        "document.readyState === 'complete' && document.images.length === 2 && "
+        "[...document.images].every(i => i.complete && i.naturalWidth > 300)"
+    )
     text = browser.evaluate("document.body.innerText")
-    for heading in ("Phase breakdown", "Top operators by self CPU time",
-                    "Memory over the profiled steps"):
+    for heading in (
+        "Phase breakdown",
+        "Top operators by self CPU time",
+        "Memory over the profiled steps",
+    ):
         assert heading in text
     phases = profile.TRAIN_PHASES if spec is TRAIN else profile.SAMPLE_PHASES
     assert all(p in text for p in phases)
@@ -474,6 +517,7 @@ def test_summary_page_in_the_browser(browser, profiled, tmp_path, spec):
 
 # ----- the sampling workload is the shipped loop -------------------------------------------------
 
+
 def test_sampling_workload_is_the_shared_loop(monkeypatch):
     """Each profiled sampling step is one step of ddpm.sample.sample_progressive (whose range is
     the denoise_step the table reads): a DDIM-50 run, advanced one step per call."""
@@ -481,8 +525,10 @@ def test_sampling_workload_is_the_shared_loop(monkeypatch):
 
     calls = spy_on(monkeypatch, ddpm.sample.sample_progressive)
     step, grad_mode = profile.step_function(SAMPLE, torch.device("cpu"))
-    with grad_mode(), torch.profiler.profile(
-            activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    with (
+        grad_mode(),
+        torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof,
+    ):
         for _ in range(3):
             step()
     assert len(calls) == 1 and len(calls[0].yielded) == 3
@@ -494,30 +540,38 @@ def test_sampling_workload_is_the_shared_loop(monkeypatch):
 
 # ----- options and bad input --------------------------------------------------------------------
 
+
 def test_specs_from_the_target_axis():
     parser = profile.build_profile_parser()
     args = parser.parse_args(
-        [*BASE, "--accum", "1,2", "--target", "train,sample", "--wait", "0", "--top", "3"])
+        [*BASE, "--accum", "1,2", "--target", "train,sample", "--wait", "0", "--top", "3"]
+    )
     specs = profile.make_specs(args)
     options = profile.options(RunContext(Path("."), "r", profile.profile_options(args)))
     # Accumulation changes training only: one sampling spec for both accum values.
     assert [(s.accum, s.sampler, s.sampling_steps) for s in specs] == [
-        (1, "none", 0), (1, "ddim", 50), (2, "none", 0)]
+        (1, "none", 0),
+        (1, "ddim", 50),
+        (2, "none", 0),
+    ]
     assert len({s.name for s in specs}) == 3
     assert options["wait"] == 0 and options["top"] == 3 and options["with_stack"]
     no_stack = profile.profile_options(parser.parse_args([*BASE, "--no-stack"]))
     assert not no_stack["with_stack"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--target", "infer"], "--target 'infer' is not allowed"),
-    (["--wait", "-1"], "--wait -1 is not allowed"),
-    (["--repeat", "0"], "--repeat 0 is not allowed"),
-    (["--top", "0"], "--top 0 is not allowed"),
-    (["--steps", "0"], "--steps 0 is not allowed"),
-    (["--find-max-batch"], "--find-max-batch"),
-    (["--memory-snapshot"], "--memory-snapshot records the CUDA caching allocator"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--target", "infer"], "--target 'infer' is not allowed"),
+        (["--wait", "-1"], "--wait -1 is not allowed"),
+        (["--repeat", "0"], "--repeat 0 is not allowed"),
+        (["--top", "0"], "--top 0 is not allowed"),
+        (["--steps", "0"], "--steps 0 is not allowed"),
+        (["--find-max-batch"], "--find-max-batch"),
+        (["--memory-snapshot"], "--memory-snapshot records the CUDA caching allocator"),
+    ],
+)
 def test_bad_input_is_one_line(tmp_path, args, message):
     done = run_cli(*BASE, "--out", str(tmp_path / "out"), *args, timeout=120)
     assert done.returncode == 2
@@ -529,8 +583,17 @@ def test_bad_input_is_one_line(tmp_path, args, message):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_memory_snapshot_and_device_times(tmp_path):
-    done = run_cli("--preset", "tiny", "--device", "cuda", "--batch", "2", "--memory-snapshot",
-                   "--out", str(tmp_path))
+    done = run_cli(
+        "--preset",
+        "tiny",
+        "--device",
+        "cuda",
+        "--batch",
+        "2",
+        "--memory-snapshot",
+        "--out",
+        str(tmp_path),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (row,) = rows(tmp_path)
     assert row["status"] == "ok", row["error"]

@@ -33,15 +33,29 @@ from tests.helpers.spies import spy_on
 
 # One thread per process: on a small shared CPU, OpenMP threads spin against each other.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-BASE = ["--preset", "tiny", "--device", "cpu", "--batch", "2", "--measure-steps", "2",
-        "--warmup", "1"]
+BASE = [
+    "--preset",
+    "tiny",
+    "--device",
+    "cpu",
+    "--batch",
+    "2",
+    "--measure-steps",
+    "2",
+    "--warmup",
+    "1",
+]
 COLUMNS = ResultsTable(Path("."), "sampling", sampling.HARNESS.figure_columns).columns
 
 
 def run(*args, out: Path, base=BASE) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench.sampling", *base, *map(str, args),
-                           "--out", str(out)], env=ENV, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "bench.sampling", *base, *map(str, args), "--out", str(out)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def rows_of(out: Path) -> list[dict]:
@@ -60,13 +74,15 @@ def checkpoint(tmp_path_factory) -> Path:
     """An untrained tiny model on a 50-step schedule, saved as ddpm.cli.train saves."""
     path = tmp_path_factory.mktemp("ckpt") / "last.pt"
     torch.manual_seed(0)
-    trainer = Trainer(UNet(PRESETS["tiny"]), NoiseSchedule.linear(timesteps=50),
-                      TrainConfig(batch_size=2))
+    trainer = Trainer(
+        UNet(PRESETS["tiny"]), NoiseSchedule.linear(timesteps=50), TrainConfig(batch_size=2)
+    )
     trainer.save(path)
     return path
 
 
 # ----- the sweep ---------------------------------------------------------------------------------
+
 
 def test_sweep_writes_rows_with_the_projection(tmp_path):
     out = tmp_path / "r"
@@ -74,7 +90,9 @@ def test_sweep_writes_rows_with_the_projection(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = rows_of(out)
     assert [(r["sampler"], r["sampling_steps"]) for r in rows] == [
-        ("ddpm", "1000"), ("ddim", "5")]  # ddpm: every timestep of T = 1000
+        ("ddpm", "1000"),
+        ("ddim", "5"),
+    ]  # ddpm: every timestep of T = 1000
     assert len({r["spec_id"] for r in rows}) == 2
     for r in rows:
         assert r["status"] == "ok", r["error"]
@@ -89,8 +107,13 @@ def test_sweep_writes_rows_with_the_projection(tmp_path):
         assert math.isclose(num(r["projected_img_per_s"]), batch / full, rel_tol=1e-9)
         assert math.isclose(num(r["step_ms_per_image"]), step_s / batch * 1000, rel_tol=1e-9)
         # A CPU cannot give CUDA allocator figures, and quality needs --checkpoint: empty.
-        for column in ("peak_alloc_mib", "peak_reserved_mib", "quality_samples",
-                       "frechet_digits", "frechet_digits_real"):
+        for column in (
+            "peak_alloc_mib",
+            "peak_reserved_mib",
+            "quality_samples",
+            "frechet_digits",
+            "frechet_digits_real",
+        ):
             assert r[column] == ""
     report = (out / "sampling.md").read_text()
     assert "projected_full_run_s" in report and "PROJECTED" in report
@@ -101,41 +124,61 @@ def test_sweep_writes_rows_with_the_projection(tmp_path):
 def test_checkpoint_gives_quality_and_a_grid(tmp_path, checkpoint):
     # The preset, size, attention and schedule all come from the checkpoint.
     out = tmp_path / "r"
-    proc = run("--checkpoint", checkpoint, "--sampler", "ddpm,ddim", "--sampling-steps", "4",
-               "--quality-samples", "8", "--inline", out=out,
-               base=["--device", "cpu", "--batch", "2", "--measure-steps", "1", "--warmup", "0"])
+    proc = run(
+        "--checkpoint",
+        checkpoint,
+        "--sampler",
+        "ddpm,ddim",
+        "--sampling-steps",
+        "4",
+        "--quality-samples",
+        "8",
+        "--inline",
+        out=out,
+        base=["--device", "cpu", "--batch", "2", "--measure-steps", "1", "--warmup", "0"],
+    )
     assert proc.returncode == 0, proc.stderr
     rows = rows_of(out)
     assert [(r["preset"], r["sampler"], r["sampling_steps"]) for r in rows] == [
-        ("tiny", "ddpm", "50"), ("tiny", "ddim", "4")]  # T = 50: the checkpoint's schedule
+        ("tiny", "ddpm", "50"),
+        ("tiny", "ddim", "4"),
+    ]  # T = 50: the checkpoint's schedule
     for r in rows:
         assert r["status"] == "ok", r["error"]
         assert r["quality_samples"] == "8"
         # An untrained model draws noise: far from real digits, and farther than real digits.
         assert num(r["frechet_digits"]) > num(r["frechet_digits_real"]) > 0
     grids = sorted(p.name for p in (out / "sampling").rglob("*.png"))
-    assert grids == [f"tiny-16px-b2x1-fp32-attn8-compile-off-ckpt-off-cpu-{s}.png"
-                     for s in ("ddim4", "ddpm50")]
+    assert grids == [
+        f"tiny-16px-b2x1-fp32-attn8-compile-off-ckpt-off-cpu-{s}.png" for s in ("ddim4", "ddpm50")
+    ]
 
 
 def test_specs_pair_each_sampler_with_its_steps():
     """ddpm takes every timestep of the schedule; ddim each --sampling-steps; the other axes
     multiply both."""
     args = sampling.build_sampling_parser().parse_args(
-        ["--preset", "tiny", "--device", "cpu", "--batch", "1,4", "--sampling-steps", "10,50"])
+        ["--preset", "tiny", "--device", "cpu", "--batch", "1,4", "--sampling-steps", "10,50"]
+    )
     specs = sampling.make_specs(args)
     assert [(s.batch, s.sampler, s.sampling_steps) for s in specs] == [
-        (b, sampler, steps) for b in (1, 4)
-        for sampler, steps in (("ddpm", 1000), ("ddim", 10), ("ddim", 50))]
+        (b, sampler, steps)
+        for b in (1, 4)
+        for sampler, steps in (("ddpm", 1000), ("ddim", 10), ("ddim", 50))
+    ]
     # The defaults:
     assert all(s.measure_steps == 5 and s.warmup_steps == 2 and s.accum == 1 for s in specs)
     assert len({s.spec_id for s in specs}) == len(specs)
     args = sampling.build_sampling_parser().parse_args(["--sampler", "ddim"])
     assert [(s.preset, s.batch, s.sampling_steps) for s in sampling.make_specs(args)] == [
-        ("ddpm-cifar10", 16, 10), ("ddpm-cifar10", 16, 50), ("ddpm-cifar10", 16, 100)]
+        ("ddpm-cifar10", 16, 10),
+        ("ddpm-cifar10", 16, 50),
+        ("ddpm-cifar10", 16, 100),
+    ]
 
 
 # ----- bad input: one line, exit 2, nothing written ------------------------------------------
+
 
 def one_line_error(proc_or_capture, returncode: int) -> str:
     assert returncode == 2
@@ -144,11 +187,14 @@ def one_line_error(proc_or_capture, returncode: int) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--sampling-steps", "0"], ["--sampling-steps 0", ">= 1"]),
-    (["--sampling-steps", "10,1001"], ["--sampling-steps 1001", "1000"]),
-    (["--sampler", "euler"], ["--sampler 'euler'", "ddpm, ddim"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--sampling-steps", "0"], ["--sampling-steps 0", ">= 1"]),
+        (["--sampling-steps", "10,1001"], ["--sampling-steps 1001", "1000"]),
+        (["--sampler", "euler"], ["--sampler 'euler'", "ddpm, ddim"]),
+    ],
+)
 def test_bad_input_as_a_user_meets_it(tmp_path, args, words):
     out = tmp_path / "r"
     proc = run(*args, out=out)
@@ -159,18 +205,21 @@ def test_bad_input_as_a_user_meets_it(tmp_path, args, words):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--sampling-steps", "ten"], ["--sampling-steps 'ten'"]),
-    (["--sampler", "ddpm,"], ["--sampler"]),
-    (["--measure-steps", "0"], ["--measure-steps 0"]),
-    (["--warmup", "-1"], ["--warmup -1"]),
-    (["--accum", "2"], ["--accum 2"]),
-    (["--checkpointing", "on"], ["--checkpointing on"]),
-    (["--find-max-batch"], ["--find-max-batch"]),
-    (["--quality-samples", "1"], ["--quality-samples 1"]),
-    (["--batch", "0"], ["--batch 0"]),
-    (["--precision", "fp8"], ["--precision 'fp8'"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--sampling-steps", "ten"], ["--sampling-steps 'ten'"]),
+        (["--sampler", "ddpm,"], ["--sampler"]),
+        (["--measure-steps", "0"], ["--measure-steps 0"]),
+        (["--warmup", "-1"], ["--warmup -1"]),
+        (["--accum", "2"], ["--accum 2"]),
+        (["--checkpointing", "on"], ["--checkpointing on"]),
+        (["--find-max-batch"], ["--find-max-batch"]),
+        (["--quality-samples", "1"], ["--quality-samples 1"]),
+        (["--batch", "0"], ["--batch 0"]),
+        (["--precision", "fp8"], ["--precision 'fp8'"]),
+    ],
+)
 def test_bad_input(tmp_path, capsys, args, words):
     out = tmp_path / "r"
     with pytest.raises(SystemExit) as exit_:
@@ -181,12 +230,15 @@ def test_bad_input(tmp_path, capsys, args, words):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--sampling-steps", "51"], ["--sampling-steps 51", "50 timesteps"]),
-    (["--preset", "ddpm-mnist"], ["--preset ddpm-mnist", "tiny"]),
-    (["--attention", "none"], ["--attention none", "attention 8"]),
-    (["--image-size", "32"], ["--image-size 32", "16px"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--sampling-steps", "51"], ["--sampling-steps 51", "50 timesteps"]),
+        (["--preset", "ddpm-mnist"], ["--preset ddpm-mnist", "tiny"]),
+        (["--attention", "none"], ["--attention none", "attention 8"]),
+        (["--image-size", "32"], ["--image-size 32", "16px"]),
+    ],
+)
 def test_bad_input_against_the_checkpoint(tmp_path, capsys, checkpoint, args, words):
     out = tmp_path / "r"
     with pytest.raises(SystemExit) as exit_:
@@ -200,8 +252,11 @@ def test_bad_input_against_the_checkpoint(tmp_path, capsys, checkpoint, args, wo
 def test_bad_checkpoint_files(tmp_path, capsys):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
-    for path, word in ((corrupt, "corrupt"), (tmp_path / "missing.pt", "does not exist"),
-                       (tmp_path, "is a folder")):
+    for path, word in (
+        (corrupt, "corrupt"),
+        (tmp_path / "missing.pt", "does not exist"),
+        (tmp_path, "is a folder"),
+    ):
         with pytest.raises(SystemExit) as exit_:
             sampling.main(["--checkpoint", str(path), "--out", str(tmp_path / "r")])
         assert word in one_line_error(capsys.readouterr().err, exit_.value.code)
@@ -209,6 +264,7 @@ def test_bad_checkpoint_files(tmp_path, capsys):
 
 
 # ----- the timed step is the sampler's step ----------------------------------------------------
+
 
 @pytest.mark.parametrize("sampler, steps", [("ddpm", 6), ("ddim", 3)])
 def test_timed_steps_follow_the_library_sampler(sampler, steps):
@@ -220,8 +276,9 @@ def test_timed_steps_follow_the_library_sampler(sampler, steps):
     from ddpm.sample import ddim_sample, ddpm_sample
 
     schedule = NoiseSchedule.linear(timesteps=6)
-    spec = BenchSpec(preset="tiny", image_size=16, attention="8", batch=2, sampler=sampler,
-                     sampling_steps=steps)
+    spec = BenchSpec(
+        preset="tiny", image_size=16, attention="8", batch=2, sampler=sampler, sampling_steps=steps
+    )
     model = build_model(spec)
     step = sampling.denoising_steps(model, schedule, spec, torch.device("cpu"))
     taken = [step() for _ in range(2 * steps + 1)]
@@ -229,9 +286,11 @@ def test_timed_steps_follow_the_library_sampler(sampler, steps):
     shape = (2, 1, 16, 16)
     generator = torch.Generator().manual_seed(spec.seed)
     for run in (1, 2):
-        expected = (ddpm_sample(model, schedule, shape, generator=generator)
-                    if sampler == "ddpm"
-                    else ddim_sample(model, schedule, shape, steps=steps, generator=generator))
+        expected = (
+            ddpm_sample(model, schedule, shape, generator=generator)
+            if sampler == "ddpm"
+            else ddim_sample(model, schedule, shape, steps=steps, generator=generator)
+        )
         torch.testing.assert_close(taken[run * steps - 1][2], expected, rtol=0, atol=0)
 
 
@@ -242,8 +301,16 @@ def test_measure_times_the_shared_loop(monkeypatch):
     from bench.spec import BenchSpec
 
     calls = spy_on(monkeypatch, ddpm.sample.sample_progressive)
-    spec = BenchSpec(preset="tiny", image_size=16, attention="8", batch=2, sampler="ddim",
-                     sampling_steps=2, measure_steps=3, warmup_steps=1)
+    spec = BenchSpec(
+        preset="tiny",
+        image_size=16,
+        attention="8",
+        batch=2,
+        sampler="ddim",
+        sampling_steps=2,
+        measure_steps=3,
+        warmup_steps=1,
+    )
     figures = sampling.measure(spec)
     assert figures["measured_steps"] == 3
     assert [len(c.yielded) for c in calls] == [2, 2]
@@ -256,26 +323,32 @@ def test_measure_times_the_shared_loop(monkeypatch):
 
 # ----- Frechet distance --------------------------------------------------------------------------
 
+
 def test_frechet_closed_forms():
     rng = np.random.default_rng(0)
     d = 5
     mu = rng.normal(size=d)
     # N(0, I) vs N(mu, I): |mu|^2.
-    assert math.isclose(frechet_distance(np.zeros(d), np.eye(d), mu, np.eye(d)), mu @ mu,
-                        rel_tol=1e-12)
+    assert math.isclose(
+        frechet_distance(np.zeros(d), np.eye(d), mu, np.eye(d)), mu @ mu, rel_tol=1e-12
+    )
     # Commuting covariances: sum (sqrt(a) - sqrt(b))^2 over the eigenvalues.
     a, b = rng.uniform(0.5, 2, d), rng.uniform(0.5, 2, d)
     expected = mu @ mu + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
-    assert math.isclose(frechet_distance(mu, np.diag(a), np.zeros(d), np.diag(b)), expected,
-                        rel_tol=1e-10)
+    assert math.isclose(
+        frechet_distance(mu, np.diag(a), np.zeros(d), np.diag(b)), expected, rel_tol=1e-10
+    )
     # Any Gaussian against itself, a full covariance included: 0.
     m = rng.normal(size=(d, d))
     sigma = m @ m.T
     assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0, abs=1e-9)
     # Symmetric in its arguments.
     s2 = np.diag(b)
-    assert math.isclose(frechet_distance(mu, sigma, np.zeros(d), s2),
-                        frechet_distance(np.zeros(d), s2, mu, sigma), rel_tol=1e-9)
+    assert math.isclose(
+        frechet_distance(mu, sigma, np.zeros(d), s2),
+        frechet_distance(np.zeros(d), s2, mu, sigma),
+        rel_tol=1e-9,
+    )
 
 
 def test_frechet_of_samples():

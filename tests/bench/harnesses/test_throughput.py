@@ -80,17 +80,38 @@ def test_cifar_flops_scale_with_images():
 def test_throughput_cli_reports_mfu_between_0_and_1(tmp_path):
     out = tmp_path / "r"
     run = subprocess.run(
-        [sys.executable, "-m", "bench.throughput", "--preset", "tiny", "--batch", "4",
-         "--precision", "fp32", "--steps", "2", "--warmup", "1", "--out", str(out)],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "bench.throughput",
+            "--preset",
+            "tiny",
+            "--batch",
+            "4",
+            "--precision",
+            "fp32",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     (row,) = list(csv.DictReader((out / "throughput.csv").open()))
     assert row["status"] == "ok"
-    step_s, gflop, peak, mfu = (float(row[k]) for k in ("step_s", "gflop_per_step",
-                                                         "peak_tflops", "mfu"))
+    step_s, gflop, peak, mfu = (
+        float(row[k]) for k in ("step_s", "gflop_per_step", "peak_tflops", "mfu")
+    )
     assert 0 < mfu < 1
-    assert gflop * 1e9 == pytest.approx(training_step_flops(
-        BenchSpec(preset="tiny", image_size=16, attention="8", batch=4)), rel=1e-9)
+    assert gflop * 1e9 == pytest.approx(
+        training_step_flops(BenchSpec(preset="tiny", image_size=16, attention="8", batch=4)),
+        rel=1e-9,
+    )
     assert mfu == pytest.approx(gflop / step_s / 1000 / peak, rel=1e-9)
     assert row["compile_s"] == ""  # --compile off: no compile time to report
     assert "Peak " in (out / "throughput.md").read_text()  # the MFU denominator is stated
@@ -103,11 +124,14 @@ def test_a_damaged_peak_cache_is_refused_before_any_spec(tmp_path, capsys):
     (tmp_path / "peak_flops.json").write_text("{not json")
     before = snapshot(tmp_path)
     with pytest.raises(SystemExit) as info:
-        throughput.main(["--preset", "tiny", "--device", "cpu", "--inline", "--out",
-                         str(tmp_path)])
+        throughput.main(["--preset", "tiny", "--device", "cpu", "--inline", "--out", str(tmp_path)])
     captured = capsys.readouterr()
-    check_one_line_error("peak_flops.json is not a record of peak FLOP/s", info.value.code,
-                         captured.err, captured.out)
+    check_one_line_error(
+        "peak_flops.json is not a record of peak FLOP/s",
+        info.value.code,
+        captured.err,
+        captured.out,
+    )
     assert snapshot(tmp_path) == before
 
 

@@ -31,22 +31,61 @@ SWEEP_TIMEOUT_S = 600
 
 def spec(parallel: str, grad_sync: str) -> BenchSpec:
     """The sweep's spec (the CLI's tiny preset: 16 px, attention at 8 px)."""
-    return BenchSpec(preset="tiny", image_size=16, attention="8", batch=BATCH, accum=ACCUM,
-                     ranks=RANKS, parallel=parallel, grad_sync=grad_sync)
+    return BenchSpec(
+        preset="tiny",
+        image_size=16,
+        attention="8",
+        batch=BATCH,
+        accum=ACCUM,
+        ranks=RANKS,
+        parallel=parallel,
+        grad_sync=grad_sync,
+    )
 
 
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory) -> dict[tuple[str, str], dict]:
     """One sweep of the four specs; --warmup 0 --steps 1, so the tracker's settling step runs."""
     out = tmp_path_factory.mktemp("comm")
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     done = subprocess.run(
-        [sys.executable, "-m", "bench.throughput", "--preset", "tiny", "--device", "cpu",
-         "--precision", "fp32", "--batch", str(BATCH), "--accum", str(ACCUM), "--ranks",
-         str(RANKS), "--parallel", "ddp,fsdp", "--grad-sync", "last,every", "--warmup", "0",
-         "--steps", "1", "--out", str(out)],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=SWEEP_TIMEOUT_S)
+        [
+            sys.executable,
+            "-m",
+            "bench.throughput",
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--precision",
+            "fp32",
+            "--batch",
+            str(BATCH),
+            "--accum",
+            str(ACCUM),
+            "--ranks",
+            str(RANKS),
+            "--parallel",
+            "ddp,fsdp",
+            "--grad-sync",
+            "last,every",
+            "--warmup",
+            "0",
+            "--steps",
+            "1",
+            "--out",
+            str(out),
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SWEEP_TIMEOUT_S,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     got = {(r["parallel"], r["grad_sync"]): r for r in read_rows(out / "throughput.csv")}
     assert all(r["status"] == "ok" for r in got.values()), [r["error"] for r in got.values()]
@@ -55,13 +94,17 @@ def rows(tmp_path_factory) -> dict[tuple[str, str], dict]:
 
 def counts_by_kind(text: str) -> dict[str, int]:
     """The `collectives` cell, "all_gather 50: 2.58 MiB, ...", as {kind: count}."""
-    return {part.split(":")[0].rsplit(" ", 1)[0]: int(part.split(":")[0].rsplit(" ", 1)[1])
-            for part in text.split(", ")}
+    return {
+        part.split(":")[0].rsplit(" ", 1)[0]: int(part.split(":")[0].rsplit(" ", 1)[1])
+        for part in text.split(", ")
+    }
 
 
 def mib_by_kind(text: str) -> dict[str, float]:
-    return {part.split(":")[0].rsplit(" ", 1)[0]: float(part.split(": ")[1].split()[0])
-            for part in text.split(", ")}
+    return {
+        part.split(":")[0].rsplit(" ", 1)[0]: float(part.split(": ")[1].split()[0])
+        for part in text.split(", ")
+    }
 
 
 def exchanges(grad_sync: str) -> int:
@@ -133,13 +176,19 @@ def test_fsdp_gathers_parameters_twice_and_scatters_gradients_per_exchange(rows,
     # parameter tensor.
     reduced = FP32 + len(list(model.parameters())) * FP32
     assert counts_by_kind(row["collectives"]) == {
-        "all_gather": gathers, "reduce_scatter": scatters, "all_reduce": 2}
+        "all_gather": gathers,
+        "reduce_scatter": scatters,
+        "all_reduce": 2,
+    }
     assert row["collectives_per_step"] == gathers + scatters + 2
     assert row["comm_mib_per_step"] * MIB == gathered + scattered + reduced
     # The cell rounds to 3 significant figures.
     mib = mib_by_kind(row["collectives"])
-    for kind, nbytes in [("all_gather", gathered), ("reduce_scatter", scattered),
-                         ("all_reduce", reduced)]:
+    for kind, nbytes in [
+        ("all_gather", gathered),
+        ("reduce_scatter", scattered),
+        ("all_reduce", reduced),
+    ]:
         assert mib[kind] == pytest.approx(nbytes / MIB, rel=5e-3)
     assert 0 < row["comm_share_pct"] < 100
 

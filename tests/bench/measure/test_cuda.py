@@ -1,4 +1,5 @@
-"""Every CUDA- and NVML-touching function, run through the strict stand-in (tests/helpers/cuda_standin.py)
+"""Every CUDA- and NVML-touching function, run through the strict stand-in
+(tests/helpers/cuda_standin.py)
 that holds it to torch's and NVML's argument contracts: device resolution, the per-harness setup,
 the budget cap, allocator peaks, the context figure, the NVML monitor (version 2, this process's
 own figure, MIG instances, no figure of another device), the environment record, OOM
@@ -36,12 +37,21 @@ def no_baseline(monkeypatch):
 
 
 def tiny(**changes) -> BenchSpec:
-    fields = dict(preset="tiny", image_size=16, attention="8", batch=2, accum=1, measure_steps=1,
-                  warmup_steps=1, device="cuda:0")
+    fields = dict(
+        preset="tiny",
+        image_size=16,
+        attention="8",
+        batch=2,
+        accum=1,
+        measure_steps=1,
+        warmup_steps=1,
+        device="cuda:0",
+    )
     return BenchSpec(**{**fields, **changes})
 
 
 # ----- the stand-in refuses what torch refuses ----------------------------------------------------
+
 
 def test_standin_refuses_an_index_less_device_where_torch_does(fake_cuda):
     fake_cuda()
@@ -69,6 +79,7 @@ def test_standin_refuses_a_missing_device_and_bad_fractions(fake_cuda):
 
 # ----- device resolution -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("text", ["auto", "cuda", "cuda:0"])
 def test_parse_device_gives_an_indexed_device(fake_cuda, text):
     fake_cuda()
@@ -94,8 +105,10 @@ def test_a_device_past_the_last_is_one_line(fake_cuda):
 
 def test_cli_device_past_the_last_is_one_line_exit_2(fake_cuda, tmp_path, capsys):
     fake_cuda()
-    for main, args in ((throughput.main, ["--preset", "tiny", "--out", str(tmp_path / "o")]),
-                       (train_cli.main, ["--preset", "tiny", "--out", str(tmp_path / "t")])):
+    for main, args in (
+        (throughput.main, ["--preset", "tiny", "--out", str(tmp_path / "o")]),
+        (train_cli.main, ["--preset", "tiny", "--out", str(tmp_path / "t")]),
+    ):
         with pytest.raises(SystemExit) as info:
             main([*args, "--device", "cuda:1"])
         captured = capsys.readouterr()
@@ -104,6 +117,7 @@ def test_cli_device_past_the_last_is_one_line_exit_2(fake_cuda, tmp_path, capsys
 
 
 # ----- the per-harness setup, the budget cap, the peaks ------------------------------------------
+
 
 def test_start_selects_the_indexed_device_and_measures_the_context(fake_cuda):
     gpu = fake_cuda(context_mib=300, others_mib=200)
@@ -146,13 +160,15 @@ def test_peaks_reset_and_read(fake_cuda):
 
 # ----- the timed pass: warm-up peaks apart from the steady state --------------------------------
 
+
 class AdamLikeTrainer:
     """Parameters at build; each step holds activations until backward ends, and the first step
     then creates the optimizer state, as AdamW does; the first step may also use a one-off
     workspace (an autotuner's). Frees what it holds when dropped."""
 
-    def __init__(self, gpu, params_mib=100, activations_mib=300, state_mib=200, first_mib=0,
-                 log=None):
+    def __init__(
+        self, gpu, params_mib=100, activations_mib=300, state_mib=200, first_mib=0, log=None
+    ):
         self.gpu, self.steps, self.held = gpu, 0, 0
         self.activations_mib, self.state_mib, self.first_mib = activations_mib, state_mib, first_mib
         self.log = [] if log is None else log  # steps per trainer, kept after it is dropped
@@ -187,8 +203,13 @@ def test_timed_training_reports_warm_up_and_steady_state_peaks(fake_cuda, monkey
     gpu = fake_cuda(context_mib=300, others_mib=200)
     monitor.take_baseline()  # as the worker does, before CUDA starts
     steps = []
-    monkeypatch.setattr(workload, "build_trainer", lambda spec, device: AdamLikeTrainer(
-        gpu, params_mib=100, activations_mib=300, state_mib=200, first_mib=1000, log=steps))
+    monkeypatch.setattr(
+        workload,
+        "build_trainer",
+        lambda spec, device: AdamLikeTrainer(
+            gpu, params_mib=100, activations_mib=300, state_mib=200, first_mib=1000, log=steps
+        ),
+    )
     figures = training.timed_training(tiny(measure_steps=2), CUDA0)
     assert steps == [3]
     # Warm-up: parameters, activations and the one-off workspace.
@@ -202,6 +223,7 @@ def test_timed_training_reports_warm_up_and_steady_state_peaks(fake_cuda, monkey
 
 
 # ----- the NVML monitor ---------------------------------------------------------------------------
+
 
 def test_monitor_uses_memory_info_v2_and_this_process_figure(fake_cuda):
     gpu = fake_cuda(context_mib=300, others_mib=200, driver_reserved_mib=250)
@@ -235,8 +257,14 @@ def test_baseline_is_not_taken_once_cuda_started(fake_cuda):
 
 @pytest.mark.parametrize("lookup", [True, False], ids=["by-uuid", "by-walking-instances"])
 def test_monitor_under_mig_reads_this_instance(fake_cuda, lookup):
-    gpu = fake_cuda(mig=True, mig_lookup_by_uuid=lookup, total_mib=10240, context_mib=300,
-                    others_mib=0, neighbour_mib=5000)
+    gpu = fake_cuda(
+        mig=True,
+        mig_lookup_by_uuid=lookup,
+        total_mib=10240,
+        context_mib=300,
+        others_mib=0,
+        neighbour_mib=5000,
+    )
     monitor.take_baseline()
     cuda.select(CUDA0)
     with monitor.Monitor(CUDA0) as m:
@@ -252,11 +280,16 @@ def test_monitor_reports_nothing_for_a_device_nvml_cannot_name(fake_cuda):
     monitor.take_baseline()
     with monitor.Monitor(CUDA0) as m:
         gpu.allocate(100)
-    assert m.figures() == {"nvml_peak_mib": None, "nvml_process_peak_mib": None,
-                           "nvml_baseline_mib": None, "cpu_util_pct": m.cpu_percent}
+    assert m.figures() == {
+        "nvml_peak_mib": None,
+        "nvml_process_peak_mib": None,
+        "nvml_baseline_mib": None,
+        "cpu_util_pct": m.cpu_percent,
+    }
 
 
 # ----- the environment record ---------------------------------------------------------------------
+
 
 def test_environment_record_on_cuda(fake_cuda, monkeypatch):
     fake_cuda(name="NVIDIA GeForce RTX 3070", capability=(8, 6), total_mib=8192)
@@ -277,15 +310,19 @@ def test_environment_record_on_cuda(fake_cuda, monkeypatch):
 
 # ----- out of memory, however it arrives ----------------------------------------------------------
 
-@pytest.mark.parametrize("message", [
-    "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
-    "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
-    "cuDNN error: CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED",
-    "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported",
-    "cudaErrorMemoryAllocation: out of memory",
-    "CUDA driver error: out of memory",
-    "Triton Error [CUDA]: out of memory",
-])
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+        "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+        "cuDNN error: CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED",
+        "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported",
+        "cudaErrorMemoryAllocation: out of memory",
+        "CUDA driver error: out of memory",
+        "Triton Error [CUDA]: out of memory",
+    ],
+)
 def test_library_out_of_memory_is_oom(message):
     assert cuda.is_oom(RuntimeError(message))
 
@@ -303,15 +340,23 @@ def test_what_is_and_is_not_oom():
 def test_worker_row_for_a_library_oom_is_oom(monkeypatch, tmp_path):
     def measure(spec, context):
         raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate`")
+
     monkeypatch.setattr(throughput.HARNESS, "measure", measure)
-    result = run_spec(harnesses.named("throughput"), tiny(device="cpu"), RunContext(tmp_path, "run"))
+    result = run_spec(
+        harnesses.named("throughput"), tiny(device="cpu"), RunContext(tmp_path, "run")
+    )
     assert result["status"] == "oom" and "CUBLAS_STATUS_ALLOC_FAILED" in result["error"]
     monkeypatch.setattr(throughput.HARNESS, "measure", lambda spec, context: 1 / 0)
-    assert run_spec(harnesses.named("throughput"), tiny(device="cpu"), RunContext(tmp_path, "run"))["status"] \
+    assert (
+        run_spec(harnesses.named("throughput"), tiny(device="cpu"), RunContext(tmp_path, "run"))[
+            "status"
+        ]
         == "error"
+    )
 
 
 # ----- the capability check ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("precision", ["bf16", "tf32"])
 def test_ampere_precisions_refused_below_8_0(fake_cuda, precision):
@@ -333,11 +378,14 @@ def test_fp32_and_fp16_run_on_7_5_and_bf16_on_8_6(fake_cuda):
     cuda.check_capability(CUDA0, "bf16")
 
 
-@pytest.mark.parametrize("capability, archs", [
-    ((6, 1), ("sm_75", "sm_80", "sm_86", "sm_90")),  # a Pascal card on a build without it
-    ((8, 6), ("sm_75", "sm_90")),  # sm_75 code is another major version
-    ((8, 0), ("sm_90a", "compute_90")),  # 'a' code and PTX of a newer card
-])
+@pytest.mark.parametrize(
+    "capability, archs",
+    [
+        ((6, 1), ("sm_75", "sm_80", "sm_86", "sm_90")),  # a Pascal card on a build without it
+        ((8, 6), ("sm_75", "sm_90")),  # sm_75 code is another major version
+        ((8, 0), ("sm_90a", "compute_90")),  # 'a' code and PTX of a newer card
+    ],
+)
 def test_missing_architecture_is_refused(fake_cuda, capability, archs):
     fake_cuda(capability=capability, arch_list=archs)
     with pytest.raises(cuda.CapabilityError) as info:
@@ -345,22 +393,34 @@ def test_missing_architecture_is_refused(fake_cuda, capability, archs):
     assert "\n" not in str(info.value) and f"sm_{capability[0]}{capability[1]}" in str(info.value)
 
 
-@pytest.mark.parametrize("arch, capability, runs", [
-    ("sm_86", 86, True), ("sm_86", 89, True), ("sm_86", 80, False), ("sm_80", 90, False),
-    ("sm_90a", 90, True), ("sm_90a", 91, False), ("compute_80", 90, True),
-    ("compute_90", 86, False), ("sm_100f", 103, True), ("sm_120", 121, True),
-])
+@pytest.mark.parametrize(
+    "arch, capability, runs",
+    [
+        ("sm_86", 86, True),
+        ("sm_86", 89, True),
+        ("sm_86", 80, False),
+        ("sm_80", 90, False),
+        ("sm_90a", 90, True),
+        ("sm_90a", 91, False),
+        ("compute_80", 90, True),
+        ("compute_90", 86, False),
+        ("sm_100f", 103, True),
+        ("sm_120", 121, True),
+    ],
+)
 def test_which_code_runs_on_which_card(arch, capability, runs):
     assert cuda.runs_on(arch, capability) is runs
 
 
 # ----- the largest batch, measured -------------------------------------------------------------
 
+
 def test_fits_measured_takes_two_optimizer_steps(fake_cuda, monkeypatch):
     gpu = fake_cuda(total_mib=8192)
     steps = []
-    monkeypatch.setattr(workload, "build_trainer",
-                        lambda spec, device: AdamLikeTrainer(gpu, log=steps))
+    monkeypatch.setattr(
+        workload, "build_trainer", lambda spec, device: AdamLikeTrainer(gpu, log=steps)
+    )
     # One step peaks at 400 MiB (parameters + activations), two at 600 (+ AdamW's state).
     cuda.cap_to_budget(CUDA0, budget_mib=500, context_mib=0)
     assert memory._fits_measured(tiny(), CUDA0) is False
@@ -370,8 +430,7 @@ def test_fits_measured_takes_two_optimizer_steps(fake_cuda, monkeypatch):
     assert steps == [2, 2] and gpu.cuda.allocated == 0
 
 
-def test_fits_measured_counts_a_library_oom_as_no_and_raises_anything_else(fake_cuda,
-                                                                         monkeypatch):
+def test_fits_measured_counts_a_library_oom_as_no_and_raises_anything_else(fake_cuda, monkeypatch):
     fake_cuda()
 
     class Failing:
@@ -381,11 +440,15 @@ def test_fits_measured_counts_a_library_oom_as_no_and_raises_anything_else(fake_
         def step(self, images):
             raise self.error
 
-    monkeypatch.setattr(workload, "build_trainer", lambda spec, device: Failing(
-        RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED")))
+    monkeypatch.setattr(
+        workload,
+        "build_trainer",
+        lambda spec, device: Failing(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED")),
+    )
     assert memory._fits_measured(tiny(), CUDA0) is False
-    monkeypatch.setattr(workload, "build_trainer",
-                        lambda spec, device: Failing(RuntimeError("shape mismatch")))
+    monkeypatch.setattr(
+        workload, "build_trainer", lambda spec, device: Failing(RuntimeError("shape mismatch"))
+    )
     with pytest.raises(RuntimeError, match="shape mismatch"):
         memory._fits_measured(tiny(), CUDA0)
 
@@ -395,25 +458,25 @@ def test_max_batch_on_cuda_searches_under_the_cap(fake_cuda, monkeypatch):
 
     def build(spec, device):
         assert device == CUDA0
-        return AdamLikeTrainer(gpu, params_mib=100, activations_mib=50 * spec.batch,
-                               state_mib=200)
+        return AdamLikeTrainer(gpu, params_mib=100, activations_mib=50 * spec.batch, state_mib=200)
 
     monkeypatch.setattr(workload, "build_trainer", build)
     # The fake-tensor prediction runs on the CPU; with torch.cuda replaced, AdamW would ask the
     # (absent) driver whether a CUDA graph is being captured.
     monkeypatch.setattr(memory, "prediction", lambda spec, *card: {"fits": True})
     # 800 MiB for the allocator: 100 + 200 + 50 b <= 800 up to b = 10 (one step would say 14).
-    row = memory.max_batch_row(tiny(device="cuda", budget_mib=1300, context_mib=500,
-                                    find_max_batch=True))
+    row = memory.max_batch_row(
+        tiny(device="cuda", budget_mib=1300, context_mib=500, find_max_batch=True)
+    )
     assert row["batch"] == 10 and row["max_batch_source"] == "measured"
     assert ("set_device", 0) in gpu.calls and gpu.cuda.fraction == 800 / 8192
 
 
 # ----- the harnesses reach their first real CUDA operation --------------------------------------
 
+
 @pytest.mark.parametrize("device", ["cuda:0", "cuda"])
-def test_memory_measure_on_cuda_reaches_the_first_real_operation(fake_cuda, device,
-                                                                monkeypatch):
+def test_memory_measure_on_cuda_reaches_the_first_real_operation(fake_cuda, device, monkeypatch):
     gpu = fake_cuda()
     # As above: the fake-tensor prediction would ask the absent driver about CUDA graphs.
     monkeypatch.setattr(memory, "prediction", lambda spec, *card: {"fits": True})
@@ -425,8 +488,7 @@ def test_memory_measure_on_cuda_reaches_the_first_real_operation(fake_cuda, devi
 
 
 @pytest.mark.parametrize("device", ["cuda:0", "cuda"])
-def test_throughput_measure_on_cuda_reaches_the_first_real_operation(fake_cuda, device,
-                                                                     tmp_path):
+def test_throughput_measure_on_cuda_reaches_the_first_real_operation(fake_cuda, device, tmp_path):
     gpu = fake_cuda()
     with pytest.raises(RuntimeError, match=NO_DRIVER):
         throughput.measure(tiny(device=device), RunContext(tmp_path, "run"))
@@ -435,15 +497,32 @@ def test_throughput_measure_on_cuda_reaches_the_first_real_operation(fake_cuda, 
 
 def test_worker_refuses_bf16_on_7_5_before_any_work(fake_cuda, tmp_path):
     gpu = fake_cuda(capability=(7, 5))
-    result = run_spec(harnesses.named("memory"), tiny(precision="bf16"), RunContext(tmp_path, "run"))
+    result = run_spec(
+        harnesses.named("memory"), tiny(precision="bf16"), RunContext(tmp_path, "run")
+    )
     assert result["status"] == "error" and result["error"].startswith("CapabilityError: bf16")
     assert ("set_per_process_memory_fraction", 0) not in gpu.calls
 
 
 def test_throughput_cli_on_cuda_gets_to_the_device(fake_cuda, tmp_path):
     gpu = fake_cuda()
-    throughput.main(["--preset", "tiny", "--image-size", "16", "--attention", "8", "--device",
-                     "cuda", "--precision", "fp32", "--inline", "--out", str(tmp_path)])
+    throughput.main(
+        [
+            "--preset",
+            "tiny",
+            "--image-size",
+            "16",
+            "--attention",
+            "8",
+            "--device",
+            "cuda",
+            "--precision",
+            "fp32",
+            "--inline",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     with open(tmp_path / "throughput.csv", newline="") as f:
         (row,) = list(csv.DictReader(f))
     assert row["device"] == "cuda:0" and row["status"] == "error"

@@ -31,8 +31,7 @@ def test_unet2dmodel_has_our_cifar_architecture(attention):
     config = PRESETS["ddpm-cifar10"].replace(attention_resolutions=attention)
     with torch.device("meta"):
         theirs, ours = DiffusersUNet(config), UNet(config)
-    assert sum(p.numel() for p in theirs.parameters()) == (35_746_307 if attention
-                                                           else 34_164_227)
+    assert sum(p.numel() for p in theirs.parameters()) == (35_746_307 if attention else 34_164_227)
     # Ours fuses q, k, v into one linear; diffusers has three: compare with those split.
     split = collections.Counter()
     for shape, n in shapes(ours).items():
@@ -45,9 +44,13 @@ def test_unet2dmodel_has_our_cifar_architecture(attention):
 
 @needs_diffusers
 def test_diffusers_model_runs_our_calling_convention():
-    config = PRESETS["ddpm-cifar10"].replace(image_size=16, base_channels=32,
-                                             time_embed_dim=32, time_hidden_dim=128,
-                                             attention_resolutions=(8,))
+    config = PRESETS["ddpm-cifar10"].replace(
+        image_size=16,
+        base_channels=32,
+        time_embed_dim=32,
+        time_hidden_dim=128,
+        attention_resolutions=(8,),
+    )
     model = DiffusersUNet(config)
     x = torch.randn(2, 3, 16, 16)
     eps = model(x, torch.tensor([1, 999]))
@@ -57,8 +60,9 @@ def test_diffusers_model_runs_our_calling_convention():
 @needs_diffusers
 def test_diffusers_recipe_trains_with_torch_adamw_and_ema_model():
     # The CIFAR architecture at 8px without attention: the real layers, a cheap step.
-    spec = BenchSpec(preset="ddpm-cifar10", image_size=8, attention="none", batch=2,
-                     impl="diffusers")
+    spec = BenchSpec(
+        preset="ddpm-cifar10", image_size=8, attention="none", batch=2, impl="diffusers"
+    )
     trainer = build_trainer(spec)
     before = [p.detach().clone() for p in trainer.ema.params]
     stats = trainer.step(synthetic_images(spec, 2))
@@ -102,28 +106,56 @@ def test_impl_refusals_are_one_line(monkeypatch):
 
 def test_repeats_pass_over_the_grid_with_implementations_side_by_side(monkeypatch):
     monkeypatch.setattr(impl_module, "diffusers_installed", lambda: True)
-    specs = _specs(["--impl", "ddpm,diffusers", "--precision", "fp32,bf16", "--repeats", "3",
-                    "--device", "cpu"])
+    specs = _specs(
+        [
+            "--impl",
+            "ddpm,diffusers",
+            "--precision",
+            "fp32,bf16",
+            "--repeats",
+            "3",
+            "--device",
+            "cpu",
+        ]
+    )
     assert [(s.repeat, s.precision, s.impl) for s in specs] == [
-        (r, p, i) for r in (1, 2, 3) for p in ("fp32", "bf16") for i in ("ddpm", "diffusers")]
+        (r, p, i) for r in (1, 2, 3) for p in ("fp32", "bf16") for i in ("ddpm", "diffusers")
+    ]
     assert len({s.spec_id for s in specs}) == len(specs)
 
 
 def _row(impl, value, precision="fp32", mfu=None, status="ok"):
-    return {"preset": "ddpm-cifar10", "image_size": 32, "batch": 8, "accum": 1,
-            "precision": precision, "attention": "16", "compile": "off", "checkpointing": "off",
-            "device": "cpu", "impl": impl, "dataset": "synthetic", "sampler": "none",
-            "sampling_steps": 0, "repeat": 1, "status": status, "img_per_s": value, "mfu": mfu}
+    return {
+        "preset": "ddpm-cifar10",
+        "image_size": 32,
+        "batch": 8,
+        "accum": 1,
+        "precision": precision,
+        "attention": "16",
+        "compile": "off",
+        "checkpointing": "off",
+        "device": "cpu",
+        "impl": impl,
+        "dataset": "synthetic",
+        "sampler": "none",
+        "sampling_steps": 0,
+        "repeat": 1,
+        "status": status,
+        "img_per_s": value,
+        "mfu": mfu,
+    }
 
 
 def test_impl_ratios_are_ratios_of_medians():
-    rows = [_row("ddpm", v, mfu=m) for v, m in ((6.0, .6), (5.0, .5), (9.0, .9))]
-    rows += [_row("diffusers", v, mfu=m) for v, m in ((4.0, .4), (3.0, .3), (5.0, .5))]
+    rows = [_row("ddpm", v, mfu=m) for v, m in ((6.0, 0.6), (5.0, 0.5), (9.0, 0.9))]
+    rows += [_row("diffusers", v, mfu=m) for v, m in ((4.0, 0.4), (3.0, 0.3), (5.0, 0.5))]
     rows += [_row("ddpm", 2.0, "bf16"), _row("diffusers", 1.0, "bf16", status="error")]
     (sentence,) = impl_ratios(rows, "img_per_s", "img/s", also=("mfu",))
     # medians 6 and 4 -> 1.50x; ranges 5-9 and 3-5; precision varies, so it is named.
-    assert sentence == ("ddpm vs diffusers, precision fp32: 6 vs 4 img/s (medians of 3 and 3 "
-                        "alternating runs; ranges 5-9 and 3-5): 1.50x; mfu 0.6 vs 0.4.")
+    assert sentence == (
+        "ddpm vs diffusers, precision fp32: 6 vs 4 img/s (medians of 3 and 3 "
+        "alternating runs; ranges 5-9 and 3-5): 1.50x; mfu 0.6 vs 0.4."
+    )
 
 
 @needs_diffusers

@@ -12,8 +12,9 @@ from bench.measure.training import timed_training
 from bench.models.workload import TrainStep, build_trainer, synthetic_images, train_step
 from bench.spec import BenchSpec
 
-TINY = BenchSpec(preset="tiny", image_size=16, attention="8", batch=2, accum=2, measure_steps=2,
-                 warmup_steps=1)
+TINY = BenchSpec(
+    preset="tiny", image_size=16, attention="8", batch=2, accum=2, measure_steps=2, warmup_steps=1
+)
 
 
 @pytest.fixture
@@ -47,8 +48,19 @@ def test_the_profiler_profiles_the_shared_step(calls):
 
 
 def test_the_pytest_suite_benchmarks_the_shared_step(calls):
-    status = pytest.main(["bench/suite/test_train_step.py", "--benchmark-disable", "--bench-batch",
-                          "2", "--bench-precision", "fp32", "-q", "-p", "no:cacheprovider"])
+    status = pytest.main(
+        [
+            "bench/suite/test_train_step.py",
+            "--benchmark-disable",
+            "--bench-batch",
+            "2",
+            "--bench-precision",
+            "fp32",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ]
+    )
     assert status == 0
     assert calls["step"] >= 2  # a setup step, then the measured one
 

@@ -234,8 +234,9 @@ def test_random_program_keeps_the_stats_consistent():
                 del live[handle]
                 m.free(handle)
             else:
-                nbytes = rng.choice([rng.randint(0, 2 * KiB), rng.randint(1, 3 * MiB),
-                                     rng.randint(1, 40 * MiB)])
+                nbytes = rng.choice(
+                    [rng.randint(0, 2 * KiB), rng.randint(1, 3 * MiB), rng.randint(1, 40 * MiB)]
+                )
                 live[m.malloc(nbytes)] = nbytes
             assert sum(live.values()) <= m.allocated <= m.reserved
             assert m.reserved >= reserved
@@ -479,15 +480,21 @@ def test_parse_alloc_conf_defaults(text):
         ("expandable_segments:True", {"expandable_segments": True}),
         ("expandable_segments:False", {}),
         # whitespace is ignored, and a trailing comma is accepted
-        (" expandable_segments : True , max_split_size_mb:300,", {
-            "expandable_segments": True, "max_split_size_mb": 300}),
+        (
+            " expandable_segments : True , max_split_size_mb:300,",
+            {"expandable_segments": True, "max_split_size_mb": 300},
+        ),
         # keys torch knows but the model does not use are accepted and ignored
         ("garbage_collection_threshold:0.6,pinned_use_background_threads:True", {}),
-        ("roundup_power2_divisions:[256:1,>:4],expandable_segments:True",
-         {"expandable_segments": True}),
+        (
+            "roundup_power2_divisions:[256:1,>:4],expandable_segments:True",
+            {"expandable_segments": True},
+        ),
         # max_non_split_rounding_mb follows large_segment_size_mb unless given
-        ("large_segment_size_mb:64,max_split_size_mb:64",
-         {"large_segment_size_mb": 64, "max_split_size_mb": 64, "max_non_split_rounding_mb": 64}),
+        (
+            "large_segment_size_mb:64,max_split_size_mb:64",
+            {"large_segment_size_mb": 64, "max_split_size_mb": 64, "max_non_split_rounding_mb": 64},
+        ),
         ("max_non_split_rounding_mb:30", {"max_non_split_rounding_mb": 30}),
         ("backend:cudaMallocAsync", {"backend": "cudaMallocAsync"}),
     ],

@@ -27,37 +27,49 @@ MIB = 2**20
 
 # ----- the attention kernel a card runs ------------------------------------------------------
 
-@pytest.mark.parametrize("capability, dtype, head_dim, cudnn, expected", [
-    # Turing: no flash (sm80+), memory-efficient takes fp16 and fp32 but not bf16.
-    ((7, 5), torch.float16, 256, 92400, "efficient"),
-    ((7, 5), torch.bfloat16, 256, 92400, "math"),
-    ((6, 1), torch.float32, 256, 92400, "efficient"),
-    # Ampere / Ada consumer cards: flash trains head dims <= 192 or > 224 (no dropout).
-    ((8, 6), torch.bfloat16, 256, 92400, "flash"),
-    ((8, 9), torch.float16, 200, 92400, "efficient"),
-    ((8, 6), torch.float32, 256, 92400, "efficient"),
-    ((8, 0), torch.bfloat16, 200, 92400, "flash"),
-    # Hopper with cuDNN > 9.15 tries cuDNN first; its backward takes head dim <= 128 or 256.
-    ((9, 0), torch.bfloat16, 256, 92400, "cudnn"),
-    ((9, 0), torch.bfloat16, 160, 92400, "flash"),
-    ((9, 0), torch.bfloat16, 256, 91000, "flash"),
-    ((9, 0), torch.float32, 256, 92400, "efficient"),
-])
+
+@pytest.mark.parametrize(
+    "capability, dtype, head_dim, cudnn, expected",
+    [
+        # Turing: no flash (sm80+), memory-efficient takes fp16 and fp32 but not bf16.
+        ((7, 5), torch.float16, 256, 92400, "efficient"),
+        ((7, 5), torch.bfloat16, 256, 92400, "math"),
+        ((6, 1), torch.float32, 256, 92400, "efficient"),
+        # Ampere / Ada consumer cards: flash trains head dims <= 192 or > 224 (no dropout).
+        ((8, 6), torch.bfloat16, 256, 92400, "flash"),
+        ((8, 9), torch.float16, 200, 92400, "efficient"),
+        ((8, 6), torch.float32, 256, 92400, "efficient"),
+        ((8, 0), torch.bfloat16, 200, 92400, "flash"),
+        # Hopper with cuDNN > 9.15 tries cuDNN first; its backward takes head dim <= 128 or 256.
+        ((9, 0), torch.bfloat16, 256, 92400, "cudnn"),
+        ((9, 0), torch.bfloat16, 160, 92400, "flash"),
+        ((9, 0), torch.bfloat16, 256, 91000, "flash"),
+        ((9, 0), torch.float32, 256, 92400, "efficient"),
+    ],
+)
 def test_attention_backend_per_card(capability, dtype, head_dim, cudnn, expected):
-    assert attention_backend(capability, dtype, head_dim, requires_grad=True,
-                             cudnn_version=cudnn) == expected
+    assert (
+        attention_backend(capability, dtype, head_dim, requires_grad=True, cudnn_version=cudnn)
+        == expected
+    )
 
 
 def test_attention_backend_without_grad_lifts_the_consumer_flash_limit():
-    assert attention_backend((8, 6), torch.bfloat16, 200, requires_grad=False,
-                             cudnn_version=92400) == "flash"
+    assert (
+        attention_backend((8, 6), torch.bfloat16, 200, requires_grad=False, cudnn_version=92400)
+        == "flash"
+    )
 
 
 # ----- each rule, seen in the autograd graph ----------------------------------------------------
 
+
 def _fake_forward(fn, rules: bool, autocast: torch.dtype | None = None):
-    with FakeTensorMode(), (CudaRules(SM86) if rules else contextlib.nullcontext()), \
-            torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+    with (
+        FakeTensorMode(),
+        CudaRules(SM86) if rules else contextlib.nullcontext(),
+        torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None),
+    ):
         return fn()
 
 
@@ -73,8 +85,11 @@ def test_dropout_keeps_a_bool_mask_under_cuda_rules():
 
 
 def _saved_tensors(node):
-    return [getattr(node, a) for a in dir(node)
-            if a.startswith("_saved_") and isinstance(getattr(node, a), torch.Tensor)]
+    return [
+        getattr(node, a)
+        for a in dir(node)
+        if a.startswith("_saved_") and isinstance(getattr(node, a), torch.Tensor)
+    ]
 
 
 def test_group_norm_runs_in_fp32_under_cuda_autocast_only():
@@ -84,10 +99,14 @@ def test_group_norm_runs_in_fp32_under_cuda_autocast_only():
         h = F.conv2d(x, w, padding=1)
         return h.dtype, F.group_norm(h, 2).dtype
 
-    assert _fake_forward(run, rules=False, autocast=torch.bfloat16) == (torch.bfloat16,
-                                                                         torch.bfloat16)
-    assert _fake_forward(run, rules=True, autocast=torch.bfloat16) == (torch.bfloat16,
-                                                                        torch.float32)
+    assert _fake_forward(run, rules=False, autocast=torch.bfloat16) == (
+        torch.bfloat16,
+        torch.bfloat16,
+    )
+    assert _fake_forward(run, rules=True, autocast=torch.bfloat16) == (
+        torch.bfloat16,
+        torch.float32,
+    )
 
 
 def test_attention_calls_the_card_kernel():
@@ -96,11 +115,13 @@ def test_attention_calls_the_card_kernel():
         return type(F.scaled_dot_product_attention(q, q, q).grad_fn).__name__
 
     assert _fake_forward(run, rules=True, autocast=torch.bfloat16) == (
-        "ScaledDotProductFlashAttentionBackward0")
+        "ScaledDotProductFlashAttentionBackward0"
+    )
     assert _fake_forward(run, rules=True) == "ScaledDotProductEfficientAttentionBackward0"
 
 
 # ----- the rules' effect on the CIFAR-10 model, against independent counts ---------------------
+
 
 def dropout_elements_per_image() -> int:
     """Counted by forward hooks on the model's Dropout modules, on a real 1-image forward."""
@@ -126,8 +147,9 @@ def cpu_rules_peak(spec: BenchSpec) -> int:
     with FakeTensorMode(allow_non_fake_inputs=True):
         trainer = build_trainer(spec, device="cpu", compiled=False, schedule=schedule)
         trainer.step(synthetic_images(spec, spec.batch))
-        with TensorTracker(trainer.model, trainer.optimizer, trainer.ema.params,
-                           round_to=512) as tracker:
+        with TensorTracker(
+            trainer.model, trainer.optimizer, trainer.ema.params, round_to=512
+        ) as tracker:
             trainer.step(synthetic_images(spec, spec.batch))
     return tracker.peak.total
 
@@ -152,14 +174,17 @@ def forward_end_bytes(batch: int, by_hand: bool) -> int:
     tensors."""
     config = PRESETS["ddpm-cifar10"].replace(image_size=16, attention_resolutions=(8,))
     torch.manual_seed(0)
-    with (contextlib.nullcontext() if by_hand else FakeTensorMode()), \
-            (contextlib.nullcontext() if by_hand else CudaRules(SM86)):
+    with (
+        contextlib.nullcontext() if by_hand else FakeTensorMode(),
+        contextlib.nullcontext() if by_hand else CudaRules(SM86),
+    ):
         model = UNet(config)
         if by_hand:
             for m in model.modules():
                 if isinstance(m, torch.nn.GroupNorm):
                     m.forward = lambda x, m=m: F.group_norm(
-                        x.float(), m.num_groups, m.weight, m.bias, m.eps)
+                        x.float(), m.num_groups, m.weight, m.bias, m.eps
+                    )
                 if isinstance(m, torch.nn.Dropout):
                     m.forward = lambda x, m=m: torch.native_dropout(x, m.p, True)[0]
         x = torch.randn(batch, 3, 16, 16)

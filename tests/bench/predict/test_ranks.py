@@ -59,12 +59,15 @@ def _shapes() -> tuple[list[torch.Size], list[list[torch.Size]]]:
     each ResBlock and attention block a unit and the model the unit of the rest."""
     with torch.device("meta"):
         model = build_unet(spec().unet_config(), "ddpm")
-    blocks = [list(m.parameters()) for m in model.modules()
-              if isinstance(m, (ResBlock, AttentionBlock))]
+    blocks = [
+        list(m.parameters()) for m in model.modules() if isinstance(m, (ResBlock, AttentionBlock))
+    ]
     in_blocks = {id(p) for block in blocks for p in block}
     rest = [p for p in model.parameters() if id(p) not in in_blocks]
-    return ([p.shape for p in model.parameters()],
-            [[p.shape for p in unit] for unit in [*blocks, rest]])
+    return (
+        [p.shape for p in model.parameters()],
+        [[p.shape for p in unit] for unit in [*blocks, rest]],
+    )
 
 
 SHAPES, UNITS = _shapes()
@@ -82,6 +85,7 @@ def block(nbytes: int) -> int:
 
 
 # ----- FSDP2: weights, gradients and AdamW state sharded by n -------------------------------------
+
 
 @pytest.mark.parametrize("n", [1, 2, 4, 8])
 def test_fsdp2_shards_weights_gradients_and_adamw_state_by_n(n):
@@ -103,7 +107,10 @@ def test_fsdp2_shards_weights_gradients_and_adamw_state_by_n(n):
     # The gathered whole parameters are working copies: at the peak the parameters are the shards.
     peak = real.peak.by_category
     assert (peak["parameters"], peak["ema"], peak["optimizer_state"]) == (
-        share, share, kept["optimizer_state"])
+        share,
+        share,
+        kept["optimizer_state"],
+    )
 
     # The prediction: the same shards, each allocation in whole blocks. A parameter's shard is a
     # storage of its own; a unit's gradients share its reduce-scatter output.
@@ -115,7 +122,10 @@ def test_fsdp2_shards_weights_gradients_and_adamw_state_by_n(n):
     assert kept["gradients"] == sum(block(sum(shard_bytes(s, n) for s in unit)) for unit in UNITS)
     peak = predicted.peak.by_category
     assert (peak["parameters"], peak["ema"], peak["optimizer_state"]) == (
-        blocks, blocks, kept["optimizer_state"])
+        blocks,
+        blocks,
+        kept["optimizer_state"],
+    )
 
 
 @pytest.mark.parametrize("n", [2, 4, 8])
@@ -127,18 +137,29 @@ def test_fsdp2_accumulating_without_exchange_holds_whole_gradients(n):
     last = memory(spec(ranks=n, parallel="fsdp", grad_sync="last"), fake=False).peak
     assert last.total - every.total == pytest.approx(PARAMS * FP32 * (1 - 1 / n), rel=0.02)
     # The gradients at that peak are the same bytes whatever n: they are not sharded.
-    assert last.by_category["gradients"] == memory(
-        spec(ranks=2, parallel="fsdp", grad_sync="last"), fake=False).peak.by_category["gradients"]
-    predicted = [memory(spec(ranks=m, parallel="fsdp", grad_sync="last"), fake=True)
-                 .peak.by_category["gradients"] for m in (2, n)]
+    assert (
+        last.by_category["gradients"]
+        == memory(spec(ranks=2, parallel="fsdp", grad_sync="last"), fake=False).peak.by_category[
+            "gradients"
+        ]
+    )
+    predicted = [
+        memory(spec(ranks=m, parallel="fsdp", grad_sync="last"), fake=True).peak.by_category[
+            "gradients"
+        ]
+        for m in (2, n)
+    ]
     assert predicted[0] == predicted[1]
 
 
 def cuda_traced_calls(s: BenchSpec) -> set:
     """The calls CudaRules traced on CUDA stand-ins during one step of `s` (rank 0's)."""
     schedule = NoiseSchedule.linear()  # its validation reads values: made outside fake mode
-    with (rank_zero(s, fake_tensors=True) as mesh, FakeTensorMode(allow_non_fake_inputs=True),
-          CudaRules(DEFAULT_TARGET) as rules):
+    with (
+        rank_zero(s, fake_tensors=True) as mesh,
+        FakeTensorMode(allow_non_fake_inputs=True),
+        CudaRules(DEFAULT_TARGET) as rules,
+    ):
         trainer = build_trainer(s, device="cpu", compiled=False, schedule=schedule, mesh=mesh)
         trainer.step(synthetic_images(s, trainer.world * s.batch * s.accum))
     return set(rules._graphs)
@@ -155,6 +176,7 @@ def test_cuda_rules_trace_the_model_alone_inside_fsdp2_units():
 
 # ----- DDP: a replica per rank, plus its gradient buckets -----------------------------------------
 
+
 @pytest.mark.parametrize("n", [2, 4, 8])
 def test_ddp_replicates_and_adds_one_bucket_copy_of_the_gradients(n):
     """DDP keeps a flat bucket copy of every gradient for the all-reduce beside param.grad
@@ -165,7 +187,9 @@ def test_ddp_replicates_and_adds_one_bucket_copy_of_the_gradients(n):
     for state in ("kept", "peak"):
         mine, theirs = getattr(ddp, state).by_category, getattr(one, state).by_category
         assert {c: mine[c] - theirs[c] for c in CATEGORIES} == {
-            **dict.fromkeys(CATEGORIES, 0), "gradients": bucket}, state
+            **dict.fromkeys(CATEGORIES, 0),
+            "gradients": bucket,
+        }, state
     assert ddp.peak.total == one.peak.total + bucket
     real = memory(spec(ranks=n, parallel="ddp"), fake=False).kept.by_category
     assert real["gradients"] == 2 * PARAMS * FP32
@@ -173,6 +197,7 @@ def test_ddp_replicates_and_adds_one_bucket_copy_of_the_gradients(n):
 
 
 # ----- the prediction against 2 real ranks --------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> dict[int, dict]:
@@ -194,8 +219,9 @@ def test_fake_group_prediction_within_10_percent_of_two_real_ranks(name, two_ran
     traced = memory(s, fake=False)
     state = ("parameters", "gradients", "optimizer_state", "ema")
     for when in ("peak", "kept"):
-        assert ({c: two_ranks[0][name][when][c] for c in state}
-                == {c: getattr(traced, when).by_category[c] for c in state}), when
+        assert {c: two_ranks[0][name][when][c] for c in state} == {
+            c: getattr(traced, when).by_category[c] for c in state
+        }, when
     assert abs(sum(two_ranks[0][name]["peak"].values()) - traced.peak.total) <= 4
     predicted = memory(s, fake=True).peak.total
     for rank, measured in two_ranks.items():
@@ -207,6 +233,7 @@ def test_fake_group_prediction_within_10_percent_of_two_real_ranks(name, two_ran
 
 
 # ----- where the prediction runs, and the harness -------------------------------------------------
+
 
 def test_a_rank_of_a_real_group_predicts_in_a_process_of_its_own(tmp_path):
     """Under torchrun the process is in a real group, where fake tensors cannot take part in
@@ -230,18 +257,27 @@ def test_find_max_batch_searches_with_the_per_rank_prediction(monkeypatch):
         return {"fits": s.batch <= 5}
 
     monkeypatch.setattr(harness, "prediction", prediction)
-    row = harness.max_batch_row(spec(ranks=8, parallel="fsdp", find_max_batch=True,
-                                     predict_only=True))
+    row = harness.max_batch_row(
+        spec(ranks=8, parallel="fsdp", find_max_batch=True, predict_only=True)
+    )
     assert row["batch"] == 5 and row["max_batch_source"] == "predicted"
     assert row["effective_batch"] == 8 * 5 * spec().accum
     assert {(s.ranks, s.parallel, s.grad_sync) for s in asked} == {(8, "fsdp", "last")}
 
 
 def test_verdict_speaks_per_card():
-    row = {**spec(ranks=8, parallel="fsdp").to_dict(), "status": "ok", "target_sm": 86,
-           "predicted_cuda_mib": 702.0, "predicted_reserved_mib": 244.0,
-           "cudnn_workspace_mib": 32.0, "context_mib": 426.0, "budget_mib": 7977.0,
-           "fits": True, "headroom_mib": 7275.0}
+    row = {
+        **spec(ranks=8, parallel="fsdp").to_dict(),
+        "status": "ok",
+        "target_sm": 86,
+        "predicted_cuda_mib": 702.0,
+        "predicted_reserved_mib": 244.0,
+        "cudnn_workspace_mib": 32.0,
+        "context_mib": 426.0,
+        "budget_mib": 7977.0,
+        "fits": True,
+        "headroom_mib": 7275.0,
+    }
     text = harness.verdict(row)
     assert "batch 2 x accum 2 per rank of 8 (fsdp, gradient sync last)" in text
     assert "on each CUDA sm86 card" in text
@@ -252,16 +288,26 @@ def test_verdict_speaks_per_card():
 def test_verdict_of_one_rank_names_its_parallel_mode(mode):
     """--ranks 1 --parallel ddp is not the plain step: the wrapper's buffers count, so the
     sentence says which it is, for a verdict and for a largest batch."""
-    row = {**spec(ranks=1, parallel=mode, grad_sync="last").to_dict(), "status": "ok",
-           "target_sm": 86, "predicted_cuda_mib": 702.0, "predicted_reserved_mib": 244.0,
-           "cudnn_workspace_mib": 32.0, "context_mib": 426.0, "budget_mib": 7977.0,
-           "fits": True, "headroom_mib": 7275.0}
+    row = {
+        **spec(ranks=1, parallel=mode, grad_sync="last").to_dict(),
+        "status": "ok",
+        "target_sm": 86,
+        "predicted_cuda_mib": 702.0,
+        "predicted_reserved_mib": 244.0,
+        "cudnn_workspace_mib": 32.0,
+        "context_mib": 426.0,
+        "budget_mib": 7977.0,
+        "fits": True,
+        "headroom_mib": 7275.0,
+    }
     text = harness.verdict(row)
     assert f"batch 2 x accum 2 on 1 rank ({mode}, gradient sync last) (fp32," in text
     assert "on a CUDA sm86 card" in text
     largest = harness.verdict({**row, "batch": 136, "max_batch_source": "predicted"})
-    assert largest.startswith(f"Largest batch that fits 7.79 GiB at accum 2 on 1 rank ({mode}, "
-                              "gradient sync last) (fp32, attention")
+    assert largest.startswith(
+        f"Largest batch that fits 7.79 GiB at accum 2 on 1 rank ({mode}, "
+        "gradient sync last) (fp32, attention"
+    )
     assert largest.endswith(": 136 (predicted).")
     plain = harness.verdict({**row, "parallel": "none"})
     assert "rank" not in plain and mode not in plain

@@ -20,24 +20,52 @@ from _pytest.config.argparsing import Argument, Parser
 from bench.suite import save
 
 ROOT = Path(__file__).resolve().parents[3]
-SMALL = ["--bench-batch", "2", "--bench-precision", "fp32", "--bench-rounds", "1", "-q",
-         "-p", "no:cacheprovider"]
+SMALL = [
+    "--bench-batch",
+    "2",
+    "--bench-precision",
+    "fp32",
+    "--bench-rounds",
+    "1",
+    "-q",
+    "-p",
+    "no:cacheprovider",
+]
 
 
-def run_suite(storage: Path, *args: str, before: tuple[str, ...] = ()
-              ) -> subprocess.CompletedProcess:
+def run_suite(
+    storage: Path, *args: str, before: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
     """`pytest [before] bench [small specs] [args]`, saving under `storage`."""
-    return subprocess.run([sys.executable, "-m", "pytest", *before, "bench", *SMALL,
-                           f"--benchmark-storage=file://{storage}", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            *before,
+            "bench",
+            *SMALL,
+            f"--benchmark-storage=file://{storage}",
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def expected_commit() -> str:
     """This tree's short commit, asked of git independently ("nogit" outside a git tree)."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
-                              capture_output=True, text=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "nogit"
 
@@ -69,9 +97,13 @@ def test_bare_and_named_saves_are_read_by_compare(tmp_path):
 
     # The console script users type, from the same environment as this interpreter.
     cli = str(Path(sys.executable).parent / "pytest-benchmark")
-    compare = subprocess.run([cli, "--storage",
-                              f"file://{tmp_path}", "compare", "0001", "0002"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+    compare = subprocess.run(
+        [cli, "--storage", f"file://{tmp_path}", "compare", "0001", "0002"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert compare.returncode == 0, compare.stderr[-2000:]
     assert compare.stdout.count("test_train_step") >= 2  # one line per saved run
     assert compare.stdout.count("test_ddim_step") >= 2
@@ -92,14 +124,17 @@ def benchmark_parser() -> Parser:
     return parser
 
 
-@pytest.mark.parametrize("args, name, paths", [
-    (["bench", "--benchmark-save"], save.AUTOMATIC, ["bench"]),
-    (["bench", "--benchmark-save", "--benchmark-disable"], save.AUTOMATIC, ["bench"]),
-    (["bench", "--benchmark-save", "baseline"], "baseline", ["bench"]),
-    (["--benchmark-save", "baseline", "bench"], "baseline", ["bench"]),
-    (["bench", "--benchmark-save=base"], "base", ["bench"]),
-    (["bench"], None, ["bench"]),
-])
+@pytest.mark.parametrize(
+    "args, name, paths",
+    [
+        (["bench", "--benchmark-save"], save.AUTOMATIC, ["bench"]),
+        (["bench", "--benchmark-save", "--benchmark-disable"], save.AUTOMATIC, ["bench"]),
+        (["bench", "--benchmark-save", "baseline"], "baseline", ["bench"]),
+        (["--benchmark-save", "baseline", "bench"], "baseline", ["bench"]),
+        (["bench", "--benchmark-save=base"], "base", ["bench"]),
+        (["bench"], None, ["bench"]),
+    ],
+)
 def test_save_takes_its_name_optionally(args, name, paths):
     ns = benchmark_parser().parse(args)
     assert ns.benchmark_save is name or ns.benchmark_save == name
@@ -146,9 +181,13 @@ def test_the_automatic_name_is_the_commit_and_time_and_dirt(tmp_path, monkeypatc
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
 
     def git(*args):
-        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
-                              cwd=tmp_path, check=True, capture_output=True,
-                              text=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
 
     git("init", "-q")
     (tmp_path / "f").write_text("1")

@@ -40,9 +40,18 @@ def test_every_command_defaults_to_the_run_folder(monkeypatch):
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
-@pytest.mark.parametrize("name", ["memory.csv", "memory.json", "memory.md", ".memory.lock",
-                                  "loss/run/spec/curve.csv", "plots/memory_vs_batch.png",
-                                  "gpucheck.md"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "memory.csv",
+        "memory.json",
+        "memory.md",
+        ".memory.lock",
+        "loss/run/spec/curve.csv",
+        "plots/memory_vs_batch.png",
+        "gpucheck.md",
+    ],
+)
 def test_git_ignores_the_run_folder(name):
     """What the .gitignore of this checkout says of each file a default run writes."""
     path = f"{RUN_FOLDER}/{name}"
@@ -51,32 +60,64 @@ def test_git_ignores_the_run_folder(name):
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
-@pytest.mark.parametrize("name", ["memory.csv", "memory.md", "loss/run/spec/curve.csv",
-                                  "plots/memory_vs_batch.png"])
+@pytest.mark.parametrize(
+    "name", ["memory.csv", "memory.md", "loss/run/spec/curve.csv", "plots/memory_vs_batch.png"]
+)
 def test_git_does_not_ignore_the_reference_tables(name):
     """The same question of results/, where `--out results` writes: the answer must differ, or
     the test above would pass for a .gitignore that ignores everything."""
-    ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", f"results/{name}"],
-                             cwd=ROOT)
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "--no-index", f"results/{name}"], cwd=ROOT
+    )
     assert ignored.returncode == 1
 
 
 def test_a_run_without_out_writes_the_run_folder_and_report_rebuilds_it(tmp_path):
     run = subprocess.run(
-        [sys.executable, "-m", "bench.memory", "--preset", "tiny", "--image-size", "16",
-         "--batch", "1", "--accum", "1", "--device", "cpu", "--predict-only", "--inline"],
-        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "bench.memory",
+            "--preset",
+            "tiny",
+            "--image-size",
+            "16",
+            "--batch",
+            "1",
+            "--accum",
+            "1",
+            "--device",
+            "cpu",
+            "--predict-only",
+            "--inline",
+        ],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr
     folder = tmp_path / RUN_FOLDER
-    assert sorted(p.name for p in folder.iterdir()) == [".memory.lock", "memory.csv", "memory.json",
-                                                        "memory.md"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".memory.lock",
+        "memory.csv",
+        "memory.json",
+        "memory.md",
+    ]
     assert [p.name for p in tmp_path.iterdir()] == ["runs"]  # no results/ beside it
     assert f"Rows appended to {Path(RUN_FOLDER) / 'memory.csv'}" in run.stdout + run.stderr
 
     written = (folder / "memory.md").read_bytes()
     (folder / "memory.md").unlink()
-    rebuilt = subprocess.run([sys.executable, "-m", "bench.report", "--no-plots"], cwd=tmp_path,
-                             env=ENV, capture_output=True, text=True, timeout=300)
+    rebuilt = subprocess.run(
+        [sys.executable, "-m", "bench.report", "--no-plots"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert rebuilt.stdout.splitlines() == [f"wrote {Path(RUN_FOLDER) / 'memory.md'}"]
     assert (folder / "memory.md").read_bytes() == written

@@ -24,16 +24,32 @@ from bench.tables.results import ResultsTable
 
 ENV = {k: v for k, v in os.environ.items() if k != FAULT_ENV} | {"OMP_NUM_THREADS": "1"}
 # Predicted only, two specs: seconds each, and one can fail on purpose.
-ARGS = ["--preset", "tiny", "--image-size", "16", "--device", "cpu", "--predict-only",
-        "--batch", "1,2", "--accum", "1"]
+ARGS = [
+    "--preset",
+    "tiny",
+    "--image-size",
+    "16",
+    "--device",
+    "cpu",
+    "--predict-only",
+    "--batch",
+    "1,2",
+    "--accum",
+    "1",
+]
 # gloo's way of naming where an error was raised: rich markup's closing tag, to rich.
 GLOO = "[/__w/x/pair.cc:561]"
 FAULT = f"error:-b2x1-:{GLOO} :warning: [bold]"
 
 
 def sweep(out: Path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=None):
-    return subprocess.Popen([sys.executable, "-m", "bench.memory", *ARGS, "--out", str(out)],
-                            stdout=stdout, stderr=stderr, text=True, env=env or ENV)
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.memory", *ARGS, "--out", str(out)],
+        stdout=stdout,
+        stderr=stderr,
+        text=True,
+        env=env or ENV,
+    )
 
 
 def closed_pipe() -> int:
@@ -78,10 +94,12 @@ def runs(tmp_path_factory):
 
     # Wide enough that no line of the answer is cut: the error's text is asserted whole.
     markup_env = ENV | {FAULT_ENV: FAULT, "COLUMNS": "400"}
-    jobs = {"read": lambda: read(root / "read"),
-            "stdout_closed": lambda: stdout_closed(root / "stdout_closed"),
-            "both_closed": lambda: both_closed(root / "both_closed"),
-            "markup": lambda: read(root / "x[" / "b]y", env=markup_env)}
+    jobs = {
+        "read": lambda: read(root / "read"),
+        "stdout_closed": lambda: stdout_closed(root / "stdout_closed"),
+        "both_closed": lambda: both_closed(root / "both_closed"),
+        "markup": lambda: read(root / "x[" / "b]y", env=markup_env),
+    }
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         futures = {name: pool.submit(job) for name, job in jobs.items()}
         return root, {name: f.result() for name, f in futures.items()}
@@ -97,8 +115,9 @@ def test_the_answer_is_on_stdout_and_progress_on_stderr(runs):
     assert "┃ batch ┃" in stdout and "predicted_" in stdout
     verdicts = [ln for ln in stdout.splitlines() if ln.startswith("Verdict: batch ")]
     assert len(verdicts) == 2 and all(" fits in 7.79 GiB" in v for v in verdicts), stdout
-    assert stdout.endswith(f"Rows appended to {out / 'memory.csv'}; report in "
-                           f"{out / 'memory.md'}.\n")
+    assert stdout.endswith(
+        f"Rows appended to {out / 'memory.csv'}; report in {out / 'memory.md'}.\n"
+    )
     # Progress: each spec's name as it starts, and the bar; none of it in the answer.
     assert "memory 1/2: tiny-16px-b1x1-fp32" in stderr and "memory 2/2: tiny-16px-b2x1" in stderr
     assert "2/2 specs" in stderr
@@ -142,8 +161,9 @@ def test_text_that_looks_like_markup_is_shown_as_it_is(runs):
     assert error.endswith(f": {GLOO} :warning: [bold]"), error
     # The failed spec's sentence quotes the error word for word: no tag read, no emoji made.
     assert f"{error})." in stdout, stdout
-    assert stdout.endswith(f"Rows appended to {out / 'memory.csv'}; report in "
-                           f"{out / 'memory.md'}.\n")
+    assert stdout.endswith(
+        f"Rows appended to {out / 'memory.csv'}; report in {out / 'memory.md'}.\n"
+    )
 
 
 def test_a_report_that_cannot_be_written_is_a_warning_on_stderr(tmp_path, monkeypatch):
@@ -154,10 +174,16 @@ def test_a_report_that_cannot_be_written_is_a_warning_on_stderr(tmp_path, monkey
     out = tmp_path / "r[/b]"
     table = ResultsTable(out, "memory", memory.HARNESS.figure_columns)
     answer, warnings = io.StringIO(), io.StringIO()
-    report_sweep(memory.HARNESS, table, "python -m bench.memory",
-                 Console(file=answer, width=80), Console(file=warnings, width=80))
+    report_sweep(
+        memory.HARNESS,
+        table,
+        "python -m bench.memory",
+        Console(file=answer, width=80),
+        Console(file=warnings, width=80),
+    )
     assert answer.getvalue() == f"Rows appended to {out / 'memory.csv'}; no report written.\n"
     assert warnings.getvalue() == (
         f"No report written: {out / 'memory.md'} cannot be written "
         f"({os.strerror(errno.ENOSPC)}). Once that is fixed, python -m bench.report --out {out} "
-        "--harness memory writes it.\n")
+        "--harness memory writes it.\n"
+    )

@@ -32,13 +32,25 @@ from ddpm.train import Trainer
 from tests.helpers.cli_checks import check_one_line_error
 
 ENV = {k: v for k, v in os.environ.items() if k not in (FAULT_ENV, FAULT_RANK_ENV)} | {
-    "OMP_NUM_THREADS": "1"}
-BASE = ["--preset", "tiny", "--device", "cpu", "--precision", "fp32", "--warmup", "0", "--steps",
-        "1"]
+    "OMP_NUM_THREADS": "1"
+}
+BASE = [
+    "--preset",
+    "tiny",
+    "--device",
+    "cpu",
+    "--precision",
+    "fp32",
+    "--warmup",
+    "0",
+    "--steps",
+    "1",
+]
 
 
-def sweep(tmp_path: Path, *args, fault: str | None = None, rank: int | None = None,
-          timeout: float = 300) -> tuple[subprocess.CompletedProcess, str]:
+def sweep(
+    tmp_path: Path, *args, fault: str | None = None, rank: int | None = None, timeout: float = 300
+) -> tuple[subprocess.CompletedProcess, str]:
     """The sweep, marked so that every process it starts can be found afterwards."""
     mark = uuid.uuid4().hex
     env = ENV | {"DDPM_TEST_MARK": mark}
@@ -46,9 +58,13 @@ def sweep(tmp_path: Path, *args, fault: str | None = None, rank: int | None = No
         env |= {FAULT_ENV: fault}
     if rank is not None:
         env |= {FAULT_RANK_ENV: str(rank)}
-    done = subprocess.run([sys.executable, "-m", "bench.throughput", *BASE, *map(str, args),
-                           "--out", str(tmp_path)], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.throughput", *BASE, *map(str, args), "--out", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return done, mark
 
 
@@ -69,30 +85,37 @@ def rows(tmp_path: Path) -> list[dict]:
 
 
 def test_two_ranks_make_one_row_with_the_global_batch(tmp_path):
-    done, mark = sweep(tmp_path, "--batch", "2", "--accum", "2", "--ranks", "1,2",
-                       "--parallel", "ddp,fsdp")
+    done, mark = sweep(
+        tmp_path, "--batch", "2", "--accum", "2", "--ranks", "1,2", "--parallel", "ddp,fsdp"
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     got = rows(tmp_path)
     assert [(r["ranks"], r["parallel"], r["status"]) for r in got] == [
-        (1, "ddp", "ok"), (1, "fsdp", "ok"), (2, "ddp", "ok"), (2, "fsdp", "ok")]
+        (1, "ddp", "ok"),
+        (1, "fsdp", "ok"),
+        (2, "ddp", "ok"),
+        (2, "fsdp", "ok"),
+    ]
     # effective_batch: the images of one optimizer step over all ranks.
     assert [r["effective_batch"] for r in got] == [4, 4, 8, 8]
     assert all(r["step_s"] > 0 for r in got)
     # Images per second count every rank's images: the global batch over rank 0's step time.
-    assert all(r["img_per_s"] == pytest.approx(r["effective_batch"] / r["step_s"], rel=1e-6)
-               for r in got)
+    assert all(
+        r["img_per_s"] == pytest.approx(r["effective_batch"] / r["step_s"], rel=1e-6) for r in got
+    )
     assert survivors(mark) == []
 
 
-@pytest.mark.parametrize("fault, status, says", [
-    ("error", "error", "rank 1: RuntimeError: fault injected"),
-    ("oom", "oom", "rank 1: fault injected"),
-    ("kill", "error", "rank 1 ended without a result (killed by signal 9)"),
-])
-def test_a_failing_rank_is_the_row_and_takes_the_other_rank_along(tmp_path, fault, status,
-                                                                   says):
-    done, mark = sweep(tmp_path, "--ranks", "2", "--parallel", "ddp", fault=f"{fault}:tiny",
-                       rank=1)
+@pytest.mark.parametrize(
+    "fault, status, says",
+    [
+        ("error", "error", "rank 1: RuntimeError: fault injected"),
+        ("oom", "oom", "rank 1: fault injected"),
+        ("kill", "error", "rank 1 ended without a result (killed by signal 9)"),
+    ],
+)
+def test_a_failing_rank_is_the_row_and_takes_the_other_rank_along(tmp_path, fault, status, says):
+    done, mark = sweep(tmp_path, "--ranks", "2", "--parallel", "ddp", fault=f"{fault}:tiny", rank=1)
     assert done.returncode == 0, done.stderr[-2000:]
     (row,) = rows(tmp_path)
     assert row["status"] == status and says in row["error"], row["error"]
@@ -120,8 +143,11 @@ TORCHRUN_ROOT_CAUSE = """Root Cause (first observed failure):
 
 def test_a_lost_peer_is_a_consequence_and_torchruns_root_cause_is_named(tmp_path):
     result = tmp_path / "result.json"
-    lost = {"status": "error", "figures": {},
-            "error": "RuntimeError: [gloo] Connection closed by peer [127.0.0.1]:1234"}
+    lost = {
+        "status": "error",
+        "figures": {},
+        "error": "RuntimeError: [gloo] Connection closed by peer [127.0.0.1]:1234",
+    }
     Path(rank_result(str(result), 1)).write_text(json.dumps(lost))
     got = combine_ranks(str(result), 2, 1, TORCHRUN_ROOT_CAUSE)
     assert got["error"] == "rank 0 ended without a result (killed by signal 9)"
@@ -132,7 +158,9 @@ def test_a_lost_peer_is_a_consequence_and_torchruns_root_cause_is_named(tmp_path
     own = {"status": "oom", "figures": {}, "error": "CUDA out of memory"}
     Path(rank_result(str(result), 1)).write_text(json.dumps(own))
     assert combine_ranks(str(result), 2, 1, TORCHRUN_ROOT_CAUSE) == {
-        **own, "error": "rank 1: CUDA out of memory"}
+        **own,
+        "error": "rank 1: CUDA out of memory",
+    }
 
 
 def prediction_child(mark: str) -> psutil.Process | None:
@@ -149,10 +177,25 @@ def prediction_child(mark: str) -> psutil.Process | None:
 def test_no_process_outlives_a_sweep_stopped_while_rank_0_predicts(tmp_path, stop):
     mark = uuid.uuid4().hex
     sweep_proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.memory", *BASE, "--image-size", "16", "--ranks", "2",
-         "--parallel", "ddp", "--out", str(tmp_path)], env=ENV | {"DDPM_TEST_MARK": mark},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        [
+            sys.executable,
+            "-m",
+            "bench.memory",
+            *BASE,
+            "--image-size",
+            "16",
+            "--ranks",
+            "2",
+            "--parallel",
+            "ddp",
+            "--out",
+            str(tmp_path),
+        ],
+        env=ENV | {"DDPM_TEST_MARK": mark},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         child = None
         for _ in range(600):
@@ -184,47 +227,91 @@ def test_two_nodes_on_this_machine_run_a_rank_sweep(tmp_path):
     for node in range(2):
         mark = uuid.uuid4().hex
         marks.append(mark)
-        nodes.append(subprocess.Popen(
-            [sys.executable, "-m", "bench.throughput", *BASE, "--image-size", "16", "--ranks",
-             "2", "--parallel", "ddp", "--nnodes", "2", "--rdzv-endpoint", f"127.0.0.1:{port}",
-             "--out", str(tmp_path / f"node{node}")], env=ENV | {"DDPM_TEST_MARK": mark},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        nodes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.throughput",
+                    *BASE,
+                    "--image-size",
+                    "16",
+                    "--ranks",
+                    "2",
+                    "--parallel",
+                    "ddp",
+                    "--nnodes",
+                    "2",
+                    "--rdzv-endpoint",
+                    f"127.0.0.1:{port}",
+                    "--out",
+                    str(tmp_path / f"node{node}"),
+                ],
+                env=ENV | {"DDPM_TEST_MARK": mark},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outs = [n.communicate(timeout=300)[0] for n in nodes]
     assert [n.returncode for n in nodes] == [0, 0], outs
     # Each node writes its row: the same spec, ok, across the 2 ranks of both nodes.
     got = [read_rows(tmp_path / f"node{node}" / "throughput.csv") for node in range(2)]
     assert [[(r["ranks"], r["parallel"], r["status"]) for r in g] for g in got] == [
-        [(2, "ddp", "ok")], [(2, "ddp", "ok")]]
+        [(2, "ddp", "ok")],
+        [(2, "ddp", "ok")],
+    ]
     assert all(survivors(m) == [] for m in marks)
 
 
 def test_a_hung_collective_ends_at_the_timeout_with_no_process_left(tmp_path):
     # Rank 1 never reaches the first gradient exchange; rank 0 waits in it.
-    done, mark = sweep(tmp_path, "--ranks", "2", "--parallel", "ddp", "--timeout", "30",
-                       fault="hang:tiny", rank=1)
+    done, mark = sweep(
+        tmp_path, "--ranks", "2", "--parallel", "ddp", "--timeout", "30", fault="hang:tiny", rank=1
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     (row,) = rows(tmp_path)
     assert row["status"] == "timeout" and "30 s" in row["error"]
     assert survivors(mark) == []
 
 
-@pytest.mark.parametrize("args, says", [
-    (["--ranks", "2"], "--ranks 2 needs --parallel ddp or fsdp"),
-    (["--grad-sync", "every"], "--grad-sync every needs --parallel ddp or fsdp"),
-    (["--ranks", "0", "--parallel", "ddp"], "--ranks 0 is not allowed"),
-    (["--ranks", "2", "--parallel", "zero"], "--parallel 'zero' is not allowed"),
-    (["--ranks", "2", "--parallel", "ddp", "--inline"], "--inline runs specs in this one"),
-    (["--ranks", "3", "--parallel", "ddp", "--nnodes", "2", "--rdzv-endpoint", "h:1"],
-     "--ranks 3 does not split evenly over --nnodes 2"),
-    (["--ranks", "2", "--parallel", "ddp", "--nnodes", "2"], "--rdzv-endpoint host:port"),
-    # One rank cannot span two nodes, with --parallel none or not.
-    (["--ranks", "1", "--parallel", "none,ddp", "--nnodes", "2", "--rdzv-endpoint",
-      "127.0.0.1:29400"], "--ranks 1 does not split evenly over --nnodes 2"),
-    (["--ranks", "2", "--parallel", "ddp", "--nnodes", "2", "--rdzv-endpoint", "nonsense"],
-     "--rdzv-endpoint 'nonsense': give host:port"),
-    (["--ranks", "2", "--parallel", "ddp", "--nnodes", "2", "--rdzv-endpoint", "h:99999"],
-     "must be an integer between 0 and 65536"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--ranks", "2"], "--ranks 2 needs --parallel ddp or fsdp"),
+        (["--grad-sync", "every"], "--grad-sync every needs --parallel ddp or fsdp"),
+        (["--ranks", "0", "--parallel", "ddp"], "--ranks 0 is not allowed"),
+        (["--ranks", "2", "--parallel", "zero"], "--parallel 'zero' is not allowed"),
+        (["--ranks", "2", "--parallel", "ddp", "--inline"], "--inline runs specs in this one"),
+        (
+            ["--ranks", "3", "--parallel", "ddp", "--nnodes", "2", "--rdzv-endpoint", "h:1"],
+            "--ranks 3 does not split evenly over --nnodes 2",
+        ),
+        (["--ranks", "2", "--parallel", "ddp", "--nnodes", "2"], "--rdzv-endpoint host:port"),
+        # One rank cannot span two nodes, with --parallel none or not.
+        (
+            [
+                "--ranks",
+                "1",
+                "--parallel",
+                "none,ddp",
+                "--nnodes",
+                "2",
+                "--rdzv-endpoint",
+                "127.0.0.1:29400",
+            ],
+            "--ranks 1 does not split evenly over --nnodes 2",
+        ),
+        (
+            ["--ranks", "2", "--parallel", "ddp", "--nnodes", "2", "--rdzv-endpoint", "nonsense"],
+            "--rdzv-endpoint 'nonsense': give host:port",
+        ),
+        (
+            ["--ranks", "2", "--parallel", "ddp", "--nnodes", "2", "--rdzv-endpoint", "h:99999"],
+            "must be an integer between 0 and 65536",
+        ),
+    ],
+)
 def test_bad_rank_options_are_one_line(tmp_path, args, says):
     done, _ = sweep(tmp_path, *args)
     check_one_line_error(says, done.returncode, done.stderr, done.stdout)
@@ -258,8 +345,17 @@ def test_a_warm_up_step_takes_one_micro_batch_of_every_rank(fake_group_of_two, m
     seen = []
     step = Trainer.step
     monkeypatch.setattr(Trainer, "step", lambda self, x0: (seen.append(len(x0)), step(self, x0))[1])
-    spec = BenchSpec(preset="tiny", image_size=16, attention="8", batch=2, accum=3, ranks=2,
-                     parallel="fsdp", warmup_steps=1, measure_steps=1)
+    spec = BenchSpec(
+        preset="tiny",
+        image_size=16,
+        attention="8",
+        batch=2,
+        accum=3,
+        ranks=2,
+        parallel="fsdp",
+        warmup_steps=1,
+        measure_steps=1,
+    )
     timed_training(spec, torch.device("cpu"))
     assert seen == [2 * 2, 2 * 2 * 3]
 
@@ -269,10 +365,34 @@ def test_loss_curves_across_fsdp_ranks_equal_one_rank(tmp_path):
     step, and 2 ranks x batch 2 train the same curve as 1 rank with accumulation 2."""
     mark = uuid.uuid4().hex
     done = subprocess.run(
-        [sys.executable, "-m", "bench.loss", "--ranks", "1,2", "--parallel", "fsdp", "--batch",
-         "2", "--effective-batch", "4", "--precision", "fp32", "--steps", "4", "--val-every",
-         "2", "--val-images", "16", "--out", str(tmp_path)],
-        env=ENV | {"DDPM_TEST_MARK": mark}, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "bench.loss",
+            "--ranks",
+            "1,2",
+            "--parallel",
+            "fsdp",
+            "--batch",
+            "2",
+            "--effective-batch",
+            "4",
+            "--precision",
+            "fp32",
+            "--steps",
+            "4",
+            "--val-every",
+            "2",
+            "--val-images",
+            "16",
+            "--out",
+            str(tmp_path),
+        ],
+        env=ENV | {"DDPM_TEST_MARK": mark},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     got = read_rows(tmp_path / "loss.csv")
     assert [(r["ranks"], r["accum"], r["status"]) for r in got] == [(1, 2, "ok"), (2, 1, "ok")]
@@ -286,12 +406,23 @@ def read_rows_of(curve: Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
 
 
-@pytest.mark.parametrize("launch, ranks, expected", [
-    (Launch(), 2, {"standalone": True, "nnodes": "1:1", "nproc_per_node": "2"}),
-    (Launch(nnodes=2, rdzv_endpoint="node0:29500"), 8,
-     {"standalone": False, "nnodes": "2", "nproc_per_node": "4", "rdzv_endpoint": "node0:29500",
-      "rdzv_backend": "c10d"}),
-])
+@pytest.mark.parametrize(
+    "launch, ranks, expected",
+    [
+        (Launch(), 2, {"standalone": True, "nnodes": "1:1", "nproc_per_node": "2"}),
+        (
+            Launch(nnodes=2, rdzv_endpoint="node0:29500"),
+            8,
+            {
+                "standalone": False,
+                "nnodes": "2",
+                "nproc_per_node": "4",
+                "rdzv_endpoint": "node0:29500",
+                "rdzv_backend": "c10d",
+            },
+        ),
+    ],
+)
 def test_torchrun_reads_the_launch_as_meant(launch, ranks, expected):
     """The arguments as torchrun's own parser reads them: all ranks here, or spread evenly."""
     from torch.distributed.run import get_args_parser
@@ -305,12 +436,33 @@ def test_the_pytest_suite_runs_across_ranks(tmp_path):
     benchmarks as one model over 2 ranks."""
     mark = uuid.uuid4().hex
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "pytest", "bench/suite/test_train_step.py", "--bench-parallel", "ddp",
-         "--benchmark-disable", "--bench-batch", "2", "--bench-precision", "fp32", "-q",
-         "-p", "no:cacheprovider"],
-        env=ENV | {"DDPM_TEST_MARK": mark}, capture_output=True, text=True, timeout=300,
-        cwd=Path(__file__).resolve().parents[3])
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "pytest",
+            "bench/suite/test_train_step.py",
+            "--bench-parallel",
+            "ddp",
+            "--benchmark-disable",
+            "--bench-batch",
+            "2",
+            "--bench-precision",
+            "fp32",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ],
+        env=ENV | {"DDPM_TEST_MARK": mark},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[3],
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert done.stdout.count("1 passed") == 2  # each rank ran the benchmark
     assert survivors(mark) == []

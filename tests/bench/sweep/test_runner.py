@@ -39,15 +39,38 @@ BASE = ["--preset", "tiny", "--device", "cpu", "--accum", "1", "--warmup", "0", 
 COLUMNS = ResultsTable(Path("."), "memory", memory_harness.HARNESS.figure_columns).columns
 HAS_GPU = torch.cuda.is_available()
 # Figures a CPU run cannot give: empty, never 0.
-CUDA_ONLY = ["peak_alloc_mib", "peak_reserved_mib", "warmup_peak_alloc_mib",
-             "warmup_peak_reserved_mib", "nvml_peak_mib", "nvml_process_peak_mib",
-             "alloc_error_pct", "reserved_error_pct"]
-POSITIVE = ["step_s", "step_s_min", "step_s_max", "img_per_s", "warmup_s", "rss_peak_mib",
-            "cpu_util_pct", "tracked_peak_mib", "tracked_parameters_mib",
-            "tracked_optimizer_state_mib", "tracked_ema_mib", "tracked_activations_mib",
-            "predicted_alloc_mib", "predicted_reserved_mib", "cublas_workspace_mib",
-            "cudnn_workspace_mib", "context_mib", "predicted_cuda_mib", "budget_mib",
-            "headroom_mib"]
+CUDA_ONLY = [
+    "peak_alloc_mib",
+    "peak_reserved_mib",
+    "warmup_peak_alloc_mib",
+    "warmup_peak_reserved_mib",
+    "nvml_peak_mib",
+    "nvml_process_peak_mib",
+    "alloc_error_pct",
+    "reserved_error_pct",
+]
+POSITIVE = [
+    "step_s",
+    "step_s_min",
+    "step_s_max",
+    "img_per_s",
+    "warmup_s",
+    "rss_peak_mib",
+    "cpu_util_pct",
+    "tracked_peak_mib",
+    "tracked_parameters_mib",
+    "tracked_optimizer_state_mib",
+    "tracked_ema_mib",
+    "tracked_activations_mib",
+    "predicted_alloc_mib",
+    "predicted_reserved_mib",
+    "cublas_workspace_mib",
+    "cudnn_workspace_mib",
+    "context_mib",
+    "predicted_cuda_mib",
+    "budget_mib",
+    "headroom_mib",
+]
 # At the peak (early in the first backward) few or no gradients exist yet.
 NON_NEGATIVE = ["tracked_gradients_mib", "tracked_temporaries_mib"]
 
@@ -64,8 +87,14 @@ def _default_sigint():
 
 def start(*args, out: Path, fault: str | None = None) -> subprocess.Popen:
     env = ENV if fault is None else ENV | {FAULT_ENV: fault}
-    return subprocess.Popen(command(*args, out=out), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
+    return subprocess.Popen(
+        command(*args, out=out),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -146,8 +175,9 @@ def gone(p: psutil.Process) -> bool:
         return True
 
 
-def interrupt(proc: subprocess.Popen, sig: signal.Signals) -> tuple[subprocess.CompletedProcess,
-                                                                    list[psutil.Process]]:
+def interrupt(
+    proc: subprocess.Popen, sig: signal.Signals
+) -> tuple[subprocess.CompletedProcess, list[psutil.Process]]:
     """Signal the sweep (not its process group) while its worker hangs; it must end by itself."""
     children = workers(proc)
     assert children, "no worker running"
@@ -201,8 +231,10 @@ GPU_SKIP = pytest.mark.skipif(HAS_GPU, reason="this machine has a GPU")
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"<dir>"
-            for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"<dir>"
+        for p in sorted(root.rglob("*"))
+    }
 
 
 def bad_setup(root: Path, args: list[str] | None) -> tuple[Path, list[str]]:
@@ -227,8 +259,10 @@ def bad_runs(tmp_path_factory):
         root = tmp_path_factory.mktemp(f"bad-{case}")
         out, args = bad_setup(root, args)
         runs[case] = (root, snapshot(root), start(*args, out=out))
-    return {case: (root, before, finish(proc, timeout=300))
-            for case, (root, before, proc) in runs.items()}
+    return {
+        case: (root, before, finish(proc, timeout=300))
+        for case, (root, before, proc) in runs.items()
+    }
 
 
 def check_bad(returncode: int, stderr: str, value: str) -> None:
@@ -239,8 +273,9 @@ def check_bad(returncode: int, stderr: str, value: str) -> None:
     assert value in lines[0], lines[0]
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=GPU_SKIP) if c == "device" else c
-                                  for c in BAD])
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=GPU_SKIP) if c == "device" else c for c in BAD]
+)
 def test_bad_input_is_one_line_exit_2_nothing_written(bad_runs, case):
     root, before, result = bad_runs[case]
     check_bad(result.returncode, result.stderr, BAD[case][1])
@@ -248,8 +283,9 @@ def test_bad_input_is_one_line_exit_2_nothing_written(bad_runs, case):
     assert snapshot(root) == before  # the old CSV byte for byte, and no new file or folder
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=GPU_SKIP) if c == "device" else c
-                                  for c in {**BAD, **MORE_BAD}])
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=GPU_SKIP) if c == "device" else c for c in {**BAD, **MORE_BAD}]
+)
 def test_bad_input_in_process(tmp_path, capsys, case):
     args, value = {**BAD, **MORE_BAD}[case]
     out, args = bad_setup(tmp_path, args)
@@ -269,8 +305,7 @@ def test_empty_out_is_refused_not_the_current_folder(tmp_path, capsys, monkeypat
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("case", ["binary csv", "latin-1 csv", "csv is a folder",
-                                  "md is a folder"])
+@pytest.mark.parametrize("case", ["binary csv", "latin-1 csv", "csv is a folder", "md is a folder"])
 def test_unusable_results_files_are_one_line_exit_2_untouched(tmp_path, capsys, case):
     out = tmp_path / "results"
     out.mkdir()
@@ -300,6 +335,7 @@ def test_csv_with_other_columns_is_refused_untouched(tmp_path, capsys):
 
 # ----- failing, OOM and hanging specs --------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def fault_sweeps(tmp_path_factory):
     """Three sweeps side by side, each with one spec failing on purpose."""
@@ -309,8 +345,9 @@ def fault_sweeps(tmp_path_factory):
         "oom": (["--batch", "2"], "oom:-b2x1-"),
         "hang": (["--batch", "2,1", "--timeout", "5"], "hang:-b2x1-"),
     }
-    procs = {name: start(*args, out=root / name, fault=fault)
-             for name, (args, fault) in sweeps.items()}
+    procs = {
+        name: start(*args, out=root / name, fault=fault) for name, (args, fault) in sweeps.items()
+    }
     return {name: (root / name, finish(proc)) for name, proc in procs.items()}
 
 
@@ -348,14 +385,16 @@ def test_hanging_spec_times_out_and_the_sweep_goes_on(fault_sweeps):
 
 # ----- result files ---------------------------------------------------------------------------
 
+
 def check_columns_and_dtypes(out: Path) -> pd.DataFrame:
     assert header_of(out) == COLUMNS
     df = read_csv(out / "memory.csv")
     assert list(df.columns) == COLUMNS
     for column, dtype in column_dtypes().items():
         assert df[column].dtype == pd.api.types.pandas_dtype(dtype), column
-    figures = [c for c in memory_harness.HARNESS.figure_columns
-               if c.endswith(("_mib", "_s", "_pct"))]
+    figures = [
+        c for c in memory_harness.HARNESS.figure_columns if c.endswith(("_mib", "_s", "_pct"))
+    ]
     assert {"step_s", "img_per_s", "headroom_mib", *CUDA_ONLY} <= set(figures)
     for column in figures:
         assert df[column].dtype == "float64", column
@@ -374,8 +413,10 @@ def check_cpu_figures(df: pd.DataFrame) -> None:
     assert (ok["params"] == 177_873).all()
     assert (ok["effective_batch"] == ok["batch"] * ok["accum"]).all()
     assert (ok["predicted_reserved_mib"] >= ok["predicted_alloc_mib"]).all()
-    assert (ok["predicted_cuda_mib"] == ok["predicted_reserved_mib"] + ok["cudnn_workspace_mib"]
-            + ok["context_mib"]).all()
+    assert (
+        ok["predicted_cuda_mib"]
+        == ok["predicted_reserved_mib"] + ok["cudnn_workspace_mib"] + ok["context_mib"]
+    ).all()
     assert (ok["headroom_mib"] == ok["budget_mib"] - ok["predicted_cuda_mib"]).all()
     assert (ok["fits"] == (ok["predicted_cuda_mib"] <= ok["budget_mib"])).all()
     assert (ok["budget_mib"] == 7.79 * 1024).all()  # an 8 GB card's CUDA capacity
@@ -415,6 +456,7 @@ def test_markdown_and_json_report(fault_sweeps):
 
 # ----- interruption and --resume ------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def sigterm_then_resume(tmp_path_factory):
     """Three specs, the last hangs; SIGTERM once two rows are on disk; then --resume."""
@@ -429,8 +471,15 @@ def sigterm_then_resume(tmp_path_factory):
     after_interrupt = {"csv": (out / "memory.csv").read_bytes(), "md_rows": md_rows(out)}
     # The same command with --resume, so its rows join the interrupted run's section.
     resumed = finish(start("--batch", "1,2,3", "--timeout", "600", "--resume", out=out))
-    return {"out": out, "interrupted": interrupted, "left": left, "seconds": seconds,
-            "kept_csv": kept_csv, "after_interrupt": after_interrupt, "resumed": resumed}
+    return {
+        "out": out,
+        "interrupted": interrupted,
+        "left": left,
+        "seconds": seconds,
+        "kept_csv": kept_csv,
+        "after_interrupt": after_interrupt,
+        "resumed": resumed,
+    }
 
 
 def test_sigterm_keeps_finished_rows_and_exits_143(sigterm_then_resume):
@@ -514,13 +563,20 @@ def interrupted_in_process(out: Path, interrupt_at: int) -> tuple[int, str]:
             raise KeyboardInterrupt
         return {"value": float(spec.batch)}
 
-    harness = Harness(name="fake", measure=measure, figure_columns=["value"],
-                      display_columns=["status", "value"])
+    harness = Harness(
+        name="fake", measure=measure, figure_columns=["value"], display_columns=["status", "value"]
+    )
     said = io.StringIO()
     specs = [BenchSpec(preset="tiny", image_size=16, batch=b, device="cpu") for b in (1, 2, 3)]
     with pytest.raises(SystemExit) as info:
-        run_sweep(harness, specs, out, "python -m bench.fake", inline=True,
-                  console=Console(file=said, width=300))
+        run_sweep(
+            harness,
+            specs,
+            out,
+            "python -m bench.fake",
+            inline=True,
+            console=Console(file=said, width=300),
+        )
     assert calls == [1, 2, 3][:interrupt_at]
     return info.value.code, said.getvalue()
 
@@ -531,8 +587,9 @@ def test_an_interrupt_before_the_first_row_names_no_file(tmp_path):
     assert status == 130
     assert not (out / "fake.csv").exists()
     (line,) = [s for s in said.splitlines() if s.startswith("Interrupted")]
-    assert line == ("Interrupted (SIGINT) before any spec finished: no row written; run the "
-                    "command again.")
+    assert line == (
+        "Interrupted (SIGINT) before any spec finished: no row written; run the command again."
+    )
     assert "fake.csv" not in said
 
 
@@ -542,11 +599,14 @@ def test_an_interrupt_after_a_row_says_where_it_is(tmp_path):
     assert status == 130
     assert [r["value"] for r in read_rows(out / "fake.csv")] == [1.0]
     (line,) = [s for s in said.splitlines() if s.startswith("Interrupted")]
-    assert line == (f"Interrupted (SIGINT): 1 finished row(s) kept in {out / 'fake.csv'}; run "
-                    "again with --resume for the rest.")
+    assert line == (
+        f"Interrupted (SIGINT): 1 finished row(s) kept in {out / 'fake.csv'}; run "
+        "again with --resume for the rest."
+    )
 
 
 # ----- --inline --------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def one_thread():
@@ -556,8 +616,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_inline_runs_in_process_with_the_same_columns(tmp_path, fault_sweeps, one_thread,
-                                                      monkeypatch):
+def test_inline_runs_in_process_with_the_same_columns(
+    tmp_path, fault_sweeps, one_thread, monkeypatch
+):
     monkeypatch.delenv(FAULT_ENV, raising=False)
     out = tmp_path / "results"
     memory_harness.main([*BASE, "--batch", "2", "--inline", "--out", str(out)])
@@ -587,8 +648,12 @@ def handler_installed(pid: int, sig: signal.Signals) -> bool:
 def test_inline_sigterm_stops_the_sweep(tmp_path):
     out = tmp_path / "results"
     proc = start("--batch", "1", "--inline", out=out, fault="hang:-b1x1-")
-    wait_for(lambda: handler_installed(proc.pid, signal.SIGTERM) and sleeping(proc.pid), proc,
-             120, "inline hang")
+    wait_for(
+        lambda: handler_installed(proc.pid, signal.SIGTERM) and sleeping(proc.pid),
+        proc,
+        120,
+        "inline hang",
+    )
     proc.send_signal(signal.SIGTERM)
     result = finish(proc, timeout=30)
     assert result.returncode == 143, result.stderr
@@ -610,8 +675,8 @@ def test_no_nan_written_as_zero_in_csv(fault_sweeps):
 
 # ----- a damaged or shared results folder ------------------------------------------------------
 
-def test_resume_onto_a_cut_off_row_is_refused_untouched(tmp_path, capsys, one_thread,
-                                                         monkeypatch):
+
+def test_resume_onto_a_cut_off_row_is_refused_untouched(tmp_path, capsys, one_thread, monkeypatch):
     from bench import report
 
     monkeypatch.delenv(FAULT_ENV, raising=False)
@@ -630,8 +695,9 @@ def test_resume_onto_a_cut_off_row_is_refused_untouched(tmp_path, capsys, one_th
     assert snapshot(tmp_path) == before
 
 
-def test_results_folder_failing_mid_sweep_keeps_the_row_on_stdout(tmp_path, capsys, one_thread,
-                                                                   monkeypatch):
+def test_results_folder_failing_mid_sweep_keeps_the_row_on_stdout(
+    tmp_path, capsys, one_thread, monkeypatch
+):
     monkeypatch.delenv(FAULT_ENV, raising=False)
     out = tmp_path / "results"
     real_fsync, calls = os.fsync, []
@@ -661,15 +727,20 @@ def test_results_folder_failing_mid_sweep_keeps_the_row_on_stdout(tmp_path, caps
 def waits_for_lock(pid: int, path: Path) -> bool:
     """The process is queued for an flock on `path` (a "->" line of /proc/locks)."""
     inode = path.stat().st_ino
-    return any(line.split()[1] == "->" and f" {pid} " in line and f":{inode} " in line
-               for line in Path("/proc/locks").read_text().splitlines())
+    return any(
+        line.split()[1] == "->" and f" {pid} " in line and f":{inode} " in line
+        for line in Path("/proc/locks").read_text().splitlines()
+    )
 
 
 def test_two_sweeps_on_one_folder_take_turns(tmp_path):
     out = tmp_path / "results"
     table = ResultsTable(out, "memory", memory_harness.HARNESS.figure_columns)
-    rival = {**spec_row(BenchSpec(preset="tiny", image_size=16, batch=7), "rival"),
-             "status": "error", "error": "written by another sweep"}
+    rival = {
+        **spec_row(BenchSpec(preset="tiny", image_size=16, batch=7), "rival"),
+        "status": "error",
+        "error": "written by another sweep",
+    }
     lock = out / ".memory.lock"
     out.mkdir()
     with lock.open("a") as held:  # another sweep on the same folder, between its writes
@@ -691,8 +762,7 @@ def test_two_sweeps_on_one_folder_take_turns(tmp_path):
 
 
 def test_killed_sweep_takes_its_worker_and_temporary_folder_along(tmp_path):
-    proc = start("--batch", "1", "--timeout", "600", out=tmp_path / "results",
-                 fault="hang:-b1x1-")
+    proc = start("--batch", "1", "--timeout", "600", out=tmp_path / "results", fault="hang:-b1x1-")
     wait_for(lambda: any(sleeping(p.pid) for p in workers(proc)), proc, 120, "hanging worker")
     (worker,) = workers(proc)
     folder = Path(worker.cmdline()[-1]).parent  # the sweep's temporary folder (RESULT_PATH's)
@@ -716,14 +786,20 @@ def test_what_a_worker_says_is_shown_while_it_still_runs(tmp_path):
     from bench.sweep.launch import _wait
 
     messages = tmp_path / "messages.txt"
-    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import time
         with open({str(messages)!r}, "a") as f:
             f.write("Predicted: fits\\n")
         time.sleep(3)
         with open({str(messages)!r}, "a") as f:
             f.write("done\\n")
-        """)])
+        """),
+        ]
+    )
     said = []
     _wait(child, 60, messages, lambda line: said.append((line, child.poll())))
     assert said == [("Predicted: fits", None), ("done", 0)]

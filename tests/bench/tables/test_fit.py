@@ -15,8 +15,13 @@ from bench.tables.results import fold, rich_tables
 def wide_rows(columns: list[str]) -> list[dict]:
     """Two rows with the widest values a real sweep writes: six-digit figures, ten-letter
     words (a status, a precision, an attention placement such as 16+8+4)."""
-    return [{c: (123_456.789 if c.endswith(("_mib", "_s", "_pct")) else f"word-{i:05d}")
-             for c in columns} for i in range(2)]
+    return [
+        {
+            c: (123_456.789 if c.endswith(("_mib", "_s", "_pct")) else f"word-{i:05d}")
+            for c in columns
+        }
+        for i in range(2)
+    ]
 
 
 @pytest.mark.parametrize("width", [80, 120])
@@ -45,6 +50,7 @@ def test_fold_splits_long_names_at_an_underscore_into_balanced_halves():
 
 
 # ----- the CPU named with its ISA ---------------------------------------------------------------
+
 
 def test_environment_line_names_the_cpu_isa(tmp_path):
     import torch

@@ -24,8 +24,14 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def cli(module: str, *args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=ENV,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def grid_size(n: int, columns: int, side: int = 16, pad: int = 2) -> tuple[int, int]:
@@ -46,8 +52,12 @@ def checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("sample_cli") / "run" / "last.pt"
     with torch.random.fork_rng(devices=[]):  # leave the global generator as other tests expect
         torch.manual_seed(0)
-        trainer = Trainer(UNet(PRESETS["tiny"]), NoiseSchedule.linear(timesteps=T),
-                          TrainConfig(batch_size=4, ema_decay=0.9), device="cpu")
+        trainer = Trainer(
+            UNet(PRESETS["tiny"]),
+            NoiseSchedule.linear(timesteps=T),
+            TrainConfig(batch_size=4, ema_decay=0.9),
+            device="cpu",
+        )
         for _ in range(2):
             trainer.step(torch.rand(4, 1, 16, 16) * 2 - 1)
         trainer.save(path)
@@ -60,12 +70,25 @@ def sampled(checkpoint) -> dict:
     root = checkpoint.parent.parent
     jobs = {
         "ddim": ("--sampler", "ddim", "--steps", "5", "-n", "6", "--out", root / "ddim.png"),
-        "ddpm": ("--sampler", "ddpm", "--variance", "beta", "--no-ema", "-n", "10",
-                 "--x0-every", "5", "--out", root / "sub" / "ddpm.png"),
+        "ddpm": (
+            "--sampler",
+            "ddpm",
+            "--variance",
+            "beta",
+            "--no-ema",
+            "-n",
+            "10",
+            "--x0-every",
+            "5",
+            "--out",
+            root / "sub" / "ddpm.png",
+        ),
     }
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {k: pool.submit(cli, "ddpm.cli.sample", "--checkpoint", checkpoint, *v, cwd=root)
-                   for k, v in jobs.items()}
+        futures = {
+            k: pool.submit(cli, "ddpm.cli.sample", "--checkpoint", checkpoint, *v, cwd=root)
+            for k, v in jobs.items()
+        }
         return {"root": root, **{k: f.result() for k, f in futures.items()}}
 
 
@@ -131,9 +154,15 @@ class _RunsCode:
 def bad_args(name: str, tmp: Path, checkpoint: Path) -> list[str]:
     # A valid request but for the case's own arguments: argparse keeps the last of a repeated
     # option, so a case may override --checkpoint, --steps or --out.
-    return ["--checkpoint", str(checkpoint), "--steps", "5", "--out",
-            str(tmp / "out" / "samples.png"),
-            *(a.replace("{tmp}", str(tmp)) for a in BAD[name][0])]
+    return [
+        "--checkpoint",
+        str(checkpoint),
+        "--steps",
+        "5",
+        "--out",
+        str(tmp / "out" / "samples.png"),
+        *(a.replace("{tmp}", str(tmp)) for a in BAD[name][0]),
+    ]
 
 
 @pytest.mark.parametrize("name", list(BAD))
@@ -155,9 +184,12 @@ def test_bad_input_as_subprocess(checkpoint, bad_folder):
     before = snapshot(bad_folder)
     names = ("n 0", "ddim steps over T")
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = pool.map(lambda name: cli("ddpm.cli.sample",
-                                            *bad_args(name, bad_folder, checkpoint),
-                                            cwd=bad_folder), names)
+        results = pool.map(
+            lambda name: cli(
+                "ddpm.cli.sample", *bad_args(name, bad_folder, checkpoint), cwd=bad_folder
+            ),
+            names,
+        )
         for name, result in zip(names, results, strict=True):
             check_one_line_error(BAD[name][1], result.returncode, result.stderr, result.stdout)
     assert snapshot(bad_folder) == before
@@ -180,14 +212,36 @@ def test_interrupt_is_one_line_with_the_signal_status(tmp_path, sig):
 
     # T = 1000 model calls: sampling is still running when the signal comes.
     with torch.random.fork_rng(devices=[]):
-        Trainer(UNet(PRESETS["tiny"]), NoiseSchedule.linear(timesteps=1000),
-                TrainConfig(batch_size=4), device="cpu").save(tmp_path / "last.pt")
+        Trainer(
+            UNet(PRESETS["tiny"]),
+            NoiseSchedule.linear(timesteps=1000),
+            TrainConfig(batch_size=4),
+            device="cpu",
+        ).save(tmp_path / "last.pt")
     out = tmp_path / "new" / "samples.png"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ddpm.cli.sample", "--checkpoint", str(tmp_path / "last.pt"),
-         "--sampler", "ddpm", "-n", "32", "--device", "cpu", "--out", str(out)], cwd=tmp_path,
-        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=_default_sigint)
+        [
+            sys.executable,
+            "-m",
+            "ddpm.cli.sample",
+            "--checkpoint",
+            str(tmp_path / "last.pt"),
+            "--sampler",
+            "ddpm",
+            "-n",
+            "32",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
+    )
     try:
         while not out.parent.exists():  # made by the last check before sampling starts
             assert proc.poll() is None, proc.communicate()[1]
@@ -213,9 +267,27 @@ def test_a_closed_stdout_costs_no_file_and_shows_no_traceback(checkpoint, tmp_pa
     os.close(read)  # the reader is gone before the first line
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ddpm.cli.sample", "--checkpoint", str(checkpoint),
-             "--steps", "2", "-n", "4", "--device", "cpu", "--out", str(out)], cwd=tmp_path,
-            env=ENV, stdout=write, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "ddpm.cli.sample",
+                "--checkpoint",
+                str(checkpoint),
+                "--steps",
+                "2",
+                "-n",
+                "4",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ],
+            cwd=tmp_path,
+            env=ENV,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     finally:
         os.close(write)
     _, stderr = proc.communicate(timeout=600)

@@ -21,12 +21,39 @@ from tests.helpers.cli_checks import check_one_line_error, snapshot
 
 # Tiny and short: a whole run, final grid included, takes about a second after imports.
 # 4 samples make a 2x2 grid of 16x16 images with torchvision's 2-pixel padding: 38x38.
-FAST = ["--preset", "tiny", "--dataset", "digits", "--steps", "6", "--batch", "8",
-        "--samples", "4", "--sample-steps", "3", "--checkpoint-every", "3", "--log-every", "2",
-        "--val-every", "3", "--timesteps", "20", "--device", "cpu"]
+FAST = [
+    "--preset",
+    "tiny",
+    "--dataset",
+    "digits",
+    "--steps",
+    "6",
+    "--batch",
+    "8",
+    "--samples",
+    "4",
+    "--sample-steps",
+    "3",
+    "--checkpoint-every",
+    "3",
+    "--log-every",
+    "2",
+    "--val-every",
+    "3",
+    "--timesteps",
+    "20",
+    "--device",
+    "cpu",
+]
 GRID_SIZE = (38, 38)
-SCALARS = {"train/loss", "val/loss", "train/grad_norm", "train/lr", "train/images_per_s",
-           "train/skipped_steps"}
+SCALARS = {
+    "train/loss",
+    "val/loss",
+    "train/grad_norm",
+    "train/lr",
+    "train/images_per_s",
+    "train/skipped_steps",
+}
 # Many subprocesses share a small CPU (and other jobs): one thread each, or OpenMP threads
 # spin against each other and a one-second run takes a minute.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -34,8 +61,14 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 def train(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
     # cwd is a temporary folder, so a default path (data/, runs/demo) never lands in the repo.
-    return subprocess.run([sys.executable, "-m", "ddpm.cli.train", *map(str, args)], cwd=cwd,
-                          env=ENV, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "ddpm.cli.train", *map(str, args)],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def parallel(jobs: dict) -> dict:
@@ -51,14 +84,15 @@ def runs(tmp_path_factory) -> dict:
     """A 6-step run and an uninterrupted 9-step run side by side, then a copy of the first
     resumed to 9 steps, to compare with the uninterrupted one."""
     root = tmp_path_factory.mktemp("train_cli")
-    done = parallel({
-        "run": lambda: train(*FAST, "--out", root / "run", cwd=root),
-        "straight": lambda: train(*FAST, "--steps", "9", "--out", root / "straight", cwd=root),
-    })
+    done = parallel(
+        {
+            "run": lambda: train(*FAST, "--out", root / "run", cwd=root),
+            "straight": lambda: train(*FAST, "--steps", "9", "--out", root / "straight", cwd=root),
+        }
+    )
     assert done["run"].returncode == 0, done["run"].stderr
     shutil.copytree(root / "run", root / "resumed")
-    done["resumed"] = train(*FAST, "--steps", "9", "--resume", "--out", root / "resumed",
-                            cwd=root)
+    done["resumed"] = train(*FAST, "--steps", "9", "--resume", "--out", root / "resumed", cwd=root)
     return {"root": root, **done}
 
 
@@ -121,8 +155,10 @@ def test_resume_removes_the_temporaries_of_a_save_killed_outright(runs, tmp_path
     assert not any((out / name).exists() for name in stale)
     assert all((out / name).exists() for name in others)
     said = [line for line in resumed.stderr.splitlines() if line.startswith("removed ")]
-    assert said == [f"removed 2 temporary file(s) an interrupted save of {out / 'last.pt'} left: "
-                    f"{stale[1]}, {stale[0]}"]
+    assert said == [
+        f"removed 2 temporary file(s) an interrupted save of {out / 'last.pt'} left: "
+        f"{stale[1]}, {stale[0]}"
+    ]
 
 
 # -- bad input: one line, exit 2, no traceback, nothing written ------------------------------------
@@ -141,19 +177,25 @@ BAD = {
     "image size": (["--image-size", "12"], "12"),
     "ema decay": (["--ema-decay", "1.5"], "1.5"),
     "device name": (["--device", "tpu"], "tpu"),
-    "missing folder": (["--dataset", "folder", "--data-root", "{tmp}/no-such-folder"],
-                       "no-such-folder"),
+    "missing folder": (
+        ["--dataset", "folder", "--data-root", "{tmp}/no-such-folder"],
+        "no-such-folder",
+    ),
     "missing mnist": (["--dataset", "mnist", "--data-root", "{tmp}/empty"], "MNIST"),
     "out under a file": (["--out", "{tmp}/afile/out"], "afile"),
     "resume without checkpoint": (["--resume"], "last.pt"),
     "resume corrupt": (["--resume", "--out", "{tmp}/corrupt"], "corrupt"),
     "resume past steps": (["--resume", "--steps", "6", "--out", "{tmp}/done"], "6"),
     "fresh over a run": (["--out", "{tmp}/done"], "--resume"),
-    "resume on another dataset": (["--resume", "--steps", "9", "--out", "{tmp}/done",
-                                   "--dataset", "synthetic"], "digits (1,797 images)"),
+    "resume on another dataset": (
+        ["--resume", "--steps", "9", "--out", "{tmp}/done", "--dataset", "synthetic"],
+        "digits (1,797 images)",
+    ),
     "batch beyond memory": (["--batch", "1000000000000"], "1000000000000"),
-    "resume step not a number": (["--resume", "--steps", "9", "--out", "{tmp}/badstep"],
-                                 "step 'many'"),
+    "resume step not a number": (
+        ["--resume", "--steps", "9", "--out", "{tmp}/badstep"],
+        "step 'many'",
+    ),
 }
 if not torch.cuda.is_available():
     BAD["cuda without GPU"] = (["--device", "cuda"], "cuda")
@@ -174,8 +216,12 @@ def bad_folder(tmp_path, runs) -> Path:
 
 
 def bad_args(name: str, tmp: Path) -> list[str]:
-    return [*map(str, FAST), "--out", str(tmp / "out"),
-            *(a.replace("{tmp}", str(tmp)) for a in BAD[name][0])]
+    return [
+        *map(str, FAST),
+        "--out",
+        str(tmp / "out"),
+        *(a.replace("{tmp}", str(tmp)) for a in BAD[name][0]),
+    ]
 
 
 @pytest.mark.parametrize("name", list(BAD))
@@ -199,9 +245,12 @@ AS_SUBPROCESS = ["batch 0", "missing folder", "resume corrupt"]
 
 def test_bad_input_as_subprocess(bad_folder):
     before = snapshot(bad_folder)
-    results = parallel({name: lambda name=name: train(*bad_args(name, bad_folder),
-                                                      cwd=bad_folder)
-                        for name in AS_SUBPROCESS})
+    results = parallel(
+        {
+            name: lambda name=name: train(*bad_args(name, bad_folder), cwd=bad_folder)
+            for name in AS_SUBPROCESS
+        }
+    )
     for name, result in results.items():
         check_one_line_error(BAD[name][1], result.returncode, result.stderr, result.stdout)
     assert snapshot(bad_folder) == before
@@ -213,9 +262,24 @@ def test_bad_input_as_subprocess(bad_folder):
 def test_sigterm_stops_training_with_143_and_no_temporary_files(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ddpm.cli.train", *FAST, "--steps", "100000", "--checkpoint-every",
-         "1", "--out", str(out)], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "ddpm.cli.train",
+            *FAST,
+            "--steps",
+            "100000",
+            "--checkpoint-every",
+            "1",
+            "--out",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         # Signalled while a checkpoint is being written, if the poll catches one in the act;
         # else once checkpoints are being written at all.
@@ -253,8 +317,13 @@ def test_a_closed_stdout_and_stderr_cost_no_file(tmp_path):
     read, write = os.pipe()
     os.close(read)  # the reader is gone before the first line
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "ddpm.cli.train", *FAST, "--out", str(out)],
-                                cwd=tmp_path, env=ENV, stdout=write, stderr=write)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ddpm.cli.train", *FAST, "--out", str(out)],
+            cwd=tmp_path,
+            env=ENV,
+            stdout=write,
+            stderr=write,
+        )
     finally:
         os.close(write)
     assert proc.wait(timeout=600) == 141
