@@ -1,0 +1,131 @@
+"""The cards users train on: what torch reports as each one's memory on Linux, its compute
+capability, and its datasheet peaks, with where each figure comes from.
+
+The memory prediction reads `capacity_gib` (the budget) and `capability` (the attention kernel,
+the cuBLAS workspace); the time prediction reads the peaks and the bandwidth. Every figure is a
+public one; none was measured by this project.
+
+Peaks are NVIDIA's datasheet figures at boost clock: `fp32_tflops` for the CUDA cores and
+`fp16_tflops` for dense FP16 tensor-core math with FP32 accumulation (the mode torch's autocast
+uses). GeForce Turing runs that at 4x its FP32 rate, GeForce Ampere and Ada at 2x (half their
+FP16-accumulate rate); Volta and the datacenter parts have no such halving. Cards of compute
+capability 8.0 and above run BF16 at the FP16 rate and TF32 at half of it; Pascal has no tensor
+cores at all.
+
+`capacity_gib` is `torch.cuda.get_device_properties(0).total_memory` in GiB, as out-of-memory
+messages on Linux print it ("X GiB total capacity"): the nominal size less what the driver
+keeps. Where no such message is public, `capacity_source` says how the figure is derived: from
+a card of the same chip and memory size, or from the nominal size less the driver's share
+measured on a card of the same generation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Where the peak and bandwidth figures come from, by generation.
+WHITEPAPERS = {
+    6: "NVIDIA GeForce GTX 1080 whitepaper (Pascal GP104)",
+    7: "NVIDIA Tesla V100 / Turing (TU102, TU104, TU106) architecture whitepapers, T4 datasheet",
+    8: "NVIDIA A100 / GA102 (Ampere GeForce) / Ada Lovelace (AD102) architecture whitepapers",
+}
+
+
+@dataclass(frozen=True)
+class Card:
+    key: str  # the --card name
+    name: str
+    capability: tuple[int, int]
+    sms: int
+    capacity_gib: float  # what torch reports on Linux
+    capacity_source: str
+    fp32_tflops: float
+    fp16_tflops: float | None  # dense tensor cores, FP32 accumulate; None: no tensor cores
+    bandwidth_gbs: float  # DRAM, 1e9 bytes/s
+
+    @property
+    def sm(self) -> int:
+        return self.capability[0] * 10 + self.capability[1]
+
+    @property
+    def bf16(self) -> bool:
+        """BF16 tensor cores (compute capability 8.0 on): elsewhere torch emulates bf16."""
+        return self.capability >= (8, 0)
+
+    @property
+    def tensor_cores(self) -> bool:
+        return self.fp16_tflops is not None
+
+    @property
+    def tf32_tflops(self) -> float | None:
+        """TF32 tensor math (8.0 on, half the FP16 rate); None where fp32 runs on CUDA cores."""
+        return self.fp16_tflops / 2 if self.bf16 and self.fp16_tflops else None
+
+    @property
+    def capacity_mib(self) -> float:
+        return self.capacity_gib * 1024
+
+    @property
+    def source(self) -> str:
+        return WHITEPAPERS[min(self.capability[0], 8)]
+
+
+_OOM = "out-of-memory messages on Linux"
+_TURING_8GB = "derived: 8 GiB less the 0.24 GiB the driver keeps on an RTX 2080 Ti (Turing)"
+_GA104 = "derived: the RTX 3070's figure (same GA104 chip, same 8 GiB)"
+_ADA_8GB = "derived: 8 GiB less the 0.22 GiB the driver keeps on an RTX 3070 (a 4090 keeps 0.35)"
+
+CARDS = {
+    c.key: c
+    for c in (
+        Card("gtx1070", "GeForce GTX 1070", (6, 1), 15, 7.93, _OOM, 6.5, None, 256),
+        Card(
+            "gtx1080",
+            "GeForce GTX 1080",
+            (6, 1),
+            20,
+            7.93,
+            "derived: the GTX 1070's figure (same GP104 chip, same 8 GiB)",
+            8.9,
+            None,
+            320,
+        ),
+        Card("rtx2070", "GeForce RTX 2070", (7, 5), 36, 7.76, _TURING_8GB, 7.5, 29.9, 448),
+        Card("rtx2080", "GeForce RTX 2080", (7, 5), 46, 7.76, _TURING_8GB, 10.1, 40.3, 448),
+        Card("rtx2080ti", "GeForce RTX 2080 Ti", (7, 5), 68, 10.76, _OOM, 13.4, 53.8, 616),
+        Card("rtx3060", "GeForce RTX 3060 12 GB", (8, 6), 28, 11.75, _OOM, 12.7, 25.5, 360),
+        Card("rtx3060ti", "GeForce RTX 3060 Ti", (8, 6), 38, 7.78, _GA104, 16.2, 32.4, 448),
+        Card("rtx3070", "GeForce RTX 3070", (8, 6), 46, 7.78, _OOM, 20.3, 40.6, 448),
+        Card("rtx3080", "GeForce RTX 3080 10 GB", (8, 6), 68, 9.78, _OOM, 29.8, 59.5, 760),
+        Card(
+            "rtx3080ti",
+            "GeForce RTX 3080 Ti",
+            (8, 6),
+            80,
+            11.75,
+            "derived: the RTX 3060 12 GB's figure (Ampere GeForce, same 12 GiB)",
+            34.1,
+            68.2,
+            912,
+        ),
+        Card("rtx3090", "GeForce RTX 3090", (8, 6), 82, 23.70, _OOM, 35.6, 71.2, 936),
+        Card("rtx4060", "GeForce RTX 4060", (8, 9), 24, 7.78, _ADA_8GB, 15.1, 30.2, 272),
+        Card("rtx4060ti", "GeForce RTX 4060 Ti 8 GB", (8, 9), 34, 7.78, _ADA_8GB, 22.1, 44.1, 288),
+        Card(
+            "rtx4070",
+            "GeForce RTX 4070",
+            (8, 9),
+            46,
+            11.72,
+            "derived: nvidia-smi's 12,282 MiB less the 0.22 GiB that torch reports below "
+            "nvidia-smi on an RTX 3070",
+            29.1,
+            58.3,
+            504,
+        ),
+        Card("rtx4090", "GeForce RTX 4090", (8, 9), 128, 23.65, _OOM, 82.6, 165.2, 1008),
+        Card("t4", "Tesla T4", (7, 5), 40, 14.75, _OOM, 8.1, 65.0, 320),
+        Card("v100-16gb", "Tesla V100 16 GB (SXM2)", (7, 0), 80, 15.78, _OOM, 15.7, 125.0, 900),
+        Card("v100-32gb", "Tesla V100 32 GB (SXM2)", (7, 0), 80, 31.74, _OOM, 15.7, 125.0, 900),
+        Card("a100-40gb", "A100 40 GB (SXM4)", (8, 0), 108, 39.50, _OOM, 19.5, 312.0, 1555),
+    )
+}
