@@ -173,6 +173,11 @@ PRESETS: dict[str, UNetConfig] = {
     # ch 128, ch_mult (1,2,2,2), 2 res blocks, attention at 16x16, dropout 0.1.
     # 35,746,307 parameters; 34,164,227 without attention.
     "ddpm-cifar10": UNetConfig(),
+    # Ho, Jain, Abbeel 2020, the CelebA-HQ and LSUN (church, cat) models at 256 px: ch 128,
+    # ch_mult (1,1,2,2,4,4), 2 res blocks, attention at 16x16, no dropout (the released code's
+    # scripts/run_celebahq.py and run_lsun.py). 113,673,219 parameters, as diffusers' UNet2DModel
+    # in the layout of google/ddpm-celebahq-256.
+    "ddpm-256": UNetConfig(image_size=256, channel_mults=(1, 1, 2, 2, 4, 4), dropout=0.0),
     # MNIST padded to 32x32 as in the tutorials this project grew from: base 64, three resolutions
     # (32, 16, 8), one residual block per level, time embedding 128 -> 512; attention at 16 as DDPM.
     "ddpm-mnist": UNetConfig(
