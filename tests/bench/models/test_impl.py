@@ -8,8 +8,8 @@ import collections
 import pytest
 import torch
 
-from bench.models import impl as impl_module
-from bench.models.impl import DiffusersUNet, diffusers_installed, diffusers_unsupported
+from bench.models import diffusers_unet as impl_module
+from bench.models.diffusers_unet import DiffusersUNet, diffusers_installed, diffusers_unsupported
 from bench.models.workload import build_trainer, parameter_count, synthetic_images
 from bench.spec import BenchSpec, SpecError
 from bench.sweep.cli import build_parser, specs_from_args
