@@ -59,7 +59,7 @@ def held_out_loss(
     schedule: NoiseSchedule,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     precision: str = "fp32",
-    objective: Objective = l_simple,
+    objective: Objective | None = None,
 ) -> float:
     """`objective` (default L_simple) over every element of the (x0, t, noise) batches, each
     batch's mean weighted by its size and summed in float64, in eval mode (dropout off) without
@@ -72,7 +72,8 @@ def held_out_loss(
         # for its next step, and inference tensors cannot be used by autograd later.
         with torch.no_grad():
             for x0, t, noise in batches:
-                loss = objective(model, schedule, x0, t, noise, precision).double() * x0.numel()
+                loss = (objective or l_simple)(model, schedule, x0, t, noise, precision)
+                loss = loss.double() * x0.numel()
                 total = loss if total is None else total + loss
                 count += x0.numel()
     finally:

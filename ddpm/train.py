@@ -52,7 +52,7 @@ class Trainer:
         device: str | torch.device = "cpu",
         optimizer: torch.optim.Optimizer | None = None,
         ema: EMA | None = None,
-        objective: Objective = l_simple,
+        objective: Objective | None = None,
     ):
         """`optimizer` and `ema` default to ours (fused AdamW, foreach EMA); another recipe (the
         benchmarks' diffusers baseline) passes its own: anything with .step()/.update(model).
@@ -140,7 +140,7 @@ class Trainer:
             # L_simple (eq. 14) in fp32, in the forward and loss ranges. Each micro-batch's mean
             # is weighted by b/n, so the summed gradient equals the full batch's: accumulation
             # changes no math.
-            loss = self.objective(
+            loss = (self.objective or l_simple)(
                 self.model, self.schedule, x0[part], t[part], noise[part], cfg.precision
             )
             with phase(Phase.BACKWARD, dev):

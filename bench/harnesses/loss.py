@@ -34,7 +34,7 @@ from bench.spec import BenchSpec, SpecError, common_axes, parse_int_list
 from bench.sweep.cli import build_parser, run_cli, specs_from_args
 from ddpm.config import PRESETS
 from ddpm.data import DatasetError, load_dataset
-from ddpm.objective import held_out_draws, held_out_loss
+from ddpm.objective import Objective, held_out_draws, held_out_loss
 from ddpm.schedule import NoiseSchedule
 
 # Options that are not BenchSpec fields reach each spec's process in RunContext.options. Each
@@ -182,6 +182,7 @@ def compare(rows: list[dict], context: RunContext) -> list[str]:
                 "checkpointing",
                 "device",
                 "impl",
+                "model_config",
             )
         )
         groups.setdefault(key, []).append(r)
@@ -249,15 +250,18 @@ def validation_loss(
     t: torch.Tensor,
     noise: torch.Tensor,
     device: torch.device,
+    objective: Objective | None = None,
 ) -> float:
-    """L_simple on fixed (images, t, noise) (ddpm.objective.held_out_loss), in fp32 whatever the
-    training precision, in chunks of VAL_CHUNK: the same weights give the same number."""
+    """The training objective (L_simple, or the implementation's own: the Trainer's) on fixed
+    (images, t, noise) (ddpm.objective.held_out_loss), in fp32 whatever the training precision,
+    in chunks of VAL_CHUNK: the same weights give the same number."""
     chunks = zip(images.split(VAL_CHUNK), t.split(VAL_CHUNK), noise.split(VAL_CHUNK))
     return held_out_loss(
         model,
         schedule.to(device),
         ((x0.to(device), tt.to(device), eps.to(device)) for x0, tt, eps in chunks),
         precision="fp32",
+        objective=objective,
     )
 
 
@@ -296,7 +300,13 @@ def measure(spec: BenchSpec, context: RunContext, options: LossOptions | None = 
 
     def validate() -> float:
         return validation_loss(
-            trainer.model, trainer.schedule, val_images, val_t, val_noise, device
+            trainer.model,
+            trainer.schedule,
+            val_images,
+            val_t,
+            val_noise,
+            device,
+            trainer.objective,
         )
 
     folder = curve_dir(spec, context)
@@ -596,14 +606,14 @@ HARNESS = Harness(
         "img_per_s",
     ],
     notes=[
-        "Losses are L_simple (Ho et al. 2020, eq. 14): mean squared error of the predicted "
-        "noise, per pixel, dimensionless. final_loss: mean training loss of the last last_k "
+        "Losses are L_simple (Ho et al. 2020, eq. 14): mean squared error of the predicted noise, "
+        "per pixel, dimensionless (--impl lucidrains: its GaussianDiffusion's loss, the weighted "
+        "v-prediction error, docs/impl.md). final_loss: mean training loss of the last last_k "
         "optimizer steps (fewer if the run is shorter). val_loss: the same loss on val_images "
-        "held-out images (at most --val-images), each with a timestep (evenly spread over "
-        "0..T-1) and noise drawn once from a seeded generator, computed in fp32 with the raw "
-        "(not EMA) weights after the last step, so every spec is measured on the same draws; "
-        "val_loss_start: the same before the first step (equal for every spec: the same "
-        "initial weights).",
+        "held-out images (at most --val-images), each with a timestep (evenly spread over 0..T-1) "
+        "and noise drawn once from a seeded generator, computed in fp32 with the raw (not EMA) "
+        "weights after the last step, so every spec is measured on the same draws; val_loss_start:"
+        " the same before the first step (equal for every spec: the same initial weights).",
         "skipped_steps: fp16 steps the gradient scaler skipped for inf/NaN gradients. "
         "diverged: the training or validation loss became NaN or inf; training stops at that "
         "step (diverged_step). steps_done: optimizer steps trained. train_s: seconds of "
