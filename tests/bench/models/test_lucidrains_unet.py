@@ -122,3 +122,36 @@ def test_a_config_the_library_rejects_is_one_line(tmp_path):
     assert "dim_mult" in reason and "\n" not in reason
     path.write_text("dim = 8\ndim_mults = [1, 2]\n[diffusion]\ntimesteps = 10\n")
     assert "diffusion.timesteps is set by bench" in problem(tiny_spec(str(path)))
+
+
+def test_bench_loss_holds_out_with_the_same_loss(tiny_config):
+    from denoising_diffusion_pytorch import GaussianDiffusion, Unet
+
+    from bench.harnesses.loss import validation_draws, validation_loss
+
+    spec = tiny_spec(tiny_config)
+    trainer = build_trainer(spec)
+    images = synthetic_images(spec, 3).clamp(-1, 1)
+    t, noise = validation_draws(images, trainer.schedule.timesteps, seed=0)
+    ours = validation_loss(
+        trainer.model, trainer.schedule, images, t, noise, torch.device("cpu"), trainer.objective
+    )
+    torch.manual_seed(spec.seed)
+    diffusion = GaussianDiffusion(Unet(dim=8, dim_mults=(1, 2)), image_size=16)
+    with torch.no_grad():
+        theirs = diffusion((images + 1) / 2, noise=noise, times=t).item()
+    assert ours == pytest.approx(theirs, rel=1e-5)
+
+
+def test_bench_sampling_runs_its_steps(tiny_config, monkeypatch):
+    """The sampler's loop calls the model for eps on the whole batch, once per timed step."""
+    from bench.harnesses import sampling
+
+    calls = []
+    forward = LucidrainsUNet.forward
+    monkeypatch.setattr(
+        LucidrainsUNet, "forward", lambda self, *a: calls.append(a[0].shape) or forward(self, *a)
+    )
+    spec = tiny_spec(tiny_config, sampler="ddim", sampling_steps=2, measure_steps=2)
+    assert sampling.measure(spec.replace(warmup_steps=0))["measured_steps"] == 2
+    assert calls == [torch.Size([2, 3, 16, 16])] * 2
