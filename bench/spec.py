@@ -228,8 +228,9 @@ class BenchSpec:
         "model(x_t, t)); optional dependencies (default %(default)s)",
     )
     # bench.model_config: the model's keyword arguments, from a JSON or TOML file
+    # "none": no file (a word, as every string axis's default)
     model_config: str = axis(
-        "",
+        "none",
         quiet=True,
         group="run",
         text=None,
@@ -281,6 +282,11 @@ class BenchSpec:
         return self.ranks * self.batch * self.accum  # the global images of one optimizer step
 
     @property
+    def config_file(self) -> str | None:
+        """--model-config's file, or None."""
+        return None if self.model_config == "none" else self.model_config
+
+    @property
     def attention_resolutions(self) -> tuple[int, ...]:
         return () if self.attention == "none" else tuple(int(r) for r in self.attention.split("+"))
 
@@ -292,8 +298,8 @@ class BenchSpec:
             attention_resolutions=self.attention_resolutions,
             gradient_checkpointing=self.checkpointing == "on",
         )
-        if self.model_config and self.impl == "ddpm":
-            config = model_config.unet_config(self.model_config, config)
+        if self.config_file and self.impl == "ddpm":
+            config = model_config.unet_config(self.config_file, config)
         return config
 
     def train_config(self, **settings) -> TrainConfig:
@@ -333,8 +339,8 @@ class BenchSpec:
             name += f"-{self.sampler}{self.sampling_steps}"
         if self.impl != "ddpm":
             name += f"-{self.impl.replace(':', '.')}"
-        if self.model_config:
-            name += f"-config{model_config.tag(self.model_config)}"
+        if self.config_file:
+            name += f"-config{model_config.tag(self.config_file)}"
         # An axis added later is named whenever it is off its default.
         for f in dataclasses.fields(self):
             if f.metadata.get("axis") and f.name not in _NAMED_ABOVE:
@@ -448,8 +454,8 @@ def parse_impls(text: str) -> list[str]:
 def parse_model_config(path: str | None) -> str:
     """The file, read now: one that is missing or not a table is one line before anything
     runs (what its fields mean is the implementation's, checked by bench.sweep.cli)."""
-    if not path:
-        return ""
+    if not path or path == "none":
+        return "none"
     try:
         model_config.load(path)
     except model_config.ModelConfigError as exc:

@@ -606,14 +606,14 @@ HARNESS = Harness(
         "img_per_s",
     ],
     notes=[
-        "Losses are L_simple (Ho et al. 2020, eq. 14): mean squared error of the predicted noise, "
-        "per pixel, dimensionless (--impl lucidrains: its GaussianDiffusion's loss, the weighted "
-        "v-prediction error, docs/impl.md). final_loss: mean training loss of the last last_k "
+        "Losses are L_simple (Ho et al. 2020, eq. 14): mean squared error of the predicted "
+        "noise, per pixel, dimensionless. final_loss: mean training loss of the last last_k "
         "optimizer steps (fewer if the run is shorter). val_loss: the same loss on val_images "
-        "held-out images (at most --val-images), each with a timestep (evenly spread over 0..T-1) "
-        "and noise drawn once from a seeded generator, computed in fp32 with the raw (not EMA) "
-        "weights after the last step, so every spec is measured on the same draws; val_loss_start:"
-        " the same before the first step (equal for every spec: the same initial weights).",
+        "held-out images (at most --val-images), each with a timestep (evenly spread over "
+        "0..T-1) and noise drawn once from a seeded generator, computed in fp32 with the raw "
+        "(not EMA) weights after the last step, so every spec is measured on the same draws; "
+        "val_loss_start: the same before the first step (equal for every spec: the same "
+        "initial weights).",
         "skipped_steps: fp16 steps the gradient scaler skipped for inf/NaN gradients. "
         "diverged: the training or validation loss became NaN or inf; training stops at that "
         "step (diverged_step). steps_done: optimizer steps trained. train_s: seconds of "

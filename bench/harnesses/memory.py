@@ -50,10 +50,11 @@ def budget_words(budget_mib: float) -> str:
 def verdict(row: dict) -> str | None:
     """The answer in words: does this configuration fit the budget, and by how much."""
     impl = row.get("impl") or "ddpm"
-    if impl == "ddpm" and not row.get("model_config"):
+    # ours and diffusers' without a file are the preset's architecture
+    if impl in ("ddpm", "diffusers") and row.get("model_config", "none") == "none":
         model = f"attention {row['attention']}, {row['preset']}"
     else:  # another implementation's shape is its own (docs/impl.md), not the preset's
-        config = f" from {row['model_config']}" if row.get("model_config") else ""
+        config = "" if row.get("model_config", "none") == "none" else f" from {row['model_config']}"
         model = f"--impl {impl}{config}"
     what = (
         f"batch {row['batch']} x accum {row['accum']}{_ranks_words(row)} ({row['precision']}, "

@@ -23,7 +23,7 @@ def is_factory(impl: str) -> bool:
 
 def build_unet(spec: BenchSpec) -> nn.Module:
     """The spec's model, called as model(x_t, t) -> eps (in the current device context)."""
-    config, path = spec.unet_config(), spec.model_config
+    config, path = spec.unet_config(), spec.config_file
     if spec.impl == "diffusers":
         return diffusers_unet.DiffusersUNet(config, path)
     if spec.impl == "lucidrains":
@@ -59,7 +59,7 @@ def problem(spec: BenchSpec) -> str | None:
             "--impl lucidrains needs the denoising-diffusion-pytorch package: "
             f"{lucidrains_unet.INSTALL_HINT}."
         )
-    if spec.impl == "diffusers" and not spec.model_config:
+    if spec.impl == "diffusers" and not spec.config_file:
         reason = diffusers_unet.diffusers_unsupported(spec.unet_config())
         return f"--impl diffusers cannot build this model: {reason}." if reason else None
     if spec.checkpointing == "on" and spec.impl != "diffusers":
@@ -74,7 +74,7 @@ def output_problem(spec: BenchSpec) -> str | None:
 
     config = spec.unet_config()
     shape = (1, config.in_channels, config.image_size, config.image_size)
-    source = f" from --model-config {spec.model_config}" if spec.model_config else ""
+    source = f" from --model-config {spec.config_file}" if spec.config_file else ""
     with FakeTensorMode(allow_non_fake_inputs=True):
         try:
             model = build_unet(spec)

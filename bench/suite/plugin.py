@@ -86,7 +86,7 @@ def bench_specs(config):
             model_config=parse_model_config(config.getoption("--bench-model-config")),
         )
         impls = parse_impls(config.getoption("--bench-impl"))
-        if base.model_config and len(impls) > 1:
+        if base.config_file and len(impls) > 1:
             raise SpecError("--bench-model-config holds one implementation's arguments.")
         for name in impls:  # each built once on fake tensors: a bad factory is one line
             reason = impl.problem(base.replace(impl=name))

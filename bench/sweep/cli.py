@@ -201,7 +201,7 @@ def check_impl(specs: list[BenchSpec]) -> None:
     """Every implementation asked for is installed and builds every model it is asked for
     (a factory imported, its output the input's shape), before anything runs; --model-config
     belongs to one implementation."""
-    if any(s.model_config for s in specs) and len({s.impl for s in specs}) > 1:
+    if any(s.config_file for s in specs) and len({s.impl for s in specs}) > 1:
         raise SpecError(
             "--model-config holds one implementation's arguments: give a single --impl with it."
         )

@@ -195,7 +195,7 @@ def test_a_hub_config_json_builds_the_celebahq_model_at_our_256_preset_size(tmp_
         preset="ddpm-256", image_size=256, attention="16", impl="diffusers", model_config=str(path)
     )
     assert parameter_count(spec) == 113_673_219
-    assert parameter_count(spec.replace(impl="ddpm", model_config="")) == 113_673_219
+    assert parameter_count(spec.replace(impl="ddpm", model_config="none")) == 113_673_219
     path.write_text(json.dumps({**CELEBAHQ, "layers_per_blok": 2}))
     with pytest.raises(SpecError, match="UNet2DModel takes no argument 'layers_per_blok'"):
         _specs(["--impl", "diffusers", "--model-config", str(path), "--device", "cpu"])
