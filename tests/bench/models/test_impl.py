@@ -204,3 +204,16 @@ def test_a_hub_config_json_builds_the_celebahq_model_at_our_256_preset_size(tmp_
 def test_lucidrains_and_factories_refuse_gradient_checkpointing():
     with pytest.raises(SpecError, match="--impl lucidrains has no gradient checkpointing here"):
         _specs(["--impl", "lucidrains", "--checkpointing", "on", "--device", "cpu"])
+
+
+def test_lucidrains_missing_is_one_line(monkeypatch):
+    from bench.models import lucidrains_unet
+
+    monkeypatch.setattr(lucidrains_unet, "installed", lambda: False)
+    with pytest.raises(SpecError, match=r"needs the denoising-diffusion-pytorch package: pip"):
+        _specs(["--impl", "lucidrains", "--device", "cpu"])
+
+
+def test_an_impl_that_is_neither_a_name_nor_a_factory_is_refused():
+    with pytest.raises(SpecError, match="or give your factory as package.module:callable"):
+        _specs(["--impl", "mynets:", "--device", "cpu"])
