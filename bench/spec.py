@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bench import model_config
 from ddpm.config import GRAD_SYNCS, PRECISIONS, PRESETS, TrainConfig, UNetConfig
 from ddpm.device import indexed_device
 from ddpm.parallel import PARALLEL
@@ -19,7 +20,10 @@ from ddpm.parallel import PARALLEL
 MIB = 2**20  # bytes per MiB: every *_mib figure of every table
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 ON_OFF = ("off", "on")
-IMPLS = ("ddpm", "diffusers")  # bench.models.impl: ours, or diffusers' UNet2DModel
+# bench.models.impl: ours, diffusers' UNet2DModel, lucidrains' denoising-diffusion-pytorch Unet;
+# or a user's factory, "package.module:callable"
+IMPLS = ("ddpm", "diffusers", "lucidrains")
+FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 DATASETS = ("digits", "mnist", "cifar10", "folder")  # bench.loss's real data (ddpm.data)
 SAMPLERS = ("ddpm", "ddim")  # bench.sampling's samplers (ddpm.sample)
 _UNITS = {"mib": 1.0, "gib": 1024.0, "mb": 1e6 / MIB, "gb": 1e9 / MIB}
@@ -48,6 +52,7 @@ _NAMED_ABOVE = (
     "sampler",
     "sampling_steps",
     "impl",
+    "model_config",
     "repeat",
 )
 
@@ -212,14 +217,26 @@ class BenchSpec:
         help="exchange gradients after the last micro-batch or after every "
         "one: last, every (default %(default)s)",
     )
-    # bench.models.impl: "ddpm" (ours) or "diffusers"
+    # bench.models.impl: "ddpm" (ours), "diffusers", "lucidrains" or "package.module:callable"
     impl: str = axis(
         "ddpm",
         quiet=True,
-        parse=choice_list(IMPLS),
-        help="ddpm (ours), diffusers (UNet2DModel at the same architecture, trained "
-        "as diffusers' example trains it; optional dependency) "
-        "(default %(default)s)",
+        parse=lambda o, t, s: parse_impls(t),
+        help="ddpm (ours), diffusers (UNet2DModel, at the same architecture or from "
+        "--model-config), lucidrains (denoising-diffusion-pytorch's Unet, trained by its "
+        "GaussianDiffusion), or package.module:callable (your factory of a model called as "
+        "model(x_t, t)); optional dependencies (default %(default)s)",
+    )
+    # bench.model_config: the model's keyword arguments, from a JSON or TOML file
+    # "none": no file (a word, as every string axis's default)
+    model_config: str = axis(
+        "none",
+        quiet=True,
+        group="run",
+        text=None,
+        parse=lambda o, t, s: [parse_model_config(t)],
+        help="a JSON or TOML file of the model's keyword arguments: UNetConfig fields for "
+        "--impl ddpm, the library's (or your factory's) for the others (default: none)",
     )
     # bench.loss trains on real data
     dataset: str = axis(
@@ -265,15 +282,25 @@ class BenchSpec:
         return self.ranks * self.batch * self.accum  # the global images of one optimizer step
 
     @property
+    def config_file(self) -> str | None:
+        """--model-config's file, or None."""
+        return None if self.model_config == "none" else self.model_config
+
+    @property
     def attention_resolutions(self) -> tuple[int, ...]:
         return () if self.attention == "none" else tuple(int(r) for r in self.attention.split("+"))
 
     def unet_config(self) -> UNetConfig:
-        return PRESETS[self.preset].replace(
+        """The preset at this spec's axes; for --impl ddpm, with --model-config's fields.
+        The other implementations read their image size and channels from it."""
+        config = PRESETS[self.preset].replace(
             image_size=self.image_size,
             attention_resolutions=self.attention_resolutions,
             gradient_checkpointing=self.checkpointing == "on",
         )
+        if self.config_file and self.impl == "ddpm":
+            config = model_config.unet_config(self.config_file, config)
+        return config
 
     def train_config(self, **settings) -> TrainConfig:
         """The TrainConfig this spec trains with: the one route from a spec to a trainer
@@ -311,7 +338,9 @@ class BenchSpec:
         if self.sampler != "none" or self.sampling_steps:
             name += f"-{self.sampler}{self.sampling_steps}"
         if self.impl != "ddpm":
-            name += f"-{self.impl}"
+            name += f"-{self.impl.replace(':', '.')}"
+        if self.config_file:
+            name += f"-config{model_config.tag(self.config_file)}"
         # An axis added later is named whenever it is off its default.
         for f in dataclasses.fields(self):
             if f.metadata.get("axis") and f.name not in _NAMED_ABOVE:
@@ -407,6 +436,31 @@ def parse_budget(text: str) -> float:
             "unit, e.g. 8GiB, 8192MiB, 8GB or 500MB."
         )
     return mib
+
+
+def parse_impls(text: str) -> list[str]:
+    """A comma list of implementations: the named ones, or factories "package.module:callable"
+    (bench.models.factory imports them, in the parent, before anything runs)."""
+    values = _items("--impl", text)
+    for value in values:
+        if value not in IMPLS and not FACTORY.fullmatch(value):
+            raise SpecError(
+                f"--impl {value!r} is not allowed: choose from {', '.join(IMPLS)}, or give "
+                "your factory as package.module:callable."
+            )
+    return _once_each("--impl", text, values)
+
+
+def parse_model_config(path: str | None) -> str:
+    """The file, read now: one that is missing or not a table is one line before anything
+    runs (what its fields mean is the implementation's, checked by bench.sweep.cli)."""
+    if not path or path == "none":
+        return "none"
+    try:
+        model_config.load(path)
+    except model_config.ModelConfigError as exc:
+        raise SpecError(str(exc)) from None
+    return path
 
 
 def parse_preset(text: str) -> str:

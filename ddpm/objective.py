@@ -3,13 +3,17 @@ Trainer.step optimizes, `python -m ddpm.cli.train` logs as val/loss and bench.lo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 
 from ddpm.precision import Phase, autocast, phase
 from ddpm.schedule import NoiseSchedule
+
+# What Trainer.step and held_out_loss minimise and report, as l_simple's signature:
+# (model, schedule, x0, t, noise, precision) -> a 0-dim fp32 loss.
+Objective = Callable[..., torch.Tensor]
 
 
 def l_simple(
@@ -55,10 +59,11 @@ def held_out_loss(
     schedule: NoiseSchedule,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     precision: str = "fp32",
+    objective: Objective | None = None,
 ) -> float:
-    """L_simple over every element of the (x0, t, noise) batches, each batch's mean weighted by
-    its size and summed in float64, in eval mode (dropout off) without gradients; the model's
-    mode comes back afterwards."""
+    """`objective` (default L_simple) over every element of the (x0, t, noise) batches, each
+    batch's mean weighted by its size and summed in float64, in eval mode (dropout off) without
+    gradients; the model's mode comes back afterwards."""
     was_training = model.training
     model.eval()
     total, count = None, 0
@@ -67,7 +72,8 @@ def held_out_loss(
         # for its next step, and inference tensors cannot be used by autograd later.
         with torch.no_grad():
             for x0, t, noise in batches:
-                loss = l_simple(model, schedule, x0, t, noise, precision).double() * x0.numel()
+                loss = (objective or l_simple)(model, schedule, x0, t, noise, precision)
+                loss = loss.double() * x0.numel()
                 total = loss if total is None else total + loss
                 count += x0.numel()
     finally:

@@ -25,7 +25,7 @@ from ddpm.checkpoint import (
 from ddpm.config import TrainConfig, UNetConfig
 from ddpm.ema import EMA
 from ddpm.errors import first_line
-from ddpm.objective import l_simple
+from ddpm.objective import Objective, l_simple
 from ddpm.precision import Phase, apply_matmul_precision, autocast, phase
 from ddpm.schedule import NoiseSchedule
 
@@ -52,9 +52,12 @@ class Trainer:
         device: str | torch.device = "cpu",
         optimizer: torch.optim.Optimizer | None = None,
         ema: EMA | None = None,
+        objective: Objective | None = None,
     ):
         """`optimizer` and `ema` default to ours (fused AdamW, foreach EMA); another recipe (the
         benchmarks' diffusers baseline) passes its own: anything with .step()/.update(model).
+        `objective(model, schedule, x0, t, noise, precision)` is the loss of one micro-batch
+        (default L_simple; a library that trains its model its own way passes its loss).
         A `model` spread by ddpm.parallel.wrap trains data-parallel over its process group."""
         self.device = torch.device(device)
         self.config = config
@@ -83,6 +86,7 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.ema = ema or EMA(self.module, decay=config.ema_decay, warmup=config.ema_warmup)
+        self.objective = objective
         self.step_count = 0
         self.skipped_steps = 0
 
@@ -136,7 +140,7 @@ class Trainer:
             # L_simple (eq. 14) in fp32, in the forward and loss ranges. Each micro-batch's mean
             # is weighted by b/n, so the summed gradient equals the full batch's: accumulation
             # changes no math.
-            loss = l_simple(
+            loss = (self.objective or l_simple)(
                 self.model, self.schedule, x0[part], t[part], noise[part], cfg.precision
             )
             with phase(Phase.BACKWARD, dev):

@@ -34,7 +34,7 @@ from bench.spec import BenchSpec, SpecError, common_axes, parse_int_list
 from bench.sweep.cli import build_parser, run_cli, specs_from_args
 from ddpm.config import PRESETS
 from ddpm.data import DatasetError, load_dataset
-from ddpm.objective import held_out_draws, held_out_loss
+from ddpm.objective import Objective, held_out_draws, held_out_loss
 from ddpm.schedule import NoiseSchedule
 
 # Options that are not BenchSpec fields reach each spec's process in RunContext.options. Each
@@ -182,6 +182,7 @@ def compare(rows: list[dict], context: RunContext) -> list[str]:
                 "checkpointing",
                 "device",
                 "impl",
+                "model_config",
             )
         )
         groups.setdefault(key, []).append(r)
@@ -249,15 +250,18 @@ def validation_loss(
     t: torch.Tensor,
     noise: torch.Tensor,
     device: torch.device,
+    objective: Objective | None = None,
 ) -> float:
-    """L_simple on fixed (images, t, noise) (ddpm.objective.held_out_loss), in fp32 whatever the
-    training precision, in chunks of VAL_CHUNK: the same weights give the same number."""
+    """The training objective (L_simple, or the implementation's own: the Trainer's) on fixed
+    (images, t, noise) (ddpm.objective.held_out_loss), in fp32 whatever the training precision,
+    in chunks of VAL_CHUNK: the same weights give the same number."""
     chunks = zip(images.split(VAL_CHUNK), t.split(VAL_CHUNK), noise.split(VAL_CHUNK))
     return held_out_loss(
         model,
         schedule.to(device),
         ((x0.to(device), tt.to(device), eps.to(device)) for x0, tt, eps in chunks),
         precision="fp32",
+        objective=objective,
     )
 
 
@@ -296,7 +300,13 @@ def measure(spec: BenchSpec, context: RunContext, options: LossOptions | None = 
 
     def validate() -> float:
         return validation_loss(
-            trainer.model, trainer.schedule, val_images, val_t, val_noise, device
+            trainer.model,
+            trainer.schedule,
+            val_images,
+            val_t,
+            val_noise,
+            device,
+            trainer.objective,
         )
 
     folder = curve_dir(spec, context)

@@ -49,9 +49,16 @@ def budget_words(budget_mib: float) -> str:
 
 def verdict(row: dict) -> str | None:
     """The answer in words: does this configuration fit the budget, and by how much."""
+    impl = row.get("impl") or "ddpm"
+    # ours and diffusers' without a file are the preset's architecture
+    if impl in ("ddpm", "diffusers") and row.get("model_config", "none") == "none":
+        model = f"attention {row['attention']}, {row['preset']}"
+    else:  # another implementation's shape is its own (docs/impl.md), not the preset's
+        config = "" if row.get("model_config", "none") == "none" else f" from {row['model_config']}"
+        model = f"--impl {impl}{config}"
     what = (
         f"batch {row['batch']} x accum {row['accum']}{_ranks_words(row)} ({row['precision']}, "
-        f"attention {row['attention']}, {row['preset']} at {row['image_size']}px)"
+        f"{model} at {row['image_size']}px)"
     )
     card_words = "each CUDA" if row.get("ranks", 1) > 1 else "a CUDA"
     if row["status"] != "ok":

@@ -70,6 +70,7 @@ AXES = (
     "checkpointing",
     "device",
     "impl",
+    "model_config",
     "sampler",
     "sampling_steps",
 )
@@ -345,8 +346,9 @@ def make_specs(args: argparse.Namespace) -> list:
             spec = spec.replace(sampling_steps=T)
         if spec not in specs:
             specs.append(spec)
-    if args.checkpoint is not None and any(s.impl != "ddpm" for s in specs):
-        raise SpecError("--impl diffusers cannot load --checkpoint: it holds ddpm's weights.")
+    other = next((s.impl for s in specs if s.impl != "ddpm"), None)
+    if args.checkpoint is not None and other is not None:
+        raise SpecError(f"--impl {other} cannot load --checkpoint: it holds ddpm's weights.")
     return specs
 
 

@@ -35,7 +35,7 @@ def training_step_flops(spec: BenchSpec) -> int:
     left out, as in the usual MFU convention (Chowdhery et al. 2022)."""
     config = spec.unet_config().replace(gradient_checkpointing=False)
     with FakeTensorMode():
-        model = build_unet(config, spec.impl)
+        model = build_unet(spec.replace(checkpointing="off"))
         for module in model.modules():
             # MFU counts the architecture's FLOPs, not the cheaper algorithm ours runs for the
             # upsampling convolutions, so implementations of one architecture compare fairly.

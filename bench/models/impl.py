@@ -1,127 +1,101 @@
-"""The implementations a spec can run (the `--impl` axis, bench.spec.IMPLS): ours (`ddpm`), or
-diffusers' UNet2DModel built to the same architecture and trained the way diffusers' own example
-trains it.
-
-`diffusers` answers the memory question for users of that library and is the baseline our speed
-work is measured against (bench/PERF.md). It is an optional dependency:
-pip install 'ddpm-bench[diffusers]'."""
+"""The implementations a spec can run (the `--impl` axis, bench.spec.IMPLS), the registry: ours
+(`ddpm`), diffusers' UNet2DModel (bench.models.diffusers_unet), lucidrains'
+denoising-diffusion-pytorch Unet (bench.models.lucidrains_unet), or a user's factory
+`package.module:callable` (bench.models.factory). Each is built here, trained with its own
+recipe, and checked before anything runs (`problem`)."""
 
 from __future__ import annotations
-
-import importlib.util
 
 import torch
 from torch import nn
 
-from ddpm.config import TrainConfig, UNetConfig
+from bench import model_config
+from bench.models import diffusers_unet, factory, lucidrains_unet
+from bench.spec import BenchSpec
+from ddpm.config import TrainConfig
+from ddpm.errors import first_line
 from ddpm.unet import UNet
 
-INSTALL_HINT = "pip install 'ddpm-bench[diffusers]' (or pip install diffusers)"
+
+def is_factory(impl: str) -> bool:
+    return ":" in impl
 
 
-def diffusers_installed() -> bool:
-    return importlib.util.find_spec("diffusers") is not None
+def build_unet(spec: BenchSpec) -> nn.Module:
+    """The spec's model, called as model(x_t, t) -> eps (in the current device context)."""
+    config, path = spec.unet_config(), spec.config_file
+    if spec.impl == "diffusers":
+        return diffusers_unet.DiffusersUNet(config, path)
+    if spec.impl == "lucidrains":
+        return lucidrains_unet.LucidrainsUNet(config, path)
+    if is_factory(spec.impl):
+        return factory.FactoryModel(spec.impl, path)
+    return UNet(config)
 
 
-def diffusers_unsupported(config: UNetConfig) -> str | None:
-    """Why UNet2DModel cannot express this architecture, or None when it can."""
-    c = config
-    if c.time_embed_dim != c.base_channels or c.time_hidden_dim != 4 * c.base_channels:
+def recipe(spec: BenchSpec, model: nn.Module, config: TrainConfig) -> dict:
+    """The Trainer's keyword arguments that train this implementation its own way: diffusers'
+    example's optimizer and EMA, GaussianDiffusion's loss; ours (and a factory's) none."""
+    if spec.impl == "diffusers":
+        return diffusers_unet.diffusers_recipe(model, config)
+    if spec.impl == "lucidrains":
+        return {"objective": lucidrains_unet.lucidrains_loss}
+    return {}
+
+
+def problem(spec: BenchSpec) -> str | None:
+    """Why this spec's model cannot run, in one line, or None: the library is missing, the
+    config is rejected, the factory is unusable, or the output is not the input's shape."""
+    if spec.impl == "ddpm":
+        try:
+            spec.unet_config()  # --model-config's UNetConfig fields, checked as it reads them
+        except model_config.ModelConfigError as exc:
+            return str(exc)
+        return None
+    if spec.impl == "diffusers" and not diffusers_unet.diffusers_installed():
+        return f"--impl diffusers needs the diffusers package: {diffusers_unet.INSTALL_HINT}."
+    if spec.impl == "lucidrains" and not lucidrains_unet.installed():
         return (
-            f"UNet2DModel ties the time embedding to the base width ({c.base_channels} -> "
-            f"{4 * c.base_channels}); this model has {c.time_embed_dim} -> "
-            f"{c.time_hidden_dim}"
+            "--impl lucidrains needs the denoising-diffusion-pytorch package: "
+            f"{lucidrains_unet.INSTALL_HINT}."
         )
-    if c.attention_resolutions and c.num_heads != 1:
+    if spec.impl == "diffusers" and not spec.config_file:
+        reason = diffusers_unet.diffusers_unsupported(spec.unet_config())
+        return f"--impl diffusers cannot build this model: {reason}." if reason else None
+    if spec.checkpointing == "on" and spec.impl != "diffusers":
+        return f"--impl {spec.impl} has no gradient checkpointing here: give --checkpointing off."
+    return output_problem(spec)
+
+
+def output_problem(spec: BenchSpec) -> str | None:
+    """Build the model on fake tensors (no memory, no init cost) and run one batch-1 forward:
+    a rejected config or an output that is not eps's shape is one line."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    config = spec.unet_config()
+    shape = (1, config.in_channels, config.image_size, config.image_size)
+    source = f" from --model-config {spec.config_file}" if spec.config_file else ""
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        try:
+            model = build_unet(spec)
+        except (factory.FactoryError, model_config.ModelConfigError) as exc:
+            return str(exc)
+        except Exception as exc:  # the library's own refusal of its arguments
+            return (
+                f"--impl {spec.impl} rejects its arguments{source}: "
+                f"{type(exc).__name__}: {first_line(exc)}"
+            )
+        try:
+            out = model(torch.zeros(shape), torch.zeros(1, dtype=torch.long))
+        except Exception as exc:  # whatever the model raises on an input of this shape
+            return (
+                f"--impl {spec.impl}{source}: a forward of a {tuple(shape)} batch fails "
+                f"({type(exc).__name__}: {first_line(exc)})."
+            )
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != shape:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         return (
-            f"UNet2DModel's head width is one number for every level; this model has "
-            f"{c.num_heads} heads per block"
+            f"--impl {spec.impl}{source}: model(x_t, t) must return the noise prediction, "
+            f"shape {shape} like x_t; it returned {got}."
         )
     return None
-
-
-def diffusers_kwargs(config: UNetConfig) -> dict:
-    """UNet2DModel's arguments for our architecture: same layers, same parameter count, and the
-    same function (GroupNorm eps 1e-5 as ours, symmetric downsampling padding, [sin, cos] time
-    features with frequencies 10000^(-k / (half - 1)))."""
-    c = config
-    attn = [r in c.attention_resolutions for r in c.resolutions]
-    return dict(
-        sample_size=c.image_size,
-        in_channels=c.in_channels,
-        out_channels=c.in_channels,
-        block_out_channels=c.level_channels,
-        layers_per_block=c.num_res_blocks,
-        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
-        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
-        add_attention=bool(c.attention_resolutions),
-        attention_head_dim=None,
-        norm_num_groups=c.norm_groups,
-        norm_eps=1e-5,
-        downsample_padding=1,
-        flip_sin_to_cos=False,
-        freq_shift=1,
-        dropout=c.dropout,
-    )
-
-
-class DiffusersUNet(nn.Module):
-    """UNet2DModel behind our calling convention: eps = model(x_t, t)."""
-
-    def __init__(self, config: UNetConfig):
-        super().__init__()
-        from diffusers import UNet2DModel
-
-        reason = diffusers_unsupported(config)
-        if reason:
-            raise ValueError(reason)
-        self.config = config
-        self.unet = UNet2DModel(**diffusers_kwargs(config))
-        if config.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.unet(x, t, return_dict=False)[0]
-
-
-def build_unet(config: UNetConfig, impl: str = "ddpm") -> nn.Module:
-    return DiffusersUNet(config) if impl == "diffusers" else UNet(config)
-
-
-class DiffusersEMA:
-    """diffusers' EMAModel with its defaults (a per-tensor loop, foreach off), behind the
-    interface the Trainer calls: update(model), and the shadow tensors as .params."""
-
-    def __init__(self, model: nn.Module, config: TrainConfig):
-        from diffusers.training_utils import EMAModel
-
-        # As diffusers' train_unconditional example: warm-up 1 - (1 + step)^(-3/4), capped.
-        self.ema = EMAModel(
-            model.parameters(),
-            decay=config.ema_decay,
-            use_ema_warmup=config.ema_warmup,
-            inv_gamma=1.0,
-            power=0.75,
-        )
-
-    @property
-    def params(self) -> list[torch.Tensor]:
-        return self.ema.shadow_params
-
-    def update(self, model: nn.Module) -> None:
-        self.ema.step(model.parameters())
-
-    def state_dict(self) -> dict:
-        return self.ema.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.ema.load_state_dict(state)
-
-
-def diffusers_recipe(model: nn.Module, config: TrainConfig) -> dict:
-    """The optimizer and EMA of diffusers' train_unconditional example: torch's AdamW with its
-    defaults (on CPU, the per-tensor loop) and EMAModel. Trainer(..., **diffusers_recipe(...))."""
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
-    )
-    return {"optimizer": optimizer, "ema": DiffusersEMA(model, config)}

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.models.impl import build_unet, diffusers_recipe
+from bench.models.impl import build_unet, recipe
 from bench.spec import BenchSpec
 from ddpm.parallel import wrap
 from ddpm.schedule import NoiseSchedule
@@ -23,7 +23,7 @@ COMPILE_KWARGS = {
 
 def build_model(spec: BenchSpec, compiled: bool = True) -> torch.nn.Module:
     torch.manual_seed(spec.seed)  # the same initial weights for every spec with this seed
-    model = build_unet(spec.unet_config(), spec.impl)
+    model = build_unet(spec)
     if compiled and spec.compile != "off":
         model.compile(**COMPILE_KWARGS[spec.compile])  # in place: the module keeps its type
     return model
@@ -50,9 +50,9 @@ def build_trainer(
         model.to(device)  # fake tensors (the memory prediction) are already in place: left as is
     # Across ranks (a process group is up: torchrun's, or a fake one for the prediction).
     model = wrap(model, spec.parallel, torch.device(device), mesh)
-    # diffusers' baseline trains with its own example's optimizer and EMA (bench.models.impl).
-    recipe = diffusers_recipe(model, config) if spec.impl == "diffusers" else {}
-    return Trainer(model, schedule, config, device=device, **recipe)
+    # Each implementation trains its own way: diffusers' example's optimizer and EMA,
+    # GaussianDiffusion's loss (bench.models.impl.recipe).
+    return Trainer(model, schedule, config, device=device, **recipe(spec, model, config))
 
 
 @dataclass
@@ -94,6 +94,7 @@ def micro_batch_trainer(trainer: Trainer) -> Trainer:
         trainer.device,
         optimizer=trainer.optimizer,
         ema=trainer.ema,
+        objective=trainer.objective,
     )
 
 
@@ -106,4 +107,4 @@ def synthetic_images(spec: BenchSpec, count: int) -> torch.Tensor:
 
 def parameter_count(spec: BenchSpec) -> int:
     with torch.device("meta"):  # no memory, no init cost
-        return sum(p.numel() for p in build_unet(spec.unet_config(), spec.impl).parameters())
+        return sum(p.numel() for p in build_unet(spec).parameters())

@@ -4,6 +4,7 @@ pytest bench --benchmark-save               # small CPU defaults: tiny preset, b
 pytest bench --benchmark-save=baseline      # ... saved under a name of yours
 pytest bench --bench-preset ddpm-cifar10 --bench-batch 1,2,4 --bench-device cuda
 pytest bench --benchmark-disable            # every benchmark once (the CI smoke test)
+pytest bench --bench-impl lucidrains --bench-model-config unet.toml   # the model you train
 torchrun --standalone --nproc-per-node 2 -m pytest bench --bench-parallel fsdp  # 2 ranks
 """
 
@@ -13,13 +14,16 @@ import os
 
 import pytest
 
+from bench.models import impl
 from bench.spec import (
     SpecError,
     expand_grid,
     parse_choices,
     parse_device,
     parse_image_size,
+    parse_impls,
     parse_int_list,
+    parse_model_config,
     parse_preset,
 )
 from ddpm import parallel
@@ -42,6 +46,16 @@ def pytest_addoption(parser):
         "--bench-parallel",
         default="none",
         help=f"{', '.join(PARALLEL)}: under torchrun, its ranks train one model (default none)",
+    )
+    group.addoption(
+        "--bench-impl",
+        default="ddpm",
+        help="ddpm, diffusers, lucidrains or package.module:callable, as --impl (default ddpm)",
+    )
+    group.addoption(
+        "--bench-model-config",
+        default=None,
+        help="a JSON or TOML file of the model's keyword arguments, as --model-config",
     )
     group.addoption(
         "--bench-rounds",
@@ -69,9 +83,18 @@ def bench_specs(config):
             device=parse_device(config.getoption("--bench-device")),
             ranks=int(os.environ.get("WORLD_SIZE", 1)),
             parallel=mode,
+            model_config=parse_model_config(config.getoption("--bench-model-config")),
         )
+        impls = parse_impls(config.getoption("--bench-impl"))
+        if base.config_file and len(impls) > 1:
+            raise SpecError("--bench-model-config holds one implementation's arguments.")
+        for name in impls:  # each built once on fake tensors: a bad factory is one line
+            reason = impl.problem(base.replace(impl=name))
+            if reason:
+                raise SpecError(reason)
         return expand_grid(
             base,
+            impl=impls,
             batch=parse_int_list("--bench-batch", config.getoption("--bench-batch")),
             accum=parse_int_list("--bench-accum", config.getoption("--bench-accum")),
             precision=parse_choices(
@@ -98,7 +121,12 @@ def pytest_generate_tests(metafunc):
     if "spec" in metafunc.fixturenames:
         specs = bench_specs(metafunc.config)
         metafunc.parametrize(
-            "spec", specs, ids=[f"b{s.batch}x{s.accum}-{s.precision}" for s in specs]
+            "spec",
+            specs,
+            ids=[
+                f"b{s.batch}x{s.accum}-{s.precision}" + (f"-{s.impl}" if s.impl != "ddpm" else "")
+                for s in specs
+            ],
         )
 
 

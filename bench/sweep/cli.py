@@ -198,14 +198,22 @@ def specs_from_args(args: argparse.Namespace) -> list[BenchSpec]:
 
 
 def check_impl(specs: list[BenchSpec]) -> None:
-    """diffusers must be installed and able to build every config it is asked for."""
-    wanted = [s for s in specs if s.impl == "diffusers"]
-    if wanted and not impl.diffusers_installed():
-        raise SpecError(f"--impl diffusers needs the diffusers package: {impl.INSTALL_HINT}.")
-    for spec in wanted:
-        reason = impl.diffusers_unsupported(spec.unet_config())
+    """Every implementation asked for is installed and builds every model it is asked for
+    (a factory imported, its output the input's shape), before anything runs; --model-config
+    belongs to one implementation."""
+    if any(s.config_file for s in specs) and len({s.impl for s in specs}) > 1:
+        raise SpecError(
+            "--model-config holds one implementation's arguments: give a single --impl with it."
+        )
+    # One check per model: the axes that change it (a fake forward's cost, once each).
+    models = {
+        (s.impl, s.model_config, s.preset, s.image_size, s.attention, s.checkpointing): s
+        for s in specs
+    }
+    for spec in models.values():
+        reason = impl.problem(spec)
         if reason:
-            raise SpecError(f"--impl diffusers cannot build this model: {reason}.")
+            raise SpecError(reason)
 
 
 def check_rank_axes(values: dict[str, list], args: argparse.Namespace) -> None:

@@ -1,4 +1,5 @@
-"""Comparisons in one sweep, the sentences under the table: ddpm against diffusers (per spec, the
+"""Comparisons in one sweep, the sentences under the table: ddpm against each other implementation
+(diffusers, lucidrains, a user's factory; per spec, the
 median of each implementation's figure over the --repeats passes, the spread, and the ratio), and
 N ranks against one (scaling efficiency)."""
 
@@ -8,28 +9,31 @@ import statistics
 
 from bench.core import axes
 
-OURS, THEIRS = "ddpm", "diffusers"
+OURS = "ddpm"
 
 
 def impl_ratios(rows: list[dict], figure: str, unit: str, also: tuple[str, ...] = ()) -> list[str]:
-    """One sentence per spec measured with both implementations: median `figure` of each (higher
-    is better), its min-max over the repeats, ours / theirs; `also`: more figures' medians."""
+    """One sentence per spec and other implementation measured beside ours: median `figure` of
+    each (higher is better), its min-max over the repeats, ours / theirs; `also`: more figures'
+    medians. --model-config belongs to its implementation, so it does not part the rows."""
     ok = [r for r in rows if r["status"] == "ok" and r.get(figure) is not None]
-    keys = [a for a in axes() if a not in ("impl", "repeat")]
+    keys = [a for a in axes() if a not in ("impl", "repeat", "model_config")]
     varying = [a for a in keys if len({r.get(a) for r in ok}) > 1]
     groups: dict[tuple, dict[str, list[dict]]] = {}
     for r in ok:
         key = tuple(r.get(a) for a in keys)
         groups.setdefault(key, {}).setdefault(r.get("impl"), []).append(r)
     sentences = []
-    for key, by_impl in groups.items():
-        if OURS not in by_impl or THEIRS not in by_impl:
+    for (key, by_impl), other in (
+        (item, name) for item in groups.items() for name in sorted(item[1]) if name != OURS
+    ):
+        if OURS not in by_impl:
             continue
         spec = ", ".join(f"{a} {dict(zip(keys, key))[a]}" for a in varying) or "every spec"
-        ours, theirs = ([r[figure] for r in by_impl[impl]] for impl in (OURS, THEIRS))
+        ours, theirs = ([r[figure] for r in by_impl[impl]] for impl in (OURS, other))
         mine, base = statistics.median(ours), statistics.median(theirs)
         text = (
-            f"{OURS} vs {THEIRS}, {spec}: {mine:.3g} vs {base:.3g} {unit} (medians of "
+            f"{OURS} vs {other}, {spec}: {mine:.3g} vs {base:.3g} {unit} (medians of "
             f"{len(ours)} and {len(theirs)} alternating runs; ranges {min(ours):.3g}-"
             f"{max(ours):.3g} and {min(theirs):.3g}-{max(theirs):.3g}): "
             f"{mine / base:.2f}x"
@@ -37,7 +41,7 @@ def impl_ratios(rows: list[dict], figure: str, unit: str, also: tuple[str, ...] 
         for name in also:
             a, b = (
                 [r[name] for r in by_impl[impl] if r.get(name) is not None]
-                for impl in (OURS, THEIRS)
+                for impl in (OURS, other)
             )
             if a and b:
                 text += f"; {name} {statistics.median(a):.3g} vs {statistics.median(b):.3g}"

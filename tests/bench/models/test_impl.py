@@ -8,8 +8,8 @@ import collections
 import pytest
 import torch
 
-from bench.models import impl as impl_module
-from bench.models.impl import DiffusersUNet, diffusers_installed, diffusers_unsupported
+from bench.models import diffusers_unet as impl_module
+from bench.models.diffusers_unet import DiffusersUNet, diffusers_installed, diffusers_unsupported
 from bench.models.workload import build_trainer, parameter_count, synthetic_images
 from bench.spec import BenchSpec, SpecError
 from bench.sweep.cli import build_parser, specs_from_args
@@ -171,3 +171,49 @@ def test_memory_prediction_sees_diffusers_weights_gradients_adam_state_and_ema()
     assert peak.mib("ema") == pytest.approx(weights_mib, rel=0.01)
     assert peak.mib("optimizer_state") == pytest.approx(2 * weights_mib, rel=0.01)
     assert peak.mib() >= 4 * weights_mib  # + gradients, at their peak during the step
+
+
+CELEBAHQ = {  # google/ddpm-celebahq-256's config.json layout: a file of the test's own
+    "_class_name": "UNet2DModel",
+    "block_out_channels": [128, 128, 256, 256, 512, 512],
+    "down_block_types": ["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "AttnUpBlock2D"] + ["UpBlock2D"] * 4,
+    "layers_per_block": 2,
+    "in_channels": 3,
+    "out_channels": 3,
+    "sample_size": 256,
+}
+
+
+@needs_diffusers
+def test_a_hub_config_json_builds_the_celebahq_model_at_our_256_preset_size(tmp_path):
+    import json
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(CELEBAHQ))
+    spec = BenchSpec(
+        preset="ddpm-256", image_size=256, attention="16", impl="diffusers", model_config=str(path)
+    )
+    assert parameter_count(spec) == 113_673_219
+    assert parameter_count(spec.replace(impl="ddpm", model_config="none")) == 113_673_219
+    path.write_text(json.dumps({**CELEBAHQ, "layers_per_blok": 2}))
+    with pytest.raises(SpecError, match="UNet2DModel takes no argument 'layers_per_blok'"):
+        _specs(["--impl", "diffusers", "--model-config", str(path), "--device", "cpu"])
+
+
+def test_lucidrains_and_factories_refuse_gradient_checkpointing():
+    with pytest.raises(SpecError, match="--impl lucidrains has no gradient checkpointing here"):
+        _specs(["--impl", "lucidrains", "--checkpointing", "on", "--device", "cpu"])
+
+
+def test_lucidrains_missing_is_one_line(monkeypatch):
+    from bench.models import lucidrains_unet
+
+    monkeypatch.setattr(lucidrains_unet, "installed", lambda: False)
+    with pytest.raises(SpecError, match=r"needs the denoising-diffusion-pytorch package: pip"):
+        _specs(["--impl", "lucidrains", "--device", "cpu"])
+
+
+def test_an_impl_that_is_neither_a_name_nor_a_factory_is_refused():
+    with pytest.raises(SpecError, match="or give your factory as package.module:callable"):
+        _specs(["--impl", "mynets:", "--device", "cpu"])

@@ -58,7 +58,7 @@ def _shapes() -> tuple[list[torch.Size], list[list[torch.Size]]]:
     """The tiny UNet's parameter shapes, all of them and by FSDP2 unit: ddpm.parallel.shard makes
     each ResBlock and attention block a unit and the model the unit of the rest."""
     with torch.device("meta"):
-        model = build_unet(spec().unet_config(), "ddpm")
+        model = build_unet(spec())
     blocks = [
         list(m.parameters()) for m in model.modules() if isinstance(m, (ResBlock, AttentionBlock))
     ]

@@ -116,6 +116,17 @@ def test_disabled_suite_runs_each_benchmark_once(tmp_path):
     assert not list(tmp_path.rglob("*.json"))  # nothing saved without --benchmark-save
 
 
+def test_the_suite_runs_lucidrains_and_refuses_an_unusable_factory_in_one_line(tmp_path):
+    (tmp_path / "unet.json").write_text('{"dim": 8, "dim_mults": [1, 2]}')
+    args = ["--bench-impl", "lucidrains", "--bench-model-config", str(tmp_path / "unet.json")]
+    run = run_suite(tmp_path, "--benchmark-disable", *args)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "2 passed" in run.stdout
+    bad = run_suite(tmp_path, "--benchmark-disable", "--bench-impl", "no_such_module_xyz:make")
+    assert bad.returncode != 0
+    assert "module 'no_such_module_xyz' does not import" in bad.stdout + bad.stderr
+
+
 def benchmark_parser() -> Parser:
     """A pytest parser holding pytest-benchmark's real options, edited as `pytest bench` is."""
     parser = Parser(_ispytest=True)
