@@ -134,7 +134,8 @@ def _trace(
                 with born:
                     trainer.step(host)
             if ddp:
-                # DDP's buckets: a flat copy of every gradient, for the exchange.
+                # DDP's buckets: every gradient flat, for the exchange (after it, param.grad
+                # is a view into them: gradient_as_bucket_view).
                 tracker.hold(born.kept(), "gradients")
             tracker.reset_peak()
             if fake:
