@@ -163,6 +163,45 @@ def test_a_lost_peer_is_a_consequence_and_torchruns_root_cause_is_named(tmp_path
     }
 
 
+def test_on_the_second_node_ranks_are_named_by_their_global_rank(tmp_path):
+    """Node 1 of 2 with 2 ranks each: its result files are by local rank 0 and 1, which are
+    global ranks 1 * 2 + 0 = 2 and 3, the ranks torchrun's report and the row name."""
+    result = tmp_path / "result.json"
+
+    def write(local_rank: int, global_rank: int, **fields) -> None:
+        Path(rank_result(str(result), local_rank)).write_text(
+            json.dumps({"figures": {}, "error": None, **fields, "rank": global_rank})
+        )
+
+    def cause(rank: int, exit_code: int) -> str:
+        report = TORCHRUN_ROOT_CAUSE.replace("rank      : 0 (", f"rank      : {rank} (")
+        return report.replace("exitcode  : -9", f"exitcode  : {exit_code}")
+
+    lost = "RuntimeError: [gloo] Connection closed by peer [127.0.0.1]:1234"
+    # Global rank 3 (local 1) fails on its own and torchrun names it: its own error is the row.
+    write(0, 2, status="error", error=lost)
+    write(1, 3, status="error", error="RuntimeError: fault injected")
+    assert combine_ranks(str(result), 2, 1, cause(3, 1)) == {
+        "status": "error",
+        "figures": {},
+        "error": "rank 3: RuntimeError: fault injected",
+    }
+    # Global rank 2 (local 0) is killed before writing: torchrun's root cause, by global rank.
+    os.remove(rank_result(str(result), 0))
+    write(1, 3, status="error", error=lost)
+    assert combine_ranks(str(result), 2, 1, cause(2, -9))["error"] == (
+        "rank 2 ended without a result (killed by signal 9)"
+    )
+    # Both ok: the node's first rank's figures, each memory figure the largest of its ranks.
+    write(0, 2, status="ok", figures={"step_s": 1.0, "peak_mib": 5.0})
+    write(1, 3, status="ok", figures={"step_s": 2.0, "peak_mib": 7.0})
+    assert combine_ranks(str(result), 2, 0, "") == {
+        "status": "ok",
+        "error": None,
+        "figures": {"step_s": 1.0, "peak_mib": 7.0},
+    }
+
+
 def prediction_child(mark: str) -> psutil.Process | None:
     """Rank 0's spawned prediction process, once it runs."""
     for pid in survivors(mark):
