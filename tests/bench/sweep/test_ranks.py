@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from bench.measure.training import timed_training
+from bench.predict.trace import HANG_ENV
 from bench.spec import BenchSpec, SpecError
 from bench.sweep.cli import check_launch
 from bench.sweep.launch import Launch, combine_ranks
@@ -248,6 +249,55 @@ def test_no_process_outlives_a_sweep_stopped_while_rank_0_predicts(tmp_path, sto
         else:
             os.kill(child.ppid(), signal.SIGKILL)  # rank 0, the prediction's parent
         sweep_proc.wait(timeout=120)
+        for _ in range(50):  # the watchers notice within a second
+            if not survivors(mark):
+                break
+            time.sleep(0.2)
+        assert survivors(mark) == []
+    finally:
+        sweep_proc.kill()
+        sweep_proc.wait()
+
+
+def test_no_process_outlives_a_timeout_while_rank_0_predicts(tmp_path):
+    """Rank 0's prediction child hangs (HANG_ENV), so the spec ends at --timeout: the sweep
+    kills torchrun's process group, which holds neither the ranks (each in a session of its
+    own) nor the child; they end with their parents."""
+    mark = uuid.uuid4().hex
+    sweep_proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.memory",
+            *BASE,
+            "--image-size",
+            "16",
+            "--ranks",
+            "2",
+            "--parallel",
+            "ddp",
+            "--timeout",
+            "60",
+            "--out",
+            str(tmp_path),
+        ],
+        env=ENV | {"DDPM_TEST_MARK": mark, HANG_ENV: "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        child = None
+        for _ in range(300):
+            child = prediction_child(mark)
+            if child is not None or sweep_proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert child is not None, "rank 0 never started its prediction process"
+        _, err = sweep_proc.communicate(timeout=180)
+        assert sweep_proc.returncode == 0, err[-2000:]
+        (row,) = read_rows(tmp_path / "memory.csv")
+        assert row["status"] == "timeout" and "60 s" in row["error"], row
         for _ in range(50):  # the watchers notice within a second
             if not survivors(mark):
                 break
