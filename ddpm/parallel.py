@@ -132,6 +132,12 @@ def replicate(model: nn.Module, device: torch.device, mesh=None) -> nn.Module:
         model,
         device_ids=[device] if device.type == "cuda" else None,
         process_group=mesh.get_group() if mesh is not None else None,
+        # Each param.grad becomes a view into DDP's flat bucket after its first exchange, so a
+        # rank keeps one copy of the gradients between steps instead of two (the bucket and
+        # param.grad), and DDP skips copying the reduced bucket back; the averaged values are
+        # the same. Zeroing with set_to_none still frees the views, so within a step the
+        # micro-batches' fresh gradients sit beside the bucket until the last backward.
+        gradient_as_bucket_view=True,
     )
 
 

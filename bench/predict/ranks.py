@@ -11,7 +11,9 @@ DDP needs what the fake group and fake tensors lack in three places, each stood 
 changing what a rank holds:
   - its gradient exchange waits on the group's future for the reduced bucket, and the fake
     group's future holds no tensor: a comm hook answers with the bucket itself, as NCCL's
-    in-place all-reduce would, no copy (`answer_all_reduce`);
+    in-place all-reduce would, no copy (`answer_all_reduce`); the reducer then leaves each
+    param.grad a view into the bucket (gradient_as_bucket_view, as training builds DDP), so
+    the trace holds the same single copy of the gradients between steps as a real rank;
   - at construction it compares parameter shapes across ranks and broadcasts rank 0's weights,
     reading values fake tensors do not have; both run in place, so they are skipped
     (`fake_tensor_ddp`);

@@ -41,6 +41,9 @@ CUDA_BLOCK_BYTES = 512  # the caching allocator rounds every allocation up to a 
 # 3070: sm86; RTX 4060: sm89, under the same rules here).
 DEFAULT_TARGET = (8, 6)
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent thread exits
+# Test-only: set, the prediction child of a rank sleeps instead of predicting, so that a test can
+# stop a sweep (or let it time out) while rank 0 waits for its prediction.
+HANG_ENV = "DDPM_BENCH_HANG_PREDICTION"
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,8 @@ def _trace(
                 with born:
                     trainer.step(host)
             if ddp:
-                # DDP's buckets: a flat copy of every gradient, for the exchange.
+                # DDP's buckets: every gradient flat, for the exchange (after it, param.grad
+                # is a view into them: gradient_as_bucket_view).
                 tracker.hold(born.kept(), "gradients")
             tracker.reset_peak()
             if fake:
@@ -198,7 +202,7 @@ def predict(
         with concurrent.futures.ProcessPoolExecutor(
             1, mp_context=spawn, initializer=die_with_parent, initargs=(os.getpid(),)
         ) as pool:
-            return pool.submit(predict, spec, target, alloc_conf).result()
+            return pool.submit(_predict_in_child, spec, target, alloc_conf).result()
     tracker, _ = _trace(spec, fake=True, target=target)
     workspace = cublas_workspace_bytes(target)
     conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") if alloc_conf is None else alloc_conf
@@ -207,6 +211,14 @@ def predict(
     return Prediction(
         tracker.peak, allocator.peak_allocated, allocator.peak_reserved, 2 * workspace, target
     )
+
+
+def _predict_in_child(
+    spec: BenchSpec, target: tuple[int, int], alloc_conf: str | None
+) -> Prediction:
+    if os.environ.get(HANG_ENV):
+        time.sleep(3600)
+    return predict(spec, target, alloc_conf)
 
 
 def die_with_parent(parent: int) -> None:

@@ -167,15 +167,18 @@ def run_isolated(
 
 
 def combine_ranks(result_path: str, ranks: int, returncode: int, log: str) -> dict:
-    """One row from the ranks' results: a failing rank's own status, named; else rank 0's
-    figures (its step waits for every rank in the collectives) with each memory figure the
-    largest over the ranks, the card that must fit."""
-    results = {}
-    for rank in range(ranks):
-        path = rank_result(result_path, rank)
+    """One row from the results of the `ranks` ranks this node started (files by local rank,
+    each naming its global rank): a failing rank's own status, named by its global rank; else
+    rank 0's figures (its step waits for every rank in the collectives; on another node, that
+    node's first rank's) with each memory figure the largest over the ranks, the card that must
+    fit."""
+    results = {}  # by global rank, which the ranks' errors and torchrun's report name
+    for local_rank in range(ranks):
+        path = rank_result(result_path, local_rank)
         if os.path.exists(path):
             with open(path) as f:
-                results[rank] = json.load(f)
+                result = json.load(f)
+            results[result.pop("rank", local_rank)] = result
     failed = [(rank, r) for rank, r in sorted(results.items()) if r["status"] != "ok"]
     # A rank whose peer died fails too, and may write its error first: when the rank torchrun
     # names as the root cause left no result, or every error is only a lost peer, that rank is
@@ -190,7 +193,7 @@ def combine_ranks(result_path: str, ranks: int, returncode: int, log: str) -> di
         return {**result, "error": f"rank {rank}: {result['error']}"}
     if len(results) < ranks:
         return {"status": "error", "figures": {}, "error": first_failure(log, returncode)}
-    figures = dict(results[0]["figures"])
+    figures = dict(results[min(results)]["figures"])  # rank 0's, or this node's first rank's
     for name, value in figures.items():
         if name.endswith("_mib") and isinstance(value, (int, float)):
             figures[name] = max(

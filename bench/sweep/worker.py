@@ -131,6 +131,10 @@ def main(argv: list[str]) -> None:
     result = run_spec(
         harness, spec, RunContext(Path(out), run_id, json.loads(options_json), messages)
     )
+    if parallel.launched():
+        # The global rank, as torchrun's failure report names ranks: on a node whose node rank
+        # is not 0, local rank r is global rank node_rank * nproc_per_node + r.
+        result["rank"] = int(os.environ["RANK"])
     tmp = result_path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(result, f, default=float)

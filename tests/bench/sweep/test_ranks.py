@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from bench.measure.training import timed_training
+from bench.predict.trace import HANG_ENV
 from bench.spec import BenchSpec, SpecError
 from bench.sweep.cli import check_launch
 from bench.sweep.launch import Launch, combine_ranks
@@ -163,6 +164,45 @@ def test_a_lost_peer_is_a_consequence_and_torchruns_root_cause_is_named(tmp_path
     }
 
 
+def test_on_the_second_node_ranks_are_named_by_their_global_rank(tmp_path):
+    """Node 1 of 2 with 2 ranks each: its result files are by local rank 0 and 1, which are
+    global ranks 1 * 2 + 0 = 2 and 3, the ranks torchrun's report and the row name."""
+    result = tmp_path / "result.json"
+
+    def write(local_rank: int, global_rank: int, **fields) -> None:
+        Path(rank_result(str(result), local_rank)).write_text(
+            json.dumps({"figures": {}, "error": None, **fields, "rank": global_rank})
+        )
+
+    def cause(rank: int, exit_code: int) -> str:
+        report = TORCHRUN_ROOT_CAUSE.replace("rank      : 0 (", f"rank      : {rank} (")
+        return report.replace("exitcode  : -9", f"exitcode  : {exit_code}")
+
+    lost = "RuntimeError: [gloo] Connection closed by peer [127.0.0.1]:1234"
+    # Global rank 3 (local 1) fails on its own and torchrun names it: its own error is the row.
+    write(0, 2, status="error", error=lost)
+    write(1, 3, status="error", error="RuntimeError: fault injected")
+    assert combine_ranks(str(result), 2, 1, cause(3, 1)) == {
+        "status": "error",
+        "figures": {},
+        "error": "rank 3: RuntimeError: fault injected",
+    }
+    # Global rank 2 (local 0) is killed before writing: torchrun's root cause, by global rank.
+    os.remove(rank_result(str(result), 0))
+    write(1, 3, status="error", error=lost)
+    assert combine_ranks(str(result), 2, 1, cause(2, -9))["error"] == (
+        "rank 2 ended without a result (killed by signal 9)"
+    )
+    # Both ok: the node's first rank's figures, each memory figure the largest of its ranks.
+    write(0, 2, status="ok", figures={"step_s": 1.0, "peak_mib": 5.0})
+    write(1, 3, status="ok", figures={"step_s": 2.0, "peak_mib": 7.0})
+    assert combine_ranks(str(result), 2, 0, "") == {
+        "status": "ok",
+        "error": None,
+        "figures": {"step_s": 1.0, "peak_mib": 7.0},
+    }
+
+
 def prediction_child(mark: str) -> psutil.Process | None:
     """Rank 0's spawned prediction process, once it runs."""
     for pid in survivors(mark):
@@ -209,6 +249,55 @@ def test_no_process_outlives_a_sweep_stopped_while_rank_0_predicts(tmp_path, sto
         else:
             os.kill(child.ppid(), signal.SIGKILL)  # rank 0, the prediction's parent
         sweep_proc.wait(timeout=120)
+        for _ in range(50):  # the watchers notice within a second
+            if not survivors(mark):
+                break
+            time.sleep(0.2)
+        assert survivors(mark) == []
+    finally:
+        sweep_proc.kill()
+        sweep_proc.wait()
+
+
+def test_no_process_outlives_a_timeout_while_rank_0_predicts(tmp_path):
+    """Rank 0's prediction child hangs (HANG_ENV), so the spec ends at --timeout: the sweep
+    kills torchrun's process group, which holds neither the ranks (each in a session of its
+    own) nor the child; they end with their parents."""
+    mark = uuid.uuid4().hex
+    sweep_proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.memory",
+            *BASE,
+            "--image-size",
+            "16",
+            "--ranks",
+            "2",
+            "--parallel",
+            "ddp",
+            "--timeout",
+            "60",
+            "--out",
+            str(tmp_path),
+        ],
+        env=ENV | {"DDPM_TEST_MARK": mark, HANG_ENV: "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        child = None
+        for _ in range(300):
+            child = prediction_child(mark)
+            if child is not None or sweep_proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert child is not None, "rank 0 never started its prediction process"
+        _, err = sweep_proc.communicate(timeout=180)
+        assert sweep_proc.returncode == 0, err[-2000:]
+        (row,) = read_rows(tmp_path / "memory.csv")
+        assert row["status"] == "timeout" and "60 s" in row["error"], row
         for _ in range(50):  # the watchers notice within a second
             if not survivors(mark):
                 break
