@@ -23,7 +23,7 @@ from bench.measure.tracked import CATEGORIES
 from bench.measure.training import timed_training
 from bench.models.workload import train_step
 from bench.predict.trace import DEFAULT_TARGET, predict, step_peak
-from bench.spec import DEFAULT_BUDGET_MIB, BenchSpec
+from bench.spec import DEFAULT_BUDGET_MIB, BenchSpec, architecture_words
 from bench.sweep.cli import build_parser, run_cli, specs_from_args
 from ddpm import parallel
 from ddpm.device import synchronize
@@ -51,7 +51,8 @@ def verdict(row: dict) -> str | None:
     """The answer in words: does this configuration fit the budget, and by how much."""
     what = (
         f"batch {row['batch']} x accum {row['accum']}{_ranks_words(row)} ({row['precision']}, "
-        f"attention {row['attention']}, {row['preset']} at {row['image_size']}px)"
+        f"attention {row['attention']}, {row['preset']}{architecture_words(row)} at "
+        f"{row['image_size']}px)"
     )
     card_words = "each CUDA" if row.get("ranks", 1) > 1 else "a CUDA"
     if row["status"] != "ok":
