@@ -68,9 +68,10 @@ def tag(path: str) -> str:
     return f"{Path(path).stem}{digest}"
 
 
-def unet_config(path: str, base: UNetConfig) -> UNetConfig:
-    """`base` (the preset at the spec's axes) with the file's UNetConfig fields; an unknown
-    field, an axis's field or a value UNetConfig rejects is one line naming the file and it."""
+def unet_config(path: str, base: UNetConfig, **after) -> UNetConfig:
+    """`base` (the preset) with the file's UNetConfig fields, then `after` (the spec's axes,
+    which win); an unknown field, an axis's field or a value UNetConfig rejects is one line
+    naming the file and it."""
     fields = {f.name for f in dataclasses.fields(UNetConfig)}
     changes = load(path)
     for name in changes:
@@ -85,6 +86,6 @@ def unet_config(path: str, base: UNetConfig) -> UNetConfig:
                 f"--model-config {path}: unknown UNetConfig field {name!r}; choose from {allowed}."
             )
     try:
-        return base.replace(**changes)
+        return base.replace(**{**changes, **after})
     except (ValueError, TypeError) as exc:
         raise ModelConfigError(f"--model-config {path}: {exc}") from None

@@ -61,6 +61,21 @@ class SpecError(ValueError):
     """A bad axis value; the message is the one line the user sees."""
 
 
+# The architecture axes: each one's UNetConfig field, how its text becomes that field's value,
+# and what to give instead of text that does not.
+ARCHITECTURE: dict[str, tuple[str, Callable, str]] = {
+    "channels": ("base_channels", int, "an integer, e.g. 192"),
+    "channel_mults": (
+        "channel_mults",
+        lambda text: tuple(int(m) for m in text.split(",")),
+        "integers joined by commas, e.g. 1,1,2,2,4,4",
+    ),
+    "res_blocks": ("num_res_blocks", int, "an integer, e.g. 2"),
+    "heads": ("num_heads", int, "an integer, e.g. 4"),
+    "dropout": ("dropout", float, "a number, e.g. 0.1"),
+}
+
+
 # An axis's parser: (option, option text, spec) -> the axis's values, or SpecError with the line
 # the user reads. `spec` holds the single-valued axes declared above it (attention reads preset
 # and image_size); bench.sweep.cli expands the lists into the grid.
@@ -143,12 +158,53 @@ class BenchSpec:
         parse=lambda o, t, s: [parse_preset(t)],
         help=f"{', '.join(PRESETS)} (default %(default)s)",
     )
+    # The preset's architecture overridden ("preset": its own), one value each: declared before
+    # image_size and attention, whose parsers check them against the levels these give.
+    channels: str = axis(
+        "preset",
+        quiet=True,
+        group="run",
+        parse=lambda o, t, s: parse_architecture(o, t, s, "channels"),
+        help="base width ch, a multiple of the GroupNorm groups (32; tiny's 8); the time "
+        "embedding follows where the preset ties it to ch (ch -> 4 ch, as the paper's); one "
+        "value (default: the preset's)",
+    )
+    channel_mults: str = axis(
+        "preset",
+        quiet=True,
+        group="run",
+        parse=lambda o, t, s: parse_architecture(o, t, s, "channel_mults"),
+        help="width multiplier of each level, e.g. 1,1,2,2,4,4: one value, whose commas list "
+        "the levels (default: the preset's)",
+    )
+    res_blocks: str = axis(
+        "preset",
+        quiet=True,
+        group="run",
+        parse=lambda o, t, s: parse_architecture(o, t, s, "res_blocks"),
+        help="residual blocks per level; one value (default: the preset's)",
+    )
+    heads: str = axis(
+        "preset",
+        quiet=True,
+        group="run",
+        parse=lambda o, t, s: parse_architecture(o, t, s, "heads"),
+        help="attention heads, dividing the channels of every level with attention and of the "
+        "middle block; one value (default: the preset's)",
+    )
+    dropout: str = axis(
+        "preset",
+        quiet=True,
+        group="run",
+        parse=lambda o, t, s: parse_architecture(o, t, s, "dropout"),
+        help="dropout rate of the residual blocks, in [0, 1); one value (default: the preset's)",
+    )
     image_size: int = axis(
         32,
         group="run",
         type=int,
         text=None,
-        parse=lambda o, t, s: [parse_image_size(t, s.preset)],
+        parse=lambda o, t, s: [parse_image_size(t, s.preset, s)],
         help="image side in pixels (default: the preset's)",
     )
     batch: int = axis(
@@ -168,7 +224,7 @@ class BenchSpec:
     attention: str = axis(
         "16",
         text="preset",
-        parse=lambda o, t, s: parse_attention(t, s.preset, s.image_size),
+        parse=lambda o, t, s: parse_attention(t, s.preset, s.image_size, s),
         help="none, preset (the preset's own), or resolutions like 16 or 16+8 "
         "(default %(default)s)",
     )
@@ -290,17 +346,39 @@ class BenchSpec:
     def attention_resolutions(self) -> tuple[int, ...]:
         return () if self.attention == "none" else tuple(int(r) for r in self.attention.split("+"))
 
+    def architecture(self) -> dict:
+        """The UNetConfig fields the architecture axes change from the preset's (none at
+        "preset"). A preset whose time embedding is the paper's (width ch -> 4 ch, as the
+        released diffusion_tf/models/unet.py ties it) keeps that tie at a new width."""
+        preset = PRESETS[self.preset]
+        changes = {
+            field: convert(getattr(self, name))
+            for name, (field, convert, _) in ARCHITECTURE.items()
+            if getattr(self, name) != "preset"
+        }
+        ch = changes.get("base_channels")
+        tied = (preset.time_embed_dim, preset.time_hidden_dim) == (
+            preset.base_channels,
+            4 * preset.base_channels,
+        )
+        if ch is not None and tied:
+            changes.update(time_embed_dim=ch, time_hidden_dim=4 * ch)
+        return changes
+
     def unet_config(self) -> UNetConfig:
-        """The preset at this spec's axes; for --impl ddpm, with --model-config's fields.
-        The other implementations read their image size and channels from it."""
-        config = PRESETS[self.preset].replace(
+        """The preset, then --model-config's fields (--impl ddpm), then the architecture axes,
+        then image size, attention and checkpointing: one replace, so no half-changed config
+        is ever validated, and the command line wins over the file. The other implementations
+        read their image size and channels from it."""
+        after = dict(
+            self.architecture(),
             image_size=self.image_size,
             attention_resolutions=self.attention_resolutions,
             gradient_checkpointing=self.checkpointing == "on",
         )
         if self.config_file and self.impl == "ddpm":
-            config = model_config.unet_config(self.config_file, config)
-        return config
+            return model_config.unet_config(self.config_file, PRESETS[self.preset], **after)
+        return PRESETS[self.preset].replace(**after)
 
     def train_config(self, **settings) -> TrainConfig:
         """The TrainConfig this spec trains with: the one route from a spec to a trainer
@@ -345,8 +423,8 @@ class BenchSpec:
         for f in dataclasses.fields(self):
             if f.metadata.get("axis") and f.name not in _NAMED_ABOVE:
                 value = getattr(self, f.name)
-                if value != f.default:
-                    name += f"-{f.name.replace('_', '-')}{value}"
+                if value != f.default:  # a comma list (channel mults) as 1.1.2.2.4.4
+                    name += f"-{f.name.replace('_', '-')}{str(value).replace(',', '.')}"
         return name
 
     @property
@@ -392,9 +470,16 @@ def parse_choices(option: str, text: str, allowed: tuple[str, ...]) -> list[str]
     return _once_each(option, text, values)
 
 
-def parse_attention(text: str, preset: str, image_size: int) -> list[str]:
-    """'none', 'preset' (the preset's own placement) or resolutions like 16 or 16+8."""
-    config = PRESETS[preset].replace(image_size=image_size, attention_resolutions=())
+def parse_attention(
+    text: str, preset: str, image_size: int, spec: BenchSpec | None = None
+) -> list[str]:
+    """'none', 'preset' (the preset's own placement) or resolutions like 16 or 16+8, visited by
+    the preset's levels or those of `spec`'s architecture axes, with heads that divide them."""
+    changes = spec.architecture() if spec else {}
+    config = PRESETS[preset].replace(**changes, image_size=image_size, attention_resolutions=())
+    model = preset + (
+        f" with --channel-mults {spec.channel_mults}" if "channel_mults" in changes else ""
+    )
     values = []
     for item in _items("--attention", text):
         if item == "preset":
@@ -410,12 +495,16 @@ def parse_attention(text: str, preset: str, image_size: int) -> list[str]:
             for res in map(int, parts):
                 if res not in visited:
                     raise SpecError(
-                        f"--attention {res} is never visited by {preset} at "
+                        f"--attention {res} is never visited by {model} at "
                         f"{image_size}px: choose from none, "
                         f"{', '.join(map(str, visited))}."
                     )
             resolutions = sorted(map(int, parts), reverse=True)
             _once_each("--attention", item, resolutions)
+            try:
+                config.replace(attention_resolutions=tuple(resolutions))
+            except ValueError as exc:  # the levels are visited: what is left is the heads
+                raise SpecError(f"--heads {config.num_heads}: {exc}") from None
             item = "+".join(map(str, resolutions))
         values.append(item)
     return _once_each("--attention", text, values)
@@ -469,12 +558,62 @@ def parse_preset(text: str) -> str:
     return text
 
 
-def parse_image_size(value: int | None, preset: str) -> int:
+def parse_architecture(option: str, text: str, spec: BenchSpec, name: str) -> list[str]:
+    """One value of an architecture axis as its column holds it: "preset" (the preset's own
+    value too, so one model is one spec), a number, or the mults joined by commas. Checked,
+    with the axes declared above it, by UNetConfig's own rules at the smallest side the levels
+    can halve and without attention: image_size's and attention's parsers check the rest."""
+    text = str(text).strip()
+    if text == "preset":
+        return [text]
+    field, convert, example = ARCHITECTURE[name]
+    if name == "channel_mults":
+        text = ",".join(_items(option, text))  # no empty level; spaces dropped
+    elif "," in text:
+        raise SpecError(
+            f"{option} {text!r} is not allowed: it takes one value (one command per value)."
+        )
+    try:
+        value = convert(text)
+    except ValueError:
+        raise SpecError(f"{option} {text!r} is not allowed: give {example}.") from None
+    preset = PRESETS[spec.preset]
+    if value == getattr(preset, field):
+        return ["preset"]
+    stored = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    changes = spec.replace(**{name: stored}).architecture()
+    levels = len(changes.get("channel_mults", preset.channel_mults))
+    try:
+        preset.replace(**changes, image_size=2 ** (levels - 1), attention_resolutions=())
+    except ValueError as exc:
+        raise SpecError(f"{option} {text}: {exc}") from None
+    return [stored]
+
+
+def architecture_words(row: dict) -> str:
+    """The architecture axes off the preset's, for a verdict: " with channels 192, heads 4"."""
+    said = [
+        f"{name.replace('_', ' ')} {row[name]}"
+        for name in ARCHITECTURE
+        if row.get(name, "preset") != "preset"
+    ]
+    return " with " + ", ".join(said) if said else ""
+
+
+def parse_image_size(value: int | None, preset: str, spec: BenchSpec | None = None) -> int:
+    """The side in pixels (None: the preset's), one the levels can halve: the preset's, or those
+    of `spec`'s architecture axes."""
     size = PRESETS[preset].image_size if value is None else value
     try:
         # Attention is its own axis, checked by parse_attention against this size.
-        PRESETS[preset].replace(image_size=size, attention_resolutions=())
+        PRESETS[preset].replace(
+            **(spec.architecture() if spec else {}), image_size=size, attention_resolutions=()
+        )
     except ValueError as exc:
+        if value is None:  # the preset's own side, refused only by new levels
+            raise SpecError(
+                f"--channel-mults {spec.channel_mults}: {exc} Give an --image-size they can halve."
+            ) from None
         raise SpecError(f"--image-size {size}: {exc}") from None
     return size
 

@@ -178,6 +178,20 @@ PRESETS: dict[str, UNetConfig] = {
     # scripts/run_celebahq.py and run_lsun.py). 113,673,219 parameters, as diffusers' UNet2DModel
     # in the layout of google/ddpm-celebahq-256.
     "ddpm-256": UNetConfig(image_size=256, channel_mults=(1, 1, 2, 2, 4, 4), dropout=0.0),
+    # The LSUN Bedroom model's "larger variant ... with approximately 256 million parameters by
+    # increasing filter count" (Ho et al. 2020, Appendix B). Not a released config (the code has
+    # only ddpm-256's unet2d16b2c112244): inferred as ddpm-256 with the base width ch raised to
+    # 192, the one multiple of 32 (GroupNorm's groups) near that count, and the time embedding
+    # widened with it (ch -> 4 ch, as the released diffusion_tf/models/unet.py ties it):
+    # 255,677,955 parameters; ch 160 gives 177,578,243 and ch 224 gives 347,972,355.
+    "ddpm-256-large": UNetConfig(
+        image_size=256,
+        base_channels=192,
+        channel_mults=(1, 1, 2, 2, 4, 4),
+        dropout=0.0,
+        time_embed_dim=192,
+        time_hidden_dim=768,
+    ),
     # MNIST padded to 32x32 as in the tutorials this project grew from: base 64, three resolutions
     # (32, 16, 8), one residual block per level, time embedding 128 -> 512; attention at 16 as DDPM.
     "ddpm-mnist": UNetConfig(

@@ -30,7 +30,7 @@ import torch
 from bench.core import Harness, RunContext, axes, rank_folder
 from bench.measure import cuda
 from bench.models.workload import build_trainer
-from bench.spec import BenchSpec, SpecError, common_axes, parse_int_list
+from bench.spec import ARCHITECTURE, BenchSpec, SpecError, common_axes, parse_int_list
 from bench.sweep.cli import build_parser, run_cli, specs_from_args
 from ddpm.config import PRESETS
 from ddpm.data import DatasetError, load_dataset
@@ -174,6 +174,7 @@ def compare(rows: list[dict], context: RunContext) -> list[str]:
             r.get(a)
             for a in (
                 "preset",
+                *ARCHITECTURE,
                 "image_size",
                 "effective_batch",
                 "precision",
@@ -192,7 +193,11 @@ def compare(rows: list[dict], context: RunContext) -> list[str]:
         # Reference: one rank if there is one, and the least accumulation.
         group = sorted(group, key=lambda r: (r["ranks"], r["accum"]))
         ref, ref_curve = group[0], read_curve(group[0]["curve_path"])
-        dropout = PRESETS[ref["preset"]].dropout
+        dropout = (
+            PRESETS[ref["preset"]].dropout
+            if ref.get("dropout", "preset") == "preset"
+            else float(ref["dropout"])
+        )
         for r in group[1:]:
             curve = read_curve(r["curve_path"])
             steps = min(len(curve), len(ref_curve))
@@ -204,9 +209,9 @@ def compare(rows: list[dict], context: RunContext) -> list[str]:
                 answer = "DIFFERENT: accumulation changed the loss curve"
                 if dropout:  # the masks are drawn per micro-batch from the global generator
                     answer += (
-                        f" (expected here: {ref['preset']} has dropout {dropout:g}, "
-                        "whose masks differ with the micro-batch split; --preset tiny "
-                        "has none)"
+                        f" (expected here: {ref['preset']} trains with dropout {dropout:g}, "
+                        "whose masks differ with the micro-batch split; --dropout 0 or "
+                        "--preset tiny has none)"
                     )
             lengths = (
                 ""

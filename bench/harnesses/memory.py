@@ -23,7 +23,7 @@ from bench.measure.tracked import CATEGORIES
 from bench.measure.training import timed_training
 from bench.models.workload import train_step
 from bench.predict.trace import DEFAULT_TARGET, predict, step_peak
-from bench.spec import DEFAULT_BUDGET_MIB, BenchSpec
+from bench.spec import DEFAULT_BUDGET_MIB, BenchSpec, architecture_words
 from bench.sweep.cli import build_parser, run_cli, specs_from_args
 from ddpm import parallel
 from ddpm.device import synchronize
@@ -52,7 +52,7 @@ def verdict(row: dict) -> str | None:
     impl = row.get("impl") or "ddpm"
     # ours and diffusers' without a file are the preset's architecture
     if impl in ("ddpm", "diffusers") and row.get("model_config", "none") == "none":
-        model = f"attention {row['attention']}, {row['preset']}"
+        model = f"attention {row['attention']}, {row['preset']}{architecture_words(row)}"
     else:  # another implementation's shape is its own (docs/impl.md), not the preset's
         config = "" if row.get("model_config", "none") == "none" else f" from {row['model_config']}"
         model = f"--impl {impl}{config}"

@@ -34,6 +34,7 @@ from bench.measure import cuda
 from bench.measure.timing import time_calls
 from bench.models.workload import COMPILE_KWARGS, build_model
 from bench.spec import (
+    ARCHITECTURE,
     SpecError,
     parse_attention,
     parse_choices,
@@ -61,6 +62,7 @@ from ddpm.unet import UNet
 # options so that a training command line reads, and are refused off 1 and off.
 AXES = (
     "preset",
+    *ARCHITECTURE,
     "image_size",
     "batch",
     "accum",
@@ -272,6 +274,13 @@ def read_checkpoint(args: argparse.Namespace) -> NoiseSchedule:
         raise SpecError(
             f"--checkpoint {path} does not hold a usable model ({first_line(exc)})."
         ) from None
+    overridden = [name for name in ARCHITECTURE if getattr(args, name) != "preset"]
+    if overridden:
+        flag = "--" + overridden[0].replace("_", "-")
+        raise SpecError(
+            f"{flag} does not apply with --checkpoint {path}: its model's architecture is "
+            "the checkpoint's own; leave it out."
+        )
     preset = preset_of(config)
     if preset is None:
         raise SpecError(

@@ -91,6 +91,37 @@ def test_cifar_parameter_count_matches_the_closed_form():
     assert 35_746_307 - 34_164_227 == 6 * attention(256)
 
 
+def diffusers_ddpm_256_params(ch: int) -> int:
+    """Parameters of diffusers' UNet2DModel in the layout of google/ddpm-celebahq-256 (its
+    config.json: block_out_channels 128, 128, 256, 256, 512, 512, two layers per block, attention
+    in the fifth down block, the 16x16 level of a 256 px input, and so in the second up block),
+    at base width ch: an implementation written apart from ours, built on the meta device."""
+    diffusers = pytest.importorskip("diffusers")
+    with torch.device("meta"):
+        model = diffusers.UNet2DModel(
+            sample_size=256,
+            in_channels=3,
+            out_channels=3,
+            layers_per_block=2,
+            block_out_channels=tuple(ch * m for m in (1, 1, 2, 2, 4, 4)),
+            down_block_types=("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4,
+            attention_head_dim=None,
+        )
+    return n_params(model)
+
+
+@pytest.mark.parametrize(
+    "preset, ch, count", [("ddpm-256", 128, 113_673_219), ("ddpm-256-large", 192, 255_677_955)]
+)
+def test_256px_parameter_counts_match_diffusers_layout(preset, ch, count):
+    # ddpm-256: the released unet2d16b2c112244 ("114M"); ddpm-256-large: the paper's "approximately
+    # 256 million parameters by increasing filter count" at ch 192.
+    with torch.device("meta"):
+        ours = n_params(UNet(PRESETS[preset]))
+    assert ours == diffusers_ddpm_256_params(ch) == count
+
+
 def test_block_parameter_formulas():
     assert n_params(ddpm.unet.ResBlock(128, 256, 512, 0.1, 32)) == resblock(128, 256)
     assert n_params(ddpm.unet.ResBlock(256, 256, 512, 0.1, 32)) == resblock(256, 256)

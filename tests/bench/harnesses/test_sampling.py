@@ -237,6 +237,7 @@ def test_bad_input(tmp_path, capsys, args, words):
         (["--preset", "ddpm-mnist"], ["--preset ddpm-mnist", "tiny"]),
         (["--attention", "none"], ["--attention none", "attention 8"]),
         (["--image-size", "32"], ["--image-size 32", "16px"]),
+        (["--channels", "32"], ["--channels does not apply with --checkpoint"]),
     ],
 )
 def test_bad_input_against_the_checkpoint(tmp_path, capsys, checkpoint, args, words):
