@@ -438,3 +438,20 @@ def test_a_measured_search_at_its_limit_says_so(fake_cuda, monkeypatch):
     assert row["batch"] == memory.SEARCH_LIMITS["measured"] == 65_536
     text = memory.verdict({**spec.to_dict(), "status": "ok", **row})
     assert text.endswith(": at least 65,536 (measured; the search stops at 65,536).")
+
+
+def test_the_predicted_search_predicts_each_batch_once(monkeypatch):
+    """The answer's row reuses its probe: as many traces as distinct batches probed, and the
+    same answer and figures as a search that predicts the answer again."""
+    probed = []
+    predicted = cheap_prediction(300)
+    monkeypatch.setattr(
+        memory,
+        "prediction",
+        lambda spec, *args: probed.append(spec.batch) or predicted(spec, *args),
+    )
+    spec = tiny(accum=1, find_max_batch=True, predict_only=True)
+    row = memory.max_batch_row(spec)
+    assert row["batch"] == memory.largest(lambda n: n <= 300, memory.SEARCH_LIMITS["predicted"])
+    assert row["fits"] is True
+    assert sorted(probed) == sorted(set(probed)) and 300 in probed and 301 in probed
