@@ -143,7 +143,7 @@ def measure(spec: BenchSpec, context: RunContext | None = None) -> dict:
         )
 
     # Pass 1: timed; its trainer is freed when it returns.
-    figures.update(timed_training(spec, device))
+    figures.update(timed_training(spec, device, say=context.say if context else None))
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

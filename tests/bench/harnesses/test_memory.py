@@ -311,7 +311,9 @@ def test_warm_up_is_one_micro_batch_and_an_optimizer_step(monkeypatch):
     monkeypatch.setattr(
         Trainer,
         "step",
-        lambda self, x0: seen.append((x0.shape[0], self.config.accum_steps)) or step(self, x0),
+        lambda self, x0, *args: (
+            seen.append((x0.shape[0], self.config.accum_steps)) or step(self, x0, *args)
+        ),
     )
     timed_training(tiny(batch=2, accum=4, warmup_steps=1, measure_steps=1), torch.device("cpu"))
     assert seen == [(2, 1), (8, 4)]  # warm-up: 2 images in 1 micro-batch; measured: 2 x 4
@@ -455,3 +457,20 @@ def test_the_predicted_search_predicts_each_batch_once(monkeypatch):
     assert row["batch"] == memory.largest(lambda n: n <= 300, memory.SEARCH_LIMITS["predicted"])
     assert row["fits"] is True
     assert sorted(probed) == sorted(set(probed)) and 300 in probed and 301 in probed
+
+
+def test_a_measured_step_reports_its_micro_batches_on_stderr(tmp_path, monkeypatch, capsys):
+    """After the verdict, each micro-batch of the measured step is a progress line (every one
+    here: no seconds between lines), on stderr only."""
+    from bench.measure import training
+
+    monkeypatch.setattr(training, "PROGRESS_EVERY_S", 0.0)
+    memory.main(
+        ["--preset", "tiny", "--device", "cpu", "--batch", "2", "--accum", "3", "--inline"]
+        + ["--out", str(tmp_path)]
+    )
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if "micro-batch" in line]
+    assert [line.split("micro-batch ")[1].split(" ")[0] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert err.index("Predicted for a CUDA") < err.index(lines[0])
+    assert "micro-batch" not in out and "Verdict" in out
