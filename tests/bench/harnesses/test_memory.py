@@ -4,6 +4,7 @@ prediction against the real tracked peak, and the tracked peak against the proce
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import subprocess
@@ -474,3 +475,68 @@ def test_a_measured_step_reports_its_micro_batches_on_stderr(tmp_path, monkeypat
     assert [line.split("micro-batch ")[1].split(" ")[0] for line in lines] == ["1/3", "2/3", "3/3"]
     assert err.index("Predicted for a CUDA") < err.index(lines[0])
     assert "micro-batch" not in out and "Verdict" in out
+
+
+# ----- the prediction at 256 px ---------------------------------------------------------------
+
+# The ddpm-256 layout (six levels, 256 px down to 8 px, attention at 16) at a quarter of its
+# channels: the same ops on tensors of the same spatial shapes, a sixteenth of the arithmetic.
+NARROW_256 = "ddpm-256-narrow"
+
+
+@pytest.fixture
+def narrow_256(monkeypatch):
+    from ddpm.config import PRESETS
+
+    monkeypatch.setitem(PRESETS, NARROW_256, PRESETS["ddpm-256"].replace(base_channels=32))
+    return NARROW_256
+
+
+@contextlib.contextmanager
+def cuda_group_norm():
+    """CUDA autocast's one rule for this model that CPU autocast lacks, by hand on real tensors:
+    group_norm runs on an fp32 copy of its input (ddpm-256 has no dropout, the other rule;
+    tests/bench/predict/test_cuda_rules.py checks both against the fake-tensor rules)."""
+    forward = torch.nn.GroupNorm.forward
+
+    def fp32(self, x):
+        return torch.nn.functional.group_norm(
+            x.float(), self.num_groups, self.weight, self.bias, self.eps
+        )
+
+    torch.nn.GroupNorm.forward = fp32
+    try:
+        yield
+    finally:
+        torch.nn.GroupNorm.forward = forward
+
+
+def tracked_and_predicted_256(preset: str, batch: int, precision: str):
+    spec = BenchSpec(
+        preset=preset, image_size=256, batch=batch, accum=1, precision=precision, device="cpu"
+    )
+    with cuda_group_norm() if precision == "bf16" else contextlib.nullcontext():
+        real = step_peak(spec, fake=False)
+    return real, step_peak(spec, fake=True)
+
+
+@pytest.mark.heavy
+def test_prediction_within_ten_percent_of_tracked_ddpm_256():
+    """The real 113,673,219-parameter model at 256 px, fp32, batch 1: CPU and CUDA run the same
+    ops (no dropout), so the prediction tracks this CPU's tensors as at 32 px."""
+    real, fake = tracked_and_predicted_256("ddpm-256", 1, "fp32")
+    assert real.by_category["parameters"] == 113_673_219 * FP32
+    assert fake.total == pytest.approx(real.total, rel=0.10), (real, fake)
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_prediction_within_ten_percent_of_tracked_at_256px(narrow_256, batch, precision):
+    """The ddpm-256 layout at a quarter of the channels (the real model takes minutes a case on
+    a 2-core CPU): the spatial shapes, levels and attention at 16 px are ddpm-256's. In bf16 the
+    tracked step follows CUDA autocast's group_norm rule by hand (cuda_group_norm), as the bf16
+    checks of tests/bench/predict/test_cuda_rules.py do, and both are held to 10%."""
+    real, fake = tracked_and_predicted_256(narrow_256, batch, precision)
+    assert fake.total == pytest.approx(real.total, rel=0.10), (real, fake)
+    assert fake.by_category["parameters"] >= real.by_category["parameters"]
