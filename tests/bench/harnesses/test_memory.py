@@ -536,7 +536,9 @@ def test_prediction_within_ten_percent_of_tracked_at_256px(narrow_256, batch, pr
     """The ddpm-256 layout at a quarter of the channels (the real model takes minutes a case on
     a 2-core CPU): the spatial shapes, levels and attention at 16 px are ddpm-256's. In bf16 the
     tracked step follows CUDA autocast's group_norm rule by hand (cuda_group_norm), as the bf16
-    checks of tests/bench/predict/test_cuda_rules.py do, and both are held to 10%."""
+    checks of tests/bench/predict/test_cuda_rules.py do, and both are held to 10% (batch 2
+    here: fp32 within 0.1%, bf16 within 0.03%; bf16 against CPU autocast's own rule is 62% off,
+    the fp32 copies CUDA keeps around every group_norm)."""
     real, fake = tracked_and_predicted_256(narrow_256, batch, precision)
     assert fake.total == pytest.approx(real.total, rel=0.10), (real, fake)
     assert fake.by_category["parameters"] >= real.by_category["parameters"]
