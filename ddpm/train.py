@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -109,9 +110,12 @@ class Trainer:
         b, accum = self.config.batch_size, self.config.accum_steps
         return v.unflatten(0, (accum, self.world, b))[:, self.rank].flatten(0, 1)
 
-    def step(self, x0: torch.Tensor) -> StepStats:
+    def step(
+        self, x0: torch.Tensor, on_micro_batch: Callable[[int, int], None] | None = None
+    ) -> StepStats:
         """One optimizer step on the global batch: every rank passes the same world size *
-        batch_size * accum_steps images."""
+        batch_size * accum_steps images. `on_micro_batch(done, total)` is called after each
+        micro-batch's backward (a caller's progress report on a long step)."""
         cfg, dev = self.config, self.device
         n, b = self.world * cfg.effective_batch, cfg.batch_size
         if x0.shape[0] != n:
@@ -146,6 +150,8 @@ class Trainer:
             with phase(Phase.BACKWARD, dev):
                 self.scaler.scale(loss / cfg.accum_steps).backward()
             loss_sum += loss.detach()
+            if on_micro_batch is not None:
+                on_micro_batch(i + 1, cfg.accum_steps)
         with phase(Phase.UNSCALE_CLIP, dev):
             self.scaler.unscale_(self.optimizer)
             max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf

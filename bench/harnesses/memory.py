@@ -11,6 +11,7 @@ tracker slows:
 
 from __future__ import annotations
 
+import functools
 import gc
 import sys
 from collections.abc import Callable
@@ -149,7 +150,7 @@ def measure(spec: BenchSpec, context: RunContext | None = None) -> dict:
         )
 
     # Pass 1: timed; its trainer is freed when it returns.
-    figures.update(timed_training(spec, device))
+    figures.update(timed_training(spec, device, say=context.say if context else None))
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -246,6 +247,9 @@ def max_batch_row(spec: BenchSpec) -> dict:
     """The row of --find-max-batch: the largest batch, where it came from, and its figures."""
     device = cuda.resolve(spec.device)
     target, context_mib = card(spec, device)
+    # Each batch is predicted once: the answer's row reuses its probe, one trace (2 s for
+    # ddpm-256 here) fewer than predicting it again (bench/PERF.md).
+    probes = functools.cache(lambda n: prediction(spec.replace(batch=n), target, context_mib))
     if device.type == "cuda" and not spec.predict_only:
         source = "measured"
         best = largest(
@@ -253,10 +257,7 @@ def max_batch_row(spec: BenchSpec) -> dict:
         )
     else:
         source = "predicted"
-        best = largest(
-            lambda n: prediction(spec.replace(batch=n), target, context_mib)["fits"],
-            SEARCH_LIMITS[source],
-        )
+        best = largest(lambda n: probes(n)["fits"], SEARCH_LIMITS[source])
     if best == 0:
         raise torch.OutOfMemoryError(f"not even batch 1 fits {spec.budget_mib:g} MiB")
     found = spec.replace(batch=best)
@@ -265,7 +266,7 @@ def max_batch_row(spec: BenchSpec) -> dict:
         "effective_batch": found.effective_batch,
         "budget_mib": spec.budget_mib,
         "max_batch_source": source,
-        **prediction(found, target, context_mib),
+        **probes(best),
     }
 
 

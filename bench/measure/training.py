@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+import time
 from collections.abc import Callable
 
 import torch
@@ -32,8 +33,34 @@ CUDA_NOTE = (
 )
 
 
+# Seconds between two progress lines of a measured step: a step shorter than this says nothing.
+PROGRESS_EVERY_S = 10.0
+
+
+class MicroBatchProgress:
+    """Trainer.step's on_micro_batch for one step: a line `say`s how many micro-batches are done
+    and how long the rest takes at the pace so far, once every PROGRESS_EVERY_S seconds. On
+    CUDA the pace is the host's, which queues kernels ahead of the card: a rough estimate until
+    the queue fills."""
+
+    def __init__(self, say: Callable[[str], None]):
+        self.say, self.every_s = say, PROGRESS_EVERY_S
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        left = (now - self.start) / done * (total - done)
+        self.say(f"measured step: micro-batch {done}/{total} done, about {left:.0f} s left")
+
+
 def timed_training(
-    spec: BenchSpec, device: torch.device, after: Callable[[TrainStep], dict] | None = None
+    spec: BenchSpec,
+    device: torch.device,
+    after: Callable[[TrainStep], dict] | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> dict:
     """Warm-up then measured optimizer steps, with nothing else running in the process. A
     warm-up step is one micro-batch (every rank's) and an optimizer step, whatever the
@@ -48,7 +75,13 @@ def timed_training(
     figures: dict = {}
     with Monitor(device) as monitor:
         warmup = _warm_up(step.warm_up, spec.warmup_steps, device, figures)
-        timing = time_calls(step, spec.measure_steps, 0, device)
+        # A long measured step (ddpm-256's 64 micro-batches) reports its progress on `say`.
+        timing = time_calls(
+            lambda: step(MicroBatchProgress(say) if say is not None else None),
+            spec.measure_steps,
+            0,
+            device,
+        )
         if device.type == "cuda":
             figures["peak_alloc_mib"], figures["peak_reserved_mib"] = cuda.peaks_mib(device)
     figures.update(

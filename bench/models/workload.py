@@ -4,6 +4,7 @@ here, so the same spec means the same model, weights and data in every table."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -65,8 +66,8 @@ class TrainStep:
     warm_trainer: Trainer
     warm_images: torch.Tensor  # one micro-batch of every rank
 
-    def __call__(self) -> StepStats:
-        return self.trainer.step(self.images)
+    def __call__(self, on_micro_batch: Callable[[int, int], None] | None = None) -> StepStats:
+        return self.trainer.step(self.images, on_micro_batch)
 
     def warm_up(self) -> StepStats:
         """One micro-batch and an optimizer step over the same model, optimizer and EMA:

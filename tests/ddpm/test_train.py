@@ -116,6 +116,21 @@ def test_wrong_number_of_images_names_the_expected_count(base_model, schedule):
     assert trainer.step_count == 0 and trainer.ema.num_updates == 0
 
 
+def test_on_micro_batch_is_called_after_each_backward(base_model, schedule):
+    """Once per micro-batch, in order, each time after that micro-batch's gradients exist."""
+    trainer = make(base_model, schedule, batch_size=2, accum_steps=3)
+    calls = []
+
+    def seen(done, total):
+        grads = [p.grad for p in trainer.model.parameters()]
+        calls.append((done, total, all(g is not None for g in grads)))
+
+    trainer.step(images(6), on_micro_batch=seen)
+    assert calls == [(1, 3, True), (2, 3, True), (3, 3, True)]
+    trainer.step(images(6))  # without a callback, as before
+    assert trainer.step_count == 2
+
+
 # --------------------------------------------------------------------------- precisions
 
 

@@ -433,7 +433,9 @@ def test_a_warm_up_step_takes_one_micro_batch_of_every_rank(fake_group_of_two, m
     # (one micro-batch) takes ranks x batch images, a measured step ranks x batch x accum.
     seen = []
     step = Trainer.step
-    monkeypatch.setattr(Trainer, "step", lambda self, x0: (seen.append(len(x0)), step(self, x0))[1])
+    monkeypatch.setattr(
+        Trainer, "step", lambda self, x0, *a: (seen.append(len(x0)), step(self, x0, *a))[1]
+    )
     spec = BenchSpec(
         preset="tiny",
         image_size=16,
