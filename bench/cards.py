@@ -181,3 +181,36 @@ def listing(width: int = 80) -> str:
     for c in CARDS.values():
         out += textwrap.wrap(f"{c.key}: {c.capacity_source}", width, subsequent_indent="    ")
     return "\n".join(out)
+
+
+# torch.compile's Inductor backend generates Triton kernels, and torch refuses cards below 7.0:
+# torch/_inductor/scheduler.py raises GPUTooOldForTriton for major < 7 (its message, in
+# torch/_inductor/exc.py: "Triton only supports devices of CUDA Capability >= 7.0").
+TRITON_MIN_CAPABILITY = (7, 0)
+
+
+def caveats(key: str, precision: str, compile_mode: str) -> list[str]:
+    """What a verdict must say about a card that does not run the spec as the prediction
+    assumes: bf16 without BF16 tensor cores, fp16 without tensor cores, torch.compile below
+    Triton's minimum. The memory is predicted all the same; the speed is not the card's peak."""
+    if not key:
+        return []
+    card = CARDS[key]
+    said = []
+    if precision == "bf16" and not card.bf16:
+        said.append(
+            f"bf16 is emulated on sm{card.sm}: memory as predicted, speed far below the "
+            "card's peak (no BF16 tensor cores before sm80)"
+        )
+    if precision == "fp16" and not card.tensor_cores:
+        said.append(
+            f"fp16 runs without tensor cores on sm{card.sm}: memory as predicted, speed "
+            "no better than fp32"
+        )
+    if compile_mode != "off" and card.capability < TRITON_MIN_CAPABILITY:
+        said.append(
+            f"torch.compile does not run on sm{card.sm}: Triton needs compute capability "
+            f"{TRITON_MIN_CAPABILITY[0]}.{TRITON_MIN_CAPABILITY[1]} or later, so this card "
+            "runs the step eager or not at all"
+        )
+    return said

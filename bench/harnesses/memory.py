@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 
+from bench import cards
 from bench.core import Harness, RunContext
 from bench.measure import cuda
 from bench.measure.tracked import CATEGORIES
@@ -42,7 +43,7 @@ SEARCH_LIMITS = {"measured": 1 << 16, "predicted": 1 << 24}
 
 def budget_words(budget_mib: float) -> str:
     text = f"{budget_mib / 1024:.3g} GiB"
-    if budget_mib == DEFAULT_BUDGET_MIB:
+    if round(budget_mib, 6) == round(DEFAULT_BUDGET_MIB, 6):
         text += " (what CUDA offers on an 8 GB card; --budget to change)"
     return text
 
@@ -70,14 +71,20 @@ def verdict(row: dict) -> str | None:
             f"({row['precision']}, attention {row['attention']}): {answer}."
         )
     answer = "fits" if row["fits"] else "does NOT fit"
+    named = cards.card_words(row.get("card") or "")
+    on = f"on {named}" if named else f"on {card_words} sm{row['target_sm']:g} card"
     text = (
-        f"Verdict: {what} {answer} in {budget} on {card_words} sm{row['target_sm']:g} card: "
+        f"Verdict: {what} {answer} in {budget} {on}: "
         f"predicted {row['predicted_cuda_mib']:,.0f} MiB ({row['predicted_reserved_mib']:,.0f}"
         f" MiB reserved by the allocator + {row['cudnn_workspace_mib']:,.0f} MiB cuDNN "
         f"workspace + {row['context_mib']:,.0f} MiB CUDA context), headroom "
         f"{row['headroom_mib']:,.0f} MiB."
     )
+    for caveat in cards.caveats(row.get("card") or "", row["precision"], row["compile"]):
+        text += f" {caveat}."
     if all(row.get(c) is not None for c in MEASURED_WORDS):
+        if named:
+            text += f" The prediction is for {named}; the measurement is of {row['device']}."
         text += (
             f" Measured on {row['device']}: {row['peak_alloc_mib']:,.0f} MiB allocated, "
             f"{row['peak_reserved_mib']:,.0f} MiB reserved (prediction off by "

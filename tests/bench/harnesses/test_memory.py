@@ -438,3 +438,83 @@ def test_a_measured_search_at_its_limit_says_so(fake_cuda, monkeypatch):
     assert row["batch"] == memory.SEARCH_LIMITS["measured"] == 65_536
     text = memory.verdict({**spec.to_dict(), "status": "ok", **row})
     assert text.endswith(": at least 65,536 (measured; the search stops at 65,536).")
+
+
+# ----- --card -----------------------------------------------------------------------------------
+
+
+def test_a_card_sets_target_and_budget_and_budget_overrides():
+    from bench.predict.attention import attention_backend
+
+    spec = tiny(card="gtx1070")
+    assert spec.target == (6, 1)
+    assert spec.budget_mib == pytest.approx(7.93 * 1024)
+    assert spec.replace(budget=4096.0).budget_mib == 4096.0
+    assert "gtx1070" in spec.name
+    row = prediction(spec, spec.target)
+    assert row["target_sm"] == 61 and row["budget_mib"] == pytest.approx(7.93 * 1024)
+    # bf16 attention: flash on the A100, the memory-efficient kernel on a V100 (no bf16 flash).
+    half = torch.bfloat16
+    a100, v100 = tiny(card="a100-40gb").target, tiny(card="v100-16gb").target
+    assert attention_backend(a100, half, 64, True) == "flash"
+    assert attention_backend(v100, torch.float16, 64, True) == "efficient"
+
+
+def _memory(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "bench.memory", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+
+
+def test_card_cli_lists_refuses_and_words_the_verdict(tmp_path):
+    from bench.cards import CARDS
+    from tests.helpers.cli_checks import check_one_line_error
+
+    for listed in (_memory("--card"), _memory("--list-cards")):
+        assert listed.returncode == 0, listed.stderr
+        assert all(f"\n{key} " in listed.stdout for key in CARDS)
+    bad = _memory("--card", "nope", "--out", str(tmp_path))
+    check_one_line_error("gtx1070, gtx1080", bad.returncode, bad.stderr, bad.stdout)
+    assert not any(tmp_path.iterdir())
+    run = _memory(
+        "--preset",
+        "tiny",
+        "--batch",
+        "1",
+        "--accum",
+        "1",
+        "--predict-only",
+        "--inline",
+        "--card",
+        "t4,gtx1080",
+        "--precision",
+        "bf16",
+        "--compile",
+        "default",
+        "--out",
+        str(tmp_path),
+    )
+    assert run.returncode == 0, run.stderr
+    assert "on a T4 (sm75, 14.75 GiB)" in run.stdout
+    assert "bf16 is emulated on sm75" in run.stdout
+    assert "torch.compile does not run on sm61" in run.stdout
+    explicit = _memory(
+        "--preset",
+        "tiny",
+        "--batch",
+        "1",
+        "--accum",
+        "1",
+        "--predict-only",
+        "--inline",
+        "--card",
+        "t4",
+        "--budget",
+        "2GiB",
+        "--out",
+        str(tmp_path / "b"),
+    )
+    assert "fits in 2 GiB on a T4" in explicit.stdout, explicit.stderr
