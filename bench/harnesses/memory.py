@@ -172,13 +172,16 @@ def measure(spec: BenchSpec, context: RunContext | None = None) -> dict:
 
 
 def card(spec: BenchSpec, device: torch.device) -> tuple[tuple[int, int], float]:
-    """The prediction's target and context: on CUDA this card's capability and measured
-    context (and the process capped to the budget); elsewhere the defaults."""
+    """The prediction's target and context: the --card's capability, else this card's on CUDA
+    (the default off it); the context measured on CUDA (the process capped to the budget),
+    the allowance elsewhere."""
     if device.type != "cuda":
         return spec.target, spec.context_mib
     context_mib = cuda.start(device, spec.precision)["measured_context_mib"]
     cuda.cap_to_budget(device, spec.budget_mib, context_mib)
-    return cuda.capability(device), context_mib
+    # A named card stays the prediction's target: the card present is measured, capped to the
+    # named card's budget, and the verdict says both.
+    return (spec.target if spec.card else cuda.capability(device)), context_mib
 
 
 def _error_pct(predicted: float, measured: float) -> float:
