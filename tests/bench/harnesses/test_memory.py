@@ -498,7 +498,7 @@ def test_card_cli_lists_refuses_and_words_the_verdict(tmp_path):
         str(tmp_path),
     )
     assert run.returncode == 0, run.stderr
-    assert "on a T4 (sm75, 14.75 GiB)" in run.stdout
+    assert "on a T4 (sm75, 14.56 GiB)" in run.stdout
     assert "bf16 is emulated on sm75" in run.stdout
     assert "torch.compile does not run on sm61" in run.stdout
     explicit = _memory(
