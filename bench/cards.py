@@ -22,6 +22,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The card the prediction is for without --card: an 8 GB GeForce card (RTX 3060 Ti, 3070: sm86;
+# RTX 4060: sm89, under the same rules in the prediction).
+DEFAULT_TARGET = (8, 6)
+
 # Where the peak and bandwidth figures come from, by generation.
 WHITEPAPERS = {
     6: "NVIDIA GeForce GTX 1080 whitepaper (Pascal GP104)",
@@ -77,7 +81,17 @@ _ADA_8GB = "derived: 8 GiB less the 0.22 GiB the driver keeps on an RTX 3070 (a 
 CARDS = {
     c.key: c
     for c in (
-        Card("gtx1070", "GeForce GTX 1070", (6, 1), 15, 7.93, _OOM, 6.5, None, 256),
+        Card(
+            "gtx1070",
+            "GeForce GTX 1070",
+            (6, 1),
+            15,
+            7.93,
+            _OOM + ": svip-lab/impersonator#19",
+            6.5,
+            None,
+            256,
+        ),
         Card(
             "gtx1080",
             "GeForce GTX 1080",
@@ -91,11 +105,41 @@ CARDS = {
         ),
         Card("rtx2070", "GeForce RTX 2070", (7, 5), 36, 7.76, _TURING_8GB, 7.5, 29.9, 448),
         Card("rtx2080", "GeForce RTX 2080", (7, 5), 46, 7.76, _TURING_8GB, 10.1, 40.3, 448),
-        Card("rtx2080ti", "GeForce RTX 2080 Ti", (7, 5), 68, 10.76, _OOM, 13.4, 53.8, 616),
+        Card(
+            "rtx2080ti",
+            "GeForce RTX 2080 Ti",
+            (7, 5),
+            68,
+            10.76,
+            _OOM + ": JDAI-CV/image-captioning#11",
+            13.4,
+            53.8,
+            616,
+        ),
         Card("rtx3060", "GeForce RTX 3060 12 GB", (8, 6), 28, 11.75, _OOM, 12.7, 25.5, 360),
         Card("rtx3060ti", "GeForce RTX 3060 Ti", (8, 6), 38, 7.78, _GA104, 16.2, 32.4, 448),
-        Card("rtx3070", "GeForce RTX 3070", (8, 6), 46, 7.78, _OOM, 20.3, 40.6, 448),
-        Card("rtx3080", "GeForce RTX 3080 10 GB", (8, 6), 68, 9.78, _OOM, 29.8, 59.5, 760),
+        Card(
+            "rtx3070",
+            "GeForce RTX 3070",
+            (8, 6),
+            46,
+            7.78,
+            _OOM + ": akshitac8/OW-DETR#46",
+            20.3,
+            40.6,
+            448,
+        ),
+        Card(
+            "rtx3080",
+            "GeForce RTX 3080 10 GB",
+            (8, 6),
+            68,
+            9.78,
+            _OOM + ": zai-org/CogVideo#34",
+            29.8,
+            59.5,
+            760,
+        ),
         Card(
             "rtx3080ti",
             "GeForce RTX 3080 Ti",
@@ -107,7 +151,17 @@ CARDS = {
             68.2,
             912,
         ),
-        Card("rtx3090", "GeForce RTX 3090", (8, 6), 82, 23.70, _OOM, 35.6, 71.2, 936),
+        Card(
+            "rtx3090",
+            "GeForce RTX 3090",
+            (8, 6),
+            82,
+            23.70,
+            _OOM + ": GaoLii/DSP#10",
+            35.6,
+            71.2,
+            936,
+        ),
         Card("rtx4060", "GeForce RTX 4060", (8, 9), 24, 7.78, _ADA_8GB, 15.1, 30.2, 272),
         Card("rtx4060ti", "GeForce RTX 4060 Ti 8 GB", (8, 9), 34, 7.78, _ADA_8GB, 22.1, 44.1, 288),
         Card(
@@ -115,17 +169,139 @@ CARDS = {
             "GeForce RTX 4070",
             (8, 9),
             46,
-            11.72,
-            "derived: nvidia-smi's 12,282 MiB less the 0.22 GiB that torch reports below "
-            "nvidia-smi on an RTX 3070",
+            11.70,
+            "derived: the RTX 4070 Ti's figure in out-of-memory messages (same AD104 chip, "
+            "same 12 GiB): Kwai-Kolors/Kolors#11",
             29.1,
             58.3,
             504,
         ),
-        Card("rtx4090", "GeForce RTX 4090", (8, 9), 128, 23.65, _OOM, 82.6, 165.2, 1008),
-        Card("t4", "Tesla T4", (7, 5), 40, 14.75, _OOM, 8.1, 65.0, 320),
+        Card(
+            "rtx4090",
+            "GeForce RTX 4090",
+            (8, 9),
+            128,
+            23.65,
+            _OOM + ": MotrixLab/AiOS#29",
+            82.6,
+            165.2,
+            1008,
+        ),
+        Card(
+            "t4",
+            "Tesla T4",
+            (7, 5),
+            40,
+            14.56,
+            _OOM + " with 2025 drivers: Zheng-Chong/CatVTON#133 (older drivers: 14.76, "
+            "xinge008/Cylinder3D#109)",
+            8.1,
+            65.0,
+            320,
+        ),
         Card("v100-16gb", "Tesla V100 16 GB (SXM2)", (7, 0), 80, 15.78, _OOM, 15.7, 125.0, 900),
-        Card("v100-32gb", "Tesla V100 32 GB (SXM2)", (7, 0), 80, 31.74, _OOM, 15.7, 125.0, 900),
-        Card("a100-40gb", "A100 40 GB (SXM4)", (8, 0), 108, 39.50, _OOM, 19.5, 312.0, 1555),
+        Card(
+            "v100-32gb",
+            "Tesla V100 32 GB (SXM2)",
+            (7, 0),
+            80,
+            31.74,
+            _OOM + ": haotian-liu/LLaVA#812",
+            15.7,
+            125.0,
+            900,
+        ),
+        Card(
+            "a100-40gb",
+            "A100 40 GB (SXM4)",
+            (8, 0),
+            108,
+            39.50,
+            _OOM + ": TianheWu/CoSeR#10",
+            19.5,
+            312.0,
+            1555,
+        ),
     )
 }
+
+
+def card_words(key: str) -> str:
+    """The card as a verdict names it: "an RTX 3070 (sm86, 7.78 GiB)"; "" for no card."""
+    if not key:
+        return ""
+    card = CARDS[key]
+    name = card.name.removeprefix("GeForce ").removeprefix("Tesla ")
+    article = "an" if name[0] in "AEFHILMNORSX8" else "a"
+    return f"{article} {name} (sm{card.sm}, {card.capacity_gib:.2f} GiB)"
+
+
+def listing(width: int = 80) -> str:
+    """The catalogue as `--list-cards` prints it: a table, then where each capacity comes from."""
+    import textwrap
+
+    rows = [("key", "card", "sm", "torch GiB", "bf16", "FP32", "FP16 TC", "GB/s")]
+    for c in CARDS.values():
+        rows.append(
+            (
+                c.key,
+                c.name.removeprefix("GeForce "),
+                str(c.sm),
+                f"{c.capacity_gib:.2f}",
+                "yes" if c.bf16 else "no",
+                f"{c.fp32_tflops:g}",
+                f"{c.fp16_tflops:g}" if c.fp16_tflops else "-",
+                f"{c.bandwidth_gbs:g}",
+            )
+        )
+    sizes = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(
+            cell.ljust(n) if i < 2 else cell.rjust(n) for i, (cell, n) in enumerate(zip(r, sizes))
+        )
+        for r in rows
+    ]
+    notes = [
+        "torch GiB: torch.cuda.get_device_properties().total_memory on Linux, the budget "
+        "--card sets. FP32 / FP16 TC: datasheet TFLOPS at boost clock (FP16 on tensor cores, "
+        "dense, FP32 accumulate; - : no tensor cores). bf16: BF16 tensor cores (sm80 on). "
+        "Peaks and bandwidth: " + "; ".join(WHITEPAPERS.values()) + ".",
+        "Capacity sources:",
+    ]
+    out = lines + [""] + [line for n in notes for line in textwrap.wrap(n, width)]
+    for c in CARDS.values():
+        out += textwrap.wrap(f"{c.key}: {c.capacity_source}", width, subsequent_indent="    ")
+    return "\n".join(out)
+
+
+# torch.compile's Inductor backend generates Triton kernels, and torch refuses cards below 7.0:
+# torch/_inductor/scheduler.py raises GPUTooOldForTriton for major < 7 (its message, in
+# torch/_inductor/exc.py: "Triton only supports devices of CUDA Capability >= 7.0").
+TRITON_MIN_CAPABILITY = (7, 0)
+
+
+def caveats(key: str, precision: str, compile_mode: str) -> list[str]:
+    """What a verdict must say about a card that does not run the spec as the prediction
+    assumes: bf16 without BF16 tensor cores, fp16 without tensor cores, torch.compile below
+    Triton's minimum. The memory is predicted all the same; the speed is not the card's peak."""
+    if not key:
+        return []
+    card = CARDS[key]
+    said = []
+    if precision == "bf16" and not card.bf16:
+        said.append(
+            f"bf16 is emulated on sm{card.sm}: memory as predicted, speed far below the "
+            "card's peak (no BF16 tensor cores before sm80)"
+        )
+    if precision == "fp16" and not card.tensor_cores:
+        said.append(
+            f"fp16 runs without tensor cores on sm{card.sm}: memory as predicted, speed "
+            "no better than fp32"
+        )
+    if compile_mode != "off" and card.capability < TRITON_MIN_CAPABILITY:
+        said.append(
+            f"torch.compile does not run on sm{card.sm}: Triton needs compute capability "
+            f"{TRITON_MIN_CAPABILITY[0]}.{TRITON_MIN_CAPABILITY[1]} or later, so this card "
+            "runs the step eager or not at all"
+        )
+    return said

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import torch
 
+from bench import cards
 from bench.core import Harness, RunContext
 from bench.measure import cuda
 from bench.measure.tracked import CATEGORIES
@@ -43,7 +44,7 @@ SEARCH_LIMITS = {"measured": 1 << 16, "predicted": 1 << 24}
 
 def budget_words(budget_mib: float) -> str:
     text = f"{budget_mib / 1024:.3g} GiB"
-    if budget_mib == DEFAULT_BUDGET_MIB:
+    if round(budget_mib, 6) == round(DEFAULT_BUDGET_MIB, 6):
         text += " (what CUDA offers on an 8 GB card; --budget to change)"
     return text
 
@@ -78,14 +79,20 @@ def verdict(row: dict) -> str | None:
             f"({row['precision']}, attention {row['attention']}): {answer}."
         )
     answer = "fits" if row["fits"] else "does NOT fit"
+    named = cards.card_words(row.get("card") or "")
+    on = f"on {named}" if named else f"on {card_words} sm{row['target_sm']:g} card"
     text = (
-        f"Verdict: {what} {answer} in {budget} on {card_words} sm{row['target_sm']:g} card: "
+        f"Verdict: {what} {answer} in {budget} {on}: "
         f"predicted {row['predicted_cuda_mib']:,.0f} MiB ({row['predicted_reserved_mib']:,.0f}"
         f" MiB reserved by the allocator + {row['cudnn_workspace_mib']:,.0f} MiB cuDNN "
         f"workspace + {row['context_mib']:,.0f} MiB CUDA context), headroom "
         f"{row['headroom_mib']:,.0f} MiB."
     )
+    for caveat in cards.caveats(row.get("card") or "", row["precision"], row["compile"]):
+        text += f" {caveat}."
     if all(row.get(c) is not None for c in MEASURED_WORDS):
+        if named:
+            text += f" The prediction is for {named}; the measurement is of {row['device']}."
         text += (
             f" Measured on {row['device']}: {row['peak_alloc_mib']:,.0f} MiB allocated, "
             f"{row['peak_reserved_mib']:,.0f} MiB reserved (prediction off by "
@@ -173,13 +180,16 @@ def measure(spec: BenchSpec, context: RunContext | None = None) -> dict:
 
 
 def card(spec: BenchSpec, device: torch.device) -> tuple[tuple[int, int], float]:
-    """The prediction's target and context: on CUDA this card's capability and measured
-    context (and the process capped to the budget); elsewhere the defaults."""
+    """The prediction's target and context: the --card's capability, else this card's on CUDA
+    (the default off it); the context measured on CUDA (the process capped to the budget),
+    the allowance elsewhere."""
     if device.type != "cuda":
-        return DEFAULT_TARGET, spec.context_mib
+        return spec.target, spec.context_mib
     context_mib = cuda.start(device, spec.precision)["measured_context_mib"]
     cuda.cap_to_budget(device, spec.budget_mib, context_mib)
-    return cuda.capability(device), context_mib
+    # A named card stays the prediction's target: the card present is measured, capped to the
+    # named card's budget, and the verdict says both.
+    return (spec.target if spec.card else cuda.capability(device)), context_mib
 
 
 def _error_pct(predicted: float, measured: float) -> float:

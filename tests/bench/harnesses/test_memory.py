@@ -214,7 +214,7 @@ def test_accumulation_peak_is_one_micro_batch_plus_gradients():
 
 
 def test_prediction_fits_and_headroom_arithmetic():
-    spec = tiny(batch=2, budget_mib=100.0, context_mib=500.0)
+    spec = tiny(batch=2, budget=100.0, context_mib=500.0)
     row = prediction(spec)
     tensors = peak(spec, fake=True).mib()
     # Both cuBLAS workspaces (8 MiB + 128 KiB each on sm86) are held all step long, and every
@@ -228,7 +228,7 @@ def test_prediction_fits_and_headroom_arithmetic():
     assert row["predicted_cuda_mib"] == row["predicted_reserved_mib"] + 32.0 + 500.0
     assert row["fits"] is False
     assert row["headroom_mib"] == 100.0 - row["predicted_cuda_mib"] < 0
-    roomy = prediction(spec.replace(budget_mib=8192.0))
+    roomy = prediction(spec.replace(budget=8192.0))
     assert roomy["fits"] is True and roomy["headroom_mib"] == 8192.0 - roomy["predicted_cuda_mib"]
 
 
@@ -408,7 +408,7 @@ def max_batch_verdict(monkeypatch, largest_fitting: int | None) -> tuple[dict, s
     from bench.sweep.runner import spec_row
 
     monkeypatch.setattr(memory, "prediction", cheap_prediction(largest_fitting))
-    spec = tiny(accum=1, find_max_batch=True, predict_only=True, budget_mib=102_400.0)
+    spec = tiny(accum=1, find_max_batch=True, predict_only=True, budget=102_400.0)
     row = {**spec_row(spec, "run"), "status": "ok", **memory.max_batch_row(spec)}
     return row, memory.verdict(row)
 
@@ -542,3 +542,83 @@ def test_prediction_within_ten_percent_of_tracked_at_256px(narrow_256, batch, pr
     real, fake = tracked_and_predicted_256(narrow_256, batch, precision)
     assert fake.total == pytest.approx(real.total, rel=0.10), (real, fake)
     assert fake.by_category["parameters"] >= real.by_category["parameters"]
+
+
+# ----- --card -----------------------------------------------------------------------------------
+
+
+def test_a_card_sets_target_and_budget_and_budget_overrides():
+    from bench.predict.attention import attention_backend
+
+    spec = tiny(card="gtx1070")
+    assert spec.target == (6, 1)
+    assert spec.budget_mib == pytest.approx(7.93 * 1024)
+    assert spec.replace(budget=4096.0).budget_mib == 4096.0
+    assert "gtx1070" in spec.name
+    row = prediction(spec, spec.target)
+    assert row["target_sm"] == 61 and row["budget_mib"] == pytest.approx(7.93 * 1024)
+    # bf16 attention: flash on the A100, the memory-efficient kernel on a V100 (no bf16 flash).
+    half = torch.bfloat16
+    a100, v100 = tiny(card="a100-40gb").target, tiny(card="v100-16gb").target
+    assert attention_backend(a100, half, 64, True) == "flash"
+    assert attention_backend(v100, torch.float16, 64, True) == "efficient"
+
+
+def _memory(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "bench.memory", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+
+
+def test_card_cli_lists_refuses_and_words_the_verdict(tmp_path):
+    from bench.cards import CARDS
+    from tests.helpers.cli_checks import check_one_line_error
+
+    for listed in (_memory("--card"), _memory("--list-cards")):
+        assert listed.returncode == 0, listed.stderr
+        assert all(f"\n{key} " in listed.stdout for key in CARDS)
+    bad = _memory("--card", "nope", "--out", str(tmp_path))
+    check_one_line_error("gtx1070, gtx1080", bad.returncode, bad.stderr, bad.stdout)
+    assert not any(tmp_path.iterdir())
+    run = _memory(
+        "--preset",
+        "tiny",
+        "--batch",
+        "1",
+        "--accum",
+        "1",
+        "--predict-only",
+        "--inline",
+        "--card",
+        "t4,gtx1080",
+        "--precision",
+        "bf16",
+        "--compile",
+        "default",
+        "--out",
+        str(tmp_path),
+    )
+    assert run.returncode == 0, run.stderr
+    assert "on a T4 (sm75, 14.56 GiB)" in run.stdout
+    assert "bf16 is emulated on sm75" in run.stdout
+    assert "torch.compile does not run on sm61" in run.stdout
+    explicit = _memory(
+        "--preset",
+        "tiny",
+        "--batch",
+        "1",
+        "--accum",
+        "1",
+        "--predict-only",
+        "--inline",
+        "--card",
+        "t4",
+        "--budget",
+        "2GiB",
+        "--out",
+        str(tmp_path / "b"),
+    )
+    assert "fits in 2 GiB on a T4" in explicit.stdout, explicit.stderr

@@ -1,0 +1,78 @@
+"""The card catalogue's internal rules, and its datacenter peaks against torch's own table."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch._inductor.analysis.device_info import _device_mapping
+
+from bench.cards import CARDS, caveats, listing
+
+WANTED = (
+    "gtx1070 gtx1080 rtx2070 rtx2080 rtx2080ti rtx3060 rtx3060ti rtx3070 rtx3080 rtx3080ti "
+    "rtx3090 rtx4060 rtx4060ti rtx4070 rtx4090 t4 v100-16gb v100-32gb a100-40gb"
+).split()
+
+
+def test_every_card_users_asked_for_is_there():
+    assert set(WANTED) <= set(CARDS)
+    assert all(key == card.key for key, card in CARDS.items())
+
+
+# The nominal memory of each card in GiB (datasheets); torch sees less: the driver's share, and
+# on the T4 (ECC on by default) the ECC's.
+NOMINAL_GIB = {
+    **dict.fromkeys(("gtx1070", "gtx1080", "rtx2070", "rtx2080", "rtx3060ti", "rtx3070"), 8),
+    **dict.fromkeys(("rtx4060", "rtx4060ti"), 8),
+    "rtx2080ti": 11,
+    "rtx3080": 10,
+    **dict.fromkeys(("rtx3060", "rtx3080ti", "rtx4070"), 12),
+    **dict.fromkeys(("rtx3090", "rtx4090"), 24),
+    **dict.fromkeys(("t4", "v100-16gb"), 16),
+    "v100-32gb": 32,
+    "a100-40gb": 40,
+}
+
+
+@pytest.mark.parametrize("key", WANTED)
+def test_capacity_below_the_nominal_size(key):
+    card = CARDS[key]
+    assert 0.9 * NOMINAL_GIB[key] < card.capacity_gib < NOMINAL_GIB[key]
+    assert card.capacity_source
+
+
+@pytest.mark.parametrize("key", WANTED)
+def test_bf16_exactly_from_sm80_and_tensor_cores_from_volta(key):
+    card = CARDS[key]
+    assert card.bf16 == (card.capability >= (8, 0))
+    assert card.tensor_cores == (card.capability >= (7, 0))
+
+
+def test_a100_peaks_agree_with_torchs_device_info():
+    torch_a100 = _device_mapping["NVIDIA A100"].tops
+    ours = CARDS["a100-40gb"]
+    assert ours.fp32_tflops == torch_a100[torch.float32]
+    assert ours.fp16_tflops == pytest.approx(torch_a100[torch.float16], rel=0.01)
+    assert ours.tf32_tflops == pytest.approx(torch_a100["torch.tf32"], rel=0.01)
+
+
+def test_caveats_name_emulated_bf16_plain_fp16_and_old_triton():
+    assert caveats("t4", "bf16", "off") == [
+        "bf16 is emulated on sm75: memory as predicted, speed far below the card's peak "
+        "(no BF16 tensor cores before sm80)"
+    ]
+    assert caveats("t4", "fp16", "off") == []  # Turing has FP16 tensor cores
+    assert "without tensor cores" in caveats("gtx1070", "fp16", "off")[0]
+    assert "Triton needs compute capability 7.0" in caveats("gtx1080", "fp32", "default")[0]
+    assert caveats("rtx3070", "bf16", "default") == []
+    assert caveats("", "bf16", "default") == []
+
+
+def test_listing_fits_80_columns_and_names_every_card_and_source():
+    text = listing()
+    assert max(map(len, text.splitlines())) <= 80
+    for card in CARDS.values():
+        assert re.search(rf"^{re.escape(card.key)} ", text, re.M)
+        assert re.search(rf"^{re.escape(card.key)}: ", text, re.M)
