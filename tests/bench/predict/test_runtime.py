@@ -106,3 +106,67 @@ def test_torch_defaults_and_the_tf32_precision():
         torch.backends.cudnn.allow_tf32,
         torch.get_float32_matmul_precision() != "highest",
     )
+
+
+@pytest.fixture
+def card_axis(monkeypatch):
+    """The card axis, declared here until BenchSpec has its own (bench.spec)."""
+    import dataclasses
+
+    from bench import spec as spec_module
+    from bench.harnesses import sampling
+
+    if any(f.name == "card" for f in dataclasses.fields(spec_module.BenchSpec)):
+        return
+    card = spec_module.axis("", quiet=True, group="run", parse=lambda o, t, s: [t], help="card")
+    cls = dataclasses.make_dataclass(
+        "BenchSpec", [("card", str, card)], bases=(spec_module.BenchSpec,), frozen=True
+    )
+    monkeypatch.setattr(spec_module, "BenchSpec", cls)
+    monkeypatch.setattr(sampling, "AXES", (*sampling.AXES, "card"))
+
+
+MEASURED_THROUGHPUT = ["step_s", "img_per_s", "gflop_per_step", "peak_tflops", "mfu"]
+
+
+def test_throughput_predict_only_writes_predictions_alone(card_axis, tmp_path):
+    from bench.harnesses import throughput
+
+    argv = ["--card", "rtx3070", "--predict-only", "--preset", "tiny", "--batch", "2"]
+    rows = throughput.main([*argv, "--precision", "fp32", "--inline", "--out", str(tmp_path)])
+    (row,) = rows
+    assert row["status"] == "ok" and row["predicted_step_s"] > 0
+    assert row["predicted_img_per_s"] == pytest.approx(2 / row["predicted_step_s"])
+    assert row["predicted_train_h"] == pytest.approx(row["predicted_step_s"] * 800_000 / 3600)
+    assert all(row.get(c) is None for c in MEASURED_THROUGHPUT)
+    header = (tmp_path / "throughput.csv").read_text().splitlines()
+    cells = dict(zip(header[0].split(","), header[1].split(",")))
+    assert cells["predicted_step_s"] and not any(cells.get(c) for c in MEASURED_THROUGHPUT)
+
+
+def test_sampling_predict_only_counts_finished_images(card_axis, tmp_path):
+    from bench.harnesses import sampling
+
+    argv = ["--card", "rtx3070", "--predict-only", "--preset", "tiny", "--batch", "4"]
+    rows = sampling.main([*argv, "--sampling-steps", "50", "--inline", "--out", str(tmp_path)])
+    by_sampler = {r["sampler"]: r for r in rows}
+    assert set(by_sampler) == {"ddpm", "ddim"}
+    for row in rows:
+        assert row["step_s"] is None and row["projected_img_per_s"] is None
+        full = row["predicted_step_s"] * row["sampling_steps"]
+        assert row["predicted_img_per_s"] == pytest.approx(4 / full)
+    # A complete DDPM run is all T = 1000 steps, DDIM the 50 asked for.
+    assert (by_sampler["ddpm"]["sampling_steps"], by_sampler["ddim"]["sampling_steps"]) == (
+        1000,
+        50,
+    )
+
+
+def test_predict_only_without_a_card_is_one_line(card_axis, tmp_path, capsys):
+    from bench.harnesses import throughput
+
+    with pytest.raises(SystemExit) as exit_:
+        throughput.main(["--predict-only", "--preset", "tiny", "--out", str(tmp_path / "o")])
+    assert exit_.value.code == 2
+    assert "--predict-only needs --card" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
