@@ -108,6 +108,20 @@ def test_torch_defaults_and_the_tf32_precision():
     )
 
 
+def test_training_step_holds_the_optimizer_by_hand():
+    """Fused AdamW returns nothing: its bytes are what it reads (weights, gradients, both
+    moments, each tensor's step count) and writes in place (weights and moments), 4 bytes each:
+    28 per parameter and 4 per tensor."""
+    from bench.models.workload import build_model
+    from bench.spec import BenchSpec
+
+    spec = BenchSpec(preset="tiny", batch=2)
+    params = list(build_model(spec).parameters())
+    kernels = runtime.train_step_kernels(spec, card((8, 6)))
+    (adamw,) = [k for k in kernels if k.op == "_fused_adamw_"]
+    assert adamw.bytes == 28 * sum(p.numel() for p in params) + 4 * len(params)
+
+
 @pytest.fixture
 def card_axis(monkeypatch):
     """The card axis, declared here until BenchSpec has its own (bench.spec)."""
