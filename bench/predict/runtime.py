@@ -146,7 +146,8 @@ class KernelRecorder(TorchDispatchMode):
         floating = [t.dtype for t in inputs if t.is_floating_point()]
         launches = 1
         if packet is aten.convolution_backward:  # data and weight gradients (and bias)
-            launches = max(1, sum(bool(m) for m in args[-1]))
+            mask = kwargs.get("output_mask", args[10] if len(args) > 10 else (True,))
+            launches = max(1, sum(bool(m) for m in mask))
         self.kernels.append(
             Kernel(
                 op=str(packet).removeprefix("aten."),
