@@ -88,3 +88,15 @@ def test_step_time_beside_the_prediction():
         False,
         "step time on this card beside the prediction for rtx3070: no result",
     )
+
+
+def test_card_adds_the_timed_steps_under_the_standin(card_axis, fake_cuda, tmp_path, capsys):
+    """With --card, the throughput sweep runs too (each spec stopped at its first CUDA call
+    under the stand-in), and the step-time check fails for want of a measured step."""
+    fake_cuda()
+    with pytest.raises(SystemExit) as exit_:
+        gpucheck.main(["--inline", "--card", "rtx3070", "--out", str(tmp_path)])
+    assert exit_.value.code == 1
+    report = (tmp_path / "gpucheck.md").read_text()
+    assert "FAIL: step time on this card beside the prediction for rtx3070: no result" in report
+    assert (tmp_path / "gpucheck" / "throughput.csv").is_file()

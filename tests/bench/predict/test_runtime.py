@@ -122,24 +122,6 @@ def test_training_step_holds_the_optimizer_by_hand():
     assert adamw.bytes == 28 * sum(p.numel() for p in params) + 4 * len(params)
 
 
-@pytest.fixture
-def card_axis(monkeypatch):
-    """The card axis, declared here until BenchSpec has its own (bench.spec)."""
-    import dataclasses
-
-    from bench import spec as spec_module
-    from bench.harnesses import sampling
-
-    if any(f.name == "card" for f in dataclasses.fields(spec_module.BenchSpec)):
-        return
-    card = spec_module.axis("", quiet=True, group="run", parse=lambda o, t, s: [t], help="card")
-    cls = dataclasses.make_dataclass(
-        "BenchSpec", [("card", str, card)], bases=(spec_module.BenchSpec,), frozen=True
-    )
-    monkeypatch.setattr(spec_module, "BenchSpec", cls)
-    monkeypatch.setattr(sampling, "AXES", (*sampling.AXES, "card"))
-
-
 MEASURED_THROUGHPUT = ["step_s", "img_per_s", "gflop_per_step", "peak_tflops", "mfu"]
 
 
