@@ -22,6 +22,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The card the prediction is for without --card: an 8 GB GeForce card (RTX 3060 Ti, 3070: sm86;
+# RTX 4060: sm89, under the same rules in the prediction).
+DEFAULT_TARGET = (8, 6)
+
 # Where the peak and bandwidth figures come from, by generation.
 WHITEPAPERS = {
     6: "NVIDIA GeForce GTX 1080 whitepaper (Pascal GP104)",
@@ -129,3 +133,51 @@ CARDS = {
         Card("a100-40gb", "A100 40 GB (SXM4)", (8, 0), 108, 39.50, _OOM, 19.5, 312.0, 1555),
     )
 }
+
+
+def card_words(key: str) -> str:
+    """The card as a verdict names it: "an RTX 3070 (sm86, 7.78 GiB)"; "" for no card."""
+    if not key:
+        return ""
+    card = CARDS[key]
+    name = card.name.removeprefix("GeForce ").removeprefix("Tesla ")
+    article = "an" if name[0] in "AEFHILMNORSX8" else "a"
+    return f"{article} {name} (sm{card.sm}, {card.capacity_gib:.2f} GiB)"
+
+
+def listing(width: int = 80) -> str:
+    """The catalogue as `--list-cards` prints it: a table, then where each capacity comes from."""
+    import textwrap
+
+    rows = [("key", "card", "sm", "torch GiB", "bf16", "FP32", "FP16 TC", "GB/s")]
+    for c in CARDS.values():
+        rows.append(
+            (
+                c.key,
+                c.name.removeprefix("GeForce "),
+                str(c.sm),
+                f"{c.capacity_gib:.2f}",
+                "yes" if c.bf16 else "no",
+                f"{c.fp32_tflops:g}",
+                f"{c.fp16_tflops:g}" if c.fp16_tflops else "-",
+                f"{c.bandwidth_gbs:g}",
+            )
+        )
+    sizes = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(
+            cell.ljust(n) if i < 2 else cell.rjust(n) for i, (cell, n) in enumerate(zip(r, sizes))
+        )
+        for r in rows
+    ]
+    notes = [
+        "torch GiB: torch.cuda.get_device_properties().total_memory on Linux, the budget "
+        "--card sets. FP32 / FP16 TC: datasheet TFLOPS at boost clock (FP16 on tensor cores, "
+        "dense, FP32 accumulate; - : no tensor cores). bf16: BF16 tensor cores (sm80 on). "
+        "Peaks and bandwidth: " + "; ".join(WHITEPAPERS.values()) + ".",
+        "Capacity sources:",
+    ]
+    out = lines + [""] + [line for n in notes for line in textwrap.wrap(n, width)]
+    for c in CARDS.values():
+        out += textwrap.wrap(f"{c.key}: {c.capacity_source}", width, subsequent_indent="    ")
+    return "\n".join(out)

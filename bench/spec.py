@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bench.cards import CARDS, DEFAULT_TARGET
 from ddpm.config import GRAD_SYNCS, PRECISIONS, PRESETS, TrainConfig, UNetConfig
 from ddpm.device import indexed_device
 from ddpm.parallel import PARALLEL
@@ -27,6 +28,8 @@ _UNITS = {"mib": 1.0, "gib": 1024.0, "mb": 1e6 / MIB, "gb": 1e9 / MIB}
 # the out-of-memory messages users post): the default budget models that card, not 8 GiB.
 DEFAULT_BUDGET = "7.79GiB"
 DEFAULT_BUDGET_MIB = 7.79 * 1024
+# What `--card` alone (no value) means: list the cards (bench.cards) instead of running.
+LIST_CARDS = "list"
 # The CUDA context with lazy module loading (the default since CUDA 11.7): published figures
 # run from 256 MiB (RTX 3090, torch 2.7.1+cu128) to 426 MiB (RTX 6000 Ada, torch 2.10+cu130);
 # the larger one, with the CUDA 13 this torch is built for, is the allowance off CUDA.
@@ -73,6 +76,7 @@ class AxisOption:
     group: str = "axes"  # "axes" (comma lists), "ranks" or "run" (bench.sweep.cli.GROUPS)
     common: bool = True  # an option of every harness that takes the common axes
     type: Callable | None = None  # argparse's type, for a single number (--image-size)
+    const: str | None = None  # the value of the option given alone (argparse's nargs="?")
 
     def flag(self, name: str) -> str:
         return self.option or "--" + name.replace("_", "-")
@@ -221,6 +225,17 @@ class BenchSpec:
         "as diffusers' example trains it; optional dependency) "
         "(default %(default)s)",
     )
+    # the card the prediction is for (bench.cards); "": the generic 8 GB sm86 card
+    card: str = axis(
+        "",
+        quiet=True,
+        const=LIST_CARDS,
+        parse=lambda o, t, s: parse_cards(t),
+        help="the cards the prediction is for, a comma list of bench.cards' names, e.g. "
+        "rtx3070,t4: each sets the target compute capability and the budget (its capacity "
+        "under torch, unless --budget is given); --card alone or --list-cards lists them "
+        "(default: a generic 8 GB sm86 card, 7.79 GiB)",
+    )
     # bench.loss trains on real data
     dataset: str = axis(
         "synthetic",
@@ -255,7 +270,7 @@ class BenchSpec:
     seed: int = 0
     measure_steps: int = 1  # the steps a harness measures: timed, profiled or trained
     warmup_steps: int = 1  # steps run first and not measured (timing or profiler warm-up)
-    budget_mib: float = DEFAULT_BUDGET_MIB
+    budget: float | None = None  # --budget in MiB; None: the card's capacity (budget_mib)
     context_mib: float = DEFAULT_CONTEXT_MIB
     find_max_batch: bool = False  # search the largest batch that fits instead of using `batch`
     predict_only: bool = False  # bench.memory: the prediction alone, no measured pass
@@ -263,6 +278,19 @@ class BenchSpec:
     @property
     def effective_batch(self) -> int:
         return self.ranks * self.batch * self.accum  # the global images of one optimizer step
+
+    @property
+    def budget_mib(self) -> float:
+        """What the fits verdict answers for: --budget when given, else the card's capacity
+        (the generic card's 7.79 GiB without --card): the one route from a card to a budget."""
+        if self.budget is not None:
+            return self.budget
+        return CARDS[self.card].capacity_mib if self.card else DEFAULT_BUDGET_MIB
+
+    @property
+    def target(self) -> tuple[int, int]:
+        """The compute capability the prediction is for: the card's, else the generic sm86."""
+        return CARDS[self.card].capability if self.card else DEFAULT_TARGET
 
     @property
     def attention_resolutions(self) -> tuple[int, ...]:
@@ -407,6 +435,13 @@ def parse_budget(text: str) -> float:
             "unit, e.g. 8GiB, 8192MiB, 8GB or 500MB."
         )
     return mib
+
+
+def parse_cards(text: str) -> list[str]:
+    """A comma list of bench.cards' names; "" (the default) is the generic 8 GB sm86 card."""
+    if text == "":
+        return [""]
+    return parse_choices("--card", text, tuple(CARDS))
 
 
 def parse_preset(text: str) -> str:

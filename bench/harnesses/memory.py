@@ -168,7 +168,7 @@ def card(spec: BenchSpec, device: torch.device) -> tuple[tuple[int, int], float]
     """The prediction's target and context: on CUDA this card's capability and measured
     context (and the process capped to the budget); elsewhere the defaults."""
     if device.type != "cuda":
-        return DEFAULT_TARGET, spec.context_mib
+        return spec.target, spec.context_mib
     context_mib = cuda.start(device, spec.precision)["measured_context_mib"]
     cuda.cap_to_budget(device, spec.budget_mib, context_mib)
     return cuda.capability(device), context_mib

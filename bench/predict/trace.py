@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from bench.cards import DEFAULT_TARGET
 from bench.measure.tracked import MemoryPeak, TensorTracker
 from bench.models.workload import build_trainer, synthetic_images
 from bench.predict.allocator import cublas_workspace_bytes, parse_alloc_conf, replay
@@ -37,9 +38,6 @@ from ddpm import parallel
 from ddpm.schedule import NoiseSchedule
 
 CUDA_BLOCK_BYTES = 512  # the caching allocator rounds every allocation up to a multiple of this
-# The card the prediction is for unless told otherwise: the 8 GB GeForce cards (RTX 3060 Ti,
-# 3070: sm86; RTX 4060: sm89, under the same rules here).
-DEFAULT_TARGET = (8, 6)
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent thread exits
 
 

@@ -13,7 +13,7 @@ from bench.measure import cuda
 from bench.measure.flops import training_step_flops
 from bench.measure.peak import peak_flops
 from bench.models.workload import train_step
-from bench.predict.trace import DEFAULT_TARGET, predict
+from bench.predict.trace import predict
 from ddpm.device import synchronize
 
 
@@ -39,7 +39,7 @@ def test_train_step(benchmark, spec, request):
     )
     info = benchmark.extra_info
     info["images_per_step"] = spec.effective_batch
-    predicted = predict(spec, cuda.capability(device) if device.type == "cuda" else DEFAULT_TARGET)
+    predicted = predict(spec, cuda.capability(device) if device.type == "cuda" else spec.target)
     info["predicted_alloc_mib"] = predicted.mib("alloc")
     info["predicted_reserved_mib"] = predicted.mib("reserved")
     if device.type == "cuda":

@@ -8,12 +8,14 @@ import shlex
 import sys
 from collections.abc import Callable
 
+from bench import cards
 from bench import spec as spec_module
 from bench.core import Harness
 from bench.models import impl
 from bench.spec import (
     DEFAULT_BUDGET,
     DEFAULT_CONTEXT_MIB,
+    LIST_CARDS,
     BenchSpec,
     SpecError,
     common_axes,
@@ -69,6 +71,7 @@ def build_parser(
             type=o.type,
             default=defaults.get(f.name, o.text),
             help=o.help,
+            **({"nargs": "?", "const": o.const} if o.const is not None else {}),
         )
     if "ranks" in taken:
         d = groups["ranks"]
@@ -85,12 +88,18 @@ def build_parser(
             "ranks on this machine (torchrun --standalone)",
         )
     g = groups["run"]
+    if "card" in taken:
+        g.add_argument(
+            "--list-cards",
+            action="store_true",
+            help="list the cards --card knows (bench.cards) and exit",
+        )
     g.add_argument(
         "--budget",
-        default=DEFAULT_BUDGET,
-        help="memory budget the fits column answers for (default: an 8 GB card, "
-        "whose CUDA capacity is 7.79 GiB): MiB/GiB (2^20, 2^30 bytes) "
-        "or MB/GB (10^6, 10^9) (default %(default)s)",
+        default=None,
+        help="memory budget the fits column answers for: MiB/GiB (2^20, 2^30 bytes) "
+        "or MB/GB (10^6, 10^9) (default: the --card's capacity under torch; without "
+        f"--card an 8 GB card, whose CUDA capacity is {DEFAULT_BUDGET})",
     )
     g.add_argument(
         "--cuda-context-mib",
@@ -174,7 +183,7 @@ def specs_from_args(args: argparse.Namespace) -> list[BenchSpec]:
         seed=args.seed,
         measure_steps=args.steps,
         warmup_steps=args.warmup,
-        budget_mib=parse_budget(args.budget),
+        budget=None if args.budget is None else parse_budget(args.budget),
         context_mib=args.cuda_context_mib,
         find_max_batch=args.find_max_batch,
     )
@@ -312,6 +321,9 @@ def _run_cli(
     make_specs: Callable[[argparse.Namespace], list[BenchSpec]],
 ) -> list[dict]:
     args = parser.parse_args(argv)
+    if getattr(args, "list_cards", False) or getattr(args, "card", None) == LIST_CARDS:
+        print(cards.listing())
+        return []
     try:
         specs = make_specs(args)
         check_launch(specs, args)

@@ -235,6 +235,8 @@ def typed_row(
     `kinds` (figure column -> float, bool or str) refuses a figure of another kind."""
     row = {}
     dtypes = column_dtypes()
+    # An axis always has a value: "" is one (the card axis's default), not a missing cell.
+    words = set(axes())
     for column, text in raw.items():
         dtype = dtypes.get(column)
         if text is None:  # a short line: csv.DictReader fills the missing cells with None
@@ -248,7 +250,7 @@ def typed_row(
                 f"{path} line {line}: status {text!r} is not one of {', '.join(STATUSES)}."
             )
         elif dtype == "string":
-            row[column] = text if text != "" else None
+            row[column] = text if text != "" or column in words else None
         else:
             row[column] = parse_cell(text)
             kind = (kinds or {}).get(column, str)

@@ -213,7 +213,7 @@ def test_accumulation_peak_is_one_micro_batch_plus_gradients():
 
 
 def test_prediction_fits_and_headroom_arithmetic():
-    spec = tiny(batch=2, budget_mib=100.0, context_mib=500.0)
+    spec = tiny(batch=2, budget=100.0, context_mib=500.0)
     row = prediction(spec)
     tensors = peak(spec, fake=True).mib()
     # Both cuBLAS workspaces (8 MiB + 128 KiB each on sm86) are held all step long, and every
@@ -227,7 +227,7 @@ def test_prediction_fits_and_headroom_arithmetic():
     assert row["predicted_cuda_mib"] == row["predicted_reserved_mib"] + 32.0 + 500.0
     assert row["fits"] is False
     assert row["headroom_mib"] == 100.0 - row["predicted_cuda_mib"] < 0
-    roomy = prediction(spec.replace(budget_mib=8192.0))
+    roomy = prediction(spec.replace(budget=8192.0))
     assert roomy["fits"] is True and roomy["headroom_mib"] == 8192.0 - roomy["predicted_cuda_mib"]
 
 
@@ -405,7 +405,7 @@ def max_batch_verdict(monkeypatch, largest_fitting: int | None) -> tuple[dict, s
     from bench.sweep.runner import spec_row
 
     monkeypatch.setattr(memory, "prediction", cheap_prediction(largest_fitting))
-    spec = tiny(accum=1, find_max_batch=True, predict_only=True, budget_mib=102_400.0)
+    spec = tiny(accum=1, find_max_batch=True, predict_only=True, budget=102_400.0)
     row = {**spec_row(spec, "run"), "status": "ok", **memory.max_batch_row(spec)}
     return row, memory.verdict(row)
 

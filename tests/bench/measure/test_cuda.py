@@ -466,7 +466,7 @@ def test_max_batch_on_cuda_searches_under_the_cap(fake_cuda, monkeypatch):
     monkeypatch.setattr(memory, "prediction", lambda spec, *card: {"fits": True})
     # 800 MiB for the allocator: 100 + 200 + 50 b <= 800 up to b = 10 (one step would say 14).
     row = memory.max_batch_row(
-        tiny(device="cuda", budget_mib=1300, context_mib=500, find_max_batch=True)
+        tiny(device="cuda", budget=1300, context_mib=500, find_max_batch=True)
     )
     assert row["batch"] == 10 and row["max_batch_source"] == "measured"
     assert ("set_device", 0) in gpu.calls and gpu.cuda.fraction == 800 / 8192
