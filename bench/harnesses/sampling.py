@@ -75,6 +75,7 @@ AXES = (
     "impl",
     "sampler",
     "sampling_steps",
+    "card",
 )
 # BenchSpec has no field for a checkpoint: the parent validates it and hands it to the spec
 # processes (which inherit the environment) through these variables.

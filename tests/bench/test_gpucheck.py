@@ -90,7 +90,7 @@ def test_step_time_beside_the_prediction():
     )
 
 
-def test_card_adds_the_timed_steps_under_the_standin(card_axis, fake_cuda, tmp_path, capsys):
+def test_card_adds_the_timed_steps_under_the_standin(fake_cuda, tmp_path, capsys):
     """With --card, the throughput sweep runs too (each spec stopped at its first CUDA call
     under the stand-in), and the step-time check fails for want of a measured step."""
     fake_cuda()

@@ -125,7 +125,7 @@ def test_training_step_holds_the_optimizer_by_hand():
 MEASURED_THROUGHPUT = ["step_s", "img_per_s", "gflop_per_step", "peak_tflops", "mfu"]
 
 
-def test_throughput_predict_only_writes_predictions_alone(card_axis, tmp_path):
+def test_throughput_predict_only_writes_predictions_alone(tmp_path):
     from bench.harnesses import throughput
 
     argv = ["--card", "rtx3070", "--predict-only", "--preset", "tiny", "--batch", "2"]
@@ -140,7 +140,7 @@ def test_throughput_predict_only_writes_predictions_alone(card_axis, tmp_path):
     assert cells["predicted_step_s"] and not any(cells.get(c) for c in MEASURED_THROUGHPUT)
 
 
-def test_sampling_predict_only_counts_finished_images(card_axis, tmp_path):
+def test_sampling_predict_only_counts_finished_images(tmp_path):
     from bench.harnesses import sampling
 
     argv = ["--card", "rtx3070", "--predict-only", "--preset", "tiny", "--batch", "4"]
@@ -158,7 +158,7 @@ def test_sampling_predict_only_counts_finished_images(card_axis, tmp_path):
     )
 
 
-def test_predict_only_without_a_card_is_one_line(card_axis, tmp_path, capsys):
+def test_predict_only_without_a_card_is_one_line(tmp_path, capsys):
     from bench.harnesses import throughput
 
     with pytest.raises(SystemExit) as exit_:
