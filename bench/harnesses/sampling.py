@@ -205,7 +205,7 @@ PREDICTED = ["predicted_step_s", "predicted_full_run_s", "predicted_img_per_s"]
 
 
 def measure(spec, context: RunContext | None = None) -> dict:
-    key = getattr(spec, "card", "")
+    key = spec.card
     prediction = sampling_figures(spec, CARDS[key]) if key else {}
     if spec.predict_only:
         return prediction

@@ -87,7 +87,7 @@ def specs(args: argparse.Namespace) -> list[BenchSpec]:
 
 def check_predict_only(specs: list[BenchSpec]) -> None:
     """A prediction is for a card: --predict-only without --card has nothing to answer."""
-    if any(s.predict_only and not getattr(s, "card", "") for s in specs):
+    if any(s.predict_only and not s.card for s in specs):
         raise SpecError(
             f"--predict-only needs --card: the card to predict for ({', '.join(CARDS)})."
         )
@@ -95,7 +95,7 @@ def check_predict_only(specs: list[BenchSpec]) -> None:
 
 def predicted(spec: BenchSpec, context: RunContext | None) -> dict:
     """The row's predicted columns for its --card (none without one)."""
-    key = getattr(spec, "card", "")
+    key = spec.card
     if not key:
         return {}
     options = context.options if context is not None else {}
