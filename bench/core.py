@@ -58,6 +58,8 @@ class Harness:
     # The figure columns the verdict of every ok row reads. bench.report refuses a table whose
     # ok row lacks one, in one line, rather than fail inside the sentence or print a hole in it.
     verdict_columns: list[str] = field(default_factory=list)
+    # The same for a row of --predict-only, which holds the predicted figures alone.
+    predicted_verdict_columns: list[str] = field(default_factory=list)
     # Sentences that compare the finished rows (e.g. accumulation vs none), given the run's
     # context so a harness can read files its specs wrote; printed and in the .md.
     compare: Callable[[list[dict], RunContext], list[str]] | None = None

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from bench.harnesses import memory, profile
+from bench.cards import CARDS
+from bench.harnesses import memory, profile, throughput
 from bench.measure import cuda
 from bench.measure.env import describe, environment
 from bench.spec import SpecError, parse_budget, parse_device
@@ -37,6 +38,9 @@ MEMORY_STEPS = (
         ["--batch", "8", "--accum", "2", "--precision", "fp16", "--steps", "3"],
     ),
 )
+# The measured step time beside the prediction for --card: a batch an 8 GB card holds.
+TIME_STEP = ["--batch", "32", "--precision", "fp32,bf16", "--steps", "5", "--warmup", "2"]
+TIME_COLUMNS = ["precision", "batch", "status", "step_s", "predicted_step_s", "step_error_pct"]
 COLUMNS = [
     "check",
     "batch",
@@ -84,6 +88,12 @@ def build_parser() -> ArgumentParser:
         "percent (default %(default)g)",
     )
     p.add_argument(
+        "--card",
+        default=None,
+        help="this card's key in bench/cards.py (e.g. rtx3070): also time training steps and "
+        "put the measured step time beside the predicted one",
+    )
+    p.add_argument(
         "--inline", action="store_true", help="run every spec in this process (debugging)"
     )
     return p
@@ -108,6 +118,8 @@ def run_checks(argv: list[str] | None) -> None:
         parse_budget(args.small_budget)
     except SpecError as exc:
         parser.error(str(exc).replace("--budget", "--small-budget"))
+    if args.card is not None and args.card not in CARDS:
+        parser.error(f"--card {args.card!r} is not a known card: choose from {', '.join(CARDS)}.")
     work = Path(args.out) / "gpucheck"
     common = ["--device", device, "--out", str(work)] + (["--inline"] if args.inline else [])
 
@@ -125,9 +137,15 @@ def run_checks(argv: list[str] | None) -> None:
         profiled = (
             profile.main(["--batch", "8", "--memory-snapshot", "--steps", "2", *common]) or []
         )
+        timed = []
+        if args.card is not None:
+            timed = throughput.main([*TIME_STEP, "--card", args.card, *common]) or []
 
     checks = verdicts(rows, search, profiled, args.tolerance)
-    report = render(environment(device), rows, checks, args.tolerance)
+    timed = with_step_error(timed)
+    if args.card is not None:
+        checks.append(time_check(timed, args.card))
+    report = render(environment(device), rows, checks, args.tolerance, timed)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "gpucheck.md").write_text(report)
     print(report)
@@ -195,7 +213,39 @@ def verdicts(
     return checks
 
 
-def render(env: dict, rows: list[dict], checks: list[tuple[bool, str]], tolerance: float) -> str:
+def with_step_error(rows: list[dict]) -> list[dict]:
+    """Each throughput row with step_error_pct = 100 x (predicted - measured) / measured."""
+    out = []
+    for r in rows:
+        r = dict(r)
+        if r.get("step_s") and r.get("predicted_step_s") is not None:
+            r["step_error_pct"] = 100.0 * (r["predicted_step_s"] - r["step_s"]) / r["step_s"]
+        out.append(r)
+    return out
+
+
+def time_check(rows: list[dict], card: str) -> tuple[bool, str]:
+    """Passes when every timed row has its measured and predicted step time: the error is a
+    figure to report, not a tolerance to meet."""
+    done = [r for r in rows if r.get("step_error_pct") is not None]
+    words = "; ".join(
+        f"{r['precision']} batch {r['batch']}: measured {r['step_s']:.4g} s, predicted "
+        f"{r['predicted_step_s']:.4g} s ({r['step_error_pct']:+.1f}%)"
+        for r in done
+    )
+    return (
+        bool(rows) and len(done) == len(rows),
+        f"step time on this card beside the prediction for {card}: {words or 'no result'}",
+    )
+
+
+def render(
+    env: dict,
+    rows: list[dict],
+    checks: list[tuple[bool, str]],
+    tolerance: float,
+    timed: list[dict] | None = None,
+) -> str:
     lines = [
         "# gpucheck",
         "",
@@ -207,6 +257,16 @@ def render(env: dict, rows: list[dict], checks: list[tuple[bool, str]], toleranc
         "",
         markdown_table(rows, COLUMNS),
         "",
+    ]
+    if timed:
+        lines += [
+            "Training steps timed on this card beside the predicted step time for --card "
+            "(bench.predict.runtime); step_error_pct = 100 x (predicted - measured) / measured.",
+            "",
+            markdown_table(timed, TIME_COLUMNS),
+            "",
+        ]
+    lines += [
         f"## Checks (tolerance {tolerance:g}%)",
         "",
     ]

@@ -29,10 +29,13 @@ from pathlib import Path
 
 import torch
 
+from bench.cards import CARDS
 from bench.core import Harness, RunContext
+from bench.harnesses.throughput import add_predict_only, check_predict_only
 from bench.measure import cuda
 from bench.measure.timing import time_calls
 from bench.models.workload import COMPILE_KWARGS, build_model
+from bench.predict.runtime import sampling_figures
 from bench.spec import (
     ARCHITECTURE,
     SpecError,
@@ -75,6 +78,7 @@ AXES = (
     "model_config",
     "sampler",
     "sampling_steps",
+    "card",
 )
 # BenchSpec has no field for a checkpoint: the parent validates it and hands it to the spec
 # processes (which inherit the environment) through these variables.
@@ -97,6 +101,13 @@ def verdict(row: dict) -> str | None:
     if row.get("impl", "ddpm") != "ddpm":
         name = f"{name} ({row['impl']} UNet)"
     v = {k: format_value(row.get(k)) for k in row}
+    if row.get("step_s") is None:  # --predict-only
+        return (
+            f"{name} {row['sampling_steps']} steps, batch {row['batch']}, {row['precision']} "
+            f"on {CARDS[row['card']].name}: PREDICTED {v['predicted_step_s']} s per denoising "
+            f"step, a full run {v['predicted_full_run_s']} s, {v['predicted_img_per_s']} "
+            "images/s (nothing measured)."
+        )
     text = (
         f"{name} {row['sampling_steps']} steps, batch {row['batch']}, {row['precision']}, "
         f"compile {row['compile']}: {v['step_s']} s per denoising step "
@@ -192,7 +203,19 @@ def generate(
     return torch.cat(images)
 
 
+# The time prediction for the row's --card (bench.predict.runtime); never a measurement.
+PREDICTED = ["predicted_step_s", "predicted_full_run_s", "predicted_img_per_s"]
+
+
 def measure(spec, context: RunContext | None = None) -> dict:
+    key = spec.card
+    prediction = sampling_figures(spec, CARDS[key]) if key else {}
+    if spec.predict_only:
+        return prediction
+    return {**measured(spec, context), **prediction}
+
+
+def measured(spec, context: RunContext | None) -> dict:
     device = cuda.resolve(spec.device)
     cuda.start(device, spec.precision)
     apply_matmul_precision(spec.precision, device)
@@ -358,6 +381,8 @@ def make_specs(args: argparse.Namespace) -> list:
     other = next((s.impl for s in specs if s.impl != "ddpm"), None)
     if args.checkpoint is not None and other is not None:
         raise SpecError(f"--impl {other} cannot load --checkpoint: it holds ddpm's weights.")
+    specs = [s.replace(predict_only=args.predict_only) for s in specs]
+    check_predict_only(specs)
     return specs
 
 
@@ -406,6 +431,7 @@ def build_sampling_parser() -> argparse.ArgumentParser:
         "for frechet_digits; ddpm costs quality-samples x T UNet evaluations "
         "per spec (default %(default)s)",
     )
+    add_predict_only(parser)
     return parser
 
 
@@ -436,6 +462,7 @@ HARNESS = Harness(
         "quality_samples",
         "frechet_digits",
         "frechet_digits_real",
+        *PREDICTED,
     ],
     display_columns=[
         "sampler",
@@ -451,6 +478,7 @@ HARNESS = Harness(
         "peak_alloc_mib",
         "frechet_digits",
         "frechet_digits_real",
+        *PREDICTED,
     ],
     notes=[
         "One denoising step = one UNet call on the whole batch + the sampler's update "
@@ -472,6 +500,11 @@ HARNESS = Harness(
         "many real held-out digits score (a finite sample's floor). The quality pass runs "
         "eager and after the timed one; it writes a grid per spec under "
         "<out>/sampling/<run_id>/.",
+        "PREDICTED, not measured (with --card; --predict-only: these alone): "
+        "predicted_step_s for one denoising step on that card, a roofline over the step's "
+        "traced aten ops (bench.predict.runtime); predicted_full_run_s = predicted_step_s x "
+        "sampling_steps; predicted_img_per_s = batch / predicted_full_run_s, finished images "
+        "per second of complete runs.",
     ],
     verdict=verdict,
     verdict_columns=[
@@ -482,6 +515,7 @@ HARNESS = Harness(
         "projected_img_per_s",
         "measured_steps",
     ],
+    predicted_verdict_columns=PREDICTED,
     compare=lambda rows, context: impl_ratios(rows, "projected_img_per_s", "img/s"),
     measure=measure,
     options=sampling_options,

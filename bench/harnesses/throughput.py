@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from bench.cards import CARDS
 from bench.core import Harness, RunContext
 from bench.measure import cuda
 from bench.measure.collectives import measure_step
@@ -22,7 +23,8 @@ from bench.measure.flops import training_step_flops
 from bench.measure.peak import peak_flops
 from bench.measure.training import CUDA_COLUMNS, CUDA_NOTE, timed_training
 from bench.models.workload import TrainStep
-from bench.spec import BenchSpec
+from bench.predict.runtime import PAPER_TRAIN_STEPS, training_figures
+from bench.spec import BenchSpec, SpecError
 from bench.sweep.cli import build_parser, run_cli, specs_from_args
 from bench.tables.ratios import impl_ratios, rank_scaling
 from bench.tables.results import ResultsError
@@ -30,6 +32,15 @@ from bench.tables.results import ResultsError
 PEAK_CACHE = "peak_flops.json"
 COMM_COLUMNS = ["collectives_per_step", "comm_mib_per_step", "comm_share_pct", "collectives"]
 PEAK_FIGURES = ("peak_flops", "matmul_flops", "conv_flops")
+# The time prediction for the row's --card (bench.predict.runtime); never a measurement.
+PREDICTED = [
+    "predicted_step_s",
+    "predicted_img_per_s",
+    "predicted_train_h",
+    "predicted_train_steps",
+    "predicted_kernels",
+    "predicted_torch_roofline_s",
+]
 
 
 def read_peaks(cache: Path) -> dict[str, dict]:
@@ -67,7 +78,28 @@ def peaks_measured(rows: list[dict], context: RunContext) -> list[str]:
 
 def specs(args: argparse.Namespace) -> list[BenchSpec]:
     read_peaks(Path(args.out) / PEAK_CACHE)  # a damaged cache: one line before any spec runs
-    return specs_from_args(args)
+    if args.train_steps < 1:
+        raise SpecError(f"--train-steps {args.train_steps} is not allowed: it must be >= 1.")
+    grid = [s.replace(predict_only=args.predict_only) for s in specs_from_args(args)]
+    check_predict_only(grid)
+    return grid
+
+
+def check_predict_only(specs: list[BenchSpec]) -> None:
+    """A prediction is for a card: --predict-only without --card has nothing to answer."""
+    if any(s.predict_only and not s.card for s in specs):
+        raise SpecError(
+            f"--predict-only needs --card: the card to predict for ({', '.join(CARDS)})."
+        )
+
+
+def predicted(spec: BenchSpec, context: RunContext | None) -> dict:
+    """The row's predicted columns for its --card (none without one)."""
+    key = spec.card
+    if not key:
+        return {}
+    options = context.options if context is not None else {}
+    return training_figures(spec, CARDS[key], options.get("train_steps", PAPER_TRAIN_STEPS))
 
 
 def communication(spec: BenchSpec, device):
@@ -84,6 +116,9 @@ def communication(spec: BenchSpec, device):
 
 
 def measure(spec: BenchSpec, context: RunContext) -> dict:
+    prediction = predicted(spec, context)
+    if spec.predict_only:
+        return prediction
     device = cuda.resolve(spec.device)
     tracker = communication(spec, device) if spec.parallel != "none" else None
     figures = {**cuda.start(device, spec.precision), **timed_training(spec, device, after=tracker)}
@@ -100,7 +135,7 @@ def measure(spec: BenchSpec, context: RunContext) -> dict:
         peak_tflops=peak / 1e12,
         mfu=achieved / peak,
     )
-    return figures
+    return {**figures, **prediction}
 
 
 HARNESS = Harness(
@@ -123,6 +158,7 @@ HARNESS = Harness(
         "cpu_util_pct",
         *CUDA_COLUMNS,
         *COMM_COLUMNS,
+        *PREDICTED,
     ],
     display_columns=[
         "status",
@@ -136,6 +172,9 @@ HARNESS = Harness(
         "peak_tflops",
         "mfu",
         *COMM_COLUMNS,
+        "predicted_step_s",
+        "predicted_img_per_s",
+        "predicted_train_h",
     ],
     figure_kinds={"collectives": str},
     notes=[
@@ -169,6 +208,13 @@ HARNESS = Harness(
         "1 rank (the same per-rank --batch and every other axis, medians over --repeats): "
         "efficiency = img/s at N ranks / (N x img/s at 1 rank), 100% for perfect scaling; and "
         "a 1-rank spec spread by ddp or fsdp against parallel none: the wrapper's own cost.",
+        "PREDICTED, not measured (with --card; --predict-only: these alone): "
+        "predicted_step_s for one optimizer step on that card, a roofline over the step's "
+        "traced aten ops (bench.predict.runtime; one rank, no gradient exchange); "
+        "predicted_img_per_s = batch x accum / predicted_step_s; predicted_train_h = "
+        "predicted_step_s x predicted_train_steps / 3600 (--train-steps, default the paper's "
+        "800k); predicted_kernels: kernels launched per step; predicted_torch_roofline_s: "
+        "the same ops under torch's RuntimeEstimator formula (docs/throughput.md).",
     ],
     compare=lambda rows, context: (
         peaks_measured(rows, context)
@@ -176,7 +222,29 @@ HARNESS = Harness(
         + rank_scaling(rows, "img_per_s", "img/s")
     ),
     measure=measure,
+    options=lambda args: {"train_steps": args.train_steps},
 )
+
+
+def add_predict_only(parser: argparse.ArgumentParser) -> None:
+    """--predict-only, as bench.throughput and bench.sampling take it."""
+    parser.add_argument(
+        "--predict-only",
+        action="store_true",
+        help="with --card: the predicted time alone, in seconds, nothing measured "
+        "(the measured columns stay empty)",
+    )
+
+
+def add_prediction_options(parser: argparse.ArgumentParser) -> None:
+    add_predict_only(parser)
+    parser.add_argument(
+        "--train-steps",
+        type=int,
+        default=PAPER_TRAIN_STEPS,
+        help="optimizer steps of a whole training run, for predicted_train_h "
+        "(default %(default)s: Ho et al. 2020's CIFAR-10 run)",
+    )
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -185,6 +253,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         __doc__,
         defaults={"batch": "8", "accum": "1", "precision": "fp32,bf16", "steps": 5, "warmup": 1},
     )
+    add_prediction_options(parser)
     return run_cli(HARNESS, parser, argv, make_specs=specs)
 
 

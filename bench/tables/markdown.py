@@ -152,7 +152,10 @@ def check_verdict_columns(harness: Harness, rows: list[dict], out: Path) -> None
     for row in rows:
         if row["status"] != "ok":
             continue
-        missing = [c for c in harness.verdict_columns if row.get(c) is None]
+        # BenchSpec.spec_id marks a --predict-only spec "-predicted".
+        predicted = "-predicted" in row["spec_id"].split("-seed", 1)[-1]
+        wanted = harness.predicted_verdict_columns if predicted else harness.verdict_columns
+        missing = [c for c in wanted if row.get(c) is None]
         if missing:
             raise ResultsError(
                 f"{Path(out) / f'{harness.name}.csv'}: the ok row of {row['spec_id']} (run "

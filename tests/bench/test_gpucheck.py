@@ -61,3 +61,42 @@ def test_control_flow_under_the_standin_reaches_the_first_kernel(fake_cuda, tmp_
     assert selected and all(index == 0 for _, index in selected)
     # Each harness wrote its own table under <out>/gpucheck.
     assert {p.name for p in (tmp_path / "gpucheck").glob("*.csv")} == {"memory.csv", "profile.csv"}
+
+
+def test_bad_card_is_refused_before_anything_runs(fake_cuda, tmp_path, capsys):
+    fake_cuda()
+    with pytest.raises(SystemExit) as exit_:
+        gpucheck.main(["--card", "rtx9999", "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert "--card 'rtx9999'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_step_time_beside_the_prediction():
+    """The error of each timed row by hand; a row without its measured step fails the check."""
+    rows = gpucheck.with_step_error(
+        [
+            {"precision": "fp32", "batch": 32, "step_s": 0.2, "predicted_step_s": 0.15},
+            {"precision": "bf16", "batch": 32, "step_s": 0.1, "predicted_step_s": 0.125},
+        ]
+    )
+    assert [r["step_error_pct"] for r in rows] == pytest.approx([-25.0, 25.0])
+    ok, sentence = gpucheck.time_check(rows, "rtx3070")
+    assert ok and "measured 0.2 s, predicted 0.15 s (-25.0%)" in sentence
+    failed = gpucheck.with_step_error([{"precision": "fp32", "batch": 32, "status": "oom"}])
+    assert gpucheck.time_check(failed, "rtx3070") == (
+        False,
+        "step time on this card beside the prediction for rtx3070: no result",
+    )
+
+
+def test_card_adds_the_timed_steps_under_the_standin(fake_cuda, tmp_path, capsys):
+    """With --card, the throughput sweep runs too (each spec stopped at its first CUDA call
+    under the stand-in), and the step-time check fails for want of a measured step."""
+    fake_cuda()
+    with pytest.raises(SystemExit) as exit_:
+        gpucheck.main(["--inline", "--card", "rtx3070", "--out", str(tmp_path)])
+    assert exit_.value.code == 1
+    report = (tmp_path / "gpucheck.md").read_text()
+    assert "FAIL: step time on this card beside the prediction for rtx3070: no result" in report
+    assert (tmp_path / "gpucheck" / "throughput.csv").is_file()
