@@ -48,8 +48,15 @@ def cpu_name() -> str:
     return f"{_cpu_model()} ({cpu_isa()})"
 
 
-def git_commit() -> str | None:
-    root = Path(__file__).resolve().parent.parent
+# The committed tables are what a run writes, not what it runs: a sweep appending to them leaves
+# the commit it ran clean, so the next command of results/reproduce.sh records the same commit.
+TABLES = "results"
+
+
+def git_commit(root: Path | None = None) -> str | None:
+    """The short commit of the checkout holding this code, "-dirty" when a tracked file
+    outside results/ differs from it."""
+    root = root or Path(__file__).resolve().parent.parent.parent
     try:
         out = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
@@ -59,7 +66,17 @@ def git_commit() -> str | None:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "-uno"],
+            [
+                "git",
+                "-C",
+                str(root),
+                "status",
+                "--porcelain",
+                "-uno",
+                "--",
+                ".",
+                f":(exclude){TABLES}",
+            ],
             capture_output=True,
             text=True,
             timeout=5,
