@@ -67,7 +67,7 @@ class TrainStep:
     warm_images: torch.Tensor  # one micro-batch of every rank
 
     def __call__(self, on_micro_batch: Callable[[int, int], None] | None = None) -> StepStats:
-        return self.trainer.step(self.images, on_micro_batch)
+        return self.trainer.step(self.images, on_micro_batch=on_micro_batch)
 
     def warm_up(self) -> StepStats:
         """One micro-batch and an optimizer step over the same model, optimizer and EMA:

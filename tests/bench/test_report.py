@@ -364,8 +364,10 @@ def test_bad_input_is_one_line_exit_2_and_nothing_is_touched(good, capsys, case)
     if damage is not None:
         name, data = damage
         if data == "REPLACE":
-            text = (good / name).read_text()
-            data = text.replace(",tiny,16,1,", ",tiny,16,big,", 1).encode()
+            header, first, *rest = (good / name).read_text().splitlines(keepends=True)
+            cells = first.split(",")
+            cells[header.split(",").index("batch")] = "big"
+            data = "".join([header, ",".join(cells), *rest]).encode()
         (good / name).write_bytes(data)
     args = [str(good / "memory.md") if a == "FILE" else a for a in args]
     before = snapshot(good.parent)

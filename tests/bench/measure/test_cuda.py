@@ -184,7 +184,7 @@ class AdamLikeTrainer:
         self.gpu.free(mib)
         self.held -= mib
 
-    def step(self, images):
+    def step(self, images, on_micro_batch=None):
         self.steps += 1
         self.log[self.slot] = self.steps
         self._take(self.activations_mib)
@@ -437,7 +437,7 @@ def test_fits_measured_counts_a_library_oom_as_no_and_raises_anything_else(fake_
         def __init__(self, error):
             self.error = error
 
-        def step(self, images):
+        def step(self, images, on_micro_batch=None):
             raise self.error
 
     monkeypatch.setattr(

@@ -23,9 +23,9 @@ def calls(monkeypatch):
     counted = {"step": 0, "warm_up": 0}
     step, warm_up = TrainStep.__call__, TrainStep.warm_up
 
-    def counting_step(self):
+    def counting_step(self, on_micro_batch=None):
         counted["step"] += 1
-        return step(self)
+        return step(self, on_micro_batch)
 
     def counting_warm_up(self):
         counted["warm_up"] += 1
