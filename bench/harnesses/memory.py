@@ -58,11 +58,13 @@ def verdict(row: dict) -> str | None:
     else:  # another implementation's shape is its own (docs/impl.md), not the preset's
         config = "" if row.get("model_config", "none") == "none" else f" from {row['model_config']}"
         model = f"--impl {impl}{config}"
-    what = (
-        f"batch {row['batch']} x accum {row['accum']}{_ranks_words(row)} ({row['precision']}, "
-        f"{model} at {row['image_size']}px)"
-    )
+    shape = f"{row['precision']}, {model} at {row['image_size']}px"
+    if row.get("checkpointing") == "on":
+        shape += ", gradient checkpointing"
+    what = f"batch {row['batch']} x accum {row['accum']}{_ranks_words(row)} ({shape})"
     card_words = "each CUDA" if row.get("ranks", 1) > 1 else "a CUDA"
+    named = cards.card_words(row.get("card") or "")
+    on = f"on {named}" if named else f"on {card_words} sm{row['target_sm']:g} card"
     if row["status"] != "ok":
         return f"{what}: {row['status']} ({row['error']})."
     budget = budget_words(row["budget_mib"])
@@ -72,15 +74,13 @@ def verdict(row: dict) -> str | None:
         answer = (
             f"at least {row['batch']:,} ({source}; the search stops at {limit:,})"
             if limit is not None and row["batch"] >= limit
-            else f"{row['batch']} ({source})"
+            else f"{row['batch']:,} ({source})"
         )
         return (
-            f"Largest batch that fits {budget} at accum {row['accum']}{_ranks_words(row)} "
-            f"({row['precision']}, attention {row['attention']}): {answer}."
+            f"Largest batch that fits {budget} {on} at accum {row['accum']}"
+            f"{_ranks_words(row)} ({shape}): {answer}."
         )
     answer = "fits" if row["fits"] else "does NOT fit"
-    named = cards.card_words(row.get("card") or "")
-    on = f"on {named}" if named else f"on {card_words} sm{row['target_sm']:g} card"
     text = (
         f"Verdict: {what} {answer} in {budget} {on}: "
         f"predicted {row['predicted_cuda_mib']:,.0f} MiB ({row['predicted_reserved_mib']:,.0f}"

@@ -316,7 +316,7 @@ def test_verdict_of_one_rank_names_its_parallel_mode(mode):
     assert "on a CUDA sm86 card" in text
     largest = harness.verdict({**row, "batch": 136, "max_batch_source": "predicted"})
     assert largest.startswith(
-        f"Largest batch that fits 7.79 GiB at accum 2 on 1 rank ({mode}, "
+        f"Largest batch that fits 7.79 GiB on a CUDA sm86 card at accum 2 on 1 rank ({mode}, "
         "gradient sync last) (fp32, attention"
     )
     assert largest.endswith(": 136 (predicted).")
