@@ -55,6 +55,8 @@ def verdict(row: dict) -> str | None:
     # ours and diffusers' without a file are the preset's architecture
     if impl in ("ddpm", "diffusers") and row.get("model_config", "none") == "none":
         model = f"attention {row['attention']}, {row['preset']}{architecture_words(row)}"
+        if impl == "diffusers":
+            model += " as diffusers' UNet2DModel"
     else:  # another implementation's shape is its own (docs/impl.md), not the preset's
         config = "" if row.get("model_config", "none") == "none" else f" from {row['model_config']}"
         model = f"--impl {impl}{config}"
