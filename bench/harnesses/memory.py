@@ -66,7 +66,12 @@ def verdict(row: dict) -> str | None:
     what = f"batch {row['batch']} x accum {row['accum']}{_ranks_words(row)} ({shape})"
     card_words = "each CUDA" if row.get("ranks", 1) > 1 else "a CUDA"
     named = cards.card_words(row.get("card") or "")
-    on = f"on {named}" if named else f"on {card_words} sm{row['target_sm']:g} card"
+    if named:
+        on = f"on {named}"
+    elif row.get("target_sm") is not None:
+        on = f"on {card_words} sm{row['target_sm']:g} card"
+    else:  # a search measured on the card present, with no prediction in the row
+        on = f"on {row['device']}"
     if row["status"] != "ok":
         return f"{what}: {row['status']} ({row['error']})."
     budget = budget_words(row["budget_mib"])

@@ -312,8 +312,8 @@ def test_warm_up_is_one_micro_batch_and_an_optimizer_step(monkeypatch):
     monkeypatch.setattr(
         Trainer,
         "step",
-        lambda self, x0, *args: (
-            seen.append((x0.shape[0], self.config.accum_steps)) or step(self, x0, *args)
+        lambda self, x0, *args, **kwargs: (
+            seen.append((x0.shape[0], self.config.accum_steps)) or step(self, x0, *args, **kwargs)
         ),
     )
     timed_training(tiny(batch=2, accum=4, warmup_steps=1, measure_steps=1), torch.device("cpu"))
@@ -399,7 +399,8 @@ def cheap_prediction(largest_fitting: int | None):
     """A stand-in for the fake-tensor trace: fits up to largest_fitting (None: always)."""
 
     def predicted(spec, target, context_mib):
-        return {"fits": largest_fitting is None or spec.batch <= largest_fitting}
+        fits = largest_fitting is None or spec.batch <= largest_fitting
+        return {"fits": fits, "target_sm": target[0] * 10 + target[1]}
 
     return predicted
 
@@ -418,7 +419,8 @@ def test_the_predicted_search_goes_past_65536(monkeypatch):
     predicted search once shared and reported as the answer."""
     row, text = max_batch_verdict(monkeypatch, 80_123)
     assert row["batch"] == 80_123 and row["max_batch_source"] == "predicted"
-    assert text.endswith("(fp32, attention 8): 80123 (predicted).")
+    assert text.startswith("Largest batch that fits 100 GiB on a CUDA sm86 card at accum 1 (")
+    assert text.endswith("(fp32, attention 8, tiny at 16px): 80,123 (predicted).")
     assert "at least" not in text
 
 
@@ -428,7 +430,8 @@ def test_a_search_that_reaches_its_limit_says_so(monkeypatch):
     row, text = max_batch_verdict(monkeypatch, None)
     assert row["batch"] == limit
     assert text.endswith(
-        "(fp32, attention 8): at least 16,777,216 (predicted; the search stops at 16,777,216)."
+        "(fp32, attention 8, tiny at 16px): at least 16,777,216 (predicted; the search stops at "
+        "16,777,216)."
     )
 
 
