@@ -33,5 +33,34 @@ python -m bench.memory --predict-only --find-max-batch --accum 1 --ranks 1,2,4,8
 python -m bench.loss --ranks 1,2 --parallel ddp,fsdp --batch 2 --effective-batch 8 --precision fp32 --out results
 python -m bench.throughput --ranks 1,2 --parallel ddp,fsdp --batch 8 --precision fp32 --steps 3 --out results
 
+# The models at the 8 GB wall, predicted: the largest batch (accumulation 1) and the main job
+# (batch 2 x 64) per precision, gradient checkpointing off and on: the paper's 256 px model,
+# the CIFAR-10 model, lucidrains' default Unet at 128 px (no checkpointing: it has none), and
+# diffusers' UNet2DModel in google/ddpm-celebahq-256's layout.
+python -m bench.memory --predict-only --find-max-batch --accum 1 --precision fp32,bf16,fp16 --checkpointing off,on --preset ddpm-256 --out results
+python -m bench.memory --predict-only --batch 2 --accum 64 --precision fp32,bf16,fp16 --checkpointing off,on --preset ddpm-256 --out results
+python -m bench.memory --predict-only --find-max-batch --accum 1 --precision fp32,bf16,fp16 --checkpointing off,on --out results
+python -m bench.memory --predict-only --batch 2 --accum 64 --precision fp32,bf16,fp16 --checkpointing off,on --out results
+python -m bench.memory --predict-only --find-max-batch --accum 1 --precision fp32,bf16,fp16 --impl lucidrains --image-size 128 --out results
+python -m bench.memory --predict-only --batch 2 --accum 64 --precision fp32,bf16,fp16 --impl lucidrains --image-size 128 --out results
+python -m bench.memory --predict-only --find-max-batch --accum 1 --precision fp32,bf16,fp16 --checkpointing off,on --impl diffusers --preset ddpm-256 --out results
+python -m bench.memory --predict-only --batch 2 --accum 64 --precision fp32,bf16,fp16 --checkpointing off,on --impl diffusers --preset ddpm-256 --out results
+# Against public reports: improved-diffusion issue 3 (256 px, V100 16 GB: 4 per card fit, 8 do
+# not) and denoising-diffusion-pytorch issue 181 (128 px, batch 14, "about 11G").
+python -m bench.memory --predict-only --preset ddpm-256 --card v100-16gb --batch 4,8 --accum 1 --out results
+python -m bench.memory --predict-only --impl lucidrains --image-size 128 --batch 14 --accum 1 --out results
+# The 256 px model on every card of the catalogue: the main job, and the largest batch in fp32.
+python -m bench.memory --predict-only --preset ddpm-256 --batch 2 --accum 64 --precision fp32,bf16 --card gtx1070,gtx1080,rtx2070,rtx2080,rtx2080ti,rtx3060,rtx3060ti,rtx3070,rtx3080,rtx3080ti,rtx3090,rtx4060,rtx4060ti,rtx4070,rtx4090,t4,v100-16gb,v100-32gb,a100-40gb --out results
+python -m bench.memory --predict-only --preset ddpm-256 --find-max-batch --accum 1 --precision fp32 --card gtx1070,gtx1080,rtx2070,rtx2080,rtx2080ti,rtx3060,rtx3060ti,rtx3070,rtx3080,rtx3080ti,rtx3090,rtx4060,rtx4060ti,rtx4070,rtx4090,t4,v100-16gb,v100-32gb,a100-40gb --out results
+
+# Time on a card, predicted (docs/throughput.md): the public measurements it is held to, then
+# the CIFAR-10 model's training step on every card, and sampling on two 8 GB cards.
+python -m bench.throughput --predict-only --card v100-32gb --batch 128 --precision fp32 --train-steps 400000 --out results
+python -m bench.throughput --predict-only --card rtx4090 --batch 128 --precision fp32 --train-steps 400000 --out results
+python -m bench.throughput --predict-only --card rtx3080ti --batch 128 --precision fp32,fp16 --train-steps 196000 --out results
+python -m bench.throughput --predict-only --card v100-32gb --batch 64 --precision fp32 --train-steps 390625 --out results
+python -m bench.throughput --predict-only --card gtx1070,gtx1080,rtx2070,rtx2080,rtx2080ti,rtx3060,rtx3060ti,rtx3070,rtx3080,rtx3080ti,rtx3090,rtx4060,rtx4060ti,rtx4070,rtx4090,t4,v100-16gb,v100-32gb,a100-40gb --batch 128 --precision fp32,bf16 --out results
+python -m bench.sampling --predict-only --card rtx3070,rtx4060 --sampler ddpm,ddim --sampling-steps 50 --batch 64 --out results
+
 # Plots from the CSVs (the .md files are already current).
 python -m bench.report --out results
