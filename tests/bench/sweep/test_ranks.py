@@ -434,7 +434,9 @@ def test_a_warm_up_step_takes_one_micro_batch_of_every_rank(fake_group_of_two, m
     seen = []
     step = Trainer.step
     monkeypatch.setattr(
-        Trainer, "step", lambda self, x0, *a: (seen.append(len(x0)), step(self, x0, *a))[1]
+        Trainer,
+        "step",
+        lambda self, x0, *a, **k: (seen.append(len(x0)), step(self, x0, *a, **k))[1],
     )
     spec = BenchSpec(
         preset="tiny",
