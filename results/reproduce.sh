@@ -52,6 +52,7 @@ python -m bench.memory --predict-only --impl lucidrains --image-size 128 --batch
 # The 256 px model on every card of the catalogue: the main job, and the largest batch in fp32.
 python -m bench.memory --predict-only --preset ddpm-256 --batch 2 --accum 64 --precision fp32,bf16 --card gtx1070,gtx1080,rtx2070,rtx2080,rtx2080ti,rtx3060,rtx3060ti,rtx3070,rtx3080,rtx3080ti,rtx3090,rtx4060,rtx4060ti,rtx4070,rtx4090,t4,v100-16gb,v100-32gb,a100-40gb --out results
 python -m bench.memory --predict-only --preset ddpm-256 --find-max-batch --accum 1 --precision fp32 --card gtx1070,gtx1080,rtx2070,rtx2080,rtx2080ti,rtx3060,rtx3060ti,rtx3070,rtx3080,rtx3080ti,rtx3090,rtx4060,rtx4060ti,rtx4070,rtx4090,t4,v100-16gb,v100-32gb,a100-40gb --out results
+python -m bench.memory --predict-only --preset ddpm-256 --find-max-batch --accum 1 --precision bf16 --card gtx1070,gtx1080,rtx2070,rtx2080,rtx2080ti,rtx3060,rtx3060ti,rtx3070,rtx3080,rtx3080ti,rtx3090,rtx4060,rtx4060ti,rtx4070,rtx4090,t4,v100-16gb,v100-32gb,a100-40gb --out results
 
 # Time on a card, predicted (docs/throughput.md): the public measurements it is held to, then
 # the CIFAR-10 model's training step on every card, and sampling on two 8 GB cards.
