@@ -21,9 +21,9 @@ from ddpm.parallel import PARALLEL
 MIB = 2**20  # bytes per MiB: every *_mib figure of every table
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 ON_OFF = ("off", "on")
-# bench.models.impl: ours, diffusers' UNet2DModel, lucidrains' denoising-diffusion-pytorch Unet;
-# or a user's factory, "package.module:callable"
-IMPLS = ("ddpm", "diffusers", "lucidrains")
+# bench.models.impl: ours, diffusers' UNet2DModel, lucidrains' denoising-diffusion-pytorch Unet,
+# openai's guided-diffusion UNet; or a user's factory, "package.module:callable"
+IMPLS = ("ddpm", "diffusers", "lucidrains", "guided-diffusion")
 FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 DATASETS = ("digits", "mnist", "cifar10", "folder")  # bench.loss's real data (ddpm.data)
 SAMPLERS = ("ddpm", "ddim")  # bench.sampling's samplers (ddpm.sample)
@@ -284,7 +284,8 @@ class BenchSpec:
         parse=lambda o, t, s: parse_impls(t),
         help="ddpm (ours), diffusers (UNet2DModel, at the same architecture or from "
         "--model-config), lucidrains (denoising-diffusion-pytorch's Unet, trained by its "
-        "GaussianDiffusion), or package.module:callable (your factory of a model called as "
+        "GaussianDiffusion), guided-diffusion (openai's UNet from its flags, trained as its "
+        "TrainLoop trains it), or package.module:callable (your factory of a model called as "
         "model(x_t, t)); optional dependencies (default %(default)s)",
     )
     # bench.model_config: the model's keyword arguments, from a JSON or TOML file
@@ -296,7 +297,9 @@ class BenchSpec:
         text=None,
         parse=lambda o, t, s: [parse_model_config(t)],
         help="a JSON or TOML file of the model's keyword arguments: UNetConfig fields for "
-        "--impl ddpm, the library's (or your factory's) for the others (default: none)",
+        "--impl ddpm, the library's (or your factory's) for the others; for guided-diffusion "
+        "also its README's flag text, or a named config (adm-imagenet-256, ...: bench/configs) "
+        "(default: none)",
     )
     # the card the prediction is for (bench.cards); "": the generic 8 GB sm86 card
     card: str = axis(
@@ -406,6 +409,13 @@ class BenchSpec:
         )
         if self.config_file and self.impl == "ddpm":
             return model_config.unet_config(self.config_file, PRESETS[self.preset], **after)
+        if self.impl == "guided-diffusion":  # only the images' shape: its flags are its UNet's
+            return UNetConfig(
+                image_size=self.image_size,
+                channel_mults=(1,),
+                attention_resolutions=(),
+                gradient_checkpointing=after["gradient_checkpointing"],
+            )
         return PRESETS[self.preset].replace(**after)
 
     def train_config(self, **settings) -> TrainConfig:

@@ -34,6 +34,8 @@ from bench.core import Harness, RunContext
 from bench.harnesses.throughput import add_predict_only, check_predict_only
 from bench.measure import cuda
 from bench.measure.timing import time_calls
+from bench.models import guided_flags, guided_sampling
+from bench.models.guided_flags import NAME as GUIDED
 from bench.models.workload import COMPILE_KWARGS, build_model
 from bench.predict.runtime import sampling_figures
 from bench.spec import (
@@ -56,7 +58,7 @@ from ddpm.checkpoint import (
 )
 from ddpm.config import PRESETS, UNetConfig
 from ddpm.errors import first_line
-from ddpm.precision import apply_matmul_precision
+from ddpm.precision import Phase, apply_matmul_precision, phase
 from ddpm.sample import DDIMSampler, DDPMSampler, Sampler, Step, sample_loop, sample_progressive
 from ddpm.schedule import NoiseSchedule
 from ddpm.unet import UNet
@@ -136,16 +138,23 @@ def sampler_of(spec, schedule: NoiseSchedule) -> Sampler:
 
 
 def denoising_steps(
-    model: torch.nn.Module, schedule: NoiseSchedule, spec, device: torch.device
+    model: torch.nn.Module,
+    schedule: NoiseSchedule,
+    spec,
+    device: torch.device,
+    classes: list[int] | str | None = guided_sampling.RANDOM,
 ) -> Callable[[], Step]:
     """A function whose every call takes the next step of ddpm.cli.sample's loop and returns what
     the loop yields: (i, t, x_prev, x0_hat). Runs follow each other from one generator seeded
     with spec.seed: the call after a run's last step starts the next run from a fresh x_T, so
-    any number of steps can be timed."""
-    sampler = sampler_of(spec, schedule.to(device))
+    any number of steps can be timed. guided-diffusion's model runs its own loop instead, with
+    `classes` for a class-conditional one (bench.sampling's --classes; elsewhere random)."""
     c = model.config
     shape = (spec.batch, c.in_channels, c.image_size, c.image_size)
     generator = torch.Generator().manual_seed(spec.seed)
+    if spec.impl == GUIDED:  # its own loop, over its respaced diffusion
+        return guided_steps(model, spec, generator, device, classes)
+    sampler = sampler_of(spec, schedule.to(device))
     run = iter(())
 
     def step() -> Step:
@@ -161,10 +170,31 @@ def denoising_steps(
     return step
 
 
+def guided_steps(model, spec, generator: torch.Generator, device, classes) -> Callable[[], dict]:
+    """As denoising_steps, over guided-diffusion's own loop (bench.models.guided_sampling): each
+    call one step, in the denoise_step range, runs following each other."""
+    run = iter(())
+
+    def step() -> dict:
+        nonlocal run
+        with phase(Phase.DENOISE_STEP, device):
+            try:
+                return next(run)
+            except StopIteration:
+                run = guided_sampling.progressive(model, spec, generator, device, classes)
+                return next(run)
+
+    return step
+
+
 def timed_sampling(
-    model: torch.nn.Module, schedule: NoiseSchedule, spec, device: torch.device
+    model: torch.nn.Module,
+    schedule: NoiseSchedule,
+    spec,
+    device: torch.device,
+    classes: list[int] | str | None = guided_sampling.RANDOM,
 ) -> dict:
-    step = denoising_steps(model, schedule, spec, device)
+    step = denoising_steps(model, schedule, spec, device, classes)
     if device.type == "cuda":
         cuda.reset_peaks(device)
     timing = time_calls(step, spec.measure_steps, spec.warmup_steps, device)
@@ -223,7 +253,8 @@ def measured(spec, context: RunContext | None) -> dict:
     checkpoint = options.get("checkpoint")
     if checkpoint is None:
         model = build_model(spec).to(device)
-        return timed_sampling(model, default_schedule(), spec, device)
+        classes = guided_sampling.parse_classes(options.get("classes"))
+        return timed_sampling(model, default_schedule(), spec, device, classes)
 
     data = load_checkpoint(checkpoint)
     schedule = schedule_from(data)
@@ -365,25 +396,63 @@ def make_specs(args: argparse.Namespace) -> list:
         schedule = default_schedule()
         source = "the schedule"
     T = schedule.timesteps
-    for steps in ddim_steps:
-        if steps > T:
-            raise SpecError(
-                f"--sampling-steps {steps} is more than {source}'s {T} timesteps: "
-                f"DDIM takes 1..{T} steps."
-            )
     specs = []
     # The grid varies impl fastest, so implementations stay side by side as elsewhere.
     for spec in specs_from_args(args):
-        if spec.sampler == "ddpm":  # ddpm always takes every timestep of the schedule
-            spec = spec.replace(sampling_steps=T)
+        if spec.impl == GUIDED:  # its --timestep_respacing from the sampler and its steps
+            check_guided(spec, args.classes)
+        else:
+            for steps in ddim_steps:
+                if steps > T:
+                    raise SpecError(
+                        f"--sampling-steps {steps} is more than {source}'s {T} timesteps: "
+                        f"DDIM takes 1..{T} steps."
+                    )
+            if spec.sampler == "ddpm":  # ddpm always takes every timestep of the schedule
+                spec = spec.replace(sampling_steps=T)
         if spec not in specs:
             specs.append(spec)
+    if args.classes is not None and all(s.impl != GUIDED for s in specs):
+        raise SpecError(
+            f"--classes applies to a class-conditional --impl {GUIDED} model; this sweep has none."
+        )
     other = next((s.impl for s in specs if s.impl != "ddpm"), None)
     if args.checkpoint is not None and other is not None:
         raise SpecError(f"--impl {other} cannot load --checkpoint: it holds ddpm's weights.")
     specs = [s.replace(predict_only=args.predict_only) for s in specs]
     check_predict_only(specs)
     return specs
+
+
+def check_guided(spec, classes: str | None) -> None:
+    """A guided-diffusion spec samples with its loop over `--timestep_respacing` of its sampler
+    and steps (ddim25, or 250 for ancestral sampling), which its space_timesteps must accept,
+    and a class-conditional model with --classes: each fault one line."""
+    flags = guided_flags.flags_of(spec)
+    steps = flags.model["diffusion_steps"]
+    respacing = guided_flags.sampling_respacing(spec)
+    from guided_diffusion.respace import space_timesteps
+
+    try:
+        space_timesteps(steps, respacing)
+    except ValueError as exc:
+        raise SpecError(
+            f"--sampler {spec.sampler} --sampling-steps {spec.sampling_steps} is its "
+            f"--timestep_respacing {respacing}, which its {steps} diffusion steps refuse ({exc})."
+        ) from None
+    model = guided_flags.source_words(spec)
+    if flags.class_cond and classes is None:
+        raise SpecError(
+            f"{model} is class-conditional (--class_cond True): give the classes it samples, "
+            "--classes random (uniform, as its image_sample.py draws them) or class indices, "
+            "e.g. --classes 207,360."
+        )
+    if not flags.class_cond and classes is not None:
+        raise SpecError(f"--classes {classes}: {model} is not class-conditional.")
+    try:
+        guided_sampling.parse_classes(classes)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
 
 
 def build_sampling_parser() -> argparse.ArgumentParser:
@@ -431,14 +500,22 @@ def build_sampling_parser() -> argparse.ArgumentParser:
         "for frechet_digits; ddpm costs quality-samples x T UNet evaluations "
         "per spec (default %(default)s)",
     )
+    g.add_argument(
+        "--classes",
+        default=None,
+        help="--impl guided-diffusion's class-conditional models: the classes sampled, "
+        "random (uniform over its 1000, seeded) or indices joined by commas, cycled over "
+        "the batch (e.g. 207,360)",
+    )
     add_predict_only(parser)
     return parser
 
 
 def sampling_options(args: argparse.Namespace) -> dict:
-    """The checkpoint (an absolute path: workers may run elsewhere) and the quality sample count."""
+    """The checkpoint (an absolute path: workers may run elsewhere) and the quality sample
+    count; a guided-diffusion model's --classes."""
     if args.checkpoint is None:
-        return {}
+        return {} if args.classes is None else {"classes": args.classes}
     return {
         "checkpoint": str(Path(args.checkpoint).resolve()),
         "quality_samples": args.quality_samples,
