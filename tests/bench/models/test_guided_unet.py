@@ -106,3 +106,23 @@ def test_without_a_file_it_is_its_defaults():
     spec = settle(BenchSpec(impl="guided-diffusion"), False, False)
     assert (spec.image_size, spec.attention) == (64, "16+8")
     assert problem(spec) is None
+
+
+def test_bench_memory_measures_tracks_and_predicts_it(tmp_path):
+    """Every pass of bench.memory on its fp16 scheme: the timed steps (with a micro-batch warm-up
+    sharing the loss scale), the tensors tracked here, and the prediction, which holds the
+    flat master weights as weights (more than the fp16 weights alone)."""
+    from bench import memory
+
+    path = tiny_file(tmp_path)
+    args = ["--impl", "guided-diffusion", "--model-config", path, "--precision", "fp16"]
+    (row,) = memory.main(
+        [*args, "--batch", "1", "--accum", "2", "--inline", "--out", str(tmp_path)]
+    )
+    assert row["status"] == "ok", row.get("error")
+    assert row["step_s"] > 0 and row["tracked_peak_mib"] > 0 and row["fits"]
+    with torch.device("meta"):
+        model = GuidedUNet(guided_spec(path, precision="fp16"))
+    weights_mib = sum(p.numel() for p in model.parameters()) * 4 / 2**20
+    assert row["tracked_parameters_mib"] > weights_mib  # fp16 torso + fp32 master weights
+    assert row["tracked_optimizer_state_mib"] == pytest.approx(2 * weights_mib, rel=0.01)
