@@ -100,13 +100,11 @@ class GuidedEMA:
         for rate, params in zip(self.rates, self.copies):
             update_ema(params, master, rate=rate)
 
-    def state_dict(self) -> dict:
-        return {"rates": self.rates, "copies": [[p.detach() for p in c] for c in self.copies]}
-
 
 class GuidedTrainer:
     """The Trainer interface the harnesses drive (step, model, optimizer, ema, schedule,
-    objective, draw, share, world, skipped_steps) around its run_step."""
+    objective, draw, share, world, skipped_steps) around its run_step. No checkpoints: bench
+    measures steps, and its own TrainLoop saves its own."""
 
     def __init__(self, model: GuidedUNet, config: TrainConfig, device, lr: float | None = None):
         self.device = torch.device(device)
@@ -127,7 +125,6 @@ class GuidedTrainer:
             )
         master = self.mp_trainer.master_params
         self.model = GuidedTraining(model, master if self.use_fp16 else [])
-        self.module = self.model
         self.optimizer = torch.optim.AdamW(
             master,
             lr=self.lr,
@@ -272,13 +269,3 @@ class GuidedTrainer:
             if on_micro_batch is not None:
                 on_micro_batch(i + 1, cfg.accum_steps)
         return loss_sum
-
-    def state_dict(self) -> dict:
-        return {
-            "model": self.net.state_dict(),
-            "master": [p.detach() for p in self.mp_trainer.master_params],
-            "optimizer": self.optimizer.state_dict(),
-            "ema": self.ema.state_dict(),
-            "lg_loss_scale": self.mp_trainer.lg_loss_scale,
-            "step": self.step_count,
-        }
