@@ -22,7 +22,7 @@ from bench.cards import CARDS
 from bench.harnesses import memory, profile, throughput
 from bench.measure import cuda
 from bench.measure.env import describe, environment
-from bench.spec import SpecError, parse_budget, parse_device
+from bench.parsers import SpecError, parse_budget, parse_device
 from bench.tables.results import RUN_FOLDER, markdown_table
 from ddpm.cli.args import ArgumentParser
 from ddpm.cli.pipes import quiet_closed_pipes

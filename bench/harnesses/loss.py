@@ -30,7 +30,8 @@ import torch
 from bench.core import Harness, RunContext, axes, rank_folder
 from bench.measure import cuda
 from bench.models.workload import build_trainer
-from bench.spec import ARCHITECTURE, BenchSpec, SpecError, common_axes, parse_int_list
+from bench.parsers import ARCHITECTURE, SpecError, parse_int_list
+from bench.spec import BenchSpec, common_axes
 from bench.sweep.cli import build_parser, run_cli, specs_from_args
 from ddpm.config import PRESETS
 from ddpm.data import DatasetError, load_dataset

@@ -36,7 +36,8 @@ from bench.core import Harness, RunContext, rank_folder
 from bench.harnesses.sampling import default_schedule, denoising_steps
 from bench.measure import cuda
 from bench.models.workload import build_model, train_step
-from bench.spec import MIB, BenchSpec, SpecError, parse_choices
+from bench.parsers import SpecError, parse_choices
+from bench.spec import MIB, BenchSpec
 from bench.sweep.cli import build_parser, run_cli, specs_from_args
 from bench.tables.profile_summary import SUMMARY_FILE, memory_curve, write_summary
 from bench.tables.results import format_value

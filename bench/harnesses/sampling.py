@@ -35,8 +35,7 @@ from bench.harnesses.throughput import add_predict_only, check_predict_only
 from bench.measure import cuda
 from bench.measure.timing import time_calls
 from bench.models.workload import COMPILE_KWARGS, build_model
-from bench.predict.runtime import sampling_figures
-from bench.spec import (
+from bench.parsers import (
     ARCHITECTURE,
     SpecError,
     parse_attention,
@@ -44,6 +43,7 @@ from bench.spec import (
     parse_int_list,
     parse_preset,
 )
+from bench.predict.runtime import sampling_figures
 from bench.sweep.cli import build_parser, run_cli, specs_from_args
 from bench.tables.ratios import impl_ratios
 from bench.tables.results import format_value

@@ -23,8 +23,9 @@ from bench.measure.flops import training_step_flops
 from bench.measure.peak import peak_flops
 from bench.measure.training import CUDA_COLUMNS, CUDA_NOTE, timed_training
 from bench.models.workload import TrainStep
+from bench.parsers import SpecError
 from bench.predict.runtime import PAPER_TRAIN_STEPS, training_figures
-from bench.spec import BenchSpec, SpecError
+from bench.spec import BenchSpec
 from bench.sweep.cli import build_parser, run_cli, specs_from_args
 from bench.tables.ratios import impl_ratios, rank_scaling
 from bench.tables.results import ResultsError

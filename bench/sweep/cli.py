@@ -12,16 +12,15 @@ from bench import cards
 from bench import spec as spec_module
 from bench.core import Harness
 from bench.models import impl
+from bench.parsers import SpecError, parse_budget
 from bench.spec import (
     DEFAULT_BUDGET,
     DEFAULT_CONTEXT_MIB,
     LIST_CARDS,
     BenchSpec,
-    SpecError,
     common_axes,
     expand_grid,
     option_axes,
-    parse_budget,
 )
 from bench.sweep.launch import Launch, launches_ranks
 from bench.sweep.runner import run_sweep
@@ -34,7 +33,7 @@ from ddpm.cli.pipes import quiet_closed_pipes
 OneLineParser = ArgumentParser
 
 
-# The option groups of --help, by an axis declaration's `group` (bench.spec.AxisOption).
+# The option groups of --help, by an axis declaration's `group` (bench.axis.AxisOption).
 GROUPS = {
     "axes": "axes (comma lists; the sweep is their product)",
     "ranks": "more than one card (torchrun; gloo on CPU, NCCL on CUDA)",

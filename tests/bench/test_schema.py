@@ -13,8 +13,9 @@ import pytest
 from rich.console import Console
 
 from bench import spec as spec_module
+from bench.axis import axis, int_list
 from bench.core import Harness, axes, column_dtypes, spec_columns
-from bench.spec import BenchSpec, axis, int_list
+from bench.spec import BenchSpec
 from bench.sweep.cli import build_parser, run_cli, specs_from_args
 from bench.sweep.runner import run_sweep
 from bench.tables.results import ResultsTable, read_rows

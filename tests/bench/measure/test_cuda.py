@@ -20,7 +20,8 @@ from bench.harnesses import memory, throughput
 from bench.measure import cuda, monitor, training
 from bench.measure.env import describe, environment
 from bench.models import workload
-from bench.spec import BenchSpec, SpecError, parse_device
+from bench.parsers import SpecError, parse_device
+from bench.spec import BenchSpec
 from bench.sweep.worker import run_spec
 from ddpm.cli import train as train_cli
 from ddpm.cli.args import device_arg
