@@ -21,8 +21,8 @@ import torch
 from bench.cards import CARDS
 from bench.harnesses import memory, profile, throughput
 from bench.measure import cuda
-from bench.measure.env import describe, environment
 from bench.parsers import SpecError, parse_budget, parse_device
+from bench.tables.env import describe, environment
 from bench.tables.results import RUN_FOLDER, markdown_table
 from ddpm.cli.args import ArgumentParser
 from ddpm.cli.pipes import quiet_closed_pipes

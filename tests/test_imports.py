@@ -1,8 +1,8 @@
 """The architecture, read from the imports: no import cycle among the project's modules, ddpm
 knows nothing of bench nor its library of its command lines, and within bench every arrow points
-down the layers (commands, harnesses, the sweep, the trackers / predictor / tables, the models,
-the contract). Every import counts, at module level or inside a function, except the one a
-module's `if __name__ == "__main__":` guard makes of its own CLI."""
+down the layers (commands, harnesses, the sweep, the passes, the trackers / predictor / tables,
+the models, the contract). Every import counts, at module level or inside a function, except the
+one a module's `if __name__ == "__main__":` guard makes of its own CLI."""
 
 from __future__ import annotations
 
@@ -122,6 +122,7 @@ LAYERS = [
     ),
     ("harnesses and the benchmark suite", ("bench.harnesses", "bench.suite")),
     ("the sweep", ("bench.sweep",)),
+    ("passes", ("bench.passes",)),
     ("trackers, predictor and tables", ("bench.measure", "bench.predict", "bench.tables")),
     ("models", ("bench.models",)),
     ("the contract", ("bench.core", "bench.spec", "bench")),
@@ -171,8 +172,8 @@ def test_ddpm_imports_nothing_of_bench_and_its_library_no_command_line():
 
 
 def test_the_layer_check_finds_an_arrow_up():
-    assert layer("bench.sweep.runner") == 2 and layer("bench.spec") == 5
-    assert layer("ddpm.cli.args") == 6 and layer("ddpm.train") == 7
+    assert layer("bench.sweep.runner") == 2 and layer("bench.spec") == 6
+    assert layer("ddpm.cli.args") == 7 and layer("ddpm.train") == 8
     assert upward({"bench.spec": {"bench.models.impl"}, "bench.memory": {"bench.spec"}}) == [
         "bench.spec (the contract) -> bench.models.impl (models)"
     ]

@@ -22,8 +22,8 @@ from bench import cards
 from bench.core import Harness, RunContext
 from bench.measure import cuda
 from bench.measure.tracked import CATEGORIES
-from bench.measure.training import timed_training
 from bench.models.workload import train_step
+from bench.passes.training import timed_training
 from bench.predict.trace import DEFAULT_TARGET, predict, step_peak
 from bench.spec import DEFAULT_BUDGET_MIB, BenchSpec, architecture_words
 from bench.sweep.cli import build_parser, run_cli, specs_from_args

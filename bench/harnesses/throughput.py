@@ -20,10 +20,10 @@ from bench.core import Harness, RunContext
 from bench.measure import cuda
 from bench.measure.collectives import measure_step
 from bench.measure.flops import training_step_flops
-from bench.measure.peak import peak_flops
-from bench.measure.training import CUDA_COLUMNS, CUDA_NOTE, timed_training
 from bench.models.workload import TrainStep
 from bench.parsers import SpecError
+from bench.passes.peak import peak_flops
+from bench.passes.training import CUDA_COLUMNS, CUDA_NOTE, timed_training
 from bench.predict.runtime import PAPER_TRAIN_STEPS, training_figures
 from bench.spec import BenchSpec
 from bench.sweep.cli import build_parser, run_cli, specs_from_args

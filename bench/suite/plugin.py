@@ -132,6 +132,6 @@ def pytest_generate_tests(metafunc):
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     """torch, CUDA, cuDNN, GPU name and memory, driver and CPU beside pytest-benchmark's own."""
-    from bench.measure.env import environment
+    from bench.tables.env import environment
 
     machine_info["ddpm_bench"] = environment(parse_device(config.getoption("--bench-device")))

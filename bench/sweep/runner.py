@@ -26,10 +26,10 @@ from rich.progress import (
 from rich.text import Text
 
 from bench.core import Harness, RunContext, axes
-from bench.measure.env import environment
 from bench.models.workload import parameter_count
 from bench.spec import BenchSpec
 from bench.sweep.launch import Launch, run_inline, run_isolated
+from bench.tables.env import environment
 from bench.tables.markdown import base_command, environment_line, write_markdown
 from bench.tables.results import ResultsError, ResultsTable, rich_tables
 from ddpm.cli.signals import sigterm_as_interrupt, stopping_signal

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.core import Harness, RunContext, display_columns, spec_columns
-from bench.measure.env import describe
+from bench.tables.env import describe
 from bench.tables.results import (
     ResultsError,
     ResultsTable,

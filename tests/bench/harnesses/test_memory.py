@@ -304,7 +304,7 @@ def test_predict_only_gives_the_verdict_without_a_measured_pass(tmp_path):
 
 
 def test_warm_up_is_one_micro_batch_and_an_optimizer_step(monkeypatch):
-    from bench.measure.training import timed_training
+    from bench.passes.training import timed_training
     from ddpm.train import Trainer
 
     seen = []
@@ -466,7 +466,7 @@ def test_the_predicted_search_predicts_each_batch_once(monkeypatch):
 def test_a_measured_step_reports_its_micro_batches_on_stderr(tmp_path, monkeypatch, capsys):
     """After the verdict, each micro-batch of the measured step is a progress line (every one
     here: no seconds between lines), on stderr only."""
-    from bench.measure import training
+    from bench.passes import training
 
     monkeypatch.setattr(training, "PROGRESS_EVERY_S", 0.0)
     memory.main(

@@ -17,12 +17,13 @@ import torch
 from bench import harnesses
 from bench.core import RunContext
 from bench.harnesses import memory, throughput
-from bench.measure import cuda, monitor, training
-from bench.measure.env import describe, environment
+from bench.measure import cuda, monitor
 from bench.models import workload
 from bench.parsers import SpecError, parse_device
+from bench.passes import training
 from bench.spec import BenchSpec
 from bench.sweep.worker import run_spec
+from bench.tables.env import describe, environment
 from ddpm.cli import train as train_cli
 from ddpm.cli.args import device_arg
 from tests.helpers.cli_checks import check_one_line_error

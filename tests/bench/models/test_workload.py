@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from bench.harnesses.profile import step_function
-from bench.measure.training import timed_training
 from bench.models.workload import TrainStep, build_trainer, synthetic_images, train_step
+from bench.passes.training import timed_training
 from bench.spec import BenchSpec
 
 TINY = BenchSpec(

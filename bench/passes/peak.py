@@ -50,7 +50,7 @@ def device_key(device: torch.device, precision: str) -> str:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        from bench.measure.env import cpu_name
+        from bench.tables.env import cpu_name
 
         name = f"{cpu_name()} x{torch.get_num_threads()} threads"
     return f"{name} | {precision} | torch {torch.__version__}"

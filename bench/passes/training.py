@@ -1,4 +1,4 @@
-"""The timed training pass every harness shares: warm-up, then measured optimizer steps."""
+"""The timed training pass memory and throughput share: warm-up, then measured optimizer steps."""
 
 from __future__ import annotations
 
