@@ -50,9 +50,6 @@ class Harness:
     figure_columns: list[str]
     display_columns: list[str]
     notes: list[str] = field(default_factory=list)
-    # The harness's settings that are not axes (JSON-able), from its parsed command line; every
-    # spec's process receives them as RunContext.options.
-    options: Callable[..., dict] | None = None
     # One sentence per row that answers the harness's question in words (printed and in the .md).
     verdict: Callable[[dict], str | None] | None = None
     # The figure columns the verdict of every ok row reads. bench.report refuses a table whose

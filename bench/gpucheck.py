@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from bench import memory, profile, throughput
 from bench.cards import CARDS
-from bench.harnesses import memory, profile, throughput
 from bench.measure import cuda
 from bench.parsers import SpecError, parse_budget, parse_device
 from bench.tables.env import describe, environment

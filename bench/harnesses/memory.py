@@ -1,20 +1,12 @@
-"""python -m bench.memory: does a training configuration fit the memory budget, with what
-headroom, and how fast does it run?
-
-Each spec is predicted first, its verdict printed at once, then measured in passes that no
-tracker slows:
-  0. predicted: the step on fake tensors under CUDA's rules, replayed through a model of the
-     CUDA caching allocator, plus workspaces and the context: the `fits` verdict for a CUDA card
-     of --budget, computed on any machine (--predict-only: this pass alone);
-  1. timed: warm-up step(s), then measured optimizer steps; CUDA allocator peaks, NVML, RSS;
-  2. tracked: the live-tensor peak of a steady-state step on this device, by category."""
+"""The memory harness: does a training configuration fit the memory budget, with what headroom,
+and how fast does it run? Its HARNESS: the figures of a row, the notes and the verdict; the
+prediction is bench/predict/fit.py's, the measured passes bench/passes/training.py's, the
+command line bench/memory.py."""
 
 from __future__ import annotations
 
 import functools
 import gc
-import sys
-from collections.abc import Callable
 
 import torch
 
@@ -22,24 +14,13 @@ from bench import cards
 from bench.core import Harness, RunContext
 from bench.measure import cuda
 from bench.measure.tracked import CATEGORIES
-from bench.models.workload import train_step
-from bench.passes.training import timed_training
-from bench.predict.trace import DEFAULT_TARGET, predict, step_peak
+from bench.passes.training import fits_measured, timed_training
+from bench.predict.fit import CUDNN_ALLOWANCE_MIB, SEARCH_LIMITS, largest, prediction
+from bench.predict.trace import step_peak
 from bench.spec import DEFAULT_BUDGET_MIB, BenchSpec, architecture_words
-from bench.sweep.cli import build_parser, run_cli, specs_from_args
 from ddpm import parallel
-from ddpm.device import synchronize
 
 TRACKED = [f"tracked_{c}_mib" for c in CATEGORIES]
-# Transient convolution workspaces are not traced. torch's cuDNN path tries the next algorithm
-# when a workspace allocation fails, so workspaces take what is free rather than cause an OOM;
-# this allowance is room for the chosen algorithms' workspaces.
-CUDNN_ALLOWANCE_MIB = 32.0
-# Where --find-max-batch stops searching, by where its answer comes from. A measured probe runs
-# two real steps of that batch, so its search stops at 65,536; a predicted probe traces fake
-# tensors, whose cost does not grow with the batch, so its search goes on to 16,777,216. A batch
-# at the limit is a lower bound, and the verdict says so.
-SEARCH_LIMITS = {"measured": 1 << 16, "predicted": 1 << 24}
 
 
 def budget_words(budget_mib: float) -> str:
@@ -129,7 +110,9 @@ VERDICT_COLUMNS = [
     "fits",
     "headroom_mib",
 ]
+
 MEASURED_WORDS = ["peak_alloc_mib", "peak_reserved_mib", "reserved_error_pct"]
+
 PREDICTED = [
     "target_sm",
     "predicted_alloc_mib",
@@ -203,63 +186,6 @@ def _error_pct(predicted: float, measured: float) -> float:
     return 100.0 * (predicted - measured) / measured
 
 
-def prediction(
-    spec: BenchSpec, target: tuple[int, int] = DEFAULT_TARGET, context_mib: float | None = None
-) -> dict:
-    """The predicted figures of a row, and the verdict they give against the budget."""
-    predicted = predict(spec, target)
-    context_mib = spec.context_mib if context_mib is None else context_mib
-    total = predicted.mib("reserved") + CUDNN_ALLOWANCE_MIB + context_mib
-    return {
-        "target_sm": target[0] * 10 + target[1],
-        "predicted_alloc_mib": predicted.mib("alloc"),
-        "predicted_reserved_mib": predicted.mib("reserved"),
-        "cublas_workspace_mib": predicted.mib("cublas_workspace"),
-        "cudnn_workspace_mib": CUDNN_ALLOWANCE_MIB,
-        "context_mib": context_mib,
-        "predicted_cuda_mib": total,
-        "budget_mib": spec.budget_mib,
-        "fits": total <= spec.budget_mib,
-        "headroom_mib": spec.budget_mib - total,
-    }
-
-
-def largest(fits: Callable[[int], bool], limit: int) -> int:
-    """The largest n in 1..limit with fits(n), assuming fits is monotone: double until it fails,
-    then bisect between the last success and the first failure. 0 when even 1 does not fit."""
-    if not fits(1):
-        return 0
-    good = 1
-    while good < limit and fits(min(good * 2, limit)):
-        good = min(good * 2, limit)
-    bad = min(good * 2, limit + 1)
-    while bad - good > 1:
-        mid = (good + bad) // 2
-        good, bad = (mid, bad) if fits(mid) else (good, mid)
-    return good
-
-
-def _fits_measured(spec: BenchSpec, device: torch.device) -> bool:
-    """Two real optimizer steps under the budget cap; an out-of-memory of any kind means no.
-    AdamW creates its state during step 1, after that step's activations are freed: only from
-    step 2 on are both held at once."""
-    step = None
-    try:
-        step = train_step(spec, device)
-        for _ in range(2):
-            step()
-        synchronize(device)
-        fits = True
-    except Exception as exc:
-        if not cuda.is_oom(exc):
-            raise
-        fits = False
-    step = None  # the failed step's tensors go before the next probe
-    gc.collect()
-    torch.cuda.empty_cache()
-    return fits
-
-
 def max_batch_row(spec: BenchSpec) -> dict:
     """The row of --find-max-batch: the largest batch, where it came from, and its figures."""
     device = cuda.resolve(spec.device)
@@ -270,7 +196,7 @@ def max_batch_row(spec: BenchSpec) -> dict:
     if device.type == "cuda" and not spec.predict_only:
         source = "measured"
         best = largest(
-            lambda n: _fits_measured(spec.replace(batch=n), device), SEARCH_LIMITS[source]
+            lambda n: fits_measured(spec.replace(batch=n), device), SEARCH_LIMITS[source]
         )
     else:
         source = "predicted"
@@ -358,34 +284,3 @@ HARNESS = Harness(
     figure_kinds={"fits": bool, "max_batch_source": str},
     measure=measure,
 )
-
-
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = build_parser(
-        "python -m bench.memory",
-        __doc__,
-        defaults={"batch": "2", "accum": "64", "precision": "fp32", "steps": 1, "warmup": 1},
-        helps={
-            "steps": "optimizer steps timed per spec in the measured pass (its peaks cover "
-            "them); the tracked pass and the prediction take one steady-state step "
-            "(default %(default)s)"
-        },
-    )
-    parser.add_argument(
-        "--predict-only",
-        action="store_true",
-        help="the verdict from the prediction alone, in seconds: no timed or "
-        "tracked pass (their columns stay empty)",
-    )
-    return run_cli(
-        HARNESS,
-        parser,
-        argv,
-        lambda args: [
-            spec.replace(predict_only=args.predict_only) for spec in specs_from_args(args)
-        ],
-    )
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -1,38 +1,21 @@
-"""python -m bench.throughput: how fast does a configuration train, and how much of the
-device's measured peak does it use (MFU)?
-
-Per spec: the shared timed training pass (warm-up apart, device-synchronized steps), the FLOPs
-of one optimizer step counted once on an eager model over fake tensors, and the device's peak
-FLOP/s at that precision from a probe of large matmuls and convolutions, cached in
-<out>/peak_flops.json per device, precision, torch version and thread count. A spec across ranks
-(--parallel ddp or fsdp) runs one more optimizer step after the timed ones, under the profiler:
-the collectives it issues, the bytes they carry and the share of its time spent inside them."""
+"""The throughput harness: how fast does a configuration train, and how much of the device's
+measured peak does it use (MFU)? Its HARNESS: the figures of a row and the notes; the passes
+are bench/passes/training.py and bench/passes/peak.py, the command line bench/throughput.py."""
 
 from __future__ import annotations
-
-import argparse
-import json
-import sys
-from pathlib import Path
 
 from bench.cards import CARDS
 from bench.core import Harness, RunContext
 from bench.measure import cuda
-from bench.measure.collectives import measure_step
 from bench.measure.flops import training_step_flops
-from bench.models.workload import TrainStep
-from bench.parsers import SpecError
-from bench.passes.peak import peak_flops
-from bench.passes.training import CUDA_COLUMNS, CUDA_NOTE, timed_training
+from bench.passes.peak import PEAK_CACHE, peak_flops, read_peaks
+from bench.passes.training import CUDA_COLUMNS, CUDA_NOTE, communication, timed_training
 from bench.predict.runtime import PAPER_TRAIN_STEPS, training_figures
 from bench.spec import BenchSpec
-from bench.sweep.cli import build_parser, run_cli, specs_from_args
 from bench.tables.ratios import impl_ratios, rank_scaling
-from bench.tables.results import ResultsError
 
-PEAK_CACHE = "peak_flops.json"
 COMM_COLUMNS = ["collectives_per_step", "comm_mib_per_step", "comm_share_pct", "collectives"]
-PEAK_FIGURES = ("peak_flops", "matmul_flops", "conv_flops")
+
 # The time prediction for the row's --card (bench.predict.runtime); never a measurement.
 PREDICTED = [
     "predicted_step_s",
@@ -44,30 +27,6 @@ PREDICTED = [
 ]
 
 
-def read_peaks(cache: Path) -> dict[str, dict]:
-    """The probe results cached in <out>/peak_flops.json ({} before the first probe);
-    ResultsError, naming the file, when it is not such a record."""
-    if not cache.exists():
-        return {}
-    try:
-        table = json.loads(cache.read_text())
-        entries = table.values() if isinstance(table, dict) else [None]
-        valid = all(
-            isinstance(e, dict)
-            and isinstance(e.get("probe"), str)
-            and all(isinstance(e.get(k), (int, float)) for k in PEAK_FIGURES)
-            for e in entries
-        )
-    except (OSError, UnicodeDecodeError, ValueError):
-        valid = False
-    if not valid:
-        raise ResultsError(
-            f"{cache} is not a record of peak FLOP/s; move it aside (the next "
-            "throughput run measures the peaks again)."
-        )
-    return table
-
-
 def peaks_measured(rows: list[dict], context: RunContext) -> list[str]:
     """The MFU denominators, stated once above the table."""
     return [
@@ -77,23 +36,6 @@ def peaks_measured(rows: list[dict], context: RunContext) -> list[str]:
     ]
 
 
-def specs(args: argparse.Namespace) -> list[BenchSpec]:
-    read_peaks(Path(args.out) / PEAK_CACHE)  # a damaged cache: one line before any spec runs
-    if args.train_steps < 1:
-        raise SpecError(f"--train-steps {args.train_steps} is not allowed: it must be >= 1.")
-    grid = [s.replace(predict_only=args.predict_only) for s in specs_from_args(args)]
-    check_predict_only(grid)
-    return grid
-
-
-def check_predict_only(specs: list[BenchSpec]) -> None:
-    """A prediction is for a card: --predict-only without --card has nothing to answer."""
-    if any(s.predict_only and not s.card for s in specs):
-        raise SpecError(
-            f"--predict-only needs --card: the card to predict for ({', '.join(CARDS)})."
-        )
-
-
 def predicted(spec: BenchSpec, context: RunContext | None) -> dict:
     """The row's predicted columns for its --card (none without one)."""
     key = spec.card
@@ -101,19 +43,6 @@ def predicted(spec: BenchSpec, context: RunContext | None) -> dict:
         return {}
     options = context.options if context is not None else {}
     return training_figures(spec, CARDS[key], options.get("train_steps", PAPER_TRAIN_STEPS))
-
-
-def communication(spec: BenchSpec, device):
-    """The tracker of the extra step, for `timed_training` to run after the timed steps."""
-
-    def after(step: TrainStep) -> dict:
-        # DDP rebuilds its gradient buckets at the first forward after the first backward,
-        # broadcasting the new order from rank 0: a one-off that the third step on never has.
-        for _ in range(max(0, 2 - spec.warmup_steps - spec.measure_steps)):
-            step()
-        return measure_step(step, device, spec.ranks).figures()
-
-    return after
 
 
 def measure(spec: BenchSpec, context: RunContext) -> dict:
@@ -223,40 +152,4 @@ HARNESS = Harness(
         + rank_scaling(rows, "img_per_s", "img/s")
     ),
     measure=measure,
-    options=lambda args: {"train_steps": args.train_steps},
 )
-
-
-def add_predict_only(parser: argparse.ArgumentParser) -> None:
-    """--predict-only, as bench.throughput and bench.sampling take it."""
-    parser.add_argument(
-        "--predict-only",
-        action="store_true",
-        help="with --card: the predicted time alone, in seconds, nothing measured "
-        "(the measured columns stay empty)",
-    )
-
-
-def add_prediction_options(parser: argparse.ArgumentParser) -> None:
-    add_predict_only(parser)
-    parser.add_argument(
-        "--train-steps",
-        type=int,
-        default=PAPER_TRAIN_STEPS,
-        help="optimizer steps of a whole training run, for predicted_train_h "
-        "(default %(default)s: Ho et al. 2020's CIFAR-10 run)",
-    )
-
-
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = build_parser(
-        "python -m bench.throughput",
-        __doc__,
-        defaults={"batch": "8", "accum": "1", "precision": "fp32,bf16", "steps": 5, "warmup": 1},
-    )
-    add_prediction_options(parser)
-    return run_cli(HARNESS, parser, argv, make_specs=specs)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import resource
 import time
 from collections.abc import Callable
@@ -9,10 +10,12 @@ from collections.abc import Callable
 import torch
 
 from bench.measure import cuda
+from bench.measure.collectives import measure_step
 from bench.measure.monitor import Monitor
 from bench.measure.timing import Timing, time_calls
 from bench.models.workload import TrainStep, train_step
 from bench.spec import BenchSpec
+from ddpm.device import synchronize
 
 # Figures of a CUDA run beside the allocator peaks and nvml_peak_mib; empty elsewhere.
 CUDA_COLUMNS = [
@@ -112,3 +115,37 @@ def _warm_up(step: Callable[[], object], calls: int, device: torch.device, figur
         )
     cuda.reset_peaks(device, release_cache=False)  # the cache stays, as in training
     return timing
+
+
+def communication(spec: BenchSpec, device):
+    """The tracker of the extra step, for `timed_training` to run after the timed steps."""
+
+    def after(step: TrainStep) -> dict:
+        # DDP rebuilds its gradient buckets at the first forward after the first backward,
+        # broadcasting the new order from rank 0: a one-off that the third step on never has.
+        for _ in range(max(0, 2 - spec.warmup_steps - spec.measure_steps)):
+            step()
+        return measure_step(step, device, spec.ranks).figures()
+
+    return after
+
+
+def fits_measured(spec: BenchSpec, device: torch.device) -> bool:
+    """Two real optimizer steps under the budget cap; an out-of-memory of any kind means no.
+    AdamW creates its state during step 1, after that step's activations are freed: only from
+    step 2 on are both held at once."""
+    step = None
+    try:
+        step = train_step(spec, device)
+        for _ in range(2):
+            step()
+        synchronize(device)
+        fits = True
+    except Exception as exc:
+        if not cuda.is_oom(exc):
+            raise
+        fits = False
+    step = None  # the failed step's tensors go before the next probe
+    gc.collect()
+    torch.cuda.empty_cache()
+    return fits

@@ -205,6 +205,24 @@ def specs_from_args(args: argparse.Namespace) -> list[BenchSpec]:
     return [s.replace(repeat=r) for r in range(1, args.repeats + 1) for s in grid]
 
 
+def check_predict_only(specs: list[BenchSpec]) -> None:
+    """A prediction is for a card: --predict-only without --card has nothing to answer."""
+    if any(s.predict_only and not s.card for s in specs):
+        raise SpecError(
+            f"--predict-only needs --card: the card to predict for ({', '.join(cards.CARDS)})."
+        )
+
+
+def add_predict_only(parser: argparse.ArgumentParser) -> None:
+    """--predict-only, as bench.throughput and bench.sampling take it."""
+    parser.add_argument(
+        "--predict-only",
+        action="store_true",
+        help="with --card: the predicted time alone, in seconds, nothing measured "
+        "(the measured columns stay empty)",
+    )
+
+
 def check_impl(specs: list[BenchSpec]) -> None:
     """Every implementation asked for is installed and builds every model it is asked for
     (a factory imported, its output the input's shape), before anything runs; --model-config
@@ -313,12 +331,13 @@ def run_cli(
     parser: OneLineParser,
     argv: list[str] | None,
     make_specs: Callable[[argparse.Namespace], list[BenchSpec]] = specs_from_args,
+    options: Callable[[argparse.Namespace], dict] | None = None,
 ) -> list[dict]:
-    """Parse, validate every value, run the sweep. `harness.options(args)` gives its settings
+    """Parse, validate every value, run the sweep. `options(args)` gives the harness's settings
     that are not spec axes (JSON-able); every spec's process receives them in its RunContext.
     A reader that closes the pipe early costs no row and no report (ddpm.cli.pipes)."""
     with quiet_closed_pipes():
-        return _run_cli(harness, parser, argv, make_specs)
+        return _run_cli(harness, parser, argv, make_specs, options)
 
 
 def _run_cli(
@@ -326,6 +345,7 @@ def _run_cli(
     parser: OneLineParser,
     argv: list[str] | None,
     make_specs: Callable[[argparse.Namespace], list[BenchSpec]],
+    options: Callable[[argparse.Namespace], dict] | None,
 ) -> list[dict]:
     args = parser.parse_args(argv)
     if getattr(args, "list_cards", False) or getattr(args, "card", None) == LIST_CARDS:
@@ -334,7 +354,7 @@ def _run_cli(
     try:
         specs = make_specs(args)
         check_launch(specs, args)
-        settings = harness.options(args) if harness.options else {}
+        settings = options(args) if options else {}
         out = results_folder(args.out)
         check_writable(out)
     except (SpecError, ResultsError) as exc:

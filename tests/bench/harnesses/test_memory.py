@@ -14,9 +14,11 @@ import textwrap
 import pytest
 import torch
 
+from bench import memory as memory_command
 from bench.harnesses import memory
-from bench.harnesses.memory import prediction
 from bench.measure.tracked import CATEGORIES, TensorTracker
+from bench.predict import fit
+from bench.predict.fit import prediction
 from bench.predict.trace import CUDA_BLOCK_BYTES, step_peak
 from bench.spec import BenchSpec
 
@@ -277,9 +279,7 @@ def test_tracked_peak_within_rss_growth():
 
 
 def test_predict_only_gives_the_verdict_without_a_measured_pass(tmp_path):
-    from bench.harnesses import memory
-
-    rows = memory.main(
+    rows = memory_command.main(
         [
             "--preset",
             "tiny",
@@ -425,7 +425,7 @@ def test_the_predicted_search_goes_past_65536(monkeypatch):
 
 
 def test_a_search_that_reaches_its_limit_says_so(monkeypatch):
-    limit = memory.SEARCH_LIMITS["predicted"]
+    limit = fit.SEARCH_LIMITS["predicted"]
     assert limit == 1 << 24
     row, text = max_batch_verdict(monkeypatch, None)
     assert row["batch"] == limit
@@ -437,11 +437,11 @@ def test_a_search_that_reaches_its_limit_says_so(monkeypatch):
 
 def test_a_measured_search_at_its_limit_says_so(fake_cuda, monkeypatch):
     fake_cuda(total_mib=8192)
-    monkeypatch.setattr(memory, "_fits_measured", lambda spec, device: True)
+    monkeypatch.setattr(memory, "fits_measured", lambda spec, device: True)
     monkeypatch.setattr(memory, "prediction", cheap_prediction(None))
     spec = tiny(device="cuda", accum=1, find_max_batch=True, context_mib=500.0)
     row = memory.max_batch_row(spec)
-    assert row["batch"] == memory.SEARCH_LIMITS["measured"] == 65_536
+    assert row["batch"] == fit.SEARCH_LIMITS["measured"] == 65_536
     text = memory.verdict({**spec.to_dict(), "status": "ok", **row})
     assert text.endswith(": at least 65,536 (measured; the search stops at 65,536).")
 
@@ -458,7 +458,7 @@ def test_the_predicted_search_predicts_each_batch_once(monkeypatch):
     )
     spec = tiny(accum=1, find_max_batch=True, predict_only=True)
     row = memory.max_batch_row(spec)
-    assert row["batch"] == memory.largest(lambda n: n <= 300, memory.SEARCH_LIMITS["predicted"])
+    assert row["batch"] == memory.largest(lambda n: n <= 300, fit.SEARCH_LIMITS["predicted"])
     assert row["fits"] is True
     assert sorted(probed) == sorted(set(probed)) and 300 in probed and 301 in probed
 
@@ -469,7 +469,7 @@ def test_a_measured_step_reports_its_micro_batches_on_stderr(tmp_path, monkeypat
     from bench.passes import training
 
     monkeypatch.setattr(training, "PROGRESS_EVERY_S", 0.0)
-    memory.main(
+    memory_command.main(
         ["--preset", "tiny", "--device", "cpu", "--batch", "2", "--accum", "3", "--inline"]
         + ["--out", str(tmp_path)]
     )

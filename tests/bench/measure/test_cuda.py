@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from bench import harnesses
+from bench import throughput as throughput_command
 from bench.core import RunContext
 from bench.harnesses import memory, throughput
 from bench.measure import cuda, monitor
@@ -108,7 +109,7 @@ def test_a_device_past_the_last_is_one_line(fake_cuda):
 def test_cli_device_past_the_last_is_one_line_exit_2(fake_cuda, tmp_path, capsys):
     fake_cuda()
     for main, args in (
-        (throughput.main, ["--preset", "tiny", "--out", str(tmp_path / "o")]),
+        (throughput_command.main, ["--preset", "tiny", "--out", str(tmp_path / "o")]),
         (train_cli.main, ["--preset", "tiny", "--out", str(tmp_path / "t")]),
     ):
         with pytest.raises(SystemExit) as info:
@@ -425,10 +426,10 @@ def test_fits_measured_takes_two_optimizer_steps(fake_cuda, monkeypatch):
     )
     # One step peaks at 400 MiB (parameters + activations), two at 600 (+ AdamW's state).
     cuda.cap_to_budget(CUDA0, budget_mib=500, context_mib=0)
-    assert memory._fits_measured(tiny(), CUDA0) is False
+    assert training.fits_measured(tiny(), CUDA0) is False
     assert gpu.cuda.allocated == 0  # the failed probe's trainer is gone before the next
     cuda.cap_to_budget(CUDA0, budget_mib=700, context_mib=0)
-    assert memory._fits_measured(tiny(), CUDA0) is True
+    assert training.fits_measured(tiny(), CUDA0) is True
     assert steps == [2, 2] and gpu.cuda.allocated == 0
 
 
@@ -447,12 +448,12 @@ def test_fits_measured_counts_a_library_oom_as_no_and_raises_anything_else(fake_
         "build_trainer",
         lambda spec, device: Failing(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED")),
     )
-    assert memory._fits_measured(tiny(), CUDA0) is False
+    assert training.fits_measured(tiny(), CUDA0) is False
     monkeypatch.setattr(
         workload, "build_trainer", lambda spec, device: Failing(RuntimeError("shape mismatch"))
     )
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        memory._fits_measured(tiny(), CUDA0)
+        training.fits_measured(tiny(), CUDA0)
 
 
 def test_max_batch_on_cuda_searches_under_the_cap(fake_cuda, monkeypatch):
@@ -508,7 +509,7 @@ def test_worker_refuses_bf16_on_7_5_before_any_work(fake_cuda, tmp_path):
 
 def test_throughput_cli_on_cuda_gets_to_the_device(fake_cuda, tmp_path):
     gpu = fake_cuda()
-    throughput.main(
+    throughput_command.main(
         [
             "--preset",
             "tiny",

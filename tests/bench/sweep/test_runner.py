@@ -24,6 +24,7 @@ import psutil
 import pytest
 import torch
 
+from bench import memory as memory_command
 from bench.core import column_dtypes, spec_columns
 from bench.harnesses import memory as memory_harness
 from bench.report import main as report_main
@@ -291,16 +292,16 @@ def test_bad_input_in_process(tmp_path, capsys, case):
     out, args = bad_setup(tmp_path, args)
     before = snapshot(tmp_path)
     with pytest.raises(SystemExit) as info:
-        memory_harness.main([*BASE, *args, "--out", str(out)])
+        memory_command.main([*BASE, *args, "--out", str(out)])
     check_bad(info.value.code, capsys.readouterr().err, value)
     assert snapshot(tmp_path) == before
 
 
 def test_empty_out_is_refused_not_the_current_folder(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for main in (memory_harness.main, report_main):
+    for main in (memory_command.main, report_main):
         with pytest.raises(SystemExit) as info:
-            main([*BASE, "--out", ""] if main is memory_harness.main else ["--out", ""])
+            main([*BASE, "--out", ""] if main is memory_command.main else ["--out", ""])
         check_bad(info.value.code, capsys.readouterr().err, "--out '' is empty")
     assert list(tmp_path.iterdir()) == []
 
@@ -319,7 +320,7 @@ def test_unusable_results_files_are_one_line_exit_2_untouched(tmp_path, capsys, 
     before = snapshot(tmp_path)
     for extra in ([], ["--resume"]):
         with pytest.raises(SystemExit) as info:
-            memory_harness.main([*BASE, "--batch", "1", "--inline", *extra, "--out", str(out)])
+            memory_command.main([*BASE, "--batch", "1", "--inline", *extra, "--out", str(out)])
         check_bad(info.value.code, capsys.readouterr().err, says)
     assert snapshot(tmp_path) == before
 
@@ -328,7 +329,7 @@ def test_csv_with_other_columns_is_refused_untouched(tmp_path, capsys):
     out, _ = bad_setup(tmp_path, [])  # a memory.csv whose header this version does not write
     before = snapshot(tmp_path)
     with pytest.raises(SystemExit) as info:
-        memory_harness.main([*BASE, "--batch", "1", "--inline", "--out", str(out)])
+        memory_command.main([*BASE, "--batch", "1", "--inline", "--out", str(out)])
     check_bad(info.value.code, capsys.readouterr().err, str(out / "memory.csv"))
     assert snapshot(tmp_path) == before
 
@@ -524,7 +525,7 @@ def test_resume_runs_only_the_rest(sigterm_then_resume):
 def test_resume_with_nothing_left_runs_nothing(sigterm_then_resume, capsys):
     out = sigterm_then_resume["out"]
     before = {p: (out / p).read_bytes() for p in ("memory.csv", "memory.md", "memory.json")}
-    memory_harness.main([*BASE, "--batch", "1,3", "--resume", "--out", str(out)])
+    memory_command.main([*BASE, "--batch", "1,3", "--resume", "--out", str(out)])
     assert "2 spec(s) already in" in capsys.readouterr().err
     assert {p: (out / p).read_bytes() for p in before} == before
 
@@ -621,7 +622,7 @@ def test_inline_runs_in_process_with_the_same_columns(
 ):
     monkeypatch.delenv(FAULT_ENV, raising=False)
     out = tmp_path / "results"
-    memory_harness.main([*BASE, "--batch", "2", "--inline", "--out", str(out)])
+    memory_command.main([*BASE, "--batch", "2", "--inline", "--out", str(out)])
     assert header_of(out) == header_of(fault_sweeps["error"][0]) == COLUMNS
     df = check_columns_and_dtypes(out)
     assert df["status"].tolist() == ["ok"]
@@ -633,7 +634,7 @@ def test_inline_runs_in_process_with_the_same_columns(
 def test_inline_fault_is_a_row_too(tmp_path, monkeypatch):
     monkeypatch.setenv(FAULT_ENV, "oom:-b2x1-")
     out = tmp_path / "results"
-    memory_harness.main([*BASE, "--batch", "2", "--inline", "--out", str(out)])
+    memory_command.main([*BASE, "--batch", "2", "--inline", "--out", str(out)])
     (row,) = rows_of(out)
     assert row["status"] == "oom" and FAULT_ENV in row["error"]
 
@@ -681,13 +682,13 @@ def test_resume_onto_a_cut_off_row_is_refused_untouched(tmp_path, capsys, one_th
 
     monkeypatch.delenv(FAULT_ENV, raising=False)
     out = tmp_path / "results"
-    memory_harness.main([*BASE, "--batch", "1", "--inline", "--out", str(out)])
+    memory_command.main([*BASE, "--batch", "1", "--inline", "--out", str(out)])
     csv_path = out / "memory.csv"
     csv_path.write_bytes(csv_path.read_bytes()[:-40])  # the end of row 1 never reached the disk
     capsys.readouterr()
     before = snapshot(tmp_path)
     with pytest.raises(SystemExit) as info:
-        memory_harness.main([*BASE, "--batch", "1,2", "--inline", "--resume", "--out", str(out)])
+        memory_command.main([*BASE, "--batch", "1,2", "--inline", "--resume", "--out", str(out)])
     check_bad(info.value.code, capsys.readouterr().err, f"{csv_path} line 2 is cut off")
     with pytest.raises(SystemExit) as info:
         report.main(["--out", str(out), "--no-plots"])
@@ -710,7 +711,7 @@ def test_results_folder_failing_mid_sweep_keeps_the_row_on_stdout(
 
     monkeypatch.setattr(os, "fsync", disk_full_at_second_row)
     with pytest.raises(SystemExit) as info:
-        memory_harness.main([*BASE, "--batch", "1,2", "--inline", "--out", str(out)])
+        memory_command.main([*BASE, "--batch", "1,2", "--inline", "--out", str(out)])
     captured = capsys.readouterr()
     assert info.value.code == 2 and "Traceback" not in captured.err
     last = captured.err.strip().splitlines()[-1]
