@@ -15,7 +15,7 @@ from bench.core import Harness, RunContext
 from bench.measure import cuda
 from bench.measure.tracked import CATEGORIES
 from bench.passes.training import fits_measured, timed_training
-from bench.predict.fit import CUDNN_ALLOWANCE_MIB, SEARCH_LIMITS, largest, prediction
+from bench.predict.fit import CUDNN_ALLOWANCE_MIB, SEARCH_LIMITS, largest_batch, predict_fit
 from bench.predict.trace import step_peak
 from bench.spec import DEFAULT_BUDGET_MIB, BenchSpec, architecture_words
 from ddpm import parallel
@@ -134,7 +134,7 @@ def measure(spec: BenchSpec, context: RunContext | None = None) -> dict:
     target, context_mib = card(spec, device)
     # Pass 0, the answer first: the prediction, said before the long measured passes. Under
     # torchrun rank 0 predicts for every card: its share of a sharded model is the largest.
-    figures: dict = prediction(spec, target, context_mib) if parallel.rank() == 0 else {}
+    figures: dict = predict_fit(spec, target, context_mib).figures() if parallel.rank() == 0 else {}
     if spec.predict_only:
         return figures
     if context is not None and figures:
@@ -192,15 +192,13 @@ def max_batch_row(spec: BenchSpec) -> dict:
     target, context_mib = card(spec, device)
     # Each batch is predicted once: the answer's row reuses its probe, one trace (2 s for
     # ddpm-256 here) fewer than predicting it again (bench/PERF.md).
-    probes = functools.cache(lambda n: prediction(spec.replace(batch=n), target, context_mib))
+    probes = functools.cache(lambda s: predict_fit(s, target, context_mib))
     if device.type == "cuda" and not spec.predict_only:
         source = "measured"
-        best = largest(
-            lambda n: fits_measured(spec.replace(batch=n), device), SEARCH_LIMITS[source]
-        )
+        best = largest_batch(spec, lambda s: fits_measured(s, device), source)
     else:
         source = "predicted"
-        best = largest(lambda n: probes(n)["fits"], SEARCH_LIMITS[source])
+        best = largest_batch(spec, lambda s: probes(s).fits, source)
     if best == 0:
         raise torch.OutOfMemoryError(f"not even batch 1 fits {spec.budget_mib:g} MiB")
     found = spec.replace(batch=best)
@@ -209,7 +207,7 @@ def max_batch_row(spec: BenchSpec) -> dict:
         "effective_batch": found.effective_batch,
         "budget_mib": spec.budget_mib,
         "max_batch_source": source,
-        **probes(best),
+        **probes(found).figures(),
     }
 
 

@@ -4,8 +4,10 @@ the workspaces and the CUDA context, against the budget; and the largest batch t
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from bench.predict.trace import DEFAULT_TARGET, predict
+from bench.cards import sm
+from bench.predict.trace import DEFAULT_TARGET, Prediction, predict
 from bench.spec import BenchSpec
 
 # Transient convolution workspaces are not traced. torch's cuDNN path tries the next algorithm
@@ -20,25 +22,54 @@ CUDNN_ALLOWANCE_MIB = 32.0
 SEARCH_LIMITS = {"measured": 1 << 16, "predicted": 1 << 24}
 
 
-def prediction(
+@dataclass(frozen=True)
+class Fit:
+    """A spec's step on a CUDA card against the budget: what the card holds for it (the caching
+    allocator's reserved memory, the cuDNN allowance, the CUDA context) and the room left."""
+
+    prediction: Prediction
+    context_mib: float  # the CUDA context: measured on CUDA, an allowance elsewhere
+    budget_mib: float
+    cudnn_workspace_mib: float = CUDNN_ALLOWANCE_MIB
+
+    @property
+    def cuda_mib(self) -> float:
+        """Everything the card holds for the step (predicted_cuda_mib)."""
+        return self.prediction.mib("reserved") + self.cudnn_workspace_mib + self.context_mib
+
+    @property
+    def fits(self) -> bool:
+        return self.cuda_mib <= self.budget_mib
+
+    @property
+    def headroom_mib(self) -> float:
+        return self.budget_mib - self.cuda_mib
+
+    def figures(self) -> dict:
+        """The memory table's predicted columns."""
+        predicted = self.prediction
+        return {
+            "target_sm": sm(predicted.target),
+            "predicted_alloc_mib": predicted.mib("alloc"),
+            "predicted_reserved_mib": predicted.mib("reserved"),
+            "cublas_workspace_mib": predicted.mib("cublas_workspace"),
+            "cudnn_workspace_mib": self.cudnn_workspace_mib,
+            "context_mib": self.context_mib,
+            "predicted_cuda_mib": self.cuda_mib,
+            "budget_mib": self.budget_mib,
+            "fits": self.fits,
+            "headroom_mib": self.headroom_mib,
+        }
+
+
+def predict_fit(
     spec: BenchSpec, target: tuple[int, int] = DEFAULT_TARGET, context_mib: float | None = None
-) -> dict:
-    """The predicted figures of a row, and the verdict they give against the budget."""
-    predicted = predict(spec, target)
+) -> Fit:
+    """Does `spec` fit a card of compute capability `target`, within spec.budget_mib: its step
+    predicted (bench.predict.trace), with `context_mib` for the CUDA context (default: the
+    spec's allowance)."""
     context_mib = spec.context_mib if context_mib is None else context_mib
-    total = predicted.mib("reserved") + CUDNN_ALLOWANCE_MIB + context_mib
-    return {
-        "target_sm": target[0] * 10 + target[1],
-        "predicted_alloc_mib": predicted.mib("alloc"),
-        "predicted_reserved_mib": predicted.mib("reserved"),
-        "cublas_workspace_mib": predicted.mib("cublas_workspace"),
-        "cudnn_workspace_mib": CUDNN_ALLOWANCE_MIB,
-        "context_mib": context_mib,
-        "predicted_cuda_mib": total,
-        "budget_mib": spec.budget_mib,
-        "fits": total <= spec.budget_mib,
-        "headroom_mib": spec.budget_mib - total,
-    }
+    return Fit(predict(spec, target), context_mib, spec.budget_mib)
 
 
 def largest(fits: Callable[[int], bool], limit: int) -> int:
@@ -54,3 +85,9 @@ def largest(fits: Callable[[int], bool], limit: int) -> int:
         mid = (good + bad) // 2
         good, bad = (mid, bad) if fits(mid) else (good, mid)
     return good
+
+
+def largest_batch(spec: BenchSpec, fits: Callable[[BenchSpec], bool], source: str) -> int:
+    """The largest batch at which `spec`, every other axis kept, `fits` (largest()), searched up
+    to the limit of where the answer comes from (SEARCH_LIMITS: "measured" or "predicted")."""
+    return largest(lambda n: fits(spec.replace(batch=n)), SEARCH_LIMITS[source])

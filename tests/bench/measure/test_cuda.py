@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -415,6 +416,11 @@ def test_which_code_runs_on_which_card(arch, capability, runs):
     assert cuda.runs_on(arch, capability) is runs
 
 
+# A stand-in for the fake-tensor prediction: on CUDA's stand-in, AdamW would ask the (absent)
+# driver whether a CUDA graph is being captured.
+FITS = SimpleNamespace(fits=True, figures=lambda: {"fits": True})
+
+
 # ----- the largest batch, measured -------------------------------------------------------------
 
 
@@ -464,9 +470,7 @@ def test_max_batch_on_cuda_searches_under_the_cap(fake_cuda, monkeypatch):
         return AdamLikeTrainer(gpu, params_mib=100, activations_mib=50 * spec.batch, state_mib=200)
 
     monkeypatch.setattr(workload, "build_trainer", build)
-    # The fake-tensor prediction runs on the CPU; with torch.cuda replaced, AdamW would ask the
-    # (absent) driver whether a CUDA graph is being captured.
-    monkeypatch.setattr(memory, "prediction", lambda spec, *card: {"fits": True})
+    monkeypatch.setattr(memory, "predict_fit", lambda spec, *card: FITS)
     # 800 MiB for the allocator: 100 + 200 + 50 b <= 800 up to b = 10 (one step would say 14).
     row = memory.max_batch_row(
         tiny(device="cuda", budget=1300, context_mib=500, find_max_batch=True)
@@ -481,8 +485,7 @@ def test_max_batch_on_cuda_searches_under_the_cap(fake_cuda, monkeypatch):
 @pytest.mark.parametrize("device", ["cuda:0", "cuda"])
 def test_memory_measure_on_cuda_reaches_the_first_real_operation(fake_cuda, device, monkeypatch):
     gpu = fake_cuda()
-    # As above: the fake-tensor prediction would ask the absent driver about CUDA graphs.
-    monkeypatch.setattr(memory, "prediction", lambda spec, *card: {"fits": True})
+    monkeypatch.setattr(memory, "predict_fit", lambda spec, *card: FITS)
     with pytest.raises(RuntimeError, match=NO_DRIVER):
         memory.measure(tiny(device=device))
     assert ("set_device", 0) in gpu.calls
