@@ -5,9 +5,32 @@ bench/tables/curves.py, the command line bench/loss.py."""
 from __future__ import annotations
 
 from bench.core import Harness, RunContext
+from bench.figure import Figure
 from bench.passes.loss import LossOptions, train
 from bench.spec import BenchSpec
 from bench.tables.curves import compare
+
+# The options every spec trained with (--data-root, --lr, ...), recorded in its row, then what
+# its training measured.
+FIGURES = (
+    Figure("data_root", "", str, source="setting"),
+    Figure("lr", "", source="setting"),
+    Figure("last_k", "", source="setting"),
+    Figure("val_images", "", source="setting"),
+    Figure("val_every", "", source="setting"),
+    Figure("threads", "", source="setting"),
+    Figure("lr_warmup", "", source="setting"),
+    Figure("steps_done", "", shown=True),
+    Figure("final_loss", "", shown=True),
+    Figure("val_loss", "", shown=True),
+    Figure("val_loss_start", "", shown=True),
+    Figure("skipped_steps", "", shown=True),
+    Figure("diverged", "", bool, shown=True),
+    Figure("diverged_step", ""),
+    Figure("train_s", "s"),
+    Figure("img_per_s", "img/s", shown=True),
+    Figure("curve_path", "", str),
+)
 
 
 def verdict(row: dict) -> str | None:
@@ -29,35 +52,7 @@ def measure(spec: BenchSpec, context: RunContext) -> dict:
 
 HARNESS = Harness(
     name="loss",
-    figure_columns=[
-        "data_root",
-        "lr",
-        "last_k",
-        "val_images",
-        "val_every",
-        "threads",
-        "lr_warmup",
-        "steps_done",
-        "final_loss",
-        "val_loss",
-        "val_loss_start",
-        "skipped_steps",
-        "diverged",
-        "diverged_step",
-        "train_s",
-        "img_per_s",
-        "curve_path",
-    ],
-    display_columns=[
-        "status",
-        "steps_done",
-        "final_loss",
-        "val_loss",
-        "val_loss_start",
-        "skipped_steps",
-        "diverged",
-        "img_per_s",
-    ],
+    figures=FIGURES,
     notes=[
         "Losses are L_simple (Ho et al. 2020, eq. 14): mean squared error of the predicted "
         "noise, per pixel, dimensionless. final_loss: mean training loss of the last last_k "
@@ -85,6 +80,5 @@ HARNESS = Harness(
     ],
     verdict=verdict,
     compare=compare,
-    figure_kinds={"data_root": str, "diverged": bool, "curve_path": str},
     measure=measure,
 )

@@ -12,15 +12,14 @@ import torch
 
 from bench import cards
 from bench.core import Harness, RunContext
+from bench.figure import Figure
 from bench.measure import cuda
 from bench.measure.tracked import CATEGORIES
-from bench.passes.training import fits_measured, timed_training
+from bench.passes.training import TIMED, fits_measured, timed_training
 from bench.predict.fit import CUDNN_ALLOWANCE_MIB, SEARCH_LIMITS, largest_batch, predict_fit
 from bench.predict.trace import step_peak
 from bench.spec import DEFAULT_BUDGET_MIB, BenchSpec, architecture_words
 from ddpm import parallel
-
-TRACKED = [f"tracked_{c}_mib" for c in CATEGORIES]
 
 
 def budget_words(budget_mib: float) -> str:
@@ -98,33 +97,44 @@ def _ranks_words(row: dict) -> str:
     return f" per rank of {ranks} ({mode}, gradient sync {row['grad_sync']})"
 
 
-# The verdict's figures: the predicted ones in every ok row, the measured ones where a card
-# measured the step (the sentence about them is left out elsewhere).
-VERDICT_COLUMNS = [
-    "target_sm",
-    "predicted_cuda_mib",
-    "predicted_reserved_mib",
-    "cudnn_workspace_mib",
-    "context_mib",
-    "budget_mib",
-    "fits",
-    "headroom_mib",
-]
-
+# The figures the verdict says of a measured step, where a card measured it (the sentence about
+# them is left out elsewhere); the predicted ones are in every ok row (verdict="every row").
 MEASURED_WORDS = ["peak_alloc_mib", "peak_reserved_mib", "reserved_error_pct"]
-
-PREDICTED = [
-    "target_sm",
-    "predicted_alloc_mib",
-    "predicted_reserved_mib",
-    "cublas_workspace_mib",
-    "cudnn_workspace_mib",
-    "context_mib",
-    "predicted_cuda_mib",
-    "budget_mib",
-    "fits",
-    "headroom_mib",
-]
+FIGURES = (
+    TIMED["step_s"].show(),
+    TIMED["step_s_min"],
+    TIMED["step_s_max"],
+    TIMED["img_per_s"].show(),
+    TIMED["warmup_s"],
+    TIMED["peak_alloc_mib"].show(),
+    TIMED["peak_reserved_mib"].show(),
+    TIMED["warmup_peak_alloc_mib"],
+    TIMED["warmup_peak_reserved_mib"],
+    TIMED["nvml_peak_mib"],
+    TIMED["nvml_process_peak_mib"],
+    TIMED["nvml_baseline_mib"],
+    TIMED["rss_peak_mib"],
+    TIMED["cpu_util_pct"],
+    # The tracked pass: live tensors of a steady-state step on this device, by category
+    Figure("tracked_peak_mib", "MiB", shown=True),
+    *(Figure(f"tracked_{c}_mib", "MiB") for c in CATEGORIES),
+    # The prediction for a CUDA card (bench.predict.fit) and its verdict against the budget
+    Figure("target_sm", "", source="predicted", verdict="every row"),
+    Figure("predicted_alloc_mib", "MiB", source="predicted"),
+    Figure("predicted_reserved_mib", "MiB", shown=True, source="predicted", verdict="every row"),
+    Figure("cublas_workspace_mib", "MiB", source="predicted"),
+    Figure("cudnn_workspace_mib", "MiB", source="predicted", verdict="every row"),
+    Figure("context_mib", "MiB", source="predicted", verdict="every row"),
+    Figure("predicted_cuda_mib", "MiB", shown=True, source="predicted", verdict="every row"),
+    Figure("budget_mib", "MiB", shown=True, source="predicted", verdict="every row"),
+    Figure("fits", "", bool, shown=True, source="predicted", verdict="every row"),
+    Figure("headroom_mib", "MiB", shown=True, source="predicted", verdict="every row"),
+    # The prediction's error where the card measured the same step
+    Figure("alloc_error_pct", "%", cuda=True),
+    Figure("reserved_error_pct", "%", shown=True, cuda=True),
+    # --find-max-batch: where the row's batch comes from, measured or predicted
+    Figure("max_batch_source", "", str, source="setting", shown=True),
+)
 
 
 def measure(spec: BenchSpec, context: RunContext | None = None) -> dict:
@@ -213,43 +223,7 @@ def max_batch_row(spec: BenchSpec) -> dict:
 
 HARNESS = Harness(
     name="memory",
-    figure_columns=[
-        "step_s",
-        "step_s_min",
-        "step_s_max",
-        "img_per_s",
-        "warmup_s",
-        "peak_alloc_mib",
-        "peak_reserved_mib",
-        "warmup_peak_alloc_mib",
-        "warmup_peak_reserved_mib",
-        "nvml_peak_mib",
-        "nvml_process_peak_mib",
-        "nvml_baseline_mib",
-        "rss_peak_mib",
-        "cpu_util_pct",
-        "tracked_peak_mib",
-        *TRACKED,
-        *PREDICTED,
-        "alloc_error_pct",
-        "reserved_error_pct",
-        "max_batch_source",
-    ],
-    display_columns=[
-        "status",
-        "step_s",
-        "img_per_s",
-        "peak_alloc_mib",
-        "peak_reserved_mib",
-        "tracked_peak_mib",
-        "predicted_reserved_mib",
-        "predicted_cuda_mib",
-        "budget_mib",
-        "fits",
-        "headroom_mib",
-        "reserved_error_pct",
-        "max_batch_source",
-    ],
+    figures=FIGURES,
     notes=[
         "MiB = 2^20 bytes. step_s: median seconds per optimizer step (batch x accum images); "
         "img_per_s = images / measured seconds; warmup_s: the warm-up steps, compilation "
@@ -278,7 +252,5 @@ HARNESS = Harness(
         "measured, for allocated and for reserved (with the cuDNN allowance).",
     ],
     verdict=verdict,
-    verdict_columns=VERDICT_COLUMNS,
-    figure_kinds={"fits": bool, "max_batch_source": str},
     measure=measure,
 )

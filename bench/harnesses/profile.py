@@ -7,11 +7,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.core import Harness, RunContext
+from bench.figure import Figure
 from bench.passes.profile import PHASES, options, profiled
 from bench.spec import BenchSpec
 from bench.tables.operators import top_operators
 from bench.tables.profile_summary import SUMMARY_FILE
 from bench.tables.results import format_value
+
+FIGURES = (
+    Figure("profiled_steps", "", shown=True, verdict="measured rows"),
+    Figure("step_ms", "ms", shown=True, verdict="measured rows"),
+    *(Figure(f"phase_{p}_pct", "%", shown=True) for p in PHASES),
+    Figure("other_pct", "%", shown=True, verdict="measured rows"),
+    Figure("peak_memory_mib", "MiB", shown=True, verdict="measured rows"),
+    Figure("peak_alloc_mib", "MiB", shown=True, cuda=True),
+    Figure("trace_dir", "", str, verdict="measured rows"),
+    Figure("memory_snapshot", "", str, cuda=True),
+)
 
 
 def verdict(row: dict) -> str | None:
@@ -33,25 +45,7 @@ def measure(spec: BenchSpec, context: RunContext) -> dict:
 
 HARNESS = Harness(
     name="profile",
-    figure_columns=[
-        "profiled_steps",
-        "step_ms",
-        *[f"phase_{p}_pct" for p in PHASES],
-        "other_pct",
-        "peak_memory_mib",
-        "peak_alloc_mib",
-        "trace_dir",
-        "memory_snapshot",
-    ],
-    display_columns=[
-        "status",
-        "profiled_steps",
-        "step_ms",
-        *[f"phase_{p}_pct" for p in PHASES],
-        "other_pct",
-        "peak_memory_mib",
-        "peak_alloc_mib",
-    ],
+    figures=FIGURES,
     notes=[
         "Profiled, not benchmarked: the profiler records every operator, so step_ms (mean "
         "length of the ProfilerStep ranges over the active steps, a device sync closing each "
@@ -73,8 +67,6 @@ HARNESS = Harness(
         "ui.perfetto.dev, or Holistic Trace Analysis; see docs/profile.md.",
     ],
     verdict=verdict,
-    verdict_columns=["step_ms", "profiled_steps", "other_pct", "peak_memory_mib", "trace_dir"],
     compare=lambda rows, context: top_operators(rows, options(context)["top"]),
-    figure_kinds={"trace_dir": str, "memory_snapshot": str},
     measure=measure,
 )

@@ -6,10 +6,44 @@ from __future__ import annotations
 
 from bench.cards import CARDS
 from bench.core import Harness, RunContext
+from bench.figure import Figure
 from bench.passes.sampling import measured
 from bench.predict.runtime import sampling_figures
 from bench.tables.ratios import impl_ratios
 from bench.tables.results import format_value
+
+FIGURES = (
+    Figure("measured_steps", "", shown=True, verdict="measured rows"),
+    Figure("step_s", "s", shown=True, verdict="measured rows"),
+    Figure("step_s_min", "s"),
+    Figure("step_s_max", "s"),
+    Figure("step_ms_per_image", "ms", shown=True, verdict="measured rows"),
+    # A full run, projected from the timed steps
+    Figure("projected_full_run_s", "s", source="projected", shown=True, verdict="measured rows"),
+    Figure("projected_s_per_image", "s", source="projected", shown=True, verdict="measured rows"),
+    # img_per_s before: images per second of complete sampling are projected, not measured
+    Figure(
+        "projected_img_per_s",
+        "img/s",
+        source="projected",
+        was=("img_per_s",),
+        shown=True,
+        verdict="measured rows",
+    ),
+    Figure("warmup_s", "s", shown=True),
+    Figure("peak_alloc_mib", "MiB", shown=True, cuda=True),
+    Figure("peak_reserved_mib", "MiB", cuda=True),
+    # With --checkpoint: the samples' quality (bench.measure.quality)
+    Figure("quality_samples", ""),
+    Figure("frechet_digits", "", shown=True),
+    Figure("frechet_digits_real", "", shown=True),
+    # The time prediction for the row's --card (bench.predict.runtime); never a measurement.
+    Figure("predicted_step_s", "s", source="predicted", shown=True, verdict="predicted rows"),
+    Figure("predicted_full_run_s", "s", source="predicted", shown=True, verdict="predicted rows"),
+    Figure(
+        "predicted_img_per_s", "img/s", source="predicted", shown=True, verdict="predicted rows"
+    ),
+)
 
 
 def verdict(row: dict) -> str | None:
@@ -19,7 +53,7 @@ def verdict(row: dict) -> str | None:
     if row.get("impl", "ddpm") != "ddpm":
         name = f"{name} ({row['impl']} UNet)"
     v = {k: format_value(row.get(k)) for k in row}
-    if row.get("step_s") is None:  # --predict-only
+    if HARNESS.predict_only(row):
         return (
             f"{name} {row['sampling_steps']} steps, batch {row['batch']}, {row['precision']} "
             f"on {CARDS[row['card']].name}: PREDICTED {v['predicted_step_s']} s per denoising "
@@ -42,10 +76,6 @@ def verdict(row: dict) -> str | None:
     return text
 
 
-# The time prediction for the row's --card (bench.predict.runtime); never a measurement.
-PREDICTED = ["predicted_step_s", "predicted_full_run_s", "predicted_img_per_s"]
-
-
 def measure(spec, context: RunContext | None = None) -> dict:
     key = spec.card
     prediction = sampling_figures(spec, CARDS[key]) if key else {}
@@ -56,39 +86,8 @@ def measure(spec, context: RunContext | None = None) -> dict:
 
 HARNESS = Harness(
     name="sampling",
-    figure_columns=[
-        "measured_steps",
-        "step_s",
-        "step_s_min",
-        "step_s_max",
-        "step_ms_per_image",
-        "projected_full_run_s",
-        "projected_s_per_image",
-        "projected_img_per_s",
-        "warmup_s",
-        "peak_alloc_mib",
-        "peak_reserved_mib",
-        "quality_samples",
-        "frechet_digits",
-        "frechet_digits_real",
-        *PREDICTED,
-    ],
-    display_columns=[
-        "sampler",
-        "sampling_steps",
-        "status",
-        "measured_steps",
-        "step_s",
-        "step_ms_per_image",
-        "projected_full_run_s",
-        "projected_s_per_image",
-        "projected_img_per_s",
-        "warmup_s",
-        "peak_alloc_mib",
-        "frechet_digits",
-        "frechet_digits_real",
-        *PREDICTED,
-    ],
+    figures=FIGURES,
+    key_axes=("sampler", "sampling_steps"),
     notes=[
         "One denoising step = one UNet call on the whole batch + the sampler's update "
         "(ddpm_step, or ddim_step with eta 0), in inference mode. step_s: median seconds of "
@@ -116,15 +115,6 @@ HARNESS = Harness(
         "per second of complete runs.",
     ],
     verdict=verdict,
-    verdict_columns=[
-        "step_s",
-        "step_ms_per_image",
-        "projected_full_run_s",
-        "projected_s_per_image",
-        "projected_img_per_s",
-        "measured_steps",
-    ],
-    predicted_verdict_columns=PREDICTED,
     compare=lambda rows, context: impl_ratios(rows, "projected_img_per_s", "img/s"),
     measure=measure,
 )

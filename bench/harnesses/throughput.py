@@ -6,25 +6,49 @@ from __future__ import annotations
 
 from bench.cards import CARDS
 from bench.core import Harness, RunContext
+from bench.figure import Figure
 from bench.measure import cuda
 from bench.measure.flops import training_step_flops
 from bench.passes.peak import PEAK_CACHE, peak_flops, read_peaks
-from bench.passes.training import CUDA_COLUMNS, CUDA_NOTE, communication, timed_training
+from bench.passes.training import CUDA_NOTE, TIMED, communication, timed_training
 from bench.predict.runtime import PAPER_TRAIN_STEPS, training_figures
 from bench.spec import BenchSpec
 from bench.tables.ratios import impl_ratios, rank_scaling
 
-COMM_COLUMNS = ["collectives_per_step", "comm_mib_per_step", "comm_share_pct", "collectives"]
-
-# The time prediction for the row's --card (bench.predict.runtime); never a measurement.
-PREDICTED = [
-    "predicted_step_s",
-    "predicted_img_per_s",
-    "predicted_train_h",
-    "predicted_train_steps",
-    "predicted_kernels",
-    "predicted_torch_roofline_s",
-]
+FIGURES = (
+    TIMED["step_s"].show(),
+    TIMED["step_s_min"].show(),
+    TIMED["step_s_max"].show(),
+    TIMED["img_per_s"].show(),
+    TIMED["warmup_s"],
+    Figure("compile_s", "s", shown=True),
+    Figure("gflop_per_step", "GFLOP", shown=True),
+    Figure("achieved_tflops", "TFLOP/s", shown=True),
+    Figure("peak_tflops", "TFLOP/s", shown=True),
+    Figure("mfu", "", shown=True),
+    TIMED["peak_alloc_mib"],
+    TIMED["peak_reserved_mib"],
+    TIMED["nvml_peak_mib"],
+    TIMED["rss_peak_mib"],
+    TIMED["cpu_util_pct"],
+    TIMED["measured_context_mib"],
+    TIMED["warmup_peak_alloc_mib"],
+    TIMED["warmup_peak_reserved_mib"],
+    TIMED["nvml_process_peak_mib"],
+    TIMED["nvml_baseline_mib"],
+    # The collectives of one more step, across ranks (bench.measure.collectives)
+    Figure("collectives_per_step", "", shown=True),
+    Figure("comm_mib_per_step", "MiB", shown=True),
+    Figure("comm_share_pct", "%", shown=True),
+    Figure("collectives", "", str, shown=True),
+    # The time prediction for the row's --card (bench.predict.runtime); never a measurement.
+    Figure("predicted_step_s", "s", source="predicted", shown=True),
+    Figure("predicted_img_per_s", "img/s", source="predicted", shown=True),
+    Figure("predicted_train_h", "h", source="predicted", shown=True),
+    Figure("predicted_train_steps", "", source="predicted"),
+    Figure("predicted_kernels", "", source="predicted"),
+    Figure("predicted_torch_roofline_s", "s", source="predicted"),
+)
 
 
 def peaks_measured(rows: list[dict], context: RunContext) -> list[str]:
@@ -70,43 +94,7 @@ def measure(spec: BenchSpec, context: RunContext) -> dict:
 
 HARNESS = Harness(
     name="throughput",
-    figure_columns=[
-        "step_s",
-        "step_s_min",
-        "step_s_max",
-        "img_per_s",
-        "warmup_s",
-        "compile_s",
-        "gflop_per_step",
-        "achieved_tflops",
-        "peak_tflops",
-        "mfu",
-        "peak_alloc_mib",
-        "peak_reserved_mib",
-        "nvml_peak_mib",
-        "rss_peak_mib",
-        "cpu_util_pct",
-        *CUDA_COLUMNS,
-        *COMM_COLUMNS,
-        *PREDICTED,
-    ],
-    display_columns=[
-        "status",
-        "step_s",
-        "step_s_min",
-        "step_s_max",
-        "img_per_s",
-        "compile_s",
-        "gflop_per_step",
-        "achieved_tflops",
-        "peak_tflops",
-        "mfu",
-        *COMM_COLUMNS,
-        "predicted_step_s",
-        "predicted_img_per_s",
-        "predicted_train_h",
-    ],
-    figure_kinds={"collectives": str},
+    figures=FIGURES,
     notes=[
         "step_s: median seconds per optimizer step over --steps measured steps (min, max "
         "beside it); img_per_s = batch x accum x steps / measured seconds.",

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import torch
 
+from bench.figure import Figure
 from bench.measure import cuda
 from bench.measure.collectives import measure_step
 from bench.measure.monitor import Monitor
@@ -17,14 +18,29 @@ from bench.models.workload import TrainStep, train_step
 from bench.spec import BenchSpec
 from ddpm.device import synchronize
 
-# Figures of a CUDA run beside the allocator peaks and nvml_peak_mib; empty elsewhere.
-CUDA_COLUMNS = [
-    "measured_context_mib",
-    "warmup_peak_alloc_mib",
-    "warmup_peak_reserved_mib",
-    "nvml_process_peak_mib",
-    "nvml_baseline_mib",
-]
+# The figures of the timed pass, declared once for the harnesses that run it (memory and
+# throughput): each places those it has among its own and shows the ones it shows.
+TIMED = {
+    f.name: f
+    for f in (
+        Figure("step_s", "s"),
+        Figure("step_s_min", "s"),
+        Figure("step_s_max", "s"),
+        Figure("img_per_s", "img/s"),
+        Figure("warmup_s", "s"),
+        Figure("peak_alloc_mib", "MiB", cuda=True),
+        Figure("peak_reserved_mib", "MiB", cuda=True),
+        Figure("warmup_peak_alloc_mib", "MiB", cuda=True),
+        Figure("warmup_peak_reserved_mib", "MiB", cuda=True),
+        Figure("nvml_peak_mib", "MiB", cuda=True),
+        Figure("nvml_process_peak_mib", "MiB", cuda=True),
+        Figure("nvml_baseline_mib", "MiB", cuda=True),
+        Figure("rss_peak_mib", "MiB"),
+        Figure("cpu_util_pct", "%"),
+        # cuda.start's, beside the pass: what the device holds before it starts
+        Figure("measured_context_mib", "MiB", cuda=True),
+    )
+}
 CUDA_NOTE = (
     "On CUDA: peak_alloc_mib / peak_reserved_mib cover the measured (steady-state) "
     "steps, warmup_peak_alloc_mib / warmup_peak_reserved_mib the warm-up steps. "
