@@ -35,6 +35,7 @@ from bench.parsers import (
     parse_preset,
 )
 from bench.passes.sampling import default_schedule
+from bench.spec import common_axes, group_axes
 from bench.sweep.cli import (
     add_predict_only,
     build_parser,
@@ -54,25 +55,13 @@ from ddpm.errors import first_line
 from ddpm.schedule import NoiseSchedule
 from ddpm.unet import UNet
 
-# The axes this harness takes (it trains nothing: no ranks). --accum and --checkpointing are
-# options so that a training command line reads, and are refused off 1 and off.
-AXES = (
-    "preset",
-    *ARCHITECTURE,
-    "image_size",
-    "batch",
-    "accum",
-    "precision",
-    "attention",
-    "compile",
-    "checkpointing",
-    "device",
-    "impl",
-    "model_config",
-    "sampler",
-    "sampling_steps",
-    "card",
-)
+
+def sampling_axes() -> tuple[str, ...]:
+    """The axes this harness takes: every harness's but the ranks' (it trains nothing), and its
+    own sampler and steps. --accum and --checkpointing are options so that a training command
+    line reads, and are refused off 1 and off."""
+    ranks = group_axes("ranks")
+    return (*(a for a in common_axes() if a not in ranks), "sampler", "sampling_steps")
 
 
 def preset_of(config: UNetConfig) -> str | None:
@@ -217,7 +206,7 @@ def build_sampling_parser() -> argparse.ArgumentParser:
                 training_only,
             ),
         },
-        axes=AXES,
+        axes=sampling_axes(),
     )
     # Validated against the checkpoint when one is given: None means "the default or its own".
     parser.set_defaults(preset=None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench import model_config
@@ -44,24 +45,36 @@ LIST_CARDS = "list"
 DEFAULT_CONTEXT_MIB = 426.0
 
 
-# The axes the name above spells out; repeat is in the spec id.
-_NAMED_ABOVE = (
-    "preset",
-    "image_size",
-    "batch",
-    "accum",
-    "precision",
-    "attention",
-    "compile",
-    "checkpointing",
-    "device",
-    "dataset",
-    "sampler",
-    "sampling_steps",
-    "impl",
-    "model_config",
-    "repeat",
+# The name, part by part: the axes each part spells in its own words, and how. Every other axis
+# is named after them, by its field, whenever it is off its default (BenchSpec.name), so no axis
+# is left out of the name; repeat is spelled in the spec id instead.
+_NAME_PARTS: tuple[tuple[tuple[str, ...], Callable[[BenchSpec], str]], ...] = (
+    (
+        ("preset", "image_size", "batch", "accum", "precision"),
+        lambda s: f"{s.preset}-{s.image_size}px-b{s.batch}x{s.accum}-{s.precision}",
+    ),
+    (
+        ("attention", "compile", "checkpointing", "device"),
+        lambda s: (
+            f"-attn{s.attention}-compile-{s.compile}-ckpt-{s.checkpointing}"
+            f"-{s.device.replace(':', '')}"
+        ),
+    ),
+    (("dataset",), lambda s: "" if s.dataset == "synthetic" else f"-{s.dataset}"),
+    (
+        ("sampler", "sampling_steps"),
+        lambda s: (
+            f"-{s.sampler}{s.sampling_steps}" if s.sampler != "none" or s.sampling_steps else ""
+        ),
+    ),
+    (("impl",), lambda s: "" if s.impl == "ddpm" else f"-{s.impl.replace(':', '.')}"),
+    (
+        ("model_config",),
+        lambda s: f"-config{model_config.tag(s.config_file)}" if s.config_file else "",
+    ),
+    (("repeat",), lambda s: ""),
 )
+_NAMED_ABOVE = frozenset(axis for axes, _ in _NAME_PARTS for axis in axes)
 
 
 @dataclass(frozen=True)
@@ -346,20 +359,8 @@ class BenchSpec:
     @property
     def name(self) -> str:
         """Readable and stable: names trace folders and identifies a spec for --resume."""
-        name = (
-            f"{self.preset}-{self.image_size}px-b{self.batch}x{self.accum}-{self.precision}"
-            f"-attn{self.attention}-compile-{self.compile}-ckpt-{self.checkpointing}"
-            f"-{self.device.replace(':', '')}"
-        )
-        if self.dataset != "synthetic":
-            name += f"-{self.dataset}"
-        if self.sampler != "none" or self.sampling_steps:
-            name += f"-{self.sampler}{self.sampling_steps}"
-        if self.impl != "ddpm":
-            name += f"-{self.impl.replace(':', '.')}"
-        if self.config_file:
-            name += f"-config{model_config.tag(self.config_file)}"
-        # An axis added later is named whenever it is off its default.
+        name = "".join(spell(self) for _, spell in _NAME_PARTS)
+        # Any other axis, one added later too, is named whenever it is off its default.
         for f in dataclasses.fields(self):
             if f.metadata.get("axis") and f.name not in _NAMED_ABOVE:
                 value = getattr(self, f.name)
@@ -404,6 +405,12 @@ def common_axes(cls: type | None = None) -> tuple[str, ...]:
     """The options of every harness that takes the common axes (bench.sweep.cli.build_parser's
     default): all but the ones some harnesses name (dataset, sampler, sampling_steps)."""
     return tuple(f.name for f in option_axes(cls) if f.metadata["option"].common)
+
+
+def group_axes(group: str, cls: type | None = None) -> tuple[str, ...]:
+    """The options of one --help group (AxisOption.group), e.g. "ranks": the axes of a spec
+    across ranks, which a harness that trains nothing leaves out."""
+    return tuple(f.name for f in option_axes(cls) if f.metadata["option"].group == group)
 
 
 def expand_grid(base: BenchSpec, **axes: list) -> list[BenchSpec]:

@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 
 from bench.core import RunContext, axes
-from bench.parsers import ARCHITECTURE
 from ddpm.config import PRESETS
 
 # Accumulation (or ranks) must not change the curve beyond float rounding: they change only the
@@ -100,26 +99,12 @@ def compare(rows: list[dict], context: RunContext) -> list[str]:
             f"Trained on {setup[0]} ({setup[1]:g} validation images) with AdamW "
             f"lr {setup[2]:g}, {setup[3]:g} CPU thread(s) per spec."
         )
-    # 1. Accumulation: rows equal in every axis but batch/accum, with the same effective batch.
+    # 1. Accumulation: rows equal in every axis but how a step's images are split (SPLIT_AXES),
+    # with the same effective batch.
+    same = [a for a in axes() if a not in SPLIT_AXES] + ["effective_batch"]
     groups: dict[tuple, list[dict]] = {}
     for r in ok:
-        key = tuple(
-            r.get(a)
-            for a in (
-                "preset",
-                *ARCHITECTURE,
-                "image_size",
-                "effective_batch",
-                "precision",
-                "attention",
-                "compile",
-                "checkpointing",
-                "device",
-                "impl",
-                "model_config",
-            )
-        )
-        groups.setdefault(key, []).append(r)
+        groups.setdefault(tuple(r.get(a) for a in same), []).append(r)
     for group in groups.values():
         if len(group) < 2:
             continue
