@@ -92,12 +92,54 @@ def curve_dir(spec: BenchSpec, context: RunContext) -> Path:
     return rank_folder(Path(context.out) / "loss" / context.run_id / spec.name)
 
 
+class CurveLog:
+    """A spec's loss curve as it trains, in its curve folder: curve.csv, a row per optimizer step
+    (the held-out loss where one was taken), and the same scalars for TensorBoard."""
+
+    HEADER = ["step", "loss", "grad_norm", "lr", "skipped", "val_loss"]
+
+    def __init__(self, folder: Path):
+        from torch.utils.tensorboard import SummaryWriter  # slow to import: only where used
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / "curve.csv"
+        self.board = SummaryWriter(log_dir=str(folder))
+        self.file = self.rows = None
+
+    def begin(self, val_start: float) -> None:
+        """The held-out loss before the first step, and the CSV's header."""
+        self.validation(0, val_start)
+        self.file = self.path.open("w", newline="")
+        self.rows = csv.writer(self.file)
+        self.rows.writerow(self.HEADER)
+
+    def validation(self, step: int, loss: float) -> None:
+        self.board.add_scalar("val/loss", loss, step)
+
+    def step(self, step: int, loss: float, grad_norm: float, stats, val: float | None) -> None:
+        """One optimizer step's row: its loss, gradient norm, learning rate and whether fp16's
+        scaler skipped it, and the held-out loss `val` if one was taken after it."""
+        held_out = "" if val is None else repr(val)
+        skipped = int(stats.skipped)
+        self.rows.writerow([step, repr(loss), repr(grad_norm), repr(stats.lr), skipped, held_out])
+        for tag, value in (
+            ("train/loss", loss),
+            ("train/grad_norm", grad_norm),
+            ("train/lr", stats.lr),
+            ("train/skipped", skipped),
+        ):
+            self.board.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        self.board.close()
+
+
 def train(spec: BenchSpec, context: RunContext, options: LossOptions | None = None) -> dict:
     """The spec trained for its measure_steps optimizer steps from its seeded weights, on its
-    dataset in its seeded order; the curve (CSV and TensorBoard) in curve_dir, the held-out loss
-    at the start, every val_every steps and at the end. Training stops at a divergence."""
-    from torch.utils.tensorboard import SummaryWriter  # slow to import: only where it is used
-
+    dataset in its seeded order; the curve (CurveLog) in curve_dir, the held-out loss at the
+    start, every val_every steps and at the end. Training stops at a divergence."""
     opts = options or LossOptions.from_context(context)
     torch.set_num_threads(opts.threads)
     device = cuda.resolve(spec.device)
@@ -116,66 +158,40 @@ def train(spec: BenchSpec, context: RunContext, options: LossOptions | None = No
 
     def validate() -> float:
         return validation_loss(
-            trainer.model,
-            trainer.schedule,
-            val_images,
-            val_t,
-            val_noise,
-            device,
-            trainer.objective,
+            trainer.model, trainer.schedule, val_images, val_t, val_noise, device, trainer.objective
         )
 
-    folder = curve_dir(spec, context)
-    folder.mkdir(parents=True, exist_ok=True)
-    curve_path = folder / "curve.csv"
     losses: list[float] = []
     diverged_step = None
     train_s = 0.0
-    val_start = val_end = math.nan
-    writer = SummaryWriter(log_dir=str(folder))
+    log = CurveLog(curve_dir(spec, context))
     try:
-        val_start = validate()
-        writer.add_scalar("val/loss", val_start, 0)
+        val_start = val_end = validate()
+        log.begin(val_start)
         batches = data.batches(spec.effective_batch, seed=spec.seed)
-        with curve_path.open("w", newline="") as f:
-            out = csv.writer(f)
-            out.writerow(["step", "loss", "grad_norm", "lr", "skipped", "val_loss"])
-            for step in range(1, spec.measure_steps + 1):
-                x0 = next(batches)
-                start = time.perf_counter()
-                stats = trainer.step(x0)
-                loss, grad_norm = float(stats.loss), float(stats.grad_norm)  # syncs the device
-                train_s += time.perf_counter() - start
-                losses.append(loss)
-                diverged = is_diverged(loss)
-                last = step == spec.measure_steps or diverged
-                val = ""
-                if last or (opts.val_every and step % opts.val_every == 0):
-                    val = val_end = validate()
-                    writer.add_scalar("val/loss", val, step)
-                    diverged = diverged or is_diverged(val)
-                out.writerow(
-                    [
-                        step,
-                        repr(loss),
-                        repr(grad_norm),
-                        repr(stats.lr),
-                        int(stats.skipped),
-                        "" if val == "" else repr(val),
-                    ]
-                )
-                for tag, value in (
-                    ("train/loss", loss),
-                    ("train/grad_norm", grad_norm),
-                    ("train/lr", stats.lr),
-                    ("train/skipped", int(stats.skipped)),
-                ):
-                    writer.add_scalar(tag, value, step)
-                if diverged:
-                    diverged_step = step
-                    break
+        for step in range(1, spec.measure_steps + 1):
+            x0 = next(batches)
+            start = time.perf_counter()
+            stats = trainer.step(x0)
+            loss, grad_norm = float(stats.loss), float(stats.grad_norm)  # syncs the device
+            train_s += time.perf_counter() - start
+            losses.append(loss)
+            diverged = is_diverged(loss)
+            val = None
+            if (
+                step == spec.measure_steps
+                or diverged
+                or (opts.val_every and step % opts.val_every == 0)
+            ):
+                val = val_end = validate()
+                log.validation(step, val)
+                diverged = diverged or is_diverged(val)
+            log.step(step, loss, grad_norm, stats, val)
+            if diverged:
+                diverged_step = step
+                break
     finally:
-        writer.close()
+        log.close()
     k = min(opts.last_k, len(losses))
     return {
         "data_root": opts.data_root,
@@ -194,5 +210,5 @@ def train(spec: BenchSpec, context: RunContext, options: LossOptions | None = No
         "diverged_step": diverged_step,
         "train_s": train_s,
         "img_per_s": spec.effective_batch * len(losses) / train_s if train_s else None,
-        "curve_path": str(curve_path),
+        "curve_path": str(log.path),
     }
