@@ -27,7 +27,8 @@ from pathlib import Path
 
 from bench import model_config
 from bench.model_config import ModelConfigError
-from bench.spec import BenchSpec, SpecError
+from bench.parsers import SpecError
+from bench.spec import BenchSpec
 
 NAME = "guided-diffusion"
 INSTALL_HINT = "pip install 'ddpm-bench[guided-diffusion]' (or pip install guided-diffusion-sdk)"

@@ -1,4 +1,4 @@
-"""The implementations a spec can run (the `--impl` axis, bench.spec.IMPLS), the registry: ours
+"""The implementations a spec can run (the `--impl` axis, bench.parsers.IMPLS), the registry: ours
 (`ddpm`), diffusers' UNet2DModel (bench.models.diffusers_unet), lucidrains'
 denoising-diffusion-pytorch Unet (bench.models.lucidrains_unet), openai's guided-diffusion UNet
 (bench.models.guided_unet, trained by bench.models.guided_trainer), or a user's factory
@@ -12,7 +12,8 @@ from torch import nn
 
 from bench import model_config
 from bench.models import diffusers_unet, factory, guided_flags, lucidrains_unet
-from bench.spec import BenchSpec, SpecError
+from bench.parsers import SpecError
+from bench.spec import BenchSpec
 from ddpm.config import TrainConfig
 from ddpm.errors import first_line
 from ddpm.unet import UNet

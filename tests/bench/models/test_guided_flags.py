@@ -15,7 +15,7 @@ from bench import model_config
 from bench.model_config import ModelConfigError
 from bench.models import guided_flags
 from bench.models.workload import parameter_count
-from bench.spec import SpecError
+from bench.parsers import SpecError
 from tests.helpers.guided import TINY, guided_spec, needs_guided, tiny_file
 
 pytestmark = needs_guided

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.harnesses import sampling
+from bench import sampling
 from bench.models import guided_sampling
 from bench.models.guided_unet import GuidedUNet
 from tests.helpers.guided import TINY, guided_spec, needs_guided, tiny_file

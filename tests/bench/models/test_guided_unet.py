@@ -51,7 +51,7 @@ def test_the_held_out_loss_is_its_training_losses_mean(spec):
 
 
 def test_bench_loss_holds_out_with_its_loss(spec):
-    from bench.harnesses.loss import validation_draws, validation_loss
+    from bench.passes.loss import validation_draws, validation_loss
 
     trainer = build_trainer(spec)
     images = synthetic_images(spec, 3).clamp(-1, 1)
