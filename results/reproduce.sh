@@ -68,23 +68,12 @@ python -m bench.sampling --predict-only --card rtx3070,rtx4060 --sampler ddpm,dd
 # own flags (fp32, V100 16 GB: 4 fit, 8 do not), and the ADM paper's 128 px model at the batch
 # per V100 of its unfused code (4) and of its fused code (32), in its fp16 scheme.
 python -m bench.memory --predict-only --impl guided-diffusion --model-config iddpm-lsun-bedroom --precision fp32 --card v100-16gb --batch 4,8 --accum 1 --out results
-python -m bench.memory --predict-only --find-max-batch --impl guided-diffusion --model-config iddpm-lsun-bedroom --precision fp32 --card v100-16gb --accum 1 --out results
+python -m bench.memory --predict-only --impl guided-diffusion --find-max-batch --model-config iddpm-lsun-bedroom --precision fp32 --card v100-16gb --accum 1 --out results
 python -m bench.memory --predict-only --impl guided-diffusion --model-config adm-imagenet-128 --precision fp16 --card v100-16gb,v100-32gb --batch 4,32 --accum 1 --out results
-python -m bench.memory --predict-only --find-max-batch --impl guided-diffusion --model-config adm-imagenet-128 --precision fp16 --card v100-16gb,v100-32gb --accum 1 --out results
-# Fine-tuning the 256 px unconditional model at batch 1, then the largest batch of it and of
-# the 64 px model, fp32 and its fp16 scheme, checkpointing off and on, on six cards.
-python -m bench.memory --predict-only --impl guided-diffusion --model-config adm-imagenet-256-uncond --precision fp32,fp16 --checkpointing off,on --batch 1 --accum 1 --card rtx3070,rtx3060,rtx4090,t4,v100-16gb,a100-40gb --out results
-python -m bench.memory --predict-only --find-max-batch --accum 1 --impl guided-diffusion --model-config adm-imagenet-256-uncond --precision fp32,fp16 --checkpointing off,on --card rtx3070,rtx3060,rtx4090,t4,v100-16gb,a100-40gb --out results
-python -m bench.memory --predict-only --find-max-batch --accum 1 --impl guided-diffusion --model-config adm-imagenet-64 --precision fp32,fp16 --checkpointing off,on --card rtx3070,rtx3060,rtx4090,t4,v100-16gb,a100-40gb --out results
-# Time on a V100, predicted, against the ADM paper's Table 7 (its unfused code, fp16), and its
-# sampling (250 respaced ancestral steps, DDIM 25) on three cards; then a training step of
-# improved-diffusion's CIFAR-10 model measured on this CPU.
-python -m bench.throughput --predict-only --impl guided-diffusion --model-config adm-imagenet-64 --precision fp16 --card v100-32gb --batch 32 --out results
-python -m bench.throughput --predict-only --impl guided-diffusion --model-config adm-imagenet-128 --precision fp16 --card v100-32gb --batch 4 --out results
-python -m bench.throughput --predict-only --impl guided-diffusion --model-config adm-imagenet-256 --precision fp16 --card v100-32gb --batch 4 --out results
-python -m bench.sampling --predict-only --impl guided-diffusion --model-config adm-imagenet-256 --classes random --precision fp16 --sampler ddpm --sampling-steps 250 --batch 4 --card rtx3070,rtx4090,a100-40gb --out results
-python -m bench.sampling --predict-only --impl guided-diffusion --model-config adm-imagenet-256 --classes random --precision fp16 --sampler ddim --sampling-steps 25 --batch 4 --card rtx3070,rtx4090,a100-40gb --out results
-python -m bench.throughput --impl guided-diffusion --model-config iddpm-cifar10 --batch 2 --precision fp32 --steps 2 --out results
+python -m bench.memory --predict-only --impl guided-diffusion --find-max-batch --model-config adm-imagenet-128 --precision fp16 --card v100-16gb --accum 1 --out results
+# Fine-tuning the 256 px unconditional model at batch 1 on a 16 GB T4 and V100 and a 24 GB
+# card, fp32 and its fp16 scheme, checkpointing off and on.
+python -m bench.memory --predict-only --impl guided-diffusion --model-config adm-imagenet-256-uncond --precision fp32,fp16 --checkpointing off,on --batch 1 --accum 1 --card t4,v100-16gb,rtx4090 --out results
 
 # Plots from the CSVs (the .md files are already current).
 python -m bench.report --out results
