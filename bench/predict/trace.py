@@ -27,10 +27,10 @@ from bench import lifeline
 from bench.cards import DEFAULT_TARGET
 from bench.measure.tracked import MemoryPeak, TensorTracker
 from bench.models.workload import build_trainer, synthetic_images, traced_precision
-from bench.predict.allocator import cublas_workspace_bytes, parse_alloc_conf, replay
 from bench.predict.cuda_rules import CudaRules
 from bench.predict.ranks import KeptStorages, answer_all_reduce, fake_tensor_ddp, rank_zero
-from bench.spec import MIB, BenchSpec
+from bench.predict.stream import AllocationStream, Prediction
+from bench.spec import BenchSpec
 from ddpm import parallel
 from ddpm.schedule import NoiseSchedule
 
@@ -47,20 +47,6 @@ class StepMemory:
     peak: MemoryPeak  # at the step's highest moment
     kept: MemoryPeak  # after it: what a rank keeps from step to step (weights, gradients,
     # optimizer state, EMA and, under DDP, its gradient buckets)
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One steady-state step on a CUDA card of compute capability `target`."""
-
-    tensors: MemoryPeak  # live tensors at the peak, each rounded to 512 B, by category
-    alloc_bytes: int  # the allocator's peak allocated: whole blocks, cuBLAS workspaces included
-    reserved_bytes: int  # its peak reserved: the segments it took from the driver
-    cublas_workspace_bytes: int  # both threads' workspaces together
-    target: tuple[int, int]
-
-    def mib(self, what: str) -> float:
-        return getattr(self, f"{what}_bytes") / MIB
 
 
 def traced_accum(spec: BenchSpec) -> int:
@@ -194,12 +180,19 @@ def step_peak(
 def predict(
     spec: BenchSpec, target: tuple[int, int] = DEFAULT_TARGET, alloc_conf: str | None = None
 ) -> Prediction:
-    """The step's allocations replayed through the caching allocator as PYTORCH_CUDA_ALLOC_CONF
-    (`alloc_conf`, default: this process's) configures it. cuBLAS keeps one workspace per
-    handle and stream, and handles are per thread: the forward runs on this thread and the
-    backward on autograd's device thread, so a step holds two, taken first and kept.
+    """The step traced at spec.batch and replayed through the caching allocator as
+    PYTORCH_CUDA_ALLOC_CONF (`alloc_conf`, default: this process's) configures it
+    (AllocationStream.predict). One trace, no cache: bench.predict.batches answers any batch of
+    a spec from two traces, kept on disk."""
+    return allocation_stream(spec, target).predict(target, alloc_conf)
 
-    In a rank of a real process group (under torchrun), a spec across ranks is predicted in a
+
+def allocation_stream(
+    spec: BenchSpec, target: tuple[int, int] = DEFAULT_TARGET
+) -> AllocationStream:
+    """The allocations and frees of a steady-state step at spec.batch, traced for `target`.
+
+    In a rank of a real process group (under torchrun), a spec across ranks is traced in a
     process of its own: its trace needs a fake group."""
     if spec.parallel != "none" and dist.is_initialized():
         spawn = multiprocessing.get_context("spawn")
@@ -208,20 +201,12 @@ def predict(
         with concurrent.futures.ProcessPoolExecutor(
             1, mp_context=spawn, initializer=lifeline.hold, initargs=((os.getpid(),),)
         ) as pool:
-            return pool.submit(_predict_in_child, spec, target, alloc_conf).result()
+            return pool.submit(_stream_in_child, spec, target).result()
     tracker, _ = _trace(spec, fake=True, target=target)
-    workspace = cublas_workspace_bytes(target)
-    conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") if alloc_conf is None else alloc_conf
-    events = [("alloc", f"cublas-{thread}", workspace) for thread in ("forward", "backward")]
-    allocator = replay(events + tracker.events, **parse_alloc_conf(conf))
-    return Prediction(
-        tracker.peak, allocator.peak_allocated, allocator.peak_reserved, 2 * workspace, target
-    )
+    return AllocationStream.of(tracker, spec.batch)
 
 
-def _predict_in_child(
-    spec: BenchSpec, target: tuple[int, int], alloc_conf: str | None
-) -> Prediction:
+def _stream_in_child(spec: BenchSpec, target: tuple[int, int]) -> AllocationStream:
     if os.environ.get(HANG_ENV):
         time.sleep(3600)
-    return predict(spec, target, alloc_conf)
+    return allocation_stream(spec, target)
