@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
@@ -12,8 +13,49 @@ GRAD_SYNCS = ("last", "every")
 
 
 def _positive(name: str, value: int) -> None:
+    _integer(name, value)
     if value <= 0:
         raise ValueError(f"{name}={value!r} is not allowed: it must be a positive integer.")
+
+
+# Values come from JSON, TOML and checkpoints too, not only from typed Python: each field's type
+# is checked first, so a message names the field rather than an operator that failed on it.
+def _kind(value) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    return {str: "text", float: "a decimal number"}.get(type(value), f"a {type(value).__name__}")
+
+
+def _integer(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(
+            f"{name}={value!r} is not allowed: it must be an integer, not {_kind(value)}."
+        )
+
+
+def _number(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(
+            f"{name}={value!r} is not allowed: it must be a number, not {_kind(value)}."
+        )
+
+
+def _integers(name: str, value) -> None:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(
+            f"{name}={value!r} is not allowed: it must be a list of integers, not {_kind(value)}."
+        )
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ValueError(
+                f"{name}={value!r} is not allowed: it must be a list of integers, and "
+                f"{item!r} is {_kind(item)}."
+            )
+
+
+def _boolean(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} is not allowed: it must be true or false.")
 
 
 @dataclass(frozen=True)
@@ -39,6 +81,10 @@ class UNetConfig:
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
+        _integers("channel_mults", self.channel_mults)
+        _integers("attention_resolutions", self.attention_resolutions)
+        _number("dropout", self.dropout)
+        _boolean("gradient_checkpointing", self.gradient_checkpointing)
         # Accept lists from callers (JSON, argparse) but store tuples so configs stay hashable.
         object.__setattr__(self, "channel_mults", tuple(self.channel_mults))
         object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
@@ -129,6 +175,18 @@ class TrainConfig:
     grad_sync: str = "last"
 
     def __post_init__(self) -> None:
+        for name in ("lr", "weight_decay", "ema_decay"):
+            _number(name, getattr(self, name))
+        if self.grad_clip is not None:
+            _number("grad_clip", self.grad_clip)
+        numbers = isinstance(self.betas, (list, tuple)) and all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) for b in self.betas
+        )
+        if not numbers:
+            raise ValueError(f"betas={self.betas!r} is not allowed: two numbers in [0, 1).")
+        _integer("lr_warmup_steps", self.lr_warmup_steps)
+        _integer("seed", self.seed)
+        _boolean("ema_warmup", self.ema_warmup)
         object.__setattr__(self, "betas", tuple(self.betas))
         _positive("batch_size", self.batch_size)
         _positive("accum_steps", self.accum_steps)
@@ -137,9 +195,9 @@ class TrainConfig:
                 f"precision={self.precision!r} is not allowed: "
                 f"choose one of {', '.join(PRECISIONS)}."
             )
-        if not self.lr > 0:
+        if not 0 < self.lr < math.inf:
             raise ValueError(f"lr={self.lr!r} is not allowed: it must be positive.")
-        if self.weight_decay < 0:
+        if not 0 <= self.weight_decay < math.inf:
             raise ValueError(f"weight_decay={self.weight_decay!r} is not allowed: it must be >= 0.")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas={self.betas!r} is not allowed: two numbers in [0, 1).")
@@ -147,7 +205,7 @@ class TrainConfig:
             raise ValueError(
                 f"lr_warmup_steps={self.lr_warmup_steps} is not allowed: it must be >= 0."
             )
-        if self.grad_clip is not None and not self.grad_clip > 0:
+        if self.grad_clip is not None and not 0 < self.grad_clip < math.inf:
             raise ValueError(
                 f"grad_clip={self.grad_clip!r} is not allowed: positive, or None for no clipping."
             )

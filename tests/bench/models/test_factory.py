@@ -116,6 +116,17 @@ def test_an_unusable_factory_is_one_line_before_any_row(user_path, capsys, impl,
     [
         ("ddpm", '{"base_chanels": 64}', "unknown UNetConfig field 'base_chanels'"),
         ("ddpm", '{"dropout": 2}', "dropout=2 is not allowed"),
+        (
+            "ddpm",
+            '{"base_channels": "16"}',
+            "base_channels='16' is not allowed: it must be an integer",
+        ),
+        ("ddpm", '{"norm_groups": 16.0}', "norm_groups=16.0 is not allowed: it must be an integer"),
+        (
+            "ddpm",
+            '{"num_res_blocks": true}',
+            "num_res_blocks=True is not allowed: it must be an integer",
+        ),
         ("ddpm", '{"image_size": 64}', "field 'image_size' is an axis of its own"),
         ("ddpm", "[1, 2]", "must hold a table of keyword arguments, not a list"),
         ("ddpm", "{not json", "is not valid JSON"),
@@ -127,7 +138,7 @@ def test_a_bad_model_config_is_one_line_naming_file_and_field(user_path, capsys,
     path.write_text(body)
     captured = _main(["--impl", impl, "--model-config", str(path)], user_path, capsys)
     check_one_line_error(says, 2, captured.err, captured.out)
-    if "field" in says:
+    if "field" in says or "must be" in says:
         assert str(path) in captured.err
 
 
