@@ -58,6 +58,16 @@ def _boolean(name: str, value) -> None:
         raise ValueError(f"{name}={value!r} is not allowed: it must be true or false.")
 
 
+# Sizes past these build a model no card holds, or take minutes only to build: the largest
+# published diffusion UNets (ADM, Imagen) use 2 or 3 residual blocks per level, 7 levels at
+# most, at most 2,048 channels and sides up to 1,024. One 3x3 convolution at MAX_WIDTH channels
+# holds 9.7e9 weights, 36 GiB in fp32: more than any card bench.cards knows.
+MAX_WIDTH = 2**15  # channels of any layer: the input's, every level's, the time embedding's
+MAX_SIDE = 2**15  # the image side in pixels
+MAX_RES_BLOCKS = 64  # residual blocks per level
+MAX_LEVELS = 16  # entries of channel_mults
+
+
 @dataclass(frozen=True)
 class UNetConfig:
     """Shape of the DDPM UNet (Ho et al. 2020, Appendix B; the `ddpm-cifar10` preset is theirs).
@@ -106,6 +116,7 @@ class UNetConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout!r} is not allowed: it must be in [0, 1).")
+        self._check_sizes()
         if self.time_embed_dim % 2 or self.time_embed_dim < 4:
             # Frequencies are spaced over half - 1 intervals: a width of 2 has none.
             raise ValueError(
@@ -141,6 +152,34 @@ class UNetConfig:
             raise ValueError(
                 f"num_heads={self.num_heads} does not divide the "
                 f"{self.level_channels[-1]} channels of the middle block."
+            )
+
+    def _check_sizes(self) -> None:
+        """Refuse a model past the MAX_* bounds before anything builds it."""
+        widest = max(self.level_channels)
+        if widest > MAX_WIDTH:
+            raise ValueError(
+                f"base_channels={self.base_channels} x channel_mults {max(self.channel_mults)} "
+                f"= {widest:,} channels is not allowed: at most {MAX_WIDTH:,} per level "
+                "(one 3x3 convolution of that width already fits no card)."
+            )
+        limits = {
+            "image_size": MAX_SIDE,
+            "in_channels": MAX_WIDTH,
+            "num_res_blocks": MAX_RES_BLOCKS,
+            "time_embed_dim": MAX_WIDTH,
+            "time_hidden_dim": MAX_WIDTH,
+        }
+        for name, limit in limits.items():
+            if getattr(self, name) > limit:
+                raise ValueError(
+                    f"{name}={getattr(self, name)} is not allowed: at most {limit:,} "
+                    "(a model past that fits no card, or takes minutes only to build)."
+                )
+        if len(self.channel_mults) > MAX_LEVELS:
+            raise ValueError(
+                f"channel_mults has {len(self.channel_mults)} levels: at most {MAX_LEVELS} "
+                "are allowed."
             )
 
     @property

@@ -129,6 +129,11 @@ BAD = {
     "missing checkpoint": (["--checkpoint", "{tmp}/no-such.pt"], "no-such.pt"),
     "corrupt checkpoint": (["--checkpoint", "{tmp}/corrupt.pt"], "corrupt.pt"),
     "checkpoint that runs code": (["--checkpoint", "{tmp}/evil.pt"], "was refused"),
+    # Refused from its config alone: building 10^6 residual blocks took a minute, then bad_alloc.
+    "absurd model in a checkpoint": (
+        ["--checkpoint", "{tmp}/absurd.pt"],
+        "num_res_blocks=1000000 is not allowed: at most 64",
+    ),
     "out is a folder": (["--out", "{tmp}/grid.png"], "grid.png is a folder"),
     "out under a file": (["--out", "{tmp}/afile/samples.png"], "afile"),
     "device name": (["--device", "gpu0"], "gpu0"),
@@ -138,7 +143,10 @@ if not torch.cuda.is_available():
 
 
 @pytest.fixture
-def bad_folder(tmp_path) -> Path:
+def bad_folder(tmp_path, checkpoint) -> Path:
+    data = torch.load(checkpoint, weights_only=True)
+    data["unet_config"]["num_res_blocks"] = 10**6
+    torch.save(data, tmp_path / "absurd.pt")
     (tmp_path / "afile").write_text("a file, not a folder")
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
     torch.save({"payload": _RunsCode()}, tmp_path / "evil.pt")
