@@ -16,6 +16,7 @@ from ddpm.config import TrainConfig, UNetConfig
 from ddpm.ema import EMA
 from ddpm.errors import first_line
 from ddpm.schedule import NoiseSchedule
+from ddpm.state import load_model_state
 
 FORMAT = "ddpm-bench-checkpoint-v1"
 REQUIRED_KEYS = (
@@ -152,5 +153,5 @@ def ema_from(data: dict, model: torch.nn.Module) -> EMA:
 def load_weights(model: torch.nn.Module, data: dict) -> None:
     """The checkpoint's EMA weights into `model`: the weights ddpm.cli.sample draws with by default.
     The raw weights are loaded first, so a checkpoint of another model fails on them by name."""
-    model.load_state_dict(data["model"])
+    load_model_state(model, data["model"])
     ema_from(data, model).copy_to(model)

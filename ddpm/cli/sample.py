@@ -48,6 +48,7 @@ from ddpm.ema import EMA
 from ddpm.errors import first_line
 from ddpm.sample import VARIANCES, ddim_sample, ddpm_sample
 from ddpm.schedule import NoiseSchedule
+from ddpm.state import load_model_state
 from ddpm.unet import UNet
 
 SAMPLERS = ("ddpm", "ddim")
@@ -124,7 +125,7 @@ def validate(args) -> Job:
         data = load_checkpoint(args.checkpoint)
         schedule = schedule_from(data)
         model = UNet(unet_config_from(data))
-        model.load_state_dict(data["model"])
+        load_model_state(model, data["model"])
         ema = None if args.no_ema else ema_from(data, model)
     except CheckpointError as exc:
         raise UsageError(str(exc)) from None
