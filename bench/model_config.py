@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 
 from ddpm.config import UNetConfig
@@ -22,25 +24,63 @@ AXIS_FIELDS = {
 }
 
 
+# A model's keyword arguments take a few hundred bytes (diffusers' largest config.json, 2 KiB):
+# a file past this is not one, and reading on (/dev/zero) would end only when memory does.
+MAX_BYTES = 2**20
+
+
 class ModelConfigError(ValueError):
     """A file that cannot be read, or a field the model rejects; the message is one line."""
+
+
+def read(path: str) -> bytes:
+    """The file's bytes: a regular file of at most MAX_BYTES (a FIFO would block the read for
+    ever, a device or /proc file never end), else ModelConfigError."""
+    try:
+        # No blocking open: a FIFO without a writer would hang here before stat could tell.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ModelConfigError(f"--model-config {path}: cannot read it ({exc.strerror}).") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ModelConfigError(
+                f"--model-config {path} is not a regular file: give a JSON or TOML file."
+            )
+        chunks: list[bytes] = []
+        while sum(map(len, chunks)) <= MAX_BYTES:
+            chunk = os.read(fd, MAX_BYTES + 1 - sum(map(len, chunks)))
+            if not chunk:
+                break
+            chunks.append(chunk)
+        data = b"".join(chunks)
+    except OSError as exc:
+        raise ModelConfigError(f"--model-config {path}: cannot read it ({exc.strerror}).") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_BYTES:
+        raise ModelConfigError(
+            f"--model-config {path} is larger than {MAX_BYTES // 2**20} MiB: a model's keyword "
+            "arguments take a few hundred bytes."
+        )
+    return data
 
 
 def load(path: str) -> dict:
     """The file's top-level table: TOML for a .toml name, JSON otherwise."""
     file = Path(path)
-    try:
-        text = file.read_bytes()
-    except OSError as exc:
-        raise ModelConfigError(f"--model-config {path}: cannot read it ({exc.strerror}).") from None
+    text = read(path)
     try:
         if file.suffix.lower() == ".toml":
             data = _toml().loads(text.decode())
         else:
             data = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         kind = "TOML" if file.suffix.lower() == ".toml" else "JSON"
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = (
+            "nested too deeply"
+            if isinstance(exc, RecursionError)
+            else (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        )
         raise ModelConfigError(f"--model-config {path} is not valid {kind}: {first}.") from None
     if not isinstance(data, dict):
         raise ModelConfigError(
@@ -62,8 +102,8 @@ def tag(path: str) -> str:
     """The file's stem and the first 8 hex digits of its bytes' SHA-256 ("missing" when it is
     gone: a table read back after the file was deleted still names its specs)."""
     try:
-        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:8]
-    except OSError:
+        digest = hashlib.sha256(read(path)).hexdigest()[:8]
+    except ModelConfigError:
         digest = "missing"
     return f"{Path(path).stem}{digest}"
 

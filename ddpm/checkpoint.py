@@ -90,7 +90,11 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist.")
+        # A FIFO, a device or a folder is there but is no file to read (a FIFO would block).
+        there = path.exists()
+        raise CheckpointError(
+            f"checkpoint {path} " + ("is not a regular file." if there else "does not exist.")
+        )
     try:
         # weights_only: a checkpoint is data; never run code from a file on load.
         data = torch.load(path, map_location="cpu", weights_only=True)

@@ -128,6 +128,7 @@ BAD = {
     "not an image suffix": (["--out", "{tmp}/samples.txt"], "samples.txt"),
     "missing checkpoint": (["--checkpoint", "{tmp}/no-such.pt"], "no-such.pt"),
     "corrupt checkpoint": (["--checkpoint", "{tmp}/corrupt.pt"], "corrupt.pt"),
+    "checkpoint that is a FIFO": (["--checkpoint", "{tmp}/fifo.pt"], "is not a regular file"),
     "checkpoint that runs code": (["--checkpoint", "{tmp}/evil.pt"], "was refused"),
     # Refused from its config alone: building 10^6 residual blocks took a minute, then bad_alloc.
     "absurd model in a checkpoint": (
@@ -168,6 +169,7 @@ def bad_folder(tmp_path, checkpoint) -> Path:
         data = torch.load(checkpoint, weights_only=True)
         change(data)
         torch.save(data, tmp_path / f"{name}.pt")
+    os.mkfifo(tmp_path / "fifo.pt")  # there, but no file to read: "does not exist" was wrong
     (tmp_path / "afile").write_text("a file, not a folder")
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
     torch.save({"payload": _RunsCode()}, tmp_path / "evil.pt")
