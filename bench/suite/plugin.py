@@ -11,6 +11,7 @@ torchrun --standalone --nproc-per-node 2 -m pytest bench --bench-parallel fsdp  
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -65,10 +66,20 @@ def pytest_addoption(parser):
     )
 
 
+# The specs, built and checked once in pytest_configure: before collection, so a bad option is
+# one line before any test runs, not a collection error per test file.
+SPECS = pytest.StashKey[list]()
+# The shared parsers name the harnesses' options; the suite's are these, prefixed.
+SHARED_OPTIONS = re.compile(r"(?<![\w-])--(impl|model-config|preset|device|image-size)\b")
+
+
 def bench_specs(config):
     from bench.spec import BenchSpec
 
     try:
+        rounds = config.getoption("--bench-rounds")
+        if rounds < 1:
+            raise SpecError(f"--bench-rounds {rounds} is not allowed: it must be >= 1.")
         preset = parse_preset(config.getoption("--bench-preset"))
         size = parse_image_size(None, preset)
         (mode,) = parse_choices("--bench-parallel", config.getoption("--bench-parallel"), PARALLEL)
@@ -102,11 +113,13 @@ def bench_specs(config):
             ),
         )
     except SpecError as exc:
-        raise pytest.UsageError(str(exc)) from None
+        raise pytest.UsageError(SHARED_OPTIONS.sub(r"--bench-\1", str(exc))) from None
 
 
 def pytest_configure(config):
-    """Under torchrun every rank runs the suite and joins the group; rank 0 alone saves."""
+    """Every option checked, and the specs built, before collection. Under torchrun every rank
+    runs the suite and joins the group; rank 0 alone saves."""
+    config.stash[SPECS] = bench_specs(config)
     if parallel.launched():
         parallel.init(parse_device(config.getoption("--bench-device")))
         if parallel.rank() != 0:
@@ -119,7 +132,7 @@ def pytest_unconfigure(config):
 
 def pytest_generate_tests(metafunc):
     if "spec" in metafunc.fixturenames:
-        specs = bench_specs(metafunc.config)
+        specs = metafunc.config.stash[SPECS]
         metafunc.parametrize(
             "spec",
             specs,

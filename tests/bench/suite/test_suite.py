@@ -127,6 +127,24 @@ def test_the_suite_runs_lucidrains_and_refuses_an_unusable_factory_in_one_line(t
     assert "module 'no_such_module_xyz' does not import" in bad.stdout + bad.stderr
 
 
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--bench-impl", "nosuch"], "--bench-impl 'nosuch' is not allowed"),
+        (["--bench-rounds", "0"], "--bench-rounds 0 is not allowed: it must be >= 1"),
+        (["--bench-rounds", "-1"], "--bench-rounds -1 is not allowed"),
+        (["--bench-batch", "0"], "--bench-batch 0 is not allowed"),
+    ],
+)
+def test_a_bad_option_is_one_line_before_any_test_runs(tmp_path, args, says):
+    """Checked when pytest configures, before collection: not a collection error per test
+    file naming the harnesses' option, nor every test failing on a stack."""
+    run = run_suite(tmp_path, "--benchmark-disable", *args)
+    lines = [line for line in (run.stdout + run.stderr).splitlines() if line.strip()]
+    assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.stdout[-2000:]
+    assert lines == [f"ERROR: {lines[0].removeprefix('ERROR: ')}"] and says in lines[0], lines
+
+
 def benchmark_parser() -> Parser:
     """A pytest parser holding pytest-benchmark's real options, edited as `pytest bench` is."""
     parser = Parser(_ispytest=True)
