@@ -7,13 +7,17 @@ recipe, and checked before anything runs (`problem`)."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bench import model_config
 from bench.models import diffusers_unet, factory, lucidrains_unet
+from bench.models.fake import fake_mode
 from bench.spec import BenchSpec
 from ddpm.config import TrainConfig
 from ddpm.errors import first_line
+from ddpm.precision import autocast
+from ddpm.schedule import NoiseSchedule
 from ddpm.unet import UNet
 
 
@@ -68,14 +72,17 @@ def problem(spec: BenchSpec) -> str | None:
 
 
 def output_problem(spec: BenchSpec) -> str | None:
-    """Build the model on fake tensors (no memory, no init cost) and run one batch-1 forward:
-    a rejected config or an output that is not eps's shape is one line."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
+    """The model as the spec runs it, on fake tensors (no memory, no init cost): built, then
+    called at the spec's batch and precision, in training mode (eval mode for a sampling spec).
+    Its output must be a floating-point tensor of exactly the input's shape (a loss would
+    broadcast another), and a training spec needs parameters that train and a loss whose
+    gradient reaches them. What fails is one line."""
     config = spec.unet_config()
-    shape = (1, config.in_channels, config.image_size, config.image_size)
+    shape = (spec.batch, config.in_channels, config.image_size, config.image_size)
     source = f" from --model-config {spec.config_file}" if spec.config_file else ""
-    with FakeTensorMode(allow_non_fake_inputs=True):
+    training = spec.sampler == "none"  # a sampling spec only calls the model
+    schedule = NoiseSchedule.linear()  # built outside fake mode: its validation reads values
+    with fake_mode():
         try:
             model = build_unet(spec)
         except (factory.FactoryError, model_config.ModelConfigError) as exc:
@@ -85,17 +92,60 @@ def output_problem(spec: BenchSpec) -> str | None:
                 f"--impl {spec.impl} rejects its arguments{source}: "
                 f"{type(exc).__name__}: {first_line(exc)}"
             )
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if training and not trainable:
+            count = sum(1 for _ in model.parameters())
+            held = f"all {count} of its parameter tensors are frozen" if count else "none"
+            return (
+                f"--impl {spec.impl}{source}: the model has no parameters that train ({held}): "
+                "training it would optimize nothing."
+            )
+        model.train(training)
+        x, t = torch.zeros(shape), torch.zeros(spec.batch, dtype=torch.long)
+        objective = recipe(spec, model, spec.train_config()).get("objective") if training else None
+        if objective is not None:  # the implementation's own loss, which calls the model itself
+            return _gradient_problem(
+                spec, trainable, lambda: objective(model, schedule, x, t, x, spec.precision)
+            )
+        mode = "training" if training else "sampling"
+        run = f"a {spec.precision} {mode} forward of a {shape} batch"
         try:
-            out = model(torch.zeros(shape), torch.zeros(1, dtype=torch.long))
+            with torch.set_grad_enabled(training), autocast(spec.precision, "cpu"):
+                out = model(x, t)
         except Exception as exc:  # whatever the model raises on an input of this shape
             return (
-                f"--impl {spec.impl}{source}: a forward of a {tuple(shape)} batch fails "
-                f"({type(exc).__name__}: {first_line(exc)})."
+                f"--impl {spec.impl}{source}: {run} fails ({type(exc).__name__}: "
+                f"{first_line(exc)})."
             )
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != shape:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            return (
+                f"--impl {spec.impl}{source}: model(x_t, t) must return the noise prediction, "
+                f"shape {shape} like x_t; {run} returned {got}."
+            )
+        if not out.is_floating_point():
+            return (
+                f"--impl {spec.impl}{source}: model(x_t, t) must return the noise prediction "
+                f"in floating point; {run} returned {out.dtype}."
+            )
+        if training:  # L_simple on that output, as ddpm.objective.l_simple takes it
+            return _gradient_problem(spec, trainable, lambda: F.mse_loss(out.float(), x))
+    return None
+
+
+def _gradient_problem(spec: BenchSpec, trainable: list, loss) -> str | None:
+    """The training loss's backward, and a gradient on some parameter that trains."""
+    source = f" from --model-config {spec.config_file}" if spec.config_file else ""
+    try:
+        loss().backward()
+    except Exception as exc:
         return (
-            f"--impl {spec.impl}{source}: model(x_t, t) must return the noise prediction, "
-            f"shape {shape} like x_t; it returned {got}."
+            f"--impl {spec.impl}{source}: the training loss or its backward fails "
+            f"({type(exc).__name__}: {first_line(exc)})."
+        )
+    if all(p.grad is None for p in trainable):
+        return (
+            f"--impl {spec.impl}{source}: the loss's gradient reaches none of the model's "
+            "parameters: training it would optimize nothing."
         )
     return None

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.models.fake import fake_mode
 from bench.models.impl import build_unet, recipe
 from bench.spec import BenchSpec
 from ddpm.parallel import wrap
@@ -107,5 +108,5 @@ def synthetic_images(spec: BenchSpec, count: int) -> torch.Tensor:
 
 
 def parameter_count(spec: BenchSpec) -> int:
-    with torch.device("meta"):  # no memory, no init cost
+    with fake_mode():  # no memory, no init cost; values read while building are there
         return sum(p.numel() for p in build_unet(spec).parameters())

@@ -21,13 +21,13 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
 from bench.cards import Card
 from bench.measure.flops import CPU_ATTENTION
+from bench.models.fake import fake_mode
 from bench.models.workload import build_model, build_trainer, synthetic_images
 from bench.predict.cuda_rules import CudaRules
 from bench.spec import BenchSpec
@@ -166,7 +166,7 @@ def train_step_kernels(spec: BenchSpec, card: Card) -> list[Kernel]:
     precision = "bf16" if spec.precision == "fp16" else spec.precision  # as the memory trace
     schedule = NoiseSchedule.linear()  # built outside fake mode: its validation reads values
     recorder = KernelRecorder()
-    with FakeTensorMode(allow_non_fake_inputs=True), CudaRules(card.capability), recorder:
+    with fake_mode(), CudaRules(card.capability), recorder:
         trainer = build_trainer(
             spec.replace(precision=precision, parallel="none", ranks=1),
             device="cpu",
@@ -200,7 +200,7 @@ def denoising_step_kernels(spec: BenchSpec, card: Card) -> list[Kernel]:
     c = spec.unet_config()
     shape = (spec.batch, c.in_channels, c.image_size, c.image_size)
     recorder = KernelRecorder()
-    with FakeTensorMode(allow_non_fake_inputs=True), CudaRules(card.capability), recorder:
+    with fake_mode(), CudaRules(card.capability), recorder:
         model = build_model(spec, compiled=False)
         steps = sample_progressive(model, sampler, shape, device="cpu", precision=spec.precision)
         with contextlib.closing(steps):

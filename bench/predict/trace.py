@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 from bench.cards import DEFAULT_TARGET
 from bench.measure.tracked import MemoryPeak, TensorTracker
+from bench.models.fake import fake_mode
 from bench.models.workload import build_trainer, synthetic_images
 from bench.predict.allocator import cublas_workspace_bytes, parse_alloc_conf, replay
 from bench.predict.cuda_rules import CudaRules
@@ -103,7 +103,7 @@ def _trace(
     device = "cpu" if fake else spec.device
     with rank_zero(spec, fake_tensors=fake) as mesh, contextlib.ExitStack() as stack:
         if fake:
-            stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
+            stack.enter_context(fake_mode())
             stack.enter_context(CudaRules(target))
             if spec.parallel == "ddp":
                 stack.enter_context(fake_tensor_ddp())

@@ -13,6 +13,7 @@ from bench import spec as spec_module
 from bench.core import Harness
 from bench.models import impl
 from bench.spec import (
+    ARCHITECTURE,
     DEFAULT_BUDGET,
     DEFAULT_CONTEXT_MIB,
     LIST_CARDS,
@@ -214,9 +215,21 @@ def check_impl(specs: list[BenchSpec]) -> None:
         raise SpecError(
             "--model-config holds one implementation's arguments: give a single --impl with it."
         )
-    # One check per model: the axes that change it (a fake forward's cost, once each).
+    # One check per model and the way a spec calls it (a fake forward's cost, once each): the
+    # axes that change the model, and the batch, precision and mode of the call.
     models = {
-        (s.impl, s.model_config, s.preset, s.image_size, s.attention, s.checkpointing): s
+        (
+            s.impl,
+            s.model_config,
+            s.preset,
+            *(getattr(s, name) for name in ARCHITECTURE),
+            s.image_size,
+            s.attention,
+            s.checkpointing,
+            s.batch,
+            s.precision,
+            s.sampler == "none",
+        ): s
         for s in specs
     }
     for spec in models.values():

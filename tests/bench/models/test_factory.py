@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.harnesses import throughput
+from bench.harnesses import memory, throughput
 from bench.models.factory import FactoryModel
 from tests.helpers.cli_checks import check_one_line_error, snapshot
 
@@ -54,6 +54,35 @@ FACTORY = textwrap.dedent(
 
     def not_a_module():
         return 3
+
+    class DropPath(Net):  # timm's and DiT's pattern: rates read from a tensor while building
+        def __init__(self, depth=4):
+            super().__init__()
+            self.rates = [x.item() for x in torch.linspace(0, 0.1, depth)]
+
+    class BatchNormed(Net):  # BatchNorm1d trains at batch 2, not at batch 1
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.BatchNorm1d(8)
+
+        def forward(self, x, t):
+            h = self.a(x)
+            return self.b(h + self.norm(h.mean((2, 3)))[:, :, None, None])
+
+    class FirstOnly(Net):  # a loss against it would broadcast over the batch
+        def forward(self, x, t):
+            return super().forward(x, t)[:1]
+
+    class Integers(Net):
+        def forward(self, x, t):
+            return super().forward(x, t).long()
+
+    class Parameterless(nn.Module):
+        def forward(self, x, t):
+            return x * 0.5
+
+    def frozen():
+        return Net().requires_grad_(False)
 
     number = 3
     """
@@ -101,7 +130,12 @@ def _main(args, out, capsys):
         ("mynets:missing", None, "'mynets' has no attribute 'missing'"),
         ("mynets:number", None, "'number' is not callable"),
         ("mynets:not_a_module", None, "returned a int, not a torch.nn.Module"),
-        ("mynets:wrong_shape", None, "shape (1, 3, 8, 8) like x_t; it returned (1, 8, 8, 8)"),
+        (
+            "mynets:wrong_shape",
+            None,
+            "shape (8, 3, 8, 8) like x_t; a fp32 training forward of a (8, 3, 8, 8) batch "
+            "returned (8, 8, 8, 8)",
+        ),
         ("mynets:make", "typo.json", "rejects its arguments from --model-config"),
     ],
 )
@@ -109,6 +143,38 @@ def test_an_unusable_factory_is_one_line_before_any_row(user_path, capsys, impl,
     args = ["--impl", impl] + (["--model-config", str(user_path / config)] if config else [])
     captured = _main(args, user_path, capsys)
     check_one_line_error(says, 2, captured.err, captured.out)
+
+
+@pytest.mark.parametrize(
+    "impl, batch, says",
+    [
+        # Passed a batch-1 check, then the loss broadcast it and the row said ok.
+        ("mynets:FirstOnly", "4", "a fp32 training forward of a (4, 3, 8, 8) batch returned (1, "),
+        ("mynets:Integers", "2", "in floating point; a fp32 training forward of a (2, 3, 8, 8) "),
+        ("mynets:Parameterless", "2", "the model has no parameters that train (none)"),
+        ("mynets:frozen", "2", "no parameters that train (all 4 of its parameter tensors are"),
+        ("mynets:BatchNormed", "1", "(1, 3, 8, 8) batch fails (ValueError: Expected more than 1"),
+    ],
+)
+def test_a_model_is_checked_as_the_spec_calls_it(user_path, capsys, impl, batch, says):
+    """At the spec's batch and precision, its output exactly the input's shape and floating
+    point, with parameters that train: what fails is one line before any row."""
+    captured = _main(["--impl", impl, "--batch", batch, "--precision", "fp32"], user_path, capsys)
+    check_one_line_error(says, 2, captured.err, captured.out)
+
+
+@pytest.mark.parametrize("impl", ["mynets:DropPath", "mynets:BatchNormed"])
+def test_a_model_that_runs_for_real_is_not_refused(user_path, impl):
+    """A model that reads a tensor's value while built (refused on fake tensors before), or
+    one that needs a batch above 1 (refused at the check's batch 1 before), trains and is
+    predicted."""
+    args = ["--impl", impl, "--batch", "2", "--precision", "fp32", "--steps", "1"]
+    args += ["--preset", "ddpm-cifar10", "--image-size", "8", "--attention", "none"]
+    args += ["--device", "cpu", "--inline", "--out", str(user_path / "out")]
+    (row,) = throughput.main(args)
+    assert row["status"] == "ok", row["error"]
+    (row,) = memory.main([*args, "--predict-only", "--card", "rtx3070"])
+    assert row["status"] == "ok" and row["fits"], row["error"]
 
 
 @pytest.mark.parametrize(
