@@ -47,9 +47,11 @@ def recipe(spec: BenchSpec, model: nn.Module, config: TrainConfig) -> dict:
     return {}
 
 
-def problem(spec: BenchSpec) -> str | None:
+def problem(spec: BenchSpec, run: bool = True) -> str | None:
     """Why this spec's model cannot run, in one line, or None: the library is missing, the
-    config is rejected, the factory is unusable, or the output is not the input's shape."""
+    config is rejected, the factory is unusable, or the model fails as the spec calls it.
+    `run`: build and call any model but ours and diffusers' built to it (the user's code:
+    bench.sweep.check runs that in a process of its own); without, only what reads no code."""
     if spec.impl == "ddpm":
         try:
             spec.unet_config()  # --model-config's UNetConfig fields, checked as it reads them
@@ -68,7 +70,7 @@ def problem(spec: BenchSpec) -> str | None:
         return f"--impl diffusers cannot build this model: {reason}." if reason else None
     if spec.checkpointing == "on" and spec.impl != "diffusers":
         return f"--impl {spec.impl} has no gradient checkpointing here: give --checkpointing off."
-    return output_problem(spec)
+    return output_problem(spec) if run else None
 
 
 def output_problem(spec: BenchSpec) -> str | None:

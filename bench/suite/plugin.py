@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 import pytest
 
-from bench.models import impl
 from bench.spec import (
     SpecError,
     expand_grid,
@@ -27,6 +27,7 @@ from bench.spec import (
     parse_model_config,
     parse_preset,
 )
+from bench.sweep.cli import check_impl
 from ddpm import parallel
 from ddpm.config import PRECISIONS, PRESETS
 from ddpm.parallel import PARALLEL
@@ -99,11 +100,7 @@ def bench_specs(config):
         impls = parse_impls(config.getoption("--bench-impl"))
         if base.config_file and len(impls) > 1:
             raise SpecError("--bench-model-config holds one implementation's arguments.")
-        for name in impls:  # each built once on fake tensors: a bad factory is one line
-            reason = impl.problem(base.replace(impl=name))
-            if reason:
-                raise SpecError(reason)
-        return expand_grid(
+        grid = expand_grid(
             base,
             impl=impls,
             batch=parse_int_list("--bench-batch", config.getoption("--bench-batch")),
@@ -112,6 +109,10 @@ def bench_specs(config):
                 "--bench-precision", config.getoption("--bench-precision"), PRECISIONS
             ),
         )
+        # Each model run on fake tensors as its specs call it (a factory in a process of its
+        # own): a bad one is one line.
+        check_impl(grid)
+        return grid
     except SpecError as exc:
         raise pytest.UsageError(SHARED_OPTIONS.sub(r"--bench-\1", str(exc))) from None
 
@@ -119,7 +120,12 @@ def bench_specs(config):
 def pytest_configure(config):
     """Every option checked, and the specs built, before collection. Under torchrun every rank
     runs the suite and joins the group; rank 0 alone saves."""
-    config.stash[SPECS] = bench_specs(config)
+    try:
+        config.stash[SPECS] = bench_specs(config)
+    except KeyboardInterrupt:  # the user's, or raised by a factory's code: no INTERNALERROR
+        print("Interrupted while the suite's models were checked: no test ran.", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(130)
     if parallel.launched():
         parallel.init(parse_device(config.getoption("--bench-device")))
         if parallel.rank() != 0:

@@ -24,11 +24,13 @@ from bench.spec import (
     option_axes,
     parse_budget,
 )
+from bench.sweep.check import DEFAULT_TIMEOUT_S, check_models
 from bench.sweep.launch import Launch, launches_ranks
 from bench.sweep.runner import run_sweep
 from bench.tables.results import RUN_FOLDER, ResultsError, check_writable, results_folder
 from ddpm.cli.args import ArgumentParser, seed_int
 from ddpm.cli.pipes import quiet_closed_pipes
+from ddpm.cli.signals import exit_on_interrupt
 
 # Bad input gets one line naming the problem and exit status 2, not a usage dump: the same
 # parser as ddpm's command lines.
@@ -157,8 +159,9 @@ def build_parser(
     g.add_argument(
         "--timeout",
         type=float,
-        default=3600.0,
-        help="seconds before a spec's process is stopped (default %(default)s)",
+        default=DEFAULT_TIMEOUT_S,
+        help="seconds before a spec's process is stopped, and before the check of a model "
+        "other than ours that runs first (default %(default)s)",
     )
     for action in p._actions:
         if helps and action.dest in helps:
@@ -202,15 +205,16 @@ def specs_from_args(args: argparse.Namespace) -> list[BenchSpec]:
     check_rank_axes(values, args)
     # Fastest-varying: implementations alternate in the sweep, so machine drift is shared.
     grid = expand_grid(base, **dict(sorted(values.items(), key=lambda item: item[0] == "impl")))
-    check_impl(grid)
+    check_impl(grid, args.timeout)
     grid = [s for s in grid if parallel_pair_ok(s)]
     return [s.replace(repeat=r) for r in range(1, args.repeats + 1) for s in grid]
 
 
-def check_impl(specs: list[BenchSpec]) -> None:
+def check_impl(specs: list[BenchSpec], timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
     """Every implementation asked for is installed and builds every model it is asked for
-    (a factory imported, its output the input's shape), before anything runs; --model-config
-    belongs to one implementation."""
+    (a factory imported, the model run as each spec calls it), before anything runs, within
+    `timeout_s`; --model-config belongs to one implementation. Any model but ours is checked in
+    a process of its own (bench.sweep.check): it runs the user's code."""
     if any(s.config_file for s in specs) and len({s.impl for s in specs}) > 1:
         raise SpecError(
             "--model-config holds one implementation's arguments: give a single --impl with it."
@@ -232,10 +236,16 @@ def check_impl(specs: list[BenchSpec]) -> None:
         ): s
         for s in specs
     }
-    for spec in models.values():
-        reason = impl.problem(spec)
+    for spec in models.values():  # what reads no code of theirs: here
+        reason = impl.problem(spec, run=False)
         if reason:
             raise SpecError(reason)
+    # The models built and run as the specs call them: any but ours and diffusers' built to it.
+    theirs = [
+        s for s in models.values() if s.impl != "ddpm" and (s.impl != "diffusers" or s.config_file)
+    ]
+    if theirs:
+        check_models(theirs, timeout_s)
 
 
 def check_rank_axes(values: dict[str, list], args: argparse.Namespace) -> None:
@@ -346,11 +356,19 @@ def _run_cli(
         print(cards.listing())
         return []
     try:
-        specs = make_specs(args)
-        check_launch(specs, args)
-        settings = harness.options(args) if harness.options else {}
-        out = results_folder(args.out)
-        check_writable(out)
+        # The checks run the user's code (a factory's): Ctrl-C, SIGTERM, or a KeyboardInterrupt
+        # it raises, is one line and the shell's status for the signal.
+        with exit_on_interrupt(
+            lambda name: (
+                f"Interrupted ({name}) while the specs were checked: nothing ran, "
+                "nothing was written."
+            )
+        ):
+            specs = make_specs(args)
+            check_launch(specs, args)
+            settings = harness.options(args) if harness.options else {}
+            out = results_folder(args.out)
+            check_writable(out)
     except (SpecError, ResultsError) as exc:
         parser.error(str(exc))
     command = (

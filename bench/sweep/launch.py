@@ -24,8 +24,10 @@ from bench.sweep.worker import MESSAGES_FILE, PARENT_ENV, rank_result, run_spec
 
 
 def run_inline(harness: Harness, spec: BenchSpec, context: RunContext) -> dict:
-    """The spec in this process: no isolation, so for tests and debugging (--inline)."""
-    return run_spec(harness, spec, context)
+    """The spec in this process: no isolation, so for tests and debugging (--inline). What the
+    model's code prints goes to stderr, as a worker's does not reach stdout either."""
+    with contextlib.redirect_stdout(sys.stderr):
+        return run_spec(harness, spec, context)
 
 
 def _relay(messages: Path, shown: int, say: Callable[[str], None]) -> int:

@@ -69,6 +69,12 @@ def run_spec(harness: Harness, spec: BenchSpec, context: RunContext) -> dict:
             inject_fault(spec)
             figures = measure(spec.replace(device=str(device)), context)
         return {"status": "ok", "error": None, "figures": figures}
+    except SystemExit as exc:  # the model's code ending its process: this spec's failure too
+        return {
+            "status": "error",
+            "error": f"SystemExit: the model's code called sys.exit({exc.code!r})",
+            "figures": {},
+        }
     except Exception as exc:  # one spec's failure is a result, not the end of the sweep
         reason = first_line(exc, limit=300)
         if cuda.is_oom(exc):  # cuBLAS, cuDNN and module loading report it as RuntimeError

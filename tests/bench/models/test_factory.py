@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -89,12 +91,32 @@ FACTORY = textwrap.dedent(
 )
 
 
+# Factories whose code ends, interrupts or stalls the process it runs in.
+ENDINGS = {
+    "exit_at_import": "import sys\nsys.exit(0)\n",
+    "exit_in_factory": "import sys\n\ndef make():\n    sys.exit(3)\n",
+    "os_exit_at_import": "import os\nos._exit(0)\n",
+    "interrupting": "def make():\n    raise KeyboardInterrupt\n",
+    "hanging": """
+        import os, time
+        from pathlib import Path
+
+        def make():
+            if os.environ.get("HANG_MARK"):
+                Path(os.environ["HANG_MARK"]).touch()
+            time.sleep(1000)
+    """,
+}
+
+
 @pytest.fixture
 def user_path(tmp_path, monkeypatch):
     folder = tmp_path / "user"
     folder.mkdir()
     (folder / "mynets.py").write_text(FACTORY)
     (folder / "broken.py").write_text("import no_such_package_here\n")
+    for name, text in ENDINGS.items():
+        (folder / f"{name}.py").write_text(textwrap.dedent(text))
     (folder / "width.json").write_text('{"width": 4}')
     (folder / "typo.json").write_text('{"widht": 4}')
     monkeypatch.syspath_prepend(str(folder))
@@ -143,6 +165,70 @@ def test_an_unusable_factory_is_one_line_before_any_row(user_path, capsys, impl,
     args = ["--impl", impl] + (["--model-config", str(user_path / config)] if config else [])
     captured = _main(args, user_path, capsys)
     check_one_line_error(says, 2, captured.err, captured.out)
+
+
+@pytest.mark.parametrize(
+    "impl, extra, status, says",
+    [
+        # A false success before: exit 0 with nothing written; sys.exit(3): exit 3, no message.
+        ("exit_at_import:make", [], 2, "--impl exit_at_import:make: its code called sys.exit(0)"),
+        ("exit_in_factory:make", [], 2, "--impl exit_in_factory:make: its code called sys.exit(3)"),
+        ("interrupting:make", [], 130, "Interrupted (SIGINT) while the specs were checked"),
+        ("hanging:make", ["--timeout", "5"], 2, "took longer than --timeout 5 s; it was stopped"),
+    ],
+)
+def test_user_code_that_ends_or_stalls_the_check_is_one_line(
+    user_path, capsys, impl, extra, status, says
+):
+    """Any exit from the factory's code while its model is checked is one line naming --impl
+    (exit 2), an interrupt one line and 130, a hang bounded by --timeout; nothing written."""
+    before = snapshot(user_path)
+    with pytest.raises(SystemExit) as info:
+        throughput.main(
+            ["--impl", impl, *extra, "--preset", "ddpm-cifar10", "--image-size", "8"]
+            + ["--attention", "none", "--device", "cpu", "--inline", "--out", str(user_path)]
+        )
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert info.value.code == status and captured.out == "", captured.err
+    assert len(lines) == 1 and says in lines[0] and "Traceback" not in captured.err, lines
+    assert snapshot(user_path) == before
+
+
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background job inherits it ignored
+
+
+@pytest.mark.parametrize("case", ["os._exit(0) at import", "Ctrl-C during the check"])
+def test_a_process_ending_or_interrupted_check_is_one_line(user_path, tmp_path, case):
+    """As a user runs it, in a process of its own: os._exit(0) at import was exit 0 with
+    nothing written; a real Ctrl-C while a factory builds was a traceback."""
+    mark = tmp_path / "building"
+    impl = "os_exit_at_import:make" if case.startswith("os") else "hanging:make"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(user_path)])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.throughput", "--impl", impl, "--out", str(tmp_path / "o")]
+        + ["--preset", "ddpm-cifar10", "--image-size", "8", "--attention", "none"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**env, "HANG_MARK": str(mark)},
+        preexec_fn=_default_sigint,
+    )
+    if case.startswith("Ctrl-C"):
+        deadline = time.monotonic() + 240
+        while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1 and "Traceback" not in err, err
+    if case.startswith("os"):
+        assert proc.returncode == 2 and "--impl os_exit_at_import:make: the process" in lines[0]
+    else:
+        assert proc.returncode == 130 and lines[0].startswith("Interrupted (SIGINT)"), err
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize(

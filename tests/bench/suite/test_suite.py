@@ -145,6 +145,30 @@ def test_a_bad_option_is_one_line_before_any_test_runs(tmp_path, args, says):
     assert lines == [f"ERROR: {lines[0].removeprefix('ERROR: ')}"] and says in lines[0], lines
 
 
+@pytest.mark.parametrize(
+    "code, status, says",
+    [
+        ("raise KeyboardInterrupt", 130, "Interrupted while the suite's models were checked"),
+        ("import sys; sys.exit(0)", 4, "ERROR: --bench-impl user_code:make: its code called"),
+    ],
+)
+def test_user_code_ending_the_check_is_one_line_not_an_internal_error(tmp_path, code, status, says):
+    """The factory's code runs in a process of its own while pytest starts: a KeyboardInterrupt
+    it raises is one line and 130 (an INTERNALERROR before), an exit one usage-error line."""
+    (tmp_path / "user_code.py").write_text(f"def make():\n    {code}\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "bench", *SMALL, "--benchmark-disable"]
+        + ["--bench-impl", "user_code:make"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])},
+    )
+    lines = [line for line in (run.stdout + run.stderr).splitlines() if line.strip()]
+    assert run.returncode == status and len(lines) == 1 and says in lines[0], lines
+
+
 def benchmark_parser() -> Parser:
     """A pytest parser holding pytest-benchmark's real options, edited as `pytest bench` is."""
     parser = Parser(_ispytest=True)
