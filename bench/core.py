@@ -94,8 +94,9 @@ def quiet_axes() -> dict[str, object]:
     return {f.name: f.default for f in _axis_fields() if f.metadata["axis"] == "quiet"}
 
 
-# Figures of the spec itself, beside its axes: the model's size and the images of one step.
-DERIVED = {"params": "int64", "effective_batch": "int64"}
+# Figures of the spec itself, beside its axes: the model's size (as the spec's process counted
+# the model it built: empty when it built none) and the images of one step.
+DERIVED = {"params": "Int64", "effective_batch": "int64"}
 _TEXT = ("run_id", "timestamp", "spec_id")
 _STATUS = ("status", "error")
 

@@ -195,13 +195,15 @@ def combine_ranks(result_path: str, ranks: int, returncode: int, log: str) -> di
         return {**result, "error": f"rank {rank}: {result['error']}"}
     if len(results) < ranks:
         return {"status": "error", "figures": {}, "error": first_failure(log, returncode)}
-    figures = dict(results[min(results)]["figures"])  # rank 0's, or this node's first rank's
+    first = results[min(results)]  # rank 0's, or this node's first rank's
+    figures = dict(first["figures"])
     for name, value in figures.items():
         if name.endswith("_mib") and isinstance(value, (int, float)):
             figures[name] = max(
                 r["figures"][name] for r in results.values() if r["figures"].get(name) is not None
             )
-    return {"status": "ok", "error": None, "figures": figures}
+    ok = {"status": "ok", "error": None, "figures": figures}
+    return {**ok, "params": first["params"]} if "params" in first else ok
 
 
 # How gloo and NCCL report a peer that is gone: a consequence, not the cause.

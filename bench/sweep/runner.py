@@ -27,7 +27,6 @@ from rich.text import Text
 
 from bench.core import Harness, RunContext, axes
 from bench.measure.env import environment
-from bench.models.workload import parameter_count
 from bench.spec import BenchSpec
 from bench.sweep.launch import Launch, run_inline, run_isolated
 from bench.tables.markdown import base_command, environment_line, write_markdown
@@ -35,14 +34,15 @@ from bench.tables.results import ResultsError, ResultsTable, rich_tables
 from ddpm.cli.signals import sigterm_as_interrupt, stopping_signal
 
 
-def spec_row(spec: BenchSpec, run_id: str) -> dict:
-    """A row's spec columns (status and figures come from the run)."""
+def spec_row(spec: BenchSpec, run_id: str, params: int | None = None) -> dict:
+    """A row's spec columns (status and figures come from the run); `params`: the parameters
+    of the model the spec's process built (none for a process that built none)."""
     return {
         "run_id": run_id,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "spec_id": spec.spec_id,
         **{a: getattr(spec, a) for a in axes()},
-        "params": parameter_count(spec),
+        "params": params,
         "effective_batch": spec.effective_batch,
     }
 
@@ -118,7 +118,7 @@ def run_sweep(
                     )
                 )
                 row = {
-                    **spec_row(spec, run_id),
+                    **spec_row(spec, run_id, result.get("params")),
                     "status": result["status"],
                     "error": result["error"],
                     **result["figures"],

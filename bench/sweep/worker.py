@@ -23,6 +23,7 @@ import torch
 from bench.core import Harness, RunContext
 from bench.measure import cuda
 from bench.measure.monitor import take_baseline
+from bench.models.workload import parameters_built
 from bench.spec import BenchSpec
 from ddpm import parallel
 from ddpm.errors import first_line
@@ -59,7 +60,14 @@ MESSAGES_FILE = "messages.txt"
 
 
 def run_spec(harness: Harness, spec: BenchSpec, context: RunContext) -> dict:
-    """Measure one spec in this process; every failure becomes a status, never an exception."""
+    """Measure one spec in this process; every failure becomes a status, never an exception.
+    With it, the parameters of the model it built ("params"; None if it built none)."""
+    parameters_built(forget=True)  # a model an earlier spec of this process built is not this one
+    result = _measured(harness, spec, context)
+    return {**result, "params": parameters_built()}
+
+
+def _measured(harness: Harness, spec: BenchSpec, context: RunContext) -> dict:
     measure = harness.measure
     if spec.device.startswith("cuda"):
         take_baseline()  # before the harness starts CUDA in this process

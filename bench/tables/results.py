@@ -241,7 +241,9 @@ def typed_row(
         dtype = dtypes.get(column)
         if text is None:  # a short line: csv.DictReader fills the missing cells with None
             raise ResultsError(f"{path} line {line} has fewer cells than its header.")
-        if dtype == "int64":
+        if dtype == "Int64" and text == "":  # nullable: a count no process made
+            row[column] = None
+        elif dtype in ("int64", "Int64"):
             if not _INT.fullmatch(text):
                 raise ResultsError(f"{path} line {line}: {column} {text!r} is not an integer.")
             row[column] = int(text)

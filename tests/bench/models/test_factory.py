@@ -97,6 +97,17 @@ ENDINGS = {
     "exit_in_factory": "import sys\n\ndef make():\n    sys.exit(3)\n",
     "os_exit_at_import": "import os\nos._exit(0)\n",
     "interrupting": "def make():\n    raise KeyboardInterrupt\n",
+    # Says where it is built, and prints: the command's stdout holds its answer alone.
+    "telling": """
+        import os
+        from mynets import Net
+
+        def make():
+            with open(os.environ["BUILT_IN"], "a") as f:
+                f.write(f"{os.getpid()}\\n")
+            print("building the model")
+            return Net()
+    """,
     "hanging": """
         import os, time
         from pathlib import Path
@@ -229,6 +240,28 @@ def test_a_process_ending_or_interrupted_check_is_one_line(user_path, tmp_path, 
     else:
         assert proc.returncode == 130 and lines[0].startswith("Interrupted (SIGINT)"), err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_params_column_counts_the_model_the_spec_process_built(
+    user_path, tmp_path, capsys, monkeypatch
+):
+    """The sweep never builds a model to count it: it crashed on a model that reads values
+    while built, ran the user's code in the command's process (its prints on stdout) and,
+    outside --timeout, built for minutes after a spec had timed out."""
+    built_in = tmp_path / "built_in.txt"
+    monkeypatch.setenv("BUILT_IN", str(built_in))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(user_path)]))
+    args = ["--impl", "telling:make", "--batch", "2", "--precision", "fp32", "--predict-only"]
+    args += ["--preset", "ddpm-cifar10", "--image-size", "8", "--attention", "none"]
+    (row,) = memory.main([*args, "--card", "rtx3070", "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert row["status"] == "ok", row["error"]
+    # conv 3 -> 8 and conv 8 -> 3, 3x3 with biases, counted by hand
+    assert row["params"] == (3 * 8 * 9 + 8) + (8 * 3 * 9 + 3) == 443
+    assert "building the model" not in captured.out and "building the model" in captured.err
+    builders = built_in.read_text().split()
+    assert str(os.getpid()) not in builders  # built by the check's process and the spec's
+    assert len(set(builders)) == 2, builders
 
 
 @pytest.mark.parametrize(
