@@ -130,6 +130,7 @@ def run_isolated(
         result_path = os.path.join(tmp, "result.json")
         log_path = os.path.join(tmp, "log.txt")
         child = None
+        timed_out = False
         with open(log_path, "w") as log:
             try:  # started inside the try: a signal during the start still kills the worker
                 # A process group of its own: a stop takes the worker's children (torch.compile's
@@ -143,16 +144,15 @@ def run_isolated(
                 )
                 _wait(child, timeout_s, Path(tmp) / MESSAGES_FILE, say)
             except subprocess.TimeoutExpired:
-                return {
-                    "status": "timeout",
-                    "error": f"no result after {timeout_s:g} s",
-                    "figures": {},
-                }
+                timed_out = True
             finally:
                 if child is not None:
                     with contextlib.suppress(ProcessLookupError):  # the group has ended
                         os.killpg(child.pid, signal.SIGKILL)
                     child.wait()
+        # A result written is the spec's answer, however long its process took to end after.
+        if timed_out and not _written(result_path, spec, launch):
+            return {"status": "timeout", "error": f"no result after {timeout_s:g} s", "figures": {}}
         log = Path(log_path).read_text(errors="replace")
         if launches_ranks(spec):
             return combine_ranks(result_path, launch.local_ranks(spec.ranks), child.returncode, log)
@@ -166,6 +166,14 @@ def run_isolated(
             "error": f"worker exited {child.returncode}: {last}",
             "figures": {},
         }
+
+
+def _written(result_path: str, spec: BenchSpec, launch: Launch) -> bool:
+    """Every result the spec's processes write is on disk (one per rank this node started)."""
+    if not launches_ranks(spec):
+        return os.path.exists(result_path)
+    ranks = range(launch.local_ranks(spec.ranks))
+    return all(os.path.exists(rank_result(result_path, r)) for r in ranks)
 
 
 def combine_ranks(result_path: str, ranks: int, returncode: int, log: str) -> dict:

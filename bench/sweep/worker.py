@@ -153,8 +153,12 @@ def main(argv: list[str]) -> None:
     with open(tmp, "w") as f:
         json.dump(result, f, default=float)
     os.replace(tmp, result_path)
-    if result["status"] != "ok" and parallel.launched():
-        sys.exit(1)  # torchrun then stops the other ranks, which may wait in a collective
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # At once: a thread the model's code started (a non-daemon one too) would keep a normal
+    # exit waiting, and the sweep would take a finished spec for a hung one. A failed rank exits
+    # 1: torchrun then stops the other ranks, which may wait in a collective.
+    os._exit(1 if result["status"] != "ok" and parallel.launched() else 0)
 
 
 def rank_result(result_path: str, rank: int) -> str:
