@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from bench import model_config
 from bench.cards import CARDS, DEFAULT_TARGET
-from ddpm.config import GRAD_SYNCS, PRECISIONS, PRESETS, TrainConfig, UNetConfig
+from ddpm.config import GRAD_SYNCS, MAX_SIDE, PRECISIONS, PRESETS, TrainConfig, UNetConfig
 from ddpm.device import indexed_device
 from ddpm.parallel import PARALLEL
 
@@ -371,6 +371,13 @@ class BenchSpec:
         return CARDS[self.card].capability if self.card else DEFAULT_TARGET
 
     @property
+    def preset_architecture(self) -> bool:
+        """The model is the preset's UNet (ours, or diffusers' built to it), which the
+        architecture, image-size and attention axes describe; any other model's shape is its
+        own (the library's, a factory's, a --model-config's)."""
+        return self.impl == "ddpm" or (self.impl == "diffusers" and not self.config_file)
+
+    @property
     def attention_resolutions(self) -> tuple[int, ...]:
         return () if self.attention == "none" else tuple(int(r) for r in self.attention.split("+"))
 
@@ -406,6 +413,15 @@ class BenchSpec:
         )
         if self.config_file and self.impl == "ddpm":
             return model_config.unet_config(self.config_file, PRESETS[self.preset], **after)
+        if not self.preset_architecture:
+            # Another model takes from here only its input (the preset's channels at
+            # image_size) and whether to checkpoint: no level of the preset's binds it.
+            return PRESETS[self.preset].replace(
+                image_size=self.image_size,
+                channel_mults=(1,),
+                attention_resolutions=(),
+                gradient_checkpointing=after["gradient_checkpointing"],
+            )
         return PRESETS[self.preset].replace(**after)
 
     def train_config(self, **settings) -> TrainConfig:
@@ -503,8 +519,13 @@ def parse_attention(
 ) -> list[str]:
     """'none', 'preset' (the preset's own placement) or resolutions like 16 or 16+8, visited by
     the preset's levels or those of `spec`'s architecture axes, with heads that divide them."""
+    checked = spec is None or spec.preset_architecture  # another model places its own
     changes = spec.architecture() if spec else {}
-    config = PRESETS[preset].replace(**changes, image_size=image_size, attention_resolutions=())
+    config = (
+        PRESETS[preset].replace(**changes, image_size=image_size, attention_resolutions=())
+        if checked
+        else None
+    )
     model = preset + (
         f" with --channel-mults {spec.channel_mults}" if "channel_mults" in changes else ""
     )
@@ -519,20 +540,20 @@ def parse_attention(
                     f"--attention {item!r} is not allowed: use none, preset, or "
                     "resolutions joined by '+', e.g. 16 or 16+8."
                 )
-            visited = config.resolutions
-            for res in map(int, parts):
-                if res not in visited:
+            resolutions = sorted(map(int, parts), reverse=True)
+            for res in resolutions if config is not None else ():
+                if res not in config.resolutions:
                     raise SpecError(
                         f"--attention {res} is never visited by {model} at "
                         f"{image_size}px: choose from none, "
-                        f"{', '.join(map(str, visited))}."
+                        f"{', '.join(map(str, config.resolutions))}."
                     )
-            resolutions = sorted(map(int, parts), reverse=True)
             _once_each("--attention", item, resolutions)
-            try:
-                config.replace(attention_resolutions=tuple(resolutions))
-            except ValueError as exc:  # the levels are visited: what is left is the heads
-                raise SpecError(f"--heads {config.num_heads}: {exc}") from None
+            if config is not None:
+                try:
+                    config.replace(attention_resolutions=tuple(resolutions))
+                except ValueError as exc:  # the levels are visited: what is left is the heads
+                    raise SpecError(f"--heads {config.num_heads}: {exc}") from None
             item = "+".join(map(str, resolutions))
         values.append(item)
     return _once_each("--attention", text, values)
@@ -601,6 +622,12 @@ def parse_architecture(option: str, text: str, spec: BenchSpec, name: str) -> li
     text = str(text).strip()
     if text == "preset":
         return [text]
+    if not spec.preset_architecture:
+        raise SpecError(
+            f"{option} {text}: the architecture axes shape the preset's UNet (--impl ddpm, or "
+            f"diffusers without --model-config); --impl {spec.impl} builds its own model "
+            f"(its shape: --model-config): leave {option} out."
+        )
     field, convert, example = ARCHITECTURE[name]
     if name == "channel_mults":
         text = ",".join(_items(option, text))  # no empty level; spaces dropped
@@ -639,6 +666,12 @@ def parse_image_size(value: int | None, preset: str, spec: BenchSpec | None = No
     """The side in pixels (None: the preset's), one the levels can halve: the preset's, or those
     of `spec`'s architecture axes."""
     size = PRESETS[preset].image_size if value is None else value
+    if spec is not None and not spec.preset_architecture:  # the model's own levels, checked
+        if not 1 <= size <= MAX_SIDE:  # by its forward on fake tensors (bench.models.impl)
+            raise SpecError(
+                f"--image-size {size} is not allowed: give a side from 1 to {MAX_SIDE:,} pixels."
+            )
+        return size
     try:
         # Attention is its own axis, checked by parse_attention against this size.
         PRESETS[preset].replace(

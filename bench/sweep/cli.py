@@ -23,6 +23,8 @@ from bench.spec import (
     expand_grid,
     option_axes,
     parse_budget,
+    parse_impls,
+    parse_model_config,
 )
 from bench.sweep.check import DEFAULT_TIMEOUT_S, check_models
 from bench.sweep.launch import Launch, launches_ranks
@@ -191,6 +193,7 @@ def specs_from_args(args: argparse.Namespace) -> list[BenchSpec]:
         context_mib=args.cuda_context_mib,
         find_max_batch=args.find_max_batch,
     )
+    base = with_model(base, args)
     values: dict[str, list] = {}
     for f in option_axes(type(base)):
         if not hasattr(args, f.name):
@@ -208,6 +211,18 @@ def specs_from_args(args: argparse.Namespace) -> list[BenchSpec]:
     check_impl(grid, args.timeout)
     grid = [s for s in grid if parallel_pair_ok(s)]
     return [s.replace(repeat=r) for r in range(1, args.repeats + 1) for s in grid]
+
+
+def with_model(base: BenchSpec, args: argparse.Namespace) -> BenchSpec:
+    """`base` with the model its axes are checked for: --impl and --model-config are declared
+    below the axes that describe the preset's UNet (image size, attention, the architecture),
+    whose parsers check them only for a model that is the preset's. Of several implementations,
+    one that is the preset's if any: its specs are refused where the preset cannot run them."""
+    if not hasattr(args, "impl"):
+        return base
+    path = parse_model_config(args.model_config) if hasattr(args, "model_config") else "none"
+    models = [base.replace(impl=name, model_config=path) for name in parse_impls(args.impl)]
+    return next((m for m in models if m.preset_architecture), models[0])
 
 
 def check_impl(specs: list[BenchSpec], timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
@@ -240,10 +255,8 @@ def check_impl(specs: list[BenchSpec], timeout_s: float = DEFAULT_TIMEOUT_S) -> 
         reason = impl.problem(spec, run=False)
         if reason:
             raise SpecError(reason)
-    # The models built and run as the specs call them: any but ours and diffusers' built to it.
-    theirs = [
-        s for s in models.values() if s.impl != "ddpm" and (s.impl != "diffusers" or s.config_file)
-    ]
+    # The models built and run as the specs call them: any but the preset's UNet.
+    theirs = [s for s in models.values() if not s.preset_architecture]
     if theirs:
         check_models(theirs, timeout_s)
 

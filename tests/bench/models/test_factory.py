@@ -296,6 +296,15 @@ def test_a_model_that_runs_for_real_is_not_refused(user_path, impl):
     assert row["status"] == "ok" and row["fits"], row["error"]
 
 
+def test_a_factory_takes_a_size_the_preset_cannot_halve(user_path):
+    """12 px: the preset's four levels cannot halve it, but the factory's model is not the
+    preset's, and runs there (refused by the preset's check before)."""
+    args = ["--impl", "mynets:make", "--image-size", "12", "--batch", "2", "--accum", "1"]
+    args += ["--device", "cpu", "--inline", "--predict-only", "--out", str(user_path / "out")]
+    (row,) = memory.main(args)
+    assert row["status"] == "ok" and row["image_size"] == 12, row["error"]
+
+
 @pytest.mark.parametrize(
     "impl, body, says",
     [
