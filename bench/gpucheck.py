@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from bench.cards import CARDS
+from bench.cards import CARDS, caveats
 from bench.harnesses import memory, profile, throughput
 from bench.measure import cuda
 from bench.measure.env import describe, environment
@@ -231,6 +231,7 @@ def time_check(rows: list[dict], card: str) -> tuple[bool, str]:
     words = "; ".join(
         f"{r['precision']} batch {r['batch']}: measured {r['step_s']:.4g} s, predicted "
         f"{r['predicted_step_s']:.4g} s ({r['step_error_pct']:+.1f}%)"
+        + "".join(f" ({c})" for c in caveats(card, r["precision"], r.get("compile") or "off"))
         for r in done
     )
     return (

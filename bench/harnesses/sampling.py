@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from bench import cards
 from bench.cards import CARDS
 from bench.core import Harness, RunContext
 from bench.harnesses.throughput import add_predict_only, check_predict_only
@@ -101,12 +102,16 @@ def verdict(row: dict) -> str | None:
     if row.get("impl", "ddpm") != "ddpm":
         name = f"{name} ({row['impl']} UNet)"
     v = {k: format_value(row.get(k)) for k in row}
+    # What the card does not run as predicted (bench.cards), as bench.memory's verdict says it.
+    caveats = "".join(
+        f" {c}." for c in cards.caveats(row.get("card") or "", row["precision"], row["compile"])
+    )
     if row.get("step_s") is None:  # --predict-only
         return (
             f"{name} {row['sampling_steps']} steps, batch {row['batch']}, {row['precision']} "
             f"on {CARDS[row['card']].name}: PREDICTED {v['predicted_step_s']} s per denoising "
             f"step, a full run {v['predicted_full_run_s']} s, {v['predicted_img_per_s']} "
-            "images/s (nothing measured)."
+            f"images/s (nothing measured).{caveats}"
         )
     text = (
         f"{name} {row['sampling_steps']} steps, batch {row['batch']}, {row['precision']}, "
@@ -120,6 +125,11 @@ def verdict(row: dict) -> str | None:
             f" Frechet distance to real digits over {row['quality_samples']} samples: "
             f"{v['frechet_digits']} (as many real held-out digits: "
             f"{v['frechet_digits_real']})."
+        )
+    if row.get("predicted_step_s") is not None:
+        text += (
+            f" PREDICTED on {CARDS[row['card']].name}: {v['predicted_step_s']} s per denoising "
+            f"step.{caveats}"
         )
     return text
 

@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from bench import cards
 from bench.cards import CARDS
 from bench.core import Harness, RunContext
 from bench.measure import cuda
@@ -27,7 +28,7 @@ from bench.predict.runtime import PAPER_TRAIN_STEPS, training_figures
 from bench.spec import BenchSpec, SpecError
 from bench.sweep.cli import build_parser, run_cli, specs_from_args
 from bench.tables.ratios import impl_ratios, rank_scaling
-from bench.tables.results import ResultsError
+from bench.tables.results import ResultsError, format_value
 
 PEAK_CACHE = "peak_flops.json"
 COMM_COLUMNS = ["collectives_per_step", "comm_mib_per_step", "comm_share_pct", "collectives"]
@@ -100,6 +101,20 @@ def predicted(spec: BenchSpec, context: RunContext | None) -> dict:
         return {}
     options = context.options if context is not None else {}
     return training_figures(spec, CARDS[key], options.get("train_steps", PAPER_TRAIN_STEPS))
+
+
+def verdict(row: dict) -> str | None:
+    """For a row predicted for a card that does not run it as predicted: the prediction and
+    what the card does not run (bench.cards.caveats), as bench.memory's verdict says it. The
+    table holds every other prediction."""
+    said = cards.caveats(row.get("card") or "", row["precision"], row["compile"])
+    if row["status"] != "ok" or row.get("predicted_step_s") is None or not said:
+        return None
+    return (
+        f"batch {row['batch']} x accum {row['accum']} ({row['precision']}, compile "
+        f"{row['compile']}) on {cards.card_words(row['card'])}: PREDICTED "
+        f"{format_value(row['predicted_step_s'])} s per optimizer step; " + "; ".join(said) + "."
+    )
 
 
 def communication(spec: BenchSpec, device):
@@ -216,6 +231,8 @@ HARNESS = Harness(
         "800k); predicted_kernels: kernels launched per step; predicted_torch_roofline_s: "
         "the same ops under torch's RuntimeEstimator formula (docs/throughput.md).",
     ],
+    verdict=verdict,
+    predicted_verdict_columns=["predicted_step_s"],
     compare=lambda rows, context: (
         peaks_measured(rows, context)
         + impl_ratios(rows, "img_per_s", "img/s", also=("mfu",))

@@ -83,6 +83,10 @@ def test_step_time_beside_the_prediction():
     assert [r["step_error_pct"] for r in rows] == pytest.approx([-25.0, 25.0])
     ok, sentence = gpucheck.time_check(rows, "rtx3070")
     assert ok and "measured 0.2 s, predicted 0.15 s (-25.0%)" in sentence
+    assert "emulated" not in sentence  # an RTX 3070 has BF16 tensor cores
+    # A card that runs a precision otherwise than predicted says so beside it.
+    _, sentence = gpucheck.time_check(rows, "gtx1070")
+    assert "predicted 0.125 s (+25.0%) (bf16 is emulated on sm61" in sentence
     failed = gpucheck.with_step_error([{"precision": "fp32", "batch": 32, "status": "oom"}])
     assert gpucheck.time_check(failed, "rtx3070") == (
         False,

@@ -168,3 +168,29 @@ def test_scaling_efficiency_compares_each_rank_count_with_its_one_rank_twin(tmp_
         "efficiency 96 / (4 x 40) = 60%.",
         "ddp vs none on 1 rank, batch 2: 40 vs 50 img/s (medians of 3 and 1 runs): 80%.",
     ]
+
+
+@pytest.mark.parametrize(
+    "precision, says",
+    [
+        ("bf16", "bf16 is emulated on sm61"),
+        ("fp16", "fp16 runs without tensor cores on sm61"),
+    ],
+)
+def test_a_prediction_for_a_card_says_what_the_card_does_not_run(tmp_path, capsys, precision, says):
+    """A GTX 1070 (sm61) runs no torch.compile (Triton needs 7.0), emulates bf16 and has no
+    tensor cores: bench.throughput and bench.sampling say so beside their predictions, as
+    bench.memory does (they predicted a time with no word of it)."""
+    from bench.harnesses import sampling, throughput
+
+    common = ["--card", "gtx1070", "--compile", "default", "--precision", precision]
+    common += ["--predict-only", "--preset", "tiny", "--batch", "2", "--device", "cpu"]
+    common += ["--inline", "--out", str(tmp_path)]
+    throughput.main(common)
+    sampling.main([*common, "--sampler", "ddim", "--sampling-steps", "10"])
+    out = capsys.readouterr().out
+    for harness in ("throughput", "sampling"):
+        verdicts = [line for line in (tmp_path / f"{harness}.md").read_text().splitlines()]
+        (line,) = [v for v in verdicts if "PREDICTED" in v and "GTX 1070" in v]
+        assert says in line and "torch.compile does not run on sm61" in line, harness
+        assert line.removeprefix("- ") in out  # printed with the table too
