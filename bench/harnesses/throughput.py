@@ -79,6 +79,11 @@ def peaks_measured(rows: list[dict], context: RunContext) -> list[str]:
 
 def specs(args: argparse.Namespace) -> list[BenchSpec]:
     read_peaks(Path(args.out) / PEAK_CACHE)  # a damaged cache: one line before any spec runs
+    if args.find_max_batch:  # the shared option, searched by bench.memory alone
+        raise SpecError(
+            "--find-max-batch searches the largest batch that fits the budget (python -m "
+            "bench.memory); bench.throughput times the batches --batch gives."
+        )
     if args.train_steps < 1:
         raise SpecError(f"--train-steps {args.train_steps} is not allowed: it must be >= 1.")
     grid = [s.replace(predict_only=args.predict_only) for s in specs_from_args(args)]

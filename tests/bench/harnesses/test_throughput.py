@@ -194,3 +194,19 @@ def test_a_prediction_for_a_card_says_what_the_card_does_not_run(tmp_path, capsy
         (line,) = [v for v in verdicts if "PREDICTED" in v and "GTX 1070" in v]
         assert says in line and "torch.compile does not run on sm61" in line, harness
         assert line.removeprefix("- ") in out  # printed with the table too
+
+
+@pytest.mark.parametrize("harness", ["throughput", "loss", "sampling", "profile"])
+def test_find_max_batch_is_refused_by_every_harness_but_memory(tmp_path, capsys, harness):
+    """bench.throughput accepted it and ignored it (it measured batch 1 and searched nothing);
+    the others refused it: all refuse it alike, in one line, naming bench.memory."""
+    import importlib
+
+    from tests.helpers.cli_checks import check_one_line_error
+
+    main = importlib.import_module(f"bench.harnesses.{harness}").main
+    with pytest.raises(SystemExit) as info:
+        main(["--find-max-batch", "--preset", "tiny", "--device", "cpu", "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    check_one_line_error("--find-max-batch", info.value.code, captured.err, captured.out)
+    assert "bench.memory" in captured.err and not list(tmp_path.iterdir())
