@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 from pathlib import Path
 
@@ -107,6 +108,13 @@ def main(argv: list[str] | None = None) -> None:
 def run_checks(argv: list[str] | None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The numbers first, as every command checks them: nan or inf would pass every row ("within
+    # nan%"), a negative one fail every row.
+    if not 0 < args.tolerance < math.inf:
+        parser.error(
+            f"--tolerance {args.tolerance:g} is not allowed: give a positive, finite percentage, "
+            "e.g. 10."
+        )
     if not torch.cuda.is_available():
         parser.error(
             f"bench.gpucheck needs a CUDA GPU and torch sees none here (torch "

@@ -36,6 +36,24 @@ def test_bad_small_budget_is_refused_before_anything_runs(fake_cuda, tmp_path, c
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("tolerance", ["nan", "inf", "-5", "0"])
+def test_a_tolerance_that_is_not_a_positive_number_is_refused(
+    fake_cuda, tmp_path, capsys, tolerance
+):
+    """nan and inf passed every row ("within nan%"), a negative one failed every row."""
+    fake_cuda()
+    with pytest.raises(SystemExit) as exit_:
+        gpucheck.main(["--tolerance", tolerance, "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    check_one_line_error(
+        f"--tolerance {float(tolerance):g} is not allowed",
+        exit_.value.code,
+        captured.err,
+        captured.out,
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_control_flow_under_the_standin_reaches_the_first_kernel(fake_cuda, tmp_path, capsys):
     """Every step runs (in this process, so the stand-in applies) with an indexed device; each
     spec stops at its first real CUDA operation, becomes an error row naming it, and the
