@@ -66,6 +66,10 @@ class Harness:
     # Figure columns that are not numbers: bool (True/False) or str (text). bench.report refuses
     # a cell of another kind, so a damaged CSV is never rendered as a result.
     figure_kinds: dict[str, type] = field(default_factory=dict)
+    # Number figures that may be negative (a headroom, an error), and those that may be NaN or
+    # infinite (a diverged loss): bench.report refuses any other number that is.
+    signed_columns: list[str] = field(default_factory=list)
+    unbounded_columns: list[str] = field(default_factory=list)
 
     @property
     def module(self) -> str:

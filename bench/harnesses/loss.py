@@ -638,6 +638,7 @@ HARNESS = Harness(
     verdict=verdict,
     compare=compare,
     figure_kinds={"data_root": str, "diverged": bool, "curve_path": str},
+    unbounded_columns=["final_loss", "val_loss", "val_loss_start"],  # NaN or inf: diverged
     measure=measure,
     options=loss_options,
 )

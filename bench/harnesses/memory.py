@@ -355,6 +355,8 @@ HARNESS = Harness(
     ],
     verdict=verdict,
     verdict_columns=VERDICT_COLUMNS,
+    predicted_verdict_columns=VERDICT_COLUMNS,  # a --predict-only row's verdict reads them too
+    signed_columns=["headroom_mib", "alloc_error_pct", "reserved_error_pct"],
     figure_kinds={"fits": bool, "max_batch_source": str},
     measure=measure,
 )

@@ -494,6 +494,7 @@ HARNESS = Harness(
     verdict_columns=["step_ms", "profiled_steps", "other_pct", "peak_memory_mib", "trace_dir"],
     compare=top_operators,
     figure_kinds={"trace_dir": str, "memory_snapshot": str},
+    signed_columns=["other_pct"],  # the phases' ranges, timed apart, may sum past the step
     measure=measure,
     options=profile_options,
 )

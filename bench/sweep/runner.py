@@ -29,7 +29,7 @@ from bench.core import Harness, RunContext, axes
 from bench.measure.env import environment
 from bench.spec import BenchSpec
 from bench.sweep.launch import Launch, run_inline, run_isolated
-from bench.tables.markdown import base_command, environment_line, write_markdown
+from bench.tables.markdown import base_command, check_table, environment_line, write_markdown
 from bench.tables.results import ResultsError, ResultsTable, rich_tables
 from ddpm.cli.signals import sigterm_as_interrupt, stopping_signal
 
@@ -68,6 +68,7 @@ def run_sweep(
     upgraded = table.check_header()
     if upgraded:
         say(console, upgraded)
+    check_table(harness, out)  # a row it cannot report is refused before any spec runs
     if resume:
         done = table.finished_spec_ids()
         skipped = [s for s in specs if s.spec_id in done]

@@ -24,6 +24,7 @@ from bench.tables.results import (
     markdown_table,
     read_rows,
 )
+from ddpm.errors import first_line
 
 
 @dataclass
@@ -89,9 +90,11 @@ def base_command(command: str) -> str:
     return command if kept == words else shlex.join(kept)
 
 
-def sections(harness: Harness, rows: list[dict], runs: dict[str, dict], out: Path) -> list[Section]:
-    """The rows grouped by command, newest first (ResultsError if a comparison cannot read a
-    file it needs)."""
+def sections(
+    harness: Harness, rows: list[dict], runs: dict[str, dict], out: Path, compare: bool = True
+) -> list[Section]:
+    """The rows grouped by command, newest first (ResultsError if a row cannot be put in words
+    or a comparison cannot read a file it needs); `compare`: with the harness's comparisons."""
     groups: dict[tuple, list[tuple[int, dict]]] = {}
     for index, row in enumerate(rows):
         record = runs.get(row["run_id"]) or {}
@@ -104,11 +107,16 @@ def sections(harness: Harness, rows: list[dict], runs: dict[str, dict], out: Pat
         reverse=True,
         key=lambda kv: max((r["timestamp"] or "", i) for i, r in kv[1]),
     )
-    return [_section(harness, key, members, runs, out) for key, members in ordered]
+    return [_section(harness, key, members, runs, out, compare) for key, members in ordered]
 
 
 def _section(
-    harness: Harness, key: tuple, members: list[tuple[int, dict]], runs: dict[str, dict], out: Path
+    harness: Harness,
+    key: tuple,
+    members: list[tuple[int, dict]],
+    runs: dict[str, dict],
+    out: Path,
+    compare: bool = True,
 ) -> Section:
     latest: dict[str, dict] = {}
     for _, row in members:
@@ -123,8 +131,8 @@ def _section(
     columns, fixed = display_columns(shown, harness.display_columns)
     if harness.verdict:
         check_verdict_columns(harness, shown, out)
-    sentences = [v for v in map(harness.verdict, shown) if v] if harness.verdict else []
-    if harness.compare:
+    sentences = [v for v in (_verdict(harness, row, out) for row in shown) if v]
+    if harness.compare and compare:
         context = RunContext(out, latest_run, record.get("options") or {})
         try:
             sentences += harness.compare(shown, context)
@@ -133,6 +141,11 @@ def _section(
                 f"{harness.name}: the comparison of run {latest_run} needs "
                 f"{exc.filename or 'a file'}, which cannot be read ({exc.strerror}); rebuild "
                 "from the folder the sweep ran in."
+            ) from None
+        except UNRENDERABLE as exc:  # a file it reads holds what no sweep wrote
+            raise ResultsError(
+                f"{harness.name}: the comparison of run {latest_run} cannot be made from "
+                f"what the files hold ({type(exc).__name__}: {first_line(exc)})."
             ) from None
     return Section(
         command=key[1] if key[0] == "command" else None,
@@ -144,6 +157,24 @@ def _section(
         fixed=fixed,
         sentences=sentences,
     )
+
+
+# What a verdict or a comparison raises on a row no harness wrote (a value of another type, a
+# key a newer version knows): the table is refused in one line, never a traceback.
+UNRENDERABLE = (KeyError, TypeError, ValueError, ArithmeticError, AttributeError, IndexError)
+
+
+def _verdict(harness: Harness, row: dict, out: Path) -> str | None:
+    if harness.verdict is None:
+        return None
+    try:
+        return harness.verdict(row)
+    except UNRENDERABLE as exc:
+        raise ResultsError(
+            f"{Path(out) / f'{harness.name}.csv'}: the row of {row['spec_id']} (run "
+            f"{row['run_id']}) cannot be put in words ({type(exc).__name__}: {first_line(exc)}); "
+            f"it is not a row bench.{harness.name} writes."
+        ) from None
 
 
 def check_verdict_columns(harness: Harness, rows: list[dict], out: Path) -> None:
@@ -171,8 +202,20 @@ def load(harness: Harness, out: Path) -> tuple[list[dict], dict[str, dict]]:
     and its run records."""
     table = ResultsTable(out, harness.name, harness.figure_columns)
     blank = dict.fromkeys(spec_columns() + harness.figure_columns)
-    rows = read_rows(table.csv_path, harness.kinds())
+    rows = read_rows(
+        table.csv_path, harness.kinds(), harness.signed_columns, harness.unbounded_columns
+    )
     return [{**blank, **row} for row in rows], table.runs()
+
+
+def check_table(harness: Harness, out: Path) -> None:
+    """Before a sweep appends to <harness>.csv: every row reads back and is put in words
+    (ResultsError, one line, otherwise), so the report the sweep renders after its own rows
+    cannot fail on another row. The comparisons, which read files of their own (loss curves
+    by path), are left to the render."""
+    if (Path(out) / f"{harness.name}.csv").exists():
+        rows, runs = load(harness, out)
+        sections(harness, rows, runs, out, compare=False)
 
 
 def render(harness: Harness, out: Path) -> tuple[str, list[Section]]:

@@ -17,7 +17,9 @@ from pathlib import Path
 from tabulate import tabulate
 
 from bench import spec as spec_module
+from bench.cards import CARDS
 from bench.core import axes, column_dtypes, spec_columns
+from ddpm.config import PRECISIONS, PRESETS
 
 STATUSES = ("ok", "oom", "error", "timeout")
 # Columns by their old names, per table: a table written before a rename is read through this.
@@ -222,6 +224,13 @@ def parse_cell(text: str):
 
 
 _KINDS = {float: "a number", bool: "True or False", str: "text"}
+# The words an axis cell may hold where a verdict or a comparison looks them up (a card's name,
+# a preset's dropout, a precision's tolerance): a word this version does not know is refused.
+KNOWN_WORDS = {
+    "preset": tuple(PRESETS),
+    "precision": PRECISIONS,
+    "card": ("", *CARDS),
+}
 
 
 def typed_row(
@@ -229,10 +238,14 @@ def typed_row(
     line: int | None = None,
     path: Path | None = None,
     kinds: dict[str, type] | None = None,
+    signed: tuple[str, ...] | list[str] = (),
+    unbounded: tuple[str, ...] | list[str] = (),
 ) -> dict:
     """A CSV row with the types the harness produced: spec columns by column_dtypes() (an empty
     string column is None, as the harness's `error` of an ok row), figures by parse_cell.
-    `kinds` (figure column -> float, bool or str) refuses a figure of another kind."""
+    `kinds` (figure column -> float, bool or str) refuses a figure of another kind, and a number
+    figure that is negative (unless `signed`) or NaN or infinite (unless `unbounded`). A count
+    is never negative, and an axis word a verdict looks up is one this version knows."""
     row = {}
     dtypes = column_dtypes()
     # An axis always has a value: "" is one (the card axis's default), not a missing cell.
@@ -244,9 +257,14 @@ def typed_row(
         if dtype == "Int64" and text == "":  # nullable: a count no process made
             row[column] = None
         elif dtype in ("int64", "Int64"):
-            if not _INT.fullmatch(text):
-                raise ResultsError(f"{path} line {line}: {column} {text!r} is not an integer.")
+            if not _INT.fullmatch(text) or int(text) < 0:
+                raise ResultsError(f"{path} line {line}: {column} {text!r} is not an integer >= 0.")
             row[column] = int(text)
+        elif column in KNOWN_WORDS and text not in KNOWN_WORDS[column]:
+            raise ResultsError(
+                f"{path} line {line}: {column} {text!r} is not one this version knows: "
+                f"{', '.join(w for w in KNOWN_WORDS[column] if w)}."
+            )
         elif column == "status" and text not in STATUSES:
             raise ResultsError(
                 f"{path} line {line}: status {text!r} is not one of {', '.join(STATUSES)}."
@@ -258,7 +276,21 @@ def typed_row(
             kind = (kinds or {}).get(column, str)
             if row[column] is not None and not _is_kind(row[column], kind):
                 raise ResultsError(f"{path} line {line}: {column} {text!r} is not {_KINDS[kind]}.")
+            if kind is float and row[column] is not None:
+                wrong = _impossible(row[column], column in signed, column in unbounded)
+                if wrong:
+                    raise ResultsError(f"{path} line {line}: {column} {text!r} is {wrong}.")
     return row
+
+
+def _impossible(value: float, signed: bool, unbounded: bool) -> str | None:
+    """What a figure is that no harness writes where it cannot be: NaN or infinite ("fits in
+    nan GiB"), or negative ("predicted -500 MiB")."""
+    if not unbounded and not math.isfinite(value):
+        return "not a finite number"
+    if not signed and value < 0:
+        return "negative"
+    return None
 
 
 def _is_kind(value, kind: type) -> bool:
@@ -282,9 +314,14 @@ def upgraded(raw: dict[str, str], table: str) -> dict[str, str]:
     return {**{a: d for a, d in axis_defaults().items() if a not in row}, **row}
 
 
-def read_rows(path: Path, kinds: dict[str, type] | None = None) -> list[dict]:
-    """Every row of a results CSV, typed (typed_row, which checks `kinds`). ResultsError says
-    what is wrong."""
+def read_rows(
+    path: Path,
+    kinds: dict[str, type] | None = None,
+    signed: tuple[str, ...] | list[str] = (),
+    unbounded: tuple[str, ...] | list[str] = (),
+) -> list[dict]:
+    """Every row of a results CSV, typed (typed_row, which checks `kinds`, `signed` and
+    `unbounded`). ResultsError says what is wrong."""
     path = Path(path)
     try:
         with path.open(newline="", encoding="utf-8") as f:
@@ -301,7 +338,11 @@ def read_rows(path: Path, kinds: dict[str, type] | None = None) -> list[dict]:
                     raise ResultsError(
                         f"{path} line {reader.line_num} has more cells than its header."
                     )
-                rows.append(typed_row(upgraded(raw, path.stem), reader.line_num, path, kinds))
+                rows.append(
+                    typed_row(
+                        upgraded(raw, path.stem), reader.line_num, path, kinds, signed, unbounded
+                    )
+                )
             return rows
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ResultsError(f"{path} cannot be read ({_reason(exc)}).") from None
