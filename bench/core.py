@@ -13,6 +13,7 @@ from pathlib import Path
 from bench import spec as spec_module
 from bench.spec import BenchSpec
 from ddpm import parallel
+from ddpm.errors import printable
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,10 @@ class RunContext:
     def say(self, line: str) -> None:
         """A line for the user while the spec still runs (e.g. the predicted verdict)."""
         if self.messages is None:
-            print(line, file=sys.stderr, flush=True)
+            print(printable(line), file=sys.stderr, flush=True)
             return
         with open(self.messages, "a") as f:
-            f.write(line.replace("\n", " ") + "\n")
+            f.write(printable(line) + "\n")
 
 
 def rank_folder(folder: Path) -> Path:

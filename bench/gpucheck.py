@@ -27,6 +27,7 @@ from bench.spec import SpecError, parse_budget, parse_device
 from bench.tables.results import RUN_FOLDER, markdown_table
 from ddpm.cli.args import ArgumentParser
 from ddpm.cli.pipes import quiet_closed_pipes
+from ddpm.errors import printable
 
 MEMORY_STEPS = (
     ("main job", ["--batch", "2", "--accum", "64"]),
@@ -279,7 +280,8 @@ def render(
         f"## Checks (tolerance {tolerance:g}%)",
         "",
     ]
-    lines += [f"- {'PASS' if ok else 'FAIL'}: {sentence}" for ok, sentence in checks]
+    # A check's sentence quotes the specs' errors: shown literally (ddpm.errors.printable).
+    lines += [f"- {'PASS' if ok else 'FAIL'}: {printable(sentence)}" for ok, sentence in checks]
     return "\n".join(lines) + "\n"
 
 

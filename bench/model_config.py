@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -105,7 +106,10 @@ def tag(path: str) -> str:
         digest = hashlib.sha256(read(path)).hexdigest()[:8]
     except ModelConfigError:
         digest = "missing"
-    return f"{Path(path).stem}{digest}"
+    # The stem names spec ids and trace folders: what is not a word character, "." or "-" (a
+    # space, a slash's neighbour, a control character) becomes "_".
+    stem = re.sub(r"[^\w.-]", "_", Path(path).stem)
+    return f"{stem}{digest}"
 
 
 def unet_config(path: str, base: UNetConfig, **after) -> UNetConfig:

@@ -32,6 +32,7 @@ from bench.sweep.launch import Launch, run_inline, run_isolated
 from bench.tables.markdown import base_command, check_table, environment_line, write_markdown
 from bench.tables.results import ResultsError, ResultsTable, rich_tables
 from ddpm.cli.signals import sigterm_as_interrupt, stopping_signal
+from ddpm.errors import printable
 
 
 def spec_row(spec: BenchSpec, run_id: str, params: int | None = None) -> dict:
@@ -210,6 +211,7 @@ def make_console(stderr: bool) -> Console:
 
 def say(console: Console, line: str) -> None:
     """A line as it is, whatever console shows it: rich would read `[/...]` in a path or in an
-    error message (gloo's `[/.../pair.cc:561]`) as markup and fail, and `:name:` as an emoji.
-    Never wrapped: in a file or a pipe a line stays one line; a terminal wraps it itself."""
-    console.print(Text(line), soft_wrap=True)
+    error message (gloo's `[/.../pair.cc:561]`) as markup and fail, and `:name:` as an emoji;
+    a control character (a file name's newline, an error's escape sequence) is shown as its
+    escape. Never wrapped: in a file or a pipe a line stays one line; a terminal wraps it."""
+    console.print(Text(printable(line)), soft_wrap=True)

@@ -24,7 +24,7 @@ from bench.tables.results import (
     markdown_table,
     read_rows,
 )
-from ddpm.errors import first_line
+from ddpm.errors import first_line, printable
 
 
 @dataclass
@@ -238,10 +238,11 @@ def render(harness: Harness, out: Path) -> tuple[str, list[Section]]:
             "",
         ]
     for section in found:
-        lines += section.header(json_name)
+        # The command, the environment and the sentences quote the user's paths and errors.
+        lines += [printable(line) for line in section.header(json_name)]
         lines += [markdown_table(section.rows, section.columns), ""]
         bullets = section.bullets()
-        lines += [f"- {b}" for b in bullets] + ([""] if bullets else [])
+        lines += [f"- {printable(b)}" for b in bullets] + ([""] if bullets else [])
     if found and harness.notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in harness.notes] + [""]
     return "\n".join(lines).rstrip("\n") + "\n", found

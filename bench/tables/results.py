@@ -20,6 +20,7 @@ from bench import spec as spec_module
 from bench.cards import CARDS
 from bench.core import axes, column_dtypes, spec_columns
 from ddpm.config import PRECISIONS, PRESETS
+from ddpm.errors import printable
 
 STATUSES = ("ok", "oom", "error", "timeout")
 # Columns by their old names, per table: a table written before a rename is read through this.
@@ -410,8 +411,15 @@ def format_value(value) -> str:
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
-    body = [[format_value(r.get(c)) for c in columns] for r in rows]
+    """A GitHub table; a cell's text (an error message, a path) is shown literally: its control
+    characters as escapes and its "|" escaped, so it stays in its cell and on its line."""
+    body = [[markdown_text(format_value(r.get(c))) for c in columns] for r in rows]
     return tabulate(body, headers=columns, tablefmt="github", disable_numparse=True)
+
+
+def markdown_text(text: str) -> str:
+    """Text from outside as a Markdown line shows it literally (ddpm.errors.printable)."""
+    return printable(text).replace("|", "\\|")
 
 
 def fold(name: str) -> str:
@@ -432,7 +440,7 @@ def rich_tables(rows: list[dict], columns: list[str], width: int, keys: int = 0)
     from rich.table import Table
     from rich.text import Text
 
-    cells = {c: [format_value(r.get(c)) for r in rows] for c in columns}
+    cells = {c: [printable(format_value(r.get(c))) for r in rows] for c in columns}
     # A column takes its widest line plus one space of padding each side and one border.
     need = {c: max(len(line) for line in [*fold(c).splitlines(), *cells[c]]) + 3 for c in columns}
     head, rest = columns[:keys], columns[keys:]

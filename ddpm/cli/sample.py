@@ -45,7 +45,7 @@ from ddpm.cli.pipes import quiet_closed_pipes
 from ddpm.cli.signals import exit_on_interrupt
 from ddpm.device import synchronize
 from ddpm.ema import EMA
-from ddpm.errors import first_line
+from ddpm.errors import first_line, printable
 from ddpm.sample import VARIANCES, ddim_sample, ddpm_sample
 from ddpm.schedule import NoiseSchedule
 from ddpm.state import load_model_state
@@ -205,7 +205,7 @@ def sample(job: Job) -> None:
         save_grid(strip, job.x0_path, nrow=k)
         job.written.append(job.x0_path)
         line += f"; x0 estimates at t = {', '.join(str(t) for t, _ in trajectory)} to {job.x0_path}"
-    print(line)
+    print(printable(line))
 
 
 def main(argv: list[str] | None = None) -> None:

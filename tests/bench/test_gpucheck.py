@@ -122,3 +122,14 @@ def test_card_adds_the_timed_steps_under_the_standin(fake_cuda, tmp_path, capsys
     report = (tmp_path / "gpucheck.md").read_text()
     assert "FAIL: step time on this card beside the prediction for rtx3070: no result" in report
     assert (tmp_path / "gpucheck" / "throughput.csv").is_file()
+
+
+def test_the_report_shows_a_specs_error_literally():
+    """A failed spec's error is quoted in the checks: its escape sequences and newlines are
+    shown as escapes, in gpucheck.md and on stdout alike."""
+    failed = [{"spec_id": "tiny\nx", "status": "error", "error": "RuntimeError: \x1b]0;pwned\x07"}]
+    checks = gpucheck.verdicts([], failed, [], 10.0)
+    env = {"torch": "2", "device_name": "card", "torch_threads": 1}
+    report = gpucheck.render(env, [], checks, 10.0)
+    assert "\x1b" not in report and "\x07" not in report
+    assert "tiny\\nx: error RuntimeError: \\x1b]0;pwned\\x07" in report
