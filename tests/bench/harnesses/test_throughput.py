@@ -210,3 +210,33 @@ def test_find_max_batch_is_refused_by_every_harness_but_memory(tmp_path, capsys,
     captured = capsys.readouterr()
     check_one_line_error("--find-max-batch", info.value.code, captured.err, captured.out)
     assert "bench.memory" in captured.err and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        # 2.6e23 hours predicted before, while 1e30 was refused as "invalid int value".
+        ("1" + "0" * 30, "--train-steps: 1000000000000000000000000000000 is not allowed"),
+        ("1e30", "--train-steps: 1e30 is not allowed: give a whole number of steps from 1 to "),
+        ("1000000001", "is not allowed: give a whole number of steps from 1 to 1,000,000,000"),
+        ("0", "--train-steps: 0 is not allowed"),
+        ("2.5", "--train-steps: 2.5 is not allowed"),
+        ("nan", "--train-steps: nan is not allowed"),
+        ("many", "--train-steps: 'many' is not a number"),
+    ],
+)
+def test_train_steps_are_bounded_alike_however_written(tmp_path, capsys, text, says):
+    from bench.harnesses import throughput
+    from tests.helpers.cli_checks import check_one_line_error
+
+    with pytest.raises(SystemExit) as info:
+        throughput.main(["--card", "rtx3070", "--predict-only", "--train-steps", text])
+    captured = capsys.readouterr()
+    check_one_line_error(says, info.value.code, captured.err, captured.out)
+
+
+def test_train_steps_take_a_whole_number_written_either_way():
+    from bench.harnesses.throughput import MAX_TRAIN_STEPS, train_steps
+
+    assert train_steps("8e5") == train_steps("800000") == 800_000
+    assert train_steps(str(MAX_TRAIN_STEPS)) == MAX_TRAIN_STEPS
