@@ -31,7 +31,7 @@ from bench.core import Harness, RunContext, axes, rank_folder
 from bench.measure import cuda
 from bench.models.workload import build_trainer
 from bench.spec import ARCHITECTURE, BenchSpec, SpecError, common_axes, parse_int_list
-from bench.sweep.cli import build_parser, run_cli, specs_from_args
+from bench.sweep.cli import build_parser, refuse_unused, run_cli, specs_from_args
 from ddpm.config import PRESETS
 from ddpm.data import DatasetError, load_dataset
 from ddpm.objective import Objective, held_out_draws, held_out_loss
@@ -395,6 +395,7 @@ def make_specs(args) -> list[BenchSpec]:
     anything runs or is written."""
     if args.find_max_batch:
         raise SpecError("--find-max-batch is not allowed here: it belongs to bench.memory.")
+    refuse_unused(args, "loss", ("card", "budget", "cuda_context_mib"))
     for option, value, minimum in (
         ("--last-k", args.last_k, 1),
         ("--val-images", args.val_images, 1),

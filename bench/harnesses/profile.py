@@ -37,7 +37,7 @@ from bench.harnesses.sampling import default_schedule, denoising_steps
 from bench.measure import cuda
 from bench.models.workload import build_model, train_step
 from bench.spec import MIB, BenchSpec, SpecError, parse_choices
-from bench.sweep.cli import build_parser, run_cli, specs_from_args
+from bench.sweep.cli import build_parser, refuse_unused, run_cli, specs_from_args
 from bench.tables.profile_summary import SUMMARY_FILE, memory_curve, write_summary
 from bench.tables.results import format_value
 from ddpm.device import synchronize
@@ -347,6 +347,7 @@ def make_specs(args: argparse.Namespace) -> list[BenchSpec]:
         raise SpecError(
             "--find-max-batch searches a batch (python -m bench.memory); profiling takes --batch."
         )
+    refuse_unused(args, "profile", ("card", "budget", "cuda_context_mib"))
     for option, value, minimum in (
         ("--wait", args.wait, 0),
         ("--repeat", args.repeat, 1),

@@ -45,7 +45,7 @@ from bench.spec import (
     parse_int_list,
     parse_preset,
 )
-from bench.sweep.cli import build_parser, run_cli, specs_from_args
+from bench.sweep.cli import build_parser, refuse_unused, run_cli, specs_from_args
 from bench.tables.ratios import impl_ratios
 from bench.tables.results import format_value
 from ddpm.checkpoint import (
@@ -351,6 +351,7 @@ def make_specs(args: argparse.Namespace) -> list:
             "--find-max-batch searches a training batch (python -m bench.memory); "
             "sampling takes --batch."
         )
+    refuse_unused(args, "sampling", ("budget", "cuda_context_mib"))
     if parse_int_list("--accum", args.accum) != [1]:
         raise SpecError(
             f"--accum {args.accum} is not allowed: sampling has no gradient "

@@ -26,7 +26,7 @@ from bench.measure.training import CUDA_COLUMNS, CUDA_NOTE, timed_training
 from bench.models.workload import TrainStep
 from bench.predict.runtime import PAPER_TRAIN_STEPS, training_figures
 from bench.spec import BenchSpec, SpecError
-from bench.sweep.cli import build_parser, run_cli, specs_from_args
+from bench.sweep.cli import build_parser, refuse_unused, run_cli, specs_from_args
 from bench.tables.ratios import impl_ratios, rank_scaling
 from bench.tables.results import ResultsError, format_value
 
@@ -79,6 +79,7 @@ def peaks_measured(rows: list[dict], context: RunContext) -> list[str]:
 
 def specs(args: argparse.Namespace) -> list[BenchSpec]:
     read_peaks(Path(args.out) / PEAK_CACHE)  # a damaged cache: one line before any spec runs
+    refuse_unused(args, "throughput", ("budget", "cuda_context_mib"))
     if args.find_max_batch:  # the shared option, searched by bench.memory alone
         raise SpecError(
             "--find-max-batch searches the largest batch that fits the budget (python -m "

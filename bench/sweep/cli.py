@@ -171,6 +171,34 @@ def build_parser(
     return p
 
 
+# Why a harness that does not use a shared option refuses it (refuse_unused), by its dest.
+UNUSED = {
+    "card": (
+        "--card",
+        "it predicts nothing for a card (bench.memory, bench.throughput and bench.sampling do)",
+    ),
+    "budget": (
+        "--budget",
+        "none of its figures is weighed against a memory budget (bench.memory's fits is)",
+    ),
+    "cuda_context_mib": ("--cuda-context-mib", "it predicts no CUDA memory (bench.memory does)"),
+}
+
+
+def refuse_unused(args: argparse.Namespace, harness: str, names: tuple[str, ...]) -> None:
+    """A shared option `harness` takes on its command line but does not use, given a value: one
+    line, rather than rows that name a card (or a budget) nothing in them was for."""
+    given = {
+        "card": getattr(args, "card", "") not in ("", None),
+        "budget": args.budget is not None,
+        "cuda_context_mib": args.cuda_context_mib != DEFAULT_CONTEXT_MIB,
+    }
+    for name in names:
+        if given[name]:
+            flag, why = UNUSED[name]
+            raise SpecError(f"{flag} is not used by bench.{harness}: {why}; leave it out.")
+
+
 def specs_from_args(args: argparse.Namespace) -> list[BenchSpec]:
     """Every axis the parser took, parsed by its declaration and expanded into the grid, every
     value checked before anything runs; SpecError carries the user's line."""

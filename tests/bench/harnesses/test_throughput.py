@@ -240,3 +240,30 @@ def test_train_steps_take_a_whole_number_written_either_way():
 
     assert train_steps("8e5") == train_steps("800000") == 800_000
     assert train_steps(str(MAX_TRAIN_STEPS)) == MAX_TRAIN_STEPS
+
+
+@pytest.mark.parametrize(
+    "harness, given, says",
+    [
+        # bench.loss and bench.profile printed card=rtx3070 in every row and used it nowhere.
+        ("loss", ["--card", "rtx3070"], "--card is not used by bench.loss: it predicts nothing"),
+        ("loss", ["--budget", "4GiB"], "--budget is not used by bench.loss"),
+        ("profile", ["--card", "rtx3070"], "--card is not used by bench.profile"),
+        ("profile", ["--budget", "4GiB"], "--budget is not used by bench.profile"),
+        ("profile", ["--cuda-context-mib", "300"], "--cuda-context-mib is not used by bench.pro"),
+        ("sampling", ["--budget", "4GiB"], "--budget is not used by bench.sampling"),
+        ("throughput", ["--budget", "4GiB"], "--budget is not used by bench.throughput"),
+    ],
+)
+def test_a_shared_option_a_harness_does_not_use_is_refused(tmp_path, capsys, harness, given, says):
+    import importlib
+
+    from tests.helpers.cli_checks import check_one_line_error
+
+    main = importlib.import_module(f"bench.harnesses.{harness}").main
+    small = ["--preset", "tiny", "--batch", "2", "--steps", "1", "--device", "cpu", "--inline"]
+    with pytest.raises(SystemExit) as info:
+        main([*given, *small, "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    check_one_line_error(says, info.value.code, captured.err, captured.out)
+    assert not list(tmp_path.iterdir())
