@@ -39,7 +39,9 @@ from bench.models.workload import COMPILE_KWARGS, build_model
 from bench.predict.runtime import sampling_figures
 from bench.spec import (
     ARCHITECTURE,
+    SAMPLERS,
     SpecError,
+    option_axes,
     parse_attention,
     parse_choices,
     parse_int_list,
@@ -84,6 +86,8 @@ AXES = (
 # BenchSpec has no field for a checkpoint: the parent validates it and hands it to the spec
 # processes (which inherit the environment) through these variables.
 QUALITY_CHUNK = 64  # images per sampling call in the quality pass: bounded memory, any N
+# --sampling-steps' default text: with --sampler ddpm alone it is not the user's to refuse.
+DDIM_STEPS = next(f.metadata["option"].text for f in option_axes() if f.name == "sampling_steps")
 GRID_IMAGES = 64
 
 
@@ -363,6 +367,7 @@ def make_specs(args: argparse.Namespace) -> list:
             "for backward, and sampling has none; leave it off."
         )
     ddim_steps = parse_int_list("--sampling-steps", args.sampling_steps)
+    samplers = parse_choices("--sampler", args.sampler, SAMPLERS)
     if args.quality_samples < 2:
         raise SpecError(
             f"--quality-samples {args.quality_samples} is not allowed: a covariance "
@@ -376,7 +381,13 @@ def make_specs(args: argparse.Namespace) -> list:
         schedule = default_schedule()
         source = "the schedule"
     T = schedule.timesteps
-    for steps in ddim_steps:
+    if "ddim" not in samplers and args.sampling_steps != DDIM_STEPS:
+        raise SpecError(
+            f"--sampling-steps {args.sampling_steps} sets the steps of --sampler ddim; ddpm "
+            f"takes every one of {source}'s {T} timesteps: leave --sampling-steps out, or add "
+            "ddim."
+        )
+    for steps in ddim_steps if "ddim" in samplers else ():
         if steps > T:
             raise SpecError(
                 f"--sampling-steps {steps} is more than {source}'s {T} timesteps: "
