@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
 
 from bench import model_config
 from bench.models import diffusers_unet, factory, lucidrains_unet
@@ -33,7 +34,7 @@ def build_unet(spec: BenchSpec) -> nn.Module:
     if spec.impl == "lucidrains":
         return lucidrains_unet.LucidrainsUNet(config, path)
     if is_factory(spec.impl):
-        return factory.FactoryModel(spec.impl, path)
+        return factory.FactoryModel(spec.impl, path, config)
     return UNet(config)
 
 
@@ -78,68 +79,98 @@ def output_problem(spec: BenchSpec) -> str | None:
     called at the spec's batch and precision, in training mode (eval mode for a sampling spec).
     Its output must be a floating-point tensor of exactly the input's shape (a loss would
     broadcast another), and a training spec needs parameters that train and a loss whose
-    gradient reaches them. What fails is one line."""
-    config = spec.unet_config()
-    shape = (spec.batch, config.in_channels, config.image_size, config.image_size)
-    source = f" from --model-config {spec.config_file}" if spec.config_file else ""
-    training = spec.sampler == "none"  # a sampling spec only calls the model
+    gradient reaches them. What fails is one line. A model whose call reads tensor values
+    (x.max().item(), a shape from a mask), which fake tensors do not have, is checked on real
+    ones instead: it runs for real (its predictions, traced on fake tensors, cannot)."""
     schedule = NoiseSchedule.linear()  # built outside fake mode: its validation reads values
     with fake_mode():
+        model = _built(spec)
+        if isinstance(model, str):
+            return model
         try:
-            model = build_unet(spec)
-        except (factory.FactoryError, model_config.ModelConfigError) as exc:
-            return str(exc)
-        except Exception as exc:  # the library's own refusal of its arguments
-            return (
-                f"--impl {spec.impl} rejects its arguments{source}: "
-                f"{type(exc).__name__}: {first_line(exc)}"
-            )
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        if training and not trainable:
-            count = sum(1 for _ in model.parameters())
-            held = f"all {count} of its parameter tensors are frozen" if count else "none"
-            return (
-                f"--impl {spec.impl}{source}: the model has no parameters that train ({held}): "
-                "training it would optimize nothing."
-            )
-        model.train(training)
-        x, t = torch.zeros(shape), torch.zeros(spec.batch, dtype=torch.long)
-        objective = recipe(spec, model, spec.train_config()).get("objective") if training else None
-        if objective is not None:  # the implementation's own loss, which calls the model itself
-            return _gradient_problem(
-                spec, trainable, lambda: objective(model, schedule, x, t, x, spec.precision)
-            )
-        mode = "training" if training else "sampling"
-        run = f"a {spec.precision} {mode} forward of a {shape} batch"
-        try:
-            with torch.set_grad_enabled(training), autocast(spec.precision, "cpu"):
-                out = model(x, t)
-        except Exception as exc:  # whatever the model raises on an input of this shape
-            return (
-                f"--impl {spec.impl}{source}: {run} fails ({type(exc).__name__}: "
-                f"{first_line(exc)})."
-            )
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != shape:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            return (
-                f"--impl {spec.impl}{source}: model(x_t, t) must return the noise prediction, "
-                f"shape {shape} like x_t; {run} returned {got}."
-            )
-        if not out.is_floating_point():
-            return (
-                f"--impl {spec.impl}{source}: model(x_t, t) must return the noise prediction "
-                f"in floating point; {run} returned {out.dtype}."
-            )
-        if training:  # L_simple on that output, as ddpm.objective.l_simple takes it
-            return _gradient_problem(spec, trainable, lambda: F.mse_loss(out.float(), x))
+            return _call_problem(spec, model, schedule)
+        except DATA_DEPENDENT:
+            pass
+    torch.manual_seed(spec.seed)
+    model = _built(spec)
+    return model if isinstance(model, str) else _call_problem(spec, model, schedule)
+
+
+# What fake tensors raise where a call reads a value they do not have.
+DATA_DEPENDENT = (DataDependentOutputException, DynamicOutputShapeException)
+
+
+def _source(spec: BenchSpec) -> str:
+    return f" from --model-config {spec.config_file}" if spec.config_file else ""
+
+
+def _built(spec: BenchSpec) -> nn.Module | str:
+    """The spec's model, or why it cannot be built (one line)."""
+    try:
+        return build_unet(spec)
+    except (factory.FactoryError, model_config.ModelConfigError) as exc:
+        return str(exc)
+    except Exception as exc:  # the library's own refusal of its arguments
+        return (
+            f"--impl {spec.impl} rejects its arguments{_source(spec)}: "
+            f"{type(exc).__name__}: {first_line(exc)}"
+        )
+
+
+def _call_problem(spec: BenchSpec, model: nn.Module, schedule: NoiseSchedule) -> str | None:
+    """The model called as the spec calls it (DATA_DEPENDENT passes through: the caller runs it
+    again on real tensors)."""
+    config = spec.unet_config()
+    shape = (spec.batch, config.in_channels, config.image_size, config.image_size)
+    source = _source(spec)
+    training = spec.sampler == "none"  # a sampling spec only calls the model
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if training and not trainable:
+        count = sum(1 for _ in model.parameters())
+        held = f"all {count} of its parameter tensors are frozen" if count else "none"
+        return (
+            f"--impl {spec.impl}{source}: the model has no parameters that train ({held}): "
+            "training it would optimize nothing."
+        )
+    model.train(training)
+    x, t = torch.zeros(shape), torch.zeros(spec.batch, dtype=torch.long)
+    objective = recipe(spec, model, spec.train_config()).get("objective") if training else None
+    if objective is not None:  # the implementation's own loss, which calls the model itself
+        return _gradient_problem(
+            spec, trainable, lambda: objective(model, schedule, x, t, x, spec.precision)
+        )
+    mode = "training" if training else "sampling"
+    run = f"a {spec.precision} {mode} forward of a {shape} batch"
+    try:
+        with torch.set_grad_enabled(training), autocast(spec.precision, "cpu"):
+            out = model(x, t)
+    except DATA_DEPENDENT:
+        raise
+    except Exception as exc:  # whatever the model raises on an input of this shape
+        return f"--impl {spec.impl}{source}: {run} fails ({type(exc).__name__}: {first_line(exc)})."
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != shape:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        return (
+            f"--impl {spec.impl}{source}: model(x_t, t) must return the noise prediction, "
+            f"shape {shape} like x_t; {run} returned {got}."
+        )
+    if not out.is_floating_point():
+        return (
+            f"--impl {spec.impl}{source}: model(x_t, t) must return the noise prediction "
+            f"in floating point; {run} returned {out.dtype}."
+        )
+    if training:  # L_simple on that output, as ddpm.objective.l_simple takes it
+        return _gradient_problem(spec, trainable, lambda: F.mse_loss(out.float(), x))
     return None
 
 
 def _gradient_problem(spec: BenchSpec, trainable: list, loss) -> str | None:
     """The training loss's backward, and a gradient on some parameter that trains."""
-    source = f" from --model-config {spec.config_file}" if spec.config_file else ""
+    source = _source(spec)
     try:
         loss().backward()
+    except DATA_DEPENDENT:
+        raise
     except Exception as exc:
         return (
             f"--impl {spec.impl}{source}: the training loss or its backward fails "

@@ -71,6 +71,11 @@ FACTORY = textwrap.dedent(
             h = self.a(x)
             return self.b(h + self.norm(h.mean((2, 3)))[:, :, None, None])
 
+    class ValueReading(Net):  # reads a value in its forward: fake tensors have none
+        def forward(self, x, t):
+            h = self.a(x)
+            return self.b(h / h.abs().max().item() if h.abs().max().item() > 1e6 else h)
+
     class FirstOnly(Net):  # a loss against it would broadcast over the batch
         def forward(self, x, t):
             return super().forward(x, t)[:1]
@@ -240,6 +245,20 @@ def test_a_process_ending_or_interrupted_check_is_one_line(user_path, tmp_path, 
     else:
         assert proc.returncode == 130 and lines[0].startswith("Interrupted (SIGINT)"), err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_model_that_reads_values_in_its_forward_is_checked_on_real_tensors(user_path):
+    """Fake tensors cannot run it, real ones can: it trains (bench.loss) and samples
+    (bench.sampling), where it was refused (DataDependentOutputException) before."""
+    from bench.harnesses import loss, sampling
+
+    args = ["--impl", "mynets:ValueReading", "--preset", "ddpm-cifar10", "--image-size", "8"]
+    args += ["--attention", "none", "--precision", "fp32", "--device", "cpu", "--inline"]
+    (row,) = loss.main([*args, "--batch", "2", "--steps", "1", "--out", str(user_path / "l")])
+    assert row["status"] == "ok", row["error"]
+    sample = ["--sampler", "ddim", "--sampling-steps", "2", "--batch", "2", "--steps", "1"]
+    (row,) = sampling.main([*args, *sample, "--warmup", "0", "--out", str(user_path / "s")])
+    assert row["status"] == "ok", row["error"]
 
 
 def test_the_params_column_counts_the_model_the_spec_process_built(
