@@ -20,7 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.spec import BenchSpec, SpecError
+from bench import lifeline
+from bench.parsers import SpecError
+from bench.spec import BenchSpec
 
 # How long a check may take when no --timeout says (the sweep's own default per spec).
 DEFAULT_TIMEOUT_S = 3600.0
@@ -120,6 +122,8 @@ def _verdict(specs: list[BenchSpec]) -> dict:
 
 def main(argv: list[str]) -> None:
     specs_json, result_path = argv
+    # A session of its own, so a parent killed outright cannot stop it: it holds on to it.
+    lifeline.hold()
     verdict = _verdict([BenchSpec(**s) for s in json.loads(specs_json)])
     tmp = result_path + ".tmp"
     with open(tmp, "w") as f:

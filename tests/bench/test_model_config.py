@@ -91,7 +91,7 @@ def _write(path, text):
 
 
 def test_a_file_nested_too_deeply_is_one_line_from_the_command_line(tmp_path, capsys):
-    from bench.harnesses import memory
+    from bench import memory
     from tests.helpers.cli_checks import check_one_line_error
 
     _write(tmp_path / "deep.toml", "a = " + "[" * 100_000)

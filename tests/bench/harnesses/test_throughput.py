@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from bench import throughput as throughput_command
 from bench.measure.flops import training_step_flops
 from bench.spec import BenchSpec
 from ddpm.unet import AttentionBlock, UNet, Upsample
@@ -118,13 +119,14 @@ def test_throughput_cli_reports_mfu_between_0_and_1(tmp_path):
 
 
 def test_a_damaged_peak_cache_is_refused_before_any_spec(tmp_path, capsys):
-    from bench.harnesses import throughput
     from tests.helpers.cli_checks import check_one_line_error, snapshot
 
     (tmp_path / "peak_flops.json").write_text("{not json")
     before = snapshot(tmp_path)
     with pytest.raises(SystemExit) as info:
-        throughput.main(["--preset", "tiny", "--device", "cpu", "--inline", "--out", str(tmp_path)])
+        throughput_command.main(
+            ["--preset", "tiny", "--device", "cpu", "--inline", "--out", str(tmp_path)]
+        )
     captured = capsys.readouterr()
     check_one_line_error(
         "peak_flops.json is not a record of peak FLOP/s",
@@ -181,7 +183,7 @@ def test_a_prediction_for_a_card_says_what_the_card_does_not_run(tmp_path, capsy
     """A GTX 1070 (sm61) runs no torch.compile (Triton needs 7.0), emulates bf16 and has no
     tensor cores: bench.throughput and bench.sampling say so beside their predictions, as
     bench.memory does (they predicted a time with no word of it)."""
-    from bench.harnesses import sampling, throughput
+    from bench import sampling, throughput
 
     common = ["--card", "gtx1070", "--compile", "default", "--precision", precision]
     common += ["--predict-only", "--preset", "tiny", "--batch", "2", "--device", "cpu"]
@@ -204,7 +206,7 @@ def test_find_max_batch_is_refused_by_every_harness_but_memory(tmp_path, capsys,
 
     from tests.helpers.cli_checks import check_one_line_error
 
-    main = importlib.import_module(f"bench.harnesses.{harness}").main
+    main = importlib.import_module(f"bench.{harness}").main
     with pytest.raises(SystemExit) as info:
         main(["--find-max-batch", "--preset", "tiny", "--device", "cpu", "--out", str(tmp_path)])
     captured = capsys.readouterr()
@@ -226,7 +228,7 @@ def test_find_max_batch_is_refused_by_every_harness_but_memory(tmp_path, capsys,
     ],
 )
 def test_train_steps_are_bounded_alike_however_written(tmp_path, capsys, text, says):
-    from bench.harnesses import throughput
+    from bench import throughput
     from tests.helpers.cli_checks import check_one_line_error
 
     with pytest.raises(SystemExit) as info:
@@ -236,7 +238,7 @@ def test_train_steps_are_bounded_alike_however_written(tmp_path, capsys, text, s
 
 
 def test_train_steps_take_a_whole_number_written_either_way():
-    from bench.harnesses.throughput import MAX_TRAIN_STEPS, train_steps
+    from bench.throughput import MAX_TRAIN_STEPS, train_steps
 
     assert train_steps("8e5") == train_steps("800000") == 800_000
     assert train_steps(str(MAX_TRAIN_STEPS)) == MAX_TRAIN_STEPS
@@ -260,7 +262,7 @@ def test_a_shared_option_a_harness_does_not_use_is_refused(tmp_path, capsys, har
 
     from tests.helpers.cli_checks import check_one_line_error
 
-    main = importlib.import_module(f"bench.harnesses.{harness}").main
+    main = importlib.import_module(f"bench.{harness}").main
     small = ["--preset", "tiny", "--batch", "2", "--steps", "1", "--device", "cpu", "--inline"]
     with pytest.raises(SystemExit) as info:
         main([*given, *small, "--out", str(tmp_path)])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.harnesses import memory, throughput
+from bench import memory, throughput
 from bench.models.factory import FactoryModel
 from tests.helpers.cli_checks import check_one_line_error, snapshot
 
@@ -250,7 +250,7 @@ def test_a_process_ending_or_interrupted_check_is_one_line(user_path, tmp_path, 
 def test_a_model_that_reads_values_in_its_forward_is_checked_on_real_tensors(user_path):
     """Fake tensors cannot run it, real ones can: it trains (bench.loss) and samples
     (bench.sampling), where it was refused (DataDependentOutputException) before."""
-    from bench.harnesses import loss, sampling
+    from bench import loss, sampling
 
     args = ["--impl", "mynets:ValueReading", "--preset", "ddpm-cifar10", "--image-size", "8"]
     args += ["--attention", "none", "--precision", "fp32", "--device", "cpu", "--inline"]

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from bench import memory as memory_command
 from bench.harnesses import memory
 from bench.sweep.runner import report_sweep
 from bench.sweep.worker import FAULT_ENV
@@ -203,7 +204,7 @@ def test_untrusted_text_prints_literally_and_harmlessly(tmp_path, capsys, monkey
     out = tmp_path / "out"
     monkeypatch.setenv(FAULT_ENV, f"error:-b2x1-:{ESCAPES}")
     args = [*ARGS, "--model-config", str(tmp_path / NAME), "--inline", "--out", str(out)]
-    memory.main(args)
+    memory_command.main(args)
     captured = capsys.readouterr()
     md = (out / "memory.md").read_text()
     for text in (captured.out, captured.err, md):
@@ -223,7 +224,9 @@ def test_untrusted_text_prints_literally_and_harmlessly(tmp_path, capsys, monkey
     # A one-line error quoting the name: one line, literal.
     monkeypatch.delenv(FAULT_ENV)
     with pytest.raises(SystemExit) as info:
-        memory.main([*ARGS, "--model-config", str(tmp_path / "gone" / NAME), "--out", str(out)])
+        memory_command.main(
+            [*ARGS, "--model-config", str(tmp_path / "gone" / NAME), "--out", str(out)]
+        )
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.count("\n") == 1 and "\x1b" not in err
     assert "gone/cfg\\x1b[2J\\nx.json: cannot read it" in err
