@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 from pathlib import Path
 
 import torch
 
 from bench import memory, profile, throughput
+from bench.cards import caveats
 from bench.measure import cuda
 from bench.parsers import SpecError, parse_budget, parse_cards, parse_device
 from bench.tables.env import describe, environment
 from bench.tables.results import RUN_FOLDER, markdown_table
 from ddpm.cli.args import ArgumentParser
 from ddpm.cli.pipes import quiet_closed_pipes
+from ddpm.errors import printable
 
 MEMORY_STEPS = (
     ("main job", ["--batch", "2", "--accum", "64"]),
@@ -106,6 +109,13 @@ def main(argv: list[str] | None = None) -> None:
 def run_checks(argv: list[str] | None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The numbers first, as every command checks them: nan or inf would pass every row ("within
+    # nan%"), a negative one fail every row.
+    if not 0 < args.tolerance < math.inf:
+        parser.error(
+            f"--tolerance {args.tolerance:g} is not allowed: give a positive, finite percentage, "
+            "e.g. 10."
+        )
     if not torch.cuda.is_available():
         parser.error(
             f"bench.gpucheck needs a CUDA GPU and torch sees none here (torch "
@@ -236,6 +246,7 @@ def time_check(rows: list[dict], card: str) -> tuple[bool, str]:
     words = "; ".join(
         f"{r['precision']} batch {r['batch']}: measured {r['step_s']:.4g} s, predicted "
         f"{r['predicted_step_s']:.4g} s ({r['step_error_pct']:+.1f}%)"
+        + "".join(f" ({c})" for c in caveats(card, r["precision"], r.get("compile") or "off"))
         for r in done
     )
     return (
@@ -275,7 +286,8 @@ def render(
         f"## Checks (tolerance {tolerance:g}%)",
         "",
     ]
-    lines += [f"- {'PASS' if ok else 'FAIL'}: {sentence}" for ok, sentence in checks]
+    # A check's sentence quotes the specs' errors: shown literally (ddpm.errors.printable).
+    lines += [f"- {'PASS' if ok else 'FAIL'}: {printable(sentence)}" for ok, sentence in checks]
     return "\n".join(lines) + "\n"
 
 

@@ -4,6 +4,7 @@ bench/sampling.py."""
 
 from __future__ import annotations
 
+from bench import cards
 from bench.cards import CARDS
 from bench.core import Harness, RunContext
 from bench.figure import Figure
@@ -53,12 +54,16 @@ def verdict(row: dict) -> str | None:
     if row.get("impl", "ddpm") != "ddpm":
         name = f"{name} ({row['impl']} UNet)"
     v = {k: format_value(row.get(k)) for k in row}
+    # What the card does not run as predicted (bench.cards), as bench.memory's verdict says it.
+    caveats = "".join(
+        f" {c}." for c in cards.caveats(row.get("card") or "", row["precision"], row["compile"])
+    )
     if HARNESS.predict_only(row):
         return (
             f"{name} {row['sampling_steps']} steps, batch {row['batch']}, {row['precision']} "
             f"on {CARDS[row['card']].name}: PREDICTED {v['predicted_step_s']} s per denoising "
             f"step, a full run {v['predicted_full_run_s']} s, {v['predicted_img_per_s']} "
-            "images/s (nothing measured)."
+            f"images/s (nothing measured).{caveats}"
         )
     text = (
         f"{name} {row['sampling_steps']} steps, batch {row['batch']}, {row['precision']}, "
@@ -72,6 +77,11 @@ def verdict(row: dict) -> str | None:
             f" Frechet distance to real digits over {row['quality_samples']} samples: "
             f"{v['frechet_digits']} (as many real held-out digits: "
             f"{v['frechet_digits_real']})."
+        )
+    if row.get("predicted_step_s") is not None:
+        text += (
+            f" PREDICTED on {CARDS[row['card']].name}: {v['predicted_step_s']} s per denoising "
+            f"step.{caveats}"
         )
     return text
 

@@ -4,6 +4,7 @@ are bench/passes/training.py and bench/passes/peak.py, the command line bench/th
 
 from __future__ import annotations
 
+from bench import cards
 from bench.cards import CARDS
 from bench.core import Harness, RunContext
 from bench.figure import Figure
@@ -14,6 +15,7 @@ from bench.passes.training import CUDA_NOTE, TIMED, communication, timed_trainin
 from bench.predict.runtime import PAPER_TRAIN_STEPS, training_figures
 from bench.spec import BenchSpec
 from bench.tables.ratios import impl_ratios, rank_scaling
+from bench.tables.results import format_value
 
 FIGURES = (
     TIMED["step_s"].show(),
@@ -42,7 +44,7 @@ FIGURES = (
     Figure("comm_share_pct", "%", shown=True),
     Figure("collectives", "", str, shown=True),
     # The time prediction for the row's --card (bench.predict.runtime); never a measurement.
-    Figure("predicted_step_s", "s", source="predicted", shown=True),
+    Figure("predicted_step_s", "s", source="predicted", shown=True, verdict="predicted rows"),
     Figure("predicted_img_per_s", "img/s", source="predicted", shown=True),
     Figure("predicted_train_h", "h", source="predicted", shown=True),
     Figure("predicted_train_steps", "", source="predicted"),
@@ -67,6 +69,20 @@ def predicted(spec: BenchSpec, context: RunContext | None) -> dict:
         return {}
     options = context.options if context is not None else {}
     return training_figures(spec, CARDS[key], options.get("train_steps", PAPER_TRAIN_STEPS))
+
+
+def verdict(row: dict) -> str | None:
+    """For a row predicted for a card that does not run it as predicted: the prediction and
+    what the card does not run (bench.cards.caveats), as bench.memory's verdict says it. The
+    table holds every other prediction."""
+    said = cards.caveats(row.get("card") or "", row["precision"], row["compile"])
+    if row["status"] != "ok" or row.get("predicted_step_s") is None or not said:
+        return None
+    return (
+        f"batch {row['batch']} x accum {row['accum']} ({row['precision']}, compile "
+        f"{row['compile']}) on {cards.card_words(row['card'])}: PREDICTED "
+        f"{format_value(row['predicted_step_s'])} s per optimizer step; " + "; ".join(said) + "."
+    )
 
 
 def measure(spec: BenchSpec, context: RunContext) -> dict:
@@ -134,6 +150,7 @@ HARNESS = Harness(
         "800k); predicted_kernels: kernels launched per step; predicted_torch_roofline_s: "
         "the same ops under torch's RuntimeEstimator formula (docs/throughput.md).",
     ],
+    verdict=verdict,
     compare=lambda rows, context: (
         peaks_measured(rows, context)
         + impl_ratios(rows, "img_per_s", "img/s", also=("mfu",))

@@ -21,7 +21,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
@@ -29,6 +28,7 @@ from torch.utils.flop_counter import flop_registry
 from bench.cards import Card
 from bench.measure.flops import CPU_ATTENTION
 from bench.models import guided_sampling
+from bench.models.fake import fake_mode
 from bench.models.guided_flags import NAME as GUIDED
 from bench.models.workload import build_model, build_trainer, synthetic_images, traced_precision
 from bench.predict.cuda_rules import CudaRules
@@ -168,7 +168,7 @@ def train_step_kernels(spec: BenchSpec, card: Card) -> list[Kernel]:
     precision = traced_precision(spec)  # as the memory trace
     schedule = NoiseSchedule.linear()  # built outside fake mode: its validation reads values
     recorder = KernelRecorder()
-    with FakeTensorMode(allow_non_fake_inputs=True), CudaRules(card.capability), recorder:
+    with fake_mode(), CudaRules(card.capability), recorder:
         trainer = build_trainer(
             spec.replace(precision=precision, parallel="none", ranks=1),
             device="cpu",
@@ -202,7 +202,7 @@ def denoising_step_kernels(spec: BenchSpec, card: Card) -> list[Kernel]:
     c = spec.unet_config()
     shape = (spec.batch, c.in_channels, c.image_size, c.image_size)
     recorder = KernelRecorder()
-    with FakeTensorMode(allow_non_fake_inputs=True), CudaRules(card.capability), recorder:
+    with fake_mode(), CudaRules(card.capability), recorder:
         model = build_model(spec, compiled=False)
         if spec.impl == GUIDED:  # its own loop (classes do not change the work)
             steps = guided_sampling.progressive(model, spec, torch.Generator(), "cpu", "random")
