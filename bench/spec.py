@@ -344,8 +344,10 @@ class BenchSpec:
             return model_config.unet_config(self.config_file, PRESETS[self.preset], **after)
         if not self.preset_architecture:
             # Another model takes from here only its input (the preset's channels at
-            # image_size) and whether to checkpoint: no level of the preset's binds it.
-            return PRESETS[self.preset].replace(
+            # image_size; guided-diffusion's UNet takes RGB whatever the preset) and whether
+            # to checkpoint: no level of the preset's binds it.
+            base = UNetConfig() if self.impl == "guided-diffusion" else PRESETS[self.preset]
+            return base.replace(
                 image_size=self.image_size,
                 channel_mults=(1,),
                 attention_resolutions=(),

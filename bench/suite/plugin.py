@@ -75,7 +75,9 @@ def pytest_addoption(parser):
 # one line before any test runs, not a collection error per test file.
 SPECS = pytest.StashKey[list]()
 # The shared parsers name the harnesses' options; the suite's are these, prefixed.
-SHARED_OPTIONS = re.compile(r"(?<![\w-])--(impl|model-config|preset|device|image-size)\b")
+SHARED_OPTIONS = re.compile(
+    r"(?<![\w-])--(impl|model-config|preset|device|image-size|batch|precision)\b"
+)
 
 
 def bench_specs(config):

@@ -141,7 +141,8 @@ def test_the_suite_runs_guided_diffusion_in_its_fp16_scheme(tmp_path):
     assert "2 passed" in run.stdout  # a training step and a denoising step
     bad = run_suite(tmp_path, "--benchmark-disable", *args, "--bench-precision", "bf16")
     assert bad.returncode != 0
-    assert "--precision bf16: guided-diffusion trains in fp32 or in its own fp16" in bad.stdout
+    said = bad.stdout + bad.stderr
+    assert "--bench-precision bf16: guided-diffusion trains in fp32 or in its own fp16" in said
 
 
 @pytest.mark.parametrize(
