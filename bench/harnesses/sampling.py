@@ -102,11 +102,14 @@ def verdict(row: dict) -> str | None:
         name = f"{name} ({row['impl']} UNet)"
     v = {k: format_value(row.get(k)) for k in row}
     if row.get("step_s") is None:  # --predict-only
+        likely = ""
+        if row.get("predicted_full_run_s_low") is not None:
+            likely = f", likely {v['predicted_full_run_s_low']}-{v['predicted_full_run_s_high']} s"
         return (
             f"{name} {row['sampling_steps']} steps, batch {row['batch']}, {row['precision']} "
             f"on {CARDS[row['card']].name}: PREDICTED {v['predicted_step_s']} s per denoising "
-            f"step, a full run {v['predicted_full_run_s']} s, {v['predicted_img_per_s']} "
-            "images/s (nothing measured)."
+            f"step, a full run {v['predicted_full_run_s']} s{likely}, "
+            f"{v['predicted_img_per_s']} images/s (nothing measured)."
         )
     text = (
         f"{name} {row['sampling_steps']} steps, batch {row['batch']}, {row['precision']}, "
@@ -203,8 +206,10 @@ def generate(
     return torch.cat(images)
 
 
-# The time prediction for the row's --card (bench.predict.runtime); never a measurement.
+# The time prediction for the row's --card (bench.predict.runtime); never a measurement. The
+# verdict reads the first three (rows written before the band have no _low/_high).
 PREDICTED = ["predicted_step_s", "predicted_full_run_s", "predicted_img_per_s"]
+PREDICTED_BAND = ["predicted_full_run_s_low", "predicted_full_run_s_high"]
 
 
 def measure(spec, context: RunContext | None = None) -> dict:
@@ -463,6 +468,7 @@ HARNESS = Harness(
         "frechet_digits",
         "frechet_digits_real",
         *PREDICTED,
+        *PREDICTED_BAND,
     ],
     display_columns=[
         "sampler",
@@ -479,6 +485,7 @@ HARNESS = Harness(
         "frechet_digits",
         "frechet_digits_real",
         *PREDICTED,
+        *PREDICTED_BAND,
     ],
     notes=[
         "One denoising step = one UNet call on the whole batch + the sampler's update "
@@ -501,9 +508,11 @@ HARNESS = Harness(
         "eager and after the timed one; it writes a grid per spec under "
         "<out>/sampling/<run_id>/.",
         "PREDICTED, not measured (with --card; --predict-only: these alone): "
-        "predicted_step_s for one denoising step on that card, a roofline over the step's "
-        "traced aten ops (bench.predict.runtime); predicted_full_run_s = predicted_step_s x "
-        "sampling_steps; predicted_img_per_s = batch / predicted_full_run_s, finished images "
+        "predicted_step_s for one denoising step on that card, the step-time model over the "
+        "step's traced kernels (bench.predict.runtime, docs/throughput.md); "
+        "predicted_full_run_s = predicted_step_s x sampling_steps, likely between "
+        "predicted_full_run_s_low and _high (the public training runs' leave-one-out "
+        "error range); predicted_img_per_s = batch / predicted_full_run_s, finished images "
         "per second of complete runs.",
     ],
     verdict=verdict,

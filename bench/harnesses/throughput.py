@@ -27,7 +27,7 @@ from bench.predict.runtime import PAPER_TRAIN_STEPS, training_figures
 from bench.spec import BenchSpec, SpecError
 from bench.sweep.cli import build_parser, run_cli, specs_from_args
 from bench.tables.ratios import impl_ratios, rank_scaling
-from bench.tables.results import ResultsError
+from bench.tables.results import ResultsError, format_value
 
 PEAK_CACHE = "peak_flops.json"
 COMM_COLUMNS = ["collectives_per_step", "comm_mib_per_step", "comm_share_pct", "collectives"]
@@ -35,10 +35,15 @@ PEAK_FIGURES = ("peak_flops", "matmul_flops", "conv_flops")
 # The time prediction for the row's --card (bench.predict.runtime); never a measurement.
 PREDICTED = [
     "predicted_step_s",
+    "predicted_step_s_low",
+    "predicted_step_s_high",
     "predicted_img_per_s",
     "predicted_train_h",
+    "predicted_train_h_low",
+    "predicted_train_h_high",
     "predicted_train_steps",
     "predicted_kernels",
+    "predicted_exposed_comm_s",
     "predicted_torch_roofline_s",
 ]
 
@@ -100,6 +105,25 @@ def predicted(spec: BenchSpec, context: RunContext | None) -> dict:
         return {}
     options = context.options if context is not None else {}
     return training_figures(spec, CARDS[key], options.get("train_steps", PAPER_TRAIN_STEPS))
+
+
+def predicted_verdict(row: dict) -> str | None:
+    """The predicted time of a row with --card, in words with its likely range (rows written
+    before the range have none); nothing for a row without a prediction."""
+    if row["status"] != "ok" or row.get("predicted_step_s") is None:
+        return None
+    v = {k: format_value(row.get(k)) for k in row}
+    ranks = f", one rank of {row['ranks']}" if row.get("ranks", 1) > 1 else ""
+    likely = ""
+    if row.get("predicted_train_h_low") is not None:
+        likely = f", likely {v['predicted_train_h_low']}-{v['predicted_train_h_high']} h"
+    steps = f"{int(row['predicted_train_steps']):,}"
+    return (
+        f"Batch {row['batch']} x {row['accum']}, {row['precision']}{ranks} on "
+        f"{CARDS[row['card']].name}: PREDICTED {v['predicted_step_s']} s per step, "
+        f"{v['predicted_img_per_s']} images/s; {steps} steps take {v['predicted_train_h']} h"
+        f"{likely}."
+    )
 
 
 def communication(spec: BenchSpec, device):
@@ -175,6 +199,8 @@ HARNESS = Harness(
         "predicted_step_s",
         "predicted_img_per_s",
         "predicted_train_h",
+        "predicted_train_h_low",
+        "predicted_train_h_high",
     ],
     figure_kinds={"collectives": str},
     notes=[
@@ -209,13 +235,18 @@ HARNESS = Harness(
         "efficiency = img/s at N ranks / (N x img/s at 1 rank), 100% for perfect scaling; and "
         "a 1-rank spec spread by ddp or fsdp against parallel none: the wrapper's own cost.",
         "PREDICTED, not measured (with --card; --predict-only: these alone): "
-        "predicted_step_s for one optimizer step on that card, a roofline over the step's "
-        "traced aten ops (bench.predict.runtime; one rank, no gradient exchange); "
-        "predicted_img_per_s = batch x accum / predicted_step_s; predicted_train_h = "
-        "predicted_step_s x predicted_train_steps / 3600 (--train-steps, default the paper's "
-        "800k); predicted_kernels: kernels launched per step; predicted_torch_roofline_s: "
-        "the same ops under torch's RuntimeEstimator formula (docs/throughput.md).",
+        "predicted_step_s for one optimizer step on that card (one rank of --ranks, its "
+        "gradient exchange included), the step-time model over the step's traced kernels "
+        "(bench.predict.runtime, docs/throughput.md), likely between predicted_step_s_low and "
+        "_high (the public runs' leave-one-out error range); predicted_img_per_s = batch x "
+        "accum / predicted_step_s; predicted_train_h = predicted_step_s x "
+        "predicted_train_steps / 3600 (--train-steps, default the paper's 800k), likely "
+        "between predicted_train_h_low and _high; predicted_kernels: kernels launched per "
+        "step; predicted_exposed_comm_s: the part of the step the compute waits for the "
+        "exchange; predicted_torch_roofline_s: the same kernels under torch's "
+        "RuntimeEstimator formula.",
     ],
+    verdict=lambda row: predicted_verdict(row),
     compare=lambda rows, context: (
         peaks_measured(rows, context)
         + impl_ratios(rows, "img_per_s", "img/s", also=("mfu",))
