@@ -43,6 +43,11 @@ WHITEPAPERS = {
 }
 
 
+def sm(capability: tuple[int, int]) -> int:
+    """A compute capability as CUDA names its architecture: (8, 6) is sm86."""
+    return capability[0] * 10 + capability[1]
+
+
 @dataclass(frozen=True)
 class Card:
     key: str  # the --card name
@@ -72,7 +77,7 @@ class Card:
 
     @property
     def sm(self) -> int:
-        return self.capability[0] * 10 + self.capability[1]
+        return sm(self.capability)
 
     @property
     def bf16(self) -> bool:

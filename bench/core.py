@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import spec as spec_module
+from bench.figure import Figure
 from bench.spec import BenchSpec
 from ddpm import parallel
 
@@ -47,33 +48,57 @@ class Harness:
     name: str
     # One spec measured in this process: its figures by column (a failure raises).
     measure: Callable[[BenchSpec, RunContext], dict]
-    figure_columns: list[str]
-    display_columns: list[str]
+    # Its figures (bench.figure), in the order of its CSV's columns: every list of columns below
+    # is read from them.
+    figures: Sequence[Figure]
     notes: list[str] = field(default_factory=list)
-    # The harness's settings that are not axes (JSON-able), from its parsed command line; every
-    # spec's process receives them as RunContext.options.
-    options: Callable[..., dict] | None = None
     # One sentence per row that answers the harness's question in words (printed and in the .md).
     verdict: Callable[[dict], str | None] | None = None
-    # The figure columns the verdict of every ok row reads. bench.report refuses a table whose
-    # ok row lacks one, in one line, rather than fail inside the sentence or print a hole in it.
-    verdict_columns: list[str] = field(default_factory=list)
-    # The same for a row of --predict-only, which holds the predicted figures alone.
-    predicted_verdict_columns: list[str] = field(default_factory=list)
     # Sentences that compare the finished rows (e.g. accumulation vs none), given the run's
     # context so a harness can read files its specs wrote; printed and in the .md.
     compare: Callable[[list[dict], RunContext], list[str]] | None = None
-    # Figure columns that are not numbers: bool (True/False) or str (text). bench.report refuses
-    # a cell of another kind, so a damaged CSV is never rendered as a result.
-    figure_kinds: dict[str, type] = field(default_factory=dict)
+    # Axes the displayed table shows before the status even where every row has one value
+    # (sampling's sampler and steps); the others are columns only where they vary.
+    key_axes: tuple[str, ...] = ()
 
     @property
     def module(self) -> str:
         """The module that defines this harness as HARNESS: how a fresh process finds it."""
         return self.measure.__module__
 
+    @property
+    def figure_columns(self) -> list[str]:
+        return [f.name for f in self.figures]
+
+    @property
+    def display_columns(self) -> list[str]:
+        return [*self.key_axes, "status", *(f.name for f in self.figures if f.shown)]
+
+    @property
+    def verdict_columns(self) -> list[str]:
+        """The figures the verdict of an ok measured row reads."""
+        return [f.name for f in self.figures if f.verdict in ("every row", "measured rows")]
+
+    @property
+    def predicted_verdict_columns(self) -> list[str]:
+        """The figures the verdict of an ok --predict-only row reads."""
+        return [f.name for f in self.figures if f.verdict in ("every row", "predicted rows")]
+
+    @property
+    def renamed(self) -> dict[str, str]:
+        """Figure columns by their old names: a table written before a rename is read so."""
+        return {old: f.name for f in self.figures for old in f.was}
+
     def kinds(self) -> dict[str, type]:
-        return {c: self.figure_kinds.get(c, float) for c in self.figure_columns}
+        """Each figure column's kind: bench.report refuses a cell of another kind, so a damaged
+        CSV is never rendered as a result."""
+        return {f.name: f.kind for f in self.figures}
+
+    def predict_only(self, row: dict) -> bool:
+        """A row of --predict-only: a predicted figure has a value and no measured or projected
+        one does (the run's settings are in every row)."""
+        said = {f.source for f in self.figures if row.get(f.name) is not None}
+        return said - {"setting"} == {"predicted"}
 
 
 # ----- the columns of every table, from BenchSpec's axis fields ----------------------------------

@@ -122,7 +122,7 @@ def rebuild(argv: list[str] | None) -> None:
         from bench.tables import plots  # matplotlib: only when plots are drawn
 
         try:
-            lines = plots.draw(out, [h.name for h in picked])
+            lines = plots.draw(out, picked)
         except ResultsError as exc:
             parser.error(str(exc))
         except OSError as exc:

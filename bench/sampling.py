@@ -1,8 +1,257 @@
-"""`python -m bench.sampling`: the command; the harness is bench/harnesses/sampling.py."""
+"""python -m bench.sampling: how fast does the model sample, per denoising step, per image and per
+complete run, with DDPM's ancestral sampler (all T timesteps) and with DDIM at fewer steps?
 
+    python -m bench.sampling                                  # ddpm and ddim 10,50,100, batch 16
+    python -m bench.sampling --batch 1,16,64 --precision fp32,bf16 --sampler ddim
+    python -m bench.sampling --checkpoint runs/demo/last.pt   # speed and quality side by side
+
+One denoising step is one step of ddpm.cli.sample's loop (sample_progressive), the very code the
+samplers run: one UNet call on the whole batch (under autocast for bf16/fp16) and the sampler's
+update (ddpm_step, or ddim_step with eta = 0), in inference mode with the model in eval mode. A
+complete DDPM run is T = 1000 such steps, which takes long on a CPU, so each spec times
+--measure-steps steps of the real timestep sequence after --warmup steps (compilation lands
+there), each step bracketed by a device sync, and the full run is reported as a PROJECTION,
+step_s x sampling_steps, in columns named so.
+
+With --checkpoint (a ddpm.cli.train checkpoint of a model trained on digits, e.g. the default
+`python -m ddpm.cli.train`), each spec also draws --quality-samples images with its full sampler
+from the EMA weights, writes a grid of them, and reports the Frechet distance of their features
+from real digits' under a small classifier (bench.measure.quality), next to the floor that as many
+real held-out digits score."""
+
+from __future__ import annotations
+
+import argparse
 import sys
+from pathlib import Path
 
-from bench.harnesses.sampling import main
+from bench.harnesses.sampling import HARNESS
+from bench.parsers import (
+    ARCHITECTURE,
+    SpecError,
+    parse_attention,
+    parse_choices,
+    parse_int_list,
+    parse_preset,
+)
+from bench.passes.sampling import default_schedule
+from bench.spec import common_axes, group_axes
+from bench.sweep.cli import (
+    add_predict_only,
+    build_parser,
+    check_predict_only,
+    run_cli,
+    specs_from_args,
+)
+from ddpm.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_weights,
+    schedule_from,
+    unet_config_from,
+)
+from ddpm.config import PRESETS, UNetConfig
+from ddpm.errors import first_line
+from ddpm.schedule import NoiseSchedule
+from ddpm.unet import UNet
+
+
+def sampling_axes() -> tuple[str, ...]:
+    """The axes this harness takes: every harness's but the ranks' (it trains nothing), and its
+    own sampler and steps. --accum and --checkpointing are options so that a training command
+    line reads, and are refused off 1 and off."""
+    ranks = group_axes("ranks")
+    return (*(a for a in common_axes() if a not in ranks), "sampler", "sampling_steps")
+
+
+def preset_of(config: UNetConfig) -> str | None:
+    """The preset this configuration is, up to the axes a spec sets (size, attention)."""
+    for name, preset in PRESETS.items():
+        try:
+            candidate = preset.replace(
+                image_size=config.image_size,
+                attention_resolutions=config.attention_resolutions,
+                gradient_checkpointing=config.gradient_checkpointing,
+            )
+        except ValueError:
+            continue
+        if candidate == config:
+            return name
+    return None
+
+
+def read_checkpoint(args: argparse.Namespace) -> NoiseSchedule:
+    """Check --checkpoint and fill --preset, --image-size and --attention from it (or check
+    that the ones given agree). Returns its schedule."""
+    path = Path(args.checkpoint)
+    if path.is_dir():
+        raise SpecError(
+            f"--checkpoint {path} is a folder: pass the checkpoint file in it "
+            f"(e.g. {path / 'last.pt'})."
+        )
+    try:
+        data = load_checkpoint(path)
+        schedule = schedule_from(data)
+        config = unet_config_from(data)
+        load_weights(UNet(config), data)
+    except CheckpointError as exc:
+        raise SpecError(f"--checkpoint: {exc}") from None
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise SpecError(
+            f"--checkpoint {path} does not hold a usable model ({first_line(exc)})."
+        ) from None
+    overridden = [name for name in ARCHITECTURE if getattr(args, name) != "preset"]
+    if overridden:
+        flag = "--" + overridden[0].replace("_", "-")
+        raise SpecError(
+            f"{flag} does not apply with --checkpoint {path}: its model's architecture is "
+            "the checkpoint's own; leave it out."
+        )
+    preset = preset_of(config)
+    if preset is None:
+        raise SpecError(
+            f"--checkpoint {path} holds a model that is none of the presets "
+            f"({', '.join(PRESETS)}) at any size or attention placement."
+        )
+    if args.preset is not None and args.preset != preset:
+        raise SpecError(
+            f"--preset {args.preset} does not match --checkpoint {path}, which holds "
+            f"a {preset} model: leave --preset out or pass {preset}."
+        )
+    if args.image_size is not None and args.image_size != config.image_size:
+        raise SpecError(
+            f"--image-size {args.image_size} does not match --checkpoint {path}, "
+            f"which holds a {config.image_size}px model."
+        )
+    own = "+".join(map(str, config.attention_resolutions)) or "none"
+    given = parse_attention(args.attention, preset, config.image_size)
+    if args.attention != "preset" and given != [own]:
+        raise SpecError(
+            f"--attention {args.attention} does not match --checkpoint {path}, "
+            f"whose model has attention {own}."
+        )
+    args.preset, args.image_size, args.attention = preset, config.image_size, own
+    return schedule
+
+
+def make_specs(args: argparse.Namespace) -> list:
+    """Validate the sampling options, then one spec per (other axes, sampler, sampling steps):
+    ddpm always takes every timestep of the schedule; ddim takes each --sampling-steps."""
+    if args.steps < 1:
+        raise SpecError(f"--measure-steps {args.steps} is not allowed: it must be >= 1.")
+    if args.find_max_batch:
+        raise SpecError(
+            "--find-max-batch searches a training batch (python -m bench.memory); "
+            "sampling takes --batch."
+        )
+    if parse_int_list("--accum", args.accum) != [1]:
+        raise SpecError(
+            f"--accum {args.accum} is not allowed: sampling has no gradient "
+            "accumulation; leave it at 1."
+        )
+    if parse_choices("--checkpointing", args.checkpointing, ("off", "on")) != ["off"]:
+        raise SpecError(
+            f"--checkpointing {args.checkpointing} is not allowed: it saves memory "
+            "for backward, and sampling has none; leave it off."
+        )
+    ddim_steps = parse_int_list("--sampling-steps", args.sampling_steps)
+    if args.quality_samples < 2:
+        raise SpecError(
+            f"--quality-samples {args.quality_samples} is not allowed: a covariance "
+            "needs at least 2 images."
+        )
+    if args.checkpoint is not None:
+        schedule = read_checkpoint(args)
+        source = f"--checkpoint {args.checkpoint}'s schedule"
+    else:
+        args.preset = parse_preset(args.preset or "ddpm-cifar10")
+        schedule = default_schedule()
+        source = "the schedule"
+    T = schedule.timesteps
+    for steps in ddim_steps:
+        if steps > T:
+            raise SpecError(
+                f"--sampling-steps {steps} is more than {source}'s {T} timesteps: "
+                f"DDIM takes 1..{T} steps."
+            )
+    specs = []
+    # The grid varies impl fastest, so implementations stay side by side as elsewhere.
+    for spec in specs_from_args(args):
+        if spec.sampler == "ddpm":  # ddpm always takes every timestep of the schedule
+            spec = spec.replace(sampling_steps=T)
+        if spec not in specs:
+            specs.append(spec)
+    other = next((s.impl for s in specs if s.impl != "ddpm"), None)
+    if args.checkpoint is not None and other is not None:
+        raise SpecError(f"--impl {other} cannot load --checkpoint: it holds ddpm's weights.")
+    specs = [s.replace(predict_only=args.predict_only) for s in specs]
+    check_predict_only(specs)
+    return specs
+
+
+def build_sampling_parser() -> argparse.ArgumentParser:
+    training_only = "training only; not used by sampling"
+    parser = build_parser(
+        "python -m bench.sampling",
+        __doc__,
+        defaults={"batch": "16", "precision": "fp32", "steps": 5, "warmup": 2},
+        # The shared options are worded for training; say what they do here.
+        helps={
+            "preset": f"{', '.join(PRESETS)} (default ddpm-cifar10, or the --checkpoint's own)",
+            "steps": "same as --measure-steps",
+            "warmup": "denoising steps run before the timed ones, timed apart as warmup_s "
+            "(compilation lands there; default %(default)s)",
+            **dict.fromkeys(
+                ("accum", "checkpointing", "find_max_batch", "budget", "cuda_context_mib"),
+                training_only,
+            ),
+        },
+        axes=sampling_axes(),
+    )
+    # Validated against the checkpoint when one is given: None means "the default or its own".
+    parser.set_defaults(preset=None)
+    g = parser.add_argument_group("sampling")
+    g.add_argument(
+        "--measure-steps",
+        dest="steps",
+        type=int,
+        default=5,
+        help="denoising steps timed per spec after the warm-up; the full run is "
+        "projected from them (default %(default)s)",
+    )
+    g.add_argument(
+        "--checkpoint",
+        default=None,
+        help="a ddpm.cli.train checkpoint of a model trained on digits: sample with its "
+        "EMA weights and schedule, and report frechet_digits "
+        "(bench.measure.quality)",
+    )
+    g.add_argument(
+        "--quality-samples",
+        type=int,
+        default=256,
+        help="with --checkpoint: images drawn per spec with its complete sampler "
+        "for frechet_digits; ddpm costs quality-samples x T UNet evaluations "
+        "per spec (default %(default)s)",
+    )
+    add_predict_only(parser)
+    return parser
+
+
+def sampling_options(args: argparse.Namespace) -> dict:
+    """The checkpoint (an absolute path: workers may run elsewhere) and the quality sample count."""
+    if args.checkpoint is None:
+        return {}
+    return {
+        "checkpoint": str(Path(args.checkpoint).resolve()),
+        "quality_samples": args.quality_samples,
+    }
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = build_sampling_parser()
+    return run_cli(HARNESS, parser, argv, make_specs, options=sampling_options)
+
 
 if __name__ == "__main__":
     main(sys.argv[1:])

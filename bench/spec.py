@@ -1,33 +1,38 @@
 """BenchSpec: one point of a benchmark grid, and the grid expansion from comma lists.
 
-Every harness shares these axes; validation happens here, before anything runs, so a bad value
-costs one line and exit status 2 instead of a half-finished sweep."""
+Every harness shares these axes, each declared once here (bench.axis) with its parser
+(bench.parsers), which checks its values before anything runs: a bad value costs one line and
+exit status 2 instead of a half-finished sweep."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
-import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bench import model_config
+from bench.axis import axis, choice_list, int_list, one_of
 from bench.cards import CARDS, DEFAULT_TARGET
+from bench.parsers import (
+    ARCHITECTURE,
+    parse_architecture,
+    parse_attention,
+    parse_cards,
+    parse_device,
+    parse_image_size,
+    parse_impls,
+    parse_model_config,
+    parse_preset,
+)
 from ddpm.config import GRAD_SYNCS, PRECISIONS, PRESETS, TrainConfig, UNetConfig
-from ddpm.device import indexed_device
 from ddpm.parallel import PARALLEL
 
 MIB = 2**20  # bytes per MiB: every *_mib figure of every table
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 ON_OFF = ("off", "on")
-# bench.models.impl: ours, diffusers' UNet2DModel, lucidrains' denoising-diffusion-pytorch Unet;
-# or a user's factory, "package.module:callable"
-IMPLS = ("ddpm", "diffusers", "lucidrains")
-FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 DATASETS = ("digits", "mnist", "cifar10", "folder")  # bench.loss's real data (ddpm.data)
 SAMPLERS = ("ddpm", "ddim")  # bench.sampling's samplers (ddpm.sample)
-_UNITS = {"mib": 1.0, "gib": 1024.0, "mb": 1e6 / MIB, "gb": 1e9 / MIB}
 # What CUDA reports as the total capacity of an 8 GB GeForce card ("7.79 GiB total capacity" in
 # the out-of-memory messages users post): the default budget models that card, not 8 GiB.
 DEFAULT_BUDGET = "7.79GiB"
@@ -40,116 +45,36 @@ LIST_CARDS = "list"
 DEFAULT_CONTEXT_MIB = 426.0
 
 
-# The axes the name above spells out; repeat is in the spec id.
-_NAMED_ABOVE = (
-    "preset",
-    "image_size",
-    "batch",
-    "accum",
-    "precision",
-    "attention",
-    "compile",
-    "checkpointing",
-    "device",
-    "dataset",
-    "sampler",
-    "sampling_steps",
-    "impl",
-    "model_config",
-    "repeat",
-)
-
-
-class SpecError(ValueError):
-    """A bad axis value; the message is the one line the user sees."""
-
-
-# The architecture axes: each one's UNetConfig field, how its text becomes that field's value,
-# and what to give instead of text that does not.
-ARCHITECTURE: dict[str, tuple[str, Callable, str]] = {
-    "channels": ("base_channels", int, "an integer, e.g. 192"),
-    "channel_mults": (
-        "channel_mults",
-        lambda text: tuple(int(m) for m in text.split(",")),
-        "integers joined by commas, e.g. 1,1,2,2,4,4",
+# The name, part by part: the axes each part spells in its own words, and how. Every other axis
+# is named after them, by its field, whenever it is off its default (BenchSpec.name), so no axis
+# is left out of the name; repeat is spelled in the spec id instead.
+_NAME_PARTS: tuple[tuple[tuple[str, ...], Callable[[BenchSpec], str]], ...] = (
+    (
+        ("preset", "image_size", "batch", "accum", "precision"),
+        lambda s: f"{s.preset}-{s.image_size}px-b{s.batch}x{s.accum}-{s.precision}",
     ),
-    "res_blocks": ("num_res_blocks", int, "an integer, e.g. 2"),
-    "heads": ("num_heads", int, "an integer, e.g. 4"),
-    "dropout": ("dropout", float, "a number, e.g. 0.1"),
-}
-
-
-# An axis's parser: (option, option text, spec) -> the axis's values, or SpecError with the line
-# the user reads. `spec` holds the single-valued axes declared above it (attention reads preset
-# and image_size); bench.sweep.cli expands the lists into the grid.
-AxisParser = Callable[[str, object, "BenchSpec"], list]
-
-
-@dataclass(frozen=True)
-class AxisOption:
-    """How an axis is given on the command line (bench.sweep.cli adds and parses it)."""
-
-    help: str  # argparse's: %(default)s is the default option text
-    parse: AxisParser
-    text: object  # the default option text (a harness may give its own)
-    option: str | None = None  # default: "--" and the field name with "-" for "_"
-    group: str = "axes"  # "axes" (comma lists), "ranks" or "run" (bench.sweep.cli.GROUPS)
-    common: bool = True  # an option of every harness that takes the common axes
-    type: Callable | None = None  # argparse's type, for a single number (--image-size)
-    const: str | None = None  # the value of the option given alone (argparse's nargs="?")
-
-    def flag(self, name: str) -> str:
-        return self.option or "--" + name.replace("_", "-")
-
-
-_FIELD_DEFAULT = object()  # axis(text=...) not given: the option's default is str(default)
-
-
-def axis(
-    default,
-    quiet: bool = False,
-    *,
-    help: str | None = None,
-    parse: AxisParser | None = None,
-    text: object = _FIELD_DEFAULT,
-    **option,
-) -> dataclasses.Field:
-    """A spec field that is a column of every results table, so tables can vary along it; a
-    quiet axis belongs to some harnesses and goes unsaid while at its default. Given `help` and
-    `parse`, it is also a command-line option of every harness that takes it, a comma list that
-    the sweep expands (AxisOption: `text` is the default option text, str(default) unless
-    given (None: none, as --image-size's "the preset's"), and `option` may set option, group,
-    common, type)."""
-    metadata = {"axis": "quiet" if quiet else "said"}
-    if parse is not None:
-        metadata["option"] = AxisOption(
-            help=help or "",
-            parse=parse,
-            text=str(default) if text is _FIELD_DEFAULT else text,
-            **option,
-        )
-    return field(default=default, metadata=metadata)
-
-
-def int_list(minimum: int = 1) -> AxisParser:
-    """A comma list of integers >= minimum."""
-    return lambda option, text, spec: parse_int_list(option, text, minimum)
-
-
-def choice_list(allowed: tuple[str, ...]) -> AxisParser:
-    """A comma list of allowed words."""
-    return lambda option, text, spec: parse_choices(option, text, allowed)
-
-
-def one_of(allowed: tuple[str, ...]) -> AxisParser:
-    """One allowed word (an axis that takes a single value)."""
-
-    def parse(option: str, text: str, spec) -> list[str]:
-        if text not in allowed:
-            raise SpecError(f"{option} {text!r} is not allowed: choose from {', '.join(allowed)}.")
-        return [text]
-
-    return parse
+    (
+        ("attention", "compile", "checkpointing", "device"),
+        lambda s: (
+            f"-attn{s.attention}-compile-{s.compile}-ckpt-{s.checkpointing}"
+            f"-{s.device.replace(':', '')}"
+        ),
+    ),
+    (("dataset",), lambda s: "" if s.dataset == "synthetic" else f"-{s.dataset}"),
+    (
+        ("sampler", "sampling_steps"),
+        lambda s: (
+            f"-{s.sampler}{s.sampling_steps}" if s.sampler != "none" or s.sampling_steps else ""
+        ),
+    ),
+    (("impl",), lambda s: "" if s.impl == "ddpm" else f"-{s.impl.replace(':', '.')}"),
+    (
+        ("model_config",),
+        lambda s: f"-config{model_config.tag(s.config_file)}" if s.config_file else "",
+    ),
+    (("repeat",), lambda s: ""),
+)
+_NAMED_ABOVE = frozenset(axis for axes, _ in _NAME_PARTS for axis in axes)
 
 
 @dataclass(frozen=True)
@@ -434,20 +359,8 @@ class BenchSpec:
     @property
     def name(self) -> str:
         """Readable and stable: names trace folders and identifies a spec for --resume."""
-        name = (
-            f"{self.preset}-{self.image_size}px-b{self.batch}x{self.accum}-{self.precision}"
-            f"-attn{self.attention}-compile-{self.compile}-ckpt-{self.checkpointing}"
-            f"-{self.device.replace(':', '')}"
-        )
-        if self.dataset != "synthetic":
-            name += f"-{self.dataset}"
-        if self.sampler != "none" or self.sampling_steps:
-            name += f"-{self.sampler}{self.sampling_steps}"
-        if self.impl != "ddpm":
-            name += f"-{self.impl.replace(':', '.')}"
-        if self.config_file:
-            name += f"-config{model_config.tag(self.config_file)}"
-        # An axis added later is named whenever it is off its default.
+        name = "".join(spell(self) for _, spell in _NAME_PARTS)
+        # Any other axis, one added later too, is named whenever it is off its default.
         for f in dataclasses.fields(self):
             if f.metadata.get("axis") and f.name not in _NAMED_ABOVE:
                 value = getattr(self, f.name)
@@ -472,159 +385,6 @@ class BenchSpec:
         return dataclasses.replace(self, **changes)
 
 
-# ----- parsing: each returns a value or raises SpecError with the line the user will read ------
-
-
-def parse_int_list(option: str, text: str, minimum: int = 1) -> list[int]:
-    values = []
-    for item in _items(option, text):
-        try:
-            value = int(item)
-        except ValueError:
-            raise SpecError(
-                f"{option} {item!r} is not an integer; give a comma list such as 1,2,4."
-            ) from None
-        if value < minimum:
-            raise SpecError(f"{option} {value} is not allowed: it must be >= {minimum}.")
-        values.append(value)
-    return _once_each(option, text, values)
-
-
-def parse_choices(option: str, text: str, allowed: tuple[str, ...]) -> list[str]:
-    values = _items(option, text)
-    for value in values:
-        if value not in allowed:
-            raise SpecError(f"{option} {value!r} is not allowed: choose from {', '.join(allowed)}.")
-    return _once_each(option, text, values)
-
-
-def parse_attention(
-    text: str, preset: str, image_size: int, spec: BenchSpec | None = None
-) -> list[str]:
-    """'none', 'preset' (the preset's own placement) or resolutions like 16 or 16+8, visited by
-    the preset's levels or those of `spec`'s architecture axes, with heads that divide them."""
-    changes = spec.architecture() if spec else {}
-    config = PRESETS[preset].replace(**changes, image_size=image_size, attention_resolutions=())
-    model = preset + (
-        f" with --channel-mults {spec.channel_mults}" if "channel_mults" in changes else ""
-    )
-    values = []
-    for item in _items("--attention", text):
-        if item == "preset":
-            item = "+".join(map(str, PRESETS[preset].attention_resolutions)) or "none"
-        if item != "none":
-            parts = item.split("+")
-            if not all(p.isdigit() for p in parts):
-                raise SpecError(
-                    f"--attention {item!r} is not allowed: use none, preset, or "
-                    "resolutions joined by '+', e.g. 16 or 16+8."
-                )
-            visited = config.resolutions
-            for res in map(int, parts):
-                if res not in visited:
-                    raise SpecError(
-                        f"--attention {res} is never visited by {model} at "
-                        f"{image_size}px: choose from none, "
-                        f"{', '.join(map(str, visited))}."
-                    )
-            resolutions = sorted(map(int, parts), reverse=True)
-            _once_each("--attention", item, resolutions)
-            try:
-                config.replace(attention_resolutions=tuple(resolutions))
-            except ValueError as exc:  # the levels are visited: what is left is the heads
-                raise SpecError(f"--heads {config.num_heads}: {exc}") from None
-            item = "+".join(map(str, resolutions))
-        values.append(item)
-    return _once_each("--attention", text, values)
-
-
-def parse_budget(text: str) -> float:
-    """'8GiB' -> 8192.0 (MiB). MiB/GiB are powers of two, MB/GB powers of ten."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]+)\s*", text)
-    if match and match.group(2).endswith("b") and match.group(2).lower() in _UNITS:
-        raise SpecError(
-            f"--budget {text!r} is in bits (lowercase b): give bytes, e.g. 8GiB, "
-            "8192MiB, 8GB or 500MB."
-        )
-    mib = float(match.group(1)) * _UNITS.get(match.group(2).lower(), 0) if match else 0
-    if not 0 < mib < math.inf:  # a 400-digit number is inf as a float
-        raise SpecError(
-            f"--budget {text!r} is not allowed: give a positive, finite size with a "
-            "unit, e.g. 8GiB, 8192MiB, 8GB or 500MB."
-        )
-    return mib
-
-
-def parse_impls(text: str) -> list[str]:
-    """A comma list of implementations: the named ones, or factories "package.module:callable"
-    (bench.models.factory imports them, in the parent, before anything runs)."""
-    values = _items("--impl", text)
-    for value in values:
-        if value not in IMPLS and not FACTORY.fullmatch(value):
-            raise SpecError(
-                f"--impl {value!r} is not allowed: choose from {', '.join(IMPLS)}, or give "
-                "your factory as package.module:callable."
-            )
-    return _once_each("--impl", text, values)
-
-
-def parse_model_config(path: str | None) -> str:
-    """The file, read now: one that is missing or not a table is one line before anything
-    runs (what its fields mean is the implementation's, checked by bench.sweep.cli)."""
-    if not path or path == "none":
-        return "none"
-    try:
-        model_config.load(path)
-    except model_config.ModelConfigError as exc:
-        raise SpecError(str(exc)) from None
-    return path
-
-
-def parse_cards(text: str) -> list[str]:
-    """A comma list of bench.cards' names; "" (the default) is the generic 8 GB sm86 card."""
-    if text == "":
-        return [""]
-    return parse_choices("--card", text, tuple(CARDS))
-
-
-def parse_preset(text: str) -> str:
-    if text not in PRESETS:
-        raise SpecError(f"--preset {text!r} is not allowed: choose from {', '.join(PRESETS)}.")
-    return text
-
-
-def parse_architecture(option: str, text: str, spec: BenchSpec, name: str) -> list[str]:
-    """One value of an architecture axis as its column holds it: "preset" (the preset's own
-    value too, so one model is one spec), a number, or the mults joined by commas. Checked,
-    with the axes declared above it, by UNetConfig's own rules at the smallest side the levels
-    can halve and without attention: image_size's and attention's parsers check the rest."""
-    text = str(text).strip()
-    if text == "preset":
-        return [text]
-    field, convert, example = ARCHITECTURE[name]
-    if name == "channel_mults":
-        text = ",".join(_items(option, text))  # no empty level; spaces dropped
-    elif "," in text:
-        raise SpecError(
-            f"{option} {text!r} is not allowed: it takes one value (one command per value)."
-        )
-    try:
-        value = convert(text)
-    except ValueError:
-        raise SpecError(f"{option} {text!r} is not allowed: give {example}.") from None
-    preset = PRESETS[spec.preset]
-    if value == getattr(preset, field):
-        return ["preset"]
-    stored = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-    changes = spec.replace(**{name: stored}).architecture()
-    levels = len(changes.get("channel_mults", preset.channel_mults))
-    try:
-        preset.replace(**changes, image_size=2 ** (levels - 1), attention_resolutions=())
-    except ValueError as exc:
-        raise SpecError(f"{option} {text}: {exc}") from None
-    return [stored]
-
-
 def architecture_words(row: dict) -> str:
     """The architecture axes off the preset's, for a verdict: " with channels 192, heads 4"."""
     said = [
@@ -633,68 +393,6 @@ def architecture_words(row: dict) -> str:
         if row.get(name, "preset") != "preset"
     ]
     return " with " + ", ".join(said) if said else ""
-
-
-def parse_image_size(value: int | None, preset: str, spec: BenchSpec | None = None) -> int:
-    """The side in pixels (None: the preset's), one the levels can halve: the preset's, or those
-    of `spec`'s architecture axes."""
-    size = PRESETS[preset].image_size if value is None else value
-    try:
-        # Attention is its own axis, checked by parse_attention against this size.
-        PRESETS[preset].replace(
-            **(spec.architecture() if spec else {}), image_size=size, attention_resolutions=()
-        )
-    except ValueError as exc:
-        if value is None:  # the preset's own side, refused only by new levels
-            raise SpecError(
-                f"--channel-mults {spec.channel_mults}: {exc} Give an --image-size they can halve."
-            ) from None
-        raise SpecError(f"--image-size {size}: {exc}") from None
-    return size
-
-
-def parse_device(text: str) -> str:
-    """auto | cpu | cuda | cuda:N, checked against the GPUs this machine has; a GPU comes back
-    indexed ("cuda:N"), as torch.cuda.set_device requires."""
-    import torch
-
-    if text == "auto":
-        return indexed_device("cuda") if torch.cuda.is_available() else "cpu"
-    if text == "cpu":
-        return text
-    match = re.fullmatch(r"cuda(?::(\d+))?", text)
-    if not match:
-        raise SpecError(f"--device {text!r} is not allowed: choose auto, cpu, cuda or cuda:N.")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if count == 0:
-        raise SpecError(
-            f"--device {text} asked for a GPU, but torch sees no CUDA device here; "
-            "use --device cpu or auto."
-        )
-    if match.group(1) is not None and int(match.group(1)) >= count:
-        raise SpecError(
-            f"--device {text} is not allowed: this machine has {count} CUDA "
-            f"device(s), cuda:0..cuda:{count - 1}."
-        )
-    return indexed_device(text)
-
-
-def _items(option: str, text: str) -> list[str]:
-    items = [s.strip() for s in str(text).split(",")]
-    if not items or any(not s for s in items):
-        raise SpecError(f"{option} {text!r} has an empty item; give a comma list such as 1,2,4.")
-    return items
-
-
-def _once_each(option: str, text: str, values: list) -> list:
-    """A value named twice (8+8, or 2,02) would be the same spec twice, measured twice."""
-    twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
-    if twice is not None:
-        raise SpecError(
-            f"{option} {text!r} names {twice} twice: give each value once (--repeats "
-            "measures a spec again)."
-        )
-    return values
 
 
 def option_axes(cls: type | None = None) -> list[dataclasses.Field]:
@@ -707,6 +405,12 @@ def common_axes(cls: type | None = None) -> tuple[str, ...]:
     """The options of every harness that takes the common axes (bench.sweep.cli.build_parser's
     default): all but the ones some harnesses name (dataset, sampler, sampling_steps)."""
     return tuple(f.name for f in option_axes(cls) if f.metadata["option"].common)
+
+
+def group_axes(group: str, cls: type | None = None) -> tuple[str, ...]:
+    """The options of one --help group (AxisOption.group), e.g. "ranks": the axes of a spec
+    across ranks, which a harness that trains nothing leaves out."""
+    return tuple(f.name for f in option_axes(cls) if f.metadata["option"].group == group)
 
 
 def expand_grid(base: BenchSpec, **axes: list) -> list[BenchSpec]:

@@ -1,13 +1,15 @@
 """The architecture, read from the imports: no import cycle among the project's modules, ddpm
 knows nothing of bench nor its library of its command lines, and within bench every arrow points
-down the layers (commands, harnesses, the sweep, the trackers / predictor / tables, the models,
-the contract). Every import counts, at module level or inside a function, except the one a
-module's `if __name__ == "__main__":` guard makes of its own CLI."""
+down the layers (commands, harnesses, the sweep, the passes, the trackers / predictor / tables,
+the models, the contract). Every import counts, at module level or inside a function, except the
+one a module's `if __name__ == "__main__":` guard makes of its own CLI."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,47 +103,76 @@ def test_sampling_does_not_import_training():
     which live in ddpm.train: its modules import none of it (the sampling harness's model
     builder, bench.models.workload, serves training harnesses too and may)."""
     known = modules()
-    for name in ("ddpm.sample", "ddpm.cli.sample", "bench.harnesses.sampling"):
+    for name in (
+        "ddpm.sample",
+        "ddpm.cli.sample",
+        "bench.sampling",
+        "bench.harnesses.sampling",
+        "bench.passes.sampling",
+    ):
         assert not {m for m in imports(known[name], set(known)) if m.startswith("ddpm.train")}, name
 
 
-# bench's layers, top to bottom: a module imports its own layer or those below, never above.
+# The commands: python -m bench.<name>, each its own command line.
+COMMANDS = (
+    "bench.memory",
+    "bench.throughput",
+    "bench.loss",
+    "bench.sampling",
+    "bench.profile",
+    "bench.report",
+    "bench.gpucheck",
+    "bench.conftest",
+)
+# bench's layers, top to bottom: a module imports its own layer or those below, never above. A
+# layer names its packages (every module in one is of its layer) and, one by one, bench's
+# top-level modules: a new module of bench/ has no layer until it is given one here.
 LAYERS = [
-    (
-        "commands",
-        (
-            "bench.memory",
-            "bench.throughput",
-            "bench.loss",
-            "bench.sampling",
-            "bench.profile",
-            "bench.report",
-            "bench.gpucheck",
-            "bench.conftest",
-        ),
-    ),
+    ("commands", COMMANDS),
     ("harnesses and the benchmark suite", ("bench.harnesses", "bench.suite")),
     ("the sweep", ("bench.sweep",)),
+    ("passes", ("bench.passes",)),
     ("trackers, predictor and tables", ("bench.measure", "bench.predict", "bench.tables")),
     ("models", ("bench.models",)),
-    ("the contract", ("bench.core", "bench.spec", "bench")),
+    (
+        "the contract",
+        (
+            "bench.core",
+            "bench.figure",
+            "bench.spec",
+            "bench.axis",
+            "bench.parsers",
+            "bench.cards",
+            "bench.model_config",
+        ),
+    ),
+    ("a child's lifeline", ("bench.lifeline",)),
+    ("the bench package", ("bench",)),
     ("ddpm's command lines", ("ddpm.cli",)),
     ("the ddpm library", ("ddpm",)),
 ]
+# Siblings that must not import each other: a harness's code is no other harness's (what two
+# share lives in a layer below), and a command starts only its own harness; bench.gpucheck, the
+# first command on a new card, runs three of them by design.
+APART = {
+    "harnesses": lambda m: m.startswith("bench.harnesses."),
+    "commands": lambda m: m in COMMANDS and m != "bench.gpucheck",
+}
 
 
 def layer(module: str) -> int:
-    """The index in LAYERS of the most specific prefix naming this module."""
-    best = max(
-        (
-            prefix
-            for _, prefixes in LAYERS
-            for prefix in prefixes
-            if module == prefix or module.startswith(prefix + ".")
-        ),
-        key=len,
-    )
-    return next(i for i, (_, prefixes) in enumerate(LAYERS) if best in prefixes)
+    """The index in LAYERS of the entry naming this module: a top-level module of bench by its
+    own name, any other by its package's (bench.harnesses for bench.harnesses.memory; ddpm.cli,
+    else ddpm, for ddpm's). KeyError names a module no entry names."""
+    named = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}
+    parts = module.split(".")
+    if parts[0] == "bench":
+        key = ".".join(parts[:2]) if len(parts) > 2 else module
+    else:
+        key = "ddpm.cli" if parts[:2] == ["ddpm", "cli"] else "ddpm"
+    if key not in named:
+        raise KeyError(f"{module} has no layer: name it (or its package) in LAYERS")
+    return named[key]
 
 
 def upward(graph: dict[str, set[str]]) -> list[str]:
@@ -153,11 +184,28 @@ def upward(graph: dict[str, set[str]]) -> list[str]:
     )
 
 
+def sideways(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{a} -> {b} ({kind})"
+        for kind, member in APART.items()
+        for a, targets in graph.items()
+        for b in targets
+        if member(a) and member(b)
+    )
+
+
 def test_every_arrow_points_down():
     known = modules()
     graph = {name: imports(path, set(known)) - {name} for name, path in known.items()}
     assert {layer(m) for m in known} == set(range(len(LAYERS)))  # every layer has modules
     assert upward(graph) == []
+
+
+def test_no_harness_imports_another_and_no_command_another():
+    known = modules()
+    graph = {name: imports(path, set(known)) - {name} for name, path in known.items()}
+    assert sum(APART["harnesses"](m) for m in known) >= 5
+    assert sideways(graph) == []
 
 
 def test_ddpm_imports_nothing_of_bench_and_its_library_no_command_line():
@@ -170,9 +218,24 @@ def test_ddpm_imports_nothing_of_bench_and_its_library_no_command_line():
                 assert not {m for m in found if m.startswith("ddpm.cli")}, name
 
 
-def test_the_layer_check_finds_an_arrow_up():
-    assert layer("bench.sweep.runner") == 2 and layer("bench.spec") == 5
-    assert layer("ddpm.cli.args") == 6 and layer("ddpm.train") == 7
+def test_the_layer_check_finds_an_arrow_up_and_one_sideways():
+    assert layer("bench.sweep.runner") == 2 and layer("bench.spec") == 6
+    assert layer("bench.harnesses") == layer("bench.harnesses.memory") == 1
+    assert layer("ddpm.cli.args") == 9 and layer("ddpm.train") == 10
     assert upward({"bench.spec": {"bench.models.impl"}, "bench.memory": {"bench.spec"}}) == [
         "bench.spec (the contract) -> bench.models.impl (models)"
     ]
+    assert sideways(
+        {"bench.harnesses.profile": {"bench.harnesses.sampling", "bench.passes.sampling"}}
+    ) == ["bench.harnesses.profile -> bench.harnesses.sampling (harnesses)"]
+    assert sideways({"bench.loss": {"bench.memory"}, "bench.gpucheck": {"bench.memory"}}) == [
+        "bench.loss -> bench.memory (commands)"
+    ]
+
+
+def test_a_new_top_level_module_has_no_layer_until_it_is_given_one():
+    """No prefix makes every bench.* module the contract: a module nobody placed is refused."""
+    with pytest.raises(KeyError, match="bench.newcomer has no layer"):
+        layer("bench.newcomer")
+    with pytest.raises(KeyError, match="bench.newpackage.thing has no layer"):
+        layer("bench.newpackage.thing")

@@ -58,3 +58,67 @@ def test_the_tree_reader_follows_indentation():
         "                continued description\n  d.py\n```\n"
     )
     assert named_paths(text) == {"pkg/a.py", "pkg/sub/b.py", "pkg/sub/c.py", "pkg/d.py"}
+
+
+# ----- docs/extending.md names only what exists ----------------------------------------------
+
+EXTENDING = ROOT / "docs" / "extending.md"
+
+
+def defined(name: str) -> bool:
+    """A function, class or module-level constant of that name in bench/, ddpm/ or tests/."""
+    pattern = re.compile(rf"^\s*(def|class) {re.escape(name)}\b|^{re.escape(name)}\b\s*[:=]", re.M)
+    return any(
+        pattern.search(p.read_text())
+        for package in ("bench", "ddpm", "tests")
+        for p in (ROOT / package).rglob("*.py")
+    )
+
+
+def named_things(text: str) -> dict[str, list[str]]:
+    """What the page's code spans name: file paths, modules, constants and callables, tests.
+    A `<name>` placeholder stands for the file a recipe creates: its folder must exist."""
+    found: dict[str, list[str]] = {"paths": [], "modules": [], "names": []}
+    for span in re.findall(r"`([^`]+)`", text):
+        for word in re.findall(r"[\w./<>-]+", span):
+            if "/" in word and re.search(r"\.(py|md|toml)$", word):
+                found["paths"].append(word)
+            elif re.fullmatch(r"(bench|ddpm)(\.\w+)+", word):
+                found["modules"].append(word)
+        call = re.match(r"([A-Za-z_][\w.]*)\(", span)
+        if call:
+            found["names"].append(call.group(1).rsplit(".", 1)[-1])
+        if re.fullmatch(r"[A-Z][A-Z0-9_]+|test_\w+", span):
+            found["names"].append(span)
+    return found
+
+
+def test_the_extending_page_names_only_what_exists():
+    found = named_things(EXTENDING.read_text())
+    assert len(found["paths"]) > 20 and len(found["names"]) > 10
+    missing = []
+    for path in found["paths"]:
+        where = ROOT / path.split("<", 1)[0].rsplit("/", 1)[0] if "<" in path else ROOT / path
+        if not where.exists():
+            missing.append(path)
+    for module in found["modules"]:
+        if "<" in module:
+            continue
+        parts = module.split(".")
+        if not any((ROOT.joinpath(*parts[:n]).with_suffix(".py")).exists() for n in (2, 3)):
+            missing.append(module)
+    missing += [name for name in found["names"] if not defined(name)]
+    assert missing == [], "docs/extending.md names what does not exist"
+
+
+def test_the_extending_page_reader_finds_what_a_page_names(tmp_path):
+    text = (
+        "1. `bench/spec.py`, `docs/<name>.md`, `Figure(name, unit)`, `TIMED`, "
+        "`bench.harnesses.memory`, `test_every_axis_is_in_the_name`\n"
+    )
+    assert named_things(text) == {
+        "paths": ["bench/spec.py", "docs/<name>.md"],
+        "modules": ["bench.harnesses.memory"],
+        "names": ["Figure", "TIMED", "test_every_axis_is_in_the_name"],
+    }
+    assert defined("Figure") and defined("TIMED") and not defined("NO_SUCH_NAME_ANYWHERE")

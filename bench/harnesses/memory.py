@@ -1,45 +1,25 @@
-"""python -m bench.memory: does a training configuration fit the memory budget, with what
-headroom, and how fast does it run?
-
-Each spec is predicted first, its verdict printed at once, then measured in passes that no
-tracker slows:
-  0. predicted: the step on fake tensors under CUDA's rules, replayed through a model of the
-     CUDA caching allocator, plus workspaces and the context: the `fits` verdict for a CUDA card
-     of --budget, computed on any machine (--predict-only: this pass alone);
-  1. timed: warm-up step(s), then measured optimizer steps; CUDA allocator peaks, NVML, RSS;
-  2. tracked: the live-tensor peak of a steady-state step on this device, by category."""
+"""The memory harness: does a training configuration fit the memory budget, with what headroom,
+and how fast does it run? Its HARNESS: the figures of a row, the notes and the verdict; the
+prediction is bench/predict/fit.py's, the measured passes bench/passes/training.py's, the
+command line bench/memory.py."""
 
 from __future__ import annotations
 
 import functools
 import gc
-import sys
-from collections.abc import Callable
 
 import torch
 
 from bench import cards
 from bench.core import Harness, RunContext
+from bench.figure import Figure
 from bench.measure import cuda
 from bench.measure.tracked import CATEGORIES
-from bench.measure.training import timed_training
-from bench.models.workload import train_step
-from bench.predict.trace import DEFAULT_TARGET, predict, step_peak
+from bench.passes.training import TIMED, fits_measured, timed_training
+from bench.predict.fit import CUDNN_ALLOWANCE_MIB, SEARCH_LIMITS, largest_batch, predict_fit
+from bench.predict.trace import step_peak
 from bench.spec import DEFAULT_BUDGET_MIB, BenchSpec, architecture_words
-from bench.sweep.cli import build_parser, run_cli, specs_from_args
 from ddpm import parallel
-from ddpm.device import synchronize
-
-TRACKED = [f"tracked_{c}_mib" for c in CATEGORIES]
-# Transient convolution workspaces are not traced. torch's cuDNN path tries the next algorithm
-# when a workspace allocation fails, so workspaces take what is free rather than cause an OOM;
-# this allowance is room for the chosen algorithms' workspaces.
-CUDNN_ALLOWANCE_MIB = 32.0
-# Where --find-max-batch stops searching, by where its answer comes from. A measured probe runs
-# two real steps of that batch, so its search stops at 65,536; a predicted probe traces fake
-# tensors, whose cost does not grow with the batch, so its search goes on to 16,777,216. A batch
-# at the limit is a lower bound, and the verdict says so.
-SEARCH_LIMITS = {"measured": 1 << 16, "predicted": 1 << 24}
 
 
 def budget_words(budget_mib: float) -> str:
@@ -117,31 +97,44 @@ def _ranks_words(row: dict) -> str:
     return f" per rank of {ranks} ({mode}, gradient sync {row['grad_sync']})"
 
 
-# The verdict's figures: the predicted ones in every ok row, the measured ones where a card
-# measured the step (the sentence about them is left out elsewhere).
-VERDICT_COLUMNS = [
-    "target_sm",
-    "predicted_cuda_mib",
-    "predicted_reserved_mib",
-    "cudnn_workspace_mib",
-    "context_mib",
-    "budget_mib",
-    "fits",
-    "headroom_mib",
-]
+# The figures the verdict says of a measured step, where a card measured it (the sentence about
+# them is left out elsewhere); the predicted ones are in every ok row (verdict="every row").
 MEASURED_WORDS = ["peak_alloc_mib", "peak_reserved_mib", "reserved_error_pct"]
-PREDICTED = [
-    "target_sm",
-    "predicted_alloc_mib",
-    "predicted_reserved_mib",
-    "cublas_workspace_mib",
-    "cudnn_workspace_mib",
-    "context_mib",
-    "predicted_cuda_mib",
-    "budget_mib",
-    "fits",
-    "headroom_mib",
-]
+FIGURES = (
+    TIMED["step_s"].show(),
+    TIMED["step_s_min"],
+    TIMED["step_s_max"],
+    TIMED["img_per_s"].show(),
+    TIMED["warmup_s"],
+    TIMED["peak_alloc_mib"].show(),
+    TIMED["peak_reserved_mib"].show(),
+    TIMED["warmup_peak_alloc_mib"],
+    TIMED["warmup_peak_reserved_mib"],
+    TIMED["nvml_peak_mib"],
+    TIMED["nvml_process_peak_mib"],
+    TIMED["nvml_baseline_mib"],
+    TIMED["rss_peak_mib"],
+    TIMED["cpu_util_pct"],
+    # The tracked pass: live tensors of a steady-state step on this device, by category
+    Figure("tracked_peak_mib", "MiB", shown=True),
+    *(Figure(f"tracked_{c}_mib", "MiB") for c in CATEGORIES),
+    # The prediction for a CUDA card (bench.predict.fit) and its verdict against the budget
+    Figure("target_sm", "", source="predicted", verdict="every row"),
+    Figure("predicted_alloc_mib", "MiB", source="predicted"),
+    Figure("predicted_reserved_mib", "MiB", shown=True, source="predicted", verdict="every row"),
+    Figure("cublas_workspace_mib", "MiB", source="predicted"),
+    Figure("cudnn_workspace_mib", "MiB", source="predicted", verdict="every row"),
+    Figure("context_mib", "MiB", source="predicted", verdict="every row"),
+    Figure("predicted_cuda_mib", "MiB", shown=True, source="predicted", verdict="every row"),
+    Figure("budget_mib", "MiB", shown=True, source="predicted", verdict="every row"),
+    Figure("fits", "", bool, shown=True, source="predicted", verdict="every row"),
+    Figure("headroom_mib", "MiB", shown=True, source="predicted", verdict="every row"),
+    # The prediction's error where the card measured the same step
+    Figure("alloc_error_pct", "%", cuda=True),
+    Figure("reserved_error_pct", "%", shown=True, cuda=True),
+    # --find-max-batch: where the row's batch comes from, measured or predicted
+    Figure("max_batch_source", "", str, source="setting", shown=True),
+)
 
 
 def measure(spec: BenchSpec, context: RunContext | None = None) -> dict:
@@ -151,7 +144,7 @@ def measure(spec: BenchSpec, context: RunContext | None = None) -> dict:
     target, context_mib = card(spec, device)
     # Pass 0, the answer first: the prediction, said before the long measured passes. Under
     # torchrun rank 0 predicts for every card: its share of a sharded model is the largest.
-    figures: dict = prediction(spec, target, context_mib) if parallel.rank() == 0 else {}
+    figures: dict = predict_fit(spec, target, context_mib).figures() if parallel.rank() == 0 else {}
     if spec.predict_only:
         return figures
     if context is not None and figures:
@@ -203,78 +196,19 @@ def _error_pct(predicted: float, measured: float) -> float:
     return 100.0 * (predicted - measured) / measured
 
 
-def prediction(
-    spec: BenchSpec, target: tuple[int, int] = DEFAULT_TARGET, context_mib: float | None = None
-) -> dict:
-    """The predicted figures of a row, and the verdict they give against the budget."""
-    predicted = predict(spec, target)
-    context_mib = spec.context_mib if context_mib is None else context_mib
-    total = predicted.mib("reserved") + CUDNN_ALLOWANCE_MIB + context_mib
-    return {
-        "target_sm": target[0] * 10 + target[1],
-        "predicted_alloc_mib": predicted.mib("alloc"),
-        "predicted_reserved_mib": predicted.mib("reserved"),
-        "cublas_workspace_mib": predicted.mib("cublas_workspace"),
-        "cudnn_workspace_mib": CUDNN_ALLOWANCE_MIB,
-        "context_mib": context_mib,
-        "predicted_cuda_mib": total,
-        "budget_mib": spec.budget_mib,
-        "fits": total <= spec.budget_mib,
-        "headroom_mib": spec.budget_mib - total,
-    }
-
-
-def largest(fits: Callable[[int], bool], limit: int) -> int:
-    """The largest n in 1..limit with fits(n), assuming fits is monotone: double until it fails,
-    then bisect between the last success and the first failure. 0 when even 1 does not fit."""
-    if not fits(1):
-        return 0
-    good = 1
-    while good < limit and fits(min(good * 2, limit)):
-        good = min(good * 2, limit)
-    bad = min(good * 2, limit + 1)
-    while bad - good > 1:
-        mid = (good + bad) // 2
-        good, bad = (mid, bad) if fits(mid) else (good, mid)
-    return good
-
-
-def _fits_measured(spec: BenchSpec, device: torch.device) -> bool:
-    """Two real optimizer steps under the budget cap; an out-of-memory of any kind means no.
-    AdamW creates its state during step 1, after that step's activations are freed: only from
-    step 2 on are both held at once."""
-    step = None
-    try:
-        step = train_step(spec, device)
-        for _ in range(2):
-            step()
-        synchronize(device)
-        fits = True
-    except Exception as exc:
-        if not cuda.is_oom(exc):
-            raise
-        fits = False
-    step = None  # the failed step's tensors go before the next probe
-    gc.collect()
-    torch.cuda.empty_cache()
-    return fits
-
-
 def max_batch_row(spec: BenchSpec) -> dict:
     """The row of --find-max-batch: the largest batch, where it came from, and its figures."""
     device = cuda.resolve(spec.device)
     target, context_mib = card(spec, device)
     # Each batch is predicted once: the answer's row reuses its probe, one trace (2 s for
     # ddpm-256 here) fewer than predicting it again (bench/PERF.md).
-    probes = functools.cache(lambda n: prediction(spec.replace(batch=n), target, context_mib))
+    probes = functools.cache(lambda s: predict_fit(s, target, context_mib))
     if device.type == "cuda" and not spec.predict_only:
         source = "measured"
-        best = largest(
-            lambda n: _fits_measured(spec.replace(batch=n), device), SEARCH_LIMITS[source]
-        )
+        best = largest_batch(spec, lambda s: fits_measured(s, device), source)
     else:
         source = "predicted"
-        best = largest(lambda n: probes(n)["fits"], SEARCH_LIMITS[source])
+        best = largest_batch(spec, lambda s: probes(s).fits, source)
     if best == 0:
         raise torch.OutOfMemoryError(f"not even batch 1 fits {spec.budget_mib:g} MiB")
     found = spec.replace(batch=best)
@@ -283,49 +217,13 @@ def max_batch_row(spec: BenchSpec) -> dict:
         "effective_batch": found.effective_batch,
         "budget_mib": spec.budget_mib,
         "max_batch_source": source,
-        **probes(best),
+        **probes(found).figures(),
     }
 
 
 HARNESS = Harness(
     name="memory",
-    figure_columns=[
-        "step_s",
-        "step_s_min",
-        "step_s_max",
-        "img_per_s",
-        "warmup_s",
-        "peak_alloc_mib",
-        "peak_reserved_mib",
-        "warmup_peak_alloc_mib",
-        "warmup_peak_reserved_mib",
-        "nvml_peak_mib",
-        "nvml_process_peak_mib",
-        "nvml_baseline_mib",
-        "rss_peak_mib",
-        "cpu_util_pct",
-        "tracked_peak_mib",
-        *TRACKED,
-        *PREDICTED,
-        "alloc_error_pct",
-        "reserved_error_pct",
-        "max_batch_source",
-    ],
-    display_columns=[
-        "status",
-        "step_s",
-        "img_per_s",
-        "peak_alloc_mib",
-        "peak_reserved_mib",
-        "tracked_peak_mib",
-        "predicted_reserved_mib",
-        "predicted_cuda_mib",
-        "budget_mib",
-        "fits",
-        "headroom_mib",
-        "reserved_error_pct",
-        "max_batch_source",
-    ],
+    figures=FIGURES,
     notes=[
         "MiB = 2^20 bytes. step_s: median seconds per optimizer step (batch x accum images); "
         "img_per_s = images / measured seconds; warmup_s: the warm-up steps, compilation "
@@ -354,38 +252,5 @@ HARNESS = Harness(
         "measured, for allocated and for reserved (with the cuDNN allowance).",
     ],
     verdict=verdict,
-    verdict_columns=VERDICT_COLUMNS,
-    figure_kinds={"fits": bool, "max_batch_source": str},
     measure=measure,
 )
-
-
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = build_parser(
-        "python -m bench.memory",
-        __doc__,
-        defaults={"batch": "2", "accum": "64", "precision": "fp32", "steps": 1, "warmup": 1},
-        helps={
-            "steps": "optimizer steps timed per spec in the measured pass (its peaks cover "
-            "them); the tracked pass and the prediction take one steady-state step "
-            "(default %(default)s)"
-        },
-    )
-    parser.add_argument(
-        "--predict-only",
-        action="store_true",
-        help="the verdict from the prediction alone, in seconds: no timed or "
-        "tracked pass (their columns stay empty)",
-    )
-    return run_cli(
-        HARNESS,
-        parser,
-        argv,
-        lambda args: [
-            spec.replace(predict_only=args.predict_only) for spec in specs_from_args(args)
-        ],
-    )
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

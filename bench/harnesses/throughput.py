@@ -1,75 +1,64 @@
-"""python -m bench.throughput: how fast does a configuration train, and how much of the
-device's measured peak does it use (MFU)?
-
-Per spec: the shared timed training pass (warm-up apart, device-synchronized steps), the FLOPs
-of one optimizer step counted once on an eager model over fake tensors, and the device's peak
-FLOP/s at that precision from a probe of large matmuls and convolutions, cached in
-<out>/peak_flops.json per device, precision, torch version and thread count. A spec across ranks
-(--parallel ddp or fsdp) runs one more optimizer step after the timed ones, under the profiler:
-the collectives it issues, the bytes they carry and the share of its time spent inside them."""
+"""The throughput harness: how fast does a configuration train, and how much of the device's
+measured peak does it use (MFU)? Its HARNESS: the figures of a row and the notes; the passes
+are bench/passes/training.py and bench/passes/peak.py, the command line bench/throughput.py."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from pathlib import Path
-
 from bench.cards import CARDS
 from bench.core import Harness, RunContext
+from bench.figure import Figure
 from bench.measure import cuda
-from bench.measure.collectives import measure_step
 from bench.measure.flops import training_step_flops
-from bench.measure.peak import peak_flops
-from bench.measure.training import CUDA_COLUMNS, CUDA_NOTE, timed_training
-from bench.models.workload import TrainStep
+from bench.passes.peak import PEAK_CACHE, peak_flops, read_peaks
+from bench.passes.training import CUDA_NOTE, TIMED, communication, timed_training
 from bench.predict.runtime import PAPER_TRAIN_STEPS, training_figures
-from bench.spec import BenchSpec, SpecError
-from bench.sweep.cli import build_parser, run_cli, specs_from_args
+from bench.spec import BenchSpec
 from bench.tables.ratios import impl_ratios, rank_scaling
-from bench.tables.results import ResultsError, format_value
+from bench.tables.results import format_value
 
-PEAK_CACHE = "peak_flops.json"
-COMM_COLUMNS = ["collectives_per_step", "comm_mib_per_step", "comm_share_pct", "collectives"]
-PEAK_FIGURES = ("peak_flops", "matmul_flops", "conv_flops")
-# The time prediction for the row's --card (bench.predict.runtime); never a measurement.
-PREDICTED = [
-    "predicted_step_s",
-    "predicted_step_s_low",
-    "predicted_step_s_high",
-    "predicted_img_per_s",
-    "predicted_train_h",
-    "predicted_train_h_low",
-    "predicted_train_h_high",
-    "predicted_train_steps",
-    "predicted_kernels",
-    "predicted_exposed_comm_s",
-    "predicted_torch_roofline_s",
-]
-
-
-def read_peaks(cache: Path) -> dict[str, dict]:
-    """The probe results cached in <out>/peak_flops.json ({} before the first probe);
-    ResultsError, naming the file, when it is not such a record."""
-    if not cache.exists():
-        return {}
-    try:
-        table = json.loads(cache.read_text())
-        entries = table.values() if isinstance(table, dict) else [None]
-        valid = all(
-            isinstance(e, dict)
-            and isinstance(e.get("probe"), str)
-            and all(isinstance(e.get(k), (int, float)) for k in PEAK_FIGURES)
-            for e in entries
-        )
-    except (OSError, UnicodeDecodeError, ValueError):
-        valid = False
-    if not valid:
-        raise ResultsError(
-            f"{cache} is not a record of peak FLOP/s; move it aside (the next "
-            "throughput run measures the peaks again)."
-        )
-    return table
+FIGURES = (
+    TIMED["step_s"].show(),
+    TIMED["step_s_min"].show(),
+    TIMED["step_s_max"].show(),
+    TIMED["img_per_s"].show(),
+    TIMED["warmup_s"],
+    Figure("compile_s", "s", shown=True),
+    Figure("gflop_per_step", "GFLOP", shown=True),
+    Figure("achieved_tflops", "TFLOP/s", shown=True),
+    Figure("peak_tflops", "TFLOP/s", shown=True),
+    Figure("mfu", "", shown=True),
+    TIMED["peak_alloc_mib"],
+    TIMED["peak_reserved_mib"],
+    TIMED["nvml_peak_mib"],
+    TIMED["rss_peak_mib"],
+    TIMED["cpu_util_pct"],
+    TIMED["measured_context_mib"],
+    TIMED["warmup_peak_alloc_mib"],
+    TIMED["warmup_peak_reserved_mib"],
+    TIMED["nvml_process_peak_mib"],
+    TIMED["nvml_baseline_mib"],
+    # The collectives of one more step, across ranks (bench.measure.collectives)
+    Figure("collectives_per_step", "", shown=True),
+    Figure("comm_mib_per_step", "MiB", shown=True),
+    Figure("comm_share_pct", "%", shown=True),
+    Figure("collectives", "", str, shown=True),
+    # The time prediction for the row's --card (bench.predict.runtime); never a measurement.
+    # The verdict reads the step, images/s, hours and steps; the likely range (the public runs'
+    # leave-one-out band) only where a row has it: rows written before it have none.
+    Figure("predicted_step_s", "s", source="predicted", shown=True, verdict="predicted rows"),
+    Figure("predicted_step_s_low", "s", source="predicted"),
+    Figure("predicted_step_s_high", "s", source="predicted"),
+    Figure(
+        "predicted_img_per_s", "img/s", source="predicted", shown=True, verdict="predicted rows"
+    ),
+    Figure("predicted_train_h", "h", source="predicted", shown=True, verdict="predicted rows"),
+    Figure("predicted_train_h_low", "h", source="predicted", shown=True),
+    Figure("predicted_train_h_high", "h", source="predicted", shown=True),
+    Figure("predicted_train_steps", "", source="predicted", verdict="predicted rows"),
+    Figure("predicted_kernels", "", source="predicted"),
+    Figure("predicted_exposed_comm_s", "s", source="predicted"),
+    Figure("predicted_torch_roofline_s", "s", source="predicted"),
+)
 
 
 def peaks_measured(rows: list[dict], context: RunContext) -> list[str]:
@@ -79,23 +68,6 @@ def peaks_measured(rows: list[dict], context: RunContext) -> list[str]:
         f"matmul {entry['matmul_flops'] / 1e12:.3g}, conv {entry['conv_flops'] / 1e12:.3g})."
         for key, entry in read_peaks(context.out / PEAK_CACHE).items()
     ]
-
-
-def specs(args: argparse.Namespace) -> list[BenchSpec]:
-    read_peaks(Path(args.out) / PEAK_CACHE)  # a damaged cache: one line before any spec runs
-    if args.train_steps < 1:
-        raise SpecError(f"--train-steps {args.train_steps} is not allowed: it must be >= 1.")
-    grid = [s.replace(predict_only=args.predict_only) for s in specs_from_args(args)]
-    check_predict_only(grid)
-    return grid
-
-
-def check_predict_only(specs: list[BenchSpec]) -> None:
-    """A prediction is for a card: --predict-only without --card has nothing to answer."""
-    if any(s.predict_only and not s.card for s in specs):
-        raise SpecError(
-            f"--predict-only needs --card: the card to predict for ({', '.join(CARDS)})."
-        )
 
 
 def predicted(spec: BenchSpec, context: RunContext | None) -> dict:
@@ -126,19 +98,6 @@ def predicted_verdict(row: dict) -> str | None:
     )
 
 
-def communication(spec: BenchSpec, device):
-    """The tracker of the extra step, for `timed_training` to run after the timed steps."""
-
-    def after(step: TrainStep) -> dict:
-        # DDP rebuilds its gradient buckets at the first forward after the first backward,
-        # broadcasting the new order from rank 0: a one-off that the third step on never has.
-        for _ in range(max(0, 2 - spec.warmup_steps - spec.measure_steps)):
-            step()
-        return measure_step(step, device, spec.ranks).figures()
-
-    return after
-
-
 def measure(spec: BenchSpec, context: RunContext) -> dict:
     prediction = predicted(spec, context)
     if spec.predict_only:
@@ -164,45 +123,7 @@ def measure(spec: BenchSpec, context: RunContext) -> dict:
 
 HARNESS = Harness(
     name="throughput",
-    figure_columns=[
-        "step_s",
-        "step_s_min",
-        "step_s_max",
-        "img_per_s",
-        "warmup_s",
-        "compile_s",
-        "gflop_per_step",
-        "achieved_tflops",
-        "peak_tflops",
-        "mfu",
-        "peak_alloc_mib",
-        "peak_reserved_mib",
-        "nvml_peak_mib",
-        "rss_peak_mib",
-        "cpu_util_pct",
-        *CUDA_COLUMNS,
-        *COMM_COLUMNS,
-        *PREDICTED,
-    ],
-    display_columns=[
-        "status",
-        "step_s",
-        "step_s_min",
-        "step_s_max",
-        "img_per_s",
-        "compile_s",
-        "gflop_per_step",
-        "achieved_tflops",
-        "peak_tflops",
-        "mfu",
-        *COMM_COLUMNS,
-        "predicted_step_s",
-        "predicted_img_per_s",
-        "predicted_train_h",
-        "predicted_train_h_low",
-        "predicted_train_h_high",
-    ],
-    figure_kinds={"collectives": str},
+    figures=FIGURES,
     notes=[
         "step_s: median seconds per optimizer step over --steps measured steps (min, max "
         "beside it); img_per_s = batch x accum x steps / measured seconds.",
@@ -246,47 +167,11 @@ HARNESS = Harness(
         "exchange; predicted_torch_roofline_s: the same kernels under torch's "
         "RuntimeEstimator formula.",
     ],
-    verdict=lambda row: predicted_verdict(row),
+    verdict=predicted_verdict,
     compare=lambda rows, context: (
         peaks_measured(rows, context)
         + impl_ratios(rows, "img_per_s", "img/s", also=("mfu",))
         + rank_scaling(rows, "img_per_s", "img/s")
     ),
     measure=measure,
-    options=lambda args: {"train_steps": args.train_steps},
 )
-
-
-def add_predict_only(parser: argparse.ArgumentParser) -> None:
-    """--predict-only, as bench.throughput and bench.sampling take it."""
-    parser.add_argument(
-        "--predict-only",
-        action="store_true",
-        help="with --card: the predicted time alone, in seconds, nothing measured "
-        "(the measured columns stay empty)",
-    )
-
-
-def add_prediction_options(parser: argparse.ArgumentParser) -> None:
-    add_predict_only(parser)
-    parser.add_argument(
-        "--train-steps",
-        type=int,
-        default=PAPER_TRAIN_STEPS,
-        help="optimizer steps of a whole training run, for predicted_train_h "
-        "(default %(default)s: Ho et al. 2020's CIFAR-10 run)",
-    )
-
-
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = build_parser(
-        "python -m bench.throughput",
-        __doc__,
-        defaults={"batch": "8", "accum": "1", "precision": "fp32,bf16", "steps": 5, "warmup": 1},
-    )
-    add_prediction_options(parser)
-    return run_cli(HARNESS, parser, argv, make_specs=specs)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -1,4 +1,4 @@
-"""The implementations a spec can run (the `--impl` axis, bench.spec.IMPLS), the registry: ours
+"""The implementations a spec can run (the `--impl` axis, bench.parsers.IMPLS), the registry: ours
 (`ddpm`), diffusers' UNet2DModel (bench.models.diffusers_unet), lucidrains'
 denoising-diffusion-pytorch Unet (bench.models.lucidrains_unet), or a user's factory
 `package.module:callable` (bench.models.factory). Each is built here, trained with its own

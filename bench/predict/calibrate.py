@@ -25,12 +25,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.cards import CARDS
-from bench.measure.env import git_commit
 from bench.predict import host, step_time
 from bench.predict.kernels import Kernel
 from bench.predict.public_runs import RUNS, PublicRun, recipe_of
 from bench.predict.runtime import train_step_kernels
 from bench.predict.step_time import CONSTANTS_FILE, Constants, load_constants
+from bench.tables.env import git_commit
 from bench.tables.results import atomic_write, markdown_table
 
 FITTED = "compute_efficiency"

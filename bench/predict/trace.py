@@ -13,13 +13,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import ctypes
 import functools
 import multiprocessing
 import os
-import signal
-import sys
-import threading
 import time
 from dataclasses import dataclass
 
@@ -27,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from bench import lifeline
 from bench.cards import DEFAULT_TARGET
 from bench.measure.tracked import MemoryPeak, TensorTracker
 from bench.models.workload import build_trainer, synthetic_images
@@ -38,7 +35,6 @@ from ddpm import parallel
 from ddpm.schedule import NoiseSchedule
 
 CUDA_BLOCK_BYTES = 512  # the caching allocator rounds every allocation up to a multiple of this
-PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent thread exits
 # Test-only: set, the prediction child of a rank sleeps instead of predicting, so that a test can
 # stop a sweep (or let it time out) while rank 0 waits for its prediction.
 HANG_ENV = "DDPM_BENCH_HANG_PREDICTION"
@@ -196,9 +192,9 @@ def predict(
     if spec.parallel != "none" and dist.is_initialized():
         spawn = multiprocessing.get_context("spawn")
         # torchrun starts each rank in a session of its own, so the sweep's stop of the worker's
-        # group misses this child: it ends with the rank that started it instead.
+        # group misses this child: it holds on to the rank that started it (bench.lifeline).
         with concurrent.futures.ProcessPoolExecutor(
-            1, mp_context=spawn, initializer=die_with_parent, initargs=(os.getpid(),)
+            1, mp_context=spawn, initializer=lifeline.hold, initargs=((os.getpid(),),)
         ) as pool:
             return pool.submit(_predict_in_child, spec, target, alloc_conf).result()
     tracker, _ = _trace(spec, fake=True, target=target)
@@ -217,20 +213,3 @@ def _predict_in_child(
     if os.environ.get(HANG_ENV):
         time.sleep(3600)
     return predict(spec, target, alloc_conf)
-
-
-def die_with_parent(parent: int) -> None:
-    """In the prediction child: end when the rank that started it ends, however it ends (a
-    rank killed outright cannot stop its pool). Linux signals the child when the parent thread
-    exits; a watcher on the parent process covers the rest, and the parent gone before either."""
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-
-
-def _watch_parent(parent: int) -> None:
-    # An exited parent's children pass to another process, so getppid() tells.
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)

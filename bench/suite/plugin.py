@@ -15,9 +15,8 @@ import os
 import pytest
 
 from bench.models import impl
-from bench.spec import (
+from bench.parsers import (
     SpecError,
-    expand_grid,
     parse_choices,
     parse_device,
     parse_image_size,
@@ -26,6 +25,7 @@ from bench.spec import (
     parse_model_config,
     parse_preset,
 )
+from bench.spec import expand_grid
 from ddpm import parallel
 from ddpm.config import PRECISIONS, PRESETS
 from ddpm.parallel import PARALLEL
@@ -132,6 +132,6 @@ def pytest_generate_tests(metafunc):
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     """torch, CUDA, cuDNN, GPU name and memory, driver and CPU beside pytest-benchmark's own."""
-    from bench.measure.env import environment
+    from bench.tables.env import environment
 
     machine_info["ddpm_bench"] = environment(parse_device(config.getoption("--bench-device")))

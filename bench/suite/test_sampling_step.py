@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from bench.harnesses.sampling import default_schedule, denoising_steps
 from bench.measure import cuda
 from bench.models.workload import build_model
+from bench.passes.sampling import default_schedule, denoising_steps
 from ddpm.device import synchronize
 
 

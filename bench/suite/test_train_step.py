@@ -11,8 +11,8 @@ import pytest
 
 from bench.measure import cuda
 from bench.measure.flops import training_step_flops
-from bench.measure.peak import peak_flops
 from bench.models.workload import train_step
+from bench.passes.peak import peak_flops
 from bench.predict.trace import predict
 from ddpm.device import synchronize
 

@@ -12,16 +12,15 @@ from bench import cards
 from bench import spec as spec_module
 from bench.core import Harness
 from bench.models import impl
+from bench.parsers import SpecError, parse_budget
 from bench.spec import (
     DEFAULT_BUDGET,
     DEFAULT_CONTEXT_MIB,
     LIST_CARDS,
     BenchSpec,
-    SpecError,
     common_axes,
     expand_grid,
     option_axes,
-    parse_budget,
 )
 from bench.sweep.launch import Launch, launches_ranks
 from bench.sweep.runner import run_sweep
@@ -34,7 +33,7 @@ from ddpm.cli.pipes import quiet_closed_pipes
 OneLineParser = ArgumentParser
 
 
-# The option groups of --help, by an axis declaration's `group` (bench.spec.AxisOption).
+# The option groups of --help, by an axis declaration's `group` (bench.axis.AxisOption).
 GROUPS = {
     "axes": "axes (comma lists; the sweep is their product)",
     "ranks": "more than one card (torchrun; gloo on CPU, NCCL on CUDA)",
@@ -206,6 +205,24 @@ def specs_from_args(args: argparse.Namespace) -> list[BenchSpec]:
     return [s.replace(repeat=r) for r in range(1, args.repeats + 1) for s in grid]
 
 
+def check_predict_only(specs: list[BenchSpec]) -> None:
+    """A prediction is for a card: --predict-only without --card has nothing to answer."""
+    if any(s.predict_only and not s.card for s in specs):
+        raise SpecError(
+            f"--predict-only needs --card: the card to predict for ({', '.join(cards.CARDS)})."
+        )
+
+
+def add_predict_only(parser: argparse.ArgumentParser) -> None:
+    """--predict-only, as bench.throughput and bench.sampling take it."""
+    parser.add_argument(
+        "--predict-only",
+        action="store_true",
+        help="with --card: the predicted time alone, in seconds, nothing measured "
+        "(the measured columns stay empty)",
+    )
+
+
 def check_impl(specs: list[BenchSpec]) -> None:
     """Every implementation asked for is installed and builds every model it is asked for
     (a factory imported, its output the input's shape), before anything runs; --model-config
@@ -314,12 +331,13 @@ def run_cli(
     parser: OneLineParser,
     argv: list[str] | None,
     make_specs: Callable[[argparse.Namespace], list[BenchSpec]] = specs_from_args,
+    options: Callable[[argparse.Namespace], dict] | None = None,
 ) -> list[dict]:
-    """Parse, validate every value, run the sweep. `harness.options(args)` gives its settings
+    """Parse, validate every value, run the sweep. `options(args)` gives the harness's settings
     that are not spec axes (JSON-able); every spec's process receives them in its RunContext.
     A reader that closes the pipe early costs no row and no report (ddpm.cli.pipes)."""
     with quiet_closed_pipes():
-        return _run_cli(harness, parser, argv, make_specs)
+        return _run_cli(harness, parser, argv, make_specs, options)
 
 
 def _run_cli(
@@ -327,6 +345,7 @@ def _run_cli(
     parser: OneLineParser,
     argv: list[str] | None,
     make_specs: Callable[[argparse.Namespace], list[BenchSpec]],
+    options: Callable[[argparse.Namespace], dict] | None,
 ) -> list[dict]:
     args = parser.parse_args(argv)
     if getattr(args, "list_cards", False) or getattr(args, "card", None) == LIST_CARDS:
@@ -335,7 +354,7 @@ def _run_cli(
     try:
         specs = make_specs(args)
         check_launch(specs, args)
-        settings = harness.options(args) if harness.options else {}
+        settings = options(args) if options else {}
         out = results_folder(args.out)
         check_writable(out)
     except (SpecError, ResultsError) as exc:

@@ -26,10 +26,10 @@ from rich.progress import (
 from rich.text import Text
 
 from bench.core import Harness, RunContext, axes
-from bench.measure.env import environment
 from bench.models.workload import parameter_count
 from bench.spec import BenchSpec
 from bench.sweep.launch import Launch, run_inline, run_isolated
+from bench.tables.env import environment
 from bench.tables.markdown import base_command, environment_line, write_markdown
 from bench.tables.results import ResultsError, ResultsTable, rich_tables
 from ddpm.cli.signals import sigterm_as_interrupt, stopping_signal
@@ -64,7 +64,7 @@ def run_sweep(
     stdout)."""
     console = console or make_console(stderr=True)
     answer = answer or make_console(stderr=False)
-    table = ResultsTable(out, harness.name, harness.figure_columns)
+    table = ResultsTable.of(harness, out)
     upgraded = table.check_header()
     if upgraded:
         say(console, upgraded)
@@ -123,7 +123,12 @@ def run_sweep(
                     "error": result["error"],
                     **result["figures"],
                 }
-                row = {k: v for k, v in row.items() if k in table.columns}
+                undeclared = sorted(set(row) - set(table.columns))
+                if undeclared:  # a figure the harness does not declare would be lost
+                    raise RuntimeError(
+                        f"{harness.name}'s measure returned {', '.join(undeclared)}, which "
+                        f"the figures of {harness.module} do not declare."
+                    )
                 try:
                     table.append(row)  # on disk before the next spec starts
                 except OSError as exc:

@@ -10,16 +10,15 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import select
 import shutil
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
 
+from bench import lifeline
 from bench.core import Harness, RunContext
 from bench.measure import cuda
 from bench.measure.monitor import take_baseline
@@ -78,41 +77,17 @@ def run_spec(harness: Harness, spec: BenchSpec, context: RunContext) -> dict:
 
 def die_with_parent(folder: Path) -> None:
     """A sweep killed outright (SIGKILL) can neither stop its worker nor remove its temporary
-    folder, and torchrun killed at a timeout cannot stop its ranks: a watcher thread ends this
-    worker once its parent (the sweep, or torchrun under it) or the sweep is gone, and removes
-    the folder with the sweep."""
+    folder, and torchrun killed at a timeout cannot stop its ranks: this worker ends once its
+    parent (the sweep, or torchrun under it) or the sweep is gone, and removes the folder with
+    the sweep (bench.lifeline)."""
     sweep = int(os.environ.get(PARENT_ENV, 0))
     if sweep:  # else started by hand
-        threading.Thread(target=_watch, args=(os.getppid(), sweep, folder), daemon=True).start()
 
+        def last(gone: set[int]) -> None:
+            if sweep in gone:
+                shutil.rmtree(folder, ignore_errors=True)
 
-def _exited(pid: int, pidfd: int | None) -> bool:
-    if pidfd is not None:  # readable once the whole process has exited (prctl's signal: a thread)
-        return bool(select.select([pidfd], [], [], 0)[0])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def _pidfd(pid: int) -> int | None:
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):  # no pidfd (not Linux, or the process is already gone)
-        return None
-
-
-def _watch(parent: int, sweep: int, folder: Path) -> None:
-    fds = {pid: _pidfd(pid) for pid in {parent, sweep}}
-    # An exited parent's children pass to another process, so getppid() tells too.
-    while os.getppid() == parent and not any(_exited(p, fd) for p, fd in fds.items()):
-        select.select([fd for fd in fds.values() if fd is not None], [], [], 0.5)
-    if _exited(sweep, fds[sweep]):
-        shutil.rmtree(folder, ignore_errors=True)
-    os._exit(1)
+        lifeline.hold((sweep,), last)
 
 
 def main(argv: list[str]) -> None:

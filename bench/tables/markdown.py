@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.core import Harness, RunContext, display_columns, spec_columns
-from bench.measure.env import describe
+from bench.tables.env import describe
 from bench.tables.results import (
     ResultsError,
     ResultsTable,
     atomic_write,
     markdown_table,
-    read_rows,
 )
 
 
@@ -152,8 +151,7 @@ def check_verdict_columns(harness: Harness, rows: list[dict], out: Path) -> None
     for row in rows:
         if row["status"] != "ok":
             continue
-        # BenchSpec.spec_id marks a --predict-only spec "-predicted".
-        predicted = "-predicted" in row["spec_id"].split("-seed", 1)[-1]
+        predicted = harness.predict_only(row)
         wanted = harness.predicted_verdict_columns if predicted else harness.verdict_columns
         missing = [c for c in wanted if row.get(c) is None]
         if missing:
@@ -169,16 +167,15 @@ def check_verdict_columns(harness: Harness, rows: list[dict], out: Path) -> None
 def load(harness: Harness, out: Path) -> tuple[list[dict], dict[str, dict]]:
     """The harness's rows (every column this version knows, None where an older CSV has none)
     and its run records."""
-    table = ResultsTable(out, harness.name, harness.figure_columns)
+    table = ResultsTable.of(harness, out)
     blank = dict.fromkeys(spec_columns() + harness.figure_columns)
-    rows = read_rows(table.csv_path, harness.kinds())
-    return [{**blank, **row} for row in rows], table.runs()
+    return [{**blank, **row} for row in table.rows()], table.runs()
 
 
 def render(harness: Harness, out: Path) -> tuple[str, list[Section]]:
     """The Markdown of <out>/<harness>.md from the CSV and the JSON sidecar in `out`."""
     out = Path(out)
-    table = ResultsTable(out, harness.name, harness.figure_columns)
+    table = ResultsTable.of(harness, out)
     rows, runs = load(harness, out)
     found = sections(harness, rows, runs, out)
     csv_name, json_name = table.csv_path.name, table.json_path.name

@@ -17,8 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
-from bench.core import axes
-from bench.tables.results import ResultsError, atomic_write, read_rows, read_runs
+from bench.core import Harness, axes
+from bench.tables.results import ResultsError, ResultsTable, atomic_write, read_runs
 
 SIZE_IN, DPI = (9.0, 5.5), 100
 SAVE = {"format": "png", "dpi": DPI, "metadata": {"Software": None}}
@@ -269,18 +269,20 @@ PLOTS: dict[str, tuple[str, Callable]] = {
 }
 
 
-def draw(out: Path, harnesses: list[str]) -> list[str]:
+def draw(out: Path, harnesses: list[Harness]) -> list[str]:
     """Every plot of the given harnesses; a line per plot saying what was written or skipped."""
     out = Path(out)
+    by_name = {h.name: h for h in harnesses}
     lines = []
     for name, (harness, plot) in PLOTS.items():
-        if harness not in harnesses:
+        if harness not in by_name:
             continue
-        csv_path = out / f"{harness}.csv"
+        table = ResultsTable.of(by_name[harness], out)
+        csv_path = table.csv_path
         if not csv_path.is_file():
             lines.append(f"skipped plots/{name}: no {csv_path}")
             continue
-        rows = read_rows(csv_path)
+        rows = table.rows()
         runs = read_runs(out / f"{harness}.json")
         path = out / "plots" / name
         path.parent.mkdir(exist_ok=True)

@@ -17,22 +17,19 @@ from pathlib import Path
 from tabulate import tabulate
 
 from bench import spec as spec_module
-from bench.core import axes, column_dtypes, spec_columns
+from bench.core import Harness, axes, column_dtypes, spec_columns
 
 STATUSES = ("ok", "oom", "error", "timeout")
-# Columns by their old names, per table: a table written before a rename is read through this.
-RENAMED: dict[str, dict[str, str]] = {
-    # Sampling's images per second is projected from timed steps, not measured over a run.
-    "sampling": {"img_per_s": "projected_img_per_s"},
-}
 
 
-def read_csv(path):
-    """A results CSV as a DataFrame: spec columns with column_dtypes(), figures float64."""
+def read_csv(path, kinds: dict[str, type] | None = None):
+    """A results CSV as a DataFrame: spec columns with column_dtypes(), figures float64, or
+    by `kinds` (Harness.kinds()): a bool figure as pandas' nullable boolean, since a failed
+    spec has none and plain bool would become object."""
     import pandas as pd
 
-    # `fits` is nullable: a failed spec has no verdict, so plain bool would become object.
-    return pd.read_csv(path, dtype={**column_dtypes(), "fits": "boolean"}, keep_default_na=True)
+    flags = {c: "boolean" for c, kind in (kinds or {}).items() if kind is bool}
+    return pd.read_csv(path, dtype={**column_dtypes(), **flags}, keep_default_na=True)
 
 
 # Where a run's rows go unless --out says otherwise: a folder git ignores (runs/), so a user's
@@ -64,15 +61,29 @@ def check_writable(folder: Path) -> None:
 
 class ResultsTable:
     """<out>/<harness>.csv (every row ever) and .json (every run's command and environment);
-    bench.report renders the .md from the two."""
+    bench.report renders the .md from the two. `renamed`: figure columns by their old names,
+    `kinds`: each figure column's kind (Harness.renamed, Harness.kinds())."""
 
-    def __init__(self, folder: Path, harness: str, figure_columns: list[str]):
+    def __init__(
+        self,
+        folder: Path,
+        harness: str,
+        figure_columns: list[str],
+        renamed: dict[str, str] | None = None,
+        kinds: dict[str, type] | None = None,
+    ):
         self.folder, self.harness = Path(folder), harness
         self.columns = spec_columns() + figure_columns
+        self.renamed, self.kinds = renamed or {}, kinds
         self.csv_path = self.folder / f"{harness}.csv"
         self.md_path = self.folder / f"{harness}.md"
         self.json_path = self.folder / f"{harness}.json"
         self.lock_path = self.folder / f".{harness}.lock"
+
+    @classmethod
+    def of(cls, harness: Harness, folder: Path) -> ResultsTable:
+        """The harness's table in `folder`, its figures read with their kinds and old names."""
+        return cls(folder, harness.name, harness.figure_columns, harness.renamed, harness.kinds())
 
     @contextlib.contextmanager
     def locked(self):
@@ -110,7 +121,7 @@ class ResultsTable:
         """A table written before an axis or a figure was added (or a column renamed) is
         rewritten with this version's columns: a new axis gets its default, the value every old
         row had; a new figure stays empty, as a figure not measured."""
-        names = RENAMED.get(self.harness, {})
+        names = self.renamed
         renamed = [names.get(c, c) for c in header]
         defaults = axis_defaults()
         added = [c for c in self.columns if c not in renamed]
@@ -123,8 +134,7 @@ class ResultsTable:
         with self.locked():
             with self.csv_path.open(newline="", encoding="utf-8") as f:
                 rows = [
-                    upgraded(dict(zip(header, cells)), self.harness)
-                    for cells in list(csv.reader(f))[1:]
+                    upgraded(dict(zip(header, cells)), names) for cells in list(csv.reader(f))[1:]
                 ]
             text = io.StringIO()
             writer = csv.DictWriter(text, fieldnames=self.columns)
@@ -177,7 +187,7 @@ class ResultsTable:
                 raise
 
     def rows(self) -> list[dict]:
-        return read_rows(self.csv_path)
+        return read_rows(self.csv_path, self.kinds, self.renamed)
 
     def runs(self) -> dict[str, dict]:
         return read_runs(self.json_path)
@@ -273,16 +283,17 @@ def axis_defaults() -> dict[str, str]:
     return {a: str(getattr(spec_module.BenchSpec, a)) for a in axes()}
 
 
-def upgraded(raw: dict[str, str], table: str) -> dict[str, str]:
+def upgraded(raw: dict[str, str], renamed: dict[str, str]) -> dict[str, str]:
     """A row as this version writes it: old column names renamed, axes added since filled in."""
-    names = RENAMED.get(table, {})
-    row = {names.get(c, c): text for c, text in raw.items()}
+    row = {renamed.get(c, c): text for c, text in raw.items()}
     return {**{a: d for a, d in axis_defaults().items() if a not in row}, **row}
 
 
-def read_rows(path: Path, kinds: dict[str, type] | None = None) -> list[dict]:
-    """Every row of a results CSV, typed (typed_row, which checks `kinds`). ResultsError says
-    what is wrong."""
+def read_rows(
+    path: Path, kinds: dict[str, type] | None = None, renamed: dict[str, str] | None = None
+) -> list[dict]:
+    """Every row of a results CSV, typed (typed_row, which checks `kinds`), columns written under
+    an old name read under their `renamed` one. ResultsError says what is wrong."""
     path = Path(path)
     try:
         with path.open(newline="", encoding="utf-8") as f:
@@ -299,7 +310,7 @@ def read_rows(path: Path, kinds: dict[str, type] | None = None) -> list[dict]:
                     raise ResultsError(
                         f"{path} line {reader.line_num} has more cells than its header."
                     )
-                rows.append(typed_row(upgraded(raw, path.stem), reader.line_num, path, kinds))
+                rows.append(typed_row(upgraded(raw, renamed or {}), reader.line_num, path, kinds))
             return rows
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ResultsError(f"{path} cannot be read ({_reason(exc)}).") from None

@@ -43,11 +43,33 @@ def test_capacity_below_the_nominal_size(key):
     assert card.capacity_source
 
 
+# NVIDIA's published facts per card: its compute capability (developer.nvidia.com/cuda-gpus)
+# and what its tensor cores do (the architecture whitepapers: Pascal has none; Volta's and
+# Turing's run FP16, not BF16; the A100's, GeForce Ampere's (GA102) and Ada's run BF16 too).
+PASCAL, VOLTA, TURING = ((6, 1), False, False), ((7, 0), False, True), ((7, 5), False, True)
+AMPERE, GEFORCE_AMPERE, ADA = ((8, 0), True, True), ((8, 6), True, True), ((8, 9), True, True)
+PUBLISHED = {
+    **dict.fromkeys(("gtx1070", "gtx1080"), PASCAL),
+    **dict.fromkeys(("v100-16gb", "v100-32gb"), VOLTA),
+    **dict.fromkeys(("rtx2070", "rtx2080", "rtx2080ti", "t4"), TURING),
+    "a100-40gb": AMPERE,
+    **dict.fromkeys(
+        ("rtx3060", "rtx3060ti", "rtx3070", "rtx3080", "rtx3080ti", "rtx3090"), GEFORCE_AMPERE
+    ),
+    **dict.fromkeys(("rtx4060", "rtx4060ti", "rtx4070", "rtx4090"), ADA),
+}
+
+
+def test_every_card_has_its_published_facts():
+    assert set(PUBLISHED) == set(CARDS)
+
+
 @pytest.mark.parametrize("key", WANTED)
-def test_bf16_exactly_from_sm80_and_tensor_cores_from_volta(key):
+def test_capability_bf16_and_tensor_cores_as_nvidia_publishes_them(key):
+    capability, bf16, tensor_cores = PUBLISHED[key]
     card = CARDS[key]
-    assert card.bf16 == (card.capability >= (8, 0))
-    assert card.tensor_cores == (card.capability >= (7, 0))
+    assert (card.capability, card.bf16, card.tensor_cores) == (capability, bf16, tensor_cores)
+    assert card.sm == int(f"{capability[0]}{capability[1]}")  # CUDA's sm86 for 8.6
 
 
 def test_a100_peaks_agree_with_torchs_device_info():

@@ -63,12 +63,22 @@ def test_control_flow_under_the_standin_reaches_the_first_kernel(fake_cuda, tmp_
     assert {p.name for p in (tmp_path / "gpucheck").glob("*.csv")} == {"memory.csv", "profile.csv"}
 
 
-def test_bad_card_is_refused_before_anything_runs(fake_cuda, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "card, said",
+    [
+        ("rtx9999", "--card 'rtx9999' is not allowed: choose from gtx1070, gtx1080,"),
+        ("rtx3070,t4", "--card 'rtx3070,t4' is not allowed: name one card"),
+        ("", "--card '' is not allowed: name one card"),
+    ],
+)
+def test_bad_card_is_refused_before_anything_runs(fake_cuda, tmp_path, capsys, card, said):
+    """--card is read by the harnesses' own parser (bench.parsers.parse_cards), one card."""
     fake_cuda()
     with pytest.raises(SystemExit) as exit_:
-        gpucheck.main(["--card", "rtx9999", "--out", str(tmp_path)])
+        gpucheck.main(["--card", card, "--out", str(tmp_path)])
     assert exit_.value.code == 2
-    assert "--card 'rtx9999'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert said in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
 
 

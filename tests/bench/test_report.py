@@ -20,6 +20,7 @@ import torch
 
 from bench import harnesses, report
 from bench.core import Harness
+from bench.figure import Figure
 from bench.harnesses import loss, memory, sampling, throughput
 from bench.spec import BenchSpec
 from bench.sweep.runner import run_sweep, spec_row
@@ -208,8 +209,7 @@ def never_measured(spec, context):
 FAKE = Harness(
     name="fake",
     measure=never_measured,
-    figure_columns=["value"],
-    display_columns=["status", "value"],
+    figures=[Figure("value", "", shown=True)],
     notes=["A note on value."],
     verdict=lambda r: f"{r['spec_id']}: {r['status']}, value {r['value']}.",
     compare=lambda rows, ctx: [
@@ -412,7 +412,7 @@ def rewrite(path: Path, change) -> None:
         writer.writerows(rows)
 
 
-@pytest.mark.parametrize("column", memory.VERDICT_COLUMNS)
+@pytest.mark.parametrize("column", memory.HARNESS.verdict_columns)
 def test_a_table_without_a_column_the_verdict_needs_is_one_line_exit_2(good, capsys, column):
     rewrite(good / "memory.csv", lambda rows, columns: [c for c in columns if c != column])
     before = snapshot(good.parent)
@@ -440,6 +440,37 @@ def test_an_emptied_cell_the_verdict_needs_is_one_line_exit_2(good, capsys):
         "has no predicted_cuda_mib, headroom_mib", info.value.code, captured.err, captured.out
     )
     assert read_rows(good / "memory.csv")[1]["spec_id"] in captured.err
+
+
+def test_a_predict_only_row_without_a_column_its_verdict_needs_is_one_line_exit_2(tmp_path, capsys):
+    """A --predict-only row is known by its figures (predicted ones alone, Harness.predict_only),
+    not by its spec id, and the columns its verdict reads are checked as a measured row's are:
+    a memory row without predicted_cuda_mib is one line, not a traceback from the verdict."""
+    table = ResultsTable.of(memory.HARNESS, tmp_path)
+    table.record_run("R", "python -m bench.memory --predict-only", ENVIRONMENT, {}, "then")
+    predicted = {
+        "target_sm": 86,
+        "predicted_reserved_mib": 32.0,
+        "cudnn_workspace_mib": 32.0,
+        "context_mib": 426.0,
+        "budget_mib": 8192.0,
+        "fits": True,
+        "headroom_mib": 7702.0,
+    }
+    spec = TINY.replace(predict_only=True)
+    table.append({**spec_row(spec, "R"), "status": "ok", **predicted})
+    assert memory.HARNESS.predict_only(read_rows(table.csv_path, memory.HARNESS.kinds())[0])
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        report.main(["--out", str(tmp_path), "--no-plots"])
+    captured = capsys.readouterr()
+    check_one_line_error(
+        f"the ok row of {spec.spec_id} (run R) has no predicted_cuda_mib",
+        info.value.code,
+        captured.err,
+        captured.out,
+    )
+    assert snapshot(tmp_path) == before
 
 
 def test_a_failed_row_needs_no_figure(good):
@@ -521,7 +552,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 def test_plots_are_pngs_and_the_same_bytes_each_time(tmp_path):
     synthetic_results(tmp_path)
-    names = ["memory", "throughput", "loss", "sampling"]
+    names = [harnesses.named(n) for n in ("memory", "throughput", "loss", "sampling")]
     lines = plots.draw(tmp_path, names)
     assert all(line.startswith("wrote ") for line in lines), lines
     written = {p.name: p.read_bytes() for p in sorted((tmp_path / "plots").iterdir())}
@@ -536,7 +567,7 @@ def test_plots_are_pngs_and_the_same_bytes_each_time(tmp_path):
 def test_a_plot_without_usable_rows_is_skipped_with_a_note(tmp_path):
     table = ResultsTable(tmp_path, "throughput", throughput.HARNESS.figure_columns)
     table.append({**spec_row(TINY, "R"), "status": "oom", "error": "out of memory"})
-    lines = plots.draw(tmp_path, ["throughput", "memory"])
+    lines = plots.draw(tmp_path, [throughput.HARNESS, memory.HARNESS])
     assert lines[0] == f"skipped plots/memory_vs_batch.png: no {tmp_path / 'memory.csv'}"
     assert lines[1].startswith("skipped plots/throughput_vs_batch.png: no ok rows")
     assert len(lines) == 2

@@ -13,8 +13,10 @@ import pytest
 from rich.console import Console
 
 from bench import spec as spec_module
+from bench.axis import axis, int_list
 from bench.core import Harness, axes, column_dtypes, spec_columns
-from bench.spec import BenchSpec, axis, int_list
+from bench.figure import Figure
+from bench.spec import BenchSpec
 from bench.sweep.cli import build_parser, run_cli, specs_from_args
 from bench.sweep.runner import run_sweep
 from bench.tables.results import ResultsTable, read_rows
@@ -27,9 +29,7 @@ def measure(spec, context) -> dict:
     return {"value": 10.0 * spec.wings}
 
 
-HARNESS = Harness(
-    name="winged", measure=measure, figure_columns=["value"], display_columns=["status", "value"]
-)
+HARNESS = Harness(name="winged", measure=measure, figures=[Figure("value", "", shown=True)])
 
 
 @pytest.fixture
@@ -196,12 +196,11 @@ def test_the_committed_tables_upgrade_to_the_same_rows(tmp_path):
 
     results = Path(__file__).resolve().parents[2] / "results"
     for csv_path in sorted(results.glob("*.csv")):
-        before = read_rows(csv_path)
+        harness = harnesses.named(csv_path.stem)
+        before = read_rows(csv_path, renamed=harness.renamed)
         copy = tmp_path / csv_path.name
         copy.write_bytes(csv_path.read_bytes())
-        ResultsTable(
-            tmp_path, csv_path.stem, harnesses.named(csv_path.stem).figure_columns
-        ).check_header()
+        ResultsTable.of(harness, tmp_path).check_header()
         after = read_rows(copy)
         assert len(after) == len(before)
         for old, new in zip(before, after):
@@ -211,10 +210,13 @@ def test_the_committed_tables_upgrade_to_the_same_rows(tmp_path):
 
 
 def test_a_renamed_column_is_read_under_its_new_name(tmp_path):
-    """Sampling's img_per_s was a projection: old tables read as projected_img_per_s."""
+    """Sampling's img_per_s was a projection: old tables read as projected_img_per_s, the name
+    its declaration says it had (Figure.was)."""
     from bench import harnesses
 
-    figures = harnesses.named("sampling").figure_columns
+    sampling = harnesses.named("sampling")
+    assert sampling.renamed == {"img_per_s": "projected_img_per_s"}
+    figures = sampling.figure_columns
     old = [c if c != "projected_img_per_s" else "img_per_s" for c in spec_columns() + figures]
     csv_path = tmp_path / "sampling.csv"
     with csv_path.open("w", newline="") as f:
@@ -249,8 +251,8 @@ def test_a_renamed_column_is_read_under_its_new_name(tmp_path):
                 "img_per_s": 2.5,
             }
         )
-    (row,) = read_rows(csv_path)
+    (row,) = read_rows(csv_path, renamed=sampling.renamed)
     assert row["projected_img_per_s"] == 2.5 and "img_per_s" not in row
-    said = ResultsTable(tmp_path, "sampling", figures).check_header()
+    said = ResultsTable.of(sampling, tmp_path).check_header()
     assert "img_per_s is now projected_img_per_s" in said
     assert header(csv_path) == spec_columns() + figures

@@ -8,11 +8,8 @@ import dataclasses
 import pytest
 import torch
 
-from bench.spec import (
-    COMPILE_MODES,
-    BenchSpec,
+from bench.parsers import (
     SpecError,
-    expand_grid,
     parse_attention,
     parse_budget,
     parse_choices,
@@ -21,6 +18,7 @@ from bench.spec import (
     parse_int_list,
     parse_preset,
 )
+from bench.spec import COMPILE_MODES, BenchSpec, expand_grid
 from bench.sweep.cli import build_parser, specs_from_args
 from ddpm.config import PRECISIONS, PRESETS
 

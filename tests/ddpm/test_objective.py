@@ -91,7 +91,7 @@ def test_held_out_draws_are_stratified_and_seeded():
 
 
 def test_training_and_both_held_out_losses_run_the_one_l_simple(monkeypatch):
-    from bench.harnesses import loss as bench_loss
+    from bench.passes import loss as loss_pass
     from ddpm.cli.train import HeldOutLoss
     from ddpm.train import Trainer
 
@@ -117,7 +117,7 @@ def test_training_and_both_held_out_losses_run_the_one_l_simple(monkeypatch):
     ]
 
     calls.clear()
-    t, noise = bench_loss.validation_draws(images, schedule.timesteps, seed=0)
-    bench_loss.validation_loss(trainer.model, schedule, images, t, noise, torch.device("cpu"))
+    t, noise = loss_pass.validation_draws(images, schedule.timesteps, seed=0)
+    loss_pass.validation_loss(trainer.model, schedule, images, t, noise, torch.device("cpu"))
     # One chunk of at most VAL_CHUNK images, in fp32 whatever the training precision.
     assert [(c.args[2].shape[0], c.args[5]) for c in calls] == [(6, "fp32")]

@@ -26,28 +26,58 @@ def test_linear_tables():
     assert s.alphas_cumprod[-1].item() == pytest.approx(4.036e-05, rel=1e-3)
     assert s.betas[0] == torch.tensor(1e-4, dtype=torch.float32)
     assert s.betas[-1] == torch.tensor(0.02, dtype=torch.float32)
-    for name in (
-        "betas",
-        "alphas",
-        "alphas_cumprod",
-        "alphas_cumprod_prev",
-        "sqrt_alphas_cumprod",
-        "sqrt_one_minus_alphas_cumprod",
-        "sqrt_recip_alphas_cumprod",
-        "sqrt_recipm1_alphas_cumprod",
-        "posterior_variance",
-        "posterior_log_variance_clipped",
-        "posterior_mean_coef1",
-        "posterior_mean_coef2",
-    ):
-        table = getattr(s, name)
-        assert table.dtype == torch.float32, name
-        assert table.shape == (T,), name
-        assert table.device.type == "cpu", name
-    assert s.alphas_cumprod_prev[0] == 1.0
-    assert torch.equal(s.alphas_cumprod_prev[1:], s.alphas_cumprod[:-1])
     expected = np.cumprod(1 - np_linear_betas(T))
     np.testing.assert_allclose(s.alphas_cumprod.numpy(), expected, rtol=1e-5)
+
+
+def equations(betas: np.ndarray) -> dict[str, np.ndarray]:
+    """Every table of the forward process and its posterior, from the betas alone (Ho et al.
+    2020: eq. 4's alpha-bar, eq. 6-7's posterior mean coefficients and variance, its log clipped
+    at t = 0 to the value at t = 1, as their code does), in float64."""
+    abar = np.cumprod(1 - betas)
+    prev = np.concatenate([[1.0], abar[:-1]])
+    variance = betas * (1 - prev) / (1 - abar)
+    return {
+        "betas": betas,
+        "alphas": 1 - betas,
+        "alphas_cumprod": abar,
+        "alphas_cumprod_prev": prev,
+        "sqrt_alphas_cumprod": np.sqrt(abar),
+        "sqrt_one_minus_alphas_cumprod": np.sqrt(1 - abar),
+        "sqrt_recip_alphas_cumprod": np.sqrt(1 / abar),
+        "sqrt_recipm1_alphas_cumprod": np.sqrt(1 / abar - 1),
+        "posterior_variance": variance,
+        "posterior_log_variance_clipped": np.log(np.concatenate([[variance[1]], variance[1:]])),
+        "posterior_mean_coef1": betas * np.sqrt(prev) / (1 - abar),
+        "posterior_mean_coef2": (1 - prev) * np.sqrt(1 - betas) / (1 - abar),
+    }
+
+
+def tables(schedule: NoiseSchedule) -> dict[str, torch.Tensor]:
+    """The (T,) tables the schedule holds, found on it rather than listed."""
+    return {
+        name: value
+        for name, value in vars(schedule).items()
+        if isinstance(value, torch.Tensor) and not name.startswith("_")
+    }
+
+
+@pytest.mark.parametrize(
+    "schedule, betas",
+    [
+        (NoiseSchedule.linear(T), np_linear_betas(T)),
+        (NoiseSchedule.cosine(T), None),  # the cosine betas: test_cosine_matches_f_ratio_and_clips
+    ],
+)
+def test_every_table_is_its_equation_in_float32(schedule, betas):
+    betas = schedule._betas64.numpy() if betas is None else betas
+    expected = equations(betas)
+    held = tables(schedule)
+    assert set(held) == set(expected), "a table without its equation, or one missing"
+    for name, table in held.items():
+        assert table.dtype == torch.float32 and table.shape == (T,), name
+        assert table.device.type == "cpu", name
+        np.testing.assert_allclose(table.numpy(), expected[name], rtol=2e-6, err_msg=name)
 
 
 def test_cosine_matches_f_ratio_and_clips():
@@ -152,8 +182,10 @@ def test_to_device():
     assert s.to("cpu") is s
     assert s.to(torch.device("cpu")) is s
     m = s.to("meta")
-    assert m is not s and m.device.type == "meta" and m.posterior_variance.device.type == "meta"
-    assert s.device.type == "cpu"  # the original is untouched
+    assert m is not s and m.device.type == "meta"
+    assert set(tables(m)) == set(equations(np_linear_betas(10)))  # every table, moved
+    assert all(table.device.type == "meta" for table in tables(m).values())
+    assert all(table.device.type == "cpu" for table in tables(s).values())  # the original stays
 
 
 def test_t_on_other_device_raises():

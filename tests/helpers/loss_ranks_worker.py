@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch.distributed.tensor.debug import CommDebugMode
 
+from bench import loss as loss_command
 from bench.core import RunContext
 from bench.harnesses import loss
 from ddpm import parallel
@@ -64,11 +65,11 @@ def main(out: Path) -> None:
     Trainer.step = counted
     with parallel.session("cpu"):
         assert parallel.world_size() == RANKS, parallel.world_size()
-        args = loss.build_loss_parser().parse_args([*ARGV, "--out", str(out)])
+        args = loss_command.build_loss_parser().parse_args([*ARGV, "--out", str(out)])
         results = []
-        for spec in loss.make_specs(args):
+        for spec in loss_command.make_specs(args):
             counts.clear()
-            loss.measure(spec, RunContext(out, "r", options=loss.loss_options(args)))
+            loss.measure(spec, RunContext(out, "r", options=loss_command.loss_options(args)))
             results.append({"grad_sync": spec.grad_sync, "steps": list(counts)})
         if parallel.rank() == 0:
             (out / "comms.json").write_text(json.dumps(results))

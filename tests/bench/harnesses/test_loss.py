@@ -19,10 +19,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bench import loss as loss_command
 from bench.core import RunContext
 from bench.harnesses import loss
 from bench.models.workload import build_model
+from bench.passes import loss as loss_pass
 from bench.spec import BenchSpec
+from bench.tables import curves
 from bench.tables.results import read_rows
 from ddpm.data import load_dataset
 from ddpm.schedule import NoiseSchedule
@@ -44,7 +47,7 @@ def one_thread():
 def sweep(tmp_path_factory):
     """The default grid (8 x 1 and 2 x 4, fp32 and bf16), 20 steps, in this process."""
     out = tmp_path_factory.mktemp("loss")
-    loss.main(
+    loss_command.main(
         [
             "--inline",
             "--steps",
@@ -84,7 +87,9 @@ def test_sweep_runs_the_pair_at_the_same_effective_batch(sweep):
         assert r["steps_done"] == STEPS and r["last_k"] == LAST_K
         assert r["diverged"] is False and r["diverged_step"] is None
         assert r["skipped_steps"] == 0
-        assert r["dataset"] == "digits" and r["lr"] == loss.LossOptions.lr and r["threads"] == 1
+        assert (
+            r["dataset"] == "digits" and r["lr"] == loss_pass.LossOptions.lr and r["threads"] == 1
+        )
         assert 0 < r["val_images"] <= 256
         assert math.isfinite(r["final_loss"]) and math.isfinite(r["val_loss"])
         assert r["final_loss"] < r["val_loss_start"]  # it learns
@@ -103,7 +108,7 @@ def test_accumulation_leaves_the_fp32_curve_alone(sweep):
     assert "batch 2 x accum 4 vs batch 8 x accum 1" in text
     assert "equal within float rounding" in text and "DIFFERENT" not in text
     reported = float(re.search(r"max relative loss difference (\S+) over", text).group(1))
-    assert reported == pytest.approx(loss.max_relative_difference(a, b), rel=1e-2, abs=1e-12)
+    assert reported == pytest.approx(curves.max_relative_difference(a, b), rel=1e-2, abs=1e-12)
 
 
 def test_bf16_against_fp32_reports_the_measured_difference(sweep):
@@ -158,21 +163,21 @@ def test_validation_loss_uses_fixed_timesteps_and_noise():
     spec = BenchSpec(preset="tiny", image_size=16, attention="8", batch=8, dataset="digits")
     images = load_dataset("digits", 16, 1, seed=0).validation()[:40]
     schedule = NoiseSchedule.linear()
-    t, noise = loss.validation_draws(images, schedule.timesteps, seed=0)
-    t2, noise2 = loss.validation_draws(images, schedule.timesteps, seed=0)
+    t, noise = loss_pass.validation_draws(images, schedule.timesteps, seed=0)
+    t2, noise2 = loss_pass.validation_draws(images, schedule.timesteps, seed=0)
     assert torch.equal(t, t2) and torch.equal(noise, noise2)
     assert t.min() == 0 and t.max() < schedule.timesteps and len(set(t.tolist())) == 40
 
     # Two specs' models (8 x 1 and 2 x 4) start from the same weights: the same number.
     model_a, model_b = build_model(spec), build_model(spec.replace(batch=2, accum=4))
     cpu = torch.device("cpu")
-    first = loss.validation_loss(model_a, schedule, images, t, noise, cpu)
-    assert loss.validation_loss(model_a, schedule, images, t, noise, cpu) == first
-    assert loss.validation_loss(model_b, schedule, images, t, noise, cpu) == first
+    first = loss_pass.validation_loss(model_a, schedule, images, t, noise, cpu)
+    assert loss_pass.validation_loss(model_a, schedule, images, t, noise, cpu) == first
+    assert loss_pass.validation_loss(model_b, schedule, images, t, noise, cpu) == first
     assert model_a.training  # put back in training mode
 
     # Recomputed independently: the documented generator, stratified t, one batch, plain MSE.
-    generator = torch.Generator().manual_seed(0 + loss.VAL_SEED_OFFSET)
+    generator = torch.Generator().manual_seed(0 + loss_pass.VAL_SEED_OFFSET)
     eps = torch.randn(images.shape, generator=generator)
     tt = torch.arange(40) * schedule.timesteps // 40
     with torch.no_grad():
@@ -191,15 +196,15 @@ def test_divergence_is_flagged(tmp_path):
         warmup_steps=0,
         dataset="digits",
     )
-    figures = loss.measure(spec, RunContext(tmp_path, "run"), loss.LossOptions(lr=1e6))
+    figures = loss_pass.train(spec, RunContext(tmp_path, "run"), loss_pass.LossOptions(lr=1e6))
     assert figures["diverged"] is True
     assert 1 <= figures["diverged_step"] == figures["steps_done"] <= 10  # stopped there
     assert not math.isfinite(losses(figures)[-1])
     row = {"batch": 8, "accum": 1, "precision": "fp32", "status": "ok", **figures}
     assert "DIVERGED" in loss.verdict(row)
-    assert loss.is_diverged(math.nan) and loss.is_diverged(math.inf)
-    assert loss.is_diverged(-math.inf) and not loss.is_diverged(1e30)
-    assert loss.max_relative_difference([1.0, 2.0], [1.0, math.nan]) == math.inf
+    assert loss_pass.is_diverged(math.nan) and loss_pass.is_diverged(math.inf)
+    assert loss_pass.is_diverged(-math.inf) and not loss_pass.is_diverged(1e30)
+    assert curves.max_relative_difference([1.0, 2.0], [1.0, math.nan]) == math.inf
 
 
 def fake_row(tmp_path: Path, name: str, curve_values: list[float], **axes) -> dict:
@@ -246,13 +251,13 @@ def test_compare_says_different_when_accumulation_changes_the_curve(tmp_path):
         fake_row(tmp_path, "b", [v * 1.01 for v in base], batch=2, accum=4),
     ]
     text = [
-        s for s in loss.compare(rows, RunContext(tmp_path, "r")) if s.startswith("Accumulation")
+        s for s in curves.compare(rows, RunContext(tmp_path, "r")) if s.startswith("Accumulation")
     ]
     assert len(text) == 1 and "DIFFERENT" in text[0] and "1.00e-02" in text[0]
     # With dropout, the masks differ with the split: said, so nobody hunts an accumulation bug.
     rows = [{**r, "preset": "ddpm-mnist"} for r in rows]
     text = [
-        s for s in loss.compare(rows, RunContext(tmp_path, "r")) if s.startswith("Accumulation")
+        s for s in curves.compare(rows, RunContext(tmp_path, "r")) if s.startswith("Accumulation")
     ]
     assert "DIFFERENT" in text[0] and "dropout 0.1" in text[0]
 
@@ -272,7 +277,7 @@ def test_compare_sets_ranks_against_one_rank_with_the_same_effective_batch(tmp_p
             grad_sync="every",
         ),
     ]
-    (text,) = [s for s in loss.compare(rows, RunContext(tmp_path, "r")) if "ranks" in s.lower()]
+    (text,) = [s for s in curves.compare(rows, RunContext(tmp_path, "r")) if "ranks" in s.lower()]
     assert text.startswith("Ranks and accumulation, effective batch 8")
     assert (
         "2 rank(s) fsdp x batch 2 x accum 2 (gradients synced every) vs batch 2 x accum 4" in text
@@ -294,7 +299,7 @@ def test_compare_sets_attention_against_none_and_precision_against_fp32(tmp_path
             skipped_steps=0,
         ),
     ]
-    text = loss.compare(rows, RunContext(tmp_path, "r"))
+    text = curves.compare(rows, RunContext(tmp_path, "r"))
     (attn,) = [s for s in text if s.startswith("attention ")]
     # final 0.4 vs 0.5 (-20%), val 0.25 vs 0.5 (-50%), worst step |0.5 - 0.4| / 0.5 = 0.2
     assert attn.startswith(
@@ -310,28 +315,30 @@ def test_compare_sets_attention_against_none_and_precision_against_fp32(tmp_path
 
 
 def test_accumulation_tolerance_grows_with_steps_and_knows_tf32_off_cuda():
-    assert loss.accum_tolerance("fp32", "cpu", 20) == 1e-4
-    assert loss.accum_tolerance("fp32", "cpu", 400) == pytest.approx(2e-4)
-    assert loss.accum_tolerance("tf32", "cpu", 20) == 1e-4
-    assert loss.accum_tolerance("tf32", "cuda", 20) > 1e-4
+    assert curves.accum_tolerance("fp32", "cpu", 20) == 1e-4
+    assert curves.accum_tolerance("fp32", "cpu", 400) == pytest.approx(2e-4)
+    assert curves.accum_tolerance("tf32", "cpu", 20) == 1e-4
+    assert curves.accum_tolerance("tf32", "cuda", 20) > 1e-4
 
 
 def test_accum_is_a_product_when_given_and_pairs_come_from_the_effective_batch():
-    parser = loss.build_loss_parser()
-    pairs = loss.batch_accum_pairs(parser.parse_args([]))
+    parser = loss_command.build_loss_parser()
+    pairs = loss_command.batch_accum_pairs(parser.parse_args([]))
     assert pairs == [(8, 1, 8), (2, 4, 8)]
-    assert loss.batch_accum_pairs(parser.parse_args(["--batch", "4", "--accum", "1,2"])) == [
+    assert loss_command.batch_accum_pairs(
+        parser.parse_args(["--batch", "4", "--accum", "1,2"])
+    ) == [
         (4, 1, None),
         (4, 2, None),
     ]
-    assert loss.batch_accum_pairs(
+    assert loss_command.batch_accum_pairs(
         parser.parse_args(["--batch", "1,4", "--effective-batch", "4,8"])
     ) == [(1, 4, 4), (4, 1, 4), (1, 8, 8), (4, 2, 8)]
     assert parser.parse_args([]).preset == "tiny"
 
 
 def test_ranks_share_the_effective_batch():
-    parser = loss.build_loss_parser()
+    parser = loss_command.build_loss_parser()
     args = parser.parse_args(
         [
             "--batch",
@@ -346,7 +353,7 @@ def test_ranks_share_the_effective_batch():
             "fp32",
         ]
     )
-    specs = loss.make_specs(args)
+    specs = loss_command.make_specs(args)
     assert [(s.ranks, s.batch, s.accum, s.effective_batch) for s in specs] == [
         (1, 2, 4, 8),
         (2, 2, 2, 8),
@@ -372,7 +379,7 @@ def test_ranks_share_the_effective_batch():
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, says):
     out = tmp_path / "results"
     with pytest.raises(SystemExit) as exc:
-        loss.main([*args, "--out", str(out)])
+        loss_command.main([*args, "--out", str(out)])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and says in err, err
@@ -383,7 +390,7 @@ def test_missing_dataset_is_one_line_and_exit_2_before_anything_runs(tmp_path, c
     empty, out = tmp_path / "empty", tmp_path / "results"
     empty.mkdir()
     with pytest.raises(SystemExit) as exc:
-        loss.main(["--dataset", "mnist", "--data-root", str(empty), "--out", str(out)])
+        loss_command.main(["--dataset", "mnist", "--data-root", str(empty), "--out", str(out)])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "MNIST not found" in err, err
@@ -394,7 +401,7 @@ def test_resume_refuses_rows_trained_with_other_options(sweep, capsys):
     out, _, _ = sweep
     before = (out / "loss.csv").read_text()
     with pytest.raises(SystemExit) as exc:
-        loss.main(
+        loss_command.main(
             [
                 "--steps",
                 str(STEPS),

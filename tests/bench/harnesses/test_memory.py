@@ -10,15 +10,20 @@ import os
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from bench import memory as memory_command
+from bench.cards import sm
 from bench.harnesses import memory
-from bench.harnesses.memory import prediction
 from bench.measure.tracked import CATEGORIES, TensorTracker
+from bench.predict import fit
+from bench.predict.fit import predict_fit
 from bench.predict.trace import CUDA_BLOCK_BYTES, step_peak
 from bench.spec import BenchSpec
+from tests.helpers.memory_ranks_worker import TINY as TINY_RANKS
 
 TINY_PARAMS = 177_873  # tiny preset with attention at 8
 FP32 = 4
@@ -210,28 +215,6 @@ def test_accumulation_peak_is_one_micro_batch_plus_gradients():
     assert accumulated.total < whole.total, (accumulated, whole)
 
 
-# ----- fits arithmetic ------------------------------------------------------------------------
-
-
-def test_prediction_fits_and_headroom_arithmetic():
-    spec = tiny(batch=2, budget=100.0, context_mib=500.0)
-    row = prediction(spec)
-    tensors = peak(spec, fake=True).mib()
-    # Both cuBLAS workspaces (8 MiB + 128 KiB each on sm86) are held all step long, and every
-    # tensor's block is at least its 512-byte rounded size.
-    assert row["cublas_workspace_mib"] == 2 * (8 + 1 / 8)
-    assert row["predicted_alloc_mib"] >= tensors + row["cublas_workspace_mib"]
-    # Segments are whole multiples of 2 MiB (2 MiB small, 20 MiB large, or rounded to 2 MiB).
-    assert row["predicted_reserved_mib"] >= row["predicted_alloc_mib"]
-    assert row["predicted_reserved_mib"] % 2 == 0
-    assert row["context_mib"] == 500.0 and row["cudnn_workspace_mib"] == 32.0
-    assert row["predicted_cuda_mib"] == row["predicted_reserved_mib"] + 32.0 + 500.0
-    assert row["fits"] is False
-    assert row["headroom_mib"] == 100.0 - row["predicted_cuda_mib"] < 0
-    roomy = prediction(spec.replace(budget=8192.0))
-    assert roomy["fits"] is True and roomy["headroom_mib"] == 8192.0 - roomy["predicted_cuda_mib"]
-
-
 # ----- tracked peak against the process's resident memory ----------------------------------
 
 RSS_SCRIPT = textwrap.dedent("""
@@ -277,9 +260,7 @@ def test_tracked_peak_within_rss_growth():
 
 
 def test_predict_only_gives_the_verdict_without_a_measured_pass(tmp_path):
-    from bench.harnesses import memory
-
-    rows = memory.main(
+    rows = memory_command.main(
         [
             "--preset",
             "tiny",
@@ -300,11 +281,11 @@ def test_predict_only_gives_the_verdict_without_a_measured_pass(tmp_path):
     assert row["predicted_reserved_mib"] > 0 and row["fits"] is True
     for measured in ("step_s", "tracked_peak_mib", "rss_peak_mib"):
         assert row.get(measured) is None, measured
-    assert row == {**row, **prediction(tiny(batch=2, accum=4))}  # the same prediction
+    assert row == {**row, **predict_fit(tiny(batch=2, accum=4)).figures()}  # the same prediction
 
 
 def test_warm_up_is_one_micro_batch_and_an_optimizer_step(monkeypatch):
-    from bench.measure.training import timed_training
+    from bench.passes.training import timed_training
     from ddpm.train import Trainer
 
     seen = []
@@ -384,23 +365,12 @@ def test_checkpointing_gives_the_same_loss_and_gradients():
 # ----- the largest batch: the search and its limit ------------------------------------------------
 
 
-@pytest.mark.parametrize("answer", [0, 1, 2, 3, 100, 65_535, 65_536, 65_537, 99_999, 1 << 20])
-def test_largest_finds_the_last_batch_that_fits(answer):
-    """fits(n) = n <= answer: the search returns answer, or the limit when answer passes it,
-    in at most 2 log2(limit) + 1 probes."""
-    limit = 1 << 17
-    probes = []
-    found = memory.largest(lambda n: probes.append(n) or n <= answer, limit)
-    assert found == min(answer, limit)
-    assert len(probes) <= 2 * 17 + 1 and max(probes) <= limit
-
-
-def cheap_prediction(largest_fitting: int | None):
+def cheap_fit(largest_fitting: int | None):
     """A stand-in for the fake-tensor trace: fits up to largest_fitting (None: always)."""
 
     def predicted(spec, target, context_mib):
         fits = largest_fitting is None or spec.batch <= largest_fitting
-        return {"fits": fits, "target_sm": target[0] * 10 + target[1]}
+        return SimpleNamespace(fits=fits, figures=lambda: {"fits": fits, "target_sm": sm(target)})
 
     return predicted
 
@@ -408,7 +378,7 @@ def cheap_prediction(largest_fitting: int | None):
 def max_batch_verdict(monkeypatch, largest_fitting: int | None) -> tuple[dict, str]:
     from bench.sweep.runner import spec_row
 
-    monkeypatch.setattr(memory, "prediction", cheap_prediction(largest_fitting))
+    monkeypatch.setattr(memory, "predict_fit", cheap_fit(largest_fitting))
     spec = tiny(accum=1, find_max_batch=True, predict_only=True, budget=102_400.0)
     row = {**spec_row(spec, "run"), "status": "ok", **memory.max_batch_row(spec)}
     return row, memory.verdict(row)
@@ -425,7 +395,7 @@ def test_the_predicted_search_goes_past_65536(monkeypatch):
 
 
 def test_a_search_that_reaches_its_limit_says_so(monkeypatch):
-    limit = memory.SEARCH_LIMITS["predicted"]
+    limit = fit.SEARCH_LIMITS["predicted"]
     assert limit == 1 << 24
     row, text = max_batch_verdict(monkeypatch, None)
     assert row["batch"] == limit
@@ -437,11 +407,11 @@ def test_a_search_that_reaches_its_limit_says_so(monkeypatch):
 
 def test_a_measured_search_at_its_limit_says_so(fake_cuda, monkeypatch):
     fake_cuda(total_mib=8192)
-    monkeypatch.setattr(memory, "_fits_measured", lambda spec, device: True)
-    monkeypatch.setattr(memory, "prediction", cheap_prediction(None))
+    monkeypatch.setattr(memory, "fits_measured", lambda spec, device: True)
+    monkeypatch.setattr(memory, "predict_fit", cheap_fit(None))
     spec = tiny(device="cuda", accum=1, find_max_batch=True, context_mib=500.0)
     row = memory.max_batch_row(spec)
-    assert row["batch"] == memory.SEARCH_LIMITS["measured"] == 65_536
+    assert row["batch"] == fit.SEARCH_LIMITS["measured"] == 65_536
     text = memory.verdict({**spec.to_dict(), "status": "ok", **row})
     assert text.endswith(": at least 65,536 (measured; the search stops at 65,536).")
 
@@ -450,15 +420,15 @@ def test_the_predicted_search_predicts_each_batch_once(monkeypatch):
     """The answer's row reuses its probe: as many traces as distinct batches probed, and the
     same answer and figures as a search that predicts the answer again."""
     probed = []
-    predicted = cheap_prediction(300)
+    predicted = cheap_fit(300)
     monkeypatch.setattr(
         memory,
-        "prediction",
+        "predict_fit",
         lambda spec, *args: probed.append(spec.batch) or predicted(spec, *args),
     )
     spec = tiny(accum=1, find_max_batch=True, predict_only=True)
     row = memory.max_batch_row(spec)
-    assert row["batch"] == memory.largest(lambda n: n <= 300, memory.SEARCH_LIMITS["predicted"])
+    assert row["batch"] == 300
     assert row["fits"] is True
     assert sorted(probed) == sorted(set(probed)) and 300 in probed and 301 in probed
 
@@ -466,10 +436,10 @@ def test_the_predicted_search_predicts_each_batch_once(monkeypatch):
 def test_a_measured_step_reports_its_micro_batches_on_stderr(tmp_path, monkeypatch, capsys):
     """After the verdict, each micro-batch of the measured step is a progress line (every one
     here: no seconds between lines), on stderr only."""
-    from bench.measure import training
+    from bench.passes import training
 
     monkeypatch.setattr(training, "PROGRESS_EVERY_S", 0.0)
-    memory.main(
+    memory_command.main(
         ["--preset", "tiny", "--device", "cpu", "--batch", "2", "--accum", "3", "--inline"]
         + ["--out", str(tmp_path)]
     )
@@ -558,7 +528,7 @@ def test_a_card_sets_target_and_budget_and_budget_overrides():
     assert spec.budget_mib == pytest.approx(7.93 * 1024)
     assert spec.replace(budget=4096.0).budget_mib == 4096.0
     assert "gtx1070" in spec.name
-    row = prediction(spec, spec.target)
+    row = predict_fit(spec, spec.target).figures()
     assert row["target_sm"] == 61 and row["budget_mib"] == pytest.approx(7.93 * 1024)
     # bf16 attention: flash on the A100, the memory-efficient kernel on a V100 (no bf16 flash).
     half = torch.bfloat16
@@ -625,3 +595,58 @@ def test_card_cli_lists_refuses_and_words_the_verdict(tmp_path):
         str(tmp_path / "b"),
     )
     assert "fits in 2 GiB on a T4" in explicit.stdout, explicit.stderr
+
+
+# ----- verdicts across ranks ----------------------------------------------------------------
+
+
+def ranked(**changes) -> BenchSpec:
+    return BenchSpec(**{**TINY_RANKS, "ranks": 1, "parallel": "none", **changes})
+
+
+def test_verdict_speaks_per_card():
+    row = {
+        **ranked(ranks=8, parallel="fsdp").to_dict(),
+        "status": "ok",
+        "target_sm": 86,
+        "predicted_cuda_mib": 702.0,
+        "predicted_reserved_mib": 244.0,
+        "cudnn_workspace_mib": 32.0,
+        "context_mib": 426.0,
+        "budget_mib": 7977.0,
+        "fits": True,
+        "headroom_mib": 7275.0,
+    }
+    text = memory.verdict(row)
+    assert "batch 2 x accum 2 per rank of 8 (fsdp, gradient sync last)" in text
+    assert "on each CUDA sm86 card" in text
+    assert "per rank" not in memory.verdict({**row, "ranks": 1, "parallel": "none"})
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_verdict_of_one_rank_names_its_parallel_mode(mode):
+    """--ranks 1 --parallel ddp is not the plain step: the wrapper's buffers count, so the
+    sentence says which it is, for a verdict and for a largest batch."""
+    row = {
+        **ranked(ranks=1, parallel=mode, grad_sync="last").to_dict(),
+        "status": "ok",
+        "target_sm": 86,
+        "predicted_cuda_mib": 702.0,
+        "predicted_reserved_mib": 244.0,
+        "cudnn_workspace_mib": 32.0,
+        "context_mib": 426.0,
+        "budget_mib": 7977.0,
+        "fits": True,
+        "headroom_mib": 7275.0,
+    }
+    text = memory.verdict(row)
+    assert f"batch 2 x accum 2 on 1 rank ({mode}, gradient sync last) (fp32," in text
+    assert "on a CUDA sm86 card" in text
+    largest = memory.verdict({**row, "batch": 136, "max_batch_source": "predicted"})
+    assert largest.startswith(
+        f"Largest batch that fits 7.79 GiB on a CUDA sm86 card at accum 2 on 1 rank ({mode}, "
+        "gradient sync last) (fp32, attention"
+    )
+    assert largest.endswith(": 136 (predicted).")
+    plain = memory.verdict({**row, "parallel": "none"})
+    assert "rank" not in plain and mode not in plain

@@ -23,10 +23,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench import profile as profile_command
 from bench.core import RunContext
-from bench.harnesses import profile
+from bench.passes import profile as profile_pass
 from bench.spec import BenchSpec
-from bench.tables import profile_summary
+from bench.tables import operators, profile_summary
+from ddpm.precision import SAMPLE_PHASES, TRAIN_PHASES
 from tests.helpers import headless
 from tests.helpers.spies import spy_on
 
@@ -92,7 +94,7 @@ def test_phase_ranges_are_in_the_trace_inside_each_profiled_step(profiled):
     ]
     steps = [e for e in ranges if e["name"].startswith("ProfilerStep#")]
     assert len(steps) == 2  # --steps 2 active steps (wait 1 and warm-up 1 are not kept)
-    for phase in profile.TRAIN_PHASES:
+    for phase in TRAIN_PHASES:
         found = [e for e in ranges if e["name"] == phase]
         assert len(found) == 2, phase  # once per optimizer step at accum 1
         for event in found:
@@ -109,7 +111,7 @@ def test_phase_shares_add_up_to_the_step_time(profiled):
     by_sampler = {r["sampler"]: r for r in rows(profiled)}
     train = by_sampler["none"]
     assert train["status"] == "ok" and int(train["profiled_steps"]) == 2
-    shares = [float(train[f"phase_{p}_pct"]) for p in profile.TRAIN_PHASES]
+    shares = [float(train[f"phase_{p}_pct"]) for p in TRAIN_PHASES]
     assert all(s >= 0 for s in shares)
     # The ranges cover Trainer.step: what falls outside (model.train(), zero_grad, the sync) is
     # within 10%; the stacks' Python tracer makes model.train() a few percent of a tiny step.
@@ -125,7 +127,7 @@ def test_phase_shares_add_up_to_the_step_time(profiled):
                 step_us += e["dur"]
             durs[e["name"]] = durs.get(e["name"], 0.0) + e["dur"]
     assert float(train["step_ms"]) == pytest.approx(step_us / 2 / 1000, rel=1e-6)
-    for p in profile.TRAIN_PHASES:
+    for p in TRAIN_PHASES:
         assert float(train[f"phase_{p}_pct"]) == pytest.approx(100 * durs[p] / step_us, rel=1e-6)
     sample = by_sampler["ddim"]
     assert sample["phase_forward_pct"] == ""  # training phases are empty for sampling
@@ -136,10 +138,10 @@ def test_summary_files_and_peak_memory(profiled):
     for row in rows(profiled):
         assert 0 < float(row["peak_memory_mib"]) < 1024
         assert row["peak_alloc_mib"] == ""  # a CUDA figure is never reported from a CPU
-        with open(Path(row["trace_dir"]) / profile.OPERATORS_FILE, newline="") as f:
+        with open(Path(row["trace_dir"]) / operators.OPERATORS_FILE, newline="") as f:
             ops = list(csv.DictReader(f))
         names = [op["name"] for op in ops]
-        assert not any(n.startswith("ProfilerStep") or n in profile.PHASES for n in names)
+        assert not any(n.startswith("ProfilerStep") or n in profile_pass.PHASES for n in names)
         times = [float(op["self_cpu_ms"]) for op in ops]
         assert times == sorted(times, reverse=True)
         assert sum(float(op["self_cpu_pct"]) for op in ops) == pytest.approx(100.0)
@@ -463,7 +465,7 @@ def test_plugin_trace_view_gets_the_trace(browser, tensorboard, tmp_path):
     )
     trace = get_json(tensorboard, "trace", **span_query(tensorboard))
     names = {e.get("name") for e in trace["traceEvents"]}
-    assert "ProfilerStep#3" in names and set(profile.TRAIN_PHASES) <= names
+    assert "ProfilerStep#3" in names and set(TRAIN_PHASES) <= names
     screenshot(browser, tmp_path / "profile-trace.png")
 
 
@@ -507,9 +509,9 @@ def test_summary_page_in_the_browser(browser, profiled, tmp_path, spec):
         "Memory over the profiled steps",
     ):
         assert heading in text
-    phases = profile.TRAIN_PHASES if spec is TRAIN else profile.SAMPLE_PHASES
+    phases = TRAIN_PHASES if spec is TRAIN else SAMPLE_PHASES
     assert all(p in text for p in phases)
-    with open(page.parent / profile.OPERATORS_FILE, newline="") as f:
+    with open(page.parent / operators.OPERATORS_FILE, newline="") as f:
         assert next(csv.DictReader(f))["name"] in text
     assert browser.evaluate("performance.getEntriesByType('resource').length") == 0
     width = browser.evaluate("Math.ceil(document.body.getBoundingClientRect().right) + 30")
@@ -526,7 +528,7 @@ def test_sampling_workload_is_the_shared_loop(monkeypatch):
     import ddpm.sample
 
     calls = spy_on(monkeypatch, ddpm.sample.sample_progressive)
-    step, grad_mode = profile.step_function(SAMPLE, torch.device("cpu"))
+    step, grad_mode = profile_pass.step_function(SAMPLE, torch.device("cpu"))
     with (
         grad_mode(),
         torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof,
@@ -544,12 +546,14 @@ def test_sampling_workload_is_the_shared_loop(monkeypatch):
 
 
 def test_specs_from_the_target_axis():
-    parser = profile.build_profile_parser()
+    parser = profile_command.build_profile_parser()
     args = parser.parse_args(
         [*BASE, "--accum", "1,2", "--target", "train,sample", "--wait", "0", "--top", "3"]
     )
-    specs = profile.make_specs(args)
-    options = profile.options(RunContext(Path("."), "r", profile.profile_options(args)))
+    specs = profile_command.make_specs(args)
+    options = profile_pass.options(
+        RunContext(Path("."), "r", profile_command.profile_options(args))
+    )
     # Accumulation changes training only: one sampling spec for both accum values.
     assert [(s.accum, s.sampler, s.sampling_steps) for s in specs] == [
         (1, "none", 0),
@@ -558,7 +562,7 @@ def test_specs_from_the_target_axis():
     ]
     assert len({s.name for s in specs}) == 3
     assert options["wait"] == 0 and options["top"] == 3 and options["with_stack"]
-    no_stack = profile.profile_options(parser.parse_args([*BASE, "--no-stack"]))
+    no_stack = profile_command.profile_options(parser.parse_args([*BASE, "--no-stack"]))
     assert not no_stack["with_stack"]
 
 
@@ -607,5 +611,5 @@ def test_cuda_memory_snapshot_and_device_times(tmp_path):
         data = pickle.load(f)
     assert data["segments"] and any(t for t in data["device_traces"])
     assert float(row["peak_alloc_mib"]) > 0 and float(row["peak_memory_mib"]) > 0
-    with open(Path(row["trace_dir"]) / profile.OPERATORS_FILE, newline="") as f:
+    with open(Path(row["trace_dir"]) / operators.OPERATORS_FILE, newline="") as f:
         assert any(float(op["self_device_ms"]) > 0 for op in csv.DictReader(f))

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench import sampling as sampling_command
 from bench.harnesses import sampling
 from bench.measure.quality import (
     DigitsJudge,
@@ -24,6 +25,7 @@ from bench.measure.quality import (
     gaussian,
     to_digit_inputs,
 )
+from bench.passes import sampling as sampling_pass
 from bench.tables.results import ResultsTable
 from ddpm.config import PRESETS, TrainConfig
 from ddpm.schedule import NoiseSchedule
@@ -157,10 +159,10 @@ def test_checkpoint_gives_quality_and_a_grid(tmp_path, checkpoint):
 def test_specs_pair_each_sampler_with_its_steps():
     """ddpm takes every timestep of the schedule; ddim each --sampling-steps; the other axes
     multiply both."""
-    args = sampling.build_sampling_parser().parse_args(
+    args = sampling_command.build_sampling_parser().parse_args(
         ["--preset", "tiny", "--device", "cpu", "--batch", "1,4", "--sampling-steps", "10,50"]
     )
-    specs = sampling.make_specs(args)
+    specs = sampling_command.make_specs(args)
     assert [(s.batch, s.sampler, s.sampling_steps) for s in specs] == [
         (b, sampler, steps)
         for b in (1, 4)
@@ -169,8 +171,8 @@ def test_specs_pair_each_sampler_with_its_steps():
     # The defaults:
     assert all(s.measure_steps == 5 and s.warmup_steps == 2 and s.accum == 1 for s in specs)
     assert len({s.spec_id for s in specs}) == len(specs)
-    args = sampling.build_sampling_parser().parse_args(["--sampler", "ddim"])
-    assert [(s.preset, s.batch, s.sampling_steps) for s in sampling.make_specs(args)] == [
+    args = sampling_command.build_sampling_parser().parse_args(["--sampler", "ddim"])
+    assert [(s.preset, s.batch, s.sampling_steps) for s in sampling_command.make_specs(args)] == [
         ("ddpm-cifar10", 16, 10),
         ("ddpm-cifar10", 16, 50),
         ("ddpm-cifar10", 16, 100),
@@ -223,7 +225,7 @@ def test_bad_input_as_a_user_meets_it(tmp_path, args, words):
 def test_bad_input(tmp_path, capsys, args, words):
     out = tmp_path / "r"
     with pytest.raises(SystemExit) as exit_:
-        sampling.main([*BASE, *args, "--out", str(out)])
+        sampling_command.main([*BASE, *args, "--out", str(out)])
     line = one_line_error(capsys.readouterr().err, exit_.value.code)
     for word in words:
         assert word in line
@@ -243,7 +245,7 @@ def test_bad_input(tmp_path, capsys, args, words):
 def test_bad_input_against_the_checkpoint(tmp_path, capsys, checkpoint, args, words):
     out = tmp_path / "r"
     with pytest.raises(SystemExit) as exit_:
-        sampling.main(["--checkpoint", str(checkpoint), *args, "--out", str(out)])
+        sampling_command.main(["--checkpoint", str(checkpoint), *args, "--out", str(out)])
     line = one_line_error(capsys.readouterr().err, exit_.value.code)
     for word in words:
         assert word in line
@@ -259,7 +261,7 @@ def test_bad_checkpoint_files(tmp_path, capsys):
         (tmp_path, "is a folder"),
     ):
         with pytest.raises(SystemExit) as exit_:
-            sampling.main(["--checkpoint", str(path), "--out", str(tmp_path / "r")])
+            sampling_command.main(["--checkpoint", str(path), "--out", str(tmp_path / "r")])
         assert word in one_line_error(capsys.readouterr().err, exit_.value.code)
         assert not (tmp_path / "r").exists()
 
@@ -281,7 +283,7 @@ def test_timed_steps_follow_the_library_sampler(sampler, steps):
         preset="tiny", image_size=16, attention="8", batch=2, sampler=sampler, sampling_steps=steps
     )
     model = build_model(spec)
-    step = sampling.denoising_steps(model, schedule, spec, torch.device("cpu"))
+    step = sampling_pass.denoising_steps(model, schedule, spec, torch.device("cpu"))
     taken = [step() for _ in range(2 * steps + 1)]
     assert [i for i, *_ in taken] == [*range(steps), *range(steps), 0]
     shape = (2, 1, 16, 16)

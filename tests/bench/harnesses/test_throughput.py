@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from bench import throughput as throughput_command
 from bench.measure.flops import training_step_flops
 from bench.spec import BenchSpec
 from ddpm.unet import AttentionBlock, UNet, Upsample
@@ -118,13 +119,14 @@ def test_throughput_cli_reports_mfu_between_0_and_1(tmp_path):
 
 
 def test_a_damaged_peak_cache_is_refused_before_any_spec(tmp_path, capsys):
-    from bench.harnesses import throughput
     from tests.helpers.cli_checks import check_one_line_error, snapshot
 
     (tmp_path / "peak_flops.json").write_text("{not json")
     before = snapshot(tmp_path)
     with pytest.raises(SystemExit) as info:
-        throughput.main(["--preset", "tiny", "--device", "cpu", "--inline", "--out", str(tmp_path)])
+        throughput_command.main(
+            ["--preset", "tiny", "--device", "cpu", "--inline", "--out", str(tmp_path)]
+        )
     captured = capsys.readouterr()
     check_one_line_error(
         "peak_flops.json is not a record of peak FLOP/s",

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import argparse
 import csv
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from bench import harnesses
+from bench import throughput as throughput_command
 from bench.core import RunContext
 from bench.harnesses import memory, throughput
-from bench.measure import cuda, monitor, training
-from bench.measure.env import describe, environment
+from bench.measure import cuda, monitor
 from bench.models import workload
-from bench.spec import BenchSpec, SpecError, parse_device
+from bench.parsers import SpecError, parse_device
+from bench.passes import training
+from bench.spec import BenchSpec
 from bench.sweep.worker import run_spec
+from bench.tables.env import describe, environment
 from ddpm.cli import train as train_cli
 from ddpm.cli.args import device_arg
 from tests.helpers.cli_checks import check_one_line_error
@@ -106,7 +110,7 @@ def test_a_device_past_the_last_is_one_line(fake_cuda):
 def test_cli_device_past_the_last_is_one_line_exit_2(fake_cuda, tmp_path, capsys):
     fake_cuda()
     for main, args in (
-        (throughput.main, ["--preset", "tiny", "--out", str(tmp_path / "o")]),
+        (throughput_command.main, ["--preset", "tiny", "--out", str(tmp_path / "o")]),
         (train_cli.main, ["--preset", "tiny", "--out", str(tmp_path / "t")]),
     ):
         with pytest.raises(SystemExit) as info:
@@ -412,6 +416,11 @@ def test_which_code_runs_on_which_card(arch, capability, runs):
     assert cuda.runs_on(arch, capability) is runs
 
 
+# A stand-in for the fake-tensor prediction: on CUDA's stand-in, AdamW would ask the (absent)
+# driver whether a CUDA graph is being captured.
+FITS = SimpleNamespace(fits=True, figures=lambda: {"fits": True})
+
+
 # ----- the largest batch, measured -------------------------------------------------------------
 
 
@@ -423,10 +432,10 @@ def test_fits_measured_takes_two_optimizer_steps(fake_cuda, monkeypatch):
     )
     # One step peaks at 400 MiB (parameters + activations), two at 600 (+ AdamW's state).
     cuda.cap_to_budget(CUDA0, budget_mib=500, context_mib=0)
-    assert memory._fits_measured(tiny(), CUDA0) is False
+    assert training.fits_measured(tiny(), CUDA0) is False
     assert gpu.cuda.allocated == 0  # the failed probe's trainer is gone before the next
     cuda.cap_to_budget(CUDA0, budget_mib=700, context_mib=0)
-    assert memory._fits_measured(tiny(), CUDA0) is True
+    assert training.fits_measured(tiny(), CUDA0) is True
     assert steps == [2, 2] and gpu.cuda.allocated == 0
 
 
@@ -445,12 +454,12 @@ def test_fits_measured_counts_a_library_oom_as_no_and_raises_anything_else(fake_
         "build_trainer",
         lambda spec, device: Failing(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED")),
     )
-    assert memory._fits_measured(tiny(), CUDA0) is False
+    assert training.fits_measured(tiny(), CUDA0) is False
     monkeypatch.setattr(
         workload, "build_trainer", lambda spec, device: Failing(RuntimeError("shape mismatch"))
     )
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        memory._fits_measured(tiny(), CUDA0)
+        training.fits_measured(tiny(), CUDA0)
 
 
 def test_max_batch_on_cuda_searches_under_the_cap(fake_cuda, monkeypatch):
@@ -461,9 +470,7 @@ def test_max_batch_on_cuda_searches_under_the_cap(fake_cuda, monkeypatch):
         return AdamLikeTrainer(gpu, params_mib=100, activations_mib=50 * spec.batch, state_mib=200)
 
     monkeypatch.setattr(workload, "build_trainer", build)
-    # The fake-tensor prediction runs on the CPU; with torch.cuda replaced, AdamW would ask the
-    # (absent) driver whether a CUDA graph is being captured.
-    monkeypatch.setattr(memory, "prediction", lambda spec, *card: {"fits": True})
+    monkeypatch.setattr(memory, "predict_fit", lambda spec, *card: FITS)
     # 800 MiB for the allocator: 100 + 200 + 50 b <= 800 up to b = 10 (one step would say 14).
     row = memory.max_batch_row(
         tiny(device="cuda", budget=1300, context_mib=500, find_max_batch=True)
@@ -478,8 +485,7 @@ def test_max_batch_on_cuda_searches_under_the_cap(fake_cuda, monkeypatch):
 @pytest.mark.parametrize("device", ["cuda:0", "cuda"])
 def test_memory_measure_on_cuda_reaches_the_first_real_operation(fake_cuda, device, monkeypatch):
     gpu = fake_cuda()
-    # As above: the fake-tensor prediction would ask the absent driver about CUDA graphs.
-    monkeypatch.setattr(memory, "prediction", lambda spec, *card: {"fits": True})
+    monkeypatch.setattr(memory, "predict_fit", lambda spec, *card: FITS)
     with pytest.raises(RuntimeError, match=NO_DRIVER):
         memory.measure(tiny(device=device))
     assert ("set_device", 0) in gpu.calls
@@ -506,7 +512,7 @@ def test_worker_refuses_bf16_on_7_5_before_any_work(fake_cuda, tmp_path):
 
 def test_throughput_cli_on_cuda_gets_to_the_device(fake_cuda, tmp_path):
     gpu = fake_cuda()
-    throughput.main(
+    throughput_command.main(
         [
             "--preset",
             "tiny",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.harnesses import throughput
+from bench import throughput as throughput_command
 from bench.models.factory import FactoryModel
 from tests.helpers.cli_checks import check_one_line_error, snapshot
 
@@ -85,7 +85,7 @@ def test_a_factory_built_with_its_config_and_dot_sample_unwrapped(user_path):
 def _main(args, out, capsys):
     before = snapshot(out)
     with pytest.raises(SystemExit):
-        throughput.main(
+        throughput_command.main(
             [*args, "--preset", "ddpm-cifar10", "--image-size", "8", "--attention", "none"]
             + ["--device", "cpu", "--inline", "--out", str(out)]
         )

@@ -11,7 +11,8 @@ import torch
 from bench.models import diffusers_unet as impl_module
 from bench.models.diffusers_unet import DiffusersUNet, diffusers_installed, diffusers_unsupported
 from bench.models.workload import build_trainer, parameter_count, synthetic_images
-from bench.spec import BenchSpec, SpecError
+from bench.parsers import SpecError
+from bench.spec import BenchSpec
 from bench.sweep.cli import build_parser, specs_from_args
 from bench.tables.ratios import impl_ratios
 from ddpm.config import PRESETS

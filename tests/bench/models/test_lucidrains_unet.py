@@ -127,7 +127,7 @@ def test_a_config_the_library_rejects_is_one_line(tmp_path):
 def test_bench_loss_holds_out_with_the_same_loss(tiny_config):
     from denoising_diffusion_pytorch import GaussianDiffusion, Unet
 
-    from bench.harnesses.loss import validation_draws, validation_loss
+    from bench.passes.loss import validation_draws, validation_loss
 
     spec = tiny_spec(tiny_config)
     trainer = build_trainer(spec)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.harnesses.profile import step_function
-from bench.measure.training import timed_training
 from bench.models.workload import TrainStep, build_trainer, synthetic_images, train_step
+from bench.passes.profile import step_function
+from bench.passes.training import timed_training
 from bench.spec import BenchSpec
 
 TINY = BenchSpec(

@@ -13,7 +13,6 @@ import torch
 import torch.distributed as dist
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from bench.harnesses import memory as harness
 from bench.measure.tracked import CATEGORIES
 from bench.models.impl import build_unet
 from bench.models.workload import build_trainer, parameter_count, synthetic_images
@@ -258,67 +257,3 @@ def test_a_rank_of_a_real_group_predicts_in_a_process_of_its_own(tmp_path):
     finally:
         dist.destroy_process_group()
     assert inside == predict(s)
-
-
-def test_find_max_batch_searches_with_the_per_rank_prediction(monkeypatch):
-    asked = []
-
-    def prediction(s, target, context_mib):
-        asked.append(s)
-        return {"fits": s.batch <= 5}
-
-    monkeypatch.setattr(harness, "prediction", prediction)
-    row = harness.max_batch_row(
-        spec(ranks=8, parallel="fsdp", find_max_batch=True, predict_only=True)
-    )
-    assert row["batch"] == 5 and row["max_batch_source"] == "predicted"
-    assert row["effective_batch"] == 8 * 5 * spec().accum
-    assert {(s.ranks, s.parallel, s.grad_sync) for s in asked} == {(8, "fsdp", "last")}
-
-
-def test_verdict_speaks_per_card():
-    row = {
-        **spec(ranks=8, parallel="fsdp").to_dict(),
-        "status": "ok",
-        "target_sm": 86,
-        "predicted_cuda_mib": 702.0,
-        "predicted_reserved_mib": 244.0,
-        "cudnn_workspace_mib": 32.0,
-        "context_mib": 426.0,
-        "budget_mib": 7977.0,
-        "fits": True,
-        "headroom_mib": 7275.0,
-    }
-    text = harness.verdict(row)
-    assert "batch 2 x accum 2 per rank of 8 (fsdp, gradient sync last)" in text
-    assert "on each CUDA sm86 card" in text
-    assert "per rank" not in harness.verdict({**row, "ranks": 1, "parallel": "none"})
-
-
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_verdict_of_one_rank_names_its_parallel_mode(mode):
-    """--ranks 1 --parallel ddp is not the plain step: the wrapper's buffers count, so the
-    sentence says which it is, for a verdict and for a largest batch."""
-    row = {
-        **spec(ranks=1, parallel=mode, grad_sync="last").to_dict(),
-        "status": "ok",
-        "target_sm": 86,
-        "predicted_cuda_mib": 702.0,
-        "predicted_reserved_mib": 244.0,
-        "cudnn_workspace_mib": 32.0,
-        "context_mib": 426.0,
-        "budget_mib": 7977.0,
-        "fits": True,
-        "headroom_mib": 7275.0,
-    }
-    text = harness.verdict(row)
-    assert f"batch 2 x accum 2 on 1 rank ({mode}, gradient sync last) (fp32," in text
-    assert "on a CUDA sm86 card" in text
-    largest = harness.verdict({**row, "batch": 136, "max_batch_source": "predicted"})
-    assert largest.startswith(
-        f"Largest batch that fits 7.79 GiB on a CUDA sm86 card at accum 2 on 1 rank ({mode}, "
-        "gradient sync last) (fp32, attention"
-    )
-    assert largest.endswith(": 136 (predicted).")
-    plain = harness.verdict({**row, "parallel": "none"})
-    assert "rank" not in plain and mode not in plain

@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench import sampling as sampling_command
+from bench import throughput as throughput_command
 from bench.cards import CARDS, Card
 from bench.models.workload import build_model, parameter_count
 from bench.predict import runtime
@@ -45,10 +47,10 @@ MEASURED_THROUGHPUT = ["step_s", "img_per_s", "gflop_per_step", "peak_tflops", "
 
 
 def test_throughput_predict_only_writes_predictions_alone(tmp_path):
-    from bench.harnesses import throughput
-
     argv = ["--card", "rtx3070", "--predict-only", "--preset", "tiny", "--batch", "2"]
-    rows = throughput.main([*argv, "--precision", "fp32", "--inline", "--out", str(tmp_path)])
+    rows = throughput_command.main(
+        [*argv, "--precision", "fp32", "--inline", "--out", str(tmp_path)]
+    )
     (row,) = rows
     assert row["status"] == "ok" and row["predicted_step_s"] > 0
     assert row["predicted_img_per_s"] == pytest.approx(2 / row["predicted_step_s"])
@@ -64,10 +66,10 @@ def test_throughput_predict_only_writes_predictions_alone(tmp_path):
 
 
 def test_sampling_predict_only_counts_finished_images(tmp_path):
-    from bench.harnesses import sampling
-
     argv = ["--card", "rtx3070", "--predict-only", "--preset", "tiny", "--batch", "4"]
-    rows = sampling.main([*argv, "--sampling-steps", "50", "--inline", "--out", str(tmp_path)])
+    rows = sampling_command.main(
+        [*argv, "--sampling-steps", "50", "--inline", "--out", str(tmp_path)]
+    )
     by_sampler = {r["sampler"]: r for r in rows}
     assert set(by_sampler) == {"ddpm", "ddim"}
     for row in rows:
@@ -83,10 +85,10 @@ def test_sampling_predict_only_counts_finished_images(tmp_path):
 
 
 def test_predict_only_without_a_card_is_one_line(tmp_path, capsys):
-    from bench.harnesses import throughput
-
     with pytest.raises(SystemExit) as exit_:
-        throughput.main(["--predict-only", "--preset", "tiny", "--out", str(tmp_path / "o")])
+        throughput_command.main(
+            ["--predict-only", "--preset", "tiny", "--out", str(tmp_path / "o")]
+        )
     assert exit_.value.code == 2
     assert "--predict-only needs --card" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

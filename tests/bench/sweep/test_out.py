@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import gpucheck, report
-from bench.harnesses import memory
+from bench import memory as memory_command
 from bench.tables.results import RUN_FOLDER
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -27,12 +27,12 @@ def parsed_out(main_parser) -> str:
 def test_every_command_defaults_to_the_run_folder(monkeypatch):
     seen = {}
 
-    def stop(harness, parser, argv, make_specs=None):
+    def stop(harness, parser, argv, make_specs=None, options=None):
         seen["out"] = parser.parse_args(argv).out
         return []
 
-    monkeypatch.setattr(memory, "run_cli", stop)
-    memory.main([])
+    monkeypatch.setattr(memory_command, "run_cli", stop)
+    memory_command.main([])
     assert seen["out"] == RUN_FOLDER
     assert parsed_out(report.build_parser) == RUN_FOLDER
     assert parsed_out(gpucheck.build_parser) == RUN_FOLDER

@@ -22,9 +22,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from bench.measure.training import timed_training
+from bench.parsers import SpecError
+from bench.passes.training import timed_training
 from bench.predict.trace import HANG_ENV
-from bench.spec import BenchSpec, SpecError
+from bench.spec import BenchSpec
 from bench.sweep.cli import check_launch
 from bench.sweep.launch import Launch, combine_ranks
 from bench.sweep.worker import FAULT_ENV, FAULT_RANK_ENV, rank_result

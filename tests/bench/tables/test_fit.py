@@ -55,7 +55,7 @@ def test_fold_splits_long_names_at_an_underscore_into_balanced_halves():
 def test_environment_line_names_the_cpu_isa(tmp_path):
     import torch
 
-    from bench.measure.env import cpu_isa, describe, environment
+    from bench.tables.env import cpu_isa, describe, environment
 
     line = describe(environment("cpu"))
     assert torch.backends.cpu.get_cpu_capability() in line

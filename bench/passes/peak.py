@@ -14,7 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from bench.measure.timing import time_calls
+from bench.tables.results import ResultsError
 from ddpm.precision import COMPUTE_DTYPES, apply_matmul_precision
+
+# Where a sweep caches the probe's results, in its results folder.
+PEAK_CACHE = "peak_flops.json"
+PEAK_FIGURES = ("peak_flops", "matmul_flops", "conv_flops")
 
 
 def _probe_shapes(device: torch.device) -> tuple[int, int, int]:
@@ -50,7 +55,7 @@ def device_key(device: torch.device, precision: str) -> str:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        from bench.measure.env import cpu_name
+        from bench.tables.env import cpu_name
 
         name = f"{cpu_name()} x{torch.get_num_threads()} threads"
     return f"{name} | {precision} | torch {torch.__version__}"
@@ -67,3 +72,27 @@ def peak_flops(device: torch.device, precision: str, cache: Path) -> dict:
         tmp.write_text(json.dumps(table, indent=2) + "\n")
         os.replace(tmp, cache)
     return table[key]
+
+
+def read_peaks(cache: Path) -> dict[str, dict]:
+    """The probe results cached in <out>/peak_flops.json ({} before the first probe);
+    ResultsError, naming the file, when it is not such a record."""
+    if not cache.exists():
+        return {}
+    try:
+        table = json.loads(cache.read_text())
+        entries = table.values() if isinstance(table, dict) else [None]
+        valid = all(
+            isinstance(e, dict)
+            and isinstance(e.get("probe"), str)
+            and all(isinstance(e.get(k), (int, float)) for k in PEAK_FIGURES)
+            for e in entries
+        )
+    except (OSError, UnicodeDecodeError, ValueError):
+        valid = False
+    if not valid:
+        raise ResultsError(
+            f"{cache} is not a record of peak FLOP/s; move it aside (the next "
+            "throughput run measures the peaks again)."
+        )
+    return table

@@ -1,27 +1,46 @@
-"""The timed training pass every harness shares: warm-up, then measured optimizer steps."""
+"""The timed training pass memory and throughput share: warm-up, then measured optimizer steps."""
 
 from __future__ import annotations
 
+import gc
 import resource
 import time
 from collections.abc import Callable
 
 import torch
 
+from bench.figure import Figure
 from bench.measure import cuda
+from bench.measure.collectives import measure_step
 from bench.measure.monitor import Monitor
 from bench.measure.timing import Timing, time_calls
 from bench.models.workload import TrainStep, train_step
 from bench.spec import BenchSpec
+from ddpm.device import synchronize
 
-# Figures of a CUDA run beside the allocator peaks and nvml_peak_mib; empty elsewhere.
-CUDA_COLUMNS = [
-    "measured_context_mib",
-    "warmup_peak_alloc_mib",
-    "warmup_peak_reserved_mib",
-    "nvml_process_peak_mib",
-    "nvml_baseline_mib",
-]
+# The figures of the timed pass, declared once for the harnesses that run it (memory and
+# throughput): each places those it has among its own and shows the ones it shows.
+TIMED = {
+    f.name: f
+    for f in (
+        Figure("step_s", "s"),
+        Figure("step_s_min", "s"),
+        Figure("step_s_max", "s"),
+        Figure("img_per_s", "img/s"),
+        Figure("warmup_s", "s"),
+        Figure("peak_alloc_mib", "MiB", cuda=True),
+        Figure("peak_reserved_mib", "MiB", cuda=True),
+        Figure("warmup_peak_alloc_mib", "MiB", cuda=True),
+        Figure("warmup_peak_reserved_mib", "MiB", cuda=True),
+        Figure("nvml_peak_mib", "MiB", cuda=True),
+        Figure("nvml_process_peak_mib", "MiB", cuda=True),
+        Figure("nvml_baseline_mib", "MiB", cuda=True),
+        Figure("rss_peak_mib", "MiB"),
+        Figure("cpu_util_pct", "%"),
+        # cuda.start's, beside the pass: what the device holds before it starts
+        Figure("measured_context_mib", "MiB", cuda=True),
+    )
+}
 CUDA_NOTE = (
     "On CUDA: peak_alloc_mib / peak_reserved_mib cover the measured (steady-state) "
     "steps, warmup_peak_alloc_mib / warmup_peak_reserved_mib the warm-up steps. "
@@ -112,3 +131,37 @@ def _warm_up(step: Callable[[], object], calls: int, device: torch.device, figur
         )
     cuda.reset_peaks(device, release_cache=False)  # the cache stays, as in training
     return timing
+
+
+def communication(spec: BenchSpec, device):
+    """The tracker of the extra step, for `timed_training` to run after the timed steps."""
+
+    def after(step: TrainStep) -> dict:
+        # DDP rebuilds its gradient buckets at the first forward after the first backward,
+        # broadcasting the new order from rank 0: a one-off that the third step on never has.
+        for _ in range(max(0, 2 - spec.warmup_steps - spec.measure_steps)):
+            step()
+        return measure_step(step, device, spec.ranks).figures()
+
+    return after
+
+
+def fits_measured(spec: BenchSpec, device: torch.device) -> bool:
+    """Two real optimizer steps under the budget cap; an out-of-memory of any kind means no.
+    AdamW creates its state during step 1, after that step's activations are freed: only from
+    step 2 on are both held at once."""
+    step = None
+    try:
+        step = train_step(spec, device)
+        for _ in range(2):
+            step()
+        synchronize(device)
+        fits = True
+    except Exception as exc:
+        if not cuda.is_oom(exc):
+            raise
+        fits = False
+    step = None  # the failed step's tensors go before the next probe
+    gc.collect()
+    torch.cuda.empty_cache()
+    return fits

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 
-from bench.measure.env import git_commit
+from bench.tables.env import git_commit
 
 
 def git(root, *args):
