@@ -14,9 +14,9 @@ from bench.cards import CARDS
 from ddpm.config import PRESETS
 from ddpm.device import indexed_device
 
-# bench.models.impl: ours, diffusers' UNet2DModel, lucidrains' denoising-diffusion-pytorch Unet;
-# or a user's factory, "package.module:callable"
-IMPLS = ("ddpm", "diffusers", "lucidrains")
+# bench.models.impl: ours, diffusers' UNet2DModel, lucidrains' denoising-diffusion-pytorch Unet,
+# openai's guided-diffusion UNet; or a user's factory, "package.module:callable"
+IMPLS = ("ddpm", "diffusers", "lucidrains", "guided-diffusion")
 FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 # --budget's units, in MiB (2^20 bytes)
 _UNITS = {"mib": 1.0, "gib": 1024.0, "mb": 1e6 / 2**20, "gb": 1e9 / 2**20}

@@ -25,6 +25,8 @@ import torch.distributed as dist
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from bench.cards import Card
+from bench.models import guided_sampling
+from bench.models.guided_flags import NAME as GUIDED
 from bench.models.workload import build_model, build_trainer, synthetic_images
 from bench.predict.cuda_rules import CudaRules
 from bench.predict.kernels import Kernel, KernelRecorder, cuda_optimizer_defaults
@@ -138,8 +140,8 @@ def _unchanged_bucket(_state, bucket):  # DDP refuses any return annotation but 
 
 def denoising_step_kernels(spec: BenchSpec, card: Card) -> list[Kernel]:
     """The kernels of one denoising step (one UNet call on the batch and the sampler's update,
-    in inference mode), as ddpm.sample.sample_progressive takes it: the second step, or the
-    only one."""
+    in inference mode), as ddpm.sample.sample_progressive (or guided-diffusion's own loop) takes
+    it: the second step, or the only one of a one-step sampler."""
     schedule = NoiseSchedule.linear()
     if spec.sampler == "ddpm":
         sampler = DDPMSampler(schedule)
@@ -150,14 +152,22 @@ def denoising_step_kernels(spec: BenchSpec, card: Card) -> list[Kernel]:
     recorder = KernelRecorder(card.capability)
     with FakeTensorMode(allow_non_fake_inputs=True), CudaRules(card.capability), recorder:
         model = build_model(spec, compiled=False)
-        steps = sample_progressive(model, sampler, shape, device="cpu", precision=spec.precision)
+        if spec.impl == GUIDED:  # its own loop (classes do not change the work)
+            steps = guided_sampling.progressive(model, spec, torch.Generator(), "cpu", "random")
+        else:
+            steps = sample_progressive(
+                model, sampler, shape, device="cpu", precision=spec.precision
+            )
         with contextlib.closing(steps):
-            if len(sampler.timesteps) > 1:
-                next(steps)  # the first step: x_T drawn, kernels warm, nothing recorded
             recorder.on = True
-            next(steps)
+            next(steps)  # the first step: x_T drawn, kernels warm
+            first = len(recorder.kernels)
+            try:
+                next(steps)
+            except StopIteration:  # a one-step sampler: its only step is the step
+                first = 0
             recorder.on = False
-    return recorder.kernels
+    return recorder.kernels[first:]
 
 
 def band(seconds: float, constants: Constants) -> tuple[float, float]:

@@ -26,7 +26,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from bench import lifeline
 from bench.cards import DEFAULT_TARGET
 from bench.measure.tracked import MemoryPeak, TensorTracker
-from bench.models.workload import build_trainer, synthetic_images
+from bench.models.workload import build_trainer, synthetic_images, traced_precision
 from bench.predict.allocator import cublas_workspace_bytes, parse_alloc_conf, replay
 from bench.predict.cuda_rules import CudaRules
 from bench.predict.ranks import KeptStorages, answer_all_reduce, fake_tensor_ddp, rank_zero
@@ -83,6 +83,17 @@ def _inputs(spec: BenchSpec, images: int, device: str) -> list[torch.Tensor]:
     ]
 
 
+def _held(trainer, spec: BenchSpec, images: int, device: str) -> list[torch.Tensor]:
+    """Stand-ins of the device copies of a step's inputs for `images` images: our Trainer copies
+    its whole share first; a trainer that copies one micro-batch at a time as it comes
+    (guided-diffusion's loop) says what it holds at once (`inputs_held`), and holds nothing of
+    micro-batches it has not reached."""
+    held = getattr(trainer, "inputs_held", None)
+    if held is None:
+        return _inputs(spec, images, device)
+    return held(device) if images == spec.batch * spec.accum else []
+
+
 def _trace(
     spec: BenchSpec, fake: bool, full_trace: bool = False, target: tuple[int, int] = DEFAULT_TARGET
 ) -> tuple[TensorTracker, MemoryPeak]:
@@ -91,10 +102,11 @@ def _trace(
     rank, rank 0's step (bench.predict.ranks).
 
     fake=True is the CUDA prediction: fake tensors, storages rounded to 512 B, CUDA's rules,
-    and fp16 traced as bf16 (the same 2-byte autocast lists; GradScaler's step needs real
-    values, and its own memory is a few scalars)."""
+    and our recipes' fp16 traced as bf16 (bench.models.workload.traced_precision: the same
+    2-byte autocast lists; GradScaler's step needs real values, and its own memory is a few
+    scalars)."""
     accum = spec.accum if full_trace else traced_accum(spec)
-    precision = "bf16" if fake and spec.precision == "fp16" else spec.precision
+    precision = traced_precision(spec) if fake else spec.precision
     schedule = NoiseSchedule.linear()  # built outside fake mode: its validation reads values
     device = "cpu" if fake else spec.device
     with rank_zero(spec, fake_tensors=fake) as mesh, contextlib.ExitStack() as stack:
@@ -136,10 +148,10 @@ def _trace(
                 tracker.hold(born.kept(), "gradients")
             tracker.reset_peak()
             if fake:
-                inputs = _inputs(spec, spec.batch * spec.accum, device)
+                inputs = _held(trainer, spec, spec.batch * spec.accum, device)
             else:
                 # Inputs of the untraced micro-batches: held for the whole step, never touched.
-                inputs = _inputs(spec, spec.batch * (spec.accum - accum), device)
+                inputs = _held(trainer, spec, spec.batch * (spec.accum - accum), device)
                 host = synthetic_images(spec, images)  # the trainer copies its share over
             trainer.step(host)
             del inputs, host

@@ -200,6 +200,11 @@ def specs_from_args(args: argparse.Namespace) -> list[BenchSpec]:
     check_rank_axes(values, args)
     # Fastest-varying: implementations alternate in the sweep, so machine drift is shared.
     grid = expand_grid(base, **dict(sorted(values.items(), key=lambda item: item[0] == "impl")))
+    # An implementation whose model is its file's takes the image size and attention from it
+    # unless the command line gave them (guided-diffusion: bench.models.guided_flags.settle).
+    sized = getattr(args, "image_size", None) is not None
+    placed = getattr(args, "attention", "preset") != "preset"
+    grid = [impl.settle(s, sized, placed) for s in grid]
     check_impl(grid)
     grid = [s for s in grid if parallel_pair_ok(s)]
     return [s.replace(repeat=r) for r in range(1, args.repeats + 1) for s in grid]

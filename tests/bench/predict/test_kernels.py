@@ -20,6 +20,7 @@ from bench.models.workload import build_model
 from bench.predict.kernels import Kernel, KernelRecorder, multi_tensor_launches
 from bench.predict.runtime import denoising_step_kernels, train_step_kernels
 from bench.spec import BenchSpec
+from tests.helpers.guided import guided_spec, needs_guided, tiny_file
 
 CARD = CARDS["rtx3070"]
 
@@ -234,6 +235,18 @@ def test_the_denoising_step_counts_the_forward_flops(impl, precision, factory, r
     name = factory if impl == "factory" else impl
     spec = BenchSpec(
         impl=name, batch=2, sampler="ddim", sampling_steps=2, precision=precision, **SPECS[impl]
+    )
+    traced = sum(k.flops for k in denoising_step_kernels(spec, CARD))
+    assert traced > 0 and traced == eager_forward_flops(spec)
+
+
+@needs_guided
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_guided_diffusions_denoising_step_counts_its_forward_flops(precision, tmp_path):
+    """guided-diffusion's own sampling loop (class labels, learned sigma, its attention) in its
+    own fp16 scheme: one forward's FLOPs too."""
+    spec = guided_spec(
+        tiny_file(tmp_path), batch=2, sampler="ddim", sampling_steps=2, precision=precision
     )
     traced = sum(k.flops for k in denoising_step_kernels(spec, CARD))
     assert traced > 0 and traced == eager_forward_flops(spec)
