@@ -44,6 +44,10 @@ FIGURES = (
     Figure(
         "predicted_img_per_s", "img/s", source="predicted", shown=True, verdict="predicted rows"
     ),
+    # The full run's likely range (the public training runs' leave-one-out band); the verdict
+    # reads it only where a row has it: rows written before it have none.
+    Figure("predicted_full_run_s_low", "s", source="predicted", shown=True),
+    Figure("predicted_full_run_s_high", "s", source="predicted", shown=True),
 )
 
 
@@ -59,11 +63,14 @@ def verdict(row: dict) -> str | None:
         f" {c}." for c in cards.caveats(row.get("card") or "", row["precision"], row["compile"])
     )
     if HARNESS.predict_only(row):
+        likely = ""
+        if row.get("predicted_full_run_s_low") is not None:
+            likely = f", likely {v['predicted_full_run_s_low']}-{v['predicted_full_run_s_high']} s"
         return (
             f"{name} {row['sampling_steps']} steps, batch {row['batch']}, {row['precision']} "
             f"on {CARDS[row['card']].name}: PREDICTED {v['predicted_step_s']} s per denoising "
-            f"step, a full run {v['predicted_full_run_s']} s, {v['predicted_img_per_s']} "
-            f"images/s (nothing measured).{caveats}"
+            f"step, a full run {v['predicted_full_run_s']} s{likely}, "
+            f"{v['predicted_img_per_s']} images/s (nothing measured).{caveats}"
         )
     text = (
         f"{name} {row['sampling_steps']} steps, batch {row['batch']}, {row['precision']}, "
@@ -119,9 +126,11 @@ HARNESS = Harness(
         "eager and after the timed one; it writes a grid per spec under "
         "<out>/sampling/<run_id>/.",
         "PREDICTED, not measured (with --card; --predict-only: these alone): "
-        "predicted_step_s for one denoising step on that card, a roofline over the step's "
-        "traced aten ops (bench.predict.runtime); predicted_full_run_s = predicted_step_s x "
-        "sampling_steps; predicted_img_per_s = batch / predicted_full_run_s, finished images "
+        "predicted_step_s for one denoising step on that card, the step-time model over the "
+        "step's traced kernels (bench.predict.runtime, docs/throughput.md); "
+        "predicted_full_run_s = predicted_step_s x sampling_steps, likely between "
+        "predicted_full_run_s_low and _high (the public training runs' leave-one-out "
+        "error range); predicted_img_per_s = batch / predicted_full_run_s, finished images "
         "per second of complete runs.",
     ],
     verdict=verdict,

@@ -44,11 +44,20 @@ FIGURES = (
     Figure("comm_share_pct", "%", shown=True),
     Figure("collectives", "", str, shown=True),
     # The time prediction for the row's --card (bench.predict.runtime); never a measurement.
+    # The verdict reads the step, images/s, hours and steps; the likely range (the public runs'
+    # leave-one-out band) only where a row has it: rows written before it have none.
     Figure("predicted_step_s", "s", source="predicted", shown=True, verdict="predicted rows"),
-    Figure("predicted_img_per_s", "img/s", source="predicted", shown=True),
-    Figure("predicted_train_h", "h", source="predicted", shown=True),
-    Figure("predicted_train_steps", "", source="predicted"),
+    Figure("predicted_step_s_low", "s", source="predicted"),
+    Figure("predicted_step_s_high", "s", source="predicted"),
+    Figure(
+        "predicted_img_per_s", "img/s", source="predicted", shown=True, verdict="predicted rows"
+    ),
+    Figure("predicted_train_h", "h", source="predicted", shown=True, verdict="predicted rows"),
+    Figure("predicted_train_h_low", "h", source="predicted", shown=True),
+    Figure("predicted_train_h_high", "h", source="predicted", shown=True),
+    Figure("predicted_train_steps", "", source="predicted", verdict="predicted rows"),
     Figure("predicted_kernels", "", source="predicted"),
+    Figure("predicted_exposed_comm_s", "s", source="predicted"),
     Figure("predicted_torch_roofline_s", "s", source="predicted"),
 )
 
@@ -71,17 +80,24 @@ def predicted(spec: BenchSpec, context: RunContext | None) -> dict:
     return training_figures(spec, CARDS[key], options.get("train_steps", PAPER_TRAIN_STEPS))
 
 
-def verdict(row: dict) -> str | None:
-    """For a row predicted for a card that does not run it as predicted: the prediction and
-    what the card does not run (bench.cards.caveats), as bench.memory's verdict says it. The
-    table holds every other prediction."""
-    said = cards.caveats(row.get("card") or "", row["precision"], row["compile"])
-    if row["status"] != "ok" or row.get("predicted_step_s") is None or not said:
+def predicted_verdict(row: dict) -> str | None:
+    """The predicted time of a row with --card, in words with its likely range (rows written
+    before the range have none) and what the card does not run as predicted
+    (bench.cards.caveats); nothing for a row without a prediction."""
+    if row["status"] != "ok" or row.get("predicted_step_s") is None:
         return None
+    said = cards.caveats(row["card"], row["precision"], row["compile"])
+    v = {k: format_value(row.get(k)) for k in row}
+    ranks = f", one rank of {row['ranks']}" if row.get("ranks", 1) > 1 else ""
+    likely = ""
+    if row.get("predicted_train_h_low") is not None:
+        likely = f", likely {v['predicted_train_h_low']}-{v['predicted_train_h_high']} h"
+    steps = f"{int(row['predicted_train_steps']):,}"
     return (
-        f"batch {row['batch']} x accum {row['accum']} ({row['precision']}, compile "
-        f"{row['compile']}) on {cards.card_words(row['card'])}: PREDICTED "
-        f"{format_value(row['predicted_step_s'])} s per optimizer step; " + "; ".join(said) + "."
+        f"Batch {row['batch']} x {row['accum']}, {row['precision']}{ranks} on "
+        f"{CARDS[row['card']].name}: PREDICTED {v['predicted_step_s']} s per step, "
+        f"{v['predicted_img_per_s']} images/s; {steps} steps take {v['predicted_train_h']} h"
+        f"{likely}" + "".join(f"; {c}" for c in said) + "."
     )
 
 
@@ -143,14 +159,18 @@ HARNESS = Harness(
         "efficiency = img/s at N ranks / (N x img/s at 1 rank), 100% for perfect scaling; and "
         "a 1-rank spec spread by ddp or fsdp against parallel none: the wrapper's own cost.",
         "PREDICTED, not measured (with --card; --predict-only: these alone): "
-        "predicted_step_s for one optimizer step on that card, a roofline over the step's "
-        "traced aten ops (bench.predict.runtime; one rank, no gradient exchange); "
-        "predicted_img_per_s = batch x accum / predicted_step_s; predicted_train_h = "
-        "predicted_step_s x predicted_train_steps / 3600 (--train-steps, default the paper's "
-        "800k); predicted_kernels: kernels launched per step; predicted_torch_roofline_s: "
-        "the same ops under torch's RuntimeEstimator formula (docs/throughput.md).",
+        "predicted_step_s for one optimizer step on that card (one rank of --ranks, its "
+        "gradient exchange included), the step-time model over the step's traced kernels "
+        "(bench.predict.runtime, docs/throughput.md), likely between predicted_step_s_low and "
+        "_high (the public runs' leave-one-out error range); predicted_img_per_s = batch x "
+        "accum / predicted_step_s; predicted_train_h = predicted_step_s x "
+        "predicted_train_steps / 3600 (--train-steps, default the paper's 800k), likely "
+        "between predicted_train_h_low and _high; predicted_kernels: kernels launched per "
+        "step; predicted_exposed_comm_s: the part of the step the compute waits for the "
+        "exchange; predicted_torch_roofline_s: the same kernels under torch's "
+        "RuntimeEstimator formula.",
     ],
-    verdict=verdict,
+    verdict=predicted_verdict,
     compare=lambda rows, context: (
         peaks_measured(rows, context)
         + impl_ratios(rows, "img_per_s", "img/s", also=("mfu",))

@@ -100,21 +100,45 @@ def test_bad_card_is_refused_before_anything_runs(fake_cuda, tmp_path, capsys, c
     assert list(tmp_path.iterdir()) == []
 
 
-def test_step_time_beside_the_prediction():
-    """The error of each timed row by hand; a row without its measured step fails the check."""
+def test_step_time_beside_the_prediction_and_its_band():
+    """The error of each timed row by hand, and whether the measured step lies in the
+    prediction's likely range; a row without its measured step fails the check."""
     rows = gpucheck.with_step_error(
         [
-            {"precision": "fp32", "batch": 32, "step_s": 0.2, "predicted_step_s": 0.15},
-            {"precision": "bf16", "batch": 32, "step_s": 0.1, "predicted_step_s": 0.125},
+            {
+                "precision": "fp32",
+                "batch": 32,
+                "step_s": 0.2,
+                "predicted_step_s": 0.15,
+                "predicted_step_s_low": 0.12,
+                "predicted_step_s_high": 0.18,
+            },
+            {
+                "precision": "bf16",
+                "batch": 32,
+                "step_s": 0.1,
+                "predicted_step_s": 0.125,
+                "predicted_step_s_low": 0.1,
+                "predicted_step_s_high": 0.15,
+            },
         ]
     )
     assert [r["step_error_pct"] for r in rows] == pytest.approx([-25.0, 25.0])
+    assert [r["in_band"] for r in rows] == ["no", "yes"]
     ok, sentence = gpucheck.time_check(rows, "rtx3070")
-    assert ok and "measured 0.2 s, predicted 0.15 s (-25.0%)" in sentence
+    assert ok
+    assert (
+        "measured 0.2 s, predicted 0.15 s, likely 0.12-0.18 s (measured outside it) (-25.0%)"
+        in sentence
+    )
+    assert "likely 0.1-0.15 s (measured inside it)" in sentence
     assert "emulated" not in sentence  # an RTX 3070 has BF16 tensor cores
+    env = {"torch": "2.14", "device_name": "a card", "torch_threads": 1}
+    report = gpucheck.render(env, [], [(ok, sentence)], 10.0, rows)
+    assert "predicted_step_s_low" in report and "in_band" in report
     # A card that runs a precision otherwise than predicted says so beside it.
     _, sentence = gpucheck.time_check(rows, "gtx1070")
-    assert "predicted 0.125 s (+25.0%) (bf16 is emulated on sm61" in sentence
+    assert "(measured inside it) (+25.0%) (bf16 is emulated on sm61" in sentence
     failed = gpucheck.with_step_error([{"precision": "fp32", "batch": 32, "status": "oom"}])
     assert gpucheck.time_check(failed, "rtx3070") == (
         False,
