@@ -33,6 +33,9 @@ class PublicRun:
     calibrate: bool = True  # the constants are fitted on it
 
 
+ADM = "Dhariwal and Nichol 2021 (ADM), Appendix A, Table 7"
+
+
 def textbook_upsample(trainer: Trainer) -> None:
     """Nearest x2 then a 3x3 convolution, as the public code computes it (ours computes the
     same function with fewer FLOPs: ddpm.unet.Upsample)."""
@@ -139,6 +142,42 @@ EDM = BenchSpec(
     precision="fp32",
 )
 
+
+def adm(config: str, image_size: int, attention: str, batch: int) -> BenchSpec:
+    """One of the ADM paper's models as `--impl guided-diffusion --model-config CONFIG
+    --precision fp16 --batch BATCH --card v100-32gb` settles it (bench.models.impl.settle): the
+    image size and attention are its flags' (bench/configs/CONFIG.flags), written out so that
+    this table is read without the package. Its "naive" code is the released TrainLoop with
+    use_fp16 (fp16 torso, fp32 master weights, loss scaling), one rank as the table counts it.
+    A V100 32 GB: the 64 px model at batch 32 and the 256 px model at batch 4 need more than a
+    16 GB card holds (docs/impl.md); the two V100s' peaks and bandwidth are the same."""
+    return BenchSpec(
+        impl="guided-diffusion",
+        model_config=config,
+        image_size=image_size,
+        attention=attention,
+        batch=batch,
+        precision="fp16",
+        card="v100-32gb",
+    )
+
+
+def adm_run(key: str, spec: BenchSpec, model: str, images_s: float) -> PublicRun:
+    """A row of the ADM paper's Table 7 (images per V100-second, its "naive" code, fp16,
+    PyTorch 1.7), held out of the fit: the constants stay those fitted on the runs above."""
+    return PublicRun(
+        key=key,
+        source=ADM,
+        setup=f"{model} ({spec.model_config}'s released flags), fp16 (use_fp16), batch "
+        f"{spec.batch} per V100, its own TrainLoop",
+        spec=spec,
+        measured_it_s=images_s / spec.batch,
+        derivation=f"{images_s} images per V100-second at {spec.batch} per V100: "
+        f"{images_s} / {spec.batch}",
+        calibrate=False,
+    )
+
+
 RUNS = (
     PublicRun(
         key="torchcfm-v100",
@@ -191,5 +230,20 @@ RUNS = (
         # Faster than its FLOPs at the V100's FP32 peak allow (docs/throughput.md): a finding,
         # predicted by the fit on the others, not fitted.
         calibrate=False,
+    ),
+    adm_run("adm-64", adm("adm-imagenet-64", 64, "32+16+8", 32), "ADM ImageNet 64 px", 37.0),
+    adm_run("adm-128", adm("adm-imagenet-128", 128, "32+16+8", 4), "ADM ImageNet 128 px", 11.5),
+    adm_run("adm-256", adm("adm-imagenet-256", 256, "32+16+8", 4), "ADM ImageNet 256 px", 4.4),
+    adm_run(
+        "adm-u-64-256",
+        adm("adm-upsampler-64-256", 256, "32+16+8", 4),
+        "ADM-U, the 64 -> 256 upsampler",
+        6.3,
+    ),
+    adm_run(
+        "adm-u-128-512",
+        adm("adm-upsampler-128-512", 512, "32+16", 2),
+        "ADM-U, the 128 -> 512 upsampler",
+        1.9,
     ),
 )

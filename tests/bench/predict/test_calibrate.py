@@ -10,12 +10,15 @@ import math
 import pytest
 
 from bench.cards import CARDS
+from bench.models import guided_flags
 from bench.models.impl import problem
+from bench.models.workload import parameter_count
 from bench.predict import calibrate
 from bench.predict.kernels import Kernel
 from bench.predict.public_runs import RECIPES, RUNS, PublicRun
 from bench.predict.step_time import Constants, load_constants
 from bench.spec import BenchSpec
+from tests.helpers.guided import guided_spec, needs_guided
 
 # No host, launch or memory time: a run's step is its GEMM at peak x efficiency.
 BASE = Constants(
@@ -90,7 +93,67 @@ def test_the_committed_constants_are_a_fit_with_a_band_around_one():
 
 @pytest.mark.parametrize("public", RUNS, ids=lambda r: r.key)
 def test_every_public_run_is_a_spec_the_suite_runs(public):
+    if public.spec.impl == guided_flags.NAME and not guided_flags.installed():
+        pytest.skip("guided-diffusion missing")
     assert public.spec.card in CARDS
-    assert problem(public.spec) is None
+    # run=False: the ADM models' forward (300-550M parameters) is not run here; their flags are
+    # read and checked, and test_the_adm_runs_are_the_released_models builds them on fakes.
+    assert problem(public.spec, run=False) is None
     assert all(name in RECIPES for name in public.recipe)
     assert public.measured_it_s > 0
+
+
+# The ADM paper's Table 7 (per-V100 images/s, fp16, its "naive" code): the named config, the
+# batch per V100, the images per second, and the parameters its hyperparameter table gives, in
+# millions.
+ADM_TABLE_7 = {
+    "adm-64": ("adm-imagenet-64", 32, 37.0, 296),
+    "adm-128": ("adm-imagenet-128", 4, 11.5, 422),
+    "adm-256": ("adm-imagenet-256", 4, 4.4, 554),
+    "adm-u-64-256": ("adm-upsampler-64-256", 4, 6.3, 312),
+    "adm-u-128-512": ("adm-upsampler-128-512", 2, 1.9, 309),
+}
+
+
+@needs_guided
+@pytest.mark.parametrize("key", sorted(ADM_TABLE_7))
+def test_the_adm_runs_are_the_released_models(key):
+    """Each row is the spec `--impl guided-diffusion --model-config NAME --precision fp16
+    --batch N --card v100-32gb` makes (the image size and attention its flags'), its model has
+    the paper's parameters (built on fake tensors), and it stays out of the fit."""
+    config, batch, images_s, millions = ADM_TABLE_7[key]
+    public = {r.key: r for r in RUNS}[key]
+    cli = guided_spec(config, batch=batch, precision="fp16", card="v100-32gb")
+    assert public.spec == cli
+    assert round(parameter_count(public.spec) / 1e6) == millions
+    assert public.measured_it_s * batch == pytest.approx(images_s)
+    assert not public.calibrate and public.recipe == ()
+
+
+def test_the_ablations_trace_only_the_runs_they_change(monkeypatch):
+    """bf16 only for the fp16 runs that have it (guided-diffusion has none), our loop only for
+    the runs that have a loop of their own: the others keep their first trace."""
+    traced = []
+    monkeypatch.setattr(
+        calibrate, "train_step_kernels", lambda spec, card, recipe: traced.append(spec) or []
+    )
+    as_bf16 = calibrate.trace(RUNS, "test", bf16=True)
+    assert sorted(as_bf16) == sorted(
+        r.key for r in RUNS if r.spec.precision == "fp16" and r.spec.impl != guided_flags.NAME
+    )
+    assert all(spec.precision == "bf16" for spec in traced)
+    ours = calibrate.trace(RUNS, "test", recipes=False)
+    assert sorted(ours) == sorted(r.key for r in RUNS if r.recipe)
+    assert any(r.spec.impl == guided_flags.NAME for r in RUNS)  # the rule has runs to apply to
+
+
+def test_a_run_the_suite_cannot_build_is_one_line_before_any_trace(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(guided_flags, "installed", lambda: False)
+    monkeypatch.setattr(calibrate, "train_step_kernels", lambda *a: pytest.fail("traced"))
+    with pytest.raises(SystemExit) as exc:
+        calibrate.main(["--out", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("public run adm-64: ") and "guided-diffusion" in err
+    assert len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
