@@ -38,6 +38,7 @@ GROUPS = {
     "axes": "axes (comma lists; the sweep is their product)",
     "ranks": "more than one card (torchrun; gloo on CPU, NCCL on CUDA)",
     "run": "model, device and run",
+    "levers": "memory levers of training (docs/levers.md)",
 }
 
 
