@@ -26,11 +26,21 @@ COMPILE_KWARGS = {
 def build_model(spec: BenchSpec, compiled: bool = True) -> torch.nn.Module:
     torch.manual_seed(spec.seed)  # the same initial weights for every spec with this seed
     model = build_unet(spec)
-    if spec.channels_last == "on":  # the weights; each convolution's output follows them
-        model.to(memory_format=torch.channels_last)
+    if spec.channels_last == "on":
+        _channels_last(model)
     if compiled and spec.compile != "off":
         model.compile(**COMPILE_KWARGS[spec.compile])  # in place: the module keeps its type
     return model
+
+
+def _channels_last(model: torch.nn.Module) -> None:
+    """The convolutions' weights in channels-last format, as model.to(memory_format=...) puts
+    them (each convolution's output follows its weight's format); in place, which fake tensors
+    (the prediction) allow where module.to's parameter swap does not."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 4:
+                p.data = p.data.contiguous(memory_format=torch.channels_last)
 
 
 def build_trainer(

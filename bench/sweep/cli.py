@@ -25,6 +25,7 @@ from bench.spec import (
 from bench.sweep.launch import Launch, launches_ranks
 from bench.sweep.runner import run_sweep
 from bench.tables.results import RUN_FOLDER, ResultsError, check_writable, results_folder
+from ddpm.attention import CPU_BACKENDS
 from ddpm.cli.args import ArgumentParser, seed_int
 from ddpm.cli.pipes import quiet_closed_pipes
 
@@ -202,6 +203,7 @@ def specs_from_args(args: argparse.Namespace) -> list[BenchSpec]:
     # Fastest-varying: implementations alternate in the sweep, so machine drift is shared.
     grid = expand_grid(base, **dict(sorted(values.items(), key=lambda item: item[0] == "impl")))
     check_impl(grid)
+    check_levers(grid, getattr(args, "predict_only", False))
     grid = [s for s in grid if parallel_pair_ok(s)]
     return [s.replace(repeat=r) for r in range(1, args.repeats + 1) for s in grid]
 
@@ -241,6 +243,27 @@ def check_impl(specs: list[BenchSpec]) -> None:
         reason = impl.problem(spec)
         if reason:
             raise SpecError(reason)
+
+
+def check_levers(specs: list[BenchSpec], predict_only: bool) -> None:
+    """An attention backend this CPU lacks is refused for a run measured here (a prediction
+    for a card takes any: the card's own rules decide there); an implementation that never
+    calls torch's SDPA has no backend to choose."""
+    for spec in specs:
+        backend = spec.attention_backend
+        if backend == "auto":
+            continue
+        if spec.impl == "lucidrains" and not spec.config_file:
+            raise SpecError(
+                "--impl lucidrains computes attention with einsum, not torch's SDPA: "
+                "--attention-backend has nothing to choose there (give auto)."
+            )
+        if spec.device == "cpu" and backend not in CPU_BACKENDS and not predict_only:
+            raise SpecError(
+                f"--attention-backend {backend} does not run on the CPU (torch's CPU attention "
+                f"has {', '.join(b for b in CPU_BACKENDS if b != 'auto')}); add --predict-only "
+                "--card NAME to predict it for a card."
+            )
 
 
 def check_rank_axes(values: dict[str, list], args: argparse.Namespace) -> None:
