@@ -450,6 +450,28 @@ def architecture_words(row: dict) -> str:
     return " with " + ", ".join(said) if said else ""
 
 
+# How the verdicts say a lever off its default (docs/levers.md).
+_LEVER_WORDS: dict[str, Callable[[str], str]] = {
+    "optimizer": lambda v: f"optimizer {v}",
+    "ema": lambda v: "no EMA" if v == "off" else f"EMA on the {v}",
+    "ema_dtype": lambda v: f"EMA in {v}",
+    "attention_backend": lambda v: f"{v} attention",
+    "channels_last": lambda v: "channels-last",
+}
+
+
+def lever_words(row: dict) -> str:
+    """The memory levers off their defaults, for a verdict: ", optimizer adamw8bit, EMA on the
+    cpu"; nothing when all are at theirs (or the row predates them)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(BenchSpec)}
+    said = [
+        words(row[name])
+        for name, words in _LEVER_WORDS.items()
+        if row.get(name) not in (None, "", defaults[name])
+    ]
+    return "".join(f", {w}" for w in said)
+
+
 def option_axes(cls: type | None = None) -> list[dataclasses.Field]:
     """The axes that are command-line options, in declaration order (of `cls`, a BenchSpec
     with more axes, such as a test's)."""

@@ -18,7 +18,7 @@ from bench.measure.tracked import CATEGORIES
 from bench.passes.training import TIMED, fits_measured, timed_training
 from bench.predict.fit import CUDNN_ALLOWANCE_MIB, SEARCH_LIMITS, largest_batch, predict_fit
 from bench.predict.trace import step_peak
-from bench.spec import DEFAULT_BUDGET_MIB, BenchSpec, architecture_words
+from bench.spec import DEFAULT_BUDGET_MIB, BenchSpec, architecture_words, lever_words
 from ddpm import parallel
 
 
@@ -43,6 +43,7 @@ def verdict(row: dict) -> str | None:
     shape = f"{row['precision']}, {model} at {row['image_size']}px"
     if row.get("checkpointing") == "on":
         shape += ", gradient checkpointing"
+    shape += lever_words(row)
     what = f"batch {row['batch']} x accum {row['accum']}{_ranks_words(row)} ({shape})"
     card_words = "each CUDA" if row.get("ranks", 1) > 1 else "a CUDA"
     named = cards.card_words(row.get("card") or "")
