@@ -21,7 +21,13 @@ from bench.spec import BenchSpec
 TINY = BenchSpec(preset="tiny", image_size=16, attention="8", batch=2)
 # On CUDA these state entries are host tensors (torch.tensor(0.0) with no device): no card memory.
 HOST_HELD = {"adafactor": {"step"}, "ao-adamw8bit": {"step"}, "ao-adamw4bit": {"step"}}
-STEPPED_HERE = ("adamw", "adamw8bit", "adafactor", "sgd", "lion", "prodigy")
+# The modelled ones every run; the traced ones (their own step runs in the trace) under --heavy.
+STEPPED_HERE = (
+    "adamw8bit",
+    "adafactor",
+    "prodigy",
+    *(pytest.param(name, marks=pytest.mark.heavy) for name in ("adamw", "sgd", "lion")),
+)
 
 
 def _dense(tensor: torch.Tensor):
