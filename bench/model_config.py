@@ -1,15 +1,20 @@
-"""--model-config FILE: the model a user trains, as a JSON or TOML file of keyword arguments.
+"""--model-config FILE: the model a user trains, as a JSON or TOML file of keyword arguments, or
+as flag text (`--name value` pairs, as guided-diffusion's README gives its MODEL_FLAGS).
 
 For `--impl ddpm` the file holds UNetConfig fields that replace the preset's; for the other
-implementations, that library's own keyword arguments (bench.models.impl reads them). A spec
-names the file by its stem and a hash of its bytes (`tag`), so `--resume` never takes the rows
-of one file for another's of the same name."""
+implementations, that library's own keyword arguments (bench.models.impl reads them). A name
+without a file of that name is one of the named configs shipped in bench/configs/ (the released
+guided-diffusion and improved-diffusion models, `NAME.flags`). A spec names the file by its stem
+and a hash of its bytes (`tag`), so `--resume` never takes the rows of one file for another's of
+the same name."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import re
+import shlex
 from pathlib import Path
 
 from ddpm.config import UNetConfig
@@ -22,24 +27,59 @@ AXIS_FIELDS = {
 }
 
 
+# The named configs: bench/configs/NAME.flags, each the flag text of a released model with its
+# source in a comment.
+NAMED_FOLDER = Path(__file__).parent / "configs"
+NAMED_SUFFIX = ".flags"
+# A shell assignment in flag text, MODEL_FLAGS="--image_size 64 ...": its value holds flags.
+_ASSIGNMENT = re.compile(r"[A-Za-z_]\w*=(.*)", re.DOTALL)
+
+
 class ModelConfigError(ValueError):
     """A file that cannot be read, or a field the model rejects; the message is one line."""
 
 
-def load(path: str) -> dict:
-    """The file's top-level table: TOML for a .toml name, JSON otherwise."""
+def named() -> dict[str, Path]:
+    """The named configs by name."""
+    return {p.stem: p for p in sorted(NAMED_FOLDER.glob(f"*{NAMED_SUFFIX}"))}
+
+
+def resolve(path: str) -> Path:
+    """The file `path` names: that file when it exists, else the named config of that name (a
+    name that is neither stays the path, and reading it says so)."""
     file = Path(path)
+    if not file.exists() and path in named():
+        return named()[path]
+    return file
+
+
+def is_named(path: str) -> bool:
+    return resolve(path) != Path(path)
+
+
+def load(path: str) -> dict:
+    """The file's top-level table: TOML for a .toml name, JSON for a .json name or text that
+    opens with "{", flag text otherwise (a named config is flag text)."""
+    file = resolve(path)
     try:
         text = file.read_bytes()
     except OSError as exc:
-        raise ModelConfigError(f"--model-config {path}: cannot read it ({exc.strerror}).") from None
+        is_name = not Path(path).suffix and "/" not in path
+        known = f"; the named configs are {', '.join(named())}" if is_name else ""
+        raise ModelConfigError(
+            f"--model-config {path}: cannot read it ({exc.strerror}){known}."
+        ) from None
+    kind = _kind(file, text)
     try:
-        if file.suffix.lower() == ".toml":
+        if kind == "TOML":
             data = _toml().loads(text.decode())
-        else:
+        elif kind == "JSON":
             data = json.loads(text)
+        else:
+            data = flag_text(text.decode(), path)
     except (ValueError, UnicodeDecodeError) as exc:
-        kind = "TOML" if file.suffix.lower() == ".toml" else "JSON"
+        if isinstance(exc, ModelConfigError):
+            raise
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelConfigError(f"--model-config {path} is not valid {kind}: {first}.") from None
     if not isinstance(data, dict):
@@ -48,6 +88,45 @@ def load(path: str) -> dict:
             f"{type(data).__name__}."
         )
     return data
+
+
+def _kind(file: Path, text: bytes) -> str:
+    suffix = file.suffix.lower()
+    if suffix == ".toml":
+        return "TOML"
+    if suffix == ".json" or text.lstrip().startswith(b"{"):
+        return "JSON"
+    return "flag text"
+
+
+def flag_text(text: str, path: str) -> dict[str, str]:
+    """`--name value` (or `--name=value`) pairs in shell syntax: quotes, `#` comments and
+    backslash line ends as a shell reads them, and `NAME="--a 1 --b 2"` assignments (a README's
+    MODEL_FLAGS line copied whole), whose value holds more pairs. Values stay text, as argparse
+    receives them; a flag given twice keeps its last value, as argparse does."""
+    tokens = shlex.split(text.replace("\\\n", " "), comments=True)
+    flags: dict[str, str] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        assignment = _ASSIGNMENT.fullmatch(token)
+        if assignment:
+            tokens[i : i + 1] = shlex.split(assignment.group(1))
+            continue
+        if not token.startswith("--") or len(token) == 2:
+            raise ModelConfigError(
+                f"--model-config {path}: {token!r} is not a flag; flag text is --name value "
+                "pairs, as a README's MODEL_FLAGS."
+            )
+        name, equals, value = token[2:].partition("=")
+        if not equals:
+            if i + 1 == len(tokens) or tokens[i + 1].startswith("--"):
+                raise ModelConfigError(f"--model-config {path}: --{name} has no value.")
+            i += 1
+            value = tokens[i]
+        flags[name] = value
+        i += 1
+    return flags
 
 
 def _toml():
@@ -62,7 +141,7 @@ def tag(path: str) -> str:
     """The file's stem and the first 8 hex digits of its bytes' SHA-256 ("missing" when it is
     gone: a table read back after the file was deleted still names its specs)."""
     try:
-        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:8]
+        digest = hashlib.sha256(resolve(path).read_bytes()).hexdigest()[:8]
     except OSError:
         digest = "missing"
     return f"{Path(path).stem}{digest}"

@@ -17,9 +17,9 @@ from bench.cards import CARDS
 from ddpm.config import PRESETS
 from ddpm.device import indexed_device
 
-# bench.models.impl: ours, diffusers' UNet2DModel, lucidrains' denoising-diffusion-pytorch Unet;
-# or a user's factory, "package.module:callable"
-IMPLS = ("ddpm", "diffusers", "lucidrains")
+# bench.models.impl: ours, diffusers' UNet2DModel, lucidrains' denoising-diffusion-pytorch Unet,
+# openai's guided-diffusion UNet; or a user's factory, "package.module:callable"
+IMPLS = ("ddpm", "diffusers", "lucidrains", "guided-diffusion")
 FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 # --optimizer: each optimizer's package (the import name, the pip name and the extra naming it),
 # None for torch's own (bench.models.optimizers builds them).

@@ -26,6 +26,8 @@ import sys
 from pathlib import Path
 
 from bench.harnesses.sampling import HARNESS
+from bench.models import guided_flags, guided_sampling
+from bench.models.guided_flags import NAME as GUIDED
 from bench.parsers import (
     ARCHITECTURE,
     SpecError,
@@ -168,25 +170,63 @@ def make_specs(args: argparse.Namespace) -> list:
         schedule = default_schedule()
         source = "the schedule"
     T = schedule.timesteps
-    for steps in ddim_steps:
-        if steps > T:
-            raise SpecError(
-                f"--sampling-steps {steps} is more than {source}'s {T} timesteps: "
-                f"DDIM takes 1..{T} steps."
-            )
     specs = []
     # The grid varies impl fastest, so implementations stay side by side as elsewhere.
     for spec in specs_from_args(args):
-        if spec.sampler == "ddpm":  # ddpm always takes every timestep of the schedule
-            spec = spec.replace(sampling_steps=T)
+        if spec.impl == GUIDED:  # its --timestep_respacing from the sampler and its steps
+            check_guided(spec, args.classes)
+        else:
+            for steps in ddim_steps:
+                if steps > T:
+                    raise SpecError(
+                        f"--sampling-steps {steps} is more than {source}'s {T} timesteps: "
+                        f"DDIM takes 1..{T} steps."
+                    )
+            if spec.sampler == "ddpm":  # ddpm always takes every timestep of the schedule
+                spec = spec.replace(sampling_steps=T)
         if spec not in specs:
             specs.append(spec)
+    if args.classes is not None and all(s.impl != GUIDED for s in specs):
+        raise SpecError(
+            f"--classes applies to a class-conditional --impl {GUIDED} model; this sweep has none."
+        )
     other = next((s.impl for s in specs if s.impl != "ddpm"), None)
     if args.checkpoint is not None and other is not None:
         raise SpecError(f"--impl {other} cannot load --checkpoint: it holds ddpm's weights.")
     specs = [s.replace(predict_only=args.predict_only) for s in specs]
     check_predict_only(specs)
     return specs
+
+
+def check_guided(spec, classes: str | None) -> None:
+    """A guided-diffusion spec samples with its loop over `--timestep_respacing` of its sampler
+    and steps (ddim25, or 250 for ancestral sampling), which its space_timesteps must accept,
+    and a class-conditional model with --classes: each fault one line."""
+    flags = guided_flags.flags_of(spec)
+    steps = flags.model["diffusion_steps"]
+    respacing = guided_flags.sampling_respacing(spec)
+    from guided_diffusion.respace import space_timesteps
+
+    try:
+        space_timesteps(steps, respacing)
+    except ValueError as exc:
+        raise SpecError(
+            f"--sampler {spec.sampler} --sampling-steps {spec.sampling_steps} is its "
+            f"--timestep_respacing {respacing}, which its {steps} diffusion steps refuse ({exc})."
+        ) from None
+    model = guided_flags.source_words(spec)
+    if flags.class_cond and classes is None:
+        raise SpecError(
+            f"{model} is class-conditional (--class_cond True): give the classes it samples, "
+            "--classes random (uniform, as its image_sample.py draws them) or class indices, "
+            "e.g. --classes 207,360."
+        )
+    if not flags.class_cond and classes is not None:
+        raise SpecError(f"--classes {classes}: {model} is not class-conditional.")
+    try:
+        guided_sampling.parse_classes(classes)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
 
 
 def build_sampling_parser() -> argparse.ArgumentParser:
@@ -234,14 +274,22 @@ def build_sampling_parser() -> argparse.ArgumentParser:
         "for frechet_digits; ddpm costs quality-samples x T UNet evaluations "
         "per spec (default %(default)s)",
     )
+    g.add_argument(
+        "--classes",
+        default=None,
+        help="--impl guided-diffusion's class-conditional models: the classes sampled, "
+        "random (uniform over its 1000, seeded) or indices joined by commas, cycled over "
+        "the batch (e.g. 207,360)",
+    )
     add_predict_only(parser)
     return parser
 
 
 def sampling_options(args: argparse.Namespace) -> dict:
-    """The checkpoint (an absolute path: workers may run elsewhere) and the quality sample count."""
+    """The checkpoint (an absolute path: workers may run elsewhere) and the quality sample
+    count; a guided-diffusion model's --classes."""
     if args.checkpoint is None:
-        return {}
+        return {} if args.classes is None else {"classes": args.classes}
     return {
         "checkpoint": str(Path(args.checkpoint).resolve()),
         "quality_samples": args.quality_samples,

@@ -212,14 +212,16 @@ class BenchSpec:
         help="exchange gradients after the last micro-batch or after every "
         "one: last, every (default %(default)s)",
     )
-    # bench.models.impl: "ddpm" (ours), "diffusers", "lucidrains" or "package.module:callable"
+    # bench.models.impl: "ddpm" (ours), "diffusers", "lucidrains", "guided-diffusion" or
+    # "package.module:callable"
     impl: str = axis(
         "ddpm",
         quiet=True,
         parse=lambda o, t, s: parse_impls(t),
         help="ddpm (ours), diffusers (UNet2DModel, at the same architecture or from "
         "--model-config), lucidrains (denoising-diffusion-pytorch's Unet, trained by its "
-        "GaussianDiffusion), or package.module:callable (your factory of a model called as "
+        "GaussianDiffusion), guided-diffusion (openai's UNet from its flags, trained as its "
+        "TrainLoop trains it), or package.module:callable (your factory of a model called as "
         "model(x_t, t)); optional dependencies (default %(default)s)",
     )
     # bench.model_config: the model's keyword arguments, from a JSON or TOML file
@@ -231,7 +233,9 @@ class BenchSpec:
         text=None,
         parse=lambda o, t, s: [parse_model_config(t)],
         help="a JSON or TOML file of the model's keyword arguments: UNetConfig fields for "
-        "--impl ddpm, the library's (or your factory's) for the others (default: none)",
+        "--impl ddpm, the library's (or your factory's) for the others; for guided-diffusion "
+        "also its README's flag text, or a named config (adm-imagenet-256, ...: bench/configs) "
+        "(default: none)",
     )
     # the card the prediction is for (bench.cards); "": the generic 8 GB sm86 card
     card: str = axis(
@@ -383,6 +387,13 @@ class BenchSpec:
         )
         if self.config_file and self.impl == "ddpm":
             return model_config.unet_config(self.config_file, PRESETS[self.preset], **after)
+        if self.impl == "guided-diffusion":  # only the images' shape: its flags are its UNet's
+            return UNetConfig(
+                image_size=self.image_size,
+                channel_mults=(1,),
+                attention_resolutions=(),
+                gradient_checkpointing=after["gradient_checkpointing"],
+            )
         return PRESETS[self.preset].replace(**after)
 
     def train_config(self, **settings) -> TrainConfig:

@@ -63,5 +63,17 @@ python -m bench.throughput --predict-only --card v100-32gb --batch 64 --precisio
 python -m bench.throughput --predict-only --card gtx1070,gtx1080,rtx2070,rtx2080,rtx2080ti,rtx3060,rtx3060ti,rtx3070,rtx3080,rtx3080ti,rtx3090,rtx4060,rtx4060ti,rtx4070,rtx4090,t4,v100-16gb,v100-32gb,a100-40gb --batch 128 --precision fp32,bf16 --out results
 python -m bench.sampling --predict-only --card rtx3070,rtx4060 --sampler ddpm,ddim --sampling-steps 50 --batch 64 --out results
 
+# openai's guided-diffusion models trained as its own code trains them (--impl guided-diffusion,
+# docs/impl.md), predicted. Against public reports first: improved-diffusion issue 3 with its
+# own flags (fp32, V100 16 GB: 4 fit, 8 do not), and the ADM paper's 128 px model at the batch
+# per V100 of its unfused code (4) and of its fused code (32), in its fp16 scheme.
+python -m bench.memory --predict-only --impl guided-diffusion --model-config iddpm-lsun-bedroom --precision fp32 --card v100-16gb --batch 4,8 --accum 1 --out results
+python -m bench.memory --predict-only --impl guided-diffusion --find-max-batch --model-config iddpm-lsun-bedroom --precision fp32 --card v100-16gb --accum 1 --out results
+python -m bench.memory --predict-only --impl guided-diffusion --model-config adm-imagenet-128 --precision fp16 --card v100-16gb,v100-32gb --batch 4,32 --accum 1 --out results
+python -m bench.memory --predict-only --impl guided-diffusion --find-max-batch --model-config adm-imagenet-128 --precision fp16 --card v100-16gb --accum 1 --out results
+# Fine-tuning the 256 px unconditional model at batch 1 on a 16 GB T4 and V100 and a 24 GB
+# card, fp32 and its fp16 scheme, checkpointing off and on.
+python -m bench.memory --predict-only --impl guided-diffusion --model-config adm-imagenet-256-uncond --precision fp32,fp16 --checkpointing off,on --batch 1 --accum 1 --card t4,v100-16gb,rtx4090 --out results
+
 # Plots from the CSVs (the .md files are already current).
 python -m bench.report --out results

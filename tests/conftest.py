@@ -1,7 +1,12 @@
-"""Fixtures every test module may use, and the --heavy option."""
+"""Fixtures every test module may use, the --heavy option, and the session's trace cache."""
+
+import os
+import shutil
+import tempfile
 
 import pytest
 
+from bench.predict.cache import CACHE_ENV
 from tests.helpers.cuda_standin import fake_cuda  # noqa: F401  (the strict torch.cuda/pynvml stand-in)
 
 
@@ -11,6 +16,17 @@ def pytest_addoption(parser):
         action="store_true",
         help="also run the tests marked heavy (a minute or more each on a 2-core CPU)",
     )
+
+
+def pytest_configure(config):
+    """Traces are cached for this session alone (bench.predict.cache), in a folder the commands
+    the tests start inherit: never the user's cache, whose entries a test would take for traces
+    of its own. Set before collection, as modules copy the environment when imported."""
+    config.trace_cache = os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="ddpm-bench-traces-")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "trace_cache", ""), ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

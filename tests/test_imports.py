@@ -121,6 +121,7 @@ COMMANDS = (
     "bench.sampling",
     "bench.profile",
     "bench.report",
+    "bench.plan",
     "bench.gpucheck",
     "bench.conftest",
 )
@@ -129,7 +130,10 @@ COMMANDS = (
 # top-level modules: a new module of bench/ has no layer until it is given one here.
 LAYERS = [
     ("commands", COMMANDS),
-    ("harnesses and the benchmark suite", ("bench.harnesses", "bench.suite")),
+    (
+        "harnesses, the planner and the benchmark suite",
+        ("bench.harnesses", "bench.planning", "bench.suite"),
+    ),
     ("the sweep", ("bench.sweep",)),
     ("passes", ("bench.passes",)),
     ("trackers, predictor and tables", ("bench.measure", "bench.predict", "bench.tables")),

@@ -5,7 +5,6 @@ command line bench/memory.py."""
 
 from __future__ import annotations
 
-import functools
 import gc
 
 import torch
@@ -16,7 +15,13 @@ from bench.figure import Figure
 from bench.measure import cuda
 from bench.measure.tracked import CATEGORIES
 from bench.passes.training import TIMED, fits_measured, timed_training
-from bench.predict.fit import CUDNN_ALLOWANCE_MIB, SEARCH_LIMITS, largest_batch, predict_fit
+from bench.predict.fit import (
+    CUDNN_ALLOWANCE_MIB,
+    SEARCH_LIMITS,
+    SpecFit,
+    largest_batch,
+    predict_fit,
+)
 from bench.predict.trace import step_peak
 from bench.spec import DEFAULT_BUDGET_MIB, BenchSpec, architecture_words, lever_words
 from ddpm import parallel
@@ -140,7 +145,7 @@ FIGURES = (
 
 def measure(spec: BenchSpec, context: RunContext | None = None) -> dict:
     if spec.find_max_batch:
-        return max_batch_row(spec)
+        return max_batch_row(spec, context)
     device = cuda.resolve(spec.device)
     target, context_mib = card(spec, device)
     # Pass 0, the answer first: the prediction, said before the long measured passes. Under
@@ -197,28 +202,31 @@ def _error_pct(predicted: float, measured: float) -> float:
     return 100.0 * (predicted - measured) / measured
 
 
-def max_batch_row(spec: BenchSpec) -> dict:
+def max_batch_row(spec: BenchSpec, context: RunContext | None = None) -> dict:
     """The row of --find-max-batch: the largest batch, where it came from, and its figures."""
     device = cuda.resolve(spec.device)
     target, context_mib = card(spec, device)
-    # Each batch is predicted once: the answer's row reuses its probe, one trace (2 s for
-    # ddpm-256 here) fewer than predicting it again (bench/PERF.md).
-    probes = functools.cache(lambda s: predict_fit(s, target, context_mib))
     if device.type == "cuda" and not spec.predict_only:
         source = "measured"
         best = largest_batch(spec, lambda s: fits_measured(s, device), source)
+        fitter = None
     else:
+        # Two traces answer every batch (bench.predict.fit.SpecFit); the answer is traced too.
         source = "predicted"
-        best = largest_batch(spec, lambda s: probes(s).fits, source)
+        fitter = SpecFit(spec, target, context_mib)
+        best = fitter.largest_batch()
+        if fitter.model.unpaired and context is not None:
+            context.say(f"Each batch traced: {fitter.model.unpaired}.")
     if best == 0:
         raise torch.OutOfMemoryError(f"not even batch 1 fits {spec.budget_mib:g} MiB")
     found = spec.replace(batch=best)
+    figures = fitter.at(best) if fitter else predict_fit(found, target, context_mib)
     return {
         "batch": best,
         "effective_batch": found.effective_batch,
         "budget_mib": spec.budget_mib,
         "max_batch_source": source,
-        **probes(found).figures(),
+        **figures.figures(),
     }
 
 

@@ -84,8 +84,11 @@ class TensorTracker(TorchDispatchMode):
         self._current = dict.fromkeys(CATEGORIES, 0)
         self._in_optimizer = False
         self.peak = MemoryPeak()
-        # ("alloc", key, bytes), ("free", key) and ("reset",) in program order.
+        # ("alloc", key, bytes), ("free", key) and ("reset",) in program order, and the op that
+        # made each allocation (its aten overload; "held" for what the tracker was handed).
         self.events: list[tuple] = []
+        self.origins: list[str] = []
+        self._origin = "held"
         self._hooks = []
         # Parameters whose .grad someone other than autograd may set: FSDP2 assigns each shard's
         # gradient after its reduce-scatter, in backward. So after a backward has run, these are
@@ -124,6 +127,7 @@ class TensorTracker(TorchDispatchMode):
             self._live[key] = (category, size, weakref.ref(st, lambda _, k=key: self._free(k)))
             self._current[category] += size
             self.events.append(("alloc", key, st.nbytes()))
+            self.origins.append(self._origin)
         total = sum(self._current.values())
         if total > self.peak.total:
             if self._after_backward:
@@ -208,7 +212,9 @@ class TensorTracker(TorchDispatchMode):
         if st.nbytes() == 0:
             self._parked[key] = device_type
         else:
+            self._origin = "resize_"
             self._add([(st, device_type)], self._category())
+            self._origin = "held"
 
     # -- hooks that name what a new storage is --------------------------------------------------
     def __enter__(self):
@@ -269,7 +275,9 @@ class TensorTracker(TorchDispatchMode):
         if self._paused:
             self.ignore(tree_leaves(out))
         else:
+            self._origin = str(func)
             self._add(storages(tree_leaves(out)), self._category())
+            self._origin = "held"
         return out
 
 

@@ -1,6 +1,7 @@
 """The implementations a spec can run (the `--impl` axis, bench.parsers.IMPLS), the registry: ours
 (`ddpm`), diffusers' UNet2DModel (bench.models.diffusers_unet), lucidrains'
-denoising-diffusion-pytorch Unet (bench.models.lucidrains_unet), or a user's factory
+denoising-diffusion-pytorch Unet (bench.models.lucidrains_unet), openai's guided-diffusion UNet
+(bench.models.guided_unet, trained by bench.models.guided_trainer), or a user's factory
 `package.module:callable` (bench.models.factory). Each is built here, trained with its own
 recipe, and checked before anything runs (`problem`)."""
 
@@ -10,7 +11,8 @@ import torch
 from torch import nn
 
 from bench import model_config
-from bench.models import diffusers_unet, factory, lucidrains_unet
+from bench.models import diffusers_unet, factory, guided_flags, lucidrains_unet
+from bench.parsers import SpecError
 from bench.spec import BenchSpec
 from ddpm.config import TrainConfig
 from ddpm.errors import first_line
@@ -28,6 +30,10 @@ def build_unet(spec: BenchSpec) -> nn.Module:
         return diffusers_unet.DiffusersUNet(config, path)
     if spec.impl == "lucidrains":
         return lucidrains_unet.LucidrainsUNet(config, path)
+    if spec.impl == guided_flags.NAME:
+        from bench.models.guided_unet import GuidedUNet
+
+        return GuidedUNet(spec)
     if is_factory(spec.impl):
         return factory.FactoryModel(spec.impl, path)
     return UNet(config)
@@ -43,9 +49,29 @@ def recipe(spec: BenchSpec, model: nn.Module, config: TrainConfig) -> dict:
     return {}
 
 
+def settle(spec: BenchSpec, image_size_given: bool, attention_given: bool) -> BenchSpec:
+    """The spec as its implementation builds it: guided-diffusion's image size and attention
+    come from its flags unless the command line gave them (SpecError: one line); every other
+    implementation's spec is as parsed."""
+    if spec.impl != guided_flags.NAME:
+        return spec
+    try:
+        return guided_flags.settle(spec, image_size_given, attention_given)
+    except model_config.ModelConfigError as exc:
+        raise SpecError(str(exc)) from None
+
+
 def problem(spec: BenchSpec) -> str | None:
     """Why this spec's model cannot run, in one line, or None: the library is missing, the
     config is rejected, the factory is unusable, or the output is not the input's shape."""
+    if spec.config_file and model_config.is_named(spec.config_file):
+        if spec.impl != guided_flags.NAME:
+            return (
+                f"--model-config {spec.config_file} is a named {guided_flags.NAME} config: "
+                f"give --impl {guided_flags.NAME} with it."
+            )
+    if spec.impl == guided_flags.NAME:
+        return guided_problem(spec)
     if spec.impl == "ddpm":
         try:
             spec.unet_config()  # --model-config's UNetConfig fields, checked as it reads them
@@ -64,6 +90,23 @@ def problem(spec: BenchSpec) -> str | None:
         return f"--impl diffusers cannot build this model: {reason}." if reason else None
     if spec.checkpointing == "on" and spec.impl != "diffusers":
         return f"--impl {spec.impl} has no gradient checkpointing here: give --checkpointing off."
+    return output_problem(spec)
+
+
+def guided_problem(spec: BenchSpec) -> str | None:
+    """What guided-diffusion's training code cannot run here: more than one rank (its DDP is
+    not modelled) and torch.compile (its loop runs eager); then its flags, and the forward."""
+    name = guided_flags.NAME
+    if not guided_flags.installed():
+        return guided_flags.missing()
+    if spec.parallel != "none" or spec.ranks > 1:
+        return f"--impl {name} runs one rank here (its DDP is not modelled): give --ranks 1."
+    if spec.compile != "off":
+        return f"--impl {name} trains eager, as its TrainLoop does: give --compile off."
+    try:
+        guided_flags.flags_of(spec)
+    except model_config.ModelConfigError as exc:
+        return str(exc)
     return output_problem(spec)
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.models.guided_flags import NAME as GUIDED
 from bench.models.impl import build_unet, recipe
 from bench.models.optimizers import build_optimizer
 from bench.spec import BenchSpec
@@ -62,6 +63,10 @@ def build_trainer(
     model = build_model(spec, compiled)
     if next(model.parameters()).device != torch.device(device):
         model.to(device)  # fake tensors (the memory prediction) are already in place: left as is
+    if spec.impl == GUIDED:  # its own TrainLoop's step; its schedule is its diffusion's
+        from bench.models.guided_trainer import GuidedTrainer
+
+        return GuidedTrainer(model, config, device, lr=settings.get("lr"))
     # Across ranks (a process group is up: torchrun's, or a fake one for the prediction).
     model = wrap(model, spec.parallel, torch.device(device), mesh)
     # Each implementation trains its own way: diffusers' example's optimizer and EMA,
@@ -106,6 +111,8 @@ def micro_batch_trainer(trainer: Trainer) -> Trainer:
     """A trainer of one micro-batch per optimizer step over the same model, optimizer and EMA:
     warming up (kernels, allocator, optimizer state, compilation) needs one forward, backward
     and optimizer step, not a whole accumulated step."""
+    if hasattr(trainer, "micro_batch_twin"):  # guided-diffusion's: its loss scale shared too
+        return trainer.micro_batch_twin()
     config = dataclasses.replace(trainer.config, accum_steps=1)
     return Trainer(
         trainer.model,
@@ -116,6 +123,15 @@ def micro_batch_trainer(trainer: Trainer) -> Trainer:
         ema=trainer.ema,
         objective=trainer.objective,
     )
+
+
+def traced_precision(spec: BenchSpec) -> str:
+    """The precision a fake-tensor trace runs a spec in. GradScaler's fp16 step reads values
+    fake tensors lack, so our recipes' fp16 is traced as bf16 (the same 2-byte autocast op
+    lists); guided-diffusion's fp16 is its own scheme, with no GradScaler, traced as itself."""
+    if spec.precision == "fp16" and spec.impl != GUIDED:
+        return "bf16"
+    return spec.precision
 
 
 def synthetic_images(spec: BenchSpec, count: int) -> torch.Tensor:

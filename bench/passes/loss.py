@@ -154,7 +154,8 @@ def train(spec: BenchSpec, context: RunContext, options: LossOptions | None = No
         spec, device, schedule=schedule, lr=opts.lr, lr_warmup_steps=opts.lr_warmup
     )
     val_images = data.validation()[: opts.val_images]
-    val_t, val_noise = validation_draws(val_images, schedule.timesteps, spec.seed)
+    # Over the trainer's own schedule (guided-diffusion's is its diffusion's, T of its flags).
+    val_t, val_noise = validation_draws(val_images, trainer.schedule.timesteps, spec.seed)
 
     def validate() -> float:
         return validation_loss(

@@ -13,13 +13,15 @@ import torch
 from bench.core import RunContext
 from bench.measure import cuda
 from bench.measure.timing import time_calls
+from bench.models import guided_sampling
+from bench.models.guided_flags import NAME as GUIDED
 from bench.models.workload import COMPILE_KWARGS, build_model
 from ddpm.checkpoint import (
     load_checkpoint,
     load_weights,
     schedule_from,
 )
-from ddpm.precision import apply_matmul_precision
+from ddpm.precision import Phase, apply_matmul_precision, phase
 from ddpm.sample import DDIMSampler, DDPMSampler, Sampler, Step, sample_loop, sample_progressive
 from ddpm.schedule import NoiseSchedule
 
@@ -41,16 +43,23 @@ def sampler_of(spec, schedule: NoiseSchedule) -> Sampler:
 
 
 def denoising_steps(
-    model: torch.nn.Module, schedule: NoiseSchedule, spec, device: torch.device
+    model: torch.nn.Module,
+    schedule: NoiseSchedule,
+    spec,
+    device: torch.device,
+    classes: list[int] | str | None = guided_sampling.RANDOM,
 ) -> Callable[[], Step]:
     """A function whose every call takes the next step of ddpm.cli.sample's loop and returns what
     the loop yields: (i, t, x_prev, x0_hat). Runs follow each other from one generator seeded
     with spec.seed: the call after a run's last step starts the next run from a fresh x_T, so
-    any number of steps can be timed."""
-    sampler = sampler_of(spec, schedule.to(device))
+    any number of steps can be timed. guided-diffusion's model runs its own loop instead, with
+    `classes` for a class-conditional one (bench.sampling's --classes; elsewhere random)."""
     c = model.config
     shape = (spec.batch, c.in_channels, c.image_size, c.image_size)
     generator = torch.Generator().manual_seed(spec.seed)
+    if spec.impl == GUIDED:  # its own loop, over its respaced diffusion
+        return guided_steps(model, spec, generator, device, classes)
+    sampler = sampler_of(spec, schedule.to(device))
     run = iter(())
 
     def step() -> Step:
@@ -66,10 +75,31 @@ def denoising_steps(
     return step
 
 
+def guided_steps(model, spec, generator: torch.Generator, device, classes) -> Callable[[], dict]:
+    """As denoising_steps, over guided-diffusion's own loop (bench.models.guided_sampling): each
+    call one step, in the denoise_step range, runs following each other."""
+    run = iter(())
+
+    def step() -> dict:
+        nonlocal run
+        with phase(Phase.DENOISE_STEP, device):
+            try:
+                return next(run)
+            except StopIteration:
+                run = guided_sampling.progressive(model, spec, generator, device, classes)
+                return next(run)
+
+    return step
+
+
 def timed_sampling(
-    model: torch.nn.Module, schedule: NoiseSchedule, spec, device: torch.device
+    model: torch.nn.Module,
+    schedule: NoiseSchedule,
+    spec,
+    device: torch.device,
+    classes: list[int] | str | None = guided_sampling.RANDOM,
 ) -> dict:
-    step = denoising_steps(model, schedule, spec, device)
+    step = denoising_steps(model, schedule, spec, device, classes)
     if device.type == "cuda":
         cuda.reset_peaks(device)
     timing = time_calls(step, spec.measure_steps, spec.warmup_steps, device)
@@ -118,7 +148,8 @@ def measured(spec, context: RunContext | None) -> dict:
     checkpoint = options.get("checkpoint")
     if checkpoint is None:
         model = build_model(spec).to(device)
-        return timed_sampling(model, default_schedule(), spec, device)
+        classes = guided_sampling.parse_classes(options.get("classes"))
+        return timed_sampling(model, default_schedule(), spec, device, classes)
 
     data = load_checkpoint(checkpoint)
     schedule = schedule_from(data)

@@ -1,5 +1,8 @@
-"""Does a spec fit a card, and with what headroom: the predicted step (bench.predict.trace) plus
-the workspaces and the CUDA context, against the budget; and the largest batch that fits."""
+"""Does a spec fit a card, and with what headroom: the predicted step (bench.predict.batches) plus
+the workspaces and the CUDA context, against the budget; and the largest batch that fits.
+
+SpecFit answers for every batch of a spec at once, from two traces (milliseconds a batch after
+them): the largest-batch search and any caller that weighs many batches (a planner) ask it."""
 
 from __future__ import annotations
 
@@ -7,7 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.cards import sm
-from bench.predict.trace import DEFAULT_TARGET, Prediction, predict
+from bench.predict.batches import PAIR_BATCHES, StepModel, step_model
+from bench.predict.stream import Prediction
+from bench.predict.trace import DEFAULT_TARGET
 from bench.spec import BenchSpec
 
 # Transient convolution workspaces are not traced. torch's cuDNN path tries the next algorithm
@@ -69,7 +74,49 @@ def predict_fit(
     predicted (bench.predict.trace), with `context_mib` for the CUDA context (default: the
     spec's allowance)."""
     context_mib = spec.context_mib if context_mib is None else context_mib
-    return Fit(predict(spec, target), context_mib, spec.budget_mib)
+    return Fit(step_model(spec, target).prediction(spec.batch), context_mib, spec.budget_mib)
+
+
+class SpecFit:
+    """Does `spec`, at any batch, fit a card of compute capability `target` within
+    spec.budget_mib, with `context_mib` for the CUDA context (default: the spec's allowance).
+
+    fitter = SpecFit(spec, target); fitter.at(64).fits, fitter.at(64).headroom_mib, ...: the
+    step is traced at two batches on first use (or read from the trace cache), and each batch is
+    then a replay of the caching allocator, milliseconds (bench.predict.batches)."""
+
+    def __init__(
+        self,
+        spec: BenchSpec,
+        target: tuple[int, int] = DEFAULT_TARGET,
+        context_mib: float | None = None,
+    ):
+        self.model: StepModel = step_model(spec, target, many=True)
+        self.context_mib = spec.context_mib if context_mib is None else context_mib
+        self.budget_mib = spec.budget_mib
+
+    def at(self, batch: int, alloc_conf: str | None = None) -> Fit:
+        """The fit at `batch` (the allocator configured by `alloc_conf`, default this
+        process's PYTORCH_CUDA_ALLOC_CONF)."""
+        return Fit(self.model.prediction(batch, alloc_conf), self.context_mib, self.budget_mib)
+
+    def largest_batch(self) -> int:
+        """The largest batch that fits, searched as largest() searches up to the predicted
+        limit. The answer is traced and checked against the lines it was read off; where they
+        differ, the search runs again with every batch traced (StepModel.verify)."""
+
+        def fits(n: int) -> bool:
+            # Batch 1 is off the lines (PAIR_BATCHES): as the search assumes memory grows with
+            # the batch, it fits where the next batch fits, and is traced only where that does not.
+            if n < PAIR_BATCHES[0] and self.at(PAIR_BATCHES[0]).fits:
+                return True
+            return self.at(n).fits
+
+        limit = SEARCH_LIMITS["predicted"]
+        best = largest(fits, limit)
+        if best and not self.model.verify(best):
+            best = largest(fits, limit)
+        return best
 
 
 def largest(fits: Callable[[int], bool], limit: int) -> int:

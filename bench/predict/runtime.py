@@ -28,7 +28,9 @@ from torch.utils.flop_counter import flop_registry
 
 from bench.cards import Card
 from bench.measure.flops import CPU_ATTENTION
-from bench.models.workload import build_model, build_trainer, synthetic_images
+from bench.models import guided_sampling
+from bench.models.guided_flags import NAME as GUIDED
+from bench.models.workload import build_model, build_trainer, synthetic_images, traced_precision
 from bench.predict.cuda_rules import CudaRules
 from bench.spec import BenchSpec
 from ddpm.sample import DDIMSampler, DDPMSampler, sample_progressive
@@ -163,7 +165,7 @@ class KernelRecorder(TorchDispatchMode):
 def train_step_kernels(spec: BenchSpec, card: Card) -> list[Kernel]:
     """The kernels of one steady-state optimizer step of `spec` (one rank: the exchange of
     gradients across ranks is not in it), traced under CUDA's rules for `card`."""
-    precision = "bf16" if spec.precision == "fp16" else spec.precision  # as the memory trace
+    precision = traced_precision(spec)  # as the memory trace
     schedule = NoiseSchedule.linear()  # built outside fake mode: its validation reads values
     recorder = KernelRecorder()
     with FakeTensorMode(allow_non_fake_inputs=True), CudaRules(card.capability), recorder:
@@ -202,7 +204,12 @@ def denoising_step_kernels(spec: BenchSpec, card: Card) -> list[Kernel]:
     recorder = KernelRecorder()
     with FakeTensorMode(allow_non_fake_inputs=True), CudaRules(card.capability), recorder:
         model = build_model(spec, compiled=False)
-        steps = sample_progressive(model, sampler, shape, device="cpu", precision=spec.precision)
+        if spec.impl == GUIDED:  # its own loop (classes do not change the work)
+            steps = guided_sampling.progressive(model, spec, torch.Generator(), "cpu", "random")
+        else:
+            steps = sample_progressive(
+                model, sampler, shape, device="cpu", precision=spec.precision
+            )
         with contextlib.closing(steps):
             next(steps)  # the first step: kernels warm, nothing recorded
             recorder.on = True

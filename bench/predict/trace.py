@@ -26,11 +26,11 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from bench import lifeline
 from bench.cards import DEFAULT_TARGET
 from bench.measure.tracked import MemoryPeak, TensorTracker
-from bench.models.workload import build_trainer, synthetic_images
-from bench.predict.allocator import cublas_workspace_bytes, parse_alloc_conf, replay
+from bench.models.workload import build_trainer, synthetic_images, traced_precision
 from bench.predict.cuda_rules import CudaRules
 from bench.predict.ranks import KeptStorages, answer_all_reduce, fake_tensor_ddp, rank_zero
-from bench.spec import MIB, BenchSpec
+from bench.predict.stream import AllocationStream, Prediction
+from bench.spec import BenchSpec
 from ddpm import parallel
 from ddpm.schedule import NoiseSchedule
 
@@ -47,20 +47,6 @@ class StepMemory:
     peak: MemoryPeak  # at the step's highest moment
     kept: MemoryPeak  # after it: what a rank keeps from step to step (weights, gradients,
     # optimizer state, EMA and, under DDP, its gradient buckets)
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One steady-state step on a CUDA card of compute capability `target`."""
-
-    tensors: MemoryPeak  # live tensors at the peak, each rounded to 512 B, by category
-    alloc_bytes: int  # the allocator's peak allocated: whole blocks, cuBLAS workspaces included
-    reserved_bytes: int  # its peak reserved: the segments it took from the driver
-    cublas_workspace_bytes: int  # both threads' workspaces together
-    target: tuple[int, int]
-
-    def mib(self, what: str) -> float:
-        return getattr(self, f"{what}_bytes") / MIB
 
 
 def traced_accum(spec: BenchSpec) -> int:
@@ -83,6 +69,17 @@ def _inputs(spec: BenchSpec, images: int, device: str) -> list[torch.Tensor]:
     ]
 
 
+def _held(trainer, spec: BenchSpec, images: int, device: str) -> list[torch.Tensor]:
+    """Stand-ins of the device copies of a step's inputs for `images` images: our Trainer copies
+    its whole share first; a trainer that copies one micro-batch at a time as it comes
+    (guided-diffusion's loop) says what it holds at once (`inputs_held`), and holds nothing of
+    micro-batches it has not reached."""
+    held = getattr(trainer, "inputs_held", None)
+    if held is None:
+        return _inputs(spec, images, device)
+    return held(device) if images == spec.batch * spec.accum else []
+
+
 def _trace(
     spec: BenchSpec, fake: bool, full_trace: bool = False, target: tuple[int, int] = DEFAULT_TARGET
 ) -> tuple[TensorTracker, MemoryPeak]:
@@ -91,10 +88,11 @@ def _trace(
     rank, rank 0's step (bench.predict.ranks).
 
     fake=True is the CUDA prediction: fake tensors, storages rounded to 512 B, CUDA's rules,
-    and fp16 traced as bf16 (the same 2-byte autocast lists; GradScaler's step needs real
-    values, and its own memory is a few scalars)."""
+    and our recipes' fp16 traced as bf16 (bench.models.workload.traced_precision: the same
+    2-byte autocast lists; GradScaler's step needs real values, and its own memory is a few
+    scalars)."""
     accum = spec.accum if full_trace else traced_accum(spec)
-    precision = "bf16" if fake and spec.precision == "fp16" else spec.precision
+    precision = traced_precision(spec) if fake else spec.precision
     schedule = NoiseSchedule.linear()  # built outside fake mode: its validation reads values
     device = "cpu" if fake else spec.device
     with rank_zero(spec, fake_tensors=fake) as mesh, contextlib.ExitStack() as stack:
@@ -141,10 +139,10 @@ def _trace(
                 tracker.hold(born.kept(), "gradients")
             tracker.reset_peak()
             if fake:
-                inputs = _inputs(spec, spec.batch * spec.accum, device)
+                inputs = _held(trainer, spec, spec.batch * spec.accum, device)
             else:
                 # Inputs of the untraced micro-batches: held for the whole step, never touched.
-                inputs = _inputs(spec, spec.batch * (spec.accum - accum), device)
+                inputs = _held(trainer, spec, spec.batch * (spec.accum - accum), device)
                 host = synthetic_images(spec, images)  # the trainer copies its share over
             trainer.step(host)
             del inputs, host
@@ -187,12 +185,19 @@ def step_peak(
 def predict(
     spec: BenchSpec, target: tuple[int, int] = DEFAULT_TARGET, alloc_conf: str | None = None
 ) -> Prediction:
-    """The step's allocations replayed through the caching allocator as PYTORCH_CUDA_ALLOC_CONF
-    (`alloc_conf`, default: this process's) configures it. cuBLAS keeps one workspace per
-    handle and stream, and handles are per thread: the forward runs on this thread and the
-    backward on autograd's device thread, so a step holds two, taken first and kept.
+    """The step traced at spec.batch and replayed through the caching allocator as
+    PYTORCH_CUDA_ALLOC_CONF (`alloc_conf`, default: this process's) configures it
+    (AllocationStream.predict). One trace, no cache: bench.predict.batches answers any batch of
+    a spec from two traces, kept on disk."""
+    return allocation_stream(spec, target).predict(target, alloc_conf)
 
-    In a rank of a real process group (under torchrun), a spec across ranks is predicted in a
+
+def allocation_stream(
+    spec: BenchSpec, target: tuple[int, int] = DEFAULT_TARGET
+) -> AllocationStream:
+    """The allocations and frees of a steady-state step at spec.batch, traced for `target`.
+
+    In a rank of a real process group (under torchrun), a spec across ranks is traced in a
     process of its own: its trace needs a fake group."""
     if spec.parallel != "none" and dist.is_initialized():
         spawn = multiprocessing.get_context("spawn")
@@ -201,20 +206,12 @@ def predict(
         with concurrent.futures.ProcessPoolExecutor(
             1, mp_context=spawn, initializer=lifeline.hold, initargs=((os.getpid(),),)
         ) as pool:
-            return pool.submit(_predict_in_child, spec, target, alloc_conf).result()
+            return pool.submit(_stream_in_child, spec, target).result()
     tracker, _ = _trace(spec, fake=True, target=target)
-    workspace = cublas_workspace_bytes(target)
-    conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") if alloc_conf is None else alloc_conf
-    events = [("alloc", f"cublas-{thread}", workspace) for thread in ("forward", "backward")]
-    allocator = replay(events + tracker.events, **parse_alloc_conf(conf))
-    return Prediction(
-        tracker.peak, allocator.peak_allocated, allocator.peak_reserved, 2 * workspace, target
-    )
+    return AllocationStream.of(tracker, spec.batch)
 
 
-def _predict_in_child(
-    spec: BenchSpec, target: tuple[int, int], alloc_conf: str | None
-) -> Prediction:
+def _stream_in_child(spec: BenchSpec, target: tuple[int, int]) -> AllocationStream:
     if os.environ.get(HANG_ENV):
         time.sleep(3600)
-    return predict(spec, target, alloc_conf)
+    return allocation_stream(spec, target)

@@ -5,6 +5,7 @@ pytest bench --benchmark-save=baseline      # ... saved under a name of yours
 pytest bench --bench-preset ddpm-cifar10 --bench-batch 1,2,4 --bench-device cuda
 pytest bench --benchmark-disable            # every benchmark once (the CI smoke test)
 pytest bench --bench-impl lucidrains --bench-model-config unet.toml   # the model you train
+pytest bench --bench-impl guided-diffusion --bench-model-config my.flags --bench-precision fp32,fp16
 torchrun --standalone --nproc-per-node 2 -m pytest bench --bench-parallel fsdp  # 2 ranks
 """
 
@@ -50,12 +51,14 @@ def pytest_addoption(parser):
     group.addoption(
         "--bench-impl",
         default="ddpm",
-        help="ddpm, diffusers, lucidrains or package.module:callable, as --impl (default ddpm)",
+        help="ddpm, diffusers, lucidrains, guided-diffusion or package.module:callable, as "
+        "--impl (default ddpm)",
     )
     group.addoption(
         "--bench-model-config",
         default=None,
-        help="a JSON or TOML file of the model's keyword arguments, as --model-config",
+        help="a JSON or TOML file of the model's keyword arguments (guided-diffusion: also its "
+        "flag text, or a named config), as --model-config",
     )
     group.addoption(
         "--bench-rounds",
@@ -88,11 +91,7 @@ def bench_specs(config):
         impls = parse_impls(config.getoption("--bench-impl"))
         if base.config_file and len(impls) > 1:
             raise SpecError("--bench-model-config holds one implementation's arguments.")
-        for name in impls:  # each built once on fake tensors: a bad factory is one line
-            reason = impl.problem(base.replace(impl=name))
-            if reason:
-                raise SpecError(reason)
-        return expand_grid(
+        specs = expand_grid(
             base,
             impl=impls,
             batch=parse_int_list("--bench-batch", config.getoption("--bench-batch")),
@@ -101,6 +100,13 @@ def bench_specs(config):
                 "--bench-precision", config.getoption("--bench-precision"), PRECISIONS
             ),
         )
+        # guided-diffusion's image size and attention are its flags' (no option gives them)
+        specs = [impl.settle(s, False, False) for s in specs]
+        for spec in {s.impl: s for s in specs}.values():  # each built once on fake tensors
+            reason = impl.problem(spec)
+            if reason:
+                raise SpecError(reason)
+        return specs
     except SpecError as exc:
         raise pytest.UsageError(str(exc)) from None
 

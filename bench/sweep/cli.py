@@ -202,6 +202,11 @@ def specs_from_args(args: argparse.Namespace) -> list[BenchSpec]:
     check_rank_axes(values, args)
     # Fastest-varying: implementations alternate in the sweep, so machine drift is shared.
     grid = expand_grid(base, **dict(sorted(values.items(), key=lambda item: item[0] == "impl")))
+    # An implementation whose model is its file's takes the image size and attention from it
+    # unless the command line gave them (guided-diffusion: bench.models.guided_flags.settle).
+    sized = getattr(args, "image_size", None) is not None
+    placed = getattr(args, "attention", "preset") != "preset"
+    grid = [impl.settle(s, sized, placed) for s in grid]
     check_impl(grid)
     check_levers(grid, getattr(args, "predict_only", False))
     grid = [s for s in grid if parallel_pair_ok(s)]
@@ -250,12 +255,21 @@ def check_levers(specs: list[BenchSpec], predict_only: bool) -> None:
     for a card takes any: the card's own rules decide there); an implementation that never
     calls torch's SDPA has no backend to choose."""
     for spec in specs:
+        if spec.impl == "guided-diffusion" and (spec.optimizer, spec.ema, spec.ema_dtype) != (
+            "adamw",
+            "device",
+            "fp32",
+        ):
+            raise SpecError(
+                "--impl guided-diffusion trains with its TrainLoop's own AdamW and EMA: give "
+                "--optimizer adamw --ema device --ema-dtype fp32 there."
+            )
         backend = spec.attention_backend
         if backend == "auto":
             continue
-        if spec.impl == "lucidrains" and not spec.config_file:
+        if spec.impl == "guided-diffusion" or (spec.impl == "lucidrains" and not spec.config_file):
             raise SpecError(
-                "--impl lucidrains computes attention with einsum, not torch's SDPA: "
+                f"--impl {spec.impl} computes attention with einsum, not torch's SDPA: "
                 "--attention-backend has nothing to choose there (give auto)."
             )
         if spec.device == "cpu" and backend not in CPU_BACKENDS and not predict_only:

@@ -1,7 +1,9 @@
 """How a spec runs: in this process (inline, for tests and debugging), in a fresh interpreter
-(the default: clean allocator peaks, and a crash or hang is contained), or as its ranks under
-torchrun (a spec across ranks). The sweep (bench.sweep.runner) calls run_inline or run_isolated
-per spec; both return {"status", "error", "figures"}."""
+(the default: clean allocator peaks, and a crash or hang is contained), as its ranks under
+torchrun (a spec across ranks), or, for a prediction alone on the CPU, in this process within its
+timeout (run_predicted: no interpreter to start, no torch to import again). The sweep
+(bench.sweep.runner) calls run_inline, run_predicted or run_isolated per spec; each returns
+{"status", "error", "figures"}."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +29,49 @@ from bench.sweep.worker import MESSAGES_FILE, PARENT_ENV, rank_result, run_spec
 def run_inline(harness: Harness, spec: BenchSpec, context: RunContext) -> dict:
     """The spec in this process: no isolation, so for tests and debugging (--inline)."""
     return run_spec(harness, spec, context)
+
+
+class _Timeout(BaseException):
+    """The timeout of a spec run in this process: not an Exception, so that no handler of the
+    spec's own takes it for the spec's failure."""
+
+
+_interrupted = False  # a spec in this process was stopped mid-way: its state is not trusted
+
+
+def predicts_here(spec: BenchSpec) -> bool:
+    """Whether the spec runs in this process (run_predicted): a prediction alone on the CPU
+    touches no device memory and starts nothing, so a fresh interpreter would only import torch
+    again. A user's factory (--impl package.module:callable) is code that may crash or hang
+    beyond a timeout's reach: it keeps its own process, as does any spec on a CUDA device (the
+    prediction measures the card's context there) and every spec after one stopped here."""
+    return (
+        spec.predict_only
+        and spec.device == "cpu"
+        and ":" not in spec.impl
+        and not _interrupted
+        and threading.current_thread() is threading.main_thread()  # where SIGALRM is handled
+    )
+
+
+def run_predicted(harness: Harness, spec: BenchSpec, context: RunContext, timeout_s: float) -> dict:
+    """The spec in this process, stopped at `timeout_s` (SIGALRM) with a timeout row, as
+    run_isolated would; a failure is its row (run_spec)."""
+    global _interrupted
+
+    def expire(_signum, _frame):
+        raise _Timeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        return run_spec(harness, spec, context)
+    except _Timeout:
+        _interrupted = True
+        return {"status": "timeout", "error": f"no result after {timeout_s:g} s", "figures": {}}
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _relay(messages: Path, shown: int, say: Callable[[str], None]) -> int:

@@ -28,7 +28,7 @@ from rich.text import Text
 from bench.core import Harness, RunContext, axes
 from bench.models.workload import parameter_count
 from bench.spec import BenchSpec
-from bench.sweep.launch import Launch, run_inline, run_isolated
+from bench.sweep.launch import Launch, predicts_here, run_inline, run_isolated, run_predicted
 from bench.tables.env import environment
 from bench.tables.markdown import base_command, environment_line, write_markdown
 from bench.tables.results import ResultsError, ResultsTable, rich_tables
@@ -108,6 +108,8 @@ def run_sweep(
                 result = (
                     run_inline(harness, spec, context)
                     if inline
+                    else run_predicted(harness, spec, context, timeout_s)
+                    if predicts_here(spec)
                     else run_isolated(
                         harness,
                         spec,

@@ -48,3 +48,40 @@ def test_an_unreadable_file_is_one_line(tmp_path):
     (tmp_path / "bad.toml").write_text("x = [")
     with pytest.raises(model_config.ModelConfigError, match="is not valid TOML"):
         model_config.load(str(tmp_path / "bad.toml"))
+
+
+def test_flag_text_reads_as_a_shell_passes_it_to_argparse(tmp_path):
+    path = tmp_path / "readme.txt"
+    path.write_text(
+        "# copied from a README\n"
+        'MODEL_FLAGS="--image_size 64 --num_channels 128"  # the model\n'
+        "--learn_sigma True \\\n  --dropout=0.1 --num_channels 192\n"
+    )
+    flags = model_config.load(str(path))
+    # Text as argparse receives it; a flag given twice keeps its last value.
+    assert flags == {
+        "image_size": "64",
+        "num_channels": "192",
+        "learn_sigma": "True",
+        "dropout": "0.1",
+    }
+    path.write_text("--image_size 64 --class_cond")
+    with pytest.raises(model_config.ModelConfigError, match="--class_cond has no value"):
+        model_config.load(str(path))
+    path.write_text("python scripts/image_train.py --image_size 64")
+    with pytest.raises(model_config.ModelConfigError, match="'python' is not a flag"):
+        model_config.load(str(path))
+
+
+def test_a_name_is_a_named_config_unless_a_file_has_it(tmp_path, monkeypatch):
+    import hashlib
+
+    shipped = model_config.named()["adm-imagenet-256"]
+    assert model_config.load("adm-imagenet-256")["image_size"] == "256"
+    digest = hashlib.sha256(shipped.read_bytes()).hexdigest()[:8]
+    assert model_config.tag("adm-imagenet-256") == "adm-imagenet-256" + digest
+    assert model_config.is_named("adm-imagenet-256")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "adm-imagenet-256").write_text('{"image_size": 64}')  # a file of that name wins
+    assert model_config.load("adm-imagenet-256") == {"image_size": 64}
+    assert not model_config.is_named("adm-imagenet-256")

@@ -24,6 +24,7 @@ from bench.predict.fit import predict_fit
 from bench.predict.trace import CUDA_BLOCK_BYTES, step_peak
 from bench.spec import BenchSpec
 from tests.helpers.memory_ranks_worker import TINY as TINY_RANKS
+from tests.helpers.steps import synthetic_steps
 
 TINY_PARAMS = 177_873  # tiny preset with attention at 8
 FP32 = 4
@@ -375,29 +376,41 @@ def cheap_fit(largest_fitting: int | None):
     return predicted
 
 
-def max_batch_verdict(monkeypatch, largest_fitting: int | None) -> tuple[dict, str]:
+@pytest.fixture
+def linear_step(monkeypatch):
+    """linear_step(per_image): from then on a step holds per_image bytes an image (and 1 MiB of
+    weights); returns the batches traced."""
+    return lambda per_image: synthetic_steps(monkeypatch, lambda n: per_image * n)
+
+
+def max_batch_verdict() -> tuple[dict, str]:
     from bench.sweep.runner import spec_row
 
-    monkeypatch.setattr(memory, "predict_fit", cheap_fit(largest_fitting))
     spec = tiny(accum=1, find_max_batch=True, predict_only=True, budget=102_400.0)
     row = {**spec_row(spec, "run"), "status": "ok", **memory.max_batch_row(spec)}
     return row, memory.verdict(row)
 
 
-def test_the_predicted_search_goes_past_65536(monkeypatch):
-    """The answer of tiny at 100 GiB lies near 80,000: past the measured limit, which the
-    predicted search once shared and reported as the answer."""
-    row, text = max_batch_verdict(monkeypatch, 80_123)
-    assert row["batch"] == 80_123 and row["max_batch_source"] == "predicted"
+def test_the_predicted_search_goes_past_65536(linear_step):
+    """1 MiB an image at 100 GiB: the answer lies past the measured limit, which the predicted
+    search once shared and reported as the answer. By hand: the cuBLAS workspaces (2 x 8.125
+    MiB) share a 20 MiB segment, the weights a 2 MiB small-pool one (they are exactly 1 MiB),
+    the batch's tensor takes its own n MiB (rounded to 2 MiB); with the cuDNN allowance (32)
+    and the context (426): 20 + 2 + 2 ceil(n / 2) + 458 <= 102,400 up to n = 101,920."""
+    linear_step(1 << 20)
+    row, text = max_batch_verdict()
+    assert row["batch"] == 101_920 and row["max_batch_source"] == "predicted"
+    assert row["predicted_reserved_mib"] == 20 + 2 + 101_920
     assert text.startswith("Largest batch that fits 100 GiB on a CUDA sm86 card at accum 1 (")
-    assert text.endswith("(fp32, attention 8, tiny at 16px): 80,123 (predicted).")
+    assert text.endswith("(fp32, attention 8, tiny at 16px): 101,920 (predicted).")
     assert "at least" not in text
 
 
-def test_a_search_that_reaches_its_limit_says_so(monkeypatch):
+def test_a_search_that_reaches_its_limit_says_so(linear_step):
     limit = fit.SEARCH_LIMITS["predicted"]
     assert limit == 1 << 24
-    row, text = max_batch_verdict(monkeypatch, None)
+    linear_step(0)
+    row, text = max_batch_verdict()
     assert row["batch"] == limit
     assert text.endswith(
         "(fp32, attention 8, tiny at 16px): at least 16,777,216 (predicted; the search stops at "
@@ -416,21 +429,14 @@ def test_a_measured_search_at_its_limit_says_so(fake_cuda, monkeypatch):
     assert text.endswith(": at least 65,536 (measured; the search stops at 65,536).")
 
 
-def test_the_predicted_search_predicts_each_batch_once(monkeypatch):
-    """The answer's row reuses its probe: as many traces as distinct batches probed, and the
-    same answer and figures as a search that predicts the answer again."""
-    probed = []
-    predicted = cheap_fit(300)
-    monkeypatch.setattr(
-        memory,
-        "predict_fit",
-        lambda spec, *args: probed.append(spec.batch) or predicted(spec, *args),
-    )
-    spec = tiny(accum=1, find_max_batch=True, predict_only=True)
-    row = memory.max_batch_row(spec)
-    assert row["batch"] == 300
-    assert row["fits"] is True
-    assert sorted(probed) == sorted(set(probed)) and 300 in probed and 301 in probed
+def test_the_predicted_search_traces_two_batches_and_its_answer(linear_step):
+    """One trace serves every batch: the search traces the two batches of the lines and its
+    answer (to check the lines there), whatever it probes; batch 1, whose step is not the
+    others', is taken to fit where batch 2 does."""
+    traced = linear_step(1 << 20)
+    row, _ = max_batch_verdict()
+    assert row["batch"] == 101_920 and row["fits"] is True
+    assert traced == [2, 3, 101_920]
 
 
 def test_a_measured_step_reports_its_micro_batches_on_stderr(tmp_path, monkeypatch, capsys):

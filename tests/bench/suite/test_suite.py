@@ -5,6 +5,7 @@ guard against a changed one."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -125,6 +126,22 @@ def test_the_suite_runs_lucidrains_and_refuses_an_unusable_factory_in_one_line(t
     bad = run_suite(tmp_path, "--benchmark-disable", "--bench-impl", "no_such_module_xyz:make")
     assert bad.returncode != 0
     assert "module 'no_such_module_xyz' does not import" in bad.stdout + bad.stderr
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("guided_diffusion") is None, reason="guided-diffusion missing"
+)
+def test_the_suite_runs_guided_diffusion_in_its_fp16_scheme(tmp_path):
+    from tests.helpers.guided import tiny_file
+
+    config = tiny_file(tmp_path)
+    args = ["--bench-impl", "guided-diffusion", "--bench-model-config", config]
+    run = run_suite(tmp_path, "--benchmark-disable", *args, "--bench-precision", "fp16")
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "2 passed" in run.stdout  # a training step and a denoising step
+    bad = run_suite(tmp_path, "--benchmark-disable", *args, "--bench-precision", "bf16")
+    assert bad.returncode != 0
+    assert "--precision bf16: guided-diffusion trains in fp32 or in its own fp16" in bad.stdout
 
 
 def benchmark_parser() -> Parser:

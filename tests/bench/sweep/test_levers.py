@@ -48,6 +48,10 @@ def test_sampling_takes_none_of_them(capsys):
             ["--attention-backend", "math", "--impl", "lucidrains"],
             "--impl lucidrains computes attention with einsum",
         ),
+        (
+            ["--optimizer", "adamw8bit", "--impl", "guided-diffusion"],
+            "--impl guided-diffusion trains with its TrainLoop's own AdamW and EMA",
+        ),
     ],
 )
 def test_bad_lever_values_are_one_line(argv, says, tmp_path, capsys):

@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from bench.parsers import SpecError
 from bench.passes.training import timed_training
+from bench.predict.cache import CACHE_ENV
 from bench.predict.trace import HANG_ENV
 from bench.spec import BenchSpec
 from bench.sweep.cli import check_launch
@@ -282,7 +283,8 @@ def test_no_process_outlives_a_timeout_while_rank_0_predicts(tmp_path):
             "--out",
             str(tmp_path),
         ],
-        env=ENV | {"DDPM_TEST_MARK": mark, HANG_ENV: "1"},
+        # No trace cache: the trace must run, in the child that hangs.
+        env=ENV | {"DDPM_TEST_MARK": mark, HANG_ENV: "1", CACHE_ENV: "off"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -1,0 +1,253 @@
+"""What a plan says: its options as rows (plan.csv, every option of every card, appended), the
+fastest few of each card as text (stdout) and as markdown (plan.md, rebuilt from plan.csv: the
+latest plan of each question)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import textwrap
+from pathlib import Path
+
+from bench.cards import card_words
+from bench.planning.levers import LEVERS
+from bench.planning.planner import Option
+from bench.tables.results import ResultsError, atomic_write, markdown_table
+
+COLUMNS = [
+    "run_id",
+    "timestamp",
+    "command",
+    "model",
+    "params",
+    "effective_batch",
+    "train_steps",
+    "card",
+    "rank",
+    "batch",
+    "accum",
+    *(lever.field for lever in LEVERS),
+    "fits",
+    "predicted_cuda_mib",
+    "budget_mib",
+    "headroom_mib",
+    "predicted_step_s",
+    "predicted_step_s_low",
+    "predicted_step_s_high",
+    "predicted_train_h",
+    "predicted_train_h_low",
+    "predicted_train_h_high",
+    "changes_loss",
+    "predicted_as",
+    "usd_per_hour",
+    "predicted_usd",
+]
+GIB = 1024  # MiB
+WIDTH = 80  # stdout's columns
+
+
+def rows(question: dict, card: str, ranked: list[Option], price: float | None) -> list[dict]:
+    """plan.csv's rows of one card: `question` holds the columns every row of the plan shares
+    (run_id .. train_steps)."""
+    found = []
+    for place, option in enumerate(ranked, 1):
+        hours = option.hours(question["train_steps"])
+        fit = option.fit
+        found.append(
+            {
+                **question,
+                "card": card,
+                "rank": place if hours else None,
+                "batch": option.spec.batch,
+                "accum": option.spec.accum,
+                **{lever.field: getattr(option.spec, lever.field) for lever in LEVERS},
+                "fits": fit.fits,
+                "predicted_cuda_mib": round(fit.cuda_mib, 1),
+                "budget_mib": round(fit.budget_mib, 1),
+                "headroom_mib": round(fit.headroom_mib, 1),
+                **_time_columns(option, hours),
+                "changes_loss": "; ".join(option.changes_loss),
+                "predicted_as": "; ".join(option.predicted_as),
+                "usd_per_hour": price,
+                "predicted_usd": round(hours[0] * price, 2) if hours and price else None,
+            }
+        )
+    return found
+
+
+def _time_columns(option: Option, hours) -> dict:
+    if hours is None:
+        return {}
+    step = option.time.astuple()
+    return {
+        "predicted_step_s": step[0],
+        "predicted_step_s_low": step[1],
+        "predicted_step_s_high": step[2],
+        "predicted_train_h": round(hours[0], 2),
+        "predicted_train_h_low": round(hours[1], 2),
+        "predicted_train_h_high": round(hours[2], 2),
+    }
+
+
+def append(path: Path, new: list[dict]) -> None:
+    """The rows at the end of plan.csv (its header first where it is new); ResultsError where
+    an existing file has other columns."""
+    if path.is_dir():
+        raise ResultsError(f"{path} is a folder where the plan writes a file; pass another --out.")
+    old = ""
+    if path.exists():
+        old = path.read_text()
+        header = next(csv.reader(io.StringIO(old)), [])
+        if header and header != COLUMNS:
+            raise ResultsError(
+                f"{path} has other columns than this version writes; move it aside or pass "
+                "another --out."
+            )
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=COLUMNS)
+    if not old:
+        writer.writeheader()
+    for row in new:
+        writer.writerow({c: "" if row.get(c) is None else row[c] for c in COLUMNS})
+    atomic_write(path, old + text.getvalue())
+
+
+def read(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _setting(row: dict) -> str:
+    """The levers of a row as words: fp32, bf16*, ckpt, compile (* changes the loss)."""
+    marked = set(filter(None, row["changes_loss"].split("; ")))
+    words = [row["precision"] + ("*" if f"precision {row['precision']}" in marked else "")]
+    if row["checkpointing"] == "on":
+        words.append("ckpt")
+    if row["compile"] != "off":
+        words.append(f"compile {row['compile']}")
+    return " ".join(words)
+
+
+def _hours(row: dict) -> str:
+    h = [float(row[f"predicted_train_h{s}"]) for s in ("", "_low", "_high")]
+    return f"{h[0]:,.1f} ({h[1]:,.1f}-{h[2]:,.1f})"
+
+
+def card_lines(card_rows: list[dict], top: int) -> list[str]:
+    """A card's fastest `top` options as text no wider than 80 columns, or what comes closest
+    where none fits."""
+    card = card_rows[0]["card"]
+    fitting = [r for r in card_rows if r["fits"] in (True, "True")]
+    head = f"{card_words(card)}: {len(fitting)} of {len(card_rows)} options fit"
+    if not fitting:
+        near = card_rows[0]
+        return [
+            f"{head}. Closest: {_shape(near)} {_setting(near)}, "
+            f"{float(near['predicted_cuda_mib']) / GIB:.2f} GiB, "
+            f"{-float(near['headroom_mib']) / GIB:.2f} GiB over."
+        ]
+    lines = [
+        head + "; the fastest:",
+        f"{'#':>3}  {'micro x accum':<13}  {'setting':<20} {'GiB':>5} {'free':>5} "
+        f"{'step s':>7}  hours to train",
+    ]
+    for r in fitting[:top]:
+        lines.append(
+            f"{r['rank']:>3}  {_shape(r):<13}  {_setting(r):<20} "
+            f"{float(r['predicted_cuda_mib']) / GIB:>5.2f} {float(r['headroom_mib']) / GIB:>5.2f} "
+            f"{float(r['predicted_step_s']):>7.3f}  {_hours(r)}"
+        )
+    return lines
+
+
+def _shape(row: dict) -> str:
+    return f"{row['batch']} x {row['accum']}"
+
+
+def summary(best: dict[str, dict]) -> list[str]:
+    """Across cards (each card's top row): which trains soonest and, where priced, cheapest."""
+    if len(best) < 2:
+        return []
+    soonest = min(best.values(), key=lambda r: float(r["predicted_train_h"]))
+    said = [
+        f"Soonest: {card_words(soonest['card'])}, {_hours(soonest)} h "
+        f"({_shape(soonest)}, {_setting(soonest)})."
+    ]
+    priced = [r for r in best.values() if r["predicted_usd"] not in ("", None)]
+    if priced:
+        cheapest = min(priced, key=lambda r: float(r["predicted_usd"]))
+        said.append(
+            f"Cheapest: {card_words(cheapest['card'])}, "
+            f"${float(cheapest['predicted_usd']):,.2f} at ${float(cheapest['usd_per_hour']):g}/h."
+        )
+    return said
+
+
+def question_words(row: dict) -> str:
+    return (
+        f"The plan for {row['model']} ({int(row['params']):,} parameters) at an effective "
+        f"batch of {row['effective_batch']}, {int(row['train_steps']):,} optimizer steps "
+        "(predicted, not measured):"
+    )
+
+
+NOTE = (
+    "GiB: predicted CUDA memory (caching allocator's reserved peak, cuDNN allowance and "
+    "context); free: the card's budget left. step s, hours: the time model's prediction and "
+    "its likely range. * changes the loss (16-bit autocast)."
+)
+
+
+def text(plan_rows: list[dict], top: int) -> list[str]:
+    """The plan as stdout says it."""
+    lines = [*textwrap.wrap(question_words(plan_rows[0]), WIDTH), ""]
+    best = {}
+    for card in dict.fromkeys(r["card"] for r in plan_rows):
+        card_rows = [r for r in plan_rows if r["card"] == card]
+        lines += card_lines(card_rows, top) + [""]
+        if card_rows[0]["fits"] in (True, "True"):
+            best[card] = card_rows[0]
+    said = summary(best) + [NOTE]
+    return lines + [wrapped for line in said for wrapped in textwrap.wrap(line, WIDTH)]
+
+
+def markdown(all_rows: list[dict], top: int) -> str:
+    """plan.md: the latest plan of each question (model, effective batch, steps, cards)."""
+    latest: dict[tuple, str] = {}
+    for r in all_rows:
+        question = (r["model"], r["effective_batch"], r["train_steps"])
+        latest[question] = r["run_id"]
+    parts = ["# Plans", "", NOTE, ""]
+    for run_id in dict.fromkeys(latest.values()):
+        plan_rows = [r for r in all_rows if r["run_id"] == run_id]
+        parts += [f"## {plan_rows[0]['model']} at {plan_rows[0]['effective_batch']}", ""]
+        parts += [question_words(plan_rows[0]), "", f"`{plan_rows[0]['command']}`", ""]
+        best = {}
+        for card in dict.fromkeys(r["card"] for r in plan_rows):
+            card_rows = [r for r in plan_rows if r["card"] == card]
+            fitting = [r for r in card_rows if r["fits"] in (True, "True")][:top]
+            parts.append(card_lines(card_rows, top)[0].split(";")[0] + ".")
+            parts.append("")
+            if fitting:
+                best[card] = fitting[0]
+                shown = [
+                    {
+                        "#": r["rank"],
+                        "micro x accum": _shape(r),
+                        "setting": _setting(r),
+                        "GiB": f"{float(r['predicted_cuda_mib']) / GIB:.2f}",
+                        "free GiB": f"{float(r['headroom_mib']) / GIB:.2f}",
+                        "step s": f"{float(r['predicted_step_s']):.3f}",
+                        "hours": _hours(r),
+                    }
+                    for r in fitting
+                ]
+                parts += [markdown_table(shown, list(shown[0])), ""]
+        parts += summary(best) + ([""] if len(best) > 1 else [])
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def write_markdown(folder: Path, top: int) -> Path:
+    path = folder / "plan.md"
+    atomic_write(path, markdown(read(folder / "plan.csv"), top))
+    return path

@@ -1,0 +1,79 @@
+"""python -m bench.plan as a user meets it: the answer on stdout, plan.csv and plan.md under
+--out, and each bad input one line with exit status 2 that leaves the folder as it was."""
+
+from __future__ import annotations
+
+import csv
+import re
+
+import pytest
+
+from bench import plan
+from tests.helpers.cli_checks import check_one_line_error, snapshot
+
+TINY = ["--preset", "tiny", "--image-size", "16", "--attention", "8"]
+
+
+def test_a_plan_over_two_cards_says_the_soonest_and_the_cheapest(tmp_path, capsys):
+    args = [*TINY, "--card", "t4,gtx1070", "--effective-batch", "4", "--levers", "split"]
+    rows = plan.main([*args, "--price", "t4=0.35,gtx1070=0.1", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    # Three splits of 4 on each card (4 x 1, 2 x 2, 1 x 4), all fitting a tiny model.
+    assert len(rows) == 6 and all(r["fits"] for r in rows)
+    assert "a T4 (sm75, 14.56 GiB): 3 of 3 options fit; the fastest:" in out
+    fastest = {
+        card: min((r for r in rows if r["card"] == card), key=lambda r: r["predicted_train_h"])
+        for card in ("t4", "gtx1070")
+    }
+    soonest = min(fastest.values(), key=lambda r: r["predicted_train_h"])
+    cheapest = min(fastest.values(), key=lambda r: r["predicted_usd"])
+    assert f"Soonest: {'a T4' if soonest['card'] == 't4' else 'a GTX 1070'}" in out
+    assert f"Cheapest: {'a T4' if cheapest['card'] == 't4' else 'a GTX 1070'}" in out
+    for r in rows:
+        assert r["predicted_usd"] == round(r["predicted_train_h"] * r["usd_per_hour"], 2)
+        assert r["rank"] in (1, 2, 3)
+    with (tmp_path / "plan.csv").open(newline="") as f:
+        assert len(list(csv.DictReader(f))) == 6
+    assert "## tiny at 16px at 4" in (tmp_path / "plan.md").read_text()
+    # A second plan appends: the CSV keeps both, the markdown the latest.
+    plan.main([*args, "--out", str(tmp_path)])
+    with (tmp_path / "plan.csv").open(newline="") as f:
+        assert len(list(csv.DictReader(f))) == 12
+
+
+BAD = {
+    "unknown card": (["--card", "rtx9090", "--effective-batch", "8"], "'rtx9090'"),
+    "no card": (["--card", "", "--effective-batch", "8"], "--card is empty"),
+    "no lever": (["--card", "t4", "--effective-batch", "8", "--levers", ","], "allows no lever"),
+    "unknown lever": (["--card", "t4", "--effective-batch", "8", "--levers", "ema"], "'ema'"),
+    "price of a card not asked": (
+        ["--card", "t4", "--effective-batch", "8", "--price", "rtx4090=0.7"],
+        "'rtx4090' is not a card asked",
+    ),
+    "a price that is not one": (
+        ["--card", "t4", "--effective-batch", "8", "--price", "t4=cheap"],
+        "USD per hour",
+    ),
+    "a zero batch": (["--card", "t4", "--effective-batch", "0"], "positive integer"),
+    "nothing fits": (
+        ["--card", "t4", "--effective-batch", "4", "--levers", "split", "--budget", "100MiB"],
+        "no option fits on t4; the nearest,",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_is_one_line_exit_2_and_nothing_is_touched(tmp_path, capsys, case):
+    args, says = BAD[case]
+    (tmp_path / "plan.csv").write_text("kept\n")
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        plan.main([*TINY, *args, "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    if case == "nothing fits":  # found after the options' progress lines: the error is last
+        *progress, err = err.strip().splitlines()
+        assert all(line.startswith("t4: ") for line in progress)
+    check_one_line_error(says, info.value.code, err, out)
+    if case == "nothing fits":
+        assert re.search(r"needs [\d,]+ MiB, [\d,]+ MiB over its 100\.$", err)
+    assert snapshot(tmp_path) == before
