@@ -26,6 +26,15 @@ from dataclasses import dataclass
 # RTX 4060: sm89, under the same rules in the prediction).
 DEFAULT_TARGET = (8, 6)
 
+# One PCIe lane's data rate each way, 1e9 bytes/s, by generation: 8, 16 and 32 GT/s with
+# 128b/130b encoding (PCI-SIG, PCI Express Base Specification 3.0, 4.0, 5.0).
+PCIE_LANE_GBS = {3: 8 * 128 / 130 / 8, 4: 16 * 128 / 130 / 8, 5: 32 * 128 / 130 / 8}
+# The links each card's datasheet gives: PCIe 3.0 x16 for Pascal, Turing and the V100/T4 hosts;
+# PCIe 4.0 x16 for Ampere and the RTX 4070/4090, x8 for the RTX 4060 and 4060 Ti; NVLink on the
+# SXM boards, 300 GB/s in all for the V100 (six links) and 600 for the A100 (twelve), half of it
+# each way.
+_GEN4 = (4, 16)
+
 # Where the peak and bandwidth figures come from, by generation.
 WHITEPAPERS = {
     6: "NVIDIA GeForce GTX 1080 whitepaper (Pascal GP104)",
@@ -50,6 +59,21 @@ class Card:
     fp32_tflops: float
     fp16_tflops: float | None  # dense tensor cores, FP32 accumulate; None: no tensor cores
     bandwidth_gbs: float  # DRAM, 1e9 bytes/s
+    pcie: tuple[int, int] = (3, 16)  # (generation, lanes) of its host link
+    nvlink_gbs: float | None = None  # NVLink, 1e9 bytes/s each way, on the SXM boards
+
+    @property
+    def link_gbs(self) -> float:
+        """The rate one direction of the card's link to its peers carries, 1e9 bytes/s:
+        NVLink where the card has it (SXM boards), else its PCIe slot (what GeForce cards
+        exchange over: an NVLink bridge joins two cards at most)."""
+        return self.nvlink_gbs or PCIE_LANE_GBS[self.pcie[0]] * self.pcie[1]
+
+    @property
+    def link(self) -> str:
+        if self.nvlink_gbs:
+            return f"NVLink {self.nvlink_gbs:g} GB/s"
+        return f"PCIe {self.pcie[0]}.0 x{self.pcie[1]}"
 
     @property
     def sm(self) -> int:
@@ -121,8 +145,30 @@ CARDS = {
             53.8,
             616,
         ),
-        Card("rtx3060", "GeForce RTX 3060 12 GB", (8, 6), 28, 11.75, _OOM, 12.7, 25.5, 360),
-        Card("rtx3060ti", "GeForce RTX 3060 Ti", (8, 6), 38, 7.78, _GA104, 16.2, 32.4, 448),
+        Card(
+            "rtx3060",
+            "GeForce RTX 3060 12 GB",
+            (8, 6),
+            28,
+            11.75,
+            _OOM,
+            12.7,
+            25.5,
+            360,
+            pcie=_GEN4,
+        ),
+        Card(
+            "rtx3060ti",
+            "GeForce RTX 3060 Ti",
+            (8, 6),
+            38,
+            7.78,
+            _GA104,
+            16.2,
+            32.4,
+            448,
+            pcie=_GEN4,
+        ),
         Card(
             "rtx3070",
             "GeForce RTX 3070",
@@ -133,6 +179,7 @@ CARDS = {
             20.3,
             40.6,
             448,
+            pcie=_GEN4,
         ),
         Card(
             "rtx3080",
@@ -144,6 +191,7 @@ CARDS = {
             29.8,
             59.5,
             760,
+            pcie=_GEN4,
         ),
         Card(
             "rtx3080ti",
@@ -155,6 +203,7 @@ CARDS = {
             34.1,
             68.2,
             912,
+            pcie=_GEN4,
         ),
         Card(
             "rtx3090",
@@ -166,9 +215,23 @@ CARDS = {
             35.6,
             71.2,
             936,
+            pcie=_GEN4,
         ),
-        Card("rtx4060", "GeForce RTX 4060", (8, 9), 24, 7.78, _ADA_8GB, 15.1, 30.2, 272),
-        Card("rtx4060ti", "GeForce RTX 4060 Ti 8 GB", (8, 9), 34, 7.78, _ADA_8GB, 22.1, 44.1, 288),
+        Card(
+            "rtx4060", "GeForce RTX 4060", (8, 9), 24, 7.78, _ADA_8GB, 15.1, 30.2, 272, pcie=(4, 8)
+        ),
+        Card(
+            "rtx4060ti",
+            "GeForce RTX 4060 Ti 8 GB",
+            (8, 9),
+            34,
+            7.78,
+            _ADA_8GB,
+            22.1,
+            44.1,
+            288,
+            pcie=(4, 8),
+        ),
         Card(
             "rtx4070",
             "GeForce RTX 4070",
@@ -180,6 +243,7 @@ CARDS = {
             29.1,
             58.3,
             504,
+            pcie=_GEN4,
         ),
         Card(
             "rtx4090",
@@ -191,6 +255,7 @@ CARDS = {
             82.6,
             165.2,
             1008,
+            pcie=_GEN4,
         ),
         Card(
             "t4",
@@ -204,7 +269,18 @@ CARDS = {
             65.0,
             320,
         ),
-        Card("v100-16gb", "Tesla V100 16 GB (SXM2)", (7, 0), 80, 15.78, _OOM, 15.7, 125.0, 900),
+        Card(
+            "v100-16gb",
+            "Tesla V100 16 GB (SXM2)",
+            (7, 0),
+            80,
+            15.78,
+            _OOM,
+            15.7,
+            125.0,
+            900,
+            nvlink_gbs=150.0,
+        ),
         Card(
             "v100-32gb",
             "Tesla V100 32 GB (SXM2)",
@@ -215,6 +291,7 @@ CARDS = {
             15.7,
             125.0,
             900,
+            nvlink_gbs=150.0,
         ),
         Card(
             "a100-40gb",
@@ -226,6 +303,8 @@ CARDS = {
             19.5,
             312.0,
             1555,
+            pcie=_GEN4,
+            nvlink_gbs=300.0,
         ),
     )
 }
@@ -271,6 +350,12 @@ def listing(width: int = 80) -> str:
         "--card sets. FP32 / FP16 TC: datasheet TFLOPS at boost clock (FP16 on tensor cores, "
         "dense, FP32 accumulate; - : no tensor cores). bf16: BF16 tensor cores (sm80 on). "
         "Peaks and bandwidth: " + "; ".join(WHITEPAPERS.values()) + ".",
+        "Links (the exchange of --ranks, each way): "
+        + "; ".join(
+            f"{link}: {', '.join(c.key for c in CARDS.values() if c.link == link)}"
+            for link in dict.fromkeys(c.link for c in CARDS.values())
+        )
+        + ".",
         "Capacity sources:",
     ]
     out = lines + [""] + [line for n in notes for line in textwrap.wrap(n, width)]

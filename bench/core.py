@@ -14,6 +14,7 @@ from bench import spec as spec_module
 from bench.figure import Figure
 from bench.spec import BenchSpec
 from ddpm import parallel
+from ddpm.errors import printable
 
 
 @dataclass(frozen=True)
@@ -30,10 +31,10 @@ class RunContext:
     def say(self, line: str) -> None:
         """A line for the user while the spec still runs (e.g. the predicted verdict)."""
         if self.messages is None:
-            print(line, file=sys.stderr, flush=True)
+            print(printable(line), file=sys.stderr, flush=True)
             return
         with open(self.messages, "a") as f:
-            f.write(line.replace("\n", " ") + "\n")
+            f.write(printable(line) + "\n")
 
 
 def rank_folder(folder: Path) -> Path:
@@ -89,6 +90,16 @@ class Harness:
         """Figure columns by their old names: a table written before a rename is read so."""
         return {old: f.name for f in self.figures for old in f.was}
 
+    @property
+    def signed_columns(self) -> list[str]:
+        """Number figures that may be negative: bench.report refuses any other that is."""
+        return [f.name for f in self.figures if f.signed]
+
+    @property
+    def unbounded_columns(self) -> list[str]:
+        """Number figures that may be NaN or infinite: bench.report refuses any other that is."""
+        return [f.name for f in self.figures if f.unbounded]
+
     def kinds(self) -> dict[str, type]:
         """Each figure column's kind: bench.report refuses a cell of another kind, so a damaged
         CSV is never rendered as a result."""
@@ -119,8 +130,9 @@ def quiet_axes() -> dict[str, object]:
     return {f.name: f.default for f in _axis_fields() if f.metadata["axis"] == "quiet"}
 
 
-# Figures of the spec itself, beside its axes: the model's size and the images of one step.
-DERIVED = {"params": "int64", "effective_batch": "int64"}
+# Figures of the spec itself, beside its axes: the model's size (as the spec's process counted
+# the model it built: empty when it built none) and the images of one step.
+DERIVED = {"params": "Int64", "effective_batch": "int64"}
 _TEXT = ("run_id", "timestamp", "spec_id")
 _STATUS = ("status", "error")
 

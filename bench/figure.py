@@ -31,6 +31,10 @@ class Figure:
     verdict: str = ""  # the rows whose verdict needs it (VERDICT_ROWS); "": none
     cuda: bool = False  # only a CUDA run (or NVIDIA's NVML) gives it: empty elsewhere, never 0
     was: tuple[str, ...] = ()  # the names it had in tables written before it was renamed
+    # A number that may be negative (a headroom, an error), or NaN or infinite (a diverged
+    # loss): bench.report refuses any other number that is, so a damaged CSV is not rendered.
+    signed: bool = False
+    unbounded: bool = False
 
     def __post_init__(self):
         if self.kind not in KINDS or self.source not in SOURCES:

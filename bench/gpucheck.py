@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 from pathlib import Path
 
 import torch
 
 from bench import memory, profile, throughput
+from bench.cards import caveats
 from bench.measure import cuda
 from bench.parsers import SpecError, parse_budget, parse_cards, parse_device
 from bench.tables.env import describe, environment
 from bench.tables.results import RUN_FOLDER, markdown_table
 from ddpm.cli.args import ArgumentParser
 from ddpm.cli.pipes import quiet_closed_pipes
+from ddpm.errors import printable
 
 MEMORY_STEPS = (
     ("main job", ["--batch", "2", "--accum", "64"]),
@@ -39,7 +42,17 @@ MEMORY_STEPS = (
 )
 # The measured step time beside the prediction for --card: a batch an 8 GB card holds.
 TIME_STEP = ["--batch", "32", "--precision", "fp32,bf16", "--steps", "5", "--warmup", "2"]
-TIME_COLUMNS = ["precision", "batch", "status", "step_s", "predicted_step_s", "step_error_pct"]
+TIME_COLUMNS = [
+    "precision",
+    "batch",
+    "status",
+    "step_s",
+    "predicted_step_s",
+    "predicted_step_s_low",
+    "predicted_step_s_high",
+    "step_error_pct",
+    "in_band",
+]
 COLUMNS = [
     "check",
     "batch",
@@ -106,6 +119,13 @@ def main(argv: list[str] | None = None) -> None:
 def run_checks(argv: list[str] | None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The numbers first, as every command checks them: nan or inf would pass every row ("within
+    # nan%"), a negative one fail every row.
+    if not 0 < args.tolerance < math.inf:
+        parser.error(
+            f"--tolerance {args.tolerance:g} is not allowed: give a positive, finite percentage, "
+            "e.g. 10."
+        )
     if not torch.cuda.is_available():
         parser.error(
             f"bench.gpucheck needs a CUDA GPU and torch sees none here (torch "
@@ -219,12 +239,16 @@ def verdicts(
 
 
 def with_step_error(rows: list[dict]) -> list[dict]:
-    """Each throughput row with step_error_pct = 100 x (predicted - measured) / measured."""
+    """Each throughput row with step_error_pct = 100 x (predicted - measured) / measured, and
+    in_band: whether the measured step lies in the prediction's likely range."""
     out = []
     for r in rows:
         r = dict(r)
         if r.get("step_s") and r.get("predicted_step_s") is not None:
             r["step_error_pct"] = 100.0 * (r["predicted_step_s"] - r["step_s"]) / r["step_s"]
+            if r.get("predicted_step_s_low") is not None:
+                low, high = r["predicted_step_s_low"], r["predicted_step_s_high"]
+                r["in_band"] = "yes" if low <= r["step_s"] <= high else "no"
         out.append(r)
     return out
 
@@ -235,12 +259,23 @@ def time_check(rows: list[dict], card: str) -> tuple[bool, str]:
     done = [r for r in rows if r.get("step_error_pct") is not None]
     words = "; ".join(
         f"{r['precision']} batch {r['batch']}: measured {r['step_s']:.4g} s, predicted "
-        f"{r['predicted_step_s']:.4g} s ({r['step_error_pct']:+.1f}%)"
+        f"{r['predicted_step_s']:.4g} s{_likely(r)} ({r['step_error_pct']:+.1f}%)"
+        + "".join(f" ({c})" for c in caveats(card, r["precision"], r.get("compile") or "off"))
         for r in done
     )
     return (
         bool(rows) and len(done) == len(rows),
         f"step time on this card beside the prediction for {card}: {words or 'no result'}",
+    )
+
+
+def _likely(row: dict) -> str:
+    if row.get("in_band") is None:
+        return ""
+    where = "inside" if row["in_band"] == "yes" else "outside"
+    return (
+        f", likely {row['predicted_step_s_low']:.4g}-{row['predicted_step_s_high']:.4g} s "
+        f"(measured {where} it)"
     )
 
 
@@ -266,7 +301,9 @@ def render(
     if timed:
         lines += [
             "Training steps timed on this card beside the predicted step time for --card "
-            "(bench.predict.runtime); step_error_pct = 100 x (predicted - measured) / measured.",
+            "(bench.predict.runtime) and its likely range (predicted_step_s_low to _high, "
+            "from the public runs' leave-one-out errors); step_error_pct = 100 x (predicted - "
+            "measured) / measured; in_band: the measured step inside that range.",
             "",
             markdown_table(timed, TIME_COLUMNS),
             "",
@@ -275,7 +312,8 @@ def render(
         f"## Checks (tolerance {tolerance:g}%)",
         "",
     ]
-    lines += [f"- {'PASS' if ok else 'FAIL'}: {sentence}" for ok, sentence in checks]
+    # A check's sentence quotes the specs' errors: shown literally (ddpm.errors.printable).
+    lines += [f"- {'PASS' if ok else 'FAIL'}: {printable(sentence)}" for ok, sentence in checks]
     return "\n".join(lines) + "\n"
 
 

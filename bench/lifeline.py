@@ -1,5 +1,6 @@
 """The one lifeline of every child process that must die with its parent: a spec's worker (its
-parent the sweep, or torchrun under it) and a rank's prediction process.
+parent the sweep, or torchrun under it), a rank's prediction process, and the check of a user's
+model (bench.sweep.check).
 
 A child killed outright leaves nothing to stop it: a sweep killed with SIGKILL cannot stop its
 worker, torchrun killed at a timeout cannot stop its ranks (each in a session of its own), and a

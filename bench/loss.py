@@ -28,7 +28,7 @@ from bench.harnesses.loss import HARNESS
 from bench.parsers import SpecError, parse_int_list
 from bench.passes.loss import LossOptions
 from bench.spec import BenchSpec, common_axes
-from bench.sweep.cli import build_parser, run_cli, specs_from_args
+from bench.sweep.cli import build_parser, refuse_unused, run_cli, specs_from_args
 from ddpm.data import DatasetError, load_dataset
 
 
@@ -37,6 +37,7 @@ def make_specs(args) -> list[BenchSpec]:
     anything runs or is written."""
     if args.find_max_batch:
         raise SpecError("--find-max-batch is not allowed here: it belongs to bench.memory.")
+    refuse_unused(args, "loss", ("card", "budget", "cuda_context_mib"))
     for option, value, minimum in (
         ("--last-k", args.last_k, 1),
         ("--val-images", args.val_images, 1),

@@ -13,8 +13,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import shlex
+import stat
 from pathlib import Path
 
 from ddpm.config import UNetConfig
@@ -33,6 +35,9 @@ NAMED_FOLDER = Path(__file__).parent / "configs"
 NAMED_SUFFIX = ".flags"
 # A shell assignment in flag text, MODEL_FLAGS="--image_size 64 ...": its value holds flags.
 _ASSIGNMENT = re.compile(r"[A-Za-z_]\w*=(.*)", re.DOTALL)
+# A model's keyword arguments take a few hundred bytes (diffusers' largest config.json, 2 KiB):
+# a file past this is not one, and reading on (/dev/zero) would end only when memory does.
+MAX_BYTES = 2**20
 
 
 class ModelConfigError(ValueError):
@@ -57,18 +62,49 @@ def is_named(path: str) -> bool:
     return resolve(path) != Path(path)
 
 
+def read(path: str) -> bytes:
+    """The file's bytes: a regular file of at most MAX_BYTES (a FIFO would block the read for
+    ever, a device or /proc file never end), else ModelConfigError."""
+    try:
+        # No blocking open: a FIFO without a writer would hang here before stat could tell.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ModelConfigError(f"--model-config {path}: cannot read it ({exc.strerror}).") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ModelConfigError(
+                f"--model-config {path} is not a regular file: give a JSON, TOML or flag-text file."
+            )
+        chunks: list[bytes] = []
+        while sum(map(len, chunks)) <= MAX_BYTES:
+            chunk = os.read(fd, MAX_BYTES + 1 - sum(map(len, chunks)))
+            if not chunk:
+                break
+            chunks.append(chunk)
+        data = b"".join(chunks)
+    except OSError as exc:
+        raise ModelConfigError(f"--model-config {path}: cannot read it ({exc.strerror}).") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_BYTES:
+        raise ModelConfigError(
+            f"--model-config {path} is larger than {MAX_BYTES // 2**20} MiB: a model's keyword "
+            "arguments take a few hundred bytes."
+        )
+    return data
+
+
 def load(path: str) -> dict:
     """The file's top-level table: TOML for a .toml name, JSON for a .json name or text that
     opens with "{", flag text otherwise (a named config is flag text)."""
     file = resolve(path)
     try:
-        text = file.read_bytes()
-    except OSError as exc:
-        is_name = not Path(path).suffix and "/" not in path
-        known = f"; the named configs are {', '.join(named())}" if is_name else ""
-        raise ModelConfigError(
-            f"--model-config {path}: cannot read it ({exc.strerror}){known}."
-        ) from None
+        text = read(str(file))
+    except ModelConfigError as exc:
+        if file == Path(path) and not Path(path).suffix and "/" not in path:
+            known = f"; the named configs are {', '.join(named())}."
+            raise ModelConfigError(str(exc).removesuffix(".") + known) from None
+        raise
     kind = _kind(file, text)
     try:
         if kind == "TOML":
@@ -77,10 +113,14 @@ def load(path: str) -> dict:
             data = json.loads(text)
         else:
             data = flag_text(text.decode(), path)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         if isinstance(exc, ModelConfigError):
             raise
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = (
+            "nested too deeply"
+            if isinstance(exc, RecursionError)
+            else (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        )
         raise ModelConfigError(f"--model-config {path} is not valid {kind}: {first}.") from None
     if not isinstance(data, dict):
         raise ModelConfigError(
@@ -141,10 +181,13 @@ def tag(path: str) -> str:
     """The file's stem and the first 8 hex digits of its bytes' SHA-256 ("missing" when it is
     gone: a table read back after the file was deleted still names its specs)."""
     try:
-        digest = hashlib.sha256(resolve(path).read_bytes()).hexdigest()[:8]
-    except OSError:
+        digest = hashlib.sha256(read(str(resolve(path)))).hexdigest()[:8]
+    except ModelConfigError:
         digest = "missing"
-    return f"{Path(path).stem}{digest}"
+    # The stem names spec ids and trace folders: what is not a word character, "." or "-" (a
+    # space, a slash's neighbour, a control character) becomes "_".
+    stem = re.sub(r"[^\w.-]", "_", Path(path).stem)
+    return f"{stem}{digest}"
 
 
 def unet_config(path: str, base: UNetConfig, **after) -> UNetConfig:

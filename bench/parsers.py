@@ -14,7 +14,7 @@ import torch
 
 from bench import model_config
 from bench.cards import CARDS
-from ddpm.config import PRESETS
+from ddpm.config import MAX_SIDE, PRESETS
 from ddpm.device import indexed_device
 
 # bench.models.impl: ours, diffusers' UNet2DModel, lucidrains' denoising-diffusion-pytorch Unet,
@@ -82,8 +82,13 @@ def parse_choices(option: str, text: str, allowed: tuple[str, ...]) -> list[str]
 def parse_attention(text: str, preset: str, image_size: int, spec=None) -> list[str]:
     """'none', 'preset' (the preset's own placement) or resolutions like 16 or 16+8, visited by
     the preset's levels or those of `spec`'s architecture axes, with heads that divide them."""
+    checked = spec is None or spec.preset_architecture  # another model places its own
     changes = spec.architecture() if spec else {}
-    config = PRESETS[preset].replace(**changes, image_size=image_size, attention_resolutions=())
+    config = (
+        PRESETS[preset].replace(**changes, image_size=image_size, attention_resolutions=())
+        if checked
+        else None
+    )
     model = preset + (
         f" with --channel-mults {spec.channel_mults}" if "channel_mults" in changes else ""
     )
@@ -98,20 +103,20 @@ def parse_attention(text: str, preset: str, image_size: int, spec=None) -> list[
                     f"--attention {item!r} is not allowed: use none, preset, or "
                     "resolutions joined by '+', e.g. 16 or 16+8."
                 )
-            visited = config.resolutions
-            for res in map(int, parts):
-                if res not in visited:
+            resolutions = sorted(map(int, parts), reverse=True)
+            for res in resolutions if config is not None else ():
+                if res not in config.resolutions:
                     raise SpecError(
                         f"--attention {res} is never visited by {model} at "
                         f"{image_size}px: choose from none, "
-                        f"{', '.join(map(str, visited))}."
+                        f"{', '.join(map(str, config.resolutions))}."
                     )
-            resolutions = sorted(map(int, parts), reverse=True)
             _once_each("--attention", item, resolutions)
-            try:
-                config.replace(attention_resolutions=tuple(resolutions))
-            except ValueError as exc:  # the levels are visited: what is left is the heads
-                raise SpecError(f"--heads {config.num_heads}: {exc}") from None
+            if config is not None:
+                try:
+                    config.replace(attention_resolutions=tuple(resolutions))
+                except ValueError as exc:  # the levels are visited: what is left is the heads
+                    raise SpecError(f"--heads {config.num_heads}: {exc}") from None
             item = "+".join(map(str, resolutions))
         values.append(item)
     return _once_each("--attention", text, values)
@@ -198,6 +203,12 @@ def parse_architecture(option: str, text: str, spec, name: str) -> list[str]:
     text = str(text).strip()
     if text == "preset":
         return [text]
+    if not spec.preset_architecture:
+        raise SpecError(
+            f"{option} {text}: the architecture axes shape the preset's UNet (--impl ddpm, or "
+            f"diffusers without --model-config); --impl {spec.impl} builds its own model "
+            f"(its shape: --model-config): leave {option} out."
+        )
     field, convert, example = ARCHITECTURE[name]
     if name == "channel_mults":
         text = ",".join(_items(option, text))  # no empty level; spaces dropped
@@ -226,6 +237,12 @@ def parse_image_size(value: int | None, preset: str, spec=None) -> int:
     """The side in pixels (None: the preset's), one the levels can halve: the preset's, or those
     of `spec`'s architecture axes."""
     size = PRESETS[preset].image_size if value is None else value
+    if spec is not None and not spec.preset_architecture:  # the model's own levels, checked
+        if not 1 <= size <= MAX_SIDE:  # by its forward on fake tensors (bench.models.impl)
+            raise SpecError(
+                f"--image-size {size} is not allowed: give a side from 1 to {MAX_SIDE:,} pixels."
+            )
+        return size
     try:
         # Attention is its own axis, checked by parse_attention against this size.
         PRESETS[preset].replace(

@@ -28,7 +28,7 @@ import sys
 from bench.harnesses.profile import HARNESS
 from bench.parsers import SpecError, parse_choices
 from bench.spec import BenchSpec
-from bench.sweep.cli import build_parser, run_cli, specs_from_args
+from bench.sweep.cli import build_parser, refuse_unused, run_cli, specs_from_args
 
 TARGETS = ("train", "sample")
 
@@ -42,6 +42,7 @@ def make_specs(args: argparse.Namespace) -> list[BenchSpec]:
         raise SpecError(
             "--find-max-batch searches a batch (python -m bench.memory); profiling takes --batch."
         )
+    refuse_unused(args, "profile", ("card", "budget", "cuda_context_mib"))
     for option, value, minimum in (
         ("--wait", args.wait, 0),
         ("--repeat", args.repeat, 1),

@@ -21,6 +21,7 @@ from bench.tables.markdown import render
 from bench.tables.results import RUN_FOLDER, ResultsError, atomic_write, results_folder
 from ddpm.cli.args import ArgumentParser
 from ddpm.cli.pipes import quiet_closed_pipes
+from ddpm.errors import printable
 
 # ----- the command line --------------------------------------------------------------------------
 
@@ -61,7 +62,10 @@ def chosen(parser: ArgumentParser, out: Path, names: str | None) -> list[Harness
             if path.stem in harnesses.names():
                 picked.append(harnesses.named(path.stem))
             else:
-                print(f"{path.name}: no harness named {path.stem}, skipped.", file=sys.stderr)
+                print(
+                    printable(f"{path.name}: no harness named {path.stem}, skipped."),
+                    file=sys.stderr,
+                )
         if not picked:
             parser.error(
                 f"--out {out} holds no harness CSV (memory.csv, throughput.csv, ...): "
@@ -117,7 +121,7 @@ def rebuild(argv: list[str] | None) -> None:
             atomic_write(out / f"{name}.md", text)
         except OSError as exc:
             parser.error(f"--out {out}: cannot write ({exc.strerror}).")
-        print(f"wrote {out / f'{name}.md'}")
+        print(printable(f"wrote {out / f'{name}.md'}"))
     if not args.no_plots:
         from bench.tables import plots  # matplotlib: only when plots are drawn
 
@@ -128,7 +132,7 @@ def rebuild(argv: list[str] | None) -> None:
         except OSError as exc:
             parser.error(f"--out {out / 'plots'}: cannot write ({exc.strerror}).")
         for line in lines:
-            print(line)
+            print(printable(line))
 
 
 if __name__ == "__main__":

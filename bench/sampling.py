@@ -37,11 +37,12 @@ from bench.parsers import (
     parse_preset,
 )
 from bench.passes.sampling import default_schedule
-from bench.spec import common_axes, group_axes
+from bench.spec import SAMPLERS, common_axes, group_axes, option_axes
 from bench.sweep.cli import (
     add_predict_only,
     build_parser,
     check_predict_only,
+    refuse_unused,
     run_cli,
     specs_from_args,
 )
@@ -56,6 +57,9 @@ from ddpm.config import PRESETS, UNetConfig
 from ddpm.errors import first_line
 from ddpm.schedule import NoiseSchedule
 from ddpm.unet import UNet
+
+# --sampling-steps' default text: with --sampler ddpm alone it is not the user's to refuse.
+DDIM_STEPS = next(f.metadata["option"].text for f in option_axes() if f.name == "sampling_steps")
 
 
 def sampling_axes() -> tuple[str, ...]:
@@ -146,6 +150,7 @@ def make_specs(args: argparse.Namespace) -> list:
             "--find-max-batch searches a training batch (python -m bench.memory); "
             "sampling takes --batch."
         )
+    refuse_unused(args, "sampling", ("budget", "cuda_context_mib"))
     if parse_int_list("--accum", args.accum) != [1]:
         raise SpecError(
             f"--accum {args.accum} is not allowed: sampling has no gradient "
@@ -157,6 +162,7 @@ def make_specs(args: argparse.Namespace) -> list:
             "for backward, and sampling has none; leave it off."
         )
     ddim_steps = parse_int_list("--sampling-steps", args.sampling_steps)
+    samplers = parse_choices("--sampler", args.sampler, SAMPLERS)
     if args.quality_samples < 2:
         raise SpecError(
             f"--quality-samples {args.quality_samples} is not allowed: a covariance "
@@ -170,6 +176,12 @@ def make_specs(args: argparse.Namespace) -> list:
         schedule = default_schedule()
         source = "the schedule"
     T = schedule.timesteps
+    if "ddim" not in samplers and args.sampling_steps != DDIM_STEPS:
+        raise SpecError(
+            f"--sampling-steps {args.sampling_steps} sets the steps of --sampler ddim; ddpm "
+            f"takes every one of {source}'s {T} timesteps: leave --sampling-steps out, or add "
+            "ddim."
+        )
     specs = []
     # The grid varies impl fastest, so implementations stay side by side as elsewhere.
     for spec in specs_from_args(args):

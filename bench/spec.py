@@ -352,6 +352,13 @@ class BenchSpec:
         return CARDS[self.card].capability if self.card else DEFAULT_TARGET
 
     @property
+    def preset_architecture(self) -> bool:
+        """The model is the preset's UNet (ours, or diffusers' built to it), which the
+        architecture, image-size and attention axes describe; any other model's shape is its
+        own (the library's, a factory's, a --model-config's)."""
+        return self.impl == "ddpm" or (self.impl == "diffusers" and not self.config_file)
+
+    @property
     def attention_resolutions(self) -> tuple[int, ...]:
         return () if self.attention == "none" else tuple(int(r) for r in self.attention.split("+"))
 
@@ -387,8 +394,12 @@ class BenchSpec:
         )
         if self.config_file and self.impl == "ddpm":
             return model_config.unet_config(self.config_file, PRESETS[self.preset], **after)
-        if self.impl == "guided-diffusion":  # only the images' shape: its flags are its UNet's
-            return UNetConfig(
+        if not self.preset_architecture:
+            # Another model takes from here only its input (the preset's channels at
+            # image_size; guided-diffusion's UNet takes RGB whatever the preset) and whether
+            # to checkpoint: no level of the preset's binds it.
+            base = UNetConfig() if self.impl == "guided-diffusion" else PRESETS[self.preset]
+            return base.replace(
                 image_size=self.image_size,
                 channel_mults=(1,),
                 attention_resolutions=(),

@@ -23,6 +23,7 @@ from bench.sweep.cli import (
     add_predict_only,
     build_parser,
     check_predict_only,
+    refuse_unused,
     run_cli,
     specs_from_args,
 )
@@ -30,18 +31,43 @@ from bench.sweep.cli import (
 
 def specs(args: argparse.Namespace) -> list[BenchSpec]:
     read_peaks(Path(args.out) / PEAK_CACHE)  # a damaged cache: one line before any spec runs
-    if args.train_steps < 1:
-        raise SpecError(f"--train-steps {args.train_steps} is not allowed: it must be >= 1.")
+    refuse_unused(args, "throughput", ("budget", "cuda_context_mib"))
+    if args.find_max_batch:  # the shared option, searched by bench.memory alone
+        raise SpecError(
+            "--find-max-batch searches the largest batch that fits the budget (python -m "
+            "bench.memory); bench.throughput times the batches --batch gives."
+        )
     grid = [s.replace(predict_only=args.predict_only) for s in specs_from_args(args)]
     check_predict_only(grid)
     return grid
+
+
+# A whole run's optimizer steps: the paper's is 800k, the longest published diffusion runs a few
+# million; past a thousand times the paper's, a number is a typo, not a plan.
+MAX_TRAIN_STEPS = 10**9
+
+
+def train_steps(text: str) -> int:
+    """--train-steps: a whole number from 1 to MAX_TRAIN_STEPS, written out or as 8e5; one
+    bound, whichever way it is written (1e30 and its 31 digits alike)."""
+    allowed = f"give a whole number of steps from 1 to {MAX_TRAIN_STEPS:,}, e.g. 800000 or 8e5"
+    try:
+        value = int(text)  # exact, however many digits
+    except ValueError:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number: {allowed}") from None
+    if not (1 <= value <= MAX_TRAIN_STEPS and value == int(value)):
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: {allowed}")
+    return int(value)
 
 
 def add_prediction_options(parser: argparse.ArgumentParser) -> None:
     add_predict_only(parser)
     parser.add_argument(
         "--train-steps",
-        type=int,
+        type=train_steps,
         default=PAPER_TRAIN_STEPS,
         help="optimizer steps of a whole training run, for predicted_train_h "
         "(default %(default)s: Ho et al. 2020's CIFAR-10 run)",

@@ -16,6 +16,7 @@ from ddpm.config import TrainConfig, UNetConfig
 from ddpm.ema import EMA
 from ddpm.errors import first_line
 from ddpm.schedule import NoiseSchedule
+from ddpm.state import load_model_state
 
 FORMAT = "ddpm-bench-checkpoint-v1"
 REQUIRED_KEYS = (
@@ -89,7 +90,11 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist.")
+        # A FIFO, a device or a folder is there but is no file to read (a FIFO would block).
+        there = path.exists()
+        raise CheckpointError(
+            f"checkpoint {path} " + ("is not a regular file." if there else "does not exist.")
+        )
     try:
         # weights_only: a checkpoint is data; never run code from a file on load.
         data = torch.load(path, map_location="cpu", weights_only=True)
@@ -152,5 +157,5 @@ def ema_from(data: dict, model: torch.nn.Module) -> EMA:
 def load_weights(model: torch.nn.Module, data: dict) -> None:
     """The checkpoint's EMA weights into `model`: the weights ddpm.cli.sample draws with by default.
     The raw weights are loaded first, so a checkpoint of another model fails on them by name."""
-    model.load_state_dict(data["model"])
+    load_model_state(model, data["model"])
     ema_from(data, model).copy_to(model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
@@ -18,8 +19,59 @@ ATTENTION_BACKENDS = ("auto", "flash", "efficient", "math")
 
 
 def _positive(name: str, value: int) -> None:
+    _integer(name, value)
     if value <= 0:
         raise ValueError(f"{name}={value!r} is not allowed: it must be a positive integer.")
+
+
+# Values come from JSON, TOML and checkpoints too, not only from typed Python: each field's type
+# is checked first, so a message names the field rather than an operator that failed on it.
+def _kind(value) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    return {str: "text", float: "a decimal number"}.get(type(value), f"a {type(value).__name__}")
+
+
+def _integer(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(
+            f"{name}={value!r} is not allowed: it must be an integer, not {_kind(value)}."
+        )
+
+
+def _number(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(
+            f"{name}={value!r} is not allowed: it must be a number, not {_kind(value)}."
+        )
+
+
+def _integers(name: str, value) -> None:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(
+            f"{name}={value!r} is not allowed: it must be a list of integers, not {_kind(value)}."
+        )
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ValueError(
+                f"{name}={value!r} is not allowed: it must be a list of integers, and "
+                f"{item!r} is {_kind(item)}."
+            )
+
+
+def _boolean(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} is not allowed: it must be true or false.")
+
+
+# Sizes past these build a model no card holds, or take minutes only to build: the largest
+# published diffusion UNets (ADM, Imagen) use 2 or 3 residual blocks per level, 7 levels at
+# most, at most 2,048 channels and sides up to 1,024. One 3x3 convolution at MAX_WIDTH channels
+# holds 9.7e9 weights, 36 GiB in fp32: more than any card bench.cards knows.
+MAX_WIDTH = 2**15  # channels of any layer: the input's, every level's, the time embedding's
+MAX_SIDE = 2**15  # the image side in pixels
+MAX_RES_BLOCKS = 64  # residual blocks per level
+MAX_LEVELS = 16  # entries of channel_mults
 
 
 @dataclass(frozen=True)
@@ -45,6 +97,10 @@ class UNetConfig:
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
+        _integers("channel_mults", self.channel_mults)
+        _integers("attention_resolutions", self.attention_resolutions)
+        _number("dropout", self.dropout)
+        _boolean("gradient_checkpointing", self.gradient_checkpointing)
         # Accept lists from callers (JSON, argparse) but store tuples so configs stay hashable.
         object.__setattr__(self, "channel_mults", tuple(self.channel_mults))
         object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
@@ -66,6 +122,7 @@ class UNetConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout!r} is not allowed: it must be in [0, 1).")
+        self._check_sizes()
         if self.time_embed_dim % 2 or self.time_embed_dim < 4:
             # Frequencies are spaced over half - 1 intervals: a width of 2 has none.
             raise ValueError(
@@ -103,6 +160,34 @@ class UNetConfig:
                 f"{self.level_channels[-1]} channels of the middle block."
             )
 
+    def _check_sizes(self) -> None:
+        """Refuse a model past the MAX_* bounds before anything builds it."""
+        widest = max(self.level_channels)
+        if widest > MAX_WIDTH:
+            raise ValueError(
+                f"base_channels={self.base_channels} x channel_mults {max(self.channel_mults)} "
+                f"= {widest:,} channels is not allowed: at most {MAX_WIDTH:,} per level "
+                "(one 3x3 convolution of that width already fits no card)."
+            )
+        limits = {
+            "image_size": MAX_SIDE,
+            "in_channels": MAX_WIDTH,
+            "num_res_blocks": MAX_RES_BLOCKS,
+            "time_embed_dim": MAX_WIDTH,
+            "time_hidden_dim": MAX_WIDTH,
+        }
+        for name, limit in limits.items():
+            if getattr(self, name) > limit:
+                raise ValueError(
+                    f"{name}={getattr(self, name)} is not allowed: at most {limit:,} "
+                    "(a model past that fits no card, or takes minutes only to build)."
+                )
+        if len(self.channel_mults) > MAX_LEVELS:
+            raise ValueError(
+                f"channel_mults has {len(self.channel_mults)} levels: at most {MAX_LEVELS} "
+                "are allowed."
+            )
+
     @property
     def level_channels(self) -> tuple[int, ...]:
         return tuple(self.base_channels * m for m in self.channel_mults)
@@ -138,6 +223,18 @@ class TrainConfig:
     attention_backend: str = "auto"  # ATTENTION_BACKENDS
 
     def __post_init__(self) -> None:
+        for name in ("lr", "weight_decay", "ema_decay"):
+            _number(name, getattr(self, name))
+        if self.grad_clip is not None:
+            _number("grad_clip", self.grad_clip)
+        numbers = isinstance(self.betas, (list, tuple)) and all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) for b in self.betas
+        )
+        if not numbers:
+            raise ValueError(f"betas={self.betas!r} is not allowed: two numbers in [0, 1).")
+        _integer("lr_warmup_steps", self.lr_warmup_steps)
+        _integer("seed", self.seed)
+        _boolean("ema_warmup", self.ema_warmup)
         object.__setattr__(self, "betas", tuple(self.betas))
         _positive("batch_size", self.batch_size)
         _positive("accum_steps", self.accum_steps)
@@ -146,9 +243,9 @@ class TrainConfig:
                 f"precision={self.precision!r} is not allowed: "
                 f"choose one of {', '.join(PRECISIONS)}."
             )
-        if not self.lr > 0:
+        if not 0 < self.lr < math.inf:
             raise ValueError(f"lr={self.lr!r} is not allowed: it must be positive.")
-        if self.weight_decay < 0:
+        if not 0 <= self.weight_decay < math.inf:
             raise ValueError(f"weight_decay={self.weight_decay!r} is not allowed: it must be >= 0.")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas={self.betas!r} is not allowed: two numbers in [0, 1).")
@@ -156,7 +253,7 @@ class TrainConfig:
             raise ValueError(
                 f"lr_warmup_steps={self.lr_warmup_steps} is not allowed: it must be >= 0."
             )
-        if self.grad_clip is not None and not self.grad_clip > 0:
+        if self.grad_clip is not None and not 0 < self.grad_clip < math.inf:
             raise ValueError(
                 f"grad_clip={self.grad_clip!r} is not allowed: positive, or None for no clipping."
             )

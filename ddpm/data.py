@@ -117,6 +117,12 @@ def load_dataset(
             raise ValueError(f"{label} must be a positive integer, got {value!r}.")
     if name != "synthetic" and channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3 for {name} images, got {channels}.")
+    if name in ("mnist", "cifar10", "folder") and Path(root).exists() and not Path(root).is_dir():
+        # Said as it is: "not found" would send the user looking for a folder that is a file.
+        raise DatasetError(
+            f"--data-root {root} is a file, not a folder: point it at the folder that holds "
+            + ("the images." if name == "folder" else f"{name} (or where --download puts it).")
+        )
 
     if name == "synthetic":
         # Standard normal and not clamped: it exists to measure speed and memory, not to learn.

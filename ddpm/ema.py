@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ddpm.parallel import local_shards
+from ddpm.state import mismatch
 
 
 class EMA:
@@ -132,18 +133,12 @@ class EMA:
             ("params", self.param_names, self.params),
             ("buffers", self.buffer_names, self.buffers),
         ):
-            given = state[kind]
-            if list(given) != names:
+            problem = mismatch(state[kind], dict(zip(names, tensors, strict=True)))
+            if problem:
                 raise ValueError(
-                    f"EMA state dict {kind} are {list(given)}, expected {names} "
-                    f"(a checkpoint from a different model?)."
+                    f"EMA state dict {kind} do not fit the model: {problem} (a checkpoint from "
+                    "a different model?)."
                 )
-            for name, dst in zip(names, tensors, strict=True):
-                if tuple(given[name].shape) != tuple(dst.shape):
-                    raise ValueError(
-                        f"EMA state dict {kind} {name!r} has shape {tuple(given[name].shape)}, "
-                        f"expected {tuple(dst.shape)}."
-                    )
         for kind, names, tensors in (
             ("params", self.param_names, self.params),
             ("buffers", self.buffer_names, self.buffers),

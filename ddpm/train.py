@@ -30,6 +30,7 @@ from ddpm.errors import first_line
 from ddpm.objective import Objective, l_simple
 from ddpm.precision import Phase, apply_matmul_precision, autocast, phase
 from ddpm.schedule import NoiseSchedule
+from ddpm.state import load_model_state
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,7 @@ class Trainer:
             )
         try:
             if self.group is None:
-                self.model.load_state_dict(data["model"])
+                load_model_state(self.model, data["model"])
                 self.ema.load_state_dict(data["ema"])
                 self.optimizer.load_state_dict(data["optimizer"])
             else:

@@ -54,14 +54,22 @@ python -m bench.memory --predict-only --preset ddpm-256 --batch 2 --accum 64 --p
 python -m bench.memory --predict-only --preset ddpm-256 --find-max-batch --accum 1 --precision fp32 --card gtx1070,gtx1080,rtx2070,rtx2080,rtx2080ti,rtx3060,rtx3060ti,rtx3070,rtx3080,rtx3080ti,rtx3090,rtx4060,rtx4060ti,rtx4070,rtx4090,t4,v100-16gb,v100-32gb,a100-40gb --out results
 python -m bench.memory --predict-only --preset ddpm-256 --find-max-batch --accum 1 --precision bf16 --card gtx1070,gtx1080,rtx2070,rtx2080,rtx2080ti,rtx3060,rtx3060ti,rtx3070,rtx3080,rtx3080ti,rtx3090,rtx4060,rtx4060ti,rtx4070,rtx4090,t4,v100-16gb,v100-32gb,a100-40gb --out results
 
-# Time on a card, predicted (docs/throughput.md): the public measurements it is held to, then
-# the CIFAR-10 model's training step on every card, and sampling on two 8 GB cards.
+# Time on a card, predicted (docs/throughput.md): the step-time model fitted to the public runs
+# (results/public_runs.md; it rewrites bench/predict/time_constants.json, which every prediction
+# below reads: the same file when the code is unchanged; --measure-host would measure the host's
+# dispatch cost on this machine first), the harness's rows for the public runs' cards, the
+# CIFAR-10 model's training step on every card, and sampling on two 8 GB cards and on the RTX
+# 2080 Ti of a published sampling time (docs/sampling.md).
+python -m bench.predict.calibrate --out results
 python -m bench.throughput --predict-only --card v100-32gb --batch 128 --precision fp32 --train-steps 400000 --out results
 python -m bench.throughput --predict-only --card rtx4090 --batch 128 --precision fp32 --train-steps 400000 --out results
 python -m bench.throughput --predict-only --card rtx3080ti --batch 128 --precision fp32,fp16 --train-steps 196000 --out results
 python -m bench.throughput --predict-only --card v100-32gb --batch 64 --precision fp32 --train-steps 390625 --out results
 python -m bench.throughput --predict-only --card gtx1070,gtx1080,rtx2070,rtx2080,rtx2080ti,rtx3060,rtx3060ti,rtx3070,rtx3080,rtx3080ti,rtx3090,rtx4060,rtx4060ti,rtx4070,rtx4090,t4,v100-16gb,v100-32gb,a100-40gb --batch 128 --precision fp32,bf16 --out results
 python -m bench.sampling --predict-only --card rtx3070,rtx4060 --sampler ddpm,ddim --sampling-steps 50 --batch 64 --out results
+python -m bench.sampling --predict-only --card rtx2080ti --sampler ddpm --batch 128 --precision fp32 --out results
+# The memory of torchcfm's V100 run of the same public thread (15,424 MiB on nvidia-smi).
+python -m bench.memory --predict-only --card v100-32gb --heads 4 --batch 128 --accum 1 --precision fp32 --out results
 
 # openai's guided-diffusion models trained as its own code trains them (--impl guided-diffusion,
 # docs/impl.md), predicted. Against public reports first: improved-diffusion issue 3 with its

@@ -21,9 +21,10 @@ FIGURES = (
     Figure("threads", "", source="setting"),
     Figure("lr_warmup", "", source="setting"),
     Figure("steps_done", "", shown=True),
-    Figure("final_loss", "", shown=True),
-    Figure("val_loss", "", shown=True),
-    Figure("val_loss_start", "", shown=True),
+    # NaN or infinite where the run diverged.
+    Figure("final_loss", "", shown=True, unbounded=True),
+    Figure("val_loss", "", shown=True, unbounded=True),
+    Figure("val_loss_start", "", shown=True, unbounded=True),
     Figure("skipped_steps", "", shown=True),
     Figure("diverged", "", bool, shown=True),
     Figure("diverged_step", ""),

@@ -134,10 +134,10 @@ FIGURES = (
     Figure("predicted_cuda_mib", "MiB", shown=True, source="predicted", verdict="every row"),
     Figure("budget_mib", "MiB", shown=True, source="predicted", verdict="every row"),
     Figure("fits", "", bool, shown=True, source="predicted", verdict="every row"),
-    Figure("headroom_mib", "MiB", shown=True, source="predicted", verdict="every row"),
+    Figure("headroom_mib", "MiB", shown=True, source="predicted", verdict="every row", signed=True),
     # The prediction's error where the card measured the same step
-    Figure("alloc_error_pct", "%", cuda=True),
-    Figure("reserved_error_pct", "%", shown=True, cuda=True),
+    Figure("alloc_error_pct", "%", cuda=True, signed=True),
+    Figure("reserved_error_pct", "%", shown=True, cuda=True, signed=True),
     # --find-max-batch: where the row's batch comes from, measured or predicted
     Figure("max_batch_source", "", str, source="setting", shown=True),
 )

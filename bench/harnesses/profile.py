@@ -18,7 +18,8 @@ FIGURES = (
     Figure("profiled_steps", "", shown=True, verdict="measured rows"),
     Figure("step_ms", "ms", shown=True, verdict="measured rows"),
     *(Figure(f"phase_{p}_pct", "%", shown=True) for p in PHASES),
-    Figure("other_pct", "%", shown=True, verdict="measured rows"),
+    # Negative where the phases' ranges, timed apart, sum past the step.
+    Figure("other_pct", "%", shown=True, verdict="measured rows", signed=True),
     Figure("peak_memory_mib", "MiB", shown=True, verdict="measured rows"),
     Figure("peak_alloc_mib", "MiB", shown=True, cuda=True),
     Figure("trace_dir", "", str, verdict="measured rows"),

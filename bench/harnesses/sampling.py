@@ -4,6 +4,7 @@ bench/sampling.py."""
 
 from __future__ import annotations
 
+from bench import cards
 from bench.cards import CARDS
 from bench.core import Harness, RunContext
 from bench.figure import Figure
@@ -43,6 +44,10 @@ FIGURES = (
     Figure(
         "predicted_img_per_s", "img/s", source="predicted", shown=True, verdict="predicted rows"
     ),
+    # The full run's likely range (the public training runs' leave-one-out band); the verdict
+    # reads it only where a row has it: rows written before it have none.
+    Figure("predicted_full_run_s_low", "s", source="predicted", shown=True),
+    Figure("predicted_full_run_s_high", "s", source="predicted", shown=True),
 )
 
 
@@ -53,12 +58,19 @@ def verdict(row: dict) -> str | None:
     if row.get("impl", "ddpm") != "ddpm":
         name = f"{name} ({row['impl']} UNet)"
     v = {k: format_value(row.get(k)) for k in row}
+    # What the card does not run as predicted (bench.cards), as bench.memory's verdict says it.
+    caveats = "".join(
+        f" {c}." for c in cards.caveats(row.get("card") or "", row["precision"], row["compile"])
+    )
     if HARNESS.predict_only(row):
+        likely = ""
+        if row.get("predicted_full_run_s_low") is not None:
+            likely = f", likely {v['predicted_full_run_s_low']}-{v['predicted_full_run_s_high']} s"
         return (
             f"{name} {row['sampling_steps']} steps, batch {row['batch']}, {row['precision']} "
             f"on {CARDS[row['card']].name}: PREDICTED {v['predicted_step_s']} s per denoising "
-            f"step, a full run {v['predicted_full_run_s']} s, {v['predicted_img_per_s']} "
-            "images/s (nothing measured)."
+            f"step, a full run {v['predicted_full_run_s']} s{likely}, "
+            f"{v['predicted_img_per_s']} images/s (nothing measured).{caveats}"
         )
     text = (
         f"{name} {row['sampling_steps']} steps, batch {row['batch']}, {row['precision']}, "
@@ -72,6 +84,11 @@ def verdict(row: dict) -> str | None:
             f" Frechet distance to real digits over {row['quality_samples']} samples: "
             f"{v['frechet_digits']} (as many real held-out digits: "
             f"{v['frechet_digits_real']})."
+        )
+    if row.get("predicted_step_s") is not None:
+        text += (
+            f" PREDICTED on {CARDS[row['card']].name}: {v['predicted_step_s']} s per denoising "
+            f"step.{caveats}"
         )
     return text
 
@@ -109,9 +126,11 @@ HARNESS = Harness(
         "eager and after the timed one; it writes a grid per spec under "
         "<out>/sampling/<run_id>/.",
         "PREDICTED, not measured (with --card; --predict-only: these alone): "
-        "predicted_step_s for one denoising step on that card, a roofline over the step's "
-        "traced aten ops (bench.predict.runtime); predicted_full_run_s = predicted_step_s x "
-        "sampling_steps; predicted_img_per_s = batch / predicted_full_run_s, finished images "
+        "predicted_step_s for one denoising step on that card, the step-time model over the "
+        "step's traced kernels (bench.predict.runtime, docs/throughput.md); "
+        "predicted_full_run_s = predicted_step_s x sampling_steps, likely between "
+        "predicted_full_run_s_low and _high (the public training runs' leave-one-out "
+        "error range); predicted_img_per_s = batch / predicted_full_run_s, finished images "
         "per second of complete runs.",
     ],
     verdict=verdict,

@@ -4,6 +4,7 @@ are bench/passes/training.py and bench/passes/peak.py, the command line bench/th
 
 from __future__ import annotations
 
+from bench import cards
 from bench.cards import CARDS
 from bench.core import Harness, RunContext
 from bench.figure import Figure
@@ -14,6 +15,7 @@ from bench.passes.training import CUDA_NOTE, TIMED, communication, timed_trainin
 from bench.predict.runtime import PAPER_TRAIN_STEPS, training_figures
 from bench.spec import BenchSpec
 from bench.tables.ratios import impl_ratios, rank_scaling
+from bench.tables.results import format_value
 
 FIGURES = (
     TIMED["step_s"].show(),
@@ -42,11 +44,20 @@ FIGURES = (
     Figure("comm_share_pct", "%", shown=True),
     Figure("collectives", "", str, shown=True),
     # The time prediction for the row's --card (bench.predict.runtime); never a measurement.
-    Figure("predicted_step_s", "s", source="predicted", shown=True),
-    Figure("predicted_img_per_s", "img/s", source="predicted", shown=True),
-    Figure("predicted_train_h", "h", source="predicted", shown=True),
-    Figure("predicted_train_steps", "", source="predicted"),
+    # The verdict reads the step, images/s, hours and steps; the likely range (the public runs'
+    # leave-one-out band) only where a row has it: rows written before it have none.
+    Figure("predicted_step_s", "s", source="predicted", shown=True, verdict="predicted rows"),
+    Figure("predicted_step_s_low", "s", source="predicted"),
+    Figure("predicted_step_s_high", "s", source="predicted"),
+    Figure(
+        "predicted_img_per_s", "img/s", source="predicted", shown=True, verdict="predicted rows"
+    ),
+    Figure("predicted_train_h", "h", source="predicted", shown=True, verdict="predicted rows"),
+    Figure("predicted_train_h_low", "h", source="predicted", shown=True),
+    Figure("predicted_train_h_high", "h", source="predicted", shown=True),
+    Figure("predicted_train_steps", "", source="predicted", verdict="predicted rows"),
     Figure("predicted_kernels", "", source="predicted"),
+    Figure("predicted_exposed_comm_s", "s", source="predicted"),
     Figure("predicted_torch_roofline_s", "s", source="predicted"),
 )
 
@@ -67,6 +78,27 @@ def predicted(spec: BenchSpec, context: RunContext | None) -> dict:
         return {}
     options = context.options if context is not None else {}
     return training_figures(spec, CARDS[key], options.get("train_steps", PAPER_TRAIN_STEPS))
+
+
+def predicted_verdict(row: dict) -> str | None:
+    """The predicted time of a row with --card, in words with its likely range (rows written
+    before the range have none) and what the card does not run as predicted
+    (bench.cards.caveats); nothing for a row without a prediction."""
+    if row["status"] != "ok" or row.get("predicted_step_s") is None:
+        return None
+    said = cards.caveats(row["card"], row["precision"], row["compile"])
+    v = {k: format_value(row.get(k)) for k in row}
+    ranks = f", one rank of {row['ranks']}" if row.get("ranks", 1) > 1 else ""
+    likely = ""
+    if row.get("predicted_train_h_low") is not None:
+        likely = f", likely {v['predicted_train_h_low']}-{v['predicted_train_h_high']} h"
+    steps = f"{int(row['predicted_train_steps']):,}"
+    return (
+        f"Batch {row['batch']} x {row['accum']}, {row['precision']}{ranks} on "
+        f"{CARDS[row['card']].name}: PREDICTED {v['predicted_step_s']} s per step, "
+        f"{v['predicted_img_per_s']} images/s; {steps} steps take {v['predicted_train_h']} h"
+        f"{likely}" + "".join(f"; {c}" for c in said) + "."
+    )
 
 
 def measure(spec: BenchSpec, context: RunContext) -> dict:
@@ -127,13 +159,18 @@ HARNESS = Harness(
         "efficiency = img/s at N ranks / (N x img/s at 1 rank), 100% for perfect scaling; and "
         "a 1-rank spec spread by ddp or fsdp against parallel none: the wrapper's own cost.",
         "PREDICTED, not measured (with --card; --predict-only: these alone): "
-        "predicted_step_s for one optimizer step on that card, a roofline over the step's "
-        "traced aten ops (bench.predict.runtime; one rank, no gradient exchange); "
-        "predicted_img_per_s = batch x accum / predicted_step_s; predicted_train_h = "
-        "predicted_step_s x predicted_train_steps / 3600 (--train-steps, default the paper's "
-        "800k); predicted_kernels: kernels launched per step; predicted_torch_roofline_s: "
-        "the same ops under torch's RuntimeEstimator formula (docs/throughput.md).",
+        "predicted_step_s for one optimizer step on that card (one rank of --ranks, its "
+        "gradient exchange included), the step-time model over the step's traced kernels "
+        "(bench.predict.runtime, docs/throughput.md), likely between predicted_step_s_low and "
+        "_high (the public runs' leave-one-out error range); predicted_img_per_s = batch x "
+        "accum / predicted_step_s; predicted_train_h = predicted_step_s x "
+        "predicted_train_steps / 3600 (--train-steps, default the paper's 800k), likely "
+        "between predicted_train_h_low and _high; predicted_kernels: kernels launched per "
+        "step; predicted_exposed_comm_s: the part of the step the compute waits for the "
+        "exchange; predicted_torch_roofline_s: the same kernels under torch's "
+        "RuntimeEstimator formula.",
     ],
+    verdict=predicted_verdict,
     compare=lambda rows, context: (
         peaks_measured(rows, context)
         + impl_ratios(rows, "img_per_s", "img/s", also=("mfu",))

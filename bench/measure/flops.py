@@ -4,9 +4,9 @@ arithmetic): torch.compile's output is never instrumented, and the timed pass ne
 from __future__ import annotations
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from bench.models.fake import fake_mode
 from bench.models.impl import build_unet
 from bench.spec import BenchSpec
 from ddpm.unet import Upsample
@@ -34,7 +34,7 @@ def training_step_flops(spec: BenchSpec) -> int:
     and backward for batch x accum images. Elementwise work (norms, activations, AdamW, EMA) is
     left out, as in the usual MFU convention (Chowdhery et al. 2022)."""
     config = spec.unet_config().replace(gradient_checkpointing=False)
-    with FakeTensorMode():
+    with fake_mode(allow_non_fake_inputs=False):
         model = build_unet(spec.replace(checkpointing="off"))
         for module in model.modules():
             # MFU counts the architecture's FLOPs, not the cheaper algorithm ours runs for the

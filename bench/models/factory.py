@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from bench import model_config
+from ddpm.config import UNetConfig
 from ddpm.errors import first_line
 
 
@@ -44,8 +45,10 @@ def resolve(name: str) -> Callable:
 class FactoryModel(nn.Module):
     """The user's module behind our calling convention: eps = model(x_t, t), a tensor."""
 
-    def __init__(self, name: str, path: str = ""):
+    def __init__(self, name: str, path: str = "", config: UNetConfig | None = None):
         super().__init__()
+        # The input it takes, the preset's channels at --image-size (what a sampler reads).
+        self.config = config
         factory = resolve(name)
         kwargs = model_config.load(path) if path else {}
         try:

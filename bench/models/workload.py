@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.models.fake import fake_mode
 from bench.models.guided_flags import NAME as GUIDED
 from bench.models.impl import build_unet, recipe
 from bench.models.optimizers import build_optimizer
@@ -24,11 +25,18 @@ COMPILE_KWARGS = {
 }
 
 
+# The parameter count of the model build_model made last in this process: a spec's process
+# reports the model it measured (bench.sweep.worker, the params column), never one rebuilt to
+# be counted.
+_BUILT: dict[str, int] = {}
+
+
 def build_model(spec: BenchSpec, compiled: bool = True) -> torch.nn.Module:
     torch.manual_seed(spec.seed)  # the same initial weights for every spec with this seed
     model = build_unet(spec)
     if spec.channels_last == "on":
         _channels_last(model)
+    _BUILT["params"] = sum(p.numel() for p in model.parameters())
     if compiled and spec.compile != "off":
         model.compile(**COMPILE_KWARGS[spec.compile])  # in place: the module keeps its type
     return model
@@ -141,6 +149,12 @@ def synthetic_images(spec: BenchSpec, count: int) -> torch.Tensor:
     return torch.randn(count, c.in_channels, c.image_size, c.image_size, generator=g)
 
 
+def parameters_built(forget: bool = False) -> int | None:
+    """The parameters of the model build_model made last in this process (None: none yet);
+    `forget`: and none from now on, until the next model."""
+    return _BUILT.pop("params", None) if forget else _BUILT.get("params")
+
+
 def parameter_count(spec: BenchSpec) -> int:
-    with torch.device("meta"):  # no memory, no init cost
+    with fake_mode():  # no memory, no init cost; values read while building are there
         return sum(p.numel() for p in build_unet(spec).parameters())

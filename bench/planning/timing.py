@@ -21,10 +21,6 @@ from bench.predict.runtime import training_figures
 from bench.spec import BenchSpec
 from bench.tables.results import atomic_write
 
-# Where the time model gives no band of its own: measured / predicted step time over the public
-# runs docs/throughput.md holds it to, its calibration run (0.998) to the 3080 Ti's AMP run
-# (1.51); EDM's 1.61 is another, larger network, and is left out as that page says.
-FALLBACK_BAND = (0.998, 1.51)
 log = logging.getLogger(__name__)
 
 
@@ -59,10 +55,11 @@ def _asked(spec: BenchSpec, card: Card) -> StepTime:
         except (OSError, ValueError, TypeError) as exc:
             log.debug("time cache: %s not read (%s)", path, exc)
     figures = training_figures(spec, card)
-    step = figures["predicted_step_s"]
-    low = figures.get("predicted_step_s_low", step * FALLBACK_BAND[0])
-    high = figures.get("predicted_step_s_high", step * FALLBACK_BAND[1])
-    found = StepTime(step, low, high)
+    found = StepTime(
+        figures["predicted_step_s"],
+        figures["predicted_step_s_low"],
+        figures["predicted_step_s_high"],
+    )
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

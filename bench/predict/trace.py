@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 from bench import lifeline
 from bench.cards import DEFAULT_TARGET
 from bench.measure.tracked import MemoryPeak, TensorTracker
+from bench.models.fake import fake_mode
 from bench.models.workload import build_trainer, synthetic_images, traced_precision
 from bench.predict.cuda_rules import CudaRules
 from bench.predict.ranks import KeptStorages, answer_all_reduce, fake_tensor_ddp, rank_zero
@@ -97,7 +97,7 @@ def _trace(
     device = "cpu" if fake else spec.device
     with rank_zero(spec, fake_tensors=fake) as mesh, contextlib.ExitStack() as stack:
         if fake:
-            stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
+            stack.enter_context(fake_mode())
             stack.enter_context(CudaRules(target))
             if spec.parallel == "ddp":
                 stack.enter_context(fake_tensor_ddp())

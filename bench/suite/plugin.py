@@ -12,6 +12,8 @@ torchrun --standalone --nproc-per-node 2 -m pytest bench --bench-parallel fsdp  
 from __future__ import annotations
 
 import os
+import re
+import sys
 
 import pytest
 
@@ -27,6 +29,7 @@ from bench.parsers import (
     parse_preset,
 )
 from bench.spec import expand_grid
+from bench.sweep.cli import check_impl
 from ddpm import parallel
 from ddpm.config import PRECISIONS, PRESETS
 from ddpm.parallel import PARALLEL
@@ -68,10 +71,22 @@ def pytest_addoption(parser):
     )
 
 
+# The specs, built and checked once in pytest_configure: before collection, so a bad option is
+# one line before any test runs, not a collection error per test file.
+SPECS = pytest.StashKey[list]()
+# The shared parsers name the harnesses' options; the suite's are these, prefixed.
+SHARED_OPTIONS = re.compile(
+    r"(?<![\w-])--(impl|model-config|preset|device|image-size|batch|precision)\b"
+)
+
+
 def bench_specs(config):
     from bench.spec import BenchSpec
 
     try:
+        rounds = config.getoption("--bench-rounds")
+        if rounds < 1:
+            raise SpecError(f"--bench-rounds {rounds} is not allowed: it must be >= 1.")
         preset = parse_preset(config.getoption("--bench-preset"))
         size = parse_image_size(None, preset)
         (mode,) = parse_choices("--bench-parallel", config.getoption("--bench-parallel"), PARALLEL)
@@ -91,7 +106,7 @@ def bench_specs(config):
         impls = parse_impls(config.getoption("--bench-impl"))
         if base.config_file and len(impls) > 1:
             raise SpecError("--bench-model-config holds one implementation's arguments.")
-        specs = expand_grid(
+        grid = expand_grid(
             base,
             impl=impls,
             batch=parse_int_list("--bench-batch", config.getoption("--bench-batch")),
@@ -101,18 +116,24 @@ def bench_specs(config):
             ),
         )
         # guided-diffusion's image size and attention are its flags' (no option gives them)
-        specs = [impl.settle(s, False, False) for s in specs]
-        for spec in {s.impl: s for s in specs}.values():  # each built once on fake tensors
-            reason = impl.problem(spec)
-            if reason:
-                raise SpecError(reason)
-        return specs
+        grid = [impl.settle(s, False, False) for s in grid]
+        # Each model run on fake tensors as its specs call it (a factory in a process of its
+        # own): a bad one is one line.
+        check_impl(grid)
+        return grid
     except SpecError as exc:
-        raise pytest.UsageError(str(exc)) from None
+        raise pytest.UsageError(SHARED_OPTIONS.sub(r"--bench-\1", str(exc))) from None
 
 
 def pytest_configure(config):
-    """Under torchrun every rank runs the suite and joins the group; rank 0 alone saves."""
+    """Every option checked, and the specs built, before collection. Under torchrun every rank
+    runs the suite and joins the group; rank 0 alone saves."""
+    try:
+        config.stash[SPECS] = bench_specs(config)
+    except KeyboardInterrupt:  # the user's, or raised by a factory's code: no INTERNALERROR
+        print("Interrupted while the suite's models were checked: no test ran.", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(130)
     if parallel.launched():
         parallel.init(parse_device(config.getoption("--bench-device")))
         if parallel.rank() != 0:
@@ -125,7 +146,7 @@ def pytest_unconfigure(config):
 
 def pytest_generate_tests(metafunc):
     if "spec" in metafunc.fixturenames:
-        specs = bench_specs(metafunc.config)
+        specs = metafunc.config.stash[SPECS]
         metafunc.parametrize(
             "spec",
             specs,

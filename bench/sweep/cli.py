@@ -12,7 +12,7 @@ from bench import cards
 from bench import spec as spec_module
 from bench.core import Harness
 from bench.models import impl
-from bench.parsers import SpecError, parse_budget
+from bench.parsers import ARCHITECTURE, SpecError, parse_budget, parse_impls, parse_model_config
 from bench.spec import (
     DEFAULT_BUDGET,
     DEFAULT_CONTEXT_MIB,
@@ -22,12 +22,14 @@ from bench.spec import (
     expand_grid,
     option_axes,
 )
+from bench.sweep.check import DEFAULT_TIMEOUT_S, check_models
 from bench.sweep.launch import Launch, launches_ranks
 from bench.sweep.runner import run_sweep
 from bench.tables.results import RUN_FOLDER, ResultsError, check_writable, results_folder
 from ddpm.attention import CPU_BACKENDS
 from ddpm.cli.args import ArgumentParser, seed_int
 from ddpm.cli.pipes import quiet_closed_pipes
+from ddpm.cli.signals import exit_on_interrupt
 
 # Bad input gets one line naming the problem and exit status 2, not a usage dump: the same
 # parser as ddpm's command lines.
@@ -157,13 +159,42 @@ def build_parser(
     g.add_argument(
         "--timeout",
         type=float,
-        default=3600.0,
-        help="seconds before a spec's process is stopped (default %(default)s)",
+        default=DEFAULT_TIMEOUT_S,
+        help="seconds before a spec's process is stopped, and before the check of a model "
+        "other than ours that runs first (default %(default)s)",
     )
     for action in p._actions:
         if helps and action.dest in helps:
             action.help = helps[action.dest]
     return p
+
+
+# Why a harness that does not use a shared option refuses it (refuse_unused), by its dest.
+UNUSED = {
+    "card": (
+        "--card",
+        "it predicts nothing for a card (bench.memory, bench.throughput and bench.sampling do)",
+    ),
+    "budget": (
+        "--budget",
+        "none of its figures is weighed against a memory budget (bench.memory's fits is)",
+    ),
+    "cuda_context_mib": ("--cuda-context-mib", "it predicts no CUDA memory (bench.memory does)"),
+}
+
+
+def refuse_unused(args: argparse.Namespace, harness: str, names: tuple[str, ...]) -> None:
+    """A shared option `harness` takes on its command line but does not use, given a value: one
+    line, rather than rows that name a card (or a budget) nothing in them was for."""
+    given = {
+        "card": getattr(args, "card", "") not in ("", None),
+        "budget": args.budget is not None,
+        "cuda_context_mib": args.cuda_context_mib != DEFAULT_CONTEXT_MIB,
+    }
+    for name in names:
+        if given[name]:
+            flag, why = UNUSED[name]
+            raise SpecError(f"{flag} is not used by bench.{harness}: {why}; leave it out.")
 
 
 def specs_from_args(args: argparse.Namespace) -> list[BenchSpec]:
@@ -188,6 +219,7 @@ def specs_from_args(args: argparse.Namespace) -> list[BenchSpec]:
         context_mib=args.cuda_context_mib,
         find_max_batch=args.find_max_batch,
     )
+    base = with_model(base, args)
     values: dict[str, list] = {}
     for f in option_axes(type(base)):
         if not hasattr(args, f.name):
@@ -207,10 +239,22 @@ def specs_from_args(args: argparse.Namespace) -> list[BenchSpec]:
     sized = getattr(args, "image_size", None) is not None
     placed = getattr(args, "attention", "preset") != "preset"
     grid = [impl.settle(s, sized, placed) for s in grid]
-    check_impl(grid)
     check_levers(grid, getattr(args, "predict_only", False))
+    check_impl(grid, args.timeout)
     grid = [s for s in grid if parallel_pair_ok(s)]
     return [s.replace(repeat=r) for r in range(1, args.repeats + 1) for s in grid]
+
+
+def with_model(base: BenchSpec, args: argparse.Namespace) -> BenchSpec:
+    """`base` with the model its axes are checked for: --impl and --model-config are declared
+    below the axes that describe the preset's UNet (image size, attention, the architecture),
+    whose parsers check them only for a model that is the preset's. Of several implementations,
+    one that is the preset's if any: its specs are refused where the preset cannot run them."""
+    if not hasattr(args, "impl"):
+        return base
+    path = parse_model_config(args.model_config) if hasattr(args, "model_config") else "none"
+    models = [base.replace(impl=name, model_config=path) for name in parse_impls(args.impl)]
+    return next((m for m in models if m.preset_architecture), models[0])
 
 
 def check_predict_only(specs: list[BenchSpec]) -> None:
@@ -231,23 +275,40 @@ def add_predict_only(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def check_impl(specs: list[BenchSpec]) -> None:
+def check_impl(specs: list[BenchSpec], timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
     """Every implementation asked for is installed and builds every model it is asked for
-    (a factory imported, its output the input's shape), before anything runs; --model-config
-    belongs to one implementation."""
+    (a factory imported, the model run as each spec calls it), before anything runs, within
+    `timeout_s`; --model-config belongs to one implementation. Any model but ours is checked in
+    a process of its own (bench.sweep.check): it runs the user's code."""
     if any(s.config_file for s in specs) and len({s.impl for s in specs}) > 1:
         raise SpecError(
             "--model-config holds one implementation's arguments: give a single --impl with it."
         )
-    # One check per model: the axes that change it (a fake forward's cost, once each).
+    # One check per model and the way a spec calls it (a fake forward's cost, once each): the
+    # axes that change the model, and the batch, precision and mode of the call.
     models = {
-        (s.impl, s.model_config, s.preset, s.image_size, s.attention, s.checkpointing): s
+        (
+            s.impl,
+            s.model_config,
+            s.preset,
+            *(getattr(s, name) for name in ARCHITECTURE),
+            s.image_size,
+            s.attention,
+            s.checkpointing,
+            s.batch,
+            s.precision,
+            s.sampler == "none",
+        ): s
         for s in specs
     }
-    for spec in models.values():
-        reason = impl.problem(spec)
+    for spec in models.values():  # what reads no code of theirs: here
+        reason = impl.problem(spec, run=False)
         if reason:
             raise SpecError(reason)
+    # The models built and run as the specs call them: any but the preset's UNet.
+    theirs = [s for s in models.values() if not s.preset_architecture]
+    if theirs:
+        check_models(theirs, timeout_s)
 
 
 def check_levers(specs: list[BenchSpec], predict_only: bool) -> None:
@@ -390,11 +451,19 @@ def _run_cli(
         print(cards.listing())
         return []
     try:
-        specs = make_specs(args)
-        check_launch(specs, args)
-        settings = options(args) if options else {}
-        out = results_folder(args.out)
-        check_writable(out)
+        # The checks run the user's code (a factory's): Ctrl-C, SIGTERM, or a KeyboardInterrupt
+        # it raises, is one line and the shell's status for the signal.
+        with exit_on_interrupt(
+            lambda name: (
+                f"Interrupted ({name}) while the specs were checked: nothing ran, "
+                "nothing was written."
+            )
+        ):
+            specs = make_specs(args)
+            check_launch(specs, args)
+            settings = options(args) if options else {}
+            out = results_folder(args.out)
+            check_writable(out)
     except (SpecError, ResultsError) as exc:
         parser.error(str(exc))
     command = (

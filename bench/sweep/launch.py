@@ -27,8 +27,10 @@ from bench.sweep.worker import MESSAGES_FILE, PARENT_ENV, rank_result, run_spec
 
 
 def run_inline(harness: Harness, spec: BenchSpec, context: RunContext) -> dict:
-    """The spec in this process: no isolation, so for tests and debugging (--inline)."""
-    return run_spec(harness, spec, context)
+    """The spec in this process: no isolation, so for tests and debugging (--inline). What the
+    model's code prints goes to stderr, as a worker's does not reach stdout either."""
+    with contextlib.redirect_stdout(sys.stderr):
+        return run_spec(harness, spec, context)
 
 
 class _Timeout(BaseException):
@@ -174,6 +176,7 @@ def run_isolated(
         result_path = os.path.join(tmp, "result.json")
         log_path = os.path.join(tmp, "log.txt")
         child = None
+        timed_out = False
         with open(log_path, "w") as log:
             try:  # started inside the try: a signal during the start still kills the worker
                 # A process group of its own: a stop takes the worker's children (torch.compile's
@@ -187,16 +190,15 @@ def run_isolated(
                 )
                 _wait(child, timeout_s, Path(tmp) / MESSAGES_FILE, say)
             except subprocess.TimeoutExpired:
-                return {
-                    "status": "timeout",
-                    "error": f"no result after {timeout_s:g} s",
-                    "figures": {},
-                }
+                timed_out = True
             finally:
                 if child is not None:
                     with contextlib.suppress(ProcessLookupError):  # the group has ended
                         os.killpg(child.pid, signal.SIGKILL)
                     child.wait()
+        # A result written is the spec's answer, however long its process took to end after.
+        if timed_out and not _written(result_path, spec, launch):
+            return {"status": "timeout", "error": f"no result after {timeout_s:g} s", "figures": {}}
         log = Path(log_path).read_text(errors="replace")
         if launches_ranks(spec):
             return combine_ranks(result_path, launch.local_ranks(spec.ranks), child.returncode, log)
@@ -210,6 +212,14 @@ def run_isolated(
             "error": f"worker exited {child.returncode}: {last}",
             "figures": {},
         }
+
+
+def _written(result_path: str, spec: BenchSpec, launch: Launch) -> bool:
+    """Every result the spec's processes write is on disk (one per rank this node started)."""
+    if not launches_ranks(spec):
+        return os.path.exists(result_path)
+    ranks = range(launch.local_ranks(spec.ranks))
+    return all(os.path.exists(rank_result(result_path, r)) for r in ranks)
 
 
 def combine_ranks(result_path: str, ranks: int, returncode: int, log: str) -> dict:
@@ -239,13 +249,15 @@ def combine_ranks(result_path: str, ranks: int, returncode: int, log: str) -> di
         return {**result, "error": f"rank {rank}: {result['error']}"}
     if len(results) < ranks:
         return {"status": "error", "figures": {}, "error": first_failure(log, returncode)}
-    figures = dict(results[min(results)]["figures"])  # rank 0's, or this node's first rank's
+    first = results[min(results)]  # rank 0's, or this node's first rank's
+    figures = dict(first["figures"])
     for name, value in figures.items():
         if name.endswith("_mib") and isinstance(value, (int, float)):
             figures[name] = max(
                 r["figures"][name] for r in results.values() if r["figures"].get(name) is not None
             )
-    return {"status": "ok", "error": None, "figures": figures}
+    ok = {"status": "ok", "error": None, "figures": figures}
+    return {**ok, "params": first["params"]} if "params" in first else ok
 
 
 # How gloo and NCCL report a peer that is gone: a consequence, not the cause.

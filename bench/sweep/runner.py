@@ -26,23 +26,24 @@ from rich.progress import (
 from rich.text import Text
 
 from bench.core import Harness, RunContext, axes
-from bench.models.workload import parameter_count
 from bench.spec import BenchSpec
 from bench.sweep.launch import Launch, predicts_here, run_inline, run_isolated, run_predicted
 from bench.tables.env import environment
-from bench.tables.markdown import base_command, environment_line, write_markdown
+from bench.tables.markdown import base_command, check_table, environment_line, write_markdown
 from bench.tables.results import ResultsError, ResultsTable, rich_tables
 from ddpm.cli.signals import sigterm_as_interrupt, stopping_signal
+from ddpm.errors import printable
 
 
-def spec_row(spec: BenchSpec, run_id: str) -> dict:
-    """A row's spec columns (status and figures come from the run)."""
+def spec_row(spec: BenchSpec, run_id: str, params: int | None = None) -> dict:
+    """A row's spec columns (status and figures come from the run); `params`: the parameters
+    of the model the spec's process built (none for a process that built none)."""
     return {
         "run_id": run_id,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "spec_id": spec.spec_id,
         **{a: getattr(spec, a) for a in axes()},
-        "params": parameter_count(spec),
+        "params": params,
         "effective_batch": spec.effective_batch,
     }
 
@@ -68,6 +69,7 @@ def run_sweep(
     upgraded = table.check_header()
     if upgraded:
         say(console, upgraded)
+    check_table(harness, out)  # a row it cannot report is refused before any spec runs
     if resume:
         done = table.finished_spec_ids()
         skipped = [s for s in specs if s.spec_id in done]
@@ -120,7 +122,7 @@ def run_sweep(
                     )
                 )
                 row = {
-                    **spec_row(spec, run_id),
+                    **spec_row(spec, run_id, result.get("params")),
                     "status": result["status"],
                     "error": result["error"],
                     **result["figures"],
@@ -216,6 +218,7 @@ def make_console(stderr: bool) -> Console:
 
 def say(console: Console, line: str) -> None:
     """A line as it is, whatever console shows it: rich would read `[/...]` in a path or in an
-    error message (gloo's `[/.../pair.cc:561]`) as markup and fail, and `:name:` as an emoji.
-    Never wrapped: in a file or a pipe a line stays one line; a terminal wraps it itself."""
-    console.print(Text(line), soft_wrap=True)
+    error message (gloo's `[/.../pair.cc:561]`) as markup and fail, and `:name:` as an emoji;
+    a control character (a file name's newline, an error's escape sequence) is shown as its
+    escape. Never wrapped: in a file or a pipe a line stays one line; a terminal wraps it."""
+    console.print(Text(printable(line)), soft_wrap=True)

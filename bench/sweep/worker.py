@@ -22,6 +22,7 @@ from bench import lifeline
 from bench.core import Harness, RunContext
 from bench.measure import cuda
 from bench.measure.monitor import take_baseline
+from bench.models.workload import parameters_built
 from bench.spec import BenchSpec
 from ddpm import parallel
 from ddpm.errors import first_line
@@ -58,7 +59,14 @@ MESSAGES_FILE = "messages.txt"
 
 
 def run_spec(harness: Harness, spec: BenchSpec, context: RunContext) -> dict:
-    """Measure one spec in this process; every failure becomes a status, never an exception."""
+    """Measure one spec in this process; every failure becomes a status, never an exception.
+    With it, the parameters of the model it built ("params"; None if it built none)."""
+    parameters_built(forget=True)  # a model an earlier spec of this process built is not this one
+    result = _measured(harness, spec, context)
+    return {**result, "params": parameters_built()}
+
+
+def _measured(harness: Harness, spec: BenchSpec, context: RunContext) -> dict:
     measure = harness.measure
     if spec.device.startswith("cuda"):
         take_baseline()  # before the harness starts CUDA in this process
@@ -68,6 +76,12 @@ def run_spec(harness: Harness, spec: BenchSpec, context: RunContext) -> dict:
             inject_fault(spec)
             figures = measure(spec.replace(device=str(device)), context)
         return {"status": "ok", "error": None, "figures": figures}
+    except SystemExit as exc:  # the model's code ending its process: this spec's failure too
+        return {
+            "status": "error",
+            "error": f"SystemExit: the model's code called sys.exit({exc.code!r})",
+            "figures": {},
+        }
     except Exception as exc:  # one spec's failure is a result, not the end of the sweep
         reason = first_line(exc, limit=300)
         if cuda.is_oom(exc):  # cuBLAS, cuDNN and module loading report it as RuntimeError
@@ -114,8 +128,12 @@ def main(argv: list[str]) -> None:
     with open(tmp, "w") as f:
         json.dump(result, f, default=float)
     os.replace(tmp, result_path)
-    if result["status"] != "ok" and parallel.launched():
-        sys.exit(1)  # torchrun then stops the other ranks, which may wait in a collective
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # At once: a thread the model's code started (a non-daemon one too) would keep a normal
+    # exit waiting, and the sweep would take a finished spec for a hung one. A failed rank exits
+    # 1: torchrun then stops the other ranks, which may wait in a collective.
+    os._exit(1 if result["status"] != "ok" and parallel.launched() else 0)
 
 
 def rank_result(result_path: str, rank: int) -> str:

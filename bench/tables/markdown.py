@@ -23,6 +23,7 @@ from bench.tables.results import (
     atomic_write,
     markdown_table,
 )
+from ddpm.errors import first_line, printable
 
 
 @dataclass
@@ -88,9 +89,11 @@ def base_command(command: str) -> str:
     return command if kept == words else shlex.join(kept)
 
 
-def sections(harness: Harness, rows: list[dict], runs: dict[str, dict], out: Path) -> list[Section]:
-    """The rows grouped by command, newest first (ResultsError if a comparison cannot read a
-    file it needs)."""
+def sections(
+    harness: Harness, rows: list[dict], runs: dict[str, dict], out: Path, compare: bool = True
+) -> list[Section]:
+    """The rows grouped by command, newest first (ResultsError if a row cannot be put in words
+    or a comparison cannot read a file it needs); `compare`: with the harness's comparisons."""
     groups: dict[tuple, list[tuple[int, dict]]] = {}
     for index, row in enumerate(rows):
         record = runs.get(row["run_id"]) or {}
@@ -103,11 +106,16 @@ def sections(harness: Harness, rows: list[dict], runs: dict[str, dict], out: Pat
         reverse=True,
         key=lambda kv: max((r["timestamp"] or "", i) for i, r in kv[1]),
     )
-    return [_section(harness, key, members, runs, out) for key, members in ordered]
+    return [_section(harness, key, members, runs, out, compare) for key, members in ordered]
 
 
 def _section(
-    harness: Harness, key: tuple, members: list[tuple[int, dict]], runs: dict[str, dict], out: Path
+    harness: Harness,
+    key: tuple,
+    members: list[tuple[int, dict]],
+    runs: dict[str, dict],
+    out: Path,
+    compare: bool = True,
 ) -> Section:
     latest: dict[str, dict] = {}
     for _, row in members:
@@ -122,8 +130,8 @@ def _section(
     columns, fixed = display_columns(shown, harness.display_columns)
     if harness.verdict:
         check_verdict_columns(harness, shown, out)
-    sentences = [v for v in map(harness.verdict, shown) if v] if harness.verdict else []
-    if harness.compare:
+    sentences = [v for v in (_verdict(harness, row, out) for row in shown) if v]
+    if harness.compare and compare:
         context = RunContext(out, latest_run, record.get("options") or {})
         try:
             sentences += harness.compare(shown, context)
@@ -132,6 +140,11 @@ def _section(
                 f"{harness.name}: the comparison of run {latest_run} needs "
                 f"{exc.filename or 'a file'}, which cannot be read ({exc.strerror}); rebuild "
                 "from the folder the sweep ran in."
+            ) from None
+        except UNRENDERABLE as exc:  # a file it reads holds what no sweep wrote
+            raise ResultsError(
+                f"{harness.name}: the comparison of run {latest_run} cannot be made from "
+                f"what the files hold ({type(exc).__name__}: {first_line(exc)})."
             ) from None
     return Section(
         command=key[1] if key[0] == "command" else None,
@@ -143,6 +156,24 @@ def _section(
         fixed=fixed,
         sentences=sentences,
     )
+
+
+# What a verdict or a comparison raises on a row no harness wrote (a value of another type, a
+# key a newer version knows): the table is refused in one line, never a traceback.
+UNRENDERABLE = (KeyError, TypeError, ValueError, ArithmeticError, AttributeError, IndexError)
+
+
+def _verdict(harness: Harness, row: dict, out: Path) -> str | None:
+    if harness.verdict is None:
+        return None
+    try:
+        return harness.verdict(row)
+    except UNRENDERABLE as exc:
+        raise ResultsError(
+            f"{Path(out) / f'{harness.name}.csv'}: the row of {row['spec_id']} (run "
+            f"{row['run_id']}) cannot be put in words ({type(exc).__name__}: {first_line(exc)}); "
+            f"it is not a row bench.{harness.name} writes."
+        ) from None
 
 
 def check_verdict_columns(harness: Harness, rows: list[dict], out: Path) -> None:
@@ -172,6 +203,16 @@ def load(harness: Harness, out: Path) -> tuple[list[dict], dict[str, dict]]:
     return [{**blank, **row} for row in table.rows()], table.runs()
 
 
+def check_table(harness: Harness, out: Path) -> None:
+    """Before a sweep appends to <harness>.csv: every row reads back and is put in words
+    (ResultsError, one line, otherwise), so the report the sweep renders after its own rows
+    cannot fail on another row. The comparisons, which read files of their own (loss curves
+    by path), are left to the render."""
+    if (Path(out) / f"{harness.name}.csv").exists():
+        rows, runs = load(harness, out)
+        sections(harness, rows, runs, out, compare=False)
+
+
 def render(harness: Harness, out: Path) -> tuple[str, list[Section]]:
     """The Markdown of <out>/<harness>.md from the CSV and the JSON sidecar in `out`."""
     out = Path(out)
@@ -192,10 +233,11 @@ def render(harness: Harness, out: Path) -> tuple[str, list[Section]]:
             "",
         ]
     for section in found:
-        lines += section.header(json_name)
+        # The command, the environment and the sentences quote the user's paths and errors.
+        lines += [printable(line) for line in section.header(json_name)]
         lines += [markdown_table(section.rows, section.columns), ""]
         bullets = section.bullets()
-        lines += [f"- {b}" for b in bullets] + ([""] if bullets else [])
+        lines += [f"- {printable(b)}" for b in bullets] + ([""] if bullets else [])
     if found and harness.notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in harness.notes] + [""]
     return "\n".join(lines).rstrip("\n") + "\n", found

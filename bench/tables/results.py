@@ -17,7 +17,10 @@ from pathlib import Path
 from tabulate import tabulate
 
 from bench import spec as spec_module
+from bench.cards import CARDS
 from bench.core import Harness, axes, column_dtypes, spec_columns
+from ddpm.config import PRECISIONS, PRESETS
+from ddpm.errors import printable
 
 STATUSES = ("ok", "oom", "error", "timeout")
 
@@ -62,7 +65,9 @@ def check_writable(folder: Path) -> None:
 class ResultsTable:
     """<out>/<harness>.csv (every row ever) and .json (every run's command and environment);
     bench.report renders the .md from the two. `renamed`: figure columns by their old names,
-    `kinds`: each figure column's kind (Harness.renamed, Harness.kinds())."""
+    `kinds`: each figure column's kind, `signed` and `unbounded`: the number figures that may be
+    negative, and NaN or infinite (Harness.renamed, .kinds(), .signed_columns,
+    .unbounded_columns)."""
 
     def __init__(
         self,
@@ -71,10 +76,13 @@ class ResultsTable:
         figure_columns: list[str],
         renamed: dict[str, str] | None = None,
         kinds: dict[str, type] | None = None,
+        signed: list[str] | None = None,
+        unbounded: list[str] | None = None,
     ):
         self.folder, self.harness = Path(folder), harness
         self.columns = spec_columns() + figure_columns
         self.renamed, self.kinds = renamed or {}, kinds
+        self.signed, self.unbounded = signed or [], unbounded or []
         self.csv_path = self.folder / f"{harness}.csv"
         self.md_path = self.folder / f"{harness}.md"
         self.json_path = self.folder / f"{harness}.json"
@@ -83,7 +91,15 @@ class ResultsTable:
     @classmethod
     def of(cls, harness: Harness, folder: Path) -> ResultsTable:
         """The harness's table in `folder`, its figures read with their kinds and old names."""
-        return cls(folder, harness.name, harness.figure_columns, harness.renamed, harness.kinds())
+        return cls(
+            folder,
+            harness.name,
+            harness.figure_columns,
+            harness.renamed,
+            harness.kinds(),
+            harness.signed_columns,
+            harness.unbounded_columns,
+        )
 
     @contextlib.contextmanager
     def locked(self):
@@ -187,7 +203,7 @@ class ResultsTable:
                 raise
 
     def rows(self) -> list[dict]:
-        return read_rows(self.csv_path, self.kinds, self.renamed)
+        return read_rows(self.csv_path, self.kinds, self.renamed, self.signed, self.unbounded)
 
     def runs(self) -> dict[str, dict]:
         return read_runs(self.json_path)
@@ -232,6 +248,13 @@ def parse_cell(text: str):
 
 
 _KINDS = {float: "a number", bool: "True or False", str: "text"}
+# The words an axis cell may hold where a verdict or a comparison looks them up (a card's name,
+# a preset's dropout, a precision's tolerance): a word this version does not know is refused.
+KNOWN_WORDS = {
+    "preset": tuple(PRESETS),
+    "precision": PRECISIONS,
+    "card": ("", *CARDS),
+}
 
 
 def typed_row(
@@ -239,10 +262,14 @@ def typed_row(
     line: int | None = None,
     path: Path | None = None,
     kinds: dict[str, type] | None = None,
+    signed: tuple[str, ...] | list[str] = (),
+    unbounded: tuple[str, ...] | list[str] = (),
 ) -> dict:
     """A CSV row with the types the harness produced: spec columns by column_dtypes() (an empty
     string column is None, as the harness's `error` of an ok row), figures by parse_cell.
-    `kinds` (figure column -> float, bool or str) refuses a figure of another kind."""
+    `kinds` (figure column -> float, bool or str) refuses a figure of another kind, and a number
+    figure that is negative (unless `signed`) or NaN or infinite (unless `unbounded`). A count
+    is never negative, and an axis word a verdict looks up is one this version knows."""
     row = {}
     dtypes = column_dtypes()
     # An axis always has a value: "" is one (the card axis's default), not a missing cell.
@@ -251,10 +278,17 @@ def typed_row(
         dtype = dtypes.get(column)
         if text is None:  # a short line: csv.DictReader fills the missing cells with None
             raise ResultsError(f"{path} line {line} has fewer cells than its header.")
-        if dtype == "int64":
-            if not _INT.fullmatch(text):
-                raise ResultsError(f"{path} line {line}: {column} {text!r} is not an integer.")
+        if dtype == "Int64" and text == "":  # nullable: a count no process made
+            row[column] = None
+        elif dtype in ("int64", "Int64"):
+            if not _INT.fullmatch(text) or int(text) < 0:
+                raise ResultsError(f"{path} line {line}: {column} {text!r} is not an integer >= 0.")
             row[column] = int(text)
+        elif column in KNOWN_WORDS and text not in KNOWN_WORDS[column]:
+            raise ResultsError(
+                f"{path} line {line}: {column} {text!r} is not one this version knows: "
+                f"{', '.join(w for w in KNOWN_WORDS[column] if w)}."
+            )
         elif column == "status" and text not in STATUSES:
             raise ResultsError(
                 f"{path} line {line}: status {text!r} is not one of {', '.join(STATUSES)}."
@@ -266,7 +300,21 @@ def typed_row(
             kind = (kinds or {}).get(column, str)
             if row[column] is not None and not _is_kind(row[column], kind):
                 raise ResultsError(f"{path} line {line}: {column} {text!r} is not {_KINDS[kind]}.")
+            if kind is float and row[column] is not None:
+                wrong = _impossible(row[column], column in signed, column in unbounded)
+                if wrong:
+                    raise ResultsError(f"{path} line {line}: {column} {text!r} is {wrong}.")
     return row
+
+
+def _impossible(value: float, signed: bool, unbounded: bool) -> str | None:
+    """What a figure is that no harness writes where it cannot be: NaN or infinite ("fits in
+    nan GiB"), or negative ("predicted -500 MiB")."""
+    if not unbounded and not math.isfinite(value):
+        return "not a finite number"
+    if not signed and value < 0:
+        return "negative"
+    return None
 
 
 def _is_kind(value, kind: type) -> bool:
@@ -290,10 +338,15 @@ def upgraded(raw: dict[str, str], renamed: dict[str, str]) -> dict[str, str]:
 
 
 def read_rows(
-    path: Path, kinds: dict[str, type] | None = None, renamed: dict[str, str] | None = None
+    path: Path,
+    kinds: dict[str, type] | None = None,
+    renamed: dict[str, str] | None = None,
+    signed: tuple[str, ...] | list[str] = (),
+    unbounded: tuple[str, ...] | list[str] = (),
 ) -> list[dict]:
-    """Every row of a results CSV, typed (typed_row, which checks `kinds`), columns written under
-    an old name read under their `renamed` one. ResultsError says what is wrong."""
+    """Every row of a results CSV, typed (typed_row, which checks `kinds`, `signed` and
+    `unbounded`), columns written under an old name read under their `renamed` one. ResultsError
+    says what is wrong."""
     path = Path(path)
     try:
         with path.open(newline="", encoding="utf-8") as f:
@@ -310,7 +363,16 @@ def read_rows(
                     raise ResultsError(
                         f"{path} line {reader.line_num} has more cells than its header."
                     )
-                rows.append(typed_row(upgraded(raw, renamed or {}), reader.line_num, path, kinds))
+                rows.append(
+                    typed_row(
+                        upgraded(raw, renamed or {}),
+                        reader.line_num,
+                        path,
+                        kinds,
+                        signed,
+                        unbounded,
+                    )
+                )
             return rows
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ResultsError(f"{path} cannot be read ({_reason(exc)}).") from None
@@ -378,8 +440,15 @@ def format_value(value) -> str:
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
-    body = [[format_value(r.get(c)) for c in columns] for r in rows]
+    """A GitHub table; a cell's text (an error message, a path) is shown literally: its control
+    characters as escapes and its "|" escaped, so it stays in its cell and on its line."""
+    body = [[markdown_text(format_value(r.get(c))) for c in columns] for r in rows]
     return tabulate(body, headers=columns, tablefmt="github", disable_numparse=True)
+
+
+def markdown_text(text: str) -> str:
+    """Text from outside as a Markdown line shows it literally (ddpm.errors.printable)."""
+    return printable(text).replace("|", "\\|")
 
 
 def fold(name: str) -> str:
@@ -400,7 +469,7 @@ def rich_tables(rows: list[dict], columns: list[str], width: int, keys: int = 0)
     from rich.table import Table
     from rich.text import Text
 
-    cells = {c: [format_value(r.get(c)) for r in rows] for c in columns}
+    cells = {c: [printable(format_value(r.get(c))) for r in rows] for c in columns}
     # A column takes its widest line plus one space of padding each side and one border.
     need = {c: max(len(line) for line in [*fold(c).splitlines(), *cells[c]]) + 3 for c in columns}
     head, rest = columns[:keys], columns[keys:]

@@ -13,6 +13,8 @@ import re
 import sys
 from typing import NoReturn
 
+from ddpm.errors import printable
+
 EXIT_USAGE = 2  # argparse's own status for bad arguments; every bad-input path uses it
 
 
@@ -22,8 +24,9 @@ class UsageError(Exception):
 
 
 def fail(message: str) -> NoReturn:
-    # Collapse newlines: a message quoting a library error must still be exactly one line.
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    # Exactly one line, and literal: a message quotes file names and other programs' errors,
+    # whose newlines and escape sequences are shown as escapes (ddpm.errors.printable).
+    print(f"error: {printable(str(message))}", file=sys.stderr)
     sys.exit(EXIT_USAGE)
 
 

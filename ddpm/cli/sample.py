@@ -45,9 +45,10 @@ from ddpm.cli.pipes import quiet_closed_pipes
 from ddpm.cli.signals import exit_on_interrupt
 from ddpm.device import synchronize
 from ddpm.ema import EMA
-from ddpm.errors import first_line
+from ddpm.errors import first_line, printable
 from ddpm.sample import VARIANCES, ddim_sample, ddpm_sample
 from ddpm.schedule import NoiseSchedule
+from ddpm.state import load_model_state
 from ddpm.unet import UNet
 
 SAMPLERS = ("ddpm", "ddim")
@@ -124,7 +125,7 @@ def validate(args) -> Job:
         data = load_checkpoint(args.checkpoint)
         schedule = schedule_from(data)
         model = UNet(unet_config_from(data))
-        model.load_state_dict(data["model"])
+        load_model_state(model, data["model"])
         ema = None if args.no_ema else ema_from(data, model)
     except CheckpointError as exc:
         raise UsageError(str(exc)) from None
@@ -204,7 +205,7 @@ def sample(job: Job) -> None:
         save_grid(strip, job.x0_path, nrow=k)
         job.written.append(job.x0_path)
         line += f"; x0 estimates at t = {', '.join(str(t) for t, _ in trajectory)} to {job.x0_path}"
-    print(line)
+    print(printable(line))
 
 
 def main(argv: list[str] | None = None) -> None:

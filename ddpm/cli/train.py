@@ -48,6 +48,7 @@ from ddpm.cli.signals import exit_on_interrupt
 from ddpm.config import PRECISIONS, PRESETS, TrainConfig, UNetConfig
 from ddpm.data import DATASETS, DatasetError, ImageDataset, load_dataset
 from ddpm.device import synchronize
+from ddpm.errors import printable
 from ddpm.objective import held_out_draws, held_out_loss
 from ddpm.sample import ddim_sample
 from ddpm.schedule import NoiseSchedule
@@ -391,9 +392,11 @@ def train(run: Run) -> None:
         )
     save_grid(images, samples_path, nrow=grid_columns(args.samples))
     print(
-        f"done: {args.steps} steps ({args.steps - run.start_step} in this run, "
-        f"{train_time:.1f} s), train loss {train_loss:.4f}, val loss {val_loss:.4f}; "
-        f"checkpoint {checkpoint}, samples {samples_path}, TensorBoard {args.out / 'tb'}"
+        printable(
+            f"done: {args.steps} steps ({args.steps - run.start_step} in this run, "
+            f"{train_time:.1f} s), train loss {train_loss:.4f}, val loss {val_loss:.4f}; "
+            f"checkpoint {checkpoint}, samples {samples_path}, TensorBoard {args.out / 'tb'}"
+        )
     )
 
 

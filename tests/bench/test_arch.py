@@ -177,6 +177,20 @@ BAD = {
     "mults-words": (["--channel-mults", "a,b"], "--channel-mults 'a,b' is not allowed"),
     "mults-zero": (["--channel-mults", "1,0"], "--channel-mults 1,0: channel_mults=(1, 0)"),
     "res-blocks": (["--res-blocks", "0"], "--res-blocks 0: num_res_blocks=0"),
+    # Absurd sizes: a storage-size overflow traceback, or minutes spent building, before.
+    "channels-absurd": (
+        ["--channels", "1000000000"],
+        "--channels 1000000000: base_channels=1000000000 x channel_mults 2 = 2,000,000,000 "
+        "channels is not allowed: at most 32,768 per level",
+    ),
+    "mults-absurd": (
+        ["--channel-mults", "1,100000000"],
+        "--channel-mults 1,100000000: base_channels=128 x channel_mults 100000000",
+    ),
+    "res-blocks-absurd": (
+        ["--res-blocks", "1000000", "--timeout", "10"],
+        "--res-blocks 1000000: num_res_blocks=1000000 is not allowed: at most 64",
+    ),
     "heads-divide": (["--heads", "3"], "--heads 3: num_heads=3 does not divide the 256 channels"),
     "heads-word": (["--heads", "two"], "--heads 'two' is not allowed: give an integer"),
     "dropout": (["--dropout", "1.5"], "--dropout 1.5: dropout=1.5 is not allowed"),

@@ -98,3 +98,13 @@ def test_listing_fits_80_columns_and_names_every_card_and_source():
     for card in CARDS.values():
         assert re.search(rf"^{re.escape(card.key)} ", text, re.M)
         assert re.search(rf"^{re.escape(card.key)}: ", text, re.M)
+
+
+def test_each_cards_link_each_way_by_hand():
+    """PCIe: lanes x GT/s x 128/130 / 8 bits (4.0 x16: 31.51 GB/s); NVLink: half the
+    datasheet's both-ways total (V100 SXM2 300 GB/s, A100 SXM4 600)."""
+    assert CARDS["rtx3080ti"].link_gbs == pytest.approx(16 * 16 * 128 / 130 / 8)
+    assert CARDS["rtx4060"].link_gbs == pytest.approx(8 * 16 * 128 / 130 / 8)
+    assert CARDS["rtx2080ti"].link_gbs == pytest.approx(16 * 8 * 128 / 130 / 8)
+    assert (CARDS["v100-32gb"].link_gbs, CARDS["a100-40gb"].link_gbs) == (150.0, 300.0)
+    assert CARDS["rtx4090"].link == "PCIe 4.0 x16"

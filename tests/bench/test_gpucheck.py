@@ -36,6 +36,24 @@ def test_bad_small_budget_is_refused_before_anything_runs(fake_cuda, tmp_path, c
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("tolerance", ["nan", "inf", "-5", "0"])
+def test_a_tolerance_that_is_not_a_positive_number_is_refused(
+    fake_cuda, tmp_path, capsys, tolerance
+):
+    """nan and inf passed every row ("within nan%"), a negative one failed every row."""
+    fake_cuda()
+    with pytest.raises(SystemExit) as exit_:
+        gpucheck.main(["--tolerance", tolerance, "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    check_one_line_error(
+        f"--tolerance {float(tolerance):g} is not allowed",
+        exit_.value.code,
+        captured.err,
+        captured.out,
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_control_flow_under_the_standin_reaches_the_first_kernel(fake_cuda, tmp_path, capsys):
     """Every step runs (in this process, so the stand-in applies) with an indexed device; each
     spec stops at its first real CUDA operation, becomes an error row naming it, and the
@@ -82,17 +100,45 @@ def test_bad_card_is_refused_before_anything_runs(fake_cuda, tmp_path, capsys, c
     assert list(tmp_path.iterdir()) == []
 
 
-def test_step_time_beside_the_prediction():
-    """The error of each timed row by hand; a row without its measured step fails the check."""
+def test_step_time_beside_the_prediction_and_its_band():
+    """The error of each timed row by hand, and whether the measured step lies in the
+    prediction's likely range; a row without its measured step fails the check."""
     rows = gpucheck.with_step_error(
         [
-            {"precision": "fp32", "batch": 32, "step_s": 0.2, "predicted_step_s": 0.15},
-            {"precision": "bf16", "batch": 32, "step_s": 0.1, "predicted_step_s": 0.125},
+            {
+                "precision": "fp32",
+                "batch": 32,
+                "step_s": 0.2,
+                "predicted_step_s": 0.15,
+                "predicted_step_s_low": 0.12,
+                "predicted_step_s_high": 0.18,
+            },
+            {
+                "precision": "bf16",
+                "batch": 32,
+                "step_s": 0.1,
+                "predicted_step_s": 0.125,
+                "predicted_step_s_low": 0.1,
+                "predicted_step_s_high": 0.15,
+            },
         ]
     )
     assert [r["step_error_pct"] for r in rows] == pytest.approx([-25.0, 25.0])
+    assert [r["in_band"] for r in rows] == ["no", "yes"]
     ok, sentence = gpucheck.time_check(rows, "rtx3070")
-    assert ok and "measured 0.2 s, predicted 0.15 s (-25.0%)" in sentence
+    assert ok
+    assert (
+        "measured 0.2 s, predicted 0.15 s, likely 0.12-0.18 s (measured outside it) (-25.0%)"
+        in sentence
+    )
+    assert "likely 0.1-0.15 s (measured inside it)" in sentence
+    assert "emulated" not in sentence  # an RTX 3070 has BF16 tensor cores
+    env = {"torch": "2.14", "device_name": "a card", "torch_threads": 1}
+    report = gpucheck.render(env, [], [(ok, sentence)], 10.0, rows)
+    assert "predicted_step_s_low" in report and "in_band" in report
+    # A card that runs a precision otherwise than predicted says so beside it.
+    _, sentence = gpucheck.time_check(rows, "gtx1070")
+    assert "(measured inside it) (+25.0%) (bf16 is emulated on sm61" in sentence
     failed = gpucheck.with_step_error([{"precision": "fp32", "batch": 32, "status": "oom"}])
     assert gpucheck.time_check(failed, "rtx3070") == (
         False,
@@ -110,3 +156,14 @@ def test_card_adds_the_timed_steps_under_the_standin(fake_cuda, tmp_path, capsys
     report = (tmp_path / "gpucheck.md").read_text()
     assert "FAIL: step time on this card beside the prediction for rtx3070: no result" in report
     assert (tmp_path / "gpucheck" / "throughput.csv").is_file()
+
+
+def test_the_report_shows_a_specs_error_literally():
+    """A failed spec's error is quoted in the checks: its escape sequences and newlines are
+    shown as escapes, in gpucheck.md and on stdout alike."""
+    failed = [{"spec_id": "tiny\nx", "status": "error", "error": "RuntimeError: \x1b]0;pwned\x07"}]
+    checks = gpucheck.verdicts([], failed, [], 10.0)
+    env = {"torch": "2", "device_name": "card", "torch_threads": 1}
+    report = gpucheck.render(env, [], checks, 10.0)
+    assert "\x1b" not in report and "\x07" not in report
+    assert "tiny\\nx: error RuntimeError: \\x1b]0;pwned\\x07" in report

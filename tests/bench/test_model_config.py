@@ -85,3 +85,55 @@ def test_a_name_is_a_named_config_unless_a_file_has_it(tmp_path, monkeypatch):
     (tmp_path / "adm-imagenet-256").write_text('{"image_size": 64}')  # a file of that name wins
     assert model_config.load("adm-imagenet-256") == {"image_size": 64}
     assert not model_config.is_named("adm-imagenet-256")
+
+
+def _fifo(tmp_path):
+    import os
+
+    path = tmp_path / "pipe.json"
+    os.mkfifo(path)  # no writer: a blocking open or read would wait for ever
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, says",
+    [
+        (lambda tmp: tmp, "is not a regular file"),
+        (_fifo, "is not a regular file"),
+        (lambda tmp: "/dev/zero", "is not a regular file"),  # a read that never ends
+        (lambda tmp: _write(tmp / "deep.json", "[" * 100_000), "is not valid JSON: nested too"),
+        (lambda tmp: _write(tmp / "deep.toml", "a = " + "[" * 100_000), "is not valid TOML"),
+        (
+            lambda tmp: _write(tmp / "inline.toml", "a = " + "{b = " * 3000 + "1" + "}" * 3000),
+            "is not valid TOML: nested too deeply",
+        ),
+        (lambda tmp: _write(tmp / "big.json", " " * (2**20) + "{}"), "is larger than 1 MiB"),
+    ],
+)
+def test_only_a_bounded_regular_file_is_read(tmp_path, make, says):
+    """What the path is and what it holds are the user's: a folder, a FIFO, a device, a
+    nesting deeper than the parser's recursion or a huge file are one line, never a hang, a
+    read until memory runs out or a RecursionError's traceback."""
+    path = str(make(tmp_path))
+    with pytest.raises(model_config.ModelConfigError, match=says) as info:
+        model_config.load(path)
+    assert str(info.value).startswith(f"--model-config {path}") and "\n" not in str(info.value)
+    if "regular" in says or "larger" in says:
+        assert model_config.tag(path).endswith("missing")  # the tag reads the same way
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_a_file_nested_too_deeply_is_one_line_from_the_command_line(tmp_path, capsys):
+    from bench import memory
+    from tests.helpers.cli_checks import check_one_line_error
+
+    _write(tmp_path / "deep.toml", "a = " + "[" * 100_000)
+    with pytest.raises(SystemExit) as info:
+        memory.main(["--model-config", str(tmp_path / "deep.toml"), "--out", str(tmp_path / "o")])
+    captured = capsys.readouterr()
+    check_one_line_error("is not valid TOML: nested too deeply", info.value.code, *captured[::-1])
+    assert not (tmp_path / "o").exists()

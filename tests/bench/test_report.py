@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from bench import harnesses, report
+from bench import memory as memory_command
 from bench.core import Harness
 from bench.figure import Figure
 from bench.harnesses import loss, memory, sampling, throughput
@@ -617,3 +618,79 @@ def test_a_damaged_peak_cache_is_one_line_exit_2(tmp_path, capsys, cache):
         captured.out,
     )
     assert snapshot(tmp_path) == before
+
+
+# ----- (e) the CSV is distrusted: a cell no harness writes is one line ---------------------------
+
+
+def damage(path: Path, column: str, value: str, row: int = 0) -> None:
+    def change(rows, columns):
+        rows[row][column] = value
+        return columns
+
+    rewrite(path, change)
+
+
+@pytest.mark.parametrize(
+    "column, value, says",
+    [
+        # Rendered as verdicts before: "fits in nan GiB", "predicted -500 MiB, headroom 99,999".
+        ("budget_mib", "nan", "budget_mib 'nan' is not a finite number"),
+        ("predicted_cuda_mib", "inf", "predicted_cuda_mib 'inf' is not a finite number"),
+        ("predicted_cuda_mib", "-500.0", "predicted_cuda_mib '-500.0' is negative"),
+        ("step_s", "-1.5", "step_s '-1.5' is negative"),
+        ("batch", "-3", "batch '-3' is not an integer >= 0"),
+        # A KeyError traceback before: a card (or preset) this version does not know.
+        ("card", "rtx5090", "card 'rtx5090' is not one this version knows: gtx1070, "),
+        ("preset", "ddpm-9000", "preset 'ddpm-9000' is not one this version knows"),
+    ],
+)
+def test_a_cell_no_harness_writes_is_one_line_exit_2(good, capsys, column, value, says):
+    damage(good / "memory.csv", column, value)
+    before = snapshot(good.parent)
+    with pytest.raises(SystemExit) as info:
+        report.main(["--out", str(good), "--no-plots"])
+    captured = capsys.readouterr()
+    check_one_line_error(f"memory.csv line 2: {says}", info.value.code, captured.err, captured.out)
+    assert snapshot(good.parent) == before
+
+
+def test_a_figure_that_may_be_negative_or_not_finite_is_rendered(good):
+    """A headroom below zero is a verdict (does NOT fit), and a diverged loss is NaN: the
+    harnesses declare which figures may be so."""
+    damage(good / "memory.csv", "headroom_mib", "-10.0")
+    report.main(["--out", str(good), "--no-plots"])
+    assert "headroom -10 MiB" in (good / "memory.md").read_text()
+    assert {"final_loss", "val_loss"} <= set(loss.HARNESS.unbounded_columns)
+    assert "headroom_mib" in memory.HARNESS.signed_columns
+
+
+def test_a_predicted_row_without_its_verdicts_figure_is_one_line_exit_2(good, capsys):
+    """A --predict-only memory row lacking predicted_cuda_mib was a TypeError traceback."""
+
+    def predicted_without(rows, columns):
+        for row in rows:
+            row["spec_id"] += "-predicted"
+        return [c for c in columns if c != "predicted_cuda_mib"]
+
+    rewrite(good / "memory.csv", predicted_without)
+    with pytest.raises(SystemExit) as info:
+        report.main(["--out", str(good), "--no-plots"])
+    captured = capsys.readouterr()
+    check_one_line_error("has no predicted_cuda_mib", info.value.code, captured.err, captured.out)
+
+
+def test_a_sweep_refuses_a_table_it_could_not_report_before_it_runs(good, capsys):
+    """A row naming a card this version does not know: the sweep ran, appended its row, then
+    failed on the old row with a KeyError traceback, so its .md was never updated. Now it
+    refuses in one line before any spec runs, and the table is as it was."""
+    damage(good / "memory.csv", "card", "rtx5090")
+    before = snapshot(good.parent)
+    with pytest.raises(SystemExit) as info:
+        memory_command.main(
+            ["--preset", "tiny", "--batch", "1", "--accum", "1", "--predict-only"]
+            + ["--device", "cpu", "--inline", "--out", str(good)]
+        )
+    captured = capsys.readouterr()
+    check_one_line_error("card 'rtx5090' is not one", info.value.code, captured.err, captured.out)
+    assert snapshot(good.parent) == before

@@ -175,3 +175,59 @@ def test_grad_sync_defaults_to_once_per_step():
     # Ranks average gradients once per optimizer step unless told to after every micro-batch.
     assert TrainConfig().grad_sync == "last"
     assert TrainConfig(grad_sync="every").grad_sync == "every"
+
+
+# --------------------------------------------------------------------------- types, named
+
+
+@pytest.mark.parametrize(
+    "changes, pattern",
+    [
+        (
+            {"base_channels": "16"},
+            r"base_channels='16' is not allowed: it must be an integer, not text",
+        ),
+        ({"base_channels": 8.0}, r"base_channels=8\.0 is not allowed: it must be an integer"),
+        ({"num_res_blocks": 1.5}, r"num_res_blocks=1\.5 is not allowed: it must be an integer"),
+        ({"base_channels": float("nan")}, r"base_channels=nan is not allowed"),
+        ({"image_size": float("inf")}, r"image_size=inf is not allowed"),
+        (
+            {"num_heads": True},
+            r"num_heads=True is not allowed: it must be an integer, not true/false",
+        ),
+        ({"norm_groups": 16.0}, r"norm_groups=16\.0 is not allowed: it must be an integer"),
+        (
+            {"channel_mults": "1,2"},
+            r"channel_mults='1,2' is not allowed: it must be a list of integers",
+        ),
+        ({"channel_mults": [1, "2"]}, r"channel_mults=\[1, '2'\] is not allowed: .*'2' is text"),
+        ({"channel_mults": 2}, r"channel_mults=2 is not allowed: it must be a list of integers"),
+        ({"attention_resolutions": [16.0]}, r"attention_resolutions=\[16\.0\] is not allowed"),
+        ({"dropout": "0.1"}, r"dropout='0\.1' is not allowed: it must be a number, not text"),
+        ({"dropout": float("nan")}, r"dropout=nan is not allowed"),
+        ({"gradient_checkpointing": "yes"}, r"gradient_checkpointing='yes' is not allowed"),
+    ],
+)
+def test_a_field_of_the_wrong_type_is_refused_by_name(changes, pattern):
+    """JSON, TOML and checkpoints give any type: the field is named, never an operator."""
+    with pytest.raises(ValueError, match=pattern):
+        UNetConfig(**changes)
+
+
+@pytest.mark.parametrize(
+    "changes, pattern",
+    [
+        ({"batch_size": "2"}, r"batch_size='2' is not allowed: it must be an integer, not text"),
+        ({"accum_steps": 2.0}, r"accum_steps=2\.0 is not allowed: it must be an integer"),
+        ({"lr": "1e-3"}, r"lr='1e-3' is not allowed: it must be a number, not text"),
+        ({"lr": float("inf")}, r"lr=inf is not allowed"),
+        ({"weight_decay": float("nan")}, r"weight_decay=nan is not allowed"),
+        ({"grad_clip": "1"}, r"grad_clip='1' is not allowed"),
+        ({"betas": "0.9"}, r"betas='0\.9' is not allowed"),
+        ({"lr_warmup_steps": 1.5}, r"lr_warmup_steps=1\.5 is not allowed"),
+        ({"ema_warmup": 1}, r"ema_warmup=1 is not allowed: it must be true or false"),
+    ],
+)
+def test_a_train_field_of_the_wrong_type_is_refused_by_name(changes, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        TrainConfig(**changes)

@@ -330,6 +330,16 @@ def test_folder_missing(tmp_path):
     assert str(missing) in str(err.value)
 
 
+@pytest.mark.parametrize("name", ["folder", "mnist", "cifar10"])
+def test_a_data_root_that_is_a_file_says_so(tmp_path, name):
+    """Not "not found": the path is there, and is a file where a folder belongs."""
+    path = tmp_path / "images.zip"
+    path.write_bytes(b"PK")
+    with pytest.raises(DatasetError, match=f"--data-root {path} is a file, not a folder"):
+        load_dataset(name, 8, 3 if name != "mnist" else 1, root=path, download=True)
+    assert path.read_bytes() == b"PK"
+
+
 def test_folder_without_images(tmp_path):
     (tmp_path / "readme.txt").write_text("nothing to see")
     with pytest.raises(DatasetError, match="no png/jpg") as err:

@@ -412,6 +412,15 @@ def test_missing_dataset_is_one_line_and_exit_2_before_anything_runs(tmp_path, c
     assert not out.exists() and not any(empty.iterdir())
 
 
+def test_a_data_root_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "images.tar").write_bytes(b"")
+    with pytest.raises(SystemExit) as exc:
+        loss_command.main(["--dataset", "folder", "--data-root", str(tmp_path / "images.tar")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1, err
+    assert "images.tar is a file, not a folder: point it at the folder that holds the" in err
+
+
 def test_resume_refuses_rows_trained_with_other_options(sweep, capsys):
     out, _, _ = sweep
     before = (out / "loss.csv").read_text()

@@ -220,6 +220,11 @@ def test_bad_input_as_a_user_meets_it(tmp_path, args, words):
         (["--quality-samples", "1"], ["--quality-samples 1"]),
         (["--batch", "0"], ["--batch 0"]),
         (["--precision", "fp8"], ["--precision 'fp8'"]),
+        # Refused with DDIM's bound before, though no DDIM spec was asked for.
+        (
+            ["--sampler", "ddpm", "--sampling-steps", "2000"],
+            ["--sampling-steps 2000 sets the steps of --sampler ddim; ddpm takes every one"],
+        ),
     ],
 )
 def test_bad_input(tmp_path, capsys, args, words):

@@ -170,3 +170,102 @@ def test_scaling_efficiency_compares_each_rank_count_with_its_one_rank_twin(tmp_
         "efficiency 96 / (4 x 40) = 60%.",
         "ddp vs none on 1 rank, batch 2: 40 vs 50 img/s (medians of 3 and 1 runs): 80%.",
     ]
+
+
+@pytest.mark.parametrize(
+    "precision, says",
+    [
+        ("bf16", "bf16 is emulated on sm61"),
+        ("fp16", "fp16 runs without tensor cores on sm61"),
+    ],
+)
+def test_a_prediction_for_a_card_says_what_the_card_does_not_run(tmp_path, capsys, precision, says):
+    """A GTX 1070 (sm61) runs no torch.compile (Triton needs 7.0), emulates bf16 and has no
+    tensor cores: bench.throughput and bench.sampling say so beside their predictions, as
+    bench.memory does (they predicted a time with no word of it)."""
+    from bench import sampling, throughput
+
+    common = ["--card", "gtx1070", "--compile", "default", "--precision", precision]
+    common += ["--predict-only", "--preset", "tiny", "--batch", "2", "--device", "cpu"]
+    common += ["--inline", "--out", str(tmp_path)]
+    throughput.main(common)
+    sampling.main([*common, "--sampler", "ddim", "--sampling-steps", "10"])
+    out = capsys.readouterr().out
+    for harness in ("throughput", "sampling"):
+        verdicts = [line for line in (tmp_path / f"{harness}.md").read_text().splitlines()]
+        (line,) = [v for v in verdicts if "PREDICTED" in v and "GTX 1070" in v]
+        assert says in line and "torch.compile does not run on sm61" in line, harness
+        assert line.removeprefix("- ") in out  # printed with the table too
+
+
+@pytest.mark.parametrize("harness", ["throughput", "loss", "sampling", "profile"])
+def test_find_max_batch_is_refused_by_every_harness_but_memory(tmp_path, capsys, harness):
+    """bench.throughput accepted it and ignored it (it measured batch 1 and searched nothing);
+    the others refused it: all refuse it alike, in one line, naming bench.memory."""
+    import importlib
+
+    from tests.helpers.cli_checks import check_one_line_error
+
+    main = importlib.import_module(f"bench.{harness}").main
+    with pytest.raises(SystemExit) as info:
+        main(["--find-max-batch", "--preset", "tiny", "--device", "cpu", "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    check_one_line_error("--find-max-batch", info.value.code, captured.err, captured.out)
+    assert "bench.memory" in captured.err and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        # 2.6e23 hours predicted before, while 1e30 was refused as "invalid int value".
+        ("1" + "0" * 30, "--train-steps: 1000000000000000000000000000000 is not allowed"),
+        ("1e30", "--train-steps: 1e30 is not allowed: give a whole number of steps from 1 to "),
+        ("1000000001", "is not allowed: give a whole number of steps from 1 to 1,000,000,000"),
+        ("0", "--train-steps: 0 is not allowed"),
+        ("2.5", "--train-steps: 2.5 is not allowed"),
+        ("nan", "--train-steps: nan is not allowed"),
+        ("many", "--train-steps: 'many' is not a number"),
+    ],
+)
+def test_train_steps_are_bounded_alike_however_written(tmp_path, capsys, text, says):
+    from bench import throughput
+    from tests.helpers.cli_checks import check_one_line_error
+
+    with pytest.raises(SystemExit) as info:
+        throughput.main(["--card", "rtx3070", "--predict-only", "--train-steps", text])
+    captured = capsys.readouterr()
+    check_one_line_error(says, info.value.code, captured.err, captured.out)
+
+
+def test_train_steps_take_a_whole_number_written_either_way():
+    from bench.throughput import MAX_TRAIN_STEPS, train_steps
+
+    assert train_steps("8e5") == train_steps("800000") == 800_000
+    assert train_steps(str(MAX_TRAIN_STEPS)) == MAX_TRAIN_STEPS
+
+
+@pytest.mark.parametrize(
+    "harness, given, says",
+    [
+        # bench.loss and bench.profile printed card=rtx3070 in every row and used it nowhere.
+        ("loss", ["--card", "rtx3070"], "--card is not used by bench.loss: it predicts nothing"),
+        ("loss", ["--budget", "4GiB"], "--budget is not used by bench.loss"),
+        ("profile", ["--card", "rtx3070"], "--card is not used by bench.profile"),
+        ("profile", ["--budget", "4GiB"], "--budget is not used by bench.profile"),
+        ("profile", ["--cuda-context-mib", "300"], "--cuda-context-mib is not used by bench.pro"),
+        ("sampling", ["--budget", "4GiB"], "--budget is not used by bench.sampling"),
+        ("throughput", ["--budget", "4GiB"], "--budget is not used by bench.throughput"),
+    ],
+)
+def test_a_shared_option_a_harness_does_not_use_is_refused(tmp_path, capsys, harness, given, says):
+    import importlib
+
+    from tests.helpers.cli_checks import check_one_line_error
+
+    main = importlib.import_module(f"bench.{harness}").main
+    small = ["--preset", "tiny", "--batch", "2", "--steps", "1", "--device", "cpu", "--inline"]
+    with pytest.raises(SystemExit) as info:
+        main([*given, *small, "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    check_one_line_error(says, info.value.code, captured.err, captured.out)
+    assert not list(tmp_path.iterdir())

@@ -218,3 +218,17 @@ def test_lucidrains_missing_is_one_line(monkeypatch):
 def test_an_impl_that_is_neither_a_name_nor_a_factory_is_refused():
     with pytest.raises(SpecError, match="or give your factory as package.module:callable"):
         _specs(["--impl", "mynets:", "--device", "cpu"])
+
+
+def test_the_presets_architecture_binds_the_preset_only():
+    """--impl lucidrains --image-size 256 was refused: the default preset's attention at 16
+    is never visited by ddpm-cifar10 at 256 px, a check of a model lucidrains does not build."""
+    (spec,) = _specs(["--impl", "lucidrains", "--image-size", "256", "--device", "cpu"])
+    assert spec.image_size == 256 and spec.unet_config().in_channels == 3
+    # Ours is the preset's: refused there as before, alone or beside another implementation.
+    for impls in ("ddpm", "ddpm,lucidrains"):
+        with pytest.raises(SpecError, match="--attention 16 is never visited by ddpm-cifar10"):
+            _specs(["--impl", impls, "--image-size", "256", "--device", "cpu"])
+    # The preset's architecture axes do not shape another model: refused, not ignored.
+    with pytest.raises(SpecError, match="--impl lucidrains builds its own model .*leave --chan"):
+        _specs(["--impl", "lucidrains", "--channels", "64", "--device", "cpu"])

@@ -1,18 +1,20 @@
-"""The time prediction's arithmetic on a made-up card, against figures computed by hand from the
-layer shapes and the card's datasheet; no timing anywhere."""
+"""The traced steps the time prediction reads (fp16 with its GradScaler, DDP's exchange, torch's
+CUDA optimizer defaults, a one-step sampler) and the harnesses' predicted columns with their
+likely range; no timing anywhere."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 from bench import sampling as sampling_command
 from bench import throughput as throughput_command
-from bench.cards import Card
+from bench.cards import CARDS, Card
+from bench.models.workload import build_model, parameter_count
 from bench.predict import runtime
-from bench.predict.runtime import Kernel, KernelRecorder
+from bench.predict.public_runs import foreach_adam
+from bench.predict.step_time import load_constants, step_time
+from bench.spec import BenchSpec
 
 
 def card(capability: tuple[int, int]) -> Card:
@@ -30,93 +32,10 @@ def card(capability: tuple[int, int]) -> Card:
     )
 
 
-@pytest.fixture(autouse=True)
-def round_constants(monkeypatch):
-    # Round efficiencies, so every figure below is a hand division.
-    monkeypatch.setattr(runtime, "COMPUTE_EFFICIENCY", 0.5)
-    monkeypatch.setattr(runtime, "MEMORY_EFFICIENCY", 0.5)
-    monkeypatch.setattr(runtime, "LAUNCH_S", 1e-6)
-
-
-def recorded(fn, *shapes, dtype=torch.float32) -> list[Kernel]:
-    recorder = KernelRecorder()
-    with FakeTensorMode():
-        tensors = [torch.empty(s, dtype=dtype) for s in shapes]
-        with recorder:
-            recorder.on = True
-            fn(*tensors)
-    return recorder.kernels
-
-
-def test_one_convolution_by_hand():
-    # N=8, Cin=64 -> Cout=64, 16x16, 3x3, padding 1.
-    (k,) = recorded(
-        lambda x, w, b: F.conv2d(x, w, b, padding=1), (8, 64, 16, 16), (64, 64, 3, 3), (64,)
-    )
-    assert k.kind == "conv"
-    assert k.flops == 2 * 8 * 64 * 16 * 16 * 64 * 3 * 3  # 150,994,944
-    assert k.bytes == 4 * (8 * 64 * 256 + 64 * 64 * 9 + 64 + 8 * 64 * 256)  # 1,196,288
-    # CC 8.6: TF32 (20 TFLOP/s x 0.5) -> 15.0995 us of math, 2.3926 us of memory, + 1 us.
-    assert runtime.kernel_seconds(k, card((8, 6)), True, False) == pytest.approx(
-        16.0995e-6, rel=1e-4
-    )
-    # CC 7.5: no TF32, the FP32 cores (10 x 0.5) -> 30.199 us + 1 us.
-    assert runtime.kernel_seconds(k, card((7, 5)), True, False) == pytest.approx(
-        31.199e-6, rel=1e-4
-    )
-
-
-def test_one_matmul_by_hand():
-    (k,) = recorded(torch.mm, (64, 128), (128, 256))
-    assert (k.kind, k.flops) == ("matmul", 2 * 64 * 128 * 256)
-    assert k.bytes == 4 * (64 * 128 + 128 * 256 + 64 * 256)
-    # torch's default keeps fp32 matmuls off TF32: 4,194,304 / 5e12 = 0.8389 us (> 0.4588 us of
-    # memory), + 1 us; with TF32 matmuls on, half the math.
-    assert runtime.kernel_seconds(k, card((8, 6)), True, False) == pytest.approx(
-        1.8389e-6, rel=1e-4
-    )
-    assert runtime.kernel_seconds(k, card((8, 6)), True, True) == pytest.approx(1.4588e-6, rel=1e-4)
-
-
-def test_one_elementwise_op_is_its_bytes():
-    (k,) = recorded(torch.add, (1000,), (1000,))
-    assert (k.kind, k.flops, k.bytes) == ("memory", 0, 12_000)
-    # 12,000 B / 500 GB/s = 0.024 us, + 1 us.
-    assert runtime.kernel_seconds(k, card((8, 6)), True, False) == pytest.approx(1.024e-6)
-
-
-def test_views_and_broadcasts_cost_nothing_extra():
-    kernels = recorded(lambda a, b: (a.view(10, 100).t(), a + b.expand(1000)), (1000,), (1,))
-    assert [(k.op, k.bytes) for k in kernels] == [("add", 4 * (1000 + 1 + 1000))]
-
-
-def test_dtype_paths():
-    conv = Kernel("convolution", "conv", 1, 1, torch.float32)
-    assert runtime.peak_tflops(card((8, 6)), conv, True, False) == 20.0  # TF32
-    assert runtime.peak_tflops(card((8, 6)), conv, False, False) == 10.0  # TF32 switched off
-    assert runtime.peak_tflops(card((7, 5)), conv, True, False) == 10.0  # no TF32 before 8.0
-    bf16 = Kernel("convolution", "conv", 1, 1, torch.bfloat16)
-    assert runtime.peak_tflops(card((8, 6)), bf16, True, False) == 40.0
-    assert runtime.peak_tflops(card((7, 5)), bf16, True, False) == 10.0  # no bf16 tensor cores
-    fp16 = Kernel("convolution", "conv", 1, 1, torch.float16)
-    assert runtime.peak_tflops(card((7, 5)), fp16, True, False) == 40.0
-
-
-def test_torch_defaults_and_the_tf32_precision():
-    assert runtime.tf32_switches("tf32") == (True, True)
-    assert runtime.tf32_switches("fp32") == (
-        torch.backends.cudnn.allow_tf32,
-        torch.get_float32_matmul_precision() != "highest",
-    )
-
-
 def test_training_step_holds_the_optimizer_by_hand():
     """Fused AdamW returns nothing: its bytes are what it reads (weights, gradients, both
     moments, each tensor's step count) and writes in place (weights and moments), 4 bytes each:
     28 per parameter and 4 per tensor."""
-    from bench.models.workload import build_model
-    from bench.spec import BenchSpec
-
     spec = BenchSpec(preset="tiny", batch=2)
     params = list(build_model(spec).parameters())
     kernels = runtime.train_step_kernels(spec, card((8, 6)))
@@ -136,6 +55,10 @@ def test_throughput_predict_only_writes_predictions_alone(tmp_path):
     assert row["status"] == "ok" and row["predicted_step_s"] > 0
     assert row["predicted_img_per_s"] == pytest.approx(2 / row["predicted_step_s"])
     assert row["predicted_train_h"] == pytest.approx(row["predicted_step_s"] * 800_000 / 3600)
+    c = load_constants()
+    assert row["predicted_train_h_low"] == pytest.approx(row["predicted_train_h"] * c.band_low)
+    assert row["predicted_train_h_high"] == pytest.approx(row["predicted_train_h"] * c.band_high)
+    assert row["predicted_train_h_low"] < row["predicted_train_h"] < row["predicted_train_h_high"]
     assert all(row.get(c) is None for c in MEASURED_THROUGHPUT)
     header = (tmp_path / "throughput.csv").read_text().splitlines()
     cells = dict(zip(header[0].split(","), header[1].split(",")))
@@ -153,6 +76,7 @@ def test_sampling_predict_only_counts_finished_images(tmp_path):
         assert row.get("step_s") is None and row.get("projected_img_per_s") is None
         full = row["predicted_step_s"] * row["sampling_steps"]
         assert row["predicted_img_per_s"] == pytest.approx(4 / full)
+        assert row["predicted_full_run_s_low"] < full < row["predicted_full_run_s_high"]
     # A complete DDPM run is all T = 1000 steps, DDIM the 50 asked for.
     assert (by_sampler["ddpm"]["sampling_steps"], by_sampler["ddim"]["sampling_steps"]) == (
         1000,
@@ -168,3 +92,62 @@ def test_predict_only_without_a_card_is_one_line(tmp_path, capsys):
     assert exit_.value.code == 2
     assert "--predict-only needs --card" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def tiny(**changes) -> BenchSpec:
+    return BenchSpec(preset="tiny", batch=2, **changes)
+
+
+def test_fp16_is_traced_with_its_grad_scaler():
+    """fp16 runs as fp16 (not as bf16): half convolutions, GradScaler's unscale and inf check
+    over every gradient, its scale update, and the two reads of its scale (host syncs)."""
+    kernels = runtime.train_step_kernels(tiny(precision="fp16"), card((8, 6)))
+    ops = [k.op for k in kernels]
+    assert "_amp_foreach_non_finite_check_and_unscale_" in ops and "_amp_update_scale_" in ops
+    assert [k.kind for k in kernels].count("sync") == 2
+    convs = [k for k in kernels if k.kind == "conv"]
+    assert convs and all(k.dtype == torch.float16 for k in convs)
+    bf16 = runtime.train_step_kernels(tiny(precision="bf16"), card((8, 6)))
+    assert "_amp_foreach_non_finite_check_and_unscale_" not in [k.op for k in bf16]
+
+
+def test_a_rank_of_ddp_exchanges_its_rebuilt_buckets_during_its_backward():
+    """DDP's steady state: buckets of about 25 MiB (the first 1 MiB) in the order the
+    gradients arrive, each all-reduced as soon as its last gradient is accumulated, so most of
+    the exchange overlaps the backward; the card waits for the rest when the backward ends."""
+    spec = BenchSpec(
+        preset="ddpm-cifar10", image_size=8, attention="none", batch=1, ranks=4, parallel="ddp"
+    )
+    kernels = runtime.train_step_kernels(spec, CARDS["rtx3080ti"])
+    buckets = [i for i, k in enumerate(kernels) if k.kind == "collective" and not k.waits]
+    sizes = [kernels[i].bytes for i in buckets]
+    assert sum(sizes) == 4 * parameter_count(spec)  # every fp32 gradient once
+    assert len(sizes) >= 5 and max(sizes) < 30 * 2**20 and sizes[0] < 4 * 2**20
+    backward = [i for i, k in enumerate(kernels) if k.engine and k.kind != "collective"]
+    assert backward[0] < buckets[0] < buckets[-2] < backward[-1]  # issued along the backward
+    assert [k.kind for k in kernels].count("join") >= 1
+    # The loss's mean over the ranks: one more all-reduce of one float, waited for.
+    assert [k.bytes for k in kernels if k.kind == "collective" and k.waits] == [4]
+    one = runtime.train_step_kernels(spec.replace(ranks=1, parallel="none"), CARDS["rtx3080ti"])
+    four = step_time(kernels, CARDS["rtx3080ti"], "fp32", ranks=4)
+    assert four.step_s > step_time(one, CARDS["rtx3080ti"], "fp32").step_s
+    assert 0 < four.exposed_comm_s
+
+
+def test_an_optimizer_left_to_torchs_defaults_takes_the_foreach_kernels_as_on_cuda():
+    kernels = runtime.train_step_kernels(tiny(), card((8, 6)), recipe=foreach_adam)
+    ops = {k.op for k in kernels}
+    assert "_foreach_addcmul_" in ops and "_fused_adamw_" not in ops
+    # Without the CUDA default a fake tensor would take the per-parameter loop: one addcmul_
+    # per parameter instead.
+    assert "addcmul_" not in ops
+
+
+def test_a_one_step_sampler_is_predicted():
+    """DDIM with one step: the step traced is the only one (the trace took the second)."""
+    spec = tiny(sampler="ddim", sampling_steps=1, card="rtx3070")
+    figures = runtime.sampling_figures(spec, CARDS["rtx3070"])
+    assert figures["predicted_full_run_s"] == figures["predicted_step_s"] > 0
+    two = runtime.denoising_step_kernels(spec.replace(sampling_steps=2), CARDS["rtx3070"])
+    one = runtime.denoising_step_kernels(spec, CARDS["rtx3070"])
+    assert sum(k.flops for k in one) == sum(k.flops for k in two)

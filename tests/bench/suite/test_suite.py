@@ -141,7 +141,50 @@ def test_the_suite_runs_guided_diffusion_in_its_fp16_scheme(tmp_path):
     assert "2 passed" in run.stdout  # a training step and a denoising step
     bad = run_suite(tmp_path, "--benchmark-disable", *args, "--bench-precision", "bf16")
     assert bad.returncode != 0
-    assert "--precision bf16: guided-diffusion trains in fp32 or in its own fp16" in bad.stdout
+    said = bad.stdout + bad.stderr
+    assert "--bench-precision bf16: guided-diffusion trains in fp32 or in its own fp16" in said
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--bench-impl", "nosuch"], "--bench-impl 'nosuch' is not allowed"),
+        (["--bench-rounds", "0"], "--bench-rounds 0 is not allowed: it must be >= 1"),
+        (["--bench-rounds", "-1"], "--bench-rounds -1 is not allowed"),
+        (["--bench-batch", "0"], "--bench-batch 0 is not allowed"),
+    ],
+)
+def test_a_bad_option_is_one_line_before_any_test_runs(tmp_path, args, says):
+    """Checked when pytest configures, before collection: not a collection error per test
+    file naming the harnesses' option, nor every test failing on a stack."""
+    run = run_suite(tmp_path, "--benchmark-disable", *args)
+    lines = [line for line in (run.stdout + run.stderr).splitlines() if line.strip()]
+    assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.stdout[-2000:]
+    assert lines == [f"ERROR: {lines[0].removeprefix('ERROR: ')}"] and says in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    "code, status, says",
+    [
+        ("raise KeyboardInterrupt", 130, "Interrupted while the suite's models were checked"),
+        ("import sys; sys.exit(0)", 4, "ERROR: --bench-impl user_code:make: its code called"),
+    ],
+)
+def test_user_code_ending_the_check_is_one_line_not_an_internal_error(tmp_path, code, status, says):
+    """The factory's code runs in a process of its own while pytest starts: a KeyboardInterrupt
+    it raises is one line and 130 (an INTERNALERROR before), an exit one usage-error line."""
+    (tmp_path / "user_code.py").write_text(f"def make():\n    {code}\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "bench", *SMALL, "--benchmark-disable"]
+        + ["--bench-impl", "user_code:make"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])},
+    )
+    lines = [line for line in (run.stdout + run.stderr).splitlines() if line.strip()]
+    assert run.returncode == status and len(lines) == 1 and says in lines[0], lines
 
 
 def benchmark_parser() -> Parser:

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from bench import memory as memory_command
 from bench.harnesses import memory
 from bench.sweep.runner import report_sweep
 from bench.sweep.worker import FAULT_ENV
-from bench.tables.results import ResultsTable
+from bench.tables.results import ResultsTable, markdown_table
 
 ENV = {k: v for k, v in os.environ.items() if k != FAULT_ENV} | {"OMP_NUM_THREADS": "1"}
 # Predicted only, two specs: seconds each, and one can fail on purpose.
@@ -187,3 +188,45 @@ def test_a_report_that_cannot_be_written_is_a_warning_on_stderr(tmp_path, monkey
         f"({os.strerror(errno.ENOSPC)}). Once that is fixed, python -m bench.report --out {out} "
         "--harness memory writes it.\n"
     )
+
+
+# Untrusted text: an error's terminal escape sequences (SGR colour, an OSC that retitles the
+# terminal), a Markdown cell separator, and a file name with an escape and a newline in it.
+ESCAPES = "\x1b[31mred\x1b[0m \x1b]0;pwned\x07 a|b"
+NAME = "cfg\x1b[2J\nx.json"
+
+
+def test_untrusted_text_prints_literally_and_harmlessly(tmp_path, capsys, monkeypatch):
+    """What a file's name or another program's error holds is shown as its escapes, on the
+    line it belongs to: no escape sequence reaches the terminal or the .md, a newline splits
+    no "one line", a "|" no Markdown cell."""
+    (tmp_path / NAME).write_text("{}")
+    out = tmp_path / "out"
+    monkeypatch.setenv(FAULT_ENV, f"error:-b2x1-:{ESCAPES}")
+    args = [*ARGS, "--model-config", str(tmp_path / NAME), "--inline", "--out", str(out)]
+    memory_command.main(args)
+    captured = capsys.readouterr()
+    md = (out / "memory.md").read_text()
+    for text in (captured.out, captured.err, md):
+        assert not set(text) & {"\x1b", "\x07"}
+    assert "\\x1b[31mred\\x1b[0m \\x1b]0;pwned\\x07 a" in captured.out
+    table = [ln for ln in md.splitlines() if ln.startswith("|")]
+    assert len(table) == 2 + 2, table
+    assert not any(ln.startswith("x.json") for ln in md.splitlines())
+    assert "model_config=" + str(tmp_path / "cfg\\x1b[2J\\nx.json") in md
+    assert "-configcfg__2J_x" in rows_of(out)[0]["spec_id"]  # it names folders: no control
+    # A cell's "|" stays inside its cell.
+    (head, rule, row) = markdown_table([{"error": f"RuntimeError: {ESCAPES}"}], ["error"]).split(
+        "\n"
+    )
+    assert row.count("|") - row.count("\\|") == 2 and "\\x07 a\\|b" in row
+
+    # A one-line error quoting the name: one line, literal.
+    monkeypatch.delenv(FAULT_ENV)
+    with pytest.raises(SystemExit) as info:
+        memory_command.main(
+            [*ARGS, "--model-config", str(tmp_path / "gone" / NAME), "--out", str(out)]
+        )
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and "\x1b" not in err
+    assert "gone/cfg\\x1b[2J\\nx.json: cannot read it" in err

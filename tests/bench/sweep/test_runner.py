@@ -799,3 +799,55 @@ def test_what_a_worker_says_is_shown_while_it_still_runs(tmp_path):
     said = []
     _wait(child, 60, messages, lambda line: said.append((line, child.poll())))
     assert said == [("Predicted: fits", None), ("done", 0)]
+
+
+# ----- a worker ends with its result ----------------------------------------------------------
+
+
+def test_a_spec_whose_model_starts_a_thread_ends_with_its_result(tmp_path, monkeypatch):
+    """A factory whose model starts a non-daemon thread: the worker's normal exit waited for
+    it, and a finished prediction became a timeout row (an hour per spec by default)."""
+    (tmp_path / "spinning.py").write_text(
+        textwrap.dedent(
+            """
+            import threading, time
+            from torch import nn
+
+            class Net(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.conv = nn.Conv2d(3, 3, 3, padding=1)
+                    threading.Thread(target=time.sleep, args=(3600,)).start()  # not a daemon
+
+                def forward(self, x, t):
+                    return self.conv(x)
+
+            def make():
+                return Net()
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    root = Path(__file__).resolve().parents[3]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), str(tmp_path)]))
+    args = ["--impl", "spinning:make", "--preset", "ddpm-cifar10", "--image-size", "8"]
+    args += ["--attention", "none", "--batch", "2", "--accum", "1", "--predict-only"]
+    (row,) = memory_command.main([*args, "--timeout", "120", "--out", str(tmp_path / "out")])
+    assert row["status"] == "ok", row["error"]
+
+
+def test_a_written_result_is_never_a_timeout(tmp_path, monkeypatch):
+    """The deadline passes after the worker wrote its result (its process slow to end): the
+    row is the result, not a timeout."""
+    from bench.core import RunContext
+    from bench.sweep import launch
+
+    def late(child, timeout_s, messages, say):
+        child.wait()  # the result is written; the deadline is taken to pass only now
+        raise subprocess.TimeoutExpired("worker", timeout_s)
+
+    monkeypatch.setattr(launch, "_wait", late)
+    spec = BenchSpec(preset="tiny", image_size=16, attention="8", accum=1, predict_only=True)
+    context = RunContext(tmp_path, "run", {})
+    result = launch.run_isolated(memory_harness.HARNESS, spec, context, timeout_s=1.0)
+    assert result["status"] == "ok" and result["figures"]["fits"], result

@@ -128,7 +128,23 @@ BAD = {
     "not an image suffix": (["--out", "{tmp}/samples.txt"], "samples.txt"),
     "missing checkpoint": (["--checkpoint", "{tmp}/no-such.pt"], "no-such.pt"),
     "corrupt checkpoint": (["--checkpoint", "{tmp}/corrupt.pt"], "corrupt.pt"),
+    "checkpoint that is a FIFO": (["--checkpoint", "{tmp}/fifo.pt"], "is not a regular file"),
     "checkpoint that runs code": (["--checkpoint", "{tmp}/evil.pt"], "was refused"),
+    # Refused from its config alone: building 10^6 residual blocks took a minute, then bad_alloc.
+    "absurd model in a checkpoint": (
+        ["--checkpoint", "{tmp}/absurd.pt"],
+        "num_res_blocks=1000000 is not allowed: at most 64",
+    ),
+    # Weights that do not fit: what mismatched, in one line, and no warning before it.
+    "weights of another width": (
+        ["--checkpoint", "{tmp}/wide.pt"],
+        "conv_in.weight has shape (16, 1, 3, 3), not (32, 1, 3, 3)",
+    ),
+    "weights renamed": (
+        ["--checkpoint", "{tmp}/renamed.pt"],
+        "the weights do not fit the UNet: missing conv_in.weight; unexpected extra.weight.",
+    ),
+    "complex weights": (["--checkpoint", "{tmp}/complex.pt"], "conv_in.bias holds torch.complex64"),
     "out is a folder": (["--out", "{tmp}/grid.png"], "grid.png is a folder"),
     "out under a file": (["--out", "{tmp}/afile/samples.png"], "afile"),
     "device name": (["--device", "gpu0"], "gpu0"),
@@ -138,7 +154,22 @@ if not torch.cuda.is_available():
 
 
 @pytest.fixture
-def bad_folder(tmp_path) -> Path:
+def bad_folder(tmp_path, checkpoint) -> Path:
+    changes = {
+        "absurd": lambda data: data["unet_config"].update(num_res_blocks=10**6),
+        "wide": lambda data: data["unet_config"].update(base_channels=32),
+        "renamed": lambda data: data["model"].update(
+            {"extra.weight": data["model"].pop("conv_in.weight")}
+        ),
+        "complex": lambda data: data["model"].update(
+            {"conv_in.bias": data["model"]["conv_in.bias"].to(torch.complex64)}
+        ),
+    }
+    for name, change in changes.items():
+        data = torch.load(checkpoint, weights_only=True)
+        change(data)
+        torch.save(data, tmp_path / f"{name}.pt")
+    os.mkfifo(tmp_path / "fifo.pt")  # there, but no file to read: "does not exist" was wrong
     (tmp_path / "afile").write_text("a file, not a folder")
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
     torch.save({"payload": _RunsCode()}, tmp_path / "evil.pt")
