@@ -5,9 +5,12 @@ declared above it (untyped here: bench.spec imports this module)."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from collections.abc import Callable
+
+import torch
 
 from bench import model_config
 from bench.cards import CARDS
@@ -18,6 +21,18 @@ from ddpm.device import indexed_device
 # openai's guided-diffusion UNet; or a user's factory, "package.module:callable"
 IMPLS = ("ddpm", "diffusers", "lucidrains", "guided-diffusion")
 FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+# --optimizer: each optimizer's package (the import name, the pip name and the extra naming it),
+# None for torch's own (bench.models.optimizers builds them).
+OPTIMIZERS: dict[str, tuple[str, str, str] | None] = {
+    "adamw": None,
+    "adamw8bit": ("bitsandbytes", "bitsandbytes", "bnb"),
+    "ao-adamw8bit": ("torchao", "torchao", "torchao"),
+    "ao-adamw4bit": ("torchao", "torchao", "torchao"),
+    "adafactor": None,
+    "sgd": None,
+    "lion": ("lion_pytorch", "lion-pytorch", "lion"),
+    "prodigy": ("prodigyopt", "prodigyopt", "prodigy"),
+}
 # --budget's units, in MiB (2^20 bytes)
 _UNITS = {"mib": 1.0, "gib": 1024.0, "mb": 1e6 / 2**20, "gb": 1e9 / 2**20}
 
@@ -135,6 +150,24 @@ def parse_impls(text: str) -> list[str]:
                 "your factory as package.module:callable."
             )
     return _once_each("--impl", text, values)
+
+
+def parse_optimizers(text: str) -> list[str]:
+    """A comma list of optimizers, each one's package installed (one line naming the extra
+    that brings it when not)."""
+    values = parse_choices("--optimizer", text, tuple(OPTIMIZERS))
+    for value in values:
+        package = OPTIMIZERS[value]
+        if package and importlib.util.find_spec(package[0]) is None:
+            raise SpecError(
+                f"--optimizer {value} needs the {package[1]} package: pip install "
+                f"'ddpm-bench[{package[2]}]' (or pip install {package[1]})."
+            )
+        if value == "adafactor" and not hasattr(torch.optim, "Adafactor"):
+            raise SpecError(
+                "--optimizer adafactor needs torch 2.5 or newer (torch.optim.Adafactor)."
+            )
+    return values
 
 
 def parse_model_config(path: str | None) -> str:

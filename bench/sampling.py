@@ -63,11 +63,11 @@ DDIM_STEPS = next(f.metadata["option"].text for f in option_axes() if f.name == 
 
 
 def sampling_axes() -> tuple[str, ...]:
-    """The axes this harness takes: every harness's but the ranks' (it trains nothing), and its
-    own sampler and steps. --accum and --checkpointing are options so that a training command
-    line reads, and are refused off 1 and off."""
-    ranks = group_axes("ranks")
-    return (*(a for a in common_axes() if a not in ranks), "sampler", "sampling_steps")
+    """The axes this harness takes: every harness's but the ranks' and the training levers' (it
+    trains nothing), and its own sampler and steps. --accum and --checkpointing are options so
+    that a training command line reads, and are refused off 1 and off."""
+    training = group_axes("ranks") + group_axes("levers")
+    return (*(a for a in common_axes() if a not in training), "sampler", "sampling_steps")
 
 
 def preset_of(config: UNetConfig) -> str | None:

@@ -23,9 +23,19 @@ from bench.parsers import (
     parse_image_size,
     parse_impls,
     parse_model_config,
+    parse_optimizers,
     parse_preset,
 )
-from ddpm.config import GRAD_SYNCS, PRECISIONS, PRESETS, TrainConfig, UNetConfig
+from ddpm.config import (
+    ATTENTION_BACKENDS,
+    EMA_DTYPES,
+    EMA_PLACES,
+    GRAD_SYNCS,
+    PRECISIONS,
+    PRESETS,
+    TrainConfig,
+    UNetConfig,
+)
 from ddpm.parallel import PARALLEL
 
 MIB = 2**20  # bytes per MiB: every *_mib figure of every table
@@ -267,6 +277,48 @@ class BenchSpec:
         parse=int_list(),
         help="DDIM steps per complete run, 1..T, a comma list (default %(default)s)",
     )
+    # The memory levers of training (docs/levers.md): the optimizer, where the EMA lives and its
+    # dtype, the attention kernel, the memory format.
+    optimizer: str = axis(
+        "adamw",
+        quiet=True,
+        group="levers",
+        parse=lambda o, t, s: parse_optimizers(t),
+        help="adamw (fused, ours), adamw8bit (bitsandbytes), ao-adamw8bit, ao-adamw4bit "
+        "(torchao), adafactor (torch), sgd (momentum 0.9), lion, prodigy; a comma list; the "
+        "packages are optional extras (default %(default)s)",
+    )
+    ema: str = axis(
+        "device",
+        quiet=True,
+        group="levers",
+        parse=choice_list(EMA_PLACES),
+        help="where the EMA of the weights lives: device (the card), cpu (host memory, updated "
+        "there after each step), off (default %(default)s)",
+    )
+    ema_dtype: str = axis(
+        "fp32",
+        quiet=True,
+        group="levers",
+        parse=choice_list(EMA_DTYPES),
+        help=f"the EMA copy's dtype: {', '.join(EMA_DTYPES)} (default %(default)s)",
+    )
+    attention_backend: str = axis(
+        "auto",
+        quiet=True,
+        group="levers",
+        parse=choice_list(ATTENTION_BACKENDS),
+        help="torch's attention kernel: auto (its dispatcher's choice), flash, efficient, math "
+        "(default %(default)s)",
+    )
+    channels_last: str = axis(
+        "off",
+        quiet=True,
+        group="levers",
+        parse=choice_list(ON_OFF),
+        help="the model's weights (and so its activations) in channels-last memory format: "
+        "off, on (default %(default)s)",
+    )
     repeat: int = axis(1, quiet=True)  # which pass over the grid (--repeats)
     # How a spec is run, not what it is: in the spec id, not columns.
     seed: int = 0
@@ -369,6 +421,9 @@ class BenchSpec:
             "precision": self.precision,
             "seed": self.seed,
             "grad_sync": self.grad_sync,
+            "ema": self.ema,
+            "ema_dtype": self.ema_dtype,
+            "attention_backend": self.attention_backend,
         }
         clash = sorted(set(settings) & set(from_spec))
         if clash:
@@ -415,6 +470,28 @@ def architecture_words(row: dict) -> str:
         if row.get(name, "preset") != "preset"
     ]
     return " with " + ", ".join(said) if said else ""
+
+
+# How the verdicts say a lever off its default (docs/levers.md).
+_LEVER_WORDS: dict[str, Callable[[str], str]] = {
+    "optimizer": lambda v: f"optimizer {v}",
+    "ema": lambda v: "no EMA" if v == "off" else f"EMA on the {v}",
+    "ema_dtype": lambda v: f"EMA in {v}",
+    "attention_backend": lambda v: f"{v} attention",
+    "channels_last": lambda v: "channels-last",
+}
+
+
+def lever_words(row: dict) -> str:
+    """The memory levers off their defaults, for a verdict: ", optimizer adamw8bit, EMA on the
+    cpu"; nothing when all are at theirs (or the row predates them)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(BenchSpec)}
+    said = [
+        words(row[name])
+        for name, words in _LEVER_WORDS.items()
+        if row.get(name) not in (None, "", defaults[name])
+    ]
+    return "".join(f", {w}" for w in said)
 
 
 def option_axes(cls: type | None = None) -> list[dataclasses.Field]:

@@ -10,6 +10,12 @@ PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 # When data-parallel ranks average gradients within an accumulated step: after the last
 # micro-batch only (the same mean, one exchange), or after every one (to measure what that costs).
 GRAD_SYNCS = ("last", "every")
+# Where the EMA's shadow copy lives: on the model's device, in host memory (updated there after
+# each step, as diffusers' offload does), or nowhere; and the dtype it is kept in.
+EMA_PLACES = ("device", "cpu", "off")
+EMA_DTYPES = ("fp32", "bf16")
+# torch's scaled_dot_product_attention backends (ddpm.attention): "auto" lets its dispatcher pick.
+ATTENTION_BACKENDS = ("auto", "flash", "efficient", "math")
 
 
 def _positive(name: str, value: int) -> None:
@@ -212,6 +218,9 @@ class TrainConfig:
     ema_warmup: bool = True
     seed: int = 0
     grad_sync: str = "last"
+    ema: str = "device"  # EMA_PLACES
+    ema_dtype: str = "fp32"  # EMA_DTYPES
+    attention_backend: str = "auto"  # ATTENTION_BACKENDS
 
     def __post_init__(self) -> None:
         for name in ("lr", "weight_decay", "ema_decay"):
@@ -255,6 +264,16 @@ class TrainConfig:
                 f"grad_sync={self.grad_sync!r} is not allowed: "
                 f"choose one of {', '.join(GRAD_SYNCS)}."
             )
+        for name, allowed in (
+            ("ema", EMA_PLACES),
+            ("ema_dtype", EMA_DTYPES),
+            ("attention_backend", ATTENTION_BACKENDS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} is not allowed: "
+                    f"choose one of {', '.join(allowed)}."
+                )
 
     @property
     def effective_batch(self) -> int:

@@ -21,7 +21,18 @@ from ddpm.state import mismatch
 class EMA:
     """Shadow copy of `model`'s parameters (averaged) and buffers (copied)."""
 
-    def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        decay: float = 0.9999,
+        warmup: bool = True,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        """`device`: where the shadow lives (default: each parameter's own; "cpu" keeps it in
+        host memory, updated there from copies of the parameters). `dtype`: the shadow's
+        floating dtype (default: the parameter's, at least float32; a bfloat16 shadow, as some
+        recipes keep, moves only while (1 - decay) * difference is above its resolution)."""
         if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay <= 1:
             raise ValueError(f"decay must be a number in [0, 1], got {decay!r}.")
         self.decay = float(decay)
@@ -31,8 +42,13 @@ class EMA:
         self.buffer_names = [n for n, _ in model.named_buffers()]
         # At least float32: with a bf16 shadow, a step of (1 - 0.9999) * difference is below
         # bf16 resolution and the average would never move.
-        self.params = [p.detach().to(_shadow_dtype(p.dtype), copy=True) for p in model.parameters()]
-        self.buffers = [b.detach().clone() for b in model.buffers()]
+        self.params = [
+            p.detach().to(device=device, dtype=dtype or _shadow_dtype(p.dtype), copy=True)
+            if p.dtype.is_floating_point
+            else p.detach().to(device=device, copy=True)
+            for p in model.parameters()
+        ]
+        self.buffers = [b.detach().to(device=device, copy=True) for b in model.buffers()]
 
     def current_decay(self) -> float:
         """The decay the next update uses.
@@ -141,6 +157,24 @@ class EMA:
                 f"pass the model the EMA was built from."
             )
         return model_tensors
+
+
+class NoEMA:
+    """No EMA (a trainer's ema "off"): nothing kept, nothing updated. Its state is empty, and
+    loading a checkpoint's EMA into it keeps nothing."""
+
+    def __init__(self):
+        self.params: list[torch.Tensor] = []
+        self.buffers: list[torch.Tensor] = []
+
+    def update(self, model: nn.Module) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {"off": True, "params": {}, "buffers": {}}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 def _shadow_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -18,13 +18,14 @@ from dataclasses import dataclass
 import torch
 
 from ddpm import parallel
+from ddpm.attention import sdpa_backend
 from ddpm.checkpoint import (
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
 )
 from ddpm.config import TrainConfig, UNetConfig
-from ddpm.ema import EMA
+from ddpm.ema import EMA, NoEMA
 from ddpm.errors import first_line
 from ddpm.objective import Objective, l_simple
 from ddpm.precision import Phase, apply_matmul_precision, autocast, phase
@@ -87,7 +88,7 @@ class Trainer:
             fused=True,
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
-        self.ema = ema or EMA(self.module, decay=config.ema_decay, warmup=config.ema_warmup)
+        self.ema = ema or _ema(self.module, config, self.device)
         self.objective = objective
         self.step_count = 0
         self.skipped_steps = 0
@@ -116,7 +117,12 @@ class Trainer:
     ) -> StepStats:
         """One optimizer step on the global batch: every rank passes the same world size *
         batch_size * accum_steps images. `on_micro_batch(done, total)` is called after each
-        micro-batch's backward (a caller's progress report on a long step)."""
+        micro-batch's backward (a caller's progress report on a long step). Attention runs on
+        config.attention_backend throughout (ddpm.attention), the backward included."""
+        with sdpa_backend(self.config.attention_backend):
+            return self._step(x0, on_micro_batch)
+
+    def _step(self, x0: torch.Tensor, on_micro_batch) -> StepStats:
         cfg, dev = self.config, self.device
         n, b = self.world * cfg.effective_batch, cfg.batch_size
         if x0.shape[0] != n:
@@ -163,7 +169,7 @@ class Trainer:
             )
         lr = self.lr_at(self.step_count)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            _set_lr(group, lr)
         with phase(Phase.OPTIMIZER, dev):
             scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
             self.scaler.step(self.optimizer)  # skips the update when fp16 gradients overflowed
@@ -256,6 +262,30 @@ class Trainer:
             ) from None
         self.step_count = int(data["step"])
         self.skipped_steps = int(data.get("skipped_steps", 0))
+
+
+def _ema(module: torch.nn.Module, config: TrainConfig, device: torch.device) -> EMA | NoEMA:
+    """The EMA config.ema asks for: on the model's device, in host memory, or none."""
+    if config.ema == "off":
+        return NoEMA()
+    return EMA(
+        module,
+        decay=config.ema_decay,
+        warmup=config.ema_warmup,
+        device="cpu" if config.ema == "cpu" else None,
+        dtype=torch.bfloat16 if config.ema_dtype == "bf16" else None,
+    )
+
+
+def _set_lr(group: dict, lr: float) -> None:
+    """A group's learning rate for this step: the schedule's, times the group's "lr_scale" (an
+    optimizer whose own scale differs: Prodigy's lr is 1 where Adam's is 2e-4). A tensor lr
+    (torchao's optimizers refuse a float once built) is filled in place."""
+    value = lr * group.get("lr_scale", 1.0)
+    if isinstance(group["lr"], torch.Tensor):
+        group["lr"].fill_(value)
+    else:
+        group["lr"] = value
 
 
 def _architecture(config: dict | UNetConfig) -> dict:

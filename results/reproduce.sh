@@ -53,6 +53,13 @@ python -m bench.memory --predict-only --impl lucidrains --image-size 128 --batch
 python -m bench.memory --predict-only --preset ddpm-256 --batch 2 --accum 64 --precision fp32,bf16 --card gtx1070,gtx1080,rtx2070,rtx2080,rtx2080ti,rtx3060,rtx3060ti,rtx3070,rtx3080,rtx3080ti,rtx3090,rtx4060,rtx4060ti,rtx4070,rtx4090,t4,v100-16gb,v100-32gb,a100-40gb --out results
 python -m bench.memory --predict-only --preset ddpm-256 --find-max-batch --accum 1 --precision fp32 --card gtx1070,gtx1080,rtx2070,rtx2080,rtx2080ti,rtx3060,rtx3060ti,rtx3070,rtx3080,rtx3080ti,rtx3090,rtx4060,rtx4060ti,rtx4070,rtx4090,t4,v100-16gb,v100-32gb,a100-40gb --out results
 python -m bench.memory --predict-only --preset ddpm-256 --find-max-batch --accum 1 --precision bf16 --card gtx1070,gtx1080,rtx2070,rtx2080,rtx2080ti,rtx3060,rtx3060ti,rtx3070,rtx3080,rtx3080ti,rtx3090,rtx4060,rtx4060ti,rtx4070,rtx4090,t4,v100-16gb,v100-32gb,a100-40gb --out results
+# The memory levers at 256 px (docs/levers.md) on an 8 GB and a 12 GB card: each alone in fp32
+# (the baselines are the two lines above), math attention for its cost, and all together in bf16.
+python -m bench.memory --predict-only --preset ddpm-256 --find-max-batch --accum 1 --card rtx3070,rtx3060 --out results --precision fp32 --checkpointing on
+python -m bench.memory --predict-only --preset ddpm-256 --find-max-batch --accum 1 --card rtx3070,rtx3060 --out results --precision fp32 --optimizer adamw8bit
+python -m bench.memory --predict-only --preset ddpm-256 --find-max-batch --accum 1 --card rtx3070,rtx3060 --out results --precision fp32 --ema cpu
+python -m bench.memory --predict-only --preset ddpm-256 --find-max-batch --accum 1 --card rtx3070,rtx3060 --out results --precision fp32 --attention-backend math
+python -m bench.memory --predict-only --preset ddpm-256 --find-max-batch --accum 1 --card rtx3070,rtx3060 --out results --precision bf16 --checkpointing on --optimizer adamw8bit --ema cpu
 
 # Time on a card, predicted (docs/throughput.md): the step-time model fitted to the public runs
 # (results/public_runs.md, with the ADM paper's five V100 rows of Table 7 predicted through

@@ -23,7 +23,7 @@ from bench.predict.fit import (
     predict_fit,
 )
 from bench.predict.trace import step_peak
-from bench.spec import DEFAULT_BUDGET_MIB, BenchSpec, architecture_words
+from bench.spec import DEFAULT_BUDGET_MIB, BenchSpec, architecture_words, lever_words
 from ddpm import parallel
 
 
@@ -48,6 +48,7 @@ def verdict(row: dict) -> str | None:
     shape = f"{row['precision']}, {model} at {row['image_size']}px"
     if row.get("checkpointing") == "on":
         shape += ", gradient checkpointing"
+    shape += lever_words(row)
     what = f"batch {row['batch']} x accum {row['accum']}{_ranks_words(row)} ({shape})"
     card_words = "each CUDA" if row.get("ranks", 1) > 1 else "a CUDA"
     named = cards.card_words(row.get("card") or "")

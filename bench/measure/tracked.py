@@ -257,7 +257,11 @@ class TensorTracker(TorchDispatchMode):
 
     def _opt_post(self, *_):
         self._in_optimizer = False
-        self._move(storages(tree_leaves(list(self.optimizer.state.values()))), "optimizer_state")
+        state = list(storages(tree_leaves(list(self.optimizer.state.values()))))
+        # State made before tracking began and taken in by this step (bitsandbytes' shared
+        # quantization maps, built with the optimizer) counts as well.
+        self._add(state, "optimizer_state")
+        self._move(state, "optimizer_state")
 
     def _category(self) -> str:
         """What a storage made now is, unless a hook renames it later."""

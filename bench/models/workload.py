@@ -12,6 +12,7 @@ import torch
 from bench.models.fake import fake_mode
 from bench.models.guided_flags import NAME as GUIDED
 from bench.models.impl import build_unet, recipe
+from bench.models.optimizers import build_optimizer
 from bench.spec import BenchSpec
 from ddpm.parallel import wrap
 from ddpm.schedule import NoiseSchedule
@@ -33,10 +34,22 @@ _BUILT: dict[str, int] = {}
 def build_model(spec: BenchSpec, compiled: bool = True) -> torch.nn.Module:
     torch.manual_seed(spec.seed)  # the same initial weights for every spec with this seed
     model = build_unet(spec)
+    if spec.channels_last == "on":
+        _channels_last(model)
     _BUILT["params"] = sum(p.numel() for p in model.parameters())
     if compiled and spec.compile != "off":
         model.compile(**COMPILE_KWARGS[spec.compile])  # in place: the module keeps its type
     return model
+
+
+def _channels_last(model: torch.nn.Module) -> None:
+    """The convolutions' weights in channels-last format, as model.to(memory_format=...) puts
+    them (each convolution's output follows its weight's format); in place, which fake tensors
+    (the prediction) allow where module.to's parameter swap does not."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 4:
+                p.data = p.data.contiguous(memory_format=torch.channels_last)
 
 
 def build_trainer(
@@ -65,8 +78,14 @@ def build_trainer(
     # Across ranks (a process group is up: torchrun's, or a fake one for the prediction).
     model = wrap(model, spec.parallel, torch.device(device), mesh)
     # Each implementation trains its own way: diffusers' example's optimizer and EMA,
-    # GaussianDiffusion's loss (bench.models.impl.recipe).
-    return Trainer(model, schedule, config, device=device, **recipe(spec, model, config))
+    # GaussianDiffusion's loss (bench.models.impl.recipe); --optimizer replaces the optimizer.
+    kwargs = recipe(spec, model, config)
+    optimizer = build_optimizer(spec.optimizer, model.parameters(), config)
+    if optimizer is not None:
+        kwargs["optimizer"] = optimizer
+    if spec.ema != "device" or spec.ema_dtype != "fp32":
+        kwargs.pop("ema", None)  # the recipe's EMA is on the device in fp32: ours, as asked
+    return Trainer(model, schedule, config, device=device, **kwargs)
 
 
 @dataclass

@@ -59,6 +59,23 @@ def efficient_ok(capability, dtype, head_dim) -> bool:
     return head_dim % alignment == 0
 
 
+class NoBackend(RuntimeError):
+    """No allowed SDPA backend runs on the target card: torch's dispatcher fails the call too."""
+
+
+def allowed_backends() -> set[str]:
+    """The backends torch's switches allow now (torch.nn.attention.sdpa_kernel sets them, as
+    ddpm.attention does for --attention-backend); all four unless restricted."""
+    cuda = torch.backends.cuda
+    switches = {
+        "cudnn": cuda.cudnn_sdp_enabled(),
+        "flash": cuda.flash_sdp_enabled(),
+        "efficient": cuda.mem_efficient_sdp_enabled(),
+        "math": cuda.math_sdp_enabled(),
+    }
+    return {name for name, on in switches.items() if on}
+
+
 def attention_backend(
     capability: tuple[int, int],
     dtype: torch.dtype,
@@ -66,13 +83,18 @@ def attention_backend(
     requires_grad: bool,
     has_mask: bool = False,
     cudnn_version: int | None = None,
+    allowed: set[str] | None = None,
 ) -> str:
-    """ "cudnn", "flash", "efficient" or "math" for the UNet's attention on this card."""
+    """ "cudnn", "flash", "efficient" or "math" for the UNet's attention on this card, among
+    the `allowed` backends (default: those torch's switches allow now); NoBackend, saying why,
+    where none of them runs."""
     if cudnn_version is None:
         cudnn_version = torch.backends.cudnn.version()
+    allowed = allowed_backends() if allowed is None else allowed
     order = ["flash", "efficient", "math"]
     if prefers_cudnn(capability, cudnn_version):
         order.insert(0, "cudnn")
+    order = [backend for backend in order if backend in allowed]
     usable = {
         "cudnn": lambda: (
             not has_mask and cudnn_ok(capability, dtype, head_dim, requires_grad, cudnn_version)
@@ -81,4 +103,13 @@ def attention_backend(
         "efficient": lambda: efficient_ok(capability, dtype, head_dim),
         "math": lambda: True,
     }
-    return next(backend for backend in order if usable[backend]())
+    chosen = next((backend for backend in order if usable[backend]()), None)
+    if chosen is None:
+        dtype_name = str(dtype).removeprefix("torch.")
+        raise NoBackend(
+            f"attention backend {' or '.join(sorted(allowed))} cannot run on a "
+            f"sm{capability[0]}{capability[1]} card in {dtype_name} at head dim {head_dim}"
+            + (" in training" if requires_grad else "")
+            + " (flash needs sm80 or newer and fp16/bf16; efficient sm50 or newer)"
+        )
+    return chosen

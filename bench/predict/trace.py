@@ -115,9 +115,14 @@ def _trace(
         images = trainer.world * spec.batch * accum
         host = synthetic_images(spec, images)
         round_to = CUDA_BLOCK_BYTES if fake else None
+        # --ema cpu: the shadow is host memory, never the card's (on a CPU device too, so that
+        # the tracked figures stand for the card's).
+        on_card = spec.ema != "cpu"
         with TensorTracker(
-            trainer.model, trainer.optimizer, trainer.ema.params, round_to=round_to
+            trainer.model, trainer.optimizer, trainer.ema.params if on_card else (), round_to
         ) as tracker:
+            if not on_card:
+                tracker.ignore(trainer.ema.params + trainer.ema.buffers)
             if fake:
                 _on_the_host(trainer, tracker, host)
             trainer.step(host)  # creates optimizer state

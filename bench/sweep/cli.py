@@ -26,6 +26,7 @@ from bench.sweep.check import DEFAULT_TIMEOUT_S, check_models
 from bench.sweep.launch import Launch, launches_ranks
 from bench.sweep.runner import run_sweep
 from bench.tables.results import RUN_FOLDER, ResultsError, check_writable, results_folder
+from ddpm.attention import CPU_BACKENDS
 from ddpm.cli.args import ArgumentParser, seed_int
 from ddpm.cli.pipes import quiet_closed_pipes
 from ddpm.cli.signals import exit_on_interrupt
@@ -40,6 +41,7 @@ GROUPS = {
     "axes": "axes (comma lists; the sweep is their product)",
     "ranks": "more than one card (torchrun; gloo on CPU, NCCL on CUDA)",
     "run": "model, device and run",
+    "levers": "memory levers of training (docs/levers.md)",
 }
 
 
@@ -237,6 +239,7 @@ def specs_from_args(args: argparse.Namespace) -> list[BenchSpec]:
     sized = getattr(args, "image_size", None) is not None
     placed = getattr(args, "attention", "preset") != "preset"
     grid = [impl.settle(s, sized, placed) for s in grid]
+    check_levers(grid, getattr(args, "predict_only", False))
     check_impl(grid, args.timeout)
     grid = [s for s in grid if parallel_pair_ok(s)]
     return [s.replace(repeat=r) for r in range(1, args.repeats + 1) for s in grid]
@@ -306,6 +309,36 @@ def check_impl(specs: list[BenchSpec], timeout_s: float = DEFAULT_TIMEOUT_S) -> 
     theirs = [s for s in models.values() if not s.preset_architecture]
     if theirs:
         check_models(theirs, timeout_s)
+
+
+def check_levers(specs: list[BenchSpec], predict_only: bool) -> None:
+    """An attention backend this CPU lacks is refused for a run measured here (a prediction
+    for a card takes any: the card's own rules decide there); an implementation that never
+    calls torch's SDPA has no backend to choose."""
+    for spec in specs:
+        if spec.impl == "guided-diffusion" and (spec.optimizer, spec.ema, spec.ema_dtype) != (
+            "adamw",
+            "device",
+            "fp32",
+        ):
+            raise SpecError(
+                "--impl guided-diffusion trains with its TrainLoop's own AdamW and EMA: give "
+                "--optimizer adamw --ema device --ema-dtype fp32 there."
+            )
+        backend = spec.attention_backend
+        if backend == "auto":
+            continue
+        if spec.impl == "guided-diffusion" or (spec.impl == "lucidrains" and not spec.config_file):
+            raise SpecError(
+                f"--impl {spec.impl} computes attention with einsum, not torch's SDPA: "
+                "--attention-backend has nothing to choose there (give auto)."
+            )
+        if spec.device == "cpu" and backend not in CPU_BACKENDS and not predict_only:
+            raise SpecError(
+                f"--attention-backend {backend} does not run on the CPU (torch's CPU attention "
+                f"has {', '.join(b for b in CPU_BACKENDS if b != 'auto')}); add --predict-only "
+                "--card NAME to predict it for a card."
+            )
 
 
 def check_rank_axes(values: dict[str, list], args: argparse.Namespace) -> None:

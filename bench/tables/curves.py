@@ -1,6 +1,6 @@
 """Loss curves compared in one sweep, the sentences under the loss table: accumulation (or ranks)
 against one micro-batch at the same effective batch, each precision against fp32, attention
-against none; each from the curve files the loss pass wrote."""
+against none, each optimizer against AdamW; each from the curve files the loss pass wrote."""
 
 from __future__ import annotations
 
@@ -59,12 +59,12 @@ def _against(ok: list[dict], axis: str, reference: str, varying: list[str]) -> l
         groups.setdefault(tuple(r.get(a) for a in others), []).append(r)
     sentences = []
     for group in groups.values():
-        refs = [r for r in group if r[axis] == reference]
+        refs = [r for r in group if r.get(axis) == reference]  # a row before the axis: none
         if not refs:
             continue
         ref, ref_curve = refs[0], read_curve(refs[0]["curve_path"])
         for r in group:
-            if r[axis] == reference:
+            if r.get(axis) == reference:
                 continue
             diff = max_relative_difference(ref_curve, read_curve(r["curve_path"]))
             skipped = f"; {r['skipped_steps']:g} skipped step(s)" if axis == "precision" else ""
@@ -95,9 +95,12 @@ def compare(rows: list[dict], context: RunContext) -> list[str]:
     sentences = []
     # What is not an axis, said once: the options every spec of this run trained with.
     for setup in sorted({(r["dataset"], r["val_images"], r["lr"], r["threads"]) for r in ok}):
+        # --optimizer: each optimizer at the schedule's lr times its own scale (docs/levers.md)
+        scaled = any(r.get("optimizer", "adamw") != "adamw" for r in ok)
         sentences.append(
             f"Trained on {setup[0]} ({setup[1]:g} validation images) with AdamW "
-            f"lr {setup[2]:g}, {setup[3]:g} CPU thread(s) per spec."
+            f"lr {setup[2]:g}{' (the others at their scale of it)' if scaled else ''}, "
+            f"{setup[3]:g} CPU thread(s) per spec."
         )
     # 1. Accumulation: rows equal in every axis but how a step's images are split (SPLIT_AXES),
     # with the same effective batch.
@@ -152,4 +155,5 @@ def compare(rows: list[dict], context: RunContext) -> list[str]:
     # 2. Precision against fp32, 3. attention against none: rows equal in every other axis.
     sentences += _against(ok, "precision", "fp32", varying)
     sentences += _against(ok, "attention", "none", varying)
+    sentences += _against(ok, "optimizer", "adamw", varying)
     return sentences

@@ -164,6 +164,39 @@ def test_bf16_model_keeps_float32_shadow():
     assert not torch.equal(ema.params[0], start)  # a bf16 shadow would not move by 1e-4
 
 
+def test_cpu_shadow_of_a_card_model_stays_on_the_cpu():
+    """ema "cpu": a model on a (fake) card keeps its shadow in host memory, and the update reads
+    the card's parameters into it: no shadow tensor ever lands on the card."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        with torch.device("cuda"):
+            model = Toy()
+        assert all(p.device.type == "cuda" for p in model.parameters())
+        ema = EMA(model, decay=0.9, device="cpu")
+        assert all(t.device.type == "cpu" for t in ema.params + ema.buffers)
+        ema.update(model)
+        assert all(t.device.type == "cpu" for t in ema.params + ema.buffers)
+
+
+def test_cpu_and_bf16_shadows_follow_the_closed_form():
+    """The same updates as the device shadow: decay * shadow + (1 - decay) * param, exactly in
+    fp32 and within bf16's rounding of each step's result for a bf16 shadow."""
+    model = Toy()
+    set_params(model, 0.0)
+    device, cpu = EMA(model, 0.9, warmup=False), EMA(model, 0.9, warmup=False, device="cpu")
+    half = EMA(model, 0.9, warmup=False, dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in half.params)
+    expected = 0.0
+    for value in (1.0, 3.0, -2.0):
+        set_params(model, value)
+        for ema in (device, cpu, half):
+            ema.update(model)
+        expected = 0.9 * expected + 0.1 * value
+        assert shadow_value(cpu) == shadow_value(device) == pytest.approx(expected, abs=1e-6)
+        assert shadow_value(half) == pytest.approx(expected, rel=2**-7)
+
+
 def test_to_moves_shadow():
     ema = EMA(Toy()).to("meta")
     assert all(p.device.type == "meta" for p in ema.params + ema.buffers)

@@ -285,6 +285,21 @@ def test_compare_sets_ranks_against_one_rank_with_the_same_effective_batch(tmp_p
     assert "1.00e-06" in text and "equal within float rounding" in text
 
 
+def test_compare_sets_each_optimizer_against_adamw(tmp_path):
+    rows = [
+        fake_row(tmp_path, "adamw", [1.0, 0.8, 0.5], optimizer="adamw"),
+        fake_row(tmp_path, "8bit", [1.0, 0.84, 0.5], optimizer="adamw8bit", val_loss=0.55),
+    ]
+    text = curves.compare(rows, RunContext(tmp_path, "r"))
+    (said,) = [s for s in text if s.startswith("optimizer ")]
+    # final 0.5 vs 0.5, val 0.55 vs 0.5 (+10%), worst step |0.8 - 0.84| / 0.8 = 0.05
+    assert said == (
+        "optimizer adamw8bit vs adamw: final loss 0.5 vs 0.5 (+0.00%), val loss 0.55 vs 0.5 "
+        "(+10.00%); max relative loss difference 5.00e-02 over the curve."
+    )
+    assert "(the others at their scale of it)" in text[0]
+
+
 def test_compare_sets_attention_against_none_and_precision_against_fp32(tmp_path):
     base = [1.0, 0.8, 0.6, 0.5]
     rows = [

@@ -656,3 +656,22 @@ def test_verdict_of_one_rank_names_its_parallel_mode(mode):
     assert largest.endswith(": 136 (predicted).")
     plain = memory.verdict({**row, "parallel": "none"})
     assert "rank" not in plain and mode not in plain
+
+
+def test_verdict_names_the_levers_off_their_defaults():
+    row = {
+        **ranked(optimizer="adamw8bit", ema="cpu", attention_backend="math").to_dict(),
+        "status": "ok",
+        "target_sm": 86,
+        "predicted_cuda_mib": 702.0,
+        "predicted_reserved_mib": 244.0,
+        "cudnn_workspace_mib": 32.0,
+        "context_mib": 426.0,
+        "budget_mib": 7977.0,
+        "fits": True,
+        "headroom_mib": 7275.0,
+    }
+    text = memory.verdict(row)
+    assert "at 16px, optimizer adamw8bit, EMA on the cpu, math attention)" in text
+    plain = memory.verdict({**row, **ranked().to_dict()})
+    assert "optimizer" not in plain and "EMA" not in plain and "attention)" not in plain
