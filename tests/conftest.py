@@ -5,9 +5,21 @@ import shutil
 import tempfile
 
 import pytest
+import torch
 
 from bench.predict.cache import CACHE_ENV
 from tests.helpers.cuda_standin import fake_cuda  # noqa: F401  (the strict torch.cuda/pynvml stand-in)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules that count bytes (`pytestmark = pytest.mark.usefixtures("one_thread")`): the
+    counts do not depend on threads, and on a small shared CPU intra-op threads spin against
+    other jobs, so one thread keeps those tests in seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def pytest_addoption(parser):

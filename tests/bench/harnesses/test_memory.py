@@ -30,14 +30,7 @@ TINY_PARAMS = 177_873  # tiny preset with attention at 8
 FP32 = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The byte counts do not depend on threads, and on a small shared CPU intra-op threads
-    spin against other jobs: one thread keeps these tests in seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny(**changes) -> BenchSpec:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 
 import pytest
-import torch
 
 from bench import memory as memory_command
 from bench.cards import CARDS
@@ -23,12 +22,7 @@ from bench.tables.results import read_rows
 STEPS = 800_000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny(**changes) -> BenchSpec:

@@ -7,7 +7,6 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from bench.harnesses import memory
 from bench.predict import batches
@@ -17,14 +16,7 @@ from bench.predict.trace import DEFAULT_TARGET, allocation_stream, predict
 from bench.spec import BenchSpec
 from tests.helpers.steps import MiB, synthetic_steps
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Byte counts do not depend on threads; one thread keeps a shared CPU's tests quick."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny(**changes) -> BenchSpec:

@@ -12,7 +12,6 @@ import functools
 from pathlib import Path
 
 import pytest
-import torch
 
 from bench.core import axes
 from bench.predict.fit import SEARCH_LIMITS, Fit, SpecFit, largest
@@ -23,12 +22,7 @@ from bench.tables.results import read_rows
 RESULTS = Path(__file__).resolve().parents[3] / "results" / "memory.csv"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def committed() -> dict[str, tuple[BenchSpec, int]]:

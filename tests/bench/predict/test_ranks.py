@@ -28,13 +28,7 @@ from tests.helpers import torchrun
 FP32 = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Byte counts do not depend on threads; one keeps a small shared CPU responsive."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def spec(**changes) -> BenchSpec:
