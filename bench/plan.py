@@ -9,8 +9,9 @@ predicted in seconds to minutes on any machine, no GPU run.
 Every option keeps the effective batch: a split into micro-batch x accumulation (accumulation at
 most --max-accum), and each allowed lever's values the card runs (precision: fp32, tf32, bf16,
 fp16 where the card has the tensor cores; gradient checkpointing; torch.compile where Triton
-runs, predicted as eager). Each option's CUDA memory is predicted for the card (the same
-prediction as bench.memory --predict-only: the step on fake tensors, the caching allocator
+runs, predicted as eager; and, where --levers names them, the optimizer, the EMA's place, the
+attention backend and channels-last). Each option's CUDA memory is predicted for the card (the
+same prediction as bench.memory --predict-only: the step on fake tensors, the caching allocator
 replayed) and, where it fits, its step time (bench.throughput's prediction for the card) and
 hours to train. The fastest few of each card are printed, ties kept to the simpler setting
 (fp32 before fp16, no checkpointing before checkpointing, less accumulation); * marks a setting
@@ -56,6 +57,8 @@ MODEL_AXES = (
     "model_config",
 )
 ALL_LEVERS = (SPLIT, *BY_NAME)
+# Each lever multiplies the options: those that are opt-in are pulled only where named.
+DEFAULT_LEVERS = (SPLIT, *(lever.field for lever in LEVERS if not lever.opt_in))
 
 
 def build_parser() -> ArgumentParser:
@@ -98,8 +101,9 @@ def build_parser() -> ArgumentParser:
     )
     q.add_argument(
         "--levers",
-        default=",".join(ALL_LEVERS),
-        help="the levers the plan may pull, a comma list; the others keep their default: "
+        default=",".join(DEFAULT_LEVERS),
+        help="the levers the plan may pull, a comma list; the others keep their default. Each "
+        "lever multiplies the options, so the opt-in ones are pulled only where named: "
         + "; ".join(
             [f"{SPLIT}: micro-batch x accumulation (else one micro-batch)"]
             + [f"{lever.field}: {lever.why}" for lever in LEVERS]
@@ -211,7 +215,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         )
         rows += report.rows(asked, card, ranked, prices.get(card))
     if not any(r["fits"] for r in rows):
-        nearest = max(rows, key=lambda r: r["headroom_mib"])
+        predicted = [r for r in rows if not r["cannot_run"]]
+        if not predicted:
+            fail(f"no option can run on {', '.join(cards)}: {rows[0]['cannot_run']}")
+        nearest = max(predicted, key=lambda r: r["headroom_mib"])
         fail(
             f"--effective-batch {args.effective_batch}: no option fits on "
             f"{', '.join(cards)}; the nearest, {nearest['batch']} x {nearest['accum']} "

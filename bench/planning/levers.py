@@ -1,7 +1,12 @@
 """The levers a plan may pull: the settings that change a step's memory or speed but not what
 it trains. Each is one declaration in LEVERS: the spec field it sets, the values a card can run
-(simplest first: a tie in predicted time keeps the earlier one), those that change the loss, and,
-where the predictions do not see the lever, the value they are taken at.
+(simplest first: a tie in predicted time keeps the earlier one), those that change the loss,
+where the predictions do not see the lever the value they are taken at, and whether a plan pulls
+it only when --levers names it (opt_in: each lever multiplies the options a plan predicts).
+
+A value the card may or may not run with the rest of the option (an attention backend: it
+depends on the dtype and head dim too) is offered and left to the prediction, which refuses it
+as the card's dispatcher would (bench.predict.attention.NoBackend); the plan says so.
 
 The split of the effective batch into micro-batch x accumulation is the one lever every plan
 pulls (splits): it is not a spec field of its own but two, tied by their product."""
@@ -9,9 +14,12 @@ pulls (splits): it is not a spec field of its own but two, tied by their product
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bench.cards import TRITON_MIN_CAPABILITY, Card
+from bench.models.optimizers import modelled
+from bench.parsers import OPTIMIZERS, SpecError, parse_optimizers
+from ddpm.config import ATTENTION_BACKENDS
 
 
 @dataclass(frozen=True)
@@ -22,7 +30,21 @@ class Lever:
     # Where neither prediction (memory, time) models the lever: the value both are taken at,
     # so its options are predicted as that one and, tying with it, never preferred to it.
     predicted_as: str | None = None
+    # Values the memory prediction sees but the time prediction does not: each one's step is
+    # timed as the value named (so it ties with that one and is never preferred for speed).
+    timed_as: dict[str, str] = field(default_factory=dict)
+    unseen: str = ""  # what the predictions leave out of it, said beside a plan's options
+    opt_in: bool = False  # pulled only where --levers names it
     why: str = ""  # what the plan says of it (--help, docs/plan.md)
+
+    def taken_as(self, value: str) -> str | None:
+        """What the plan says where the predictions do not see `value`: "compile default
+        predicted as off", "optimizer lion timed as adamw"; None where they see it."""
+        if self.predicted_as is not None and value != self.predicted_as:
+            return f"{self.field} {value} predicted as {self.predicted_as}"
+        if value in self.timed_as:
+            return f"{self.field} {value} timed as {self.timed_as[value]}"
+        return None
 
 
 def _precisions(card: Card) -> tuple[str, ...]:
@@ -36,6 +58,18 @@ def _precisions(card: Card) -> tuple[str, ...]:
         found.append("bf16")
     if card.tensor_cores:
         found.append("fp16")
+    return tuple(found)
+
+
+def _optimizers(card: Card) -> tuple[str, ...]:
+    """Those whose package is installed here (the prediction builds each one's step)."""
+    found = []
+    for name in OPTIMIZERS:
+        try:
+            parse_optimizers(name)
+        except SpecError:
+            continue
+        found.append(name)
     return tuple(found)
 
 
@@ -59,7 +93,46 @@ LEVERS = (
         lambda card: ("off", "default") if card.capability >= TRITON_MIN_CAPABILITY else ("off",),
         # Both predictions trace the eager step (bench.predict.trace, bench.predict.runtime).
         predicted_as="off",
+        unseen="both predictions trace the eager step",
         why="torch.compile where Triton runs (sm70 on); predicted as eager",
+    ),
+    Lever(
+        "optimizer",
+        _optimizers,
+        # Quantized or factored states, another update rule or a learned step size: each trains
+        # to another loss than AdamW's (bench.loss --optimizer says by how much).
+        changes_loss=frozenset(set(OPTIMIZERS) - {"adamw"}),
+        # A modelled optimizer's step runs as a stand-in that allocates its state and launches
+        # nothing (bench.models.optimizer_state): the time model would see no update at all.
+        timed_as={name: "adamw" for name in OPTIMIZERS if modelled(name)},
+        unseen="the time model does not trace a modelled optimizer's update; AdamW's stands in",
+        opt_in=True,
+        why="those of --optimizer whose package is installed (opt-in); all but adamw change "
+        "the loss; a modelled one's update timed as AdamW's",
+    ),
+    Lever(
+        "ema",
+        # Not off: the EMA's weights are what a DDPM samples from.
+        lambda card: ("device", "cpu"),
+        # The time model prices the EMA's update as the card's kernels wherever it lives.
+        timed_as={"cpu": "device"},
+        unseen="the time model prices the EMA's update on the card, not the host's copy over "
+        "PCIe and its update there",
+        opt_in=True,
+        why="the EMA on the card or in host memory (opt-in); cpu's host copy is not timed",
+    ),
+    Lever(
+        "attention_backend",
+        lambda card: ATTENTION_BACKENDS,
+        opt_in=True,
+        why="auto, flash, efficient, math (opt-in); one the card cannot run in an option's "
+        "dtype is left out and said",
+    ),
+    Lever(
+        "channels_last",
+        lambda card: ("off", "on"),
+        opt_in=True,
+        why="the convolutions in channels-last memory format (opt-in)",
     ),
 )
 BY_NAME = {lever.field: lever for lever in LEVERS}

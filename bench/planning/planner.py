@@ -6,7 +6,12 @@ option's memory is the fit predicted for the card (bench.predict.fit: the trace 
 per micro-batch and lever values, shared by the cards of one compute capability and kept on
 disk); each option that fits has its step time predicted (bench.planning.timing). Options are
 ranked by predicted hours to train; a tie keeps the simpler option: every lever's earlier value
-(fp32 before fp16, no checkpointing before checkpointing), then less accumulation."""
+(fp32 before fp16, no checkpointing before checkpointing), then less accumulation.
+
+An option that cannot run is left out of the ranking with the reason, never predicted as if it
+ran: an attention backend the card's dispatcher refuses in its dtype (NoBackend), or a lever
+value its implementation does not take (bench.sweep.cli.check_levers, as every harness checks
+it)."""
 
 from __future__ import annotations
 
@@ -15,21 +20,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.cards import CARDS
+from bench.parsers import SpecError
 from bench.planning.levers import BY_NAME, LEVERS, SPLIT, splits
 from bench.planning.timing import StepTime, step_time
+from bench.predict.attention import NoBackend
 from bench.predict.fit import Fit, predict_fit
 from bench.spec import BenchSpec
+from bench.sweep.cli import check_levers as check_lever_values
 
 
 @dataclass(frozen=True)
 class Option:
     """One way to train on one card: its spec (the card, batch, accumulation and levers set),
-    the fit, and the step time where it fits."""
+    the fit, and the step time where it fits; or why it cannot run."""
 
     spec: BenchSpec
-    fit: Fit
-    time: StepTime | None  # None where it does not fit: not predicted
+    fit: Fit | None  # None where it cannot run: not predicted
+    time: StepTime | None  # None where it does not fit or cannot run: not predicted
     simplicity: tuple[int, ...]  # each lever's value's place in its list, then accumulation
+    cannot_run: str | None = None  # why, where the card or implementation refuses it
 
     @property
     def card(self) -> str:
@@ -51,19 +60,30 @@ class Option:
 
     @property
     def predicted_as(self) -> list[str]:
-        return [
-            f"{lever.field} {lever.predicted_as}"
-            for lever in LEVERS
-            if lever.predicted_as is not None
-            and getattr(self.spec, lever.field) != lever.predicted_as
-        ]
+        """The levers the predictions do not see at this option's values, and what they took:
+        "compile default predicted as off", "optimizer lion timed as adamw"."""
+        said = (lever.taken_as(getattr(self.spec, lever.field)) for lever in LEVERS)
+        return [words for words in said if words is not None]
 
 
 def predicted_spec(spec: BenchSpec) -> BenchSpec:
-    """The spec the predictions are asked about: each lever they do not model at the value they
-    take it at (Lever.predicted_as)."""
+    """The spec the memory prediction is asked about: each lever it does not model at the value
+    it takes it at (Lever.predicted_as)."""
     return spec.replace(
         **{lever.field: lever.predicted_as for lever in LEVERS if lever.predicted_as is not None}
+    )
+
+
+def timed_spec(spec: BenchSpec) -> BenchSpec:
+    """The spec the time prediction is asked about: predicted_spec, and each value whose speed
+    it does not see at the value it is timed as (Lever.timed_as)."""
+    asked = predicted_spec(spec)
+    return asked.replace(
+        **{
+            lever.field: lever.timed_as[getattr(asked, lever.field)]
+            for lever in LEVERS
+            if getattr(asked, lever.field) in lever.timed_as
+        }
     )
 
 
@@ -98,15 +118,31 @@ class Planner:
         self.say = say
         self._fits: dict[BenchSpec, Fit] = {}
         self._times: dict[tuple[BenchSpec, str], StepTime] = {}
+        self._refused: dict[tuple[BenchSpec, tuple[int, int]], str] = {}
 
     def fit(self, spec: BenchSpec) -> Fit:
+        """NoBackend where the card cannot run the option's attention backend."""
         asked = predicted_spec(spec)
         if asked not in self._fits:
             self._fits[asked] = predict_fit(asked, CARDS[spec.card].capability)
         return self._fits[asked]
 
+    def cannot_run(self, spec: BenchSpec) -> str | None:
+        """Why the option cannot run, or None. A refusal depends on neither the batch nor the
+        accumulation (the dtype, head dim and card decide it), so it is asked once for all
+        splits."""
+        key = (spec.replace(batch=1, accum=1), CARDS[spec.card].capability)
+        if key not in self._refused:
+            try:
+                check_lever_values([spec], predict_only=True)
+                self.fit(spec)
+                self._refused[key] = ""
+            except (SpecError, NoBackend) as exc:
+                self._refused[key] = str(exc)
+        return self._refused[key] or None
+
     def time(self, spec: BenchSpec) -> StepTime:
-        asked = (predicted_spec(spec), spec.card)
+        asked = (timed_spec(spec), spec.card)
         if asked not in self._times:
             self._times[asked] = step_time(asked[0], CARDS[spec.card])
         return self._times[asked]
@@ -125,20 +161,28 @@ class Planner:
         grid = options(base, card, effective_batch, max_accum, allowed)
         found = []
         for done, (spec, simplicity) in enumerate(grid, 1):
-            fit = self.fit(spec)
-            time = self.time(spec) if fit.fits else None
-            found.append(Option(spec, fit, time, simplicity))
+            refused = self.cannot_run(spec)
+            if refused:
+                found.append(Option(spec, None, None, simplicity, refused))
+            else:
+                fit = self.fit(spec)
+                found.append(Option(spec, fit, self.time(spec) if fit.fits else None, simplicity))
             self.say(f"{card}: {done}/{len(grid)} options predicted")
         return rank(found, train_steps)
 
 
 def rank(found: list[Option], train_steps: int) -> list[Option]:
+    """Those that fit by predicted hours (ties: simpler first), then those that do not, the
+    nearest first, then those that cannot run (unranked)."""
     fitting = sorted(
         (o for o in found if o.time is not None),
         key=lambda o: (o.hours(train_steps)[0], o.simplicity),
     )
-    short = sorted((o for o in found if o.time is None), key=lambda o: -o.fit.headroom_mib)
-    return fitting + short
+    short = sorted(
+        (o for o in found if o.fit is not None and o.time is None),
+        key=lambda o: -o.fit.headroom_mib,
+    )
+    return fitting + short + [o for o in found if o.fit is None]
 
 
 def check_levers(allowed: tuple[str, ...]) -> None:

@@ -39,6 +39,7 @@ COLUMNS = [
     "predicted_train_h_high",
     "changes_loss",
     "predicted_as",
+    "cannot_run",
     "usd_per_hour",
     "predicted_usd",
 ]
@@ -61,18 +62,27 @@ def rows(question: dict, card: str, ranked: list[Option], price: float | None) -
                 "batch": option.spec.batch,
                 "accum": option.spec.accum,
                 **{lever.field: getattr(option.spec, lever.field) for lever in LEVERS},
-                "fits": fit.fits,
-                "predicted_cuda_mib": round(fit.cuda_mib, 1),
-                "budget_mib": round(fit.budget_mib, 1),
-                "headroom_mib": round(fit.headroom_mib, 1),
+                "fits": fit is not None and fit.fits,
+                **_memory_columns(fit),
                 **_time_columns(option, hours),
                 "changes_loss": "; ".join(option.changes_loss),
                 "predicted_as": "; ".join(option.predicted_as),
+                "cannot_run": option.cannot_run,
                 "usd_per_hour": price,
                 "predicted_usd": round(hours[0] * price, 2) if hours and price else None,
             }
         )
     return found
+
+
+def _memory_columns(fit) -> dict:
+    if fit is None:
+        return {}
+    return {
+        "predicted_cuda_mib": round(fit.cuda_mib, 1),
+        "budget_mib": round(fit.budget_mib, 1),
+        "headroom_mib": round(fit.headroom_mib, 1),
+    }
 
 
 def _time_columns(option: Option, hours) -> dict:
@@ -117,15 +127,51 @@ def read(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+# Each lever's value as the setting column says it, where it says it (None: left unsaid, the
+# lever's default).
+WORDS = {
+    "precision": lambda v: v,
+    "checkpointing": lambda v: "ckpt" if v == "on" else None,
+    "compile": lambda v: None if v == "off" else f"compile {v}",
+    "optimizer": lambda v: None if v == "adamw" else v,
+    "ema": lambda v: None if v == "device" else f"ema-{v}",
+    "attention_backend": lambda v: None if v == "auto" else f"{v}-attn",
+    "channels_last": lambda v: "ch-last" if v == "on" else None,
+}
+SETTING = 20  # the setting column's width on stdout
+
+
 def _setting(row: dict) -> str:
-    """The levers of a row as words: fp32, bf16*, ckpt, compile (* changes the loss)."""
+    """The levers of a row as words: fp32, bf16*, ckpt, compile default, adamw8bit*, ema-cpu,
+    math-attn, ch-last (* changes the loss)."""
     marked = set(filter(None, row["changes_loss"].split("; ")))
-    words = [row["precision"] + ("*" if f"precision {row['precision']}" in marked else "")]
-    if row["checkpointing"] == "on":
-        words.append("ckpt")
-    if row["compile"] != "off":
-        words.append(f"compile {row['compile']}")
+    words = []
+    for lever in LEVERS:
+        value = row[lever.field]
+        said = WORDS[lever.field](value)
+        if said is not None:
+            words.append(said + ("*" if f"{lever.field} {value}" in marked else ""))
     return " ".join(words)
+
+
+def _unseen(shown: list[dict]) -> list[str]:
+    """What the predictions do not see of the levers of the rows shown, each lever once."""
+    said = []
+    for lever in LEVERS:
+        taken = [lever.taken_as(r[lever.field]) for r in shown]
+        taken = list(dict.fromkeys(t for t in taken if t is not None))
+        if taken:
+            said.append(f"{', '.join(taken)} ({lever.unseen})")
+    return said
+
+
+def _refused(card_rows: list[dict]) -> list[str]:
+    """Why the options that cannot run on the card were left out, each reason once."""
+    reasons = dict.fromkeys(r["cannot_run"] for r in card_rows if r["cannot_run"])
+    if not reasons:
+        return []
+    count = sum(1 for r in card_rows if r["cannot_run"])
+    return [f"Left out, {count} options that cannot run: " + "; ".join(reasons) + "."]
 
 
 def _hours(row: dict) -> str:
@@ -138,26 +184,44 @@ def card_lines(card_rows: list[dict], top: int) -> list[str]:
     where none fits."""
     card = card_rows[0]["card"]
     fitting = [r for r in card_rows if r["fits"] in (True, "True")]
-    head = f"{card_words(card)}: {len(fitting)} of {len(card_rows)} options fit"
+    predicted = [r for r in card_rows if not r["cannot_run"]]
+    head = f"{card_words(card)}: {len(fitting)} of {len(predicted)} options fit"
     if not fitting:
-        near = card_rows[0]
+        if not predicted:
+            return [f"{head}.", *_wrapped(_refused(card_rows))]
+        near = predicted[0]
         return [
             f"{head}. Closest: {_shape(near)} {_setting(near)}, "
             f"{float(near['predicted_cuda_mib']) / GIB:.2f} GiB, "
-            f"{-float(near['headroom_mib']) / GIB:.2f} GiB over."
+            f"{-float(near['headroom_mib']) / GIB:.2f} GiB over.",
+            *_wrapped(_refused(card_rows)),
         ]
     lines = [
         head + "; the fastest:",
-        f"{'#':>3}  {'micro x accum':<13}  {'setting':<20} {'GiB':>5} {'free':>5} "
+        f"{'#':>3}  {'micro x accum':<13}  {'setting':<{SETTING}} {'GiB':>5} {'free':>5} "
         f"{'step s':>7}  hours to train",
     ]
     for r in fitting[:top]:
+        # A long setting goes on under its column, so that a line stays within 80 columns.
+        first, *rest = textwrap.wrap(_setting(r), SETTING)
         lines.append(
-            f"{r['rank']:>3}  {_shape(r):<13}  {_setting(r):<20} "
+            f"{r['rank']:>3}  {_shape(r):<13}  {first:<{SETTING}} "
             f"{float(r['predicted_cuda_mib']) / GIB:>5.2f} {float(r['headroom_mib']) / GIB:>5.2f} "
             f"{float(r['predicted_step_s']):>7.3f}  {_hours(r)}"
         )
-    return lines
+        lines += [" " * 20 + more for more in rest]
+    return lines + _wrapped(notes(card_rows, top))
+
+
+def notes(card_rows: list[dict], top: int) -> list[str]:
+    """What the predictions do not see of the options shown, and what was left out."""
+    shown = [r for r in card_rows if r["fits"] in (True, "True")][:top]
+    unseen = _unseen(shown)
+    return ([f"Not seen: {'; '.join(unseen)}."] if unseen else []) + _refused(card_rows)
+
+
+def _wrapped(said: list[str]) -> list[str]:
+    return [wrapped for line in said for wrapped in textwrap.wrap(line, WIDTH)]
 
 
 def _shape(row: dict) -> str:
@@ -194,7 +258,7 @@ def question_words(row: dict) -> str:
 NOTE = (
     "GiB: predicted CUDA memory (caching allocator's reserved peak, cuDNN allowance and "
     "context); free: the card's budget left. step s, hours: the time model's prediction and "
-    "its likely range. * changes the loss (16-bit autocast)."
+    "its likely range. * changes the loss (16-bit autocast, an optimizer other than AdamW)."
 )
 
 
@@ -243,6 +307,7 @@ def markdown(all_rows: list[dict], top: int) -> str:
                     for r in fitting
                 ]
                 parts += [markdown_table(shown, list(shown[0])), ""]
+            parts += [" ".join(notes(card_rows, top)), ""] if notes(card_rows, top) else []
         parts += summary(best) + ([""] if len(best) > 1 else [])
     return "\n".join(parts).rstrip() + "\n"
 

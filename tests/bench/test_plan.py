@@ -45,7 +45,10 @@ BAD = {
     "unknown card": (["--card", "rtx9090", "--effective-batch", "8"], "'rtx9090'"),
     "no card": (["--card", "", "--effective-batch", "8"], "--card is empty"),
     "no lever": (["--card", "t4", "--effective-batch", "8", "--levers", ","], "allows no lever"),
-    "unknown lever": (["--card", "t4", "--effective-batch", "8", "--levers", "ema"], "'ema'"),
+    "unknown lever": (
+        ["--card", "t4", "--effective-batch", "8", "--levers", "ema,optimiser"],
+        "'optimiser'",
+    ),
     "price of a card not asked": (
         ["--card", "t4", "--effective-batch", "8", "--price", "rtx4090=0.7"],
         "'rtx4090' is not a card asked",

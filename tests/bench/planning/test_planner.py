@@ -124,4 +124,6 @@ def test_compile_is_predicted_as_eager_and_never_preferred():
     eager, compiled = ranked
     assert (eager.spec.compile, compiled.spec.compile) == ("off", "default")
     assert eager.hours(STEPS) == compiled.hours(STEPS) and eager.fit == compiled.fit
-    assert compiled.predicted_as == ["compile off"] and eager.predicted_as == []
+    assert (
+        compiled.predicted_as == ["compile default predicted as off"] and eager.predicted_as == []
+    )
