@@ -92,10 +92,12 @@ python -m bench.memory --predict-only --impl guided-diffusion --find-max-batch -
 python -m bench.memory --predict-only --impl guided-diffusion --model-config adm-imagenet-256-uncond --precision fp32,fp16 --checkpointing off,on --batch 1 --accum 1 --card t4,v100-16gb,rtx4090 --out results
 
 # The largest batch per card of the 64 px and the 256 px unconditional models, fp32 and its fp16
-# scheme, checkpointing off and on, on an 8, a 12, a 16 and a 24 GB card (the T4 and the A100
-# 40 GB are left out: each adds its own traces, and the two runs are long on a 2-core machine).
+# scheme, checkpointing off and on, on an 8, a 12, a 16 and a 24 GB card, then on a T4 and an
+# A100 40 GB (their own compute capabilities, so their own traces).
 python -m bench.memory --predict-only --impl guided-diffusion --find-max-batch --accum 1 --model-config adm-imagenet-64 --precision fp32,fp16 --checkpointing off,on --card rtx3070,rtx3060,v100-16gb,rtx4090 --out results
 python -m bench.memory --predict-only --impl guided-diffusion --find-max-batch --accum 1 --model-config adm-imagenet-256-uncond --precision fp32,fp16 --checkpointing off,on --card rtx3070,rtx3060,v100-16gb,rtx4090 --out results
+python -m bench.memory --predict-only --impl guided-diffusion --find-max-batch --accum 1 --model-config adm-imagenet-64 --precision fp32,fp16 --checkpointing off,on --card t4,a100-40gb --out results
+python -m bench.memory --predict-only --impl guided-diffusion --find-max-batch --accum 1 --model-config adm-imagenet-256-uncond --precision fp32,fp16 --checkpointing off,on --card t4,a100-40gb --out results
 
 # Plots from the CSVs (the .md files are already current).
 python -m bench.report --out results
