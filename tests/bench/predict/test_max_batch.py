@@ -81,8 +81,9 @@ def test_two_traces_answer_as_the_traced_search(name):
 
 
 # `pytest --heavy`: one committed case per lever and model path, on an RTX 30-series budget
-# (sm86). Every committed case would take hours here: the traced search traces each batch it
-# probes. guided-diffusion's steps do not pair, so its search traces every batch as this one does.
+# (sm86), one of them at 256 px. The traced search traces each batch it probes: every committed
+# case would take hours here, and a 256 px search minutes. guided-diffusion's steps do not pair,
+# so its search traces every batch as this one does.
 HEAVY_STEPS = [
     "ddpm-cifar10-32px-b1x1-fp32-attn16-compile-off-ckpt-off-cpu",
     "ddpm-cifar10-32px-b1x1-bf16-attn16-compile-off-ckpt-off-cpu",
@@ -91,8 +92,6 @@ HEAVY_STEPS = [
     "ddpm-cifar10-32px-b1x1-bf16-attn16-compile-off-ckpt-off-cpu-ranks2-parallelfsdp",
     "ddpm-cifar10-128px-b1x1-fp32-attn16-compile-off-ckpt-off-cpu-lucidrains",
     "ddpm-256-256px-b1x1-fp32-attn16-compile-off-ckpt-off-cpu",
-    "ddpm-256-256px-b1x1-fp32-attn16-compile-off-ckpt-off-cpu-diffusers",
-    "ddpm-256-256px-b1x1-bf16-attn16-compile-off-ckpt-on-cpu-optimizeradamw8bit-emacpu",
 ]
 
 
