@@ -603,9 +603,10 @@ def ranked(**changes) -> BenchSpec:
     return BenchSpec(**{**TINY_RANKS, "ranks": 1, "parallel": "none", **changes})
 
 
-def test_verdict_speaks_per_card():
-    row = {
-        **ranked(ranks=8, parallel="fsdp").to_dict(),
+def fitting_row(**changes) -> dict:
+    """A predicted row of ranked(**changes) that fits an 8 GB sm86 card."""
+    return {
+        **ranked(**changes).to_dict(),
         "status": "ok",
         "target_sm": 86,
         "predicted_cuda_mib": 702.0,
@@ -616,6 +617,10 @@ def test_verdict_speaks_per_card():
         "fits": True,
         "headroom_mib": 7275.0,
     }
+
+
+def test_verdict_speaks_per_card():
+    row = fitting_row(ranks=8, parallel="fsdp")
     text = memory.verdict(row)
     assert "batch 2 x accum 2 per rank of 8 (fsdp, gradient sync last)" in text
     assert "on each CUDA sm86 card" in text
@@ -626,18 +631,7 @@ def test_verdict_speaks_per_card():
 def test_verdict_of_one_rank_names_its_parallel_mode(mode):
     """--ranks 1 --parallel ddp is not the plain step: the wrapper's buffers count, so the
     sentence says which it is, for a verdict and for a largest batch."""
-    row = {
-        **ranked(ranks=1, parallel=mode, grad_sync="last").to_dict(),
-        "status": "ok",
-        "target_sm": 86,
-        "predicted_cuda_mib": 702.0,
-        "predicted_reserved_mib": 244.0,
-        "cudnn_workspace_mib": 32.0,
-        "context_mib": 426.0,
-        "budget_mib": 7977.0,
-        "fits": True,
-        "headroom_mib": 7275.0,
-    }
+    row = fitting_row(ranks=1, parallel=mode, grad_sync="last")
     text = memory.verdict(row)
     assert f"batch 2 x accum 2 on 1 rank ({mode}, gradient sync last) (fp32," in text
     assert "on a CUDA sm86 card" in text
@@ -652,18 +646,7 @@ def test_verdict_of_one_rank_names_its_parallel_mode(mode):
 
 
 def test_verdict_names_the_levers_off_their_defaults():
-    row = {
-        **ranked(optimizer="adamw8bit", ema="cpu", attention_backend="math").to_dict(),
-        "status": "ok",
-        "target_sm": 86,
-        "predicted_cuda_mib": 702.0,
-        "predicted_reserved_mib": 244.0,
-        "cudnn_workspace_mib": 32.0,
-        "context_mib": 426.0,
-        "budget_mib": 7977.0,
-        "fits": True,
-        "headroom_mib": 7275.0,
-    }
+    row = fitting_row(optimizer="adamw8bit", ema="cpu", attention_backend="math")
     text = memory.verdict(row)
     assert "at 16px, optimizer adamw8bit, EMA on the cpu, math attention)" in text
     plain = memory.verdict({**row, **ranked().to_dict()})
