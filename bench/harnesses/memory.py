@@ -59,7 +59,7 @@ def verdict(row: dict) -> str | None:
     else:  # a search measured on the card present, with no prediction in the row
         on = f"on {row['device']}"
     if row["status"] != "ok":
-        return f"{what}: {row['status']} ({row['error']})."
+        return f"{what} {on}: {row['status']} ({row['error']})."
     budget = budget_words(row["budget_mib"])
     if row.get("max_batch_source"):
         source = row["max_batch_source"]
@@ -218,7 +218,7 @@ def max_batch_row(spec: BenchSpec, context: RunContext | None = None) -> dict:
         if fitter.model.unpaired and context is not None:
             context.say(f"Each batch traced: {fitter.model.unpaired}.")
     if best == 0:
-        raise torch.OutOfMemoryError(f"not even batch 1 fits {spec.budget_mib:g} MiB")
+        raise torch.OutOfMemoryError(f"not even batch 1 fits {budget_words(spec.budget_mib)}")
     found = spec.replace(batch=best)
     figures = fitter.at(best) if fitter else predict_fit(found, target, context_mib)
     return {

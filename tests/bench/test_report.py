@@ -486,6 +486,17 @@ def test_a_failed_row_needs_no_figure(good):
     assert ": oom (out of memory)." in (good / "memory.md").read_text()
 
 
+def test_a_failed_row_names_the_card_it_ran_out_on():
+    row = {
+        **dict(impl="ddpm", model_config="none", attention="16", preset="tiny", precision="fp32"),
+        **dict(image_size=32, batch=1, accum=1, status="oom", error="out of memory"),
+    }
+    assert memory.verdict({**row, "card": "t4", "target_sm": 75}).endswith(
+        "32px) on a T4 (sm75, 14.56 GiB): oom (out of memory)."
+    )
+    assert " on a CUDA sm86 card: oom" in memory.verdict({**row, "card": "", "target_sm": 86})
+
+
 @pytest.mark.parametrize("name", harnesses.names())
 def test_a_verdicts_columns_are_the_harness_figures(name):
     harness = harnesses.named(name)
