@@ -6,11 +6,13 @@ pytest bench --bench-preset ddpm-cifar10 --bench-batch 1,2,4 --bench-device cuda
 pytest bench --benchmark-disable            # every benchmark once (the CI smoke test)
 pytest bench --bench-impl lucidrains --bench-model-config unet.toml   # the model you train
 pytest bench --bench-impl guided-diffusion --bench-model-config my.flags --bench-precision fp32,fp16
+pytest bench --bench-optimizer adamw,adamw8bit --bench-ema device,cpu --bench-checkpointing on
 torchrun --standalone --nproc-per-node 2 -m pytest bench --bench-parallel fsdp  # 2 ranks
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -28,11 +30,20 @@ from bench.parsers import (
     parse_model_config,
     parse_preset,
 )
-from bench.spec import expand_grid
-from bench.sweep.cli import check_impl
+from bench.spec import BenchSpec, expand_grid
+from bench.sweep.cli import check_impl, check_levers
 from ddpm import parallel
 from ddpm.config import PRECISIONS, PRESETS
 from ddpm.parallel import PARALLEL
+
+# The memory levers of training and checkpointing (docs/levers.md): axes of the suite as of every
+# training harness, each --bench-NAME with the harness option's help, default and parser.
+LEVERS = [
+    (f, f.metadata["option"])
+    for f in dataclasses.fields(BenchSpec)
+    if "option" in f.metadata
+    and (f.metadata["option"].group == "levers" or f.name == "checkpointing")
+]
 
 
 def pytest_addoption(parser):
@@ -63,6 +74,9 @@ def pytest_addoption(parser):
         help="a JSON or TOML file of the model's keyword arguments (guided-diffusion: also its "
         "flag text, or a named config), as --model-config",
     )
+    for field, option in LEVERS:
+        flag = "--bench-" + option.flag(field.name).removeprefix("--")
+        group.addoption(flag, default=option.text, help=option.help)
     group.addoption(
         "--bench-rounds",
         type=int,
@@ -76,13 +90,16 @@ def pytest_addoption(parser):
 SPECS = pytest.StashKey[list]()
 # The shared parsers name the harnesses' options; the suite's are these, prefixed.
 SHARED_OPTIONS = re.compile(
-    r"(?<![\w-])--(impl|model-config|preset|device|image-size|batch|precision)\b"
+    r"(?<![\w-])--("
+    + "|".join(
+        ["impl", "model-config", "preset", "device", "image-size", "batch", "precision"]
+        + [option.flag(field.name).removeprefix("--") for field, option in LEVERS]
+    )
+    + r")\b"
 )
 
 
 def bench_specs(config):
-    from bench.spec import BenchSpec
-
     try:
         rounds = config.getoption("--bench-rounds")
         if rounds < 1:
@@ -114,15 +131,34 @@ def bench_specs(config):
             precision=parse_choices(
                 "--bench-precision", config.getoption("--bench-precision"), PRECISIONS
             ),
+            **{field.name: lever_values(config, field, option) for field, option in LEVERS},
         )
         # guided-diffusion's image size and attention are its flags' (no option gives them)
         grid = [impl.settle(s, False, False) for s in grid]
         # Each model run on fake tensors as its specs call it (a factory in a process of its
         # own): a bad one is one line.
         check_impl(grid)
+        check_levers(grid, predict_only=False)
         return grid
     except SpecError as exc:
         raise pytest.UsageError(SHARED_OPTIONS.sub(r"--bench-\1", str(exc))) from None
+
+
+def lever_values(config, field, option) -> list:
+    flag = option.flag(field.name)
+    return option.parse(flag, config.getoption("--bench-" + flag.removeprefix("--")), None)
+
+
+def test_id(spec) -> str:
+    """b2x1-fp32, then the implementation and each lever off its default: b2x1-fp32-ema-cpu."""
+    words = [f"b{spec.batch}x{spec.accum}-{spec.precision}"]
+    if spec.impl != "ddpm":
+        words.append(spec.impl)
+    for field, _ in LEVERS:
+        value = getattr(spec, field.name)
+        if value != field.default:
+            words.append(f"{field.name.replace('_', '-')}-{value}")
+    return "-".join(words)
 
 
 def pytest_configure(config):
@@ -145,16 +181,18 @@ def pytest_unconfigure(config):
 
 
 def pytest_generate_tests(metafunc):
-    if "spec" in metafunc.fixturenames:
-        specs = metafunc.config.stash[SPECS]
-        metafunc.parametrize(
-            "spec",
-            specs,
-            ids=[
-                f"b{s.batch}x{s.accum}-{s.precision}" + (f"-{s.impl}" if s.impl != "ddpm" else "")
-                for s in specs
-            ],
-        )
+    """`spec`: every spec of the grid (a training step). `sampling_spec`: the grid without what
+    only training reads (accumulation, the levers), each once (a denoising step)."""
+    specs = metafunc.config.stash[SPECS]
+    if "sampling_spec" in metafunc.fixturenames:
+        specs = list(dict.fromkeys(sampling_spec(s) for s in specs))
+        metafunc.parametrize("sampling_spec", specs, ids=[test_id(s) for s in specs])
+    elif "spec" in metafunc.fixturenames:
+        metafunc.parametrize("spec", specs, ids=[test_id(s) for s in specs])
+
+
+def sampling_spec(spec: BenchSpec) -> BenchSpec:
+    return spec.replace(accum=1, **{field.name: field.default for field, _ in LEVERS})
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

@@ -14,8 +14,8 @@ from bench.passes.sampling import default_schedule, denoising_steps
 from ddpm.device import synchronize
 
 
-def test_ddim_step(benchmark, spec, request):
-    spec = spec.replace(sampler="ddim", sampling_steps=50)
+def test_ddim_step(benchmark, sampling_spec, request):
+    spec = sampling_spec.replace(sampler="ddim", sampling_steps=50)
     device = cuda.resolve(spec.device)
     try:
         cuda.start(device, spec.precision)

@@ -128,6 +128,39 @@ def test_the_suite_runs_lucidrains_and_refuses_an_unusable_factory_in_one_line(t
     assert "module 'no_such_module_xyz' does not import" in bad.stdout + bad.stderr
 
 
+def test_the_levers_are_axes_of_the_training_step(tmp_path):
+    """Each lever value is its own training benchmark, trained as the harnesses train it: the
+    SGD state is half AdamW's (one momentum against two moments), and a host EMA leaves the
+    card, so the step's predicted memory orders them; the DDIM step runs once."""
+    run = run_suite(
+        tmp_path,
+        "--benchmark-save",
+        "levers",
+        "--bench-optimizer",
+        "adamw,sgd",
+        "--bench-ema",
+        "device,cpu",
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    (saved,) = tmp_path.rglob("*.json")
+    benches = {b["name"]: b["extra_info"] for b in json.loads(saved.read_text())["benchmarks"]}
+    step = "test_train_step[b2x1-fp32{}]"
+    memory = {
+        (opt, ema): benches[step.format(f"-optimizer-{opt}" * (opt != "adamw") + lever)][
+            "predicted_alloc_mib"
+        ]
+        for opt in ("adamw", "sgd")
+        for ema, lever in (("device", ""), ("cpu", "-ema-cpu"))
+    }
+    assert set(benches) == {
+        step.format(s) for s in ("", "-optimizer-sgd", "-ema-cpu", "-optimizer-sgd-ema-cpu")
+    } | {"test_ddim_step[b2x1-fp32]"}
+    for ema in ("device", "cpu"):
+        assert memory["sgd", ema] < memory["adamw", ema]
+    for opt in ("adamw", "sgd"):
+        assert memory[opt, "cpu"] < memory[opt, "device"]
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("guided_diffusion") is None, reason="guided-diffusion missing"
 )
@@ -152,6 +185,8 @@ def test_the_suite_runs_guided_diffusion_in_its_fp16_scheme(tmp_path):
         (["--bench-rounds", "0"], "--bench-rounds 0 is not allowed: it must be >= 1"),
         (["--bench-rounds", "-1"], "--bench-rounds -1 is not allowed"),
         (["--bench-batch", "0"], "--bench-batch 0 is not allowed"),
+        (["--bench-optimizer", "nosuch"], "--bench-optimizer 'nosuch' is not allowed"),
+        (["--bench-ema", "gpu"], "--bench-ema 'gpu' is not allowed"),
     ],
 )
 def test_a_bad_option_is_one_line_before_any_test_runs(tmp_path, args, says):
