@@ -1,0 +1,143 @@
+"""python -m bench.tables.levers: what each memory lever buys and costs, from the committed
+results: for every largest batch bench.memory found (--find-max-batch, accumulation 1) on a card,
+the step bench.throughput predicted for the same settings at that batch. Writes <out>/levers.md
+(a table per card) and <out>/plots/levers.png (largest batch against predicted images per
+second, one point per combination). Every figure in both is a prediction.
+
+    python -m bench.tables.levers --out results --preset ddpm-256
+
+Rebuilt from memory.csv and throughput.csv alone: rerun it after appending rows to either."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from matplotlib import style
+
+from bench.harnesses.memory import HARNESS as MEMORY
+from bench.harnesses.throughput import HARNESS as THROUGHPUT
+from bench.tables import plots
+from bench.tables.results import ResultsTable, atomic_write
+
+# The settings that make a combination, each with its default and how a value off it is said.
+LEVERS = (
+    ("precision", "fp32", "{}"),
+    ("checkpointing", "off", "checkpointing"),
+    ("optimizer", "adamw", "{}"),
+    ("ema", "device", "EMA on the {}"),
+    ("ema_dtype", "fp32", "{} EMA"),
+    ("attention_backend", "auto", "{} attention"),
+    ("channels_last", "off", "channels-last"),
+)
+# Also equal between a largest batch and its predicted step.
+SAME = ("preset", "image_size", "impl", "card", "batch", "accum", "compile", "attention")
+
+
+def combination(row: dict) -> str:
+    said = [words.format(row[f]) for f, default, words in LEVERS if row[f] != default]
+    return " + ".join(said) or "baseline (fp32, AdamW, EMA on the card)"
+
+
+def joined(memory: list[dict], throughput: list[dict], preset: str) -> list[dict]:
+    """Each largest batch of `preset` at accumulation 1 on a card, with the predicted step
+    of the same settings at that batch (the latest of each); those without one are left out."""
+    key_fields = SAME + tuple(f for f, _, _ in LEVERS)
+    timed = {
+        tuple(r[f] for f in key_fields): r
+        for r in plots.latest_ok(throughput)
+        if r.get("predicted_img_per_s") is not None
+    }
+    found = []
+    for row in plots.latest_ok(memory):
+        if row["preset"] != preset or row["accum"] != 1 or row["card"] in (None, "none"):
+            continue
+        if not row.get("max_batch_source") or not row.get("fits"):
+            continue
+        step = timed.get(tuple(row[f] for f in key_fields))
+        if step is not None:
+            found.append({**row, **{k: v for k, v in step.items() if k.startswith("predicted")}})
+    return found
+
+
+def table(rows: list[dict]) -> str:
+    lines = []
+    for card in dict.fromkeys(r["card"] for r in rows):
+        mine = sorted((r for r in rows if r["card"] == card), key=lambda r: r["batch"])
+        base = next((r for r in mine if combination(r).startswith("baseline")), None)
+        lines += [
+            f"### {card} (predicted)",
+            "",
+            "| combination | largest batch | step s | images/s | vs baseline |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for r in mine:
+            ratio = r["predicted_img_per_s"] / base["predicted_img_per_s"] if base else None
+            lines.append(
+                f"| {combination(r)} | {r['batch']} | {r['predicted_step_s']:.3f} "
+                f"| {r['predicted_img_per_s']:.2f} | "
+                + (f"{ratio:.2f}x |" if ratio is not None else "|")
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    with style.context("default"):
+        fig, ax = plots.new_figure()
+        for card in dict.fromkeys(r["card"] for r in rows):
+            mine = [r for r in rows if r["card"] == card]
+            ax.scatter(
+                [r["batch"] for r in mine],
+                [r["predicted_img_per_s"] for r in mine],
+                label=f"{card} (predicted)",
+            )
+            for r in mine:
+                ax.annotate(
+                    combination(r).split(" (")[0],
+                    (r["batch"], r["predicted_img_per_s"]),
+                    fontsize="x-small",
+                    xytext=(4, 3),
+                    textcoords="offset points",
+                )
+        plots.batch_axis(ax, [r["batch"] for r in rows])
+        ax.set_xlabel("largest batch that fits (accumulation 1, predicted)")
+        ax.set_ylabel("images per second (predicted)")
+        ax.set_title(f"{rows[0]['preset']}: each memory lever, alone and together")
+        plots.finish(fig, ax, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.tables.levers", description=__doc__)
+    parser.add_argument("--out", default="results", help="the results folder (%(default)s)")
+    parser.add_argument("--preset", default="ddpm-256", help="the model (%(default)s)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    memory = ResultsTable.of(MEMORY, out)
+    throughput = ResultsTable.of(THROUGHPUT, out)
+    if not memory.csv_path.is_file() or not throughput.csv_path.is_file():
+        print(f"error: --out {out} lacks memory.csv or throughput.csv.", file=sys.stderr)
+        return 2
+    rows = joined(memory.rows(), throughput.rows(), args.preset)
+    if not rows:
+        print(
+            f"error: no largest batch of --preset {args.preset} in {out} has a predicted step.",
+            file=sys.stderr,
+        )
+        return 2
+    head = (
+        f"# What each memory lever buys and costs: {args.preset} (predicted)\n\n"
+        "Rebuilt by `python -m bench.tables.levers` from memory.csv (the largest batch,\n"
+        "accumulation 1) and throughput.csv (the step predicted at that batch).\n\n"
+    )
+    atomic_write(out / "levers.md", head + table(rows))
+    (out / "plots").mkdir(exist_ok=True)
+    plot(rows, out / "plots" / "levers.png")
+    print(table(rows))
+    print(f"wrote {out / 'levers.md'} and {out / 'plots' / 'levers.png'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
