@@ -83,6 +83,18 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _clusters(rows: list[dict], within: float = 0.02) -> dict[tuple[int, float], list[str]]:
+    """One label per point, the names of combinations at the same batch and within `within`
+    of each other's images per second joined (their labels would print over each other)."""
+    found: dict[tuple[int, float], list[str]] = {}
+    for r in sorted(rows, key=lambda r: (r["batch"], r["predicted_img_per_s"])):
+        x, y = r["batch"], r["predicted_img_per_s"]
+        near = [k for k in found if k[0] == x and abs(k[1] - y) <= within * y]
+        name = combination(r).split(" (")[0]
+        found.setdefault(near[0] if near else (x, y), []).append(name)
+    return found
+
+
 def plot(rows: list[dict], path: Path) -> None:
     with style.context("default"):
         fig, ax = plots.new_figure()
@@ -93,10 +105,10 @@ def plot(rows: list[dict], path: Path) -> None:
                 [r["predicted_img_per_s"] for r in mine],
                 label=f"{card} (predicted)",
             )
-            for r in mine:
+            for (x, y), names in _clusters(mine).items():
                 ax.annotate(
-                    combination(r).split(" (")[0],
-                    (r["batch"], r["predicted_img_per_s"]),
+                    "\n".join(names),
+                    (x, y),
                     fontsize="x-small",
                     xytext=(4, 3),
                     textcoords="offset points",

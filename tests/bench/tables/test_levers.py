@@ -75,3 +75,13 @@ def test_a_folder_without_results_is_one_line_and_status_2(tmp_path, capsys):
     assert levers.main(["--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "lacks memory.csv" in err
+
+
+def test_points_at_one_batch_and_nearly_one_speed_share_a_label():
+    rows = [
+        {**timed("a", 4, 3.68), "card": "rtx3060"},
+        {**timed("b", 4, 3.65, optimizer="adamw8bit"), "card": "rtx3060"},
+        {**timed("c", 4, 3.42, ema="cpu"), "card": "rtx3060"},
+    ]
+    labels = levers._clusters(rows)
+    assert sorted(labels.values()) == [["EMA on the cpu"], ["adamw8bit", "baseline"]]
