@@ -29,31 +29,27 @@ not counted."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from bench.models.optimizer_state import LAYOUTS, Layout, ModelledState
+from bench.models.optimizers import BUILDERS
 from bench.predict.kernels import Kernel, KernelRecorder
 
 # Built as the library's own optimizer in the time prediction's trace.
 TRACED_STEPS = frozenset({"adafactor", "prodigy"})
 MODELLED_STEPS = frozenset({"adamw8bit", "ao-adamw8bit", "ao-adamw4bit"})
-READ_ONLY = ("qmap",)  # state read through the caches, never written
+READ_ONLY = "qmap"  # a quantization map: read through the caches, never written
 
 
 def _state_bytes(layout: Layout) -> int:
     """Bytes of the state one update reads and writes (each once; the maps left out)."""
     return sum(
-        _numel(shape) * dtype.itemsize
+        math.prod(shape) * dtype.itemsize
         for key, (shape, dtype) in layout.items()
-        if not any(key.endswith(r) or key.startswith(r) for r in READ_ONLY)
+        if not key.endswith(READ_ONLY)
     )
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for size in shape:
-        n *= size
-    return n
 
 
 def update_bytes(name: str, p: torch.Tensor) -> int:
@@ -88,8 +84,6 @@ def attach(trainer, name: str, recorder: KernelRecorder) -> None:
         return
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if name in TRACED_STEPS:
-        from bench.models.optimizers import BUILDERS
-
         optimizer = BUILDERS[name](params, trainer.config)
         trainer.optimizer = optimizer
 
@@ -103,7 +97,7 @@ def attach(trainer, name: str, recorder: KernelRecorder) -> None:
         optimizer.register_step_post_hook(answer_zero)
     elif name in MODELLED_STEPS:
 
-        def modelled(opt, *_):
+        def modelled(*_):
             live = [p for p in params if p.grad is not None]
             recorder.extend(update_kernels(name, live))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bench import lever_costs
 from bench.tables import levers
 
 BASE = {
@@ -72,7 +73,7 @@ def test_each_largest_batch_takes_the_step_predicted_at_that_batch_and_those_set
 
 
 def test_a_folder_without_results_is_one_line_and_status_2(tmp_path, capsys):
-    assert levers.main(["--out", str(tmp_path)]) == 2
+    assert lever_costs.main(["--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "lacks memory.csv" in err
 
