@@ -70,6 +70,12 @@ class Card:
         return self.nvlink_gbs or PCIE_LANE_GBS[self.pcie[0]] * self.pcie[1]
 
     @property
+    def pcie_gbs(self) -> float:
+        """The rate one direction of the card's PCIe slot carries, 1e9 bytes/s: what a copy
+        between the card and host memory moves over, NVLink or not."""
+        return PCIE_LANE_GBS[self.pcie[0]] * self.pcie[1]
+
+    @property
     def link(self) -> str:
         if self.nvlink_gbs:
             return f"NVLink {self.nvlink_gbs:g} GB/s"

@@ -99,5 +99,27 @@ python -m bench.memory --predict-only --impl guided-diffusion --find-max-batch -
 python -m bench.memory --predict-only --impl guided-diffusion --find-max-batch --accum 1 --model-config adm-imagenet-64 --precision fp32,fp16 --checkpointing off,on --card t4,a100-40gb --out results
 python -m bench.memory --predict-only --impl guided-diffusion --find-max-batch --accum 1 --model-config adm-imagenet-256-uncond --precision fp32,fp16 --checkpointing off,on --card t4,a100-40gb --out results
 
+# What each memory lever costs at 256 px (docs/levers.md), predicted: the step at each largest
+# batch found above on the RTX 3070 and 3060 (alone and all together), each optimizer and EMA
+# setting at one batch on the RTX 3070, then the two joined into levers.md and plots/levers.png.
+python -m bench.throughput --predict-only --preset ddpm-256 --accum 1 --out results --card rtx3070 --batch 2 --precision fp32
+python -m bench.throughput --predict-only --preset ddpm-256 --accum 1 --out results --card rtx3060 --batch 4 --precision fp32
+python -m bench.throughput --predict-only --preset ddpm-256 --accum 1 --out results --card rtx3070 --batch 2 --precision bf16
+python -m bench.throughput --predict-only --preset ddpm-256 --accum 1 --out results --card rtx3060 --batch 4 --precision bf16
+python -m bench.throughput --predict-only --preset ddpm-256 --accum 1 --out results --card rtx3070 --batch 6 --precision fp32 --checkpointing on
+python -m bench.throughput --predict-only --preset ddpm-256 --accum 1 --out results --card rtx3060 --batch 10 --precision fp32 --checkpointing on
+python -m bench.throughput --predict-only --preset ddpm-256 --accum 1 --out results --card rtx3070 --batch 3 --precision fp32 --optimizer adamw8bit
+python -m bench.throughput --predict-only --preset ddpm-256 --accum 1 --out results --card rtx3060 --batch 4 --precision fp32 --optimizer adamw8bit
+python -m bench.throughput --predict-only --preset ddpm-256 --accum 1 --out results --card rtx3070 --batch 2 --precision fp32 --ema cpu
+python -m bench.throughput --predict-only --preset ddpm-256 --accum 1 --out results --card rtx3060 --batch 4 --precision fp32 --ema cpu
+python -m bench.throughput --predict-only --preset ddpm-256 --accum 1 --out results --card rtx3070 --batch 2 --precision fp32 --attention-backend math
+python -m bench.throughput --predict-only --preset ddpm-256 --accum 1 --out results --card rtx3060 --batch 4 --precision fp32 --attention-backend math
+python -m bench.throughput --predict-only --preset ddpm-256 --accum 1 --out results --card rtx3070 --batch 9 --precision bf16 --checkpointing on --optimizer adamw8bit --ema cpu
+python -m bench.throughput --predict-only --preset ddpm-256 --accum 1 --out results --card rtx3060 --batch 16 --precision bf16 --checkpointing on --optimizer adamw8bit --ema cpu
+python -m bench.throughput --predict-only --preset ddpm-256 --accum 1 --out results --card rtx3070 --batch 2 --precision fp32 --optimizer adamw8bit,ao-adamw8bit,ao-adamw4bit,adafactor,sgd,lion,prodigy
+python -m bench.throughput --predict-only --preset ddpm-256 --accum 1 --out results --card rtx3070 --batch 2 --precision fp32 --ema off
+python -m bench.throughput --predict-only --preset ddpm-256 --accum 1 --out results --card rtx3070 --batch 2 --precision fp32 --ema device,cpu --ema-dtype bf16
+python -m bench.lever_costs --out results --preset ddpm-256
+
 # Plots from the CSVs (the .md files are already current).
 python -m bench.report --out results

@@ -122,6 +122,7 @@ COMMANDS = (
     "bench.profile",
     "bench.report",
     "bench.plan",
+    "bench.lever_costs",
     "bench.gpucheck",
     "bench.conftest",
 )

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench.cards import TRITON_MIN_CAPABILITY, Card
-from bench.models.optimizers import modelled
 from bench.parsers import OPTIMIZERS, SpecError, parse_optimizers
 from ddpm.config import ATTENTION_BACKENDS
 
@@ -102,24 +101,19 @@ LEVERS = (
         # Quantized or factored states, another update rule or a learned step size: each trains
         # to another loss than AdamW's (bench.loss --optimizer says by how much).
         changes_loss=frozenset(set(OPTIMIZERS) - {"adamw"}),
-        # A modelled optimizer's step runs as a stand-in that allocates its state and launches
-        # nothing (bench.models.optimizer_state): the time model would see no update at all.
-        timed_as={name: "adamw" for name in OPTIMIZERS if modelled(name)},
-        unseen="the time model does not trace a modelled optimizer's update; AdamW's stands in",
+        # Both predictions see every optimizer's state and update (bench.predict.optimizer_update).
         opt_in=True,
         why="those of --optimizer whose package is installed (opt-in); all but adamw change "
-        "the loss; a modelled one's update timed as AdamW's",
+        "the loss",
     ),
     Lever(
         "ema",
         # Not off: the EMA's weights are what a DDPM samples from.
         lambda card: ("device", "cpu"),
-        # The time model prices the EMA's update as the card's kernels wherever it lives.
-        timed_as={"cpu": "device"},
-        unseen="the time model prices the EMA's update on the card, not the host's copy over "
-        "PCIe and its update there",
+        # The time model sees cpu's copies over PCIe and the host's update (bench.predict.kernels).
         opt_in=True,
-        why="the EMA on the card or in host memory (opt-in); cpu's host copy is not timed",
+        why="the EMA on the card or in host memory (opt-in); cpu copies the weights over PCIe "
+        "each step",
     ),
     Lever(
         "attention_backend",

@@ -49,6 +49,8 @@ SOURCES = {
     "host_train_s": "measured on this project's CPU: python -m bench.predict.calibrate "
     "--measure-host (bench/predict/host.py)",
     "host_inference_s": "measured with host_train_s",
+    "host_memory_gbs": "measured with host_train_s: one thread's foreach lerp over float32 "
+    "tensors far larger than the caches (bench/predict/host.py, memory_rate)",
     "band_low": "the lowest measured / leave-one-out predicted time of the runs in the fit",
     "band_high": "the highest measured / leave-one-out predicted time of the runs in the fit",
 }

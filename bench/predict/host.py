@@ -10,8 +10,14 @@ steps (bench.predict.kernels, so that the cost is per op as the step model count
 this process's CPU time, not the wall clock's, so other work on a shared machine does not
 count. The tiny CPU kernels stand in for the CUDA launch each op also makes.
 
-A figure of this project's CPU, not the user's: `python -m bench.predict.calibrate
---measure-host` measures it again."""
+The host's rate through its memory (`host_memory_gbs`: --ema cpu updates the EMA there) is
+measured alike: the least CPU time of the EMA's own update, one foreach lerp over float32
+tensors far larger than the CPU's caches, on one thread (torch's CPU foreach ops run tensor
+by tensor; a host with more cores and memory channels runs it faster), against the bytes it
+reads and writes (the shadow and the parameter read, the shadow written).
+
+Figures of this project's CPU, not the user's: `python -m bench.predict.calibrate
+--measure-host` measures them again."""
 
 from __future__ import annotations
 
@@ -52,9 +58,27 @@ def best_seconds(call: Callable[[], object], repeats: int) -> float:
     return best
 
 
+# The lerp measured: 8 tensors of 4M float32 values (16 MiB each) on each side.
+LERP_TENSORS, LERP_VALUES = 8, 1 << 22
+
+
+def memory_rate(repeats: int = 5) -> float:
+    """The host's bytes per second (1e9) through memory in one thread's foreach lerp."""
+    shadow = [torch.zeros(LERP_VALUES) for _ in range(LERP_TENSORS)]
+    source = [torch.ones(LERP_VALUES) for _ in range(LERP_TENSORS)]
+    moved = 3 * LERP_TENSORS * LERP_VALUES * 4
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seconds = best_seconds(lambda: torch._foreach_lerp_(shadow, source, 1e-4), repeats)
+    finally:
+        torch.set_num_threads(threads)
+    return moved / seconds / 1e9
+
+
 def measure(repeats: int = 60) -> dict[str, float]:
     """{"host_train_s": seconds per aten op of a training step, "host_inference_s": of a
-    denoising step}, on this CPU with one thread."""
+    denoising step, "host_memory_gbs": memory_rate()}, on this CPU with one thread."""
     from bench.predict.runtime import denoising_step_kernels, train_step_kernels
 
     card = CARDS["rtx3070"]  # any: fp32 on one rank records the same ops on every card
@@ -73,4 +97,8 @@ def measure(repeats: int = 60) -> dict[str, float]:
         torch.set_num_threads(threads)
     train_ops = sum(k.host_ops for k in train_step_kernels(SPEC, card))
     denoise_ops = sum(k.host_ops for k in denoising_step_kernels(SPEC, card))
-    return {"host_train_s": train / train_ops, "host_inference_s": denoise / denoise_ops}
+    return {
+        "host_train_s": train / train_ops,
+        "host_inference_s": denoise / denoise_ops,
+        "host_memory_gbs": memory_rate(),
+    }

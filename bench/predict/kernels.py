@@ -29,7 +29,13 @@ kernels it launches:
 
 Three more things a step does are recorded in their place: a collective (a c10d op, or DDP's
 bucket all-reduce through its comm hook), a host-device synchronisation (`.item()`: GradScaler's
-scale, a loss read), and the host's own dispatch of every aten op, views included."""
+scale, a loss read), and the host's own dispatch of every aten op, views included.
+
+Host memory (the EMA's shadow under --ema cpu) is traced on the meta device (HOST): an op with
+tensors on both sides is a blocking copy over the card's PCIe link of its card-side bytes (a
+blocking copy converts dtypes on the CPU: aten/src/ATen/native/cuda/Copy.cu,
+copy_requires_temporaries, so a conversion is host work after it), and an op on host tensors
+alone is the host's own memory traffic."""
 
 from __future__ import annotations
 
@@ -84,6 +90,9 @@ COLLECTIVES = {
 }
 
 
+HOST = "meta"  # the device host memory is traced on
+
+
 @dataclass(frozen=True)
 class Kernel:
     """One thing the step does on the card or the host, in program order.
@@ -91,7 +100,9 @@ class Kernel:
     kind: "conv", "matmul" or "attention" (a GEMM: `gemm` is (batch, M, N, K)), "memory"
     (reads and writes `bytes`), "collective" (a message of `bytes` across the ranks), "join"
     (the compute stream waits for the collectives issued so far), "sync" (the host waits for
-    the card) or "host" (dispatch only: a view, an allocation)."""
+    the card), "to_host" (a blocking copy of `bytes` from the card to host memory over PCIe),
+    "host_memory" (the host's CPU reads and writes `bytes` of host memory) or "host" (dispatch
+    only: a view, an allocation)."""
 
     op: str
     kind: str
@@ -258,15 +269,17 @@ class KernelRecorder(TorchDispatchMode):
     `capability` is the target card's: it decides whether half-precision convolutions run on
     tensor cores (7.0 on; bf16 from 8.0). Ops on CUDA stand-ins are CudaRules tracing a call
     (it replays the traced graph on the step's own fake CPU tensors, which are recorded), so
-    they are skipped. `.item()` on a fake tensor, which has no value, answers 0 here (GradScaler's
-    scale read, a found-inf sum: the steady state's no-overflow step) and is recorded as a
-    synchronisation."""
+    they are skipped. `.item()` on a fake tensor, which has no value, answers `item_value` here
+    (0 by default: GradScaler's scale read, a found-inf sum: the steady state's no-overflow step;
+    1 inside an optimizer step that divides by the norms it reads, bench.predict.optimizer_update)
+    and is recorded as a synchronisation."""
 
     def __init__(self, capability: tuple[int, int] = (8, 6)):
         super().__init__()
         self.capability = capability
         self.kernels: list[Kernel] = []
         self.on = False
+        self.item_value = 0
         self._in_backward = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -274,7 +287,7 @@ class KernelRecorder(TorchDispatchMode):
         if func is aten._local_scalar_dense.default and _valueless(args[0]):
             if self.on:
                 self._add([Kernel("item", "sync", launches=0)], engine=False)
-            return False if args[0].dtype == torch.bool else 0
+            return bool(self.item_value) if args[0].dtype == torch.bool else self.item_value
         if _decomposed_on_cuda(func):
             with self:
                 decomposed = func.decompose(*args, **kwargs)
@@ -290,6 +303,12 @@ class KernelRecorder(TorchDispatchMode):
         if self.on:
             kernel = Kernel(op, "collective", 0, nbytes, launches=1, waits=waits)
             self._add([kernel], engine=torch._C._current_graph_task_id() != -1)
+
+    def extend(self, kernels: list[Kernel]) -> None:
+        """Kernels the step launches outside the dispatcher (a modelled optimizer's update,
+        bench.predict.optimizer_update), in their place."""
+        if self.on:
+            self.kernels.extend(kernels)
 
     def record(self, func, args, kwargs, out) -> None:
         engine = torch._C._current_graph_task_id() != -1
@@ -307,6 +326,9 @@ class KernelRecorder(TorchDispatchMode):
         packet = func._overloadpacket
         if func.namespace != "aten" or func.is_view or packet in NO_KERNEL:
             self._add([Kernel(packet.__name__, "host", launches=0)], engine)
+            return
+        if any(t.device.type == HOST for t in inputs + outputs):
+            self._add(host_kernels(func, args, kwargs, inputs, outputs), engine)
             return
         self._add(self.kernels_of(func, args, kwargs, out, inputs, outputs), engine)
 
@@ -352,6 +374,31 @@ class KernelRecorder(TorchDispatchMode):
             launches = multi_tensor_launches([t.numel() for t in _tensors(lists[0])], depth)
             launches += name == "_foreach_norm"  # the per-tensor norms' cleanup kernel
         return found + [Kernel(name, "memory", 0, moved, dtype, launches=launches)]
+
+
+def host_kernels(func, args, kwargs, inputs, outputs) -> list[Kernel]:
+    """An op that touches host memory (HOST): the blocking copies of its card-side tensors to
+    the host, one per tensor (a foreach copy across devices copies tensor by tensor), then the
+    host's pass over its host-side tensors (all of them where the op runs on the host alone; the
+    conversion where a copy changes the dtype)."""
+    if not outputs:  # in place (a foreach lerp or copy): it writes its args
+        outputs = _written(func, args, kwargs)
+    tensors = list({id(t): t for t in inputs + outputs}.values())
+    card = [t for t in tensors if t.device.type != HOST]
+    host = [t for t in tensors if t.device.type == HOST]
+    name = func._overloadpacket.__name__
+    found = []
+    if card:
+        moved = sum(_bytes(t) for t in card)
+        found.append(Kernel(f"{name}_to_host", "to_host", 0, moved, launches=len(card)))
+        converts = {t.dtype for t in card} != {t.dtype for t in host}
+        if converts:  # the staging copy read and the host tensor written
+            host_moved = moved + sum(_bytes(t) for t in host)
+            found.append(Kernel(f"{name}_convert", "host_memory", 0, host_moved, launches=0))
+    else:
+        moved = sum(_bytes(t) for t in inputs + outputs)
+        found.append(Kernel(name, "host_memory", 0, moved, launches=0))
+    return found
 
 
 def _written(func, args, kwargs) -> list[torch.Tensor]:

@@ -6,7 +6,10 @@ bench.predict.kernels records what it launches: each kernel's FLOPs, GEMM shape 
 host's dispatch of every op, `.item()` synchronisations, and across ranks the collectives (a
 fake process group of spec.ranks: DDP's buckets as it rebuilds them, FSDP2's own gathers).
 fp16 runs as fp16, GradScaler's scaling, unscaling and inf checks included, and an optimizer
-left to torch's defaults takes the foreach kernels it takes on CUDA. bench.predict.step_time then
+left to torch's defaults takes the foreach kernels it takes on CUDA. Every optimizer's update is
+in it (bench.predict.optimizer_update says which are traced and which modelled), and --ema
+cpu's shadow lives in host memory (bench.predict.kernels.HOST): each step's copies of the
+parameters over PCIe and the host's update are in it too. bench.predict.step_time then
 plays the kernels out on the card's datasheet figures and the constants that
 `python -m bench.predict.calibrate` fits to the public runs (docs/throughput.md).
 
@@ -28,8 +31,9 @@ from bench.models import guided_sampling
 from bench.models.fake import fake_mode
 from bench.models.guided_flags import NAME as GUIDED
 from bench.models.workload import build_model, build_trainer, synthetic_images
+from bench.predict import optimizer_update
 from bench.predict.cuda_rules import CudaRules
-from bench.predict.kernels import Kernel, KernelRecorder, cuda_optimizer_defaults
+from bench.predict.kernels import HOST, Kernel, KernelRecorder, cuda_optimizer_defaults
 from bench.predict.ranks import fake_tensor_ddp, is_fake_group, rank_zero
 from bench.predict.step_time import (
     Constants,
@@ -64,6 +68,9 @@ def train_step_kernels(
         trainer = build_trainer(spec, device="cpu", compiled=False, schedule=schedule, mesh=mesh)
         if recipe is not None:
             recipe(trainer)
+        optimizer_update.attach(trainer, spec.optimizer, recorder)
+        if spec.ema == "cpu":  # the shadow in host memory: its update copies over PCIe
+            trainer.ema.to(HOST)
         exchange = BucketExchange.attach(trainer.model, recorder)
         images = synthetic_images(spec, trainer.world * spec.batch * spec.accum)
         trainer.step(images)  # creates the optimizer state

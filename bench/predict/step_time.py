@@ -17,8 +17,12 @@ On the host, eager PyTorch dispatches each aten op in order (host_*_s per op), a
 runs a kernel once the host has issued it and the kernel before it is done; `.item()` makes the
 host wait for the card. A collective runs on its own stream once the compute before it is done,
 over the card's link (a ring: 2(N-1)/N of an all-reduce's message per rank); the compute waits
-for it where the step needs its result (DDP: when the backward ends). The step is the time the
-last of the three ends, starting from an idle card and host.
+for it where the step needs its result (DDP: when the backward ends). A blocking copy to host
+memory (--ema cpu's parameters) starts once the host has issued it and the card is done, and
+the host waits for it: it moves its bytes over the card's PCIe slot at its datasheet rate x
+link_efficiency, plus a launch per tensor. Work the host's CPU does on host memory (the EMA's
+update there) takes its bytes at host_memory_gbs, while the card idles. The step is the time
+the last of the three ends, starting from an idle card and host.
 
 The constants are in time_constants.json, written by `python -m bench.predict.calibrate`,
 which says where each comes from (docs/throughput.md)."""
@@ -66,6 +70,7 @@ class Constants:
     launch_s: float  # per kernel on the card
     host_train_s: float  # the host's time per aten op of a training step
     host_inference_s: float  # per aten op of a denoising step (inference mode)
+    host_memory_gbs: float  # the host CPU's rate through host memory, 1e9 bytes/s
     band_low: float  # measured / predicted time, the lowest over the public runs
     band_high: float  # and the highest (leave-one-out)
 
@@ -144,6 +149,16 @@ def collective_seconds(k: Kernel, card: Card, ranks: int, c: Constants) -> float
     return share * k.bytes / (card.link_gbs * 1e9 * c.link_efficiency) + c.launch_s
 
 
+def to_host_seconds(k: Kernel, card: Card, c: Constants) -> float:
+    """A blocking copy of k.bytes from the card to host memory: its PCIe slot's datasheet rate
+    x link_efficiency, plus a launch per tensor copied."""
+    return k.bytes / (card.pcie_gbs * 1e9 * c.link_efficiency) + c.launch_s * k.launches
+
+
+def host_memory_seconds(k: Kernel, c: Constants) -> float:
+    return k.bytes / (c.host_memory_gbs * 1e9)
+
+
 def host_seconds(k: Kernel, c: Constants, inference: bool) -> float:
     return k.host_ops * (c.host_inference_s if inference else c.host_train_s)
 
@@ -156,6 +171,7 @@ class StepTime:
     card_busy_s: float  # the card's kernels back to back
     host_s: float  # the host's dispatch
     exposed_comm_s: float  # collectives the compute waited for
+    host_copy_s: float  # blocking copies to host memory and the host's work on it
     compute_s: float  # the GEMMs' share of card_busy_s
     memory_s: float  # the other kernels' share
 
@@ -174,7 +190,7 @@ def step_time(
     c = constants or load_constants()
     conv_tf32, matmul_tf32 = tf32_switches(precision)
     host = card_t = comm = waited = 0.0
-    busy = compute = host_total = 0.0
+    busy = compute = host_total = host_copy = 0.0
     for k in kernels:
         h = host_seconds(k, c, inference)
         host += h
@@ -189,6 +205,14 @@ def step_time(
         elif k.kind == "join":
             waited += max(0.0, comm - card_t)
             card_t = max(card_t, comm)
+        elif k.kind == "to_host":
+            t = to_host_seconds(k, card, c)
+            host = card_t = max(host, card_t) + t
+            host_copy += t
+        elif k.kind == "host_memory":
+            t = host_memory_seconds(k, c)
+            host += t
+            host_copy += t
         elif k.kind != "host":
             t = card_seconds(k, card, c, conv_tf32, matmul_tf32, waves)
             card_t = max(card_t, host) + t
@@ -199,6 +223,7 @@ def step_time(
         card_busy_s=busy,
         host_s=host_total,
         exposed_comm_s=waited,
+        host_copy_s=host_copy,
         compute_s=compute,
         memory_s=busy - compute,
     )
@@ -209,7 +234,7 @@ def floor_seconds(kernels: list[Kernel], card: Card) -> float:
     datasheet bandwidth."""
     fastest = max(card.fp32_tflops, card.fp16_tflops or 0.0) * 1e12
     flops = sum(k.flops for k in kernels)
-    moved = sum(k.bytes for k in kernels if k.kind not in ("collective",))
+    moved = sum(k.bytes for k in kernels if k.kind not in ("collective", "host_memory"))
     return max(flops / fastest, moved / (card.bandwidth_gbs * 1e9))
 
 
@@ -222,7 +247,7 @@ def torch_roofline_seconds(kernels: list[Kernel], card: Card) -> float:
     card that lists one."""
     total = 0.0
     for k in kernels:
-        if k.kind in ("collective", "join", "sync", "host"):
+        if k.kind in ("collective", "join", "sync", "host", "to_host", "host_memory"):
             continue
         compute = 0.0
         if k.flops:

@@ -28,6 +28,7 @@ BASE = Constants(
     launch_s=0.0,
     host_train_s=0.0,
     host_inference_s=0.0,
+    host_memory_gbs=1.0,
     band_low=1.0,
     band_high=1.0,
 )

@@ -45,6 +45,7 @@ C = Constants(
     launch_s=1e-6,
     host_train_s=10e-6,
     host_inference_s=5e-6,
+    host_memory_gbs=10.0,
     band_low=0.8,
     band_high=1.25,
 )
