@@ -13,6 +13,11 @@ complete DDPM run is T = 1000 such steps, which takes long on a CPU, so each spe
 there), each step bracketed by a device sync, and the full run is reported as a PROJECTION,
 step_s x sampling_steps, in columns named so.
 
+With --card, each row also holds predictions for that card (--predict-only: these alone): the
+step's time (bench.predict.runtime) and the sampling pass's memory (bench.predict.denoise), alone
+or, with --train-batch, as ddpm.cli.train runs it after its last step next to its training state;
+--find-max-batch searches the largest sampling batch that fits the card.
+
 With --checkpoint (a ddpm.cli.train checkpoint of a model trained on digits, e.g. the default
 `python -m ddpm.cli.train`), each spec also draws --quality-samples images with its full sampler
 from the EMA weights, writes a grid of them, and reports the Frechet distance of their features
@@ -339,7 +344,11 @@ def build_sampling_parser() -> argparse.ArgumentParser:
         "(DDIM from the EMA weights, --batch its --samples), next to the training state it "
         "keeps on the card at this training batch, instead of the sampling alone",
     )
-    add_predict_only(parser)
+    add_predict_only(
+        parser,
+        "with --card: the predicted time and memory alone, in seconds, nothing measured "
+        "(the measured columns stay empty)",
+    )
     return parser
 
 
