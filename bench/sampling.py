@@ -236,6 +236,13 @@ def check_memory_options(args: argparse.Namespace) -> None:
         )
     if args.train_batch is not None and args.train_batch < 1:
         raise SpecError(f"--train-batch {args.train_batch} is not allowed: it must be >= 1.")
+    if args.train_batch is not None and args.resume:
+        # The training batch is an option, not an axis: a spec's id does not tell the pass
+        # inside training from the pass alone, so --resume could take one's row for the other's.
+        raise SpecError(
+            "--resume cannot tell a --train-batch row from the pass alone's row of the same "
+            "spec: run the --train-batch command again without --resume."
+        )
 
 
 def check_inside_training(specs: list) -> None:

@@ -69,8 +69,10 @@ FIGURES = (
     Figure("headroom_mib", "MiB", source="predicted", signed=True),
     # The prediction's error where a CUDA card measured the same pass alone
     Figure("alloc_error_pct", "%", cuda=True, signed=True),
-    # --find-max-batch: the row's batch is the largest that fits, predicted
+    # --find-max-batch: the row's batch is the largest that fits, predicted, and its upper
+    # bound, were the allocator to give back its unused cached segments before failing
     Figure("max_batch_source", "", str, source="setting", shown=True),
+    Figure("max_batch_released", "", source="predicted", shown=True),
 )
 
 
@@ -152,6 +154,12 @@ def memory_words(row: dict) -> str:
 def largest_batch_words(row: dict, name: str) -> str:
     """A --find-max-batch row: the largest sampling batch, predicted."""
     limit = SEARCH_LIMITS["predicted"]
+    released = ""
+    if row.get("max_batch_released") is not None:
+        released = (
+            f"; up to {row['max_batch_released']:,.0f} where CUDA's allocator gives back its "
+            "unused cached segments before it fails, which the prediction does not count on"
+        )
     best = f"{row['batch']:,}"
     if row["batch"] >= limit:
         best = f"at least {best} (the search stops at {limit:,})"
@@ -159,7 +167,8 @@ def largest_batch_words(row: dict, name: str) -> str:
         f"Largest sampling batch that fits {row['budget_mib'] / 1024:.3g} GiB on "
         f"{CARDS[row['card']].name} ({name} {row['sampling_steps']} steps, {row['precision']}, "
         f"{where_words(row)}): {best} (PREDICTED: {format_value(row['predicted_cuda_mib'])} MiB "
-        f"there; nothing measured)."
+        f"there, {format_value(row['predicted_reserved_mib'])} MiB of it reserved for "
+        f"{format_value(row['predicted_alloc_mib'])} MiB allocated; nothing measured){released}."
     )
 
 
@@ -256,7 +265,10 @@ HARNESS = Harness(
         "weights); its reserved memory starts from what the training steps cached. "
         "alloc_error_pct = 100 x (predicted_alloc_mib - peak_alloc_mib) / peak_alloc_mib "
         "where a CUDA card measured the pass alone. max_batch_source (--find-max-batch): "
-        "the row's batch is the largest that fits, predicted.",
+        "the row's batch is the largest that fits, predicted, counting what the allocator "
+        "reserves; max_batch_released: the largest whose allocated peak fits, its upper "
+        "bound were the allocator to give back every cached segment no block uses (CUDA's "
+        "does so when cudaMalloc fails; the model never does).",
     ],
     verdict=verdict,
     compare=lambda rows, context: impl_ratios(rows, "projected_img_per_s", "img/s"),

@@ -46,9 +46,9 @@ from bench.models.workload import (
     traced_precision,
 )
 from bench.predict import cache
-from bench.predict.batches import StepModel
+from bench.predict.batches import PAIR_BATCHES, StepModel
 from bench.predict.cuda_rules import CudaRules
-from bench.predict.fit import Fit, SpecFit
+from bench.predict.fit import SEARCH_LIMITS, Fit, SpecFit, largest
 from bench.predict.stream import AllocationStream, Prediction
 from bench.predict.trace import CUDA_BLOCK_BYTES, held_inputs, on_the_host
 from bench.spec import BenchSpec
@@ -211,12 +211,41 @@ class DenoiseStepModel(StepModel):
 
 
 class SamplingFit(SpecFit):
-    """SpecFit over a sampling pass: every sampling batch from two traces, and the largest."""
+    """SpecFit over a sampling pass: every sampling batch from two traces, and the largest.
+
+    The fit counts what the allocator reserves, as bench.memory's does, and the model never
+    gives a segment back. CUDA's allocator, when cudaMalloc fails, frees the cached segments no
+    block uses and tries again, so a pass whose reserved memory runs far above its allocated
+    memory may still run where it does not fit: in a sampling step the decoder's concatenated
+    tensors are larger than any segment the encoder's freed, and reserved comes to about twice
+    allocated. So the largest batch is a lower bound, and `largest_released` is its upper bound:
+    the largest batch whose allocated peak fits, as if every cached segment were given back."""
 
     def __init__(self, spec: BenchSpec, card: Card, train_batch: int | None = None):
         self.model = DenoiseStepModel(spec, card.capability, train_batch, many=True)
         self.context_mib = spec.context_mib
         self.budget_mib = spec.budget_mib
+
+    def fits_released(self, batch: int) -> bool:
+        """Does the allocated peak at `batch` fit with the allowances (no cached segment kept)?"""
+        fit = self.at(batch)
+        allocated = fit.prediction.mib("alloc") + fit.cudnn_workspace_mib + fit.context_mib
+        return allocated <= fit.budget_mib
+
+    def largest_released(self) -> int:
+        """The largest batch whose allocated peak fits, searched and verified as largest_batch
+        searches (0: not even 1)."""
+
+        def fits(n: int) -> bool:
+            if n < PAIR_BATCHES[0] and self.fits_released(PAIR_BATCHES[0]):
+                return True
+            return self.fits_released(n)
+
+        limit = SEARCH_LIMITS["predicted"]
+        best = largest(fits, limit)
+        if best and not self.model.verify(best):
+            best = largest(fits, limit)
+        return best
 
 
 def memory_figures(spec: BenchSpec, card: Card, train_batch: int | None = None) -> dict:
@@ -229,10 +258,12 @@ def largest_sampling_batch(
     spec: BenchSpec, card: Card, train_batch: int | None = None
 ) -> tuple[int, dict]:
     """The largest sampling batch that fits spec.budget_mib on `card` (0: not even 1), and the
-    memory columns at it (empty at 0)."""
+    memory columns at it (empty at 0), with max_batch_released, its upper bound (SamplingFit)."""
     fitter = SamplingFit(spec, card, train_batch)
     best = fitter.largest_batch()
-    return best, (_figures(fitter.at(best)) if best else {})
+    if not best:
+        return 0, {}
+    return best, {**_figures(fitter.at(best)), "max_batch_released": fitter.largest_released()}
 
 
 def _figures(fit: Fit) -> dict:

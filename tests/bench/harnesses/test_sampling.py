@@ -228,6 +228,10 @@ def test_bad_input_as_a_user_meets_it(tmp_path, args, words):
         (["--cuda-context-mib", "300"], ["--cuda-context-mib applies", "--card"]),
         (["--card", "rtx3070", "--train-batch", "0"], ["--train-batch 0", ">= 1"]),
         (
+            ["--card", "rtx3070", "--sampler", "ddim", "--train-batch", "4", "--resume"],
+            ["--resume cannot tell a --train-batch row"],
+        ),
+        (
             ["--card", "rtx3070", "--train-batch", "4", "--sampler", "ddpm"],
             ["--train-batch models ddpm.cli.train's sampling pass", "--sampler ddim"],
         ),

@@ -118,7 +118,8 @@ def direct_fit(spec: BenchSpec, batch: int, train_batch: int | None) -> Fit:
 @pytest.mark.parametrize("train_batch", [None, pytest.param(2, marks=pytest.mark.heavy)])
 def test_largest_sampling_batch_is_the_edge_of_direct_traces(monkeypatch, train_batch):
     """The search's answer, read off two traces' lines, fits when traced at itself and one more
-    does not: the largest batch a search over direct traces would find."""
+    does not: the largest batch a search over direct traces would find; so too its upper bound,
+    counting the allocated peak instead of the reserved one."""
     monkeypatch.setenv("DDPM_BENCH_TRACE_CACHE", "off")
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
     spec = tiny(card="rtx3070", budget=80.0, context_mib=0.0)
@@ -127,6 +128,13 @@ def test_largest_sampling_batch_is_the_edge_of_direct_traces(monkeypatch, train_
     assert direct_fit(spec, best, train_batch).fits
     assert not direct_fit(spec, best + 1, train_batch).fits
     assert figures["fits"] and figures["predicted_cuda_mib"] <= 80.0
+    # The upper bound: the largest batch whose allocated peak, traced at it, fits.
+    upper = figures["max_batch_released"]
+    assert upper >= best
+    for batch, fits in ((upper, True), (upper + 1, False)):
+        fit = direct_fit(spec, batch, train_batch)
+        allocated = fit.prediction.mib("alloc") + fit.cudnn_workspace_mib + fit.context_mib
+        assert (allocated <= fit.budget_mib) == fits, batch
 
 
 def test_alone_holds_one_cublas_workspace_and_inside_training_two():
