@@ -60,7 +60,8 @@ from ddpm.schedule import NoiseSchedule
 # inside training, the backward thread's too, taken by the training steps and kept.
 ALONE_THREADS = ("forward",)
 TRAINING_THREADS = ("forward", "backward")
-# The implementations whose sampling pass inside training is modelled: ddpm.cli.train trains ours.
+# Why the sampling pass inside training is not modelled for the other implementations:
+# ddpm.cli.train, whose pass is, trains ours.
 WHY_NOT_INSIDE = {
     "lucidrains": "its Trainer samples with its own EMA model copy every save_and_sample_every "
     "steps, a loop that is not ddpm.cli.train's",
@@ -102,13 +103,13 @@ def trace_alone(
         sampler = sampler or sampler_of(spec, schedule)
         model = build_model(spec, compiled=False)
         with TensorTracker(model, round_to=CUDA_BLOCK_BYTES) as tracker:
-            # The sampler's schedule, on the card for the whole pass (sample_progressive moves it).
-            tracker.hold(storages(sampler.schedule.tables()), "parameters")
             if spec.impl == GUIDED:  # its own loop; the classes do not change the memory
                 steps = guided_sampling.progressive(
                     model, spec, torch.Generator(), "cpu", guided_sampling.RANDOM
                 )
             else:
+                # The schedule, on the card for the whole pass (sample_progressive moves it).
+                tracker.hold(storages(sampler.schedule.tables()), "parameters")
                 steps = sample_progressive(
                     model, sampler, shape, device="cpu", precision=spec.precision
                 )
