@@ -13,6 +13,11 @@ complete DDPM run is T = 1000 such steps, which takes long on a CPU, so each spe
 there), each step bracketed by a device sync, and the full run is reported as a PROJECTION,
 step_s x sampling_steps, in columns named so.
 
+With --card, each row also holds predictions for that card (--predict-only: these alone): the
+step's time (bench.predict.runtime) and the sampling pass's memory (bench.predict.denoise), alone
+or, with --train-batch, as ddpm.cli.train runs it after its last step next to its training state;
+--find-max-batch searches the largest sampling batch that fits the card.
+
 With --checkpoint (a ddpm.cli.train checkpoint of a model trained on digits, e.g. the default
 `python -m ddpm.cli.train`), each spec also draws --quality-samples images with its full sampler
 from the EMA weights, writes a grid of them, and reports the Frechet distance of their features
@@ -25,6 +30,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bench.cards import CARDS
 from bench.harnesses.sampling import HARNESS
 from bench.models import guided_flags, guided_sampling
 from bench.models.guided_flags import NAME as GUIDED
@@ -37,12 +43,12 @@ from bench.parsers import (
     parse_preset,
 )
 from bench.passes.sampling import default_schedule
-from bench.spec import SAMPLERS, common_axes, group_axes, option_axes
+from bench.predict.denoise import why_not_inside
+from bench.spec import DEFAULT_CONTEXT_MIB, SAMPLERS, common_axes, group_axes, option_axes
 from bench.sweep.cli import (
     add_predict_only,
     build_parser,
     check_predict_only,
-    refuse_unused,
     run_cli,
     specs_from_args,
 )
@@ -145,12 +151,7 @@ def make_specs(args: argparse.Namespace) -> list:
     ddpm always takes every timestep of the schedule; ddim takes each --sampling-steps."""
     if args.steps < 1:
         raise SpecError(f"--measure-steps {args.steps} is not allowed: it must be >= 1.")
-    if args.find_max_batch:
-        raise SpecError(
-            "--find-max-batch searches a training batch (python -m bench.memory); "
-            "sampling takes --batch."
-        )
-    refuse_unused(args, "sampling", ("budget", "cuda_context_mib"))
+    check_memory_options(args)
     if parse_int_list("--accum", args.accum) != [1]:
         raise SpecError(
             f"--accum {args.accum} is not allowed: sampling has no gradient "
@@ -207,7 +208,57 @@ def make_specs(args: argparse.Namespace) -> list:
         raise SpecError(f"--impl {other} cannot load --checkpoint: it holds ddpm's weights.")
     specs = [s.replace(predict_only=args.predict_only) for s in specs]
     check_predict_only(specs)
+    if args.train_batch is not None:
+        check_inside_training(specs)
     return specs
+
+
+def check_memory_options(args: argparse.Namespace) -> None:
+    """The options of the memory prediction: --budget, --cuda-context-mib, --train-batch and
+    --find-max-batch weigh a --card's predicted memory, so they need one; the search is
+    predicted (no card is searched here), so it needs --predict-only."""
+    if not args.card:
+        for flag, given in (
+            ("--budget", args.budget is not None),
+            ("--cuda-context-mib", args.cuda_context_mib != DEFAULT_CONTEXT_MIB),
+            ("--train-batch", args.train_batch is not None),
+            ("--find-max-batch", args.find_max_batch),
+        ):
+            if given:
+                raise SpecError(
+                    f"{flag} applies to the predicted memory on a --card: add --card "
+                    f"({', '.join(CARDS)})."
+                )
+    if args.find_max_batch and not args.predict_only:
+        raise SpecError(
+            "--find-max-batch searches the largest sampling batch a --card holds, predicted: "
+            "add --predict-only (nothing is measured in the search)."
+        )
+    if args.train_batch is not None and args.train_batch < 1:
+        raise SpecError(f"--train-batch {args.train_batch} is not allowed: it must be >= 1.")
+    if args.train_batch is not None and args.resume:
+        # The training batch is an option, not an axis: a spec's id does not tell the pass
+        # inside training from the pass alone, so --resume could take one's row for the other's.
+        raise SpecError(
+            "--resume cannot tell a --train-batch row from the pass alone's row of the same "
+            "spec: run the --train-batch command again without --resume."
+        )
+
+
+def check_inside_training(specs: list) -> None:
+    """--train-batch models the sampling pass ddpm.cli.train runs: DDIM, with our model."""
+    for spec in specs:
+        why = why_not_inside(spec.impl)
+        if why is not None:
+            raise SpecError(
+                f"--train-batch is not predicted for --impl {spec.impl}: {why}; "
+                "leave --train-batch out for its sampling alone."
+            )
+        if spec.sampler != "ddim":
+            raise SpecError(
+                "--train-batch models ddpm.cli.train's sampling pass, which is DDIM "
+                "(its --sample-steps): pass --sampler ddim."
+            )
 
 
 def check_guided(spec, classes: str | None) -> None:
@@ -253,10 +304,9 @@ def build_sampling_parser() -> argparse.ArgumentParser:
             "steps": "same as --measure-steps",
             "warmup": "denoising steps run before the timed ones, timed apart as warmup_s "
             "(compilation lands there; default %(default)s)",
-            **dict.fromkeys(
-                ("accum", "checkpointing", "find_max_batch", "budget", "cuda_context_mib"),
-                training_only,
-            ),
+            **dict.fromkeys(("accum", "checkpointing"), training_only),
+            "find_max_batch": "with --card and --predict-only: search the largest sampling "
+            "batch that fits the card's budget, predicted (--batch is ignored)",
         },
         axes=sampling_axes(),
     )
@@ -293,16 +343,30 @@ def build_sampling_parser() -> argparse.ArgumentParser:
         "random (uniform over its 1000, seeded) or indices joined by commas, cycled over "
         "the batch (e.g. 207,360)",
     )
-    add_predict_only(parser)
+    g.add_argument(
+        "--train-batch",
+        type=int,
+        default=None,
+        help="with --card: predict the sampling pass ddpm.cli.train runs after its last step "
+        "(DDIM from the EMA weights, --batch its --samples), next to the training state it "
+        "keeps on the card at this training batch, instead of the sampling alone",
+    )
+    add_predict_only(
+        parser,
+        "with --card: the predicted time and memory alone, in seconds, nothing measured "
+        "(the measured columns stay empty)",
+    )
     return parser
 
 
 def sampling_options(args: argparse.Namespace) -> dict:
     """The checkpoint (an absolute path: workers may run elsewhere) and the quality sample
-    count; a guided-diffusion model's --classes."""
+    count; a guided-diffusion model's --classes; the training batch of --train-batch."""
+    options = {} if args.train_batch is None else {"train_batch": args.train_batch}
     if args.checkpoint is None:
-        return {} if args.classes is None else {"classes": args.classes}
+        return options if args.classes is None else {**options, "classes": args.classes}
     return {
+        **options,
         "checkpoint": str(Path(args.checkpoint).resolve()),
         "quality_samples": args.quality_samples,
     }

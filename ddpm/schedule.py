@@ -90,6 +90,10 @@ class NoiseSchedule:
     def from_state_dict(cls, state: dict) -> NoiseSchedule:
         return cls(state["betas"])
 
+    def tables(self) -> list[torch.Tensor]:
+        """The tables the schedule keeps on its device (what `to` moves)."""
+        return [getattr(self, name) for name in _TABLES]
+
     def to(self, device) -> NoiseSchedule:
         """A copy with every table on `device` (self if already there): move once, not per call."""
         moved = self.betas.to(device)

@@ -98,6 +98,14 @@ python -m bench.memory --predict-only --impl guided-diffusion --find-max-batch -
 python -m bench.memory --predict-only --impl guided-diffusion --find-max-batch --accum 1 --model-config adm-imagenet-256-uncond --precision fp32,fp16 --checkpointing off,on --card rtx3070,rtx3060,v100-16gb,rtx4090 --out results
 python -m bench.memory --predict-only --impl guided-diffusion --find-max-batch --accum 1 --model-config adm-imagenet-64 --precision fp32,fp16 --checkpointing off,on --card t4,a100-40gb --out results
 python -m bench.memory --predict-only --impl guided-diffusion --find-max-batch --accum 1 --model-config adm-imagenet-256-uncond --precision fp32,fp16 --checkpointing off,on --card t4,a100-40gb --out results
+# The largest sampling batch (DDIM 50, fp32) on an 8 GB and a 12 GB card, predicted: the pass
+# alone, then the one ddpm.cli.train runs after its last step next to its training state
+# (training batch 32, its default, for the CIFAR-10 model; 2, the largest that trains on an
+# 8 GB card, for the 256 px model).
+python -m bench.sampling --predict-only --find-max-batch --preset ddpm-cifar10 --sampler ddim --sampling-steps 50 --card rtx3070,rtx3060 --out results
+python -m bench.sampling --predict-only --find-max-batch --preset ddpm-cifar10 --sampler ddim --sampling-steps 50 --train-batch 32 --card rtx3070,rtx3060 --out results
+python -m bench.sampling --predict-only --find-max-batch --preset ddpm-256 --sampler ddim --sampling-steps 50 --card rtx3070,rtx3060 --out results
+python -m bench.sampling --predict-only --find-max-batch --preset ddpm-256 --sampler ddim --sampling-steps 50 --train-batch 2 --card rtx3070,rtx3060 --out results
 
 # What each memory lever costs at 256 px (docs/levers.md), predicted: the step at each largest
 # batch found above on the RTX 3070 and 3060 (alone and all together), each optimizer and EMA

@@ -1,5 +1,6 @@
-"""What a spec trains: the UNet, its Trainer and a seeded batch. Every harness builds through
-here, so the same spec means the same model, weights and data in every table."""
+"""What a spec trains and samples with: the UNet, its Trainer, its sampler and a seeded batch.
+Every harness builds through here, so the same spec means the same model, weights and data in
+every table."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from bench.models.impl import build_unet, recipe
 from bench.models.optimizers import build_optimizer
 from bench.spec import BenchSpec
 from ddpm.parallel import wrap
+from ddpm.sample import DDIMSampler, DDPMSampler, Sampler
 from ddpm.schedule import NoiseSchedule
 from ddpm.train import StepStats, Trainer
 
@@ -50,6 +52,14 @@ def _channels_last(model: torch.nn.Module) -> None:
         for p in model.parameters():
             if p.dim() == 4:
                 p.data = p.data.contiguous(memory_format=torch.channels_last)
+
+
+def sampler_of(spec: BenchSpec, schedule: NoiseSchedule) -> Sampler:
+    """The spec's complete sampler: ddpm over all T timesteps, or ddim with eta 0 over
+    spec.sampling_steps, as ddpm_sample / ddim_sample run them."""
+    if spec.sampler == "ddpm":
+        return DDPMSampler(schedule)
+    return DDIMSampler(schedule, spec.sampling_steps)
 
 
 def build_trainer(

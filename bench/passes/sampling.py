@@ -15,14 +15,14 @@ from bench.measure import cuda
 from bench.measure.timing import time_calls
 from bench.models import guided_sampling
 from bench.models.guided_flags import NAME as GUIDED
-from bench.models.workload import COMPILE_KWARGS, build_model
+from bench.models.workload import COMPILE_KWARGS, build_model, sampler_of
 from ddpm.checkpoint import (
     load_checkpoint,
     load_weights,
     schedule_from,
 )
 from ddpm.precision import Phase, apply_matmul_precision, phase
-from ddpm.sample import DDIMSampler, DDPMSampler, Sampler, Step, sample_loop, sample_progressive
+from ddpm.sample import Step, sample_loop, sample_progressive
 from ddpm.schedule import NoiseSchedule
 
 QUALITY_CHUNK = 64  # images per sampling call in the quality pass: bounded memory, any N
@@ -32,14 +32,6 @@ GRID_IMAGES = 64
 def default_schedule() -> NoiseSchedule:
     """Ho et al. 2020's linear schedule, T = 1000: what bench.models.workload trains with."""
     return NoiseSchedule.linear()
-
-
-def sampler_of(spec, schedule: NoiseSchedule) -> Sampler:
-    """The spec's complete sampler: ddpm over all T timesteps, or ddim with eta 0 over
-    spec.sampling_steps, as ddpm_sample / ddim_sample run them."""
-    if spec.sampler == "ddpm":
-        return DDPMSampler(schedule)
-    return DDIMSampler(schedule, spec.sampling_steps)
 
 
 def denoising_steps(

@@ -30,7 +30,7 @@ from bench.cards import Card
 from bench.models import guided_sampling
 from bench.models.fake import fake_mode
 from bench.models.guided_flags import NAME as GUIDED
-from bench.models.workload import build_model, build_trainer, synthetic_images
+from bench.models.workload import build_model, build_trainer, sampler_of, synthetic_images
 from bench.predict import optimizer_update
 from bench.predict.cuda_rules import CudaRules
 from bench.predict.kernels import HOST, Kernel, KernelRecorder, cuda_optimizer_defaults
@@ -42,7 +42,7 @@ from bench.predict.step_time import (
     torch_roofline_seconds,
 )
 from bench.spec import BenchSpec
-from ddpm.sample import DDIMSampler, DDPMSampler, sample_progressive
+from ddpm.sample import sample_progressive
 from ddpm.schedule import NoiseSchedule
 from ddpm.train import Trainer
 
@@ -149,11 +149,7 @@ def denoising_step_kernels(spec: BenchSpec, card: Card) -> list[Kernel]:
     """The kernels of one denoising step (one UNet call on the batch and the sampler's update,
     in inference mode), as ddpm.sample.sample_progressive (or guided-diffusion's own loop) takes
     it: the second step, or the only one of a one-step sampler."""
-    schedule = NoiseSchedule.linear()
-    if spec.sampler == "ddpm":
-        sampler = DDPMSampler(schedule)
-    else:
-        sampler = DDIMSampler(schedule, spec.sampling_steps)
+    sampler = sampler_of(spec, NoiseSchedule.linear())
     c = spec.unet_config()
     shape = (spec.batch, c.in_channels, c.image_size, c.image_size)
     recorder = KernelRecorder(card.capability)

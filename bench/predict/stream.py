@@ -130,17 +130,27 @@ class AllocationStream:
             raise ValueError(f"batch {batch!r}")
         return cls(batch, tuple(events), MemoryPeak(int(peak["total"]), by_category))
 
-    def predict(self, target: tuple[int, int], alloc_conf: str | None = None) -> Prediction:
+    def predict(
+        self,
+        target: tuple[int, int],
+        alloc_conf: str | None = None,
+        threads: tuple[str, ...] = ("forward", "backward"),
+    ) -> Prediction:
         """The step replayed through the caching allocator as PYTORCH_CUDA_ALLOC_CONF
         (`alloc_conf`, default: this process's) configures it. cuBLAS keeps one workspace per
-        handle and stream, and handles are per thread: the forward runs on this thread and the
-        backward on autograd's device thread, so a step holds two, taken first and kept. The
+        handle and stream, and handles are per thread: a training step's forward runs on this
+        thread and its backward on autograd's device thread, so it holds two, taken first and
+        kept; a sampling pass alone has no backward, and names its one `threads`. The
         workspaces do not depend on the batch: they are added here, never traced."""
         workspace = cublas_workspace_bytes(target)
         conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") if alloc_conf is None else alloc_conf
-        events = [("alloc", f"cublas-{thread}", workspace) for thread in ("forward", "backward")]
+        events = [("alloc", f"cublas-{thread}", workspace) for thread in threads]
         events += [e[:3] for e in self.events]
         allocator = replay(events, **parse_alloc_conf(conf))
         return Prediction(
-            self.peak, allocator.peak_allocated, allocator.peak_reserved, 2 * workspace, target
+            self.peak,
+            allocator.peak_allocated,
+            allocator.peak_reserved,
+            len(threads) * workspace,
+            target,
         )

@@ -69,7 +69,7 @@ def _inputs(spec: BenchSpec, images: int, device: str) -> list[torch.Tensor]:
     ]
 
 
-def _held(trainer, spec: BenchSpec, images: int, device: str) -> list[torch.Tensor]:
+def held_inputs(trainer, spec: BenchSpec, images: int, device: str) -> list[torch.Tensor]:
     """Stand-ins of the device copies of a step's inputs for `images` images: our Trainer copies
     its whole share first; a trainer that copies one micro-batch at a time as it comes
     (guided-diffusion's loop) says what it holds at once (`inputs_held`), and holds nothing of
@@ -124,7 +124,7 @@ def _trace(
             if not on_card:
                 tracker.ignore(trainer.ema.params + trainer.ema.buffers)
             if fake:
-                _on_the_host(trainer, tracker, host)
+                on_the_host(trainer, tracker, host)
             trainer.step(host)  # creates optimizer state
             ddp = parallel.kind(trainer.model) == "ddp"
             if ddp and not fake:
@@ -139,10 +139,10 @@ def _trace(
                 tracker.hold(born.kept(), "gradients")
             tracker.reset_peak()
             if fake:
-                inputs = _held(trainer, spec, spec.batch * spec.accum, device)
+                inputs = held_inputs(trainer, spec, spec.batch * spec.accum, device)
             else:
                 # Inputs of the untraced micro-batches: held for the whole step, never touched.
-                inputs = _held(trainer, spec, spec.batch * (spec.accum - accum), device)
+                inputs = held_inputs(trainer, spec, spec.batch * (spec.accum - accum), device)
                 host = synthetic_images(spec, images)  # the trainer copies its share over
             trainer.step(host)
             del inputs, host
@@ -150,7 +150,7 @@ def _trace(
     return tracker, kept
 
 
-def _on_the_host(trainer, tracker: TensorTracker, images: torch.Tensor) -> None:
+def on_the_host(trainer, tracker: TensorTracker, images: torch.Tensor) -> None:
     """On a card, a step's images, their draws (timesteps, noise) and this rank's share of them
     are host tensors, and only the share's copies take device memory. In the fake trace all are
     on the CPU: what the images and the trainer's host-side methods make goes uncounted, and

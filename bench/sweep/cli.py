@@ -265,14 +265,13 @@ def check_predict_only(specs: list[BenchSpec]) -> None:
         )
 
 
-def add_predict_only(parser: argparse.ArgumentParser) -> None:
-    """--predict-only, as bench.throughput and bench.sampling take it."""
-    parser.add_argument(
-        "--predict-only",
-        action="store_true",
-        help="with --card: the predicted time alone, in seconds, nothing measured "
-        "(the measured columns stay empty)",
-    )
+def add_predict_only(
+    parser: argparse.ArgumentParser,
+    text: str = "with --card: the predicted time alone, in seconds, nothing measured "
+    "(the measured columns stay empty)",
+) -> None:
+    """--predict-only, as bench.throughput and bench.sampling take it (`text`: its help)."""
+    parser.add_argument("--predict-only", action="store_true", help=text)
 
 
 def check_impl(specs: list[BenchSpec], timeout_s: float = DEFAULT_TIMEOUT_S) -> None:

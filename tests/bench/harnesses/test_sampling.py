@@ -16,6 +16,8 @@ import pytest
 import torch
 
 from bench import sampling as sampling_command
+from bench.cards import CARDS
+from bench.core import RunContext
 from bench.harnesses import sampling
 from bench.measure.quality import (
     DigitsJudge,
@@ -25,7 +27,10 @@ from bench.measure.quality import (
     gaussian,
     to_digit_inputs,
 )
+from bench.parsers import SpecError
 from bench.passes import sampling as sampling_pass
+from bench.predict import denoise
+from bench.spec import BenchSpec
 from bench.tables.results import ResultsTable
 from ddpm.config import PRESETS, TrainConfig
 from ddpm.schedule import NoiseSchedule
@@ -216,7 +221,20 @@ def test_bad_input_as_a_user_meets_it(tmp_path, args, words):
         (["--warmup", "-1"], ["--warmup -1"]),
         (["--accum", "2"], ["--accum 2"]),
         (["--checkpointing", "on"], ["--checkpointing on"]),
-        (["--find-max-batch"], ["--find-max-batch"]),
+        (["--find-max-batch"], ["--find-max-batch applies to the predicted memory on a --card"]),
+        (["--card", "rtx3070", "--find-max-batch"], ["--find-max-batch", "add --predict-only"]),
+        (["--train-batch", "4"], ["--train-batch applies to the predicted memory on a --card"]),
+        (["--budget", "4GiB"], ["--budget applies to the predicted memory on a --card"]),
+        (["--cuda-context-mib", "300"], ["--cuda-context-mib applies", "--card"]),
+        (["--card", "rtx3070", "--train-batch", "0"], ["--train-batch 0", ">= 1"]),
+        (
+            ["--card", "rtx3070", "--sampler", "ddim", "--train-batch", "4", "--resume"],
+            ["--resume cannot tell a --train-batch row"],
+        ),
+        (
+            ["--card", "rtx3070", "--train-batch", "4", "--sampler", "ddpm"],
+            ["--train-batch models ddpm.cli.train's sampling pass", "--sampler ddim"],
+        ),
         (["--quality-samples", "1"], ["--quality-samples 1"]),
         (["--batch", "0"], ["--batch 0"]),
         (["--precision", "fp8"], ["--precision 'fp8'"]),
@@ -404,3 +422,89 @@ def test_real_digits_score_near_zero_and_noise_far(judge):
     images, _ = digit_images(16, 1)
     blurred = judge.score(torch.nn.functional.avg_pool2d(images[:256], 3, 1, 1))
     assert floor < blurred < noise
+
+
+# ----- the memory prediction: its rows and verdicts ----------------------------------------------
+
+
+def test_predict_only_finds_the_largest_sampling_batch(tmp_path):
+    """--find-max-batch on a card, alone: the row's batch is the largest that fits (the
+    library's answer; tests/bench/predict/test_denoise.py holds it to direct traces), its
+    memory and time predicted there, and the verdict says it."""
+    argv = ["--card", "rtx3070", "--predict-only", "--find-max-batch", "--preset", "tiny"]
+    argv += ["--sampler", "ddim", "--sampling-steps", "10", "--budget", "80MiB"]
+    argv += ["--cuda-context-mib", "0", "--inline", "--out", str(tmp_path)]
+    (row,) = sampling_command.main(argv)
+    spec = BenchSpec(preset="tiny", card="rtx3070", sampler="ddim", sampling_steps=10)
+    spec = spec.replace(image_size=16, attention="8", budget=80.0, context_mib=0.0)
+    best, figures = denoise.largest_sampling_batch(spec, CARDS["rtx3070"])
+    assert row["status"] == "ok", row["error"]
+    assert row["batch"] == best and row["max_batch_source"] == "predicted"
+    assert row["predicted_cuda_mib"] == pytest.approx(figures["predicted_cuda_mib"])
+    assert row["fits"] is True and row["predicted_cuda_mib"] <= 80
+    assert row["predicted_img_per_s"] == pytest.approx(
+        best / (row["predicted_step_s"] * row["sampling_steps"])
+    )
+    report = (tmp_path / "sampling.md").read_text()
+    assert "Largest sampling batch that fits 0.0781 GiB on GeForce RTX 3070" in report
+    assert f"alone): {best:,} (PREDICTED" in report
+
+
+def predicted_row(**changes) -> dict:
+    row = {
+        "spec_id": "s",
+        "status": "ok",
+        "error": None,
+        "sampler": "ddim",
+        "sampling_steps": 50,
+        "batch": 64,
+        "precision": "bf16",
+        "compile": "off",
+        "card": "rtx3060",
+        "predicted_step_s": 0.5,
+        "predicted_full_run_s": 25.0,
+        "predicted_img_per_s": 2.56,
+        "predicted_cuda_mib": 9000.0,
+        "predicted_reserved_mib": 8542.0,
+        "cudnn_workspace_mib": 32.0,
+        "context_mib": 426.0,
+        "budget_mib": 11910.0,
+        "fits": True,
+        "headroom_mib": 2910.0,
+        "train_batch": None,
+    }
+    return {**row, **changes}
+
+
+def test_the_verdict_says_where_the_pass_runs_and_whether_it_fits():
+    alone = sampling.verdict(predicted_row())
+    assert "the pass alone fits in 11.6 GiB: 9,000 MiB (8,542 MiB reserved" in alone
+    assert "headroom 2,910 MiB" in alone and "(nothing measured)" in alone
+    inside = sampling.verdict(predicted_row(train_batch=8.0, fits=False, headroom_mib=-90.0))
+    assert "inside ddpm.cli.train after its last step at training batch 8 in bf16" in inside
+    assert "the pass in fp32 from the EMA weights" in inside and "does NOT fit" in inside
+    # A row written before the memory figures says its time alone.
+    memory = ("predicted_cuda_mib", "predicted_reserved_mib", "cudnn_workspace_mib", "fits")
+    memory += ("context_mib", "budget_mib", "headroom_mib", "train_batch")
+    old = {k: v for k, v in predicted_row().items() if k not in memory}
+    assert "fits" not in sampling.verdict(old) and "PREDICTED 0.5 s" in sampling.verdict(old)
+
+
+def test_a_measured_pass_alone_gets_the_predictions_error(monkeypatch):
+    """On CUDA the pass alone is measured too: the predicted allocation's error against it."""
+    monkeypatch.setattr(sampling, "measured", lambda spec, context: {"peak_alloc_mib": 50.0})
+    monkeypatch.setattr(sampling, "sampling_figures", lambda spec, card: {})
+    monkeypatch.setattr(
+        sampling, "memory_figures", lambda spec, card, train: {"predicted_alloc_mib": 60.0}
+    )
+    spec = BenchSpec(preset="tiny", card="rtx3070")
+    assert sampling.measure(spec)["alloc_error_pct"] == pytest.approx(20.0)
+    context = RunContext(out=".", run_id="r", options={"train_batch": 4})
+    assert "alloc_error_pct" not in sampling.measure(spec, context)
+
+
+@pytest.mark.parametrize("impl", ["lucidrains", "diffusers", "guided-diffusion"])
+def test_inside_training_names_why_another_implementation_is_not_predicted(impl):
+    spec = BenchSpec(preset="tiny", impl=impl, sampler="ddim", card="rtx3070")
+    with pytest.raises(SpecError, match=f"--train-batch is not predicted for --impl {impl}: "):
+        sampling_command.check_inside_training([spec])
