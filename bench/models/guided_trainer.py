@@ -109,8 +109,10 @@ class GuidedEMA:
 
     def update(self, master: list[nn.Parameter]) -> None:
         update_ema = _guided("nn").update_ema
+        # Every rate's copies live alike: one host copy of the weights serves them all.
+        sources = sources_for(master, self.copies[0]) if self.copies else []
         for rate, params in zip(self.rates, self.copies):
-            update_ema(params, sources_for(master, params), rate=rate)
+            update_ema(params, sources, rate=rate)
 
 
 def guided_ema(config: TrainConfig, rates: list[float], master: list[nn.Parameter]):
