@@ -42,12 +42,7 @@ class EMA:
         self.buffer_names = [n for n, _ in model.named_buffers()]
         # At least float32: with a bf16 shadow, a step of (1 - 0.9999) * difference is below
         # bf16 resolution and the average would never move.
-        self.params = [
-            p.detach().to(device=device, dtype=dtype or _shadow_dtype(p.dtype), copy=True)
-            if p.dtype.is_floating_point
-            else p.detach().to(device=device, copy=True)
-            for p in model.parameters()
-        ]
+        self.params = shadow_of(list(model.parameters()), device, dtype)
         self.buffers = [b.detach().to(device=device, copy=True) for b in model.buffers()]
 
     def current_decay(self) -> float:
@@ -68,11 +63,7 @@ class EMA:
         params = self._matching(list(model.parameters()), self.params, "parameters")
         weight = 1.0 - self.current_decay()
         if params:
-            # .to is a no-op when device and dtype already match; one foreach call updates all.
-            src = [
-                p.detach().to(device=e.device, dtype=e.dtype)
-                for p, e in zip(params, self.params, strict=True)
-            ]
+            src = sources_for(params, self.params)  # one foreach call updates all
             # Plain tensors (a DTensor's shard) for the foreach kernels: torch has no DTensor
             # rule for some of them (_foreach_copy_).
             torch._foreach_lerp_(local_shards(self.params), local_shards(src), weight)
@@ -175,6 +166,30 @@ class NoEMA:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def shadow_of(
+    tensors: list[torch.Tensor],
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> list[torch.Tensor]:
+    """Shadow copies of `tensors`: on `device` (default each tensor's own; "cpu" keeps them in
+    host memory) in `dtype` for the floating ones (default the tensor's, at least float32)."""
+    return [
+        t.detach().to(device=device, dtype=dtype or _shadow_dtype(t.dtype), copy=True)
+        if t.dtype.is_floating_point
+        else t.detach().to(device=device, copy=True)
+        for t in tensors
+    ]
+
+
+def sources_for(tensors: list[torch.Tensor], shadow: list[torch.Tensor]) -> list[torch.Tensor]:
+    """`tensors` where their shadow lives and in its dtype, what an update reads: a host
+    shadow's copies of the weights; the weights themselves (.to copies nothing) where device
+    and dtype already match."""
+    return [
+        t.detach().to(device=e.device, dtype=e.dtype) for t, e in zip(tensors, shadow, strict=True)
+    ]
 
 
 def _shadow_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -169,7 +169,7 @@ class Trainer:
             )
         lr = self.lr_at(self.step_count)
         for group in self.optimizer.param_groups:
-            _set_lr(group, lr)
+            set_lr(group, lr)
         with phase(Phase.OPTIMIZER, dev):
             scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
             self.scaler.step(self.optimizer)  # skips the update when fp16 gradients overflowed
@@ -277,7 +277,7 @@ def _ema(module: torch.nn.Module, config: TrainConfig, device: torch.device) -> 
     )
 
 
-def _set_lr(group: dict, lr: float) -> None:
+def set_lr(group: dict, lr: float) -> None:
     """A group's learning rate for this step: the schedule's, times the group's "lr_scale" (an
     optimizer whose own scale differs: Prodigy's lr is 1 where Adam's is 2e-4). A tensor lr
     (torchao's optimizers refuse a float once built) is filled in place."""

@@ -129,5 +129,20 @@ python -m bench.throughput --predict-only --preset ddpm-256 --accum 1 --out resu
 python -m bench.throughput --predict-only --preset ddpm-256 --accum 1 --out results --card rtx3070 --batch 2 --precision fp32 --ema device,cpu --ema-dtype bf16
 python -m bench.lever_costs --out results --preset ddpm-256
 
+# guided-diffusion's 256 px model with issue 31's memory levers in its TrainLoop's step, on an
+# 8 and a 12 GB card: all together first (fp32 and its fp16 scheme), each alone, in pairs, and
+# batch 1's figures without checkpointing. Run from a clean tree at 74719f1 into a scratch
+# folder, then its rows appended.
+python -m bench.memory --predict-only --impl guided-diffusion --find-max-batch --accum 1 --model-config adm-imagenet-256-uncond --card rtx3070,rtx3060 --precision fp32,fp16 --checkpointing on --optimizer adamw8bit --ema cpu --out results
+python -m bench.memory --predict-only --impl guided-diffusion --find-max-batch --accum 1 --model-config adm-imagenet-256-uncond --card rtx3070,rtx3060 --precision fp32 --checkpointing off --optimizer adamw8bit --out results
+python -m bench.memory --predict-only --impl guided-diffusion --find-max-batch --accum 1 --model-config adm-imagenet-256-uncond --card rtx3070,rtx3060 --precision fp32 --checkpointing off --ema cpu --out results
+python -m bench.memory --predict-only --impl guided-diffusion --find-max-batch --accum 1 --model-config adm-imagenet-256-uncond --card rtx3070,rtx3060 --precision fp32 --checkpointing off --ema off --out results
+python -m bench.memory --predict-only --impl guided-diffusion --find-max-batch --accum 1 --model-config adm-imagenet-256-uncond --card rtx3070,rtx3060 --precision fp32,fp16 --checkpointing on --optimizer adamw8bit --ema off --out results
+python -m bench.memory --predict-only --impl guided-diffusion --find-max-batch --accum 1 --model-config adm-imagenet-256-uncond --card rtx3070,rtx3060 --precision fp32 --checkpointing off --ema-dtype bf16 --out results
+python -m bench.memory --predict-only --impl guided-diffusion --find-max-batch --accum 1 --model-config adm-imagenet-256-uncond --card rtx3070,rtx3060 --precision fp32 --checkpointing on --ema cpu --out results
+python -m bench.memory --predict-only --impl guided-diffusion --find-max-batch --accum 1 --model-config adm-imagenet-256-uncond --card rtx3070,rtx3060 --precision fp32 --checkpointing on --optimizer adamw8bit --out results
+python -m bench.memory --predict-only --impl guided-diffusion --find-max-batch --accum 1 --model-config adm-imagenet-256-uncond --card rtx3070,rtx3060 --precision fp32 --checkpointing off --optimizer adamw8bit --ema cpu --out results
+python -m bench.memory --predict-only --impl guided-diffusion --accum 1 --model-config adm-imagenet-256-uncond --card rtx3070,rtx3060 --batch 1 --precision fp32 --checkpointing off --optimizer adamw,adamw8bit --ema device,cpu,off --out results
+
 # Plots from the CSVs (the .md files are already current).
 python -m bench.report --out results

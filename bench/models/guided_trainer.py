@@ -37,10 +37,12 @@ from torch import nn
 from torch._subclasses.fake_tensor import is_fake
 
 from bench.models.guided_unet import GuidedUNet, guided_loss
+from bench.models.optimizers import build_optimizer
 from ddpm.config import TrainConfig
+from ddpm.ema import NoEMA, shadow_of, sources_for
 from ddpm.precision import Phase, phase
 from ddpm.schedule import NoiseSchedule
-from ddpm.train import StepStats
+from ddpm.train import StepStats, set_lr
 
 
 def _guided(name: str):
@@ -83,13 +85,23 @@ class GuidedTraining(nn.Module):
 
 
 class GuidedEMA:
-    """Its EMA: one fp32 copy of the master weights per ema_rate, moved by its nn.update_ema.
-    Its __init__ deep-copies the master weights; a detached clone is the same bytes and
-    values, and fake tensors take it without a warning."""
+    """Its EMA: one copy of the master weights per ema_rate, moved by its nn.update_ema. Its
+    __init__ deep-copies the master weights (fp32 on their device); a detached copy is the same
+    bytes and values, and fake tensors take it without a warning. --ema cpu and --ema-dtype bf16
+    place the copies as our Trainer's EMA places its shadow (ddpm.ema.shadow_of): in host
+    memory, updated there from host copies of the master weights, or in bf16."""
 
-    def __init__(self, rates: list[float], master: list[nn.Parameter]):
+    buffers: list[torch.Tensor] = []  # its EMA averages the master weights alone
+
+    def __init__(
+        self,
+        rates: list[float],
+        master: list[nn.Parameter],
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
         self.rates = rates
-        self.copies = [[p.detach().clone() for p in master] for _ in rates]
+        self.copies = [shadow_of(master, device, dtype) for _ in rates]
 
     @property
     def params(self) -> list[torch.Tensor]:
@@ -97,8 +109,19 @@ class GuidedEMA:
 
     def update(self, master: list[nn.Parameter]) -> None:
         update_ema = _guided("nn").update_ema
+        # Every rate's copies live alike: one host copy of the weights serves them all.
+        sources = sources_for(master, self.copies[0]) if self.copies else []
         for rate, params in zip(self.rates, self.copies):
-            update_ema(params, master, rate=rate)
+            update_ema(params, sources, rate=rate)
+
+
+def guided_ema(config: TrainConfig, rates: list[float], master: list[nn.Parameter]):
+    """The EMA config.ema and config.ema_dtype ask for: its copies on the card (its own), in host
+    memory, in bf16, or none."""
+    if config.ema == "off":
+        return NoEMA()
+    device = "cpu" if config.ema == "cpu" else None
+    return GuidedEMA(rates, master, device, torch.bfloat16 if config.ema_dtype == "bf16" else None)
 
 
 class GuidedTrainer:
@@ -106,7 +129,15 @@ class GuidedTrainer:
     objective, draw, share, world, skipped_steps) around its run_step. No checkpoints: bench
     measures steps, and its own TrainLoop saves its own."""
 
-    def __init__(self, model: GuidedUNet, config: TrainConfig, device, lr: float | None = None):
+    def __init__(
+        self,
+        model: GuidedUNet,
+        config: TrainConfig,
+        device,
+        lr: float | None = None,
+        optimizer: str = "adamw",
+    ):
+        """`optimizer`: a name of bench.models.optimizers (--optimizer); adamw is its own."""
         self.device = torch.device(device)
         self.config = config
         if next(model.parameters()).device != self.device:
@@ -125,13 +156,18 @@ class GuidedTrainer:
             )
         master = self.mp_trainer.master_params
         self.model = GuidedTraining(model, master if self.use_fp16 else [])
-        self.optimizer = torch.optim.AdamW(
+        # --optimizer swaps the AdamW its __init__ builds, over the same master weights (fp32
+        # under use_fp16 too), at its lr and weight decay.
+        recipe = dataclasses.replace(
+            config, lr=self.lr, weight_decay=flags.training["weight_decay"]
+        )
+        self.optimizer = build_optimizer(optimizer, master, recipe) or torch.optim.AdamW(
             master,
             lr=self.lr,
             weight_decay=flags.training["weight_decay"],
             foreach=True if is_fake(master[0]) else None,
         )
-        self.ema = GuidedEMA(flags.ema_rates, master)
+        self.ema = guided_ema(config, flags.ema_rates, master)
         self.diffusion = model.diffusion
         self.sampler = _guided("resample").UniformSampler(self.diffusion)
         self.objective = guided_loss
@@ -224,7 +260,7 @@ class GuidedTrainer:
             inputs = {k: self.share(v) for k, v in self.draw(x0).items()}
         lr = self.lr_now()
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            set_lr(group, lr)
         with self._its_logger() as log:
             loss_sum = self._forward_backward(x0, inputs, on_micro_batch)
             with phase(Phase.OPTIMIZER, dev):

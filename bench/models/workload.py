@@ -84,7 +84,7 @@ def build_trainer(
     if spec.impl == GUIDED:  # its own TrainLoop's step; its schedule is its diffusion's
         from bench.models.guided_trainer import GuidedTrainer
 
-        return GuidedTrainer(model, config, device, lr=settings.get("lr"))
+        return GuidedTrainer(model, config, device, lr=settings.get("lr"), optimizer=spec.optimizer)
     # Across ranks (a process group is up: torchrun's, or a fake one for the prediction).
     model = wrap(model, spec.parallel, torch.device(device), mesh)
     # Each implementation trains its own way: diffusers' example's optimizer and EMA,

@@ -315,15 +315,6 @@ def check_levers(specs: list[BenchSpec], predict_only: bool) -> None:
     for a card takes any: the card's own rules decide there); an implementation that never
     calls torch's SDPA has no backend to choose."""
     for spec in specs:
-        if spec.impl == "guided-diffusion" and (spec.optimizer, spec.ema, spec.ema_dtype) != (
-            "adamw",
-            "device",
-            "fp32",
-        ):
-            raise SpecError(
-                "--impl guided-diffusion trains with its TrainLoop's own AdamW and EMA: give "
-                "--optimizer adamw --ema device --ema-dtype fp32 there."
-            )
         backend = spec.attention_backend
         if backend == "auto":
             continue

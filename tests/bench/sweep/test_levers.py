@@ -49,8 +49,8 @@ def test_sampling_takes_none_of_them(capsys):
             "--impl lucidrains computes attention with einsum",
         ),
         (
-            ["--optimizer", "adamw8bit", "--impl", "guided-diffusion"],
-            "--impl guided-diffusion trains with its TrainLoop's own AdamW and EMA",
+            ["--attention-backend", "math", "--impl", "guided-diffusion"],
+            "--impl guided-diffusion computes attention with einsum",
         ),
     ],
 )
