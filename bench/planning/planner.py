@@ -22,18 +22,23 @@ it)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.cards import CARDS
+from bench.measure.tracked import MemoryPeak
 from bench.parsers import SpecError
 from bench.planning import timing
 from bench.planning.levers import BY_NAME, LEVERS, SPLIT, splits
 from bench.planning.timing import StepTime, step_time
+from bench.predict import cache
 from bench.predict.attention import NoBackend
 from bench.predict.batches import step_model
 from bench.predict.fit import Fit, predict_fit
+from bench.predict.stream import Prediction
 from bench.spec import BenchSpec
 from bench.sweep.cli import check_levers as check_lever_values
 
@@ -128,14 +133,13 @@ class Planner:
         self._fits: dict[BenchSpec, Fit] = {}
         self._times: dict[tuple[BenchSpec, str], StepTime] = {}
         self._refused: dict[tuple[BenchSpec, tuple[int, int]], str] = {}
+        self.kept = True  # answers kept on disk are taken (else each is predicted again)
 
     def fit(self, spec: BenchSpec) -> Fit:
         """NoBackend where the card cannot run the option's attention backend."""
         asked = predicted_spec(spec)
         if asked not in self._fits:
-            # Accumulation 1 is asked at one batch (the effective one); from 2 on at many.
-            many = asked.accum >= 2
-            self._fits[asked] = predict_fit(asked, CARDS[spec.card].capability, many=many)
+            self._fits[asked] = kept_fit(asked, self.kept)
         return self._fits[asked]
 
     def cannot_run(self, spec: BenchSpec) -> str | None:
@@ -152,10 +156,10 @@ class Planner:
                 self._refused[key] = str(exc)
         return self._refused[key] or None
 
-    def time(self, spec: BenchSpec, kept: bool = True) -> StepTime:
+    def time(self, spec: BenchSpec) -> StepTime:
         asked = (timed_spec(spec), spec.card)
         if asked not in self._times:
-            self._times[asked] = step_time(asked[0], CARDS[spec.card], kept)
+            self._times[asked] = step_time(asked[0], CARDS[spec.card], self.kept)
         return self._times[asked]
 
     def confirmed(self, option: Option) -> bool:
@@ -183,10 +187,11 @@ class Planner:
             self.say(f"{card}: the top choice is off the lines of two traces; tracing each batch")
             self._fits.clear()
             self._times.clear()
-            ranked = rank(self._predicted(grid, card, kept=False), train_steps)
+            self.kept = False
+            ranked = rank(self._predicted(grid, card), train_steps)
         return ranked
 
-    def _predicted(self, grid, card: str, kept: bool = True) -> list[Option]:
+    def _predicted(self, grid, card: str) -> list[Option]:
         found = []
         for done, (spec, simplicity) in enumerate(grid, 1):
             refused = self.cannot_run(spec)
@@ -194,10 +199,45 @@ class Planner:
                 found.append(Option(spec, None, None, simplicity, refused))
             else:
                 fit = self.fit(spec)
-                time = self.time(spec, kept) if fit.fits else None
+                time = self.time(spec) if fit.fits else None
                 found.append(Option(spec, fit, time, simplicity))
             self.say(f"{card}: {done}/{len(grid)} options predicted")
         return found
+
+
+def kept_fit(spec: BenchSpec, kept: bool = True) -> Fit:
+    """spec's fit on its card: the prediction kept on disk beside the traces where there is one
+    (`kept`), else predict_fit's, from the traces (accumulation 1 asked at one batch, the
+    effective one; from 2 on at many: their lines), then kept. A question asked again replays
+    no allocator."""
+    target = CARDS[spec.card].capability
+    conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
+    entry = cache.key(spec, target)
+    name = [entry, spec.batch, spec.accum, conf]
+    found = cache.load_answer("memory", name) if kept and entry is not None else None
+    if found is not None:
+        try:
+            return Fit(prediction_of(found), spec.context_mib, spec.budget_mib)
+        except (KeyError, TypeError, ValueError):
+            pass  # not a prediction: predicted again
+    fit = predict_fit(spec, target, many=spec.accum >= 2)
+    if entry is not None:
+        cache.save_answer("memory", name, dataclasses.asdict(fit.prediction))
+    return fit
+
+
+def prediction_of(data: dict) -> Prediction:
+    """The Prediction that dataclasses.asdict made `data` of."""
+    tensors = data["tensors"]
+    if tensors is not None:
+        tensors = MemoryPeak(int(tensors["total"]), dict(tensors["by_category"]))
+    return Prediction(
+        tensors,
+        int(data["alloc_bytes"]),
+        int(data["reserved_bytes"]),
+        int(data["cublas_workspace_bytes"]),
+        tuple(data["target"]),
+    )
 
 
 def rank(found: list[Option], train_steps: int) -> list[Option]:

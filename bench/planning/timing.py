@@ -19,8 +19,6 @@ traces do not pair, or a third trace is off the lines (KernelLines.verify), each
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass, fields
 
@@ -31,7 +29,6 @@ from bench.predict.kernels import Kernel
 from bench.predict.pairing import Unpaired, at, pair
 from bench.predict.runtime import train_step_kernels, training_figures
 from bench.spec import BenchSpec
-from bench.tables.results import atomic_write
 
 log = logging.getLogger(__name__)
 # A kernel's fields that grow with the batch; its others (what it is) must match exactly.
@@ -132,16 +129,13 @@ def _asked(spec: BenchSpec, card: Card, kept: bool = True) -> StepTime:
     """The model's own answer at spec's accumulation, from the disk where it was kept (`kept`;
     else predicted again, and kept anew)."""
     entry = cache.key(spec, card.capability)
-    where = cache.folder()
-    path = None
-    if entry is not None and where is not None:
-        name = json.dumps([entry, card.key, spec.batch, spec.accum])
-        path = where / f"time-{hashlib.sha256(name.encode()).hexdigest()}.json"
-    if path is not None and kept:
+    name = [entry, card.key, spec.batch, spec.accum]
+    found = cache.load_answer("time", name) if kept and entry is not None else None
+    if found is not None:
         try:
-            return StepTime(*json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError) as exc:
-            log.debug("time cache: %s not read (%s)", path, exc)
+            return StepTime(*found)
+        except TypeError:
+            log.debug("time cache: %r is not a step time; predicted again", found)
     kernels = kernel_lines(spec, card).kernels(spec.batch)
     figures = training_figures(spec, card, kernels=kernels)
     found = StepTime(
@@ -149,12 +143,8 @@ def _asked(spec: BenchSpec, card: Card, kept: bool = True) -> StepTime:
         figures["predicted_step_s_low"],
         figures["predicted_step_s_high"],
     )
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, json.dumps(found.astuple()))
-        except OSError as exc:
-            log.debug("time cache: cannot write %s (%s)", path, exc)
+    if entry is not None:
+        cache.save_answer("time", name, found.astuple())
     return found
 
 

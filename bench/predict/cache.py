@@ -184,3 +184,42 @@ def save(entry_key: str | None, stream: AllocationStream) -> None:
         log.debug("trace cache: cannot write to %s (%s)", where, exc)
         if tmp is not None:
             Path(tmp.name).unlink(missing_ok=True)
+
+
+def _answer_path(where: Path, kind: str, name: list) -> Path:
+    return where / f"{kind}-{hashlib.sha256(json.dumps(name).encode()).hexdigest()}.json"
+
+
+def load_answer(kind: str, name: list):
+    """A small answer kept beside the traces: what was worked out from them (a plan's predicted
+    memory or step time at one batch), by its kind and its name (JSON data, an entry's key
+    first). None where there is none, the cache is off, or it cannot be read (then it is worked
+    out again)."""
+    where = folder()
+    if where is None:
+        return None
+    path = _answer_path(where, kind, name)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.debug("trace cache: %s is unreadable (%s)", path, exc)
+        return None
+
+
+def save_answer(kind: str, name: list, value) -> None:
+    """Keep `value` (JSON data) as load_answer reads it; skipped where it cannot be written."""
+    where = folder()
+    if where is None:
+        return
+    tmp = None
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=where, suffix=".tmp", delete=False) as tmp:
+            tmp.write(json.dumps(value))
+        os.replace(tmp.name, _answer_path(where, kind, name))
+    except OSError as exc:
+        log.debug("trace cache: cannot write to %s (%s)", where, exc)
+        if tmp is not None:
+            Path(tmp.name).unlink(missing_ok=True)
