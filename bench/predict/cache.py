@@ -89,6 +89,7 @@ def source_digest() -> str:
     return tree_digest({p.__name__: Path(p.__file__).parent for p in (bench, ddpm)})
 
 
+@functools.cache  # a metadata look-up scans the installed packages: milliseconds, once each
 def _version(name: str) -> str | None:
     try:
         return metadata.version(name)
