@@ -14,7 +14,12 @@ Entries live in $DDPM_BENCH_TRACE_CACHE, else $XDG_CACHE_HOME/ddpm-bench/traces,
 clears it. An entry is gzip'd JSON holding its key and a SHA-256 of its body: one that cannot be
 read, is damaged or is not the stream it claims to be is ignored (and rebuilt by the caller),
 never trusted. Entries are written to a temporary file and renamed, so two processes that trace
-the same step at once leave one whole entry."""
+the same step at once leave one whole entry.
+
+Beside the traces, small answers worked out from them (a plan's predicted memory and step time
+at one batch, a model's parameter count) are kept by kind and by a name that starts with an
+entry's key (save_answer, load_answer), so a question asked again reads them and works out
+nothing; they go wherever the traces go (any edit of the code misses them too)."""
 
 from __future__ import annotations
 
