@@ -67,10 +67,10 @@ class StepModel:
     ) -> Prediction:
         """The step at `batch` (and `accum`, default the spec's) on the card, replayed through
         the caching allocator."""
-        return self.accumulated(batch, accum).predict(self.target, alloc_conf)
+        return self.stream(batch, accum).predict(self.target, alloc_conf)
 
-    def accumulated(self, batch: int, accum: int | None = None) -> AllocationStream:
-        """The step's allocations at `batch` and `accum` (default the spec's): the stream at the
+    def stream(self, batch: int, accum: int | None = None) -> AllocationStream:
+        """The step's allocations at `batch` and `accum` (default the spec's): the step at the
         traced accumulation, its inputs grown past 2 micro-batches."""
         accum = self.spec.accum if accum is None else accum
         if traced_accum(self.spec.replace(accum=accum)) != self.traced_spec.accum:
@@ -78,12 +78,12 @@ class StepModel:
                 f"accumulation {accum}: this model traces {self.traced_spec.accum} "
                 "micro-batches (accumulation 1 answers 1 only, 2 answers 2 on)"
             )
-        found = self.stream(batch)
+        found = self._stream(batch)
         return accumulated(found, accum) if accum > self.traced_spec.accum else found
 
-    def stream(self, batch: int) -> AllocationStream:
-        """The traced step's allocations at `batch` (at the traced accumulation): its own trace
-        where one is at hand, else read off the lines, else traced."""
+    def _stream(self, batch: int) -> AllocationStream:
+        """The traced step's allocations at `batch`: its own trace where one is at hand, else
+        read off the lines, else traced."""
         if batch < 1:
             raise ValueError(f"batch must be at least 1, not {batch}")
         if batch in self.traced:
