@@ -31,12 +31,13 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-from bench.cards import CARDS
+from bench.cards import CARDS, DEFAULT_TARGET
 from bench.models.workload import parameter_count
 from bench.parsers import SpecError, parse_budget, parse_cards
 from bench.planning import report
 from bench.planning.levers import BY_NAME, LEVERS, SPLIT
 from bench.planning.planner import Planner, check_levers
+from bench.predict import cache
 from bench.predict.runtime import PAPER_TRAIN_STEPS
 from bench.spec import DEFAULT_CONTEXT_MIB, BenchSpec, option_axes
 from bench.tables.results import RUN_FOLDER, ResultsError, check_writable, results_folder
@@ -178,10 +179,24 @@ def question(args, base: BenchSpec) -> dict:
         "command": "python -m bench.plan "
         + shlex.join(sys.argv[1:] if args.argv is None else args.argv),
         "model": f"{model} at {base.image_size}px",
-        "params": parameter_count(base),
+        "params": parameters(base),
         "effective_batch": args.effective_batch,
         "train_steps": args.train_steps,
     }
+
+
+def parameters(base: BenchSpec) -> int:
+    """The model's parameter count, kept beside the traces: counting builds the model on fake
+    tensors, whose mode imports torch's compiler stack (seconds), and a question asked again
+    needs no fake tensor at all."""
+    entry = cache.key(base, DEFAULT_TARGET)
+    found = cache.load_answer("params", [entry]) if entry is not None else None
+    if isinstance(found, int):
+        return found
+    count = parameter_count(base)
+    if entry is not None:
+        cache.save_answer("params", [entry], count)
+    return count
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -2,11 +2,18 @@
 
 An option is a split of the effective batch (micro-batch x accumulation) and a value of each
 allowed lever (bench.planning.levers); the levers not allowed keep the model's own setting. Each
-option's memory is the fit predicted for the card (bench.predict.fit: the trace of its step, one
-per micro-batch and lever values, shared by the cards of one compute capability and kept on
-disk); each option that fits has its step time predicted (bench.planning.timing). Options are
-ranked by predicted hours to train; a tie keeps the simpler option: every lever's earlier value
-(fp32 before fp16, no checkpointing before checkpointing), then less accumulation.
+option's memory is the fit predicted for the card (bench.predict.fit); each option that fits has
+its step time predicted (bench.planning.timing). Options are ranked by predicted hours to train;
+a tie keeps the simpler option: every lever's earlier value (fp32 before fp16, no checkpointing
+before checkpointing), then less accumulation.
+
+Every split of one set of lever values comes from a few traces, shared by the cards of one
+compute capability and kept on disk: the memory of accumulation 1 from the trace at the
+effective batch, and of every accumulation from 2 on from the lines of two traces at
+accumulation 2 (bench.predict.batches); the time from the kernels' lines at accumulation 1 and 2
+(bench.planning.timing). The lines are confirmed where the answer matters: the top choice of each
+card is traced at its own batch, memory and kernels; where a trace is off its lines, they are
+dropped and the card is planned again with each batch traced.
 
 An option that cannot run is left out of the ranking with the reason, never predicted as if it
 ran: an attention backend the card's dispatcher refuses in its dtype (NoBackend), or a lever
@@ -15,16 +22,23 @@ it)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.cards import CARDS
+from bench.measure.tracked import MemoryPeak
 from bench.parsers import SpecError
+from bench.planning import timing
 from bench.planning.levers import BY_NAME, LEVERS, SPLIT, splits
 from bench.planning.timing import StepTime, step_time
+from bench.predict import cache
 from bench.predict.attention import NoBackend
+from bench.predict.batches import step_model
 from bench.predict.fit import Fit, predict_fit
+from bench.predict.stream import Prediction
 from bench.spec import BenchSpec
 from bench.sweep.cli import check_levers as check_lever_values
 
@@ -119,12 +133,13 @@ class Planner:
         self._fits: dict[BenchSpec, Fit] = {}
         self._times: dict[tuple[BenchSpec, str], StepTime] = {}
         self._refused: dict[tuple[BenchSpec, tuple[int, int]], str] = {}
+        self.kept = True  # answers kept on disk are taken (else each is predicted again)
 
     def fit(self, spec: BenchSpec) -> Fit:
         """NoBackend where the card cannot run the option's attention backend."""
         asked = predicted_spec(spec)
         if asked not in self._fits:
-            self._fits[asked] = predict_fit(asked, CARDS[spec.card].capability)
+            self._fits[asked] = kept_fit(asked, self.kept)
         return self._fits[asked]
 
     def cannot_run(self, spec: BenchSpec) -> str | None:
@@ -144,8 +159,16 @@ class Planner:
     def time(self, spec: BenchSpec) -> StepTime:
         asked = (timed_spec(spec), spec.card)
         if asked not in self._times:
-            self._times[asked] = step_time(asked[0], CARDS[spec.card])
+            self._times[asked] = step_time(asked[0], CARDS[spec.card], self.kept)
         return self._times[asked]
+
+    def confirmed(self, option: Option) -> bool:
+        """Trace the option at its own batch, its memory and its kernels, and compare them with
+        the lines its predictions were read off: False where one is off (the lines are dropped)."""
+        spec = predicted_spec(option.spec)
+        model = step_model(spec, CARDS[spec.card].capability)
+        memory = spec.batch in model.traced or model.verify(spec.batch)
+        return memory and timing.verify(timed_spec(option.spec), CARDS[spec.card])
 
     def plan(
         self,
@@ -159,6 +182,16 @@ class Planner:
         """Every option on `card`, ranked: those that fit by predicted hours (ties: simpler
         first), then those that do not, the nearest to fitting first."""
         grid = options(base, card, effective_batch, max_accum, allowed)
+        ranked = rank(self._predicted(grid, card), train_steps)
+        if ranked and ranked[0].time is not None and not self.confirmed(ranked[0]):
+            self.say(f"{card}: the top choice is off the lines of two traces; tracing each batch")
+            self._fits.clear()
+            self._times.clear()
+            self.kept = False
+            ranked = rank(self._predicted(grid, card), train_steps)
+        return ranked
+
+    def _predicted(self, grid, card: str) -> list[Option]:
         found = []
         for done, (spec, simplicity) in enumerate(grid, 1):
             refused = self.cannot_run(spec)
@@ -166,9 +199,45 @@ class Planner:
                 found.append(Option(spec, None, None, simplicity, refused))
             else:
                 fit = self.fit(spec)
-                found.append(Option(spec, fit, self.time(spec) if fit.fits else None, simplicity))
+                time = self.time(spec) if fit.fits else None
+                found.append(Option(spec, fit, time, simplicity))
             self.say(f"{card}: {done}/{len(grid)} options predicted")
-        return rank(found, train_steps)
+        return found
+
+
+def kept_fit(spec: BenchSpec, kept: bool = True) -> Fit:
+    """spec's fit on its card: the prediction kept on disk beside the traces where there is one
+    (`kept`), else predict_fit's, from the traces (accumulation 1 asked at one batch, the
+    effective one; from 2 on at many: their lines), then kept. A question asked again replays
+    no allocator."""
+    target = CARDS[spec.card].capability
+    conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
+    entry = cache.key(spec, target)
+    name = [entry, spec.batch, spec.accum, conf]
+    found = cache.load_answer("memory", name) if kept and entry is not None else None
+    if found is not None:
+        try:
+            return Fit(prediction_of(found), spec.context_mib, spec.budget_mib)
+        except (KeyError, TypeError, ValueError):
+            pass  # not a prediction: predicted again
+    fit = predict_fit(spec, target, many=spec.accum >= 2)
+    if entry is not None:
+        cache.save_answer("memory", name, dataclasses.asdict(fit.prediction))
+    return fit
+
+
+def prediction_of(data: dict) -> Prediction:
+    """The Prediction that dataclasses.asdict made `data` of."""
+    tensors = data["tensors"]
+    if tensors is not None:
+        tensors = MemoryPeak(int(tensors["total"]), dict(tensors["by_category"]))
+    return Prediction(
+        tensors,
+        int(data["alloc_bytes"]),
+        int(data["reserved_bytes"]),
+        int(data["cublas_workspace_bytes"]),
+        tuple(data["target"]),
+    )
 
 
 def rank(found: list[Option], train_steps: int) -> list[Option]:

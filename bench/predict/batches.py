@@ -16,9 +16,14 @@ pair at 2 and 3 is caught by `verify`, which traces a third batch and compares i
 (the largest-batch search verifies its answer so). And a batch traced already (in this process or
 the trace cache, bench.predict.cache) is answered from its own trace, batch 1 always.
 
-A StepModel serves one (spec but its batch, card) pair; `step_model` keeps the recent ones of
-this process, so the specs of a sweep that differ only in batch, budget or card of one compute
-capability share their traces."""
+Nor does a step past two micro-batches need a trace of its own: the trace runs min(accum, 2)
+micro-batches and holds the inputs of all of them, so the step at accumulation a > 2 is the one
+at 2 with its input stand-ins grown to a micro-batches (bench.predict.trace.accumulated).
+
+A StepModel serves one (spec but its batch, card) pair, and every accumulation from 2 on where
+the spec's is; `step_model` keeps the recent ones of this process, so the specs of a sweep or a
+plan that differ only in batch, accumulation past 1, budget or card of one compute capability
+share their traces."""
 
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from collections import OrderedDict
 from bench.predict import cache
 from bench.predict.pairing import Unpaired, at, pair
 from bench.predict.stream import AllocationStream, Prediction
-from bench.predict.trace import allocation_stream
+from bench.predict.trace import accumulated, allocation_stream, traced_accum
 from bench.spec import BenchSpec
 
 # The two batches whose traces give the lines. Not batch 1: its step is not the others' (a
@@ -40,7 +45,8 @@ log = logging.getLogger(__name__)
 
 
 class StepModel:
-    """model = StepModel(spec, target); model.prediction(batch) for any batch >= 1.
+    """model = StepModel(spec, target); model.prediction(batch) for any batch >= 1, at the
+    spec's accumulation or, where it is 2 or more, at any other from 2 on (`accum`).
 
     `many`: the caller asks about many batches, so the two traces of the lines are taken at once
     (a search, a planner); otherwise a batch not yet traced or cached is traced alone, which is
@@ -48,20 +54,36 @@ class StepModel:
 
     def __init__(self, spec: BenchSpec, target: tuple[int, int], many: bool = False):
         self.spec = spec
+        self.traced_spec = spec.replace(accum=traced_accum(spec))  # what its traces run
         self.target = target
         self.many = many
-        self.key = cache.key(spec, target)
+        self.key = cache.key(self.traced_spec, target)
         self.traced: dict[int, AllocationStream] = {}  # by batch, traced or read from the cache
         self.lines: list | None = None
         self.unpaired: str | None = None  # why each batch is traced, where the lines failed
 
-    def prediction(self, batch: int, alloc_conf: str | None = None) -> Prediction:
-        """The step at `batch` on the card, replayed through the caching allocator."""
-        return self.stream(batch).predict(self.target, alloc_conf)
+    def prediction(
+        self, batch: int, alloc_conf: str | None = None, accum: int | None = None
+    ) -> Prediction:
+        """The step at `batch` (and `accum`, default the spec's) on the card, replayed through
+        the caching allocator."""
+        return self.stream(batch, accum).predict(self.target, alloc_conf)
 
-    def stream(self, batch: int) -> AllocationStream:
-        """The step's allocations at `batch`: its own trace where one is at hand, else read off
-        the lines, else traced."""
+    def stream(self, batch: int, accum: int | None = None) -> AllocationStream:
+        """The step's allocations at `batch` and `accum` (default the spec's): the step at the
+        traced accumulation, its inputs grown past 2 micro-batches."""
+        accum = self.spec.accum if accum is None else accum
+        if traced_accum(self.spec.replace(accum=accum)) != self.traced_spec.accum:
+            raise ValueError(
+                f"accumulation {accum}: this model traces {self.traced_spec.accum} "
+                "micro-batches (accumulation 1 answers 1 only, 2 answers 2 on)"
+            )
+        found = self._stream(batch)
+        return accumulated(found, accum) if accum > self.traced_spec.accum else found
+
+    def _stream(self, batch: int) -> AllocationStream:
+        """The traced step's allocations at `batch`: its own trace where one is at hand, else
+        read off the lines, else traced."""
         if batch < 1:
             raise ValueError(f"batch must be at least 1, not {batch}")
         if batch in self.traced:
@@ -115,7 +137,7 @@ class StepModel:
 
     def _trace(self, batch: int) -> AllocationStream:
         if not self._cached(batch):
-            stream = allocation_stream(self.spec.replace(batch=batch), self.target)
+            stream = allocation_stream(self.traced_spec.replace(batch=batch), self.target)
             cache.save(self.key, stream)
             self.traced[batch] = stream
         return self.traced[batch]
@@ -125,9 +147,11 @@ _models: OrderedDict = OrderedDict()
 
 
 def step_model(spec: BenchSpec, target: tuple[int, int], many: bool = False) -> StepModel:
-    """This process's StepModel of the spec (its batch aside) for `target`, made on first use.
-    A model asked for with `many` takes its lines at once from then on."""
-    name = (spec.replace(**{f: _ANY[f] for f in _ANY}), tuple(target))
+    """This process's StepModel of the spec (its batch, and its accumulation past 2, aside) for
+    `target`, made on first use: ask it at the spec's accumulation (StepModel.prediction's
+    `accum`). A model asked for with `many` takes its lines at once from then on."""
+    anything = {f: _ANY[f] for f in _ANY}
+    name = (spec.replace(**anything, accum=traced_accum(spec)), tuple(target))
     model = _models.pop(name, None) or StepModel(spec, target, many)
     model.many = model.many or many
     _models[name] = model

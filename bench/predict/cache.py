@@ -14,7 +14,12 @@ Entries live in $DDPM_BENCH_TRACE_CACHE, else $XDG_CACHE_HOME/ddpm-bench/traces,
 clears it. An entry is gzip'd JSON holding its key and a SHA-256 of its body: one that cannot be
 read, is damaged or is not the stream it claims to be is ignored (and rebuilt by the caller),
 never trusted. Entries are written to a temporary file and renamed, so two processes that trace
-the same step at once leave one whole entry."""
+the same step at once leave one whole entry.
+
+Beside the traces, small answers worked out from them (a plan's predicted memory and step time
+at one batch, a model's parameter count) are kept by kind and by a name that starts with an
+entry's key (save_answer, load_answer), so a question asked again reads them and works out
+nothing; they go wherever the traces go (any edit of the code misses them too)."""
 
 from __future__ import annotations
 
@@ -89,6 +94,7 @@ def source_digest() -> str:
     return tree_digest({p.__name__: Path(p.__file__).parent for p in (bench, ddpm)})
 
 
+@functools.cache  # a metadata look-up scans the installed packages: milliseconds, once each
 def _version(name: str) -> str | None:
     try:
         return metadata.version(name)
@@ -180,6 +186,45 @@ def save(entry_key: str | None, stream: AllocationStream) -> None:
         with tempfile.NamedTemporaryFile(dir=where, suffix=".tmp", delete=False) as tmp:
             tmp.write(gzip.compress(json.dumps(data).encode(), compresslevel=1))
         os.replace(tmp.name, _path(where, entry_key, stream.batch))
+    except OSError as exc:
+        log.debug("trace cache: cannot write to %s (%s)", where, exc)
+        if tmp is not None:
+            Path(tmp.name).unlink(missing_ok=True)
+
+
+def _answer_path(where: Path, kind: str, name: list) -> Path:
+    return where / f"{kind}-{hashlib.sha256(json.dumps(name).encode()).hexdigest()}.json"
+
+
+def load_answer(kind: str, name: list):
+    """A small answer kept beside the traces: what was worked out from them (a plan's predicted
+    memory or step time at one batch), by its kind and its name (JSON data, an entry's key
+    first). None where there is none, the cache is off, or it cannot be read (then it is worked
+    out again)."""
+    where = folder()
+    if where is None:
+        return None
+    path = _answer_path(where, kind, name)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.debug("trace cache: %s is unreadable (%s)", path, exc)
+        return None
+
+
+def save_answer(kind: str, name: list, value) -> None:
+    """Keep `value` (JSON data) as load_answer reads it; skipped where it cannot be written."""
+    where = folder()
+    if where is None:
+        return
+    tmp = None
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=where, suffix=".tmp", delete=False) as tmp:
+            tmp.write(json.dumps(value))
+        os.replace(tmp.name, _answer_path(where, kind, name))
     except OSError as exc:
         log.debug("trace cache: cannot write to %s (%s)", where, exc)
         if tmp is not None:

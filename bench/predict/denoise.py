@@ -146,7 +146,7 @@ def trace_inside_training(spec: BenchSpec, train_batch: int, target: tuple[int, 
             held_out = _held_out_batches(training, train_batch)
             window_loss = torch.zeros(())
             trainer.step(host)  # creates the optimizer state
-            inputs = held_inputs(trainer, training, train_batch, "cpu")
+            inputs = held_inputs(trainer, training, train_batch, "cpu", tracker)
             stats = trainer.step(host)
             del inputs
             tracker.reset_peak()

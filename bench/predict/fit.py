@@ -68,13 +68,18 @@ class Fit:
 
 
 def predict_fit(
-    spec: BenchSpec, target: tuple[int, int] = DEFAULT_TARGET, context_mib: float | None = None
+    spec: BenchSpec,
+    target: tuple[int, int] = DEFAULT_TARGET,
+    context_mib: float | None = None,
+    many: bool = False,
 ) -> Fit:
     """Does `spec` fit a card of compute capability `target`, within spec.budget_mib: its step
-    predicted (bench.predict.trace), with `context_mib` for the CUDA context (default: the
-    spec's allowance)."""
+    predicted (bench.predict.batches), with `context_mib` for the CUDA context (default: the
+    spec's allowance). `many`: the caller asks about many batches of this spec (a planner), so
+    the lines of two traces serve them all (StepModel)."""
     context_mib = spec.context_mib if context_mib is None else context_mib
-    return Fit(step_model(spec, target).prediction(spec.batch), context_mib, spec.budget_mib)
+    prediction = step_model(spec, target, many).prediction(spec.batch, accum=spec.accum)
+    return Fit(prediction, context_mib, spec.budget_mib)
 
 
 class SpecFit:
@@ -92,13 +97,15 @@ class SpecFit:
         context_mib: float | None = None,
     ):
         self.model: StepModel = step_model(spec, target, many=True)
+        self.accum = spec.accum
         self.context_mib = spec.context_mib if context_mib is None else context_mib
         self.budget_mib = spec.budget_mib
 
     def at(self, batch: int, alloc_conf: str | None = None) -> Fit:
         """The fit at `batch` (the allocator configured by `alloc_conf`, default this
         process's PYTORCH_CUDA_ALLOC_CONF)."""
-        return Fit(self.model.prediction(batch, alloc_conf), self.context_mib, self.budget_mib)
+        prediction = self.model.prediction(batch, alloc_conf, self.accum)
+        return Fit(prediction, self.context_mib, self.budget_mib)
 
     def largest_batch(self) -> int:
         """The largest batch that fits, searched as largest() searches up to the predicted

@@ -179,10 +179,17 @@ def band(seconds: float, constants: Constants) -> tuple[float, float]:
     return seconds * constants.band_low, seconds * constants.band_high
 
 
-def training_figures(spec: BenchSpec, card: Card, train_steps: int = PAPER_TRAIN_STEPS) -> dict:
-    """The predicted columns of a throughput row on `card` (one rank of spec.ranks)."""
+def training_figures(
+    spec: BenchSpec,
+    card: Card,
+    train_steps: int = PAPER_TRAIN_STEPS,
+    kernels: list[Kernel] | None = None,
+) -> dict:
+    """The predicted columns of a throughput row on `card` (one rank of spec.ranks), from the
+    step's kernels (default: traced here, train_step_kernels)."""
     c = load_constants()
-    kernels = train_step_kernels(spec, card)
+    if kernels is None:
+        kernels = train_step_kernels(spec, card)
     t = step_time(kernels, card, spec.precision, ranks=spec.ranks, constants=c)
     low, high = band(t.step_s, c)
     hours = train_steps / 3600

@@ -38,6 +38,11 @@ CUDA_BLOCK_BYTES = 512  # the caching allocator rounds every allocation up to a 
 # Test-only: set, the prediction child of a rank sleeps instead of predicting, so that a test can
 # stop a sweep (or let it time out) while rank 0 waits for its prediction.
 HANG_ENV = "DDPM_BENCH_HANG_PREDICTION"
+# The origins of the fake trace's stand-ins of a step's inputs on the device (held_inputs): INPUTS are
+# sized for every image of the optimizer step (batch x accumulation), MICRO_INPUTS for one
+# micro-batch.
+INPUTS = "inputs"
+MICRO_INPUTS = "micro-batch inputs"
 
 
 @dataclass(frozen=True)
@@ -69,15 +74,21 @@ def _inputs(spec: BenchSpec, images: int, device: str) -> list[torch.Tensor]:
     ]
 
 
-def held_inputs(trainer, spec: BenchSpec, images: int, device: str) -> list[torch.Tensor]:
+def held_inputs(
+    trainer, spec: BenchSpec, images: int, device: str, tracker: TensorTracker
+) -> list[torch.Tensor]:
     """Stand-ins of the device copies of a step's inputs for `images` images: our Trainer copies
-    its whole share first; a trainer that copies one micro-batch at a time as it comes
-    (guided-diffusion's loop) says what it holds at once (`inputs_held`), and holds nothing of
-    micro-batches it has not reached."""
+    its whole share first (origin INPUTS); a trainer that copies one micro-batch at a time as it
+    comes (guided-diffusion's loop) says what it holds at once (`inputs_held`, origin
+    MICRO_INPUTS), and holds nothing of micro-batches it has not reached."""
     held = getattr(trainer, "inputs_held", None)
     if held is None:
-        return _inputs(spec, images, device)
-    return held(device) if images == spec.batch * spec.accum else []
+        with tracker.labelled(INPUTS):
+            return _inputs(spec, images, device)
+    if images != spec.batch * spec.accum:
+        return []
+    with tracker.labelled(MICRO_INPUTS):
+        return held(device)
 
 
 def _trace(
@@ -139,15 +150,52 @@ def _trace(
                 tracker.hold(born.kept(), "gradients")
             tracker.reset_peak()
             if fake:
-                inputs = held_inputs(trainer, spec, spec.batch * spec.accum, device)
+                inputs = held_inputs(trainer, spec, spec.batch * spec.accum, device, tracker)
             else:
                 # Inputs of the untraced micro-batches: held for the whole step, never touched.
-                inputs = held_inputs(trainer, spec, spec.batch * (spec.accum - accum), device)
+                inputs = held_inputs(
+                    trainer, spec, spec.batch * (spec.accum - accum), device, tracker
+                )
                 host = synthetic_images(spec, images)  # the trainer copies its share over
             trainer.step(host)
             del inputs, host
             kept = tracker.live
     return tracker, kept
+
+
+def accumulated(stream: AllocationStream, accum: int) -> AllocationStream:
+    """The fake trace's step at accumulation `accum` >= 2 from its trace at accumulation 2, the
+    same batch. The trace runs min(accum, 2) micro-batches (traced_accum) and holds the device
+    inputs of the whole step (held_inputs): past accumulation 2 the ops, their order and their sizes
+    are the same, only the INPUTS stand-ins hold batch x accum images instead of batch x 2. So
+    each of their sizes is scaled by accum / 2, and the peak by category grows by the difference
+    of their 512 B blocks in its activations (the stand-ins are live from the peak's reset to
+    the step's end, so the peak is the same moment). MICRO_INPUTS hold one micro-batch at any
+    accumulation and stay as they are."""
+    if accum < 2:
+        raise ValueError(f"accumulation {accum}: a trace at accumulation 2 answers 2 on")
+    events = []
+    grown = 0
+    for event in stream.events:
+        if event[0] == "alloc" and event[3] == INPUTS:
+            traced = event[2]
+            if traced % 2:
+                raise ValueError(f"{INPUTS} of {traced} bytes: not two micro-batches' worth")
+            nbytes = traced // 2 * accum
+            grown += _blocks(nbytes) - _blocks(traced)
+            event = (*event[:2], nbytes, event[3])
+        events.append(event)
+    peak = stream.peak
+    if peak is not None:
+        by_category = dict(peak.by_category)
+        by_category["activations"] += grown
+        peak = MemoryPeak(peak.total + grown, by_category)
+    return AllocationStream(stream.batch, tuple(events), peak)
+
+
+def _blocks(nbytes: int) -> int:
+    """Bytes in whole CUDA blocks, as the fake trace's tracker counts a storage."""
+    return -(-nbytes // CUDA_BLOCK_BYTES) * CUDA_BLOCK_BYTES
 
 
 def on_the_host(trainer, tracker: TensorTracker, images: torch.Tensor) -> None:

@@ -5,14 +5,17 @@ no lines, no extension, no cache; the plan's choice is the fastest of those that
 from __future__ import annotations
 
 import itertools
+from collections import OrderedDict
 
 import pytest
 
 from bench import memory as memory_command
 from bench.cards import CARDS
+from bench.planning import timing
 from bench.planning.levers import BY_NAME, splits
 from bench.planning.planner import Planner
 from bench.planning.timing import step_time
+from bench.predict import batches, stream
 from bench.predict.fit import CUDNN_ALLOWANCE_MIB
 from bench.predict.runtime import training_figures
 from bench.predict.trace import predict
@@ -127,3 +130,21 @@ def test_compile_is_predicted_as_eager_and_never_preferred():
     assert (
         compiled.predicted_as == ["compile default predicted as off"] and eager.predicted_as == []
     )
+
+
+def test_a_question_asked_again_is_answered_from_what_was_kept(monkeypatch):
+    """A second process (nothing in memory) answers the same question from the answers kept
+    beside the traces: the same options, predicted alike, with no trace, no kernels and no
+    allocator replay."""
+    first = Planner().plan(tiny(), "t4", 4, 4, ("split",), STEPS)
+    monkeypatch.setattr(batches, "_models", OrderedDict())
+    monkeypatch.setattr(timing, "_lines", {})
+
+    def again(*_args, **_kwargs):
+        raise AssertionError("worked out again")
+
+    monkeypatch.setattr(batches, "allocation_stream", again)
+    monkeypatch.setattr(timing, "train_step_kernels", again)
+    monkeypatch.setattr(stream, "replay", again)
+    repeated = Planner().plan(tiny(), "t4", 4, 4, ("split",), STEPS)
+    assert [(o.spec, o.fit, o.time) for o in repeated] == [(o.spec, o.fit, o.time) for o in first]
