@@ -38,9 +38,9 @@ CUDA_BLOCK_BYTES = 512  # the caching allocator rounds every allocation up to a 
 # Test-only: set, the prediction child of a rank sleeps instead of predicting, so that a test can
 # stop a sweep (or let it time out) while rank 0 waits for its prediction.
 HANG_ENV = "DDPM_BENCH_HANG_PREDICTION"
-# The origins of the fake trace's stand-ins of a step's inputs on the device (held_inputs): INPUTS are
-# sized for every image of the optimizer step (batch x accumulation), MICRO_INPUTS for one
-# micro-batch.
+# The origins of the fake trace's stand-ins of a step's inputs on the device (held_inputs):
+# INPUTS are sized for every image of the optimizer step (batch x accumulation), MICRO_INPUTS for
+# one micro-batch.
 INPUTS = "inputs"
 MICRO_INPUTS = "micro-batch inputs"
 
