@@ -195,7 +195,13 @@ class DenoiseStepModel(StepModel):
             what = f"{self.key}-denoise-train{train_batch}"
             self.key = hashlib.sha256(what.encode()).hexdigest()
 
-    def prediction(self, batch: int, alloc_conf: str | None = None) -> Prediction:
+    def prediction(
+        self, batch: int, alloc_conf: str | None = None, accum: int | None = None
+    ) -> Prediction:
+        """The pass at sampling batch `batch`; a sampling pass has no accumulation (`accum` is
+        StepModel's signature and must be None or 1)."""
+        if accum not in (None, 1):
+            raise ValueError(f"a sampling pass has no accumulation, not {accum}")
         return self.stream(batch).predict(self.target, alloc_conf, self.threads)
 
     def _trace(self, batch: int) -> AllocationStream:
@@ -224,6 +230,7 @@ class SamplingFit(SpecFit):
 
     def __init__(self, spec: BenchSpec, card: Card, train_batch: int | None = None):
         self.model = DenoiseStepModel(spec, card.capability, train_batch, many=True)
+        self.accum = 1
         self.context_mib = spec.context_mib
         self.budget_mib = spec.budget_mib
 
