@@ -107,6 +107,12 @@ class GuidedEMA:
     def params(self) -> list[torch.Tensor]:
         return [p for copies in self.copies for p in copies]
 
+    def to(self, device) -> GuidedEMA:
+        """Move every copy (the time model puts a host EMA on its host device); returns self, as
+        ddpm.ema.EMA.to does."""
+        self.copies = [[p.to(device) for p in copies] for copies in self.copies]
+        return self
+
     def update(self, master: list[nn.Parameter]) -> None:
         update_ema = _guided("nn").update_ema
         # Every rate's copies live alike: one host copy of the weights serves them all.

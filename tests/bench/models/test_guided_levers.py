@@ -203,3 +203,17 @@ def test_the_command_line_takes_them(tmp_path):
         tiny_file(tmp_path), optimizer="adamw8bit", ema="cpu", ema_dtype="bf16", channels_last="on"
     )
     check_levers([spec], predict_only=True)  # raises nothing
+
+
+def test_its_host_ema_is_timed_as_one_copy_of_the_master_weights_over_pcie(tmp_path):
+    """The time model's step with --ema cpu: one host copy of the fp32 master weights per step,
+    whatever the number of rates (its update reads one copy for all), and no copy without."""
+    from bench.cards import CARDS
+    from bench.predict.runtime import train_step_kernels
+
+    spec = guided_spec(tiny_file(tmp_path, FLAGS), batch=2)
+    values = sum(p.numel() for p in build_trainer(spec).mp_trainer.master_params)
+    on_host = train_step_kernels(spec.replace(ema="cpu"), CARDS["rtx3070"])
+    on_card = train_step_kernels(spec, CARDS["rtx3070"])
+    assert sum(k.bytes for k in on_host if k.kind == "to_host") == 4 * values
+    assert not any(k.kind == "to_host" for k in on_card)
