@@ -35,6 +35,15 @@ def pytest_configure(config):
     the tests start inherit: never the user's cache, whose entries a test would take for traces
     of its own. Set before collection, as modules copy the environment when imported."""
     config.trace_cache = os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="ddpm-bench-traces-")
+    share_the_cores()
+
+
+def share_the_cores():
+    """Under `pytest -n N` (pytest-xdist) each of the N workers takes its share of the cores for
+    torch's intra-op threads: N workers each spinning every core's thread would contend."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def pytest_unconfigure(config):
