@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench import memory as memory_command
 from bench.core import axes
 from bench.spec import BenchSpec
 from bench.sweep.cli import build_parser, specs_from_args
 from ddpm.config import PRESETS, UNetConfig
 from ddpm.unet import UNet
-from bench import memory as memory_command
 from tests.helpers.cli_checks import check_one_line_error, exit_of
 
 ROOT = Path(__file__).resolve().parents[2]
