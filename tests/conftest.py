@@ -35,6 +35,20 @@ def pytest_configure(config):
     the tests start inherit: never the user's cache, whose entries a test would take for traces
     of its own. Set before collection, as modules copy the environment when imported."""
     config.trace_cache = os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="ddpm-bench-traces-")
+    share_the_cores()
+
+
+def share_the_cores():
+    """Under `pytest -n N` (pytest-xdist) each of the N workers takes its share of the cores for
+    torch's intra-op threads: N workers each spinning every core's thread would contend. The
+    commands a test starts run as a user's would, not as xdist workers, so the worker's
+    variables are not passed on to them (pytest-benchmark turns itself off in an xdist worker,
+    and tests/bench/suite/test_suite.py's `pytest bench` saves benchmarks)."""
+    workers = int(os.environ.pop("PYTEST_XDIST_WORKER_COUNT", "0"))
+    os.environ.pop("PYTEST_XDIST_WORKER", None)
+    os.environ.pop("PYTEST_XDIST_TESTRUNUID", None)
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def pytest_unconfigure(config):

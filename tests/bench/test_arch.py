@@ -1,7 +1,8 @@
 """The architecture axes (--channels, --channel-mults, --res-blocks, --heads, --dropout): each
 changes the model as a config written out by hand says, the spec's name and id tell the models
-apart, every bad value is one line and exit 2 from a real command line before anything is
-written, and a 256 px prediction with new levels runs."""
+apart, every bad value is one line and exit 2 before anything is written (each harness's real
+command line once, the other values through bench.memory's main in this process), and a 256 px
+prediction with new levels runs."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench import memory as memory_command
 from bench.core import axes
 from bench.spec import BenchSpec
 from bench.sweep.cli import build_parser, specs_from_args
 from ddpm.config import PRESETS, UNetConfig
 from ddpm.unet import UNet
-from tests.helpers.cli_checks import check_one_line_error
+from tests.helpers.cli_checks import check_one_line_error, exit_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -210,8 +212,17 @@ BAD = {
 
 
 @pytest.mark.parametrize("name", list(BAD))
-def test_bad_architecture_is_one_line_before_anything_runs(name, tmp_path):
+def test_bad_architecture_is_one_line_before_anything_runs(name, tmp_path, capsys):
     argv, says = BAD[name]
+    out = tmp_path / "out"
+    argv = [*argv, "--predict-only", "--device", "cpu", "--out", str(out)]
+    check_one_line_error(says, *exit_of(memory_command.main, argv, capsys))
+    assert not out.exists()
+
+
+def test_bad_architecture_from_the_real_command_line(tmp_path):
+    """One of the cases above as `python -m bench.memory`: the process's own exit and stderr."""
+    argv, says = BAD["channels-absurd"]
     done, out = run_bench(*argv, "--predict-only", tmp_path=tmp_path)
     check_one_line_error(says, done.returncode, done.stderr, done.stdout)
     assert not out.exists()

@@ -536,6 +536,12 @@ def test_a_card_sets_target_and_budget_and_budget_overrides():
     assert attention_backend(v100, torch.float16, 64, True) == "efficient"
 
 
+def _in_process(*args, capsys):
+    """`python -m bench.memory ARGS` as its main runs it here: what it printed (out, err)."""
+    memory_command.main(list(args))
+    return capsys.readouterr()
+
+
 def _memory(*args):
     return subprocess.run(
         [sys.executable, "-m", "bench.memory", *args],
@@ -545,17 +551,22 @@ def _memory(*args):
     )
 
 
-def test_card_cli_lists_refuses_and_words_the_verdict(tmp_path):
+def test_card_cli_lists_refuses_and_words_the_verdict(tmp_path, capsys):
+    """The listing and the refusal from the real command line; --list-cards and the verdicts
+    through bench.memory's main in this process (each process imports torch: seconds here)."""
     from bench.cards import CARDS
     from tests.helpers.cli_checks import check_one_line_error
 
-    for listed in (_memory("--card"), _memory("--list-cards")):
-        assert listed.returncode == 0, listed.stderr
-        assert all(f"\n{key} " in listed.stdout for key in CARDS)
+    listed = _memory("--card")
+    assert listed.returncode == 0, listed.stderr
+    assert all(f"\n{key} " in listed.stdout for key in CARDS)
+    assert memory_command.main(["--list-cards"]) == []
+    listing = capsys.readouterr().out
+    assert all(f"\n{key} " in listing for key in CARDS)
     bad = _memory("--card", "nope", "--out", str(tmp_path))
     check_one_line_error("gtx1070, gtx1080", bad.returncode, bad.stderr, bad.stdout)
     assert not any(tmp_path.iterdir())
-    run = _memory(
+    run = _in_process(
         "--preset",
         "tiny",
         "--batch",
@@ -572,12 +583,12 @@ def test_card_cli_lists_refuses_and_words_the_verdict(tmp_path):
         "default",
         "--out",
         str(tmp_path),
+        capsys=capsys,
     )
-    assert run.returncode == 0, run.stderr
-    assert "on a T4 (sm75, 14.56 GiB)" in run.stdout
-    assert "bf16 is emulated on sm75" in run.stdout
-    assert "torch.compile does not run on sm61" in run.stdout
-    explicit = _memory(
+    assert "on a T4 (sm75, 14.56 GiB)" in run.out
+    assert "bf16 is emulated on sm75" in run.out
+    assert "torch.compile does not run on sm61" in run.out
+    explicit = _in_process(
         "--preset",
         "tiny",
         "--batch",
@@ -592,8 +603,9 @@ def test_card_cli_lists_refuses_and_words_the_verdict(tmp_path):
         "2GiB",
         "--out",
         str(tmp_path / "b"),
+        capsys=capsys,
     )
-    assert "fits in 2 GiB on a T4" in explicit.stdout, explicit.stderr
+    assert "fits in 2 GiB on a T4" in explicit.out, explicit.err
 
 
 # ----- verdicts across ranks ----------------------------------------------------------------

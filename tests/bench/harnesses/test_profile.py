@@ -30,6 +30,7 @@ from bench.spec import BenchSpec
 from bench.tables import operators, profile_summary
 from ddpm.precision import SAMPLE_PHASES, TRAIN_PHASES
 from tests.helpers import headless
+from tests.helpers.cli_checks import exit_of
 from tests.helpers.spies import spy_on
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -578,10 +579,22 @@ def test_specs_from_the_target_axis():
         (["--memory-snapshot"], "--memory-snapshot records the CUDA caching allocator"),
     ],
 )
-def test_bad_input_is_one_line(tmp_path, args, message):
-    done = run_cli(*BASE, "--out", str(tmp_path / "out"), *args, timeout=120)
+def test_bad_input_is_one_line(tmp_path, args, message, capsys):
+    status, stderr, stdout = exit_of(
+        profile_command.main, [*BASE, "--out", str(tmp_path / "out"), *args], capsys
+    )
+    assert status == 2
+    assert message in stderr and "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert stdout == ""
+    assert not (tmp_path / "out" / "profile.csv").exists()
+
+
+def test_bad_input_from_the_real_command_line(tmp_path):
+    """One of the cases above as `python -m bench.profile`: the process's own exit and stderr."""
+    done = run_cli(*BASE, "--out", str(tmp_path / "out"), "--top", "0", timeout=120)
     assert done.returncode == 2
-    assert message in done.stderr and "Traceback" not in done.stderr
+    assert "--top 0 is not allowed" in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out" / "profile.csv").exists()
 
