@@ -146,3 +146,7 @@ python -m bench.memory --predict-only --impl guided-diffusion --accum 1 --model-
 
 # Plots from the CSVs (the .md files are already current).
 python -m bench.report --out results
+# guided-diffusion's 256 px model with the levers that fit it (checkpointing, 8-bit AdamW, its EMA
+# on the CPU) at its largest batch on the RTX 3070 and 3060: the step predicted.
+python -m bench.throughput --impl guided-diffusion --model-config adm-imagenet-256-uncond --accum 1 --precision fp32 --checkpointing on --optimizer adamw8bit --ema cpu --predict-only --out results --card rtx3070 --batch 1
+python -m bench.throughput --impl guided-diffusion --model-config adm-imagenet-256-uncond --accum 1 --precision fp32 --checkpointing on --optimizer adamw8bit --ema cpu --predict-only --out results --card rtx3060 --batch 3
