@@ -1,4 +1,4 @@
-"""The README and the manual in docs/ stay true: the README is a front page (at most 12,500
+"""The README and the manual in docs/ stay true: the README is a front page (at most 13,000
 bytes); the figures they quote between markers are in the committed result tables; every
 relative link (and its #anchor) resolves inside the repository; every harness has its page in
 docs/, which names each of its figure columns, and the README links every page."""
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(?:e-?\d+)?")
-README_MAX_BYTES = 12_500
+README_MAX_BYTES = 13_000
 # <!-- headline: ... --> ... <!-- /headline --> in the README, <!-- figures: ... --> ...
 # <!-- /figures --> in docs/: every number between them is in a committed results/*.md.
 QUOTED = re.compile(r"<!-- (headline|figures):[^\n]*?-->(.*?)<!-- /\1 -->", re.S)
