@@ -34,6 +34,7 @@ import math
 from collections.abc import Callable
 
 import torch
+from torch.distributed.tensor import DTensor
 
 Layout = dict[str, tuple[tuple[int, ...], torch.dtype]]  # state name -> (shape, dtype)
 F32, U8 = torch.float32, torch.uint8
@@ -121,7 +122,8 @@ def state_bytes(name: str, params: list[torch.Tensor], round_to: int = 1) -> int
 class ModelledState(torch.optim.Optimizer):
     """The stand-in of a modelled optimizer on fake tensors: its first step allocates each
     parameter's state as LAYOUTS says (on the parameter's device), and every step updates it in
-    place, which allocates nothing."""
+    place, which allocates nothing. Under FSDP2 a parameter is a DTensor and each rank keeps the
+    state of its own shard (its local tensor), as torchao's optimizers do on FSDP2."""
 
     def __init__(self, params, name: str, lr: float):
         super().__init__(params, {"lr": lr})
@@ -130,12 +132,13 @@ class ModelledState(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         per_param, shared = LAYOUTS[self.name]
-        params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
-        for i, p in enumerate(params):
-            state = self.state[p]
+        owners = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        values = [p.to_local() if isinstance(p, DTensor) else p for p in owners]
+        for i, (owner, p) in enumerate(zip(owners, values)):
+            state = self.state[owner]
             if state:
                 continue
-            layout = per_param(p) | (shared(params) if i == 0 else {})
+            layout = per_param(p) | (shared(values) if i == 0 else {})
             for key, (shape, dtype) in layout.items():
                 state[key] = torch.zeros(shape, dtype=dtype, device=p.device)
         return None

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
+from torch.distributed.tensor import DTensor
 
 from bench.models.optimizer_state import LAYOUTS, ModelledState
 from ddpm.config import TrainConfig
@@ -97,12 +98,17 @@ def modelled(name: str) -> bool:
     return name in LAYOUTS
 
 
+def local(p: torch.Tensor) -> torch.Tensor:
+    """A parameter's own values: under FSDP2 its rank's shard (a DTensor's local tensor)."""
+    return p.to_local() if isinstance(p, DTensor) else p
+
+
 def build_optimizer(name: str, params, config: TrainConfig) -> torch.optim.Optimizer | None:
     """The optimizer `name` over `params`; None for adamw, the trainer's (or the
     implementation's recipe's) own."""
     if name == "adamw":
         return None
     params = list(params)
-    if modelled(name) and any(isinstance(p, FakeTensor) for p in params):
+    if modelled(name) and any(isinstance(local(p), FakeTensor) for p in params):
         return ModelledState(params, name, config.lr)
     return BUILDERS[name](params, config)

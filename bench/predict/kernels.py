@@ -47,6 +47,7 @@ from unittest import mock
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
+from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
@@ -426,6 +427,9 @@ def _decomposed_on_cuda(func) -> bool:
 
 
 def _valueless(t) -> bool:
+    """A fake tensor with no value; under FSDP2, a DTensor whose shard is one."""
+    if isinstance(t, DTensor):
+        t = t._local_tensor
     return isinstance(t, FakeTensor) and t.constant is None
 
 

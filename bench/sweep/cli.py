@@ -310,11 +310,28 @@ def check_impl(specs: list[BenchSpec], timeout_s: float = DEFAULT_TIMEOUT_S) -> 
         check_models(theirs, timeout_s)
 
 
+# The optimizers whose step torch 2.14.1's DTensor refuses (each seen in its own step on
+# FSDP2's sharded parameters), and why.
+NOT_ON_DTENSORS = {
+    "adamw8bit": "bitsandbytes' kernels have no DTensor sharding rule",
+    "adafactor": "its in-place pow_ on a norm needs a placement DTensor cannot keep",
+    "prodigy": "it flattens each parameter, which DTensor refuses where the ranks split a "
+    "dimension unevenly (a UNet's 3-channel output convolution)",
+}
+
+
 def check_levers(specs: list[BenchSpec], predict_only: bool) -> None:
-    """An attention backend this CPU lacks is refused for a run measured here (a prediction
-    for a card takes any: the card's own rules decide there); an implementation that never
-    calls torch's SDPA has no backend to choose."""
+    """An optimizer whose step DTensor refuses is refused with FSDP2 (NOT_ON_DTENSORS); an
+    attention backend this CPU lacks is refused for a run measured here (a prediction for a card
+    takes any: the card's own rules decide there); an implementation that never calls torch's
+    SDPA has no backend to choose."""
     for spec in specs:
+        if spec.parallel == "fsdp" and spec.optimizer in NOT_ON_DTENSORS:
+            raise SpecError(
+                f"--optimizer {spec.optimizer} does not run on FSDP2's sharded parameters "
+                f"(DTensors): {NOT_ON_DTENSORS[spec.optimizer]}. Give --parallel ddp, or "
+                "ao-adamw8bit / ao-adamw4bit, whose state shards with the parameters."
+            )
         backend = spec.attention_backend
         if backend == "auto":
             continue
