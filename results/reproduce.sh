@@ -150,3 +150,5 @@ python -m bench.report --out results
 # on the CPU) at its largest batch on the RTX 3070 and 3060: the step predicted.
 python -m bench.throughput --impl guided-diffusion --model-config adm-imagenet-256-uncond --accum 1 --precision fp32 --checkpointing on --optimizer adamw8bit --ema cpu --predict-only --out results --card rtx3070 --batch 1
 python -m bench.throughput --impl guided-diffusion --model-config adm-imagenet-256-uncond --accum 1 --precision fp32 --checkpointing on --optimizer adamw8bit --ema cpu --predict-only --out results --card rtx3060 --batch 3
+# 8-bit AdamW (bitsandbytes) against AdamW over 200 steps on digits, with and without accumulation.
+python -m bench.loss --optimizer adamw,adamw8bit --precision fp32 --out results
