@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -39,6 +40,9 @@ def test_a_signal_inside_a_finalizer_still_stops_the_command(name, status):
         text=True,
         env={**os.environ, "PYTHONPATH": os.getcwd()},
         timeout=60,
+        # As from an interactive shell: a test runner's worker may ignore SIGINT, and a child
+        # that starts with it ignored never raises KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.returncode == status, proc.stderr
     assert proc.stdout == ""
