@@ -5,6 +5,8 @@ predicted in seconds to minutes on any machine, no GPU run.
     python -m bench.plan --preset ddpm-256 --card rtx3060,rtx4090,t4 --effective-batch 64 \\
         --price rtx4090=0.69,t4=0.35
     python -m bench.plan --card rtx3070 --effective-batch 128 --levers split,precision
+    python -m bench.plan --card rtx3070 --effective-batch 128 \\
+        --levers split,precision=fp32+bf16,optimizer=adamw+adamw8bit,ema
 
 Every option keeps the effective batch: a split into micro-batch x accumulation (accumulation at
 most --max-accum), and each allowed lever's values the card runs (precision: fp32, tf32, bf16,
@@ -36,7 +38,7 @@ from bench.models.workload import parameter_count
 from bench.parsers import SpecError, parse_budget, parse_cards
 from bench.planning import report
 from bench.planning.levers import BY_NAME, LEVERS, SPLIT
-from bench.planning.planner import Planner, check_levers
+from bench.planning.planner import Planner, parse_levers
 from bench.predict import cache
 from bench.predict.runtime import PAPER_TRAIN_STEPS
 from bench.spec import DEFAULT_CONTEXT_MIB, BenchSpec, option_axes
@@ -103,7 +105,8 @@ def build_parser() -> ArgumentParser:
     q.add_argument(
         "--levers",
         default=",".join(DEFAULT_LEVERS),
-        help="the levers the plan may pull, a comma list; the others keep their default. Each "
+        help="the levers the plan may pull, a comma list; the others keep their default; "
+        "NAME=A+B keeps a lever to those values (precision=fp32+bf16). Each "
         "lever multiplies the options, so the opt-in ones are pulled only where named: "
         + "; ".join(
             [f"{SPLIT}: micro-batch x accumulation (else one micro-batch)"]
@@ -207,12 +210,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         cards = parse_cards(args.card)
         if cards == [""]:
             raise SpecError("--card is empty: name the cards to plan for.")
-        allowed = tuple(dict.fromkeys(filter(None, (t.strip() for t in args.levers.split(",")))))
+        allowed, only = parse_levers(args.levers, cards)
         if not allowed:
             raise SpecError(
                 f"--levers {args.levers!r} allows no lever: choose from {', '.join(ALL_LEVERS)}."
             )
-        check_levers(allowed)
         prices = parse_prices(args.price, cards)
         base = model_spec(args)
         out = results_folder(args.out)
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for card in cards:
         ranked = planner.plan(
-            base, card, args.effective_batch, max_accum, allowed, args.train_steps
+            base, card, args.effective_batch, max_accum, allowed, args.train_steps, only
         )
         rows += report.rows(asked, card, ranked, prices.get(card))
     if not any(r["fits"] for r in rows):

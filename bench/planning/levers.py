@@ -133,6 +133,15 @@ BY_NAME = {lever.field: lever for lever in LEVERS}
 SPLIT = "split"  # the micro-batch x accumulation lever's name in --levers
 
 
+def values_on(lever: Lever, card: Card, only: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """The lever's values the card runs, kept to those `only` names for it where it names any
+    (--levers precision=fp32+bf16), in the lever's order."""
+    runs = lever.values(card)
+    if lever.field not in only:
+        return runs
+    return tuple(value for value in runs if value in only[lever.field])
+
+
 def splits(effective_batch: int, max_accum: int) -> list[tuple[int, int]]:
     """(micro-batch, accumulation) pairs whose product is the effective batch, accumulation at
     most max_accum, the largest micro-batch first."""

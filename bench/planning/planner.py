@@ -32,7 +32,7 @@ from bench.cards import CARDS
 from bench.measure.tracked import MemoryPeak
 from bench.parsers import SpecError
 from bench.planning import timing
-from bench.planning.levers import BY_NAME, LEVERS, SPLIT, splits
+from bench.planning.levers import BY_NAME, LEVERS, SPLIT, splits, values_on
 from bench.planning.timing import StepTime, step_time
 from bench.predict import cache
 from bench.predict.attention import NoBackend
@@ -102,13 +102,18 @@ def timed_spec(spec: BenchSpec) -> BenchSpec:
 
 
 def options(
-    base: BenchSpec, card: str, effective_batch: int, max_accum: int, allowed: tuple[str, ...]
+    base: BenchSpec,
+    card: str,
+    effective_batch: int,
+    max_accum: int,
+    allowed: tuple[str, ...],
+    only: dict[str, tuple[str, ...]] | None = None,
 ) -> list[tuple[BenchSpec, tuple[int, ...]]]:
-    """Every (spec, simplicity) of the grid on `card`: the allowed levers' values the card runs,
-    times the splits of the effective batch (or the effective batch in one micro-batch where
-    the split is not allowed)."""
+    """Every (spec, simplicity) of the grid on `card`: the allowed levers' values the card runs
+    (those `only` names, where it names a lever's), times the splits of the effective batch (or
+    the effective batch in one micro-batch where the split is not allowed)."""
     levers = [lever for lever in LEVERS if lever.field in allowed]
-    chosen = [lever.values(CARDS[card]) for lever in levers]
+    chosen = [values_on(lever, CARDS[card], only or {}) for lever in levers]
     shares = splits(effective_batch, max_accum) if SPLIT in allowed else [(effective_batch, 1)]
     grid = []
     for values in itertools.product(*chosen):
@@ -178,10 +183,11 @@ class Planner:
         max_accum: int,
         allowed: tuple[str, ...],
         train_steps: int,
+        only: dict[str, tuple[str, ...]] | None = None,
     ) -> list[Option]:
         """Every option on `card`, ranked: those that fit by predicted hours (ties: simpler
         first), then those that do not, the nearest to fitting first."""
-        grid = options(base, card, effective_batch, max_accum, allowed)
+        grid = options(base, card, effective_batch, max_accum, allowed, only)
         ranked = rank(self._predicted(grid, card), train_steps)
         if ranked and ranked[0].time is not None and not self.confirmed(ranked[0]):
             self.say(f"{card}: the top choice is off the lines of two traces; tracing each batch")
@@ -254,9 +260,41 @@ def rank(found: list[Option], train_steps: int) -> list[Option]:
     return fitting + short + [o for o in found if o.fit is None]
 
 
-def check_levers(allowed: tuple[str, ...]) -> None:
-    """ValueError naming a lever no declaration has."""
+def parse_levers(text: str, cards: list[str]) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+    """--levers' names, and the values each NAME=A+B item keeps its lever to. ValueError naming
+    a lever no declaration has, a value no card gives its lever, or a card the values leave
+    with none of the lever's."""
     known = (SPLIT, *BY_NAME)
-    for name in allowed:
+    allowed, only = [], {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, sign, values = item.partition("=")
         if name not in known:
             raise ValueError(f"--levers {name!r} is not a lever: choose from {', '.join(known)}")
+        allowed.append(name)
+        if sign:
+            only[name] = _kept_values(item, name, values, cards)
+    return tuple(dict.fromkeys(allowed)), only
+
+
+def _place(value: str, runs: list[tuple[str, ...]]) -> int:
+    """Where a value stands among its lever's values on the cards that run the most of them."""
+    return max(values.index(value) for values in runs if value in values)
+
+
+def _kept_values(item: str, name: str, values: str, cards: list[str]) -> tuple[str, ...]:
+    if name == SPLIT:
+        raise ValueError(f"--levers {item!r}: the split takes no values (see --max-accum)")
+    lever = BY_NAME[name]
+    runs = [lever.values(card) for card in CARDS.values()]
+    given = sorted({v for values in runs for v in values}, key=lambda v: _place(v, runs))
+    kept = tuple(filter(None, values.split("+")))
+    for value in kept or ("",):
+        if value not in given:
+            raise ValueError(
+                f"--levers {item!r}: {value!r} is not a value of {name} ({'+'.join(given)})"
+            )
+    for card in cards:
+        if not values_on(lever, CARDS[card], {name: kept}):
+            runs = "+".join(lever.values(CARDS[card]))
+            raise ValueError(f"--levers {item!r}: the {card} runs none of them ({name}: {runs})")
+    return kept

@@ -49,6 +49,18 @@ BAD = {
         ["--card", "t4", "--effective-batch", "8", "--levers", "ema,optimiser"],
         "'optimiser'",
     ),
+    "a value no card gives the lever": (
+        ["--card", "t4", "--effective-batch", "8", "--levers", "split,precision=fp32+fp64"],
+        "'fp64' is not a value of precision (fp32+tf32+bf16+fp16)",
+    ),
+    "values the card runs none of": (
+        ["--card", "rtx3070,t4", "--effective-batch", "8", "--levers", "precision=bf16"],
+        "the t4 runs none of them (precision: fp32+fp16)",
+    ),
+    "values of the split": (
+        ["--card", "t4", "--effective-batch", "8", "--levers", "split=2"],
+        "the split takes no values",
+    ),
     "price of a card not asked": (
         ["--card", "t4", "--effective-batch", "8", "--price", "rtx4090=0.7"],
         "'rtx4090' is not a card asked",

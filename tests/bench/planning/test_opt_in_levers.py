@@ -54,6 +54,24 @@ def test_the_opt_in_levers_are_offered_only_where_named():
         assert f"{lever}:" in help_text
 
 
+def test_named_values_keep_a_lever_to_those_the_card_runs():
+    """--levers NAME=A+B: the grid keeps each lever to the values named that the card runs (a
+    T4 has no bf16), in the lever's own order, whatever order they were named in."""
+    allowed, only = planner.parse_levers(
+        "split,optimizer=sgd+adamw,precision=bf16+fp32", ["rtx3070", "t4"]
+    )
+    assert allowed == ("split", "optimizer", "precision")
+    assert only == {"optimizer": ("sgd", "adamw"), "precision": ("bf16", "fp32")}
+    for card, precisions in (("rtx3070", ["fp32", "bf16"]), ("t4", ["fp32"])):
+        grid = planner.options(tiny(), card, 4, 4, allowed, only)
+        settings = {(s.precision, s.optimizer, s.batch, s.accum) for s, _ in grid}
+        splits = [(4, 1), (2, 2), (1, 4)]
+        assert settings == {
+            (p, o, b, a) for p in precisions for o in ("adamw", "sgd") for b, a in splits
+        }
+        assert [s.precision for s, _ in grid][:: 2 * len(splits)] == precisions
+
+
 def test_a_card_without_flash_is_never_offered_it_as_if_it_ran():
     """A T4 (sm75) has no flash attention: the option is left out with the dispatcher's reason,
     as bench.predict.fit refuses it, and every option ranked is one it runs."""
