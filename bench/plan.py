@@ -34,6 +34,7 @@ import uuid
 from datetime import datetime, timezone
 
 from bench.cards import CARDS, DEFAULT_TARGET
+from bench.models import guided_flags, impl
 from bench.models.workload import parameter_count
 from bench.parsers import SpecError, parse_budget, parse_cards
 from bench.planning import report
@@ -154,7 +155,9 @@ def model_spec(args: argparse.Namespace) -> BenchSpec:
             o = f.metadata["option"]
             (value,) = o.parse(o.flag(f.name), getattr(args, f.name), base)
             base = base.replace(**{f.name: value})
-    return base
+    # guided-diffusion's image size and attention are its file's unless given (as every
+    # harness settles them).
+    return impl.settle(base, args.image_size is not None, args.attention != "preset")
 
 
 def parse_prices(text: str, cards: list[str]) -> dict[str, float]:
@@ -173,7 +176,10 @@ def parse_prices(text: str, cards: list[str]) -> dict[str, float]:
 
 
 def question(args, base: BenchSpec) -> dict:
-    model = base.preset if base.impl == "ddpm" else f"{base.preset} ({base.impl})"
+    if base.impl == guided_flags.NAME:  # its model is its flags': no preset's
+        model = base.impl
+    else:
+        model = base.preset if base.impl == "ddpm" else f"{base.preset} ({base.impl})"
     if base.config_file:
         model += f" from {base.config_file}"
     return {

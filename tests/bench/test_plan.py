@@ -10,6 +10,7 @@ import pytest
 
 from bench import plan
 from tests.helpers.cli_checks import check_one_line_error, snapshot
+from tests.helpers.guided import needs_guided, tiny_file
 
 TINY = ["--preset", "tiny", "--image-size", "16", "--attention", "8"]
 
@@ -92,3 +93,19 @@ def test_bad_input_is_one_line_exit_2_and_nothing_is_touched(tmp_path, capsys, c
     if case == "nothing fits":
         assert re.search(r"needs [\d,]+ MiB, [\d,]+ MiB over its 100\.$", err)
     assert snapshot(tmp_path) == before
+
+
+@needs_guided
+def test_guided_diffusion_is_planned_as_its_file_describes_it(tmp_path):
+    """The model a plan predicts is the one its file describes (16 px, attention at 8, not the
+    default preset's 32 px), as every harness settles guided-diffusion's flags, and named by
+    its file, not by a preset it does not use."""
+    config = tiny_file(tmp_path)
+    args = plan.build_parser().parse_args(
+        ["--impl", "guided-diffusion", "--model-config", config]
+        + ["--card", "t4", "--effective-batch", "2"]
+    )
+    args.argv = []
+    base = plan.model_spec(args)
+    assert (base.image_size, base.attention) == (16, "8")
+    assert plan.question(args, base)["model"] == f"guided-diffusion from {config} at 16px"
