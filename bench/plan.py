@@ -12,7 +12,8 @@ Every option keeps the effective batch: a split into micro-batch x accumulation 
 most --max-accum), and each allowed lever's values the card runs (precision: fp32, tf32, bf16,
 fp16 where the card has the tensor cores; gradient checkpointing; torch.compile where Triton
 runs, predicted as eager; and, where --levers names them, the optimizer, the EMA's place, the
-attention backend and channels-last). Each option's CUDA memory is predicted for the card (the
+attention backend and channels-last); with --ranks N, on 1 to N cards of each kind, several in
+DDP. Each option's CUDA memory is predicted for the card (the
 same prediction as bench.memory --predict-only: the step on fake tensors, the caching allocator
 replayed) and, where it fits, its step time (bench.throughput's prediction for the card) and
 hours to train. The fastest few of each card are printed, ties kept to the simpler setting
@@ -102,6 +103,14 @@ def build_parser() -> ArgumentParser:
         type=positive_int,
         default=None,
         help="the most gradient-accumulation steps an option may take (default: any)",
+    )
+    q.add_argument(
+        "--ranks",
+        type=positive_int,
+        default=1,
+        help="how many cards of each kind you have: above 1 the plan also trains on 2 up to "
+        "that many at once, in DDP (the effective batch shared by the cards; an hour costs "
+        "--price times the cards) (default %(default)s)",
     )
     q.add_argument(
         "--levers",
@@ -234,7 +243,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for card in cards:
         ranked = planner.plan(
-            base, card, args.effective_batch, max_accum, allowed, args.train_steps, only
+            base, card, args.effective_batch, max_accum, allowed, args.train_steps, only, args.ranks
         )
         rows += report.rows(asked, card, ranked, prices.get(card))
     if not any(r["fits"] for r in rows):

@@ -5,7 +5,7 @@ allowed lever (bench.planning.levers); the levers not allowed keep the model's o
 option's memory is the fit predicted for the card (bench.predict.fit); each option that fits has
 its step time predicted (bench.planning.timing). Options are ranked by predicted hours to train;
 a tie keeps the simpler option: every lever's earlier value (fp32 before fp16, no checkpointing
-before checkpointing), then less accumulation.
+before checkpointing), then fewer cards, then less accumulation.
 
 Every split of one set of lever values comes from a few traces, shared by the cards of one
 compute capability and kept on disk: the memory of accumulation 1 from the trace at the
@@ -51,7 +51,7 @@ class Option:
     spec: BenchSpec
     fit: Fit | None  # None where it cannot run: not predicted
     time: StepTime | None  # None where it does not fit or cannot run: not predicted
-    simplicity: tuple[int, ...]  # each lever's value's place in its list, then accumulation
+    simplicity: tuple[int, ...]  # each lever's value's place in its list, cards, accumulation
     cannot_run: str | None = None  # why, where the card or implementation refuses it
 
     @property
@@ -108,25 +108,39 @@ def options(
     max_accum: int,
     allowed: tuple[str, ...],
     only: dict[str, tuple[str, ...]] | None = None,
+    ranks: int = 1,
 ) -> list[tuple[BenchSpec, tuple[int, ...]]]:
     """Every (spec, simplicity) of the grid on `card`: the allowed levers' values the card runs
-    (those `only` names, where it names a lever's), times the splits of the effective batch (or
-    the effective batch in one micro-batch where the split is not allowed)."""
+    (those `only` names, where it names a lever's), times the shares of the effective batch:
+    on each count of cards up to `ranks` that divides it (more than one in DDP), its splits
+    into micro-batch x accumulation (or one micro-batch where the split is not allowed)."""
     levers = [lever for lever in LEVERS if lever.field in allowed]
     chosen = [values_on(lever, CARDS[card], only or {}) for lever in levers]
-    shares = splits(effective_batch, max_accum) if SPLIT in allowed else [(effective_batch, 1)]
     grid = []
     for values in itertools.product(*chosen):
-        for batch, accum in shares:
+        for count, batch, accum in shares(effective_batch, max_accum, SPLIT in allowed, ranks):
             spec = base.replace(
                 card=card,
                 batch=batch,
                 accum=accum,
                 **dict(zip((lv.field for lv in levers), values)),
             )
+            if count > 1:
+                spec = spec.replace(ranks=count, parallel="ddp")
             places = tuple(c.index(v) for c, v in zip(chosen, values))
-            grid.append((spec, (*places, accum)))
+            grid.append((spec, (*places, count, accum)))
     return grid
+
+
+def shares(effective_batch: int, max_accum: int, split: bool, ranks: int):
+    """(cards, micro-batch, accumulation) triples whose product is the effective batch: the
+    fewest cards first."""
+    for count in range(1, ranks + 1):
+        if effective_batch % count:
+            continue
+        each = effective_batch // count
+        for batch, accum in splits(each, max_accum) if split else [(each, 1)]:
+            yield count, batch, accum
 
 
 class Planner:
@@ -184,10 +198,12 @@ class Planner:
         allowed: tuple[str, ...],
         train_steps: int,
         only: dict[str, tuple[str, ...]] | None = None,
+        ranks: int = 1,
     ) -> list[Option]:
-        """Every option on `card`, ranked: those that fit by predicted hours (ties: simpler
-        first), then those that do not, the nearest to fitting first."""
-        grid = options(base, card, effective_batch, max_accum, allowed, only)
+        """Every option on `card` (on up to `ranks` of them), ranked: those that fit by
+        predicted hours (ties: simpler first), then those that do not, the nearest to fitting
+        first."""
+        grid = options(base, card, effective_batch, max_accum, allowed, only, ranks)
         ranked = rank(self._predicted(grid, card), train_steps)
         if ranked and ranked[0].time is not None and not self.confirmed(ranked[0]):
             self.say(f"{card}: the top choice is off the lines of two traces; tracing each batch")

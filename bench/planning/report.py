@@ -24,6 +24,7 @@ COLUMNS = [
     "train_steps",
     "card",
     "rank",
+    "ranks",
     "batch",
     "accum",
     *(lever.field for lever in LEVERS),
@@ -59,6 +60,7 @@ def rows(question: dict, card: str, ranked: list[Option], price: float | None) -
                 **question,
                 "card": card,
                 "rank": place if hours else None,
+                "ranks": option.spec.ranks,
                 "batch": option.spec.batch,
                 "accum": option.spec.accum,
                 **{lever.field: getattr(option.spec, lever.field) for lever in LEVERS},
@@ -69,7 +71,10 @@ def rows(question: dict, card: str, ranked: list[Option], price: float | None) -
                 "predicted_as": "; ".join(option.predicted_as),
                 "cannot_run": option.cannot_run,
                 "usd_per_hour": price,
-                "predicted_usd": round(hours[0] * price, 2) if hours and price else None,
+                # An hour of training rents every card the option trains on.
+                "predicted_usd": round(hours[0] * price * option.spec.ranks, 2)
+                if hours and price
+                else None,
             }
         )
     return found
@@ -100,31 +105,30 @@ def _time_columns(option: Option, hours) -> dict:
 
 
 def append(path: Path, new: list[dict]) -> None:
-    """The rows at the end of plan.csv (its header first where it is new); ResultsError where
-    an existing file has other columns."""
+    """The rows at the end of plan.csv, the file rewritten under this version's header;
+    ResultsError where an existing file has columns this version does not write."""
     if path.is_dir():
         raise ResultsError(f"{path} is a folder where the plan writes a file; pass another --out.")
-    old = ""
-    if path.exists():
-        old = path.read_text()
-        header = next(csv.reader(io.StringIO(old)), [])
-        if header and header != COLUMNS:
-            raise ResultsError(
-                f"{path} has other columns than this version writes; move it aside or pass "
-                "another --out."
-            )
+    header = next(csv.reader(io.StringIO(path.read_text())), []) if path.exists() else []
+    if not set(header) <= set(COLUMNS):
+        raise ResultsError(
+            f"{path} has other columns than this version writes; move it aside or pass "
+            "another --out."
+        )
+    # An older file's rows are carried forward under this version's columns (those it did not
+    # have blank: cards_of takes a blank ranks as one card).
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=COLUMNS)
-    if not old:
-        writer.writeheader()
-    for row in new:
+    writer.writeheader()
+    for row in [*(read(path) if header else []), *new]:
         writer.writerow({c: "" if row.get(c) is None else row[c] for c in COLUMNS})
-    atomic_write(path, old + text.getvalue())
+    atomic_write(path, text.getvalue())
 
 
 def read(path: Path) -> list[dict]:
+    """plan.csv's rows, a column an older file lacks blank."""
     with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+        return [{c: row.get(c) or "" for c in COLUMNS} for row in csv.DictReader(f)]
 
 
 # Each lever's value as the setting column says it, where it says it (None: left unsaid, the
@@ -141,11 +145,17 @@ WORDS = {
 SETTING = 20  # the setting column's width on stdout
 
 
+def cards_of(row: dict) -> int:
+    """The cards a row trains on (blank in a file written before plans shared a batch across
+    cards: one)."""
+    return int(row["ranks"] or 1)
+
+
 def _setting(row: dict) -> str:
-    """The levers of a row as words: fp32, bf16*, ckpt, compile default, adamw8bit*, ema-cpu,
-    math-attn, ch-last (* changes the loss)."""
+    """The levers of a row as words: ddp-2 (two cards), fp32, bf16*, ckpt, compile default,
+    adamw8bit*, ema-cpu, math-attn, ch-last (* changes the loss)."""
     marked = set(filter(None, row["changes_loss"].split("; ")))
-    words = []
+    words = [f"ddp-{cards_of(row)}"] if cards_of(row) > 1 else []
     for lever in LEVERS:
         value = row[lever.field]
         said = WORDS[lever.field](value)

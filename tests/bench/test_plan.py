@@ -71,6 +71,7 @@ BAD = {
         "USD per hour",
     ),
     "a zero batch": (["--card", "t4", "--effective-batch", "0"], "positive integer"),
+    "no cards": (["--card", "t4", "--effective-batch", "8", "--ranks", "0"], "positive integer"),
     "nothing fits": (
         ["--card", "t4", "--effective-batch", "4", "--levers", "split", "--budget", "100MiB"],
         "no option fits on t4; the nearest,",
