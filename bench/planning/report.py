@@ -184,6 +184,19 @@ def _refused(card_rows: list[dict]) -> list[str]:
     return [f"Left out, {count} options that cannot run: " + "; ".join(reasons) + "."]
 
 
+def _twin(row: dict) -> bool:
+    """Whether both predictions took the row as another (compile default as off)."""
+    return any(
+        lever.predicted_as is not None and row[lever.field] != lever.predicted_as
+        for lever in LEVERS
+    )
+
+
+def _ranked(card_rows: list[dict]) -> list[dict]:
+    """The rows that fit, fastest first, without those the predictions took as another."""
+    return [r for r in card_rows if r["fits"] in (True, "True") and not _twin(r)]
+
+
 def _hours(row: dict) -> str:
     h = [float(row[f"predicted_train_h{s}"]) for s in ("", "_low", "_high")]
     return f"{h[0]:,.1f} ({h[1]:,.1f}-{h[2]:,.1f})"
@@ -196,6 +209,7 @@ def card_lines(card_rows: list[dict], top: int) -> list[str]:
     fitting = [r for r in card_rows if r["fits"] in (True, "True")]
     predicted = [r for r in card_rows if not r["cannot_run"]]
     head = f"{card_words(card)}: {len(fitting)} of {len(predicted)} options fit"
+    fitting = _ranked(card_rows)
     if not fitting:
         if not predicted:
             return [f"{head}.", *_wrapped(_refused(card_rows))]
@@ -211,11 +225,11 @@ def card_lines(card_rows: list[dict], top: int) -> list[str]:
         f"{'#':>3}  {'micro x accum':<13}  {'setting':<{SETTING}} {'GiB':>5} {'free':>5} "
         f"{'step s':>7}  hours to train",
     ]
-    for r in fitting[:top]:
+    for place, r in enumerate(fitting[:top], 1):
         # A long setting goes on under its column, so that a line stays within 80 columns.
         first, *rest = textwrap.wrap(_setting(r), SETTING)
         lines.append(
-            f"{r['rank']:>3}  {_shape(r):<13}  {first:<{SETTING}} "
+            f"{place:>3}  {_shape(r):<13}  {first:<{SETTING}} "
             f"{float(r['predicted_cuda_mib']) / GIB:>5.2f} {float(r['headroom_mib']) / GIB:>5.2f} "
             f"{float(r['predicted_step_s']):>7.3f}  {_hours(r)}"
         )
@@ -225,9 +239,16 @@ def card_lines(card_rows: list[dict], top: int) -> list[str]:
 
 def notes(card_rows: list[dict], top: int) -> list[str]:
     """What the predictions do not see of the options shown, and what was left out."""
-    shown = [r for r in card_rows if r["fits"] in (True, "True")][:top]
+    shown = _ranked(card_rows)[:top]
     unseen = _unseen(shown)
-    return ([f"Not seen: {'; '.join(unseen)}."] if unseen else []) + _refused(card_rows)
+    said = [f"Not seen: {'; '.join(unseen)}."] if unseen else []
+    twins = [r for r in card_rows if r["fits"] in (True, "True") and _twin(r)]
+    if twins:
+        said.append(
+            f"Not ranked, {len(twins)} options predicted as another that ties with them: "
+            f"{'; '.join(_unseen(twins))}."
+        )
+    return said + _refused(card_rows)
 
 
 def _wrapped(said: list[str]) -> list[str]:
@@ -279,8 +300,8 @@ def text(plan_rows: list[dict], top: int) -> list[str]:
     for card in dict.fromkeys(r["card"] for r in plan_rows):
         card_rows = [r for r in plan_rows if r["card"] == card]
         lines += card_lines(card_rows, top) + [""]
-        if card_rows[0]["fits"] in (True, "True"):
-            best[card] = card_rows[0]
+        if _ranked(card_rows):
+            best[card] = _ranked(card_rows)[0]
     said = summary(best) + [NOTE]
     return lines + [wrapped for line in said for wrapped in textwrap.wrap(line, WIDTH)]
 
@@ -299,14 +320,14 @@ def markdown(all_rows: list[dict], top: int) -> str:
         best = {}
         for card in dict.fromkeys(r["card"] for r in plan_rows):
             card_rows = [r for r in plan_rows if r["card"] == card]
-            fitting = [r for r in card_rows if r["fits"] in (True, "True")][:top]
+            fitting = _ranked(card_rows)[:top]
             parts.append(card_lines(card_rows, top)[0].split(";")[0] + ".")
             parts.append("")
             if fitting:
                 best[card] = fitting[0]
                 shown = [
                     {
-                        "#": r["rank"],
+                        "#": place,
                         "micro x accum": _shape(r),
                         "setting": _setting(r),
                         "GiB": f"{float(r['predicted_cuda_mib']) / GIB:.2f}",
@@ -314,7 +335,7 @@ def markdown(all_rows: list[dict], top: int) -> str:
                         "step s": f"{float(r['predicted_step_s']):.3f}",
                         "hours": _hours(r),
                     }
-                    for r in fitting
+                    for place, r in enumerate(fitting, 1)
                 ]
                 parts += [markdown_table(shown, list(shown[0])), ""]
             parts += [" ".join(notes(card_rows, top)), ""] if notes(card_rows, top) else []

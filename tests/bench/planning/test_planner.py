@@ -11,7 +11,7 @@ import pytest
 
 from bench import memory as memory_command
 from bench.cards import CARDS
-from bench.planning import timing
+from bench.planning import report, timing
 from bench.planning.levers import BY_NAME, splits
 from bench.planning.planner import Planner
 from bench.planning.timing import step_time
@@ -129,6 +129,16 @@ def test_compile_is_predicted_as_eager_and_never_preferred():
     assert eager.hours(STEPS) == compiled.hours(STEPS) and eager.fit == compiled.fit
     assert (
         compiled.predicted_as == ["compile default predicted as off"] and eager.predicted_as == []
+    )
+    # Said once, not shown: a twin of a row shown says nothing new.
+    rows = report.rows({"train_steps": STEPS}, "t4", ranked, None)
+    said = report.card_lines(
+        [{k: "" if v is None else str(v) for k, v in r.items()} for r in rows], 5
+    )
+    assert said[0].endswith("2 of 2 options fit; the fastest:") and len(said) == 5, said
+    assert " ".join(said[3:]) == (
+        "Not ranked, 1 options predicted as another that ties with them: compile default "
+        "predicted as off (both predictions trace the eager step)."
     )
 
 
