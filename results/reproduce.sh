@@ -152,3 +152,12 @@ python -m bench.throughput --impl guided-diffusion --model-config adm-imagenet-2
 python -m bench.throughput --impl guided-diffusion --model-config adm-imagenet-256-uncond --accum 1 --precision fp32 --checkpointing on --optimizer adamw8bit --ema cpu --predict-only --out results --card rtx3060 --batch 3
 # 8-bit AdamW (bitsandbytes) against AdamW over 200 steps on digits, with and without accumulation.
 python -m bench.loss --optimizer adamw,adamw8bit --precision fp32 --out results
+# The plans: the fastest way to train each model at its effective batch on an RTX 3060 12 GB, an
+# RTX 3070, an RTX 4090 and a T4 (predicted). Each was run from a clean tree into a scratch
+# folder and its rows appended (CIFAR-10 at c2ebc05, ddpm-256 at 83a08d0, guided-diffusion at
+# 1dad2e9; plan.md rebuilt by bench.planning.report at the commit that adds them). The
+# guided-diffusion plan holds the RTX 3060 and 3070 so far: its 4090 and T4 halves were not run
+# to their end (about 90 minutes of this CPU each).
+python -m bench.plan --card rtx3060,rtx3070,rtx4090,t4 --effective-batch 128 --out results
+python -m bench.plan --preset ddpm-256 --card rtx3060,rtx3070,rtx4090,t4 --effective-batch 64 --out results
+python -m bench.plan --impl guided-diffusion --model-config adm-imagenet-256-uncond --card rtx3070,rtx3060 --effective-batch 256 --levers split,precision=fp32+fp16,checkpointing,optimizer=adamw+adamw8bit,ema --out results
