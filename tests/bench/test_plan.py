@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import csv
 import re
+from pathlib import Path
 
 import pytest
 
 from bench import plan
+from bench.planning import report
 from tests.helpers.cli_checks import check_one_line_error, snapshot
 from tests.helpers.guided import needs_guided, tiny_file
 
@@ -110,3 +112,11 @@ def test_guided_diffusion_is_planned_as_its_file_describes_it(tmp_path):
     base = plan.model_spec(args)
     assert (base.image_size, base.attention) == (16, "8")
     assert plan.question(args, base)["model"] == f"guided-diffusion from {config} at 16px"
+
+
+def test_the_committed_plans_are_their_rows():
+    """results/plan.md is what this version makes of results/plan.csv (rows written before
+    --ranks included)."""
+    results = Path(__file__).resolve().parents[2] / "results"
+    markdown = report.markdown(report.read(results / "plan.csv"), 5)
+    assert (results / "plan.md").read_text() == markdown
