@@ -198,8 +198,11 @@ def _ranked(card_rows: list[dict]) -> list[dict]:
 
 
 def _hours(row: dict) -> str:
+    """Predicted hours and their range: whole hours from 100 on (a tenth of an hour says
+    nothing against a range of a quarter either way)."""
     h = [float(row[f"predicted_train_h{s}"]) for s in ("", "_low", "_high")]
-    return f"{h[0]:,.1f} ({h[1]:,.1f}-{h[2]:,.1f})"
+    said = [f"{v:,.0f}" if v >= 100 else f"{v:,.1f}" for v in h]
+    return f"{said[0]} ({said[1]}-{said[2]})"
 
 
 def card_lines(card_rows: list[dict], top: int) -> list[str]:
@@ -223,17 +226,24 @@ def card_lines(card_rows: list[dict], top: int) -> list[str]:
     lines = [
         head + "; the fastest:",
         f"{'#':>3}  {'micro x accum':<13}  {'setting':<{SETTING}} {'GiB':>5} {'free':>5} "
-        f"{'step s':>7}  hours to train",
+        f"{'step s':>7} hours to train",
     ]
     for place, r in enumerate(fitting[:top], 1):
         # A long setting goes on under its column, so that a line stays within 80 columns.
         first, *rest = textwrap.wrap(_setting(r), SETTING)
-        lines.append(
+        line = (
             f"{place:>3}  {_shape(r):<13}  {first:<{SETTING}} "
             f"{float(r['predicted_cuda_mib']) / GIB:>5.2f} {float(r['headroom_mib']) / GIB:>5.2f} "
-            f"{float(r['predicted_step_s']):>7.3f}  {_hours(r)}"
+            f"{float(r['predicted_step_s']):>7.3f} "
         )
-        lines += [" " * 20 + more for more in rest]
+        more = [" " * 20 + words for words in rest]
+        hours, spread = _hours(r).split(" ", 1)
+        if len(line + hours + " " + spread) <= WIDTH:
+            lines.append(line + hours + " " + spread)
+        else:  # the range goes on under the hours
+            lines.append(line + hours)
+            more = [(more or [""])[0].ljust(len(line)) + spread, *more[1:]]
+        lines += more
     return lines + _wrapped(notes(card_rows, top))
 
 

@@ -120,3 +120,23 @@ def test_the_committed_plans_are_their_rows():
     results = Path(__file__).resolve().parents[2] / "results"
     markdown = report.markdown(report.read(results / "plan.csv"), 5)
     assert (results / "plan.md").read_text() == markdown
+
+
+def test_a_card_s_table_keeps_to_80_columns():
+    """Five-digit hours and a setting of four levers: the setting and the range go on under
+    their columns, every number still said."""
+    row = {c: "" for c in report.COLUMNS}
+    row.update(
+        card="rtx3070", rank="1", batch="1", accum="256", fits="True", precision="fp32",
+        checkpointing="on", compile="off", optimizer="adamw8bit", ema="cpu",
+        attention_backend="auto", channels_last="off", changes_loss="optimizer adamw8bit",
+        predicted_cuda_mib="7772.2", headroom_mib="194.3", predicted_step_s="259.731",
+        predicted_train_h="57718.1", predicted_train_h_low="43664.0",
+        predicted_train_h_high="69112.8",
+    )  # fmt: skip
+    lines = report.card_lines([row], 5)
+    assert all(len(line) <= 80 for line in lines), lines
+    said = " ".join(lines)
+    for words in ("1 x 256", "fp32 ckpt adamw8bit*", "ema-cpu", "259.731", "57,718"):
+        assert words in said
+    assert "(43,664-69,113)" in said
