@@ -196,6 +196,8 @@ def test_the_committed_tables_upgrade_to_the_same_rows(tmp_path):
 
     results = Path(__file__).resolve().parents[2] / "results"
     for csv_path in sorted(results.glob("*.csv")):
+        if csv_path.stem not in harnesses.names():
+            continue  # plan.csv: the plan's rows, no harness's (bench.planning.report)
         harness = harnesses.named(csv_path.stem)
         before = read_rows(csv_path, renamed=harness.renamed)
         copy = tmp_path / csv_path.name
