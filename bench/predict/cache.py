@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from bench.model_config import resolve
 from bench.predict.stream import AllocationStream
 from bench.spec import BenchSpec
 
@@ -110,7 +111,8 @@ def key_fields(spec: BenchSpec, target: tuple[int, int]) -> dict | None:
     config = None
     if spec.config_file:
         try:
-            config = hashlib.sha256(Path(spec.config_file).read_bytes()).hexdigest()
+            # A named config (bench/configs) is keyed by its file's bytes as any other.
+            config = hashlib.sha256(resolve(spec.config_file).read_bytes()).hexdigest()
         except OSError:
             return None
     fields = {

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from bench.measure.tracked import CATEGORIES, MemoryPeak
+from bench.model_config import resolve
 from bench.predict import batches, cache
 from bench.predict.batches import StepModel
 from bench.predict.stream import AllocationStream
@@ -218,3 +219,16 @@ def test_the_cache_can_be_turned_off(tmp_path, monkeypatch):
     monkeypatch.delenv(cache.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert cache.folder() == tmp_path / "ddpm-bench" / "traces"
+
+
+def test_a_named_config_is_keyed_by_its_file_s_bytes(tmp_path):
+    """A config named (bench/configs) rather than a path is cached like a file of the same
+    bytes: guided-diffusion's released models were never cached before."""
+    named = "adm-imagenet-256-uncond"
+    copy = tmp_path / "copy.flags"
+    copy.write_bytes(resolve(named).read_bytes())
+    spec = BenchSpec(impl="guided-diffusion", model_config=named, image_size=256)
+    key = cache.key(spec, DEFAULT_TARGET)
+    assert key is not None
+    assert cache.key(spec.replace(model_config=str(copy)), DEFAULT_TARGET) == key
+    assert cache.key(spec.replace(model_config="adm-imagenet-256"), DEFAULT_TARGET) != key
