@@ -311,6 +311,6 @@ def _kept_values(item: str, name: str, values: str, cards: list[str]) -> tuple[s
             )
     for card in cards:
         if not values_on(lever, CARDS[card], {name: kept}):
-            runs = "+".join(lever.values(CARDS[card]))
-            raise ValueError(f"--levers {item!r}: the {card} runs none of them ({name}: {runs})")
+            its = "+".join(lever.values(CARDS[card]))
+            raise ValueError(f"--levers {item!r}: the {card} runs none of them ({name}: {its})")
     return kept
