@@ -155,9 +155,10 @@ python -m bench.loss --optimizer adamw,adamw8bit --precision fp32 --out results
 # The plans: the fastest way to train each model at its effective batch on an RTX 3060 12 GB, an
 # RTX 3070, an RTX 4090 and a T4 (predicted). Each was run from a clean tree into a scratch
 # folder and its rows appended (CIFAR-10 at c2ebc05, ddpm-256 at 83a08d0, guided-diffusion at
-# 1dad2e9; plan.md rebuilt by bench.planning.report at the commit that adds them). The
-# guided-diffusion plan holds the RTX 3060 and 3070 so far: its 4090 and T4 halves were not run
-# to their end (about 90 minutes of this CPU each).
+# 750ead9; plan.md rebuilt by bench.planning.report at the commit that adds them). The
+# guided-diffusion plan was traced one compute capability at a time (--card rtx4090, --card t4,
+# --card rtx3060,rtx3070; 38 to 56 minutes each, three at once) into one trace cache, then asked for
+# the four cards at once, answered from that cache.
 python -m bench.plan --card rtx3060,rtx3070,rtx4090,t4 --effective-batch 128 --out results
 python -m bench.plan --preset ddpm-256 --card rtx3060,rtx3070,rtx4090,t4 --effective-batch 64 --out results
-python -m bench.plan --impl guided-diffusion --model-config adm-imagenet-256-uncond --card rtx3070,rtx3060 --effective-batch 256 --levers split,precision=fp32+fp16,checkpointing,optimizer=adamw+adamw8bit,ema --out results
+python -m bench.plan --impl guided-diffusion --model-config adm-imagenet-256-uncond --card rtx3060,rtx3070,rtx4090,t4 --effective-batch 256 --levers split,precision=fp32+fp16,checkpointing,optimizer=adamw+adamw8bit,ema --out results
