@@ -247,11 +247,30 @@ def card_lines(card_rows: list[dict], top: int) -> list[str]:
     return lines + _wrapped(notes(card_rows, top))
 
 
+def _loss_kept(ranked: list[dict]) -> list[str]:
+    """Where the fastest option changes the loss, the fastest that does not and what it costs
+    in hours: a user weighing bf16 or 8-bit states against the run they know reads both."""
+    if not ranked or not ranked[0]["changes_loss"]:
+        return []
+    fastest = float(ranked[0]["predicted_train_h"])
+    for place, r in enumerate(ranked, 1):
+        if not r["changes_loss"]:
+            longer = 100 * (float(r["predicted_train_h"]) / fastest - 1)
+            percent = f"{longer:.2f}%" if longer < 1 else f"{longer:.0f}%"
+            return [
+                f"The fastest that leaves the loss as it is: #{place}, {_shape(r)} "
+                f"{_setting(r)}, {_hours(r)} h, {percent} longer."
+            ]
+    return ["Every option that fits changes the loss."]
+
+
 def notes(card_rows: list[dict], top: int) -> list[str]:
-    """What the predictions do not see of the options shown, and what was left out."""
+    """What leaves the loss as it is, what the predictions do not see of the options shown, and
+    what was left out."""
     shown = _ranked(card_rows)[:top]
     unseen = _unseen(shown)
-    said = [f"Not seen: {'; '.join(unseen)}."] if unseen else []
+    said = _loss_kept(_ranked(card_rows))
+    said += [f"Not seen: {'; '.join(unseen)}."] if unseen else []
     twins = [r for r in card_rows if r["fits"] in (True, "True") and _twin(r)]
     if twins:
         said.append(

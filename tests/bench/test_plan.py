@@ -140,3 +140,41 @@ def test_a_card_s_table_keeps_to_80_columns():
     for words in ("1 x 256", "fp32 ckpt adamw8bit*", "ema-cpu", "259.731", "57,718"):
         assert words in said
     assert "(43,664-69,113)" in said
+
+
+def _row(precision: str, hours: float) -> dict:
+    row = {c: "" for c in report.COLUMNS}
+    row.update(
+        card="rtx3070", batch="128", accum="1", fits="True", precision=precision,
+        checkpointing="off", compile="off", optimizer="adamw", ema="device",
+        attention_backend="auto", channels_last="off", predicted_cuda_mib="6000",
+        headroom_mib="1000", predicted_step_s="0.5", predicted_train_h=str(hours),
+        predicted_train_h_low=str(hours * 0.75), predicted_train_h_high=str(hours * 1.2),
+        changes_loss=f"precision {precision}" if precision in ("bf16", "fp16") else "",
+    )  # fmt: skip
+    return row
+
+
+@pytest.mark.parametrize(
+    "precisions, said",
+    [
+        # 150 h against 100 h: half as long again; 100.25 h: a quarter of a percent.
+        (
+            [("bf16", 100.0), ("fp16", 110.0), ("fp32", 150.0)],
+            "#3, 128 x 1 fp32, 150 (112-180) h, 50% longer.",
+        ),
+        ([("fp16", 100.0), ("tf32", 100.25)], "#2, 128 x 1 tf32, 100 (75.2-120) h, 0.25% longer."),
+        ([("bf16", 100.0), ("fp16", 110.0)], "Every option that fits changes the loss."),
+        ([("fp32", 100.0), ("bf16", 110.0)], None),
+    ],
+)  # fmt: skip
+def test_where_the_fastest_changes_the_loss_the_fastest_that_does_not_is_named(precisions, said):
+    """The fastest option that leaves the loss as it is, its place and its hours beside the
+    fastest's; nothing said where the fastest leaves the loss as it is."""
+    lines = report.card_lines([_row(p, h) for p, h in precisions], 5)
+    text = " ".join(lines)
+    if said is None:
+        assert "loss as it is" not in text and "changes the loss" not in text
+    else:
+        assert said in text, lines
+    assert all(len(line) <= 80 for line in lines), lines
