@@ -119,7 +119,24 @@ def test_phase_shares_add_up_to_the_step_time(profiled):
     assert 90.0 <= sum(shares) <= 100.0 + 1e-6
     assert sum(shares) + float(train["other_pct"]) == pytest.approx(100.0)
     # The same shares, recomputed from the trace the row came from.
-    trace = load(trace_files(Path(train["trace_dir"]))[0])
+    durs, step_us = _ranges(train)
+    assert float(train["step_ms"]) == pytest.approx(step_us / 2 / 1000, rel=1e-6)
+    for p in TRAIN_PHASES:
+        assert float(train[f"phase_{p}_pct"]) == pytest.approx(100 * durs[p] / step_us, rel=1e-6)
+    sample = by_sampler["ddim"]
+    assert sample["phase_forward_pct"] == ""  # training phases are empty for sampling
+    # The denoise_step range is inside the profiled step and holds its work (the model's
+    # forward); what is outside is the profiler's own bookkeeping, a few percent of a tiny step
+    # whose share moves with the machine, so the share is held to its trace, not to a timing.
+    durs, step_us = _ranges(sample)
+    share = float(sample["phase_denoise_step_pct"])
+    assert share == pytest.approx(100 * durs["denoise_step"] / step_us, rel=1e-6)
+    assert 50.0 < share <= 100.0 + 1e-6
+
+
+def _ranges(row: dict) -> tuple[dict[str, float], float]:
+    """Each user range's total duration in the row's trace, and the profiled steps' (us)."""
+    trace = load(trace_files(Path(row["trace_dir"]))[0])
     durs: dict[str, float] = {}
     step_us = 0.0
     for e in trace["traceEvents"]:
@@ -127,12 +144,7 @@ def test_phase_shares_add_up_to_the_step_time(profiled):
             if e["name"].startswith("ProfilerStep#"):
                 step_us += e["dur"]
             durs[e["name"]] = durs.get(e["name"], 0.0) + e["dur"]
-    assert float(train["step_ms"]) == pytest.approx(step_us / 2 / 1000, rel=1e-6)
-    for p in TRAIN_PHASES:
-        assert float(train[f"phase_{p}_pct"]) == pytest.approx(100 * durs[p] / step_us, rel=1e-6)
-    sample = by_sampler["ddim"]
-    assert sample["phase_forward_pct"] == ""  # training phases are empty for sampling
-    assert 95.0 <= float(sample["phase_denoise_step_pct"]) <= 100.0 + 1e-6
+    return durs, step_us
 
 
 def test_summary_files_and_peak_memory(profiled):
