@@ -267,9 +267,9 @@ def _loss_kept(ranked: list[dict]) -> list[str]:
 def notes(card_rows: list[dict], top: int) -> list[str]:
     """What leaves the loss as it is, what the predictions do not see of the options shown, and
     what was left out."""
-    shown = _ranked(card_rows)[:top]
-    unseen = _unseen(shown)
-    said = _loss_kept(_ranked(card_rows))
+    ranked = _ranked(card_rows)
+    unseen = _unseen(ranked[:top])
+    said = _loss_kept(ranked)
     said += [f"Not seen: {'; '.join(unseen)}."] if unseen else []
     twins = [r for r in card_rows if r["fits"] in (True, "True") and _twin(r)]
     if twins:

@@ -122,17 +122,35 @@ def test_the_committed_plans_are_their_rows():
     assert (results / "plan.md").read_text() == markdown
 
 
+def _row(**changes: str) -> dict:
+    """plan.csv's row of an option that fits an RTX 3070 (128 x 1, fp32, every other lever at
+    its default), with `changes` over it."""
+    row = {c: "" for c in report.COLUMNS}
+    row.update(
+        card="rtx3070", batch="128", accum="1", fits="True", precision="fp32",
+        checkpointing="off", compile="off", optimizer="adamw", ema="device",
+        attention_backend="auto", channels_last="off", predicted_cuda_mib="6000",
+        headroom_mib="1000", predicted_step_s="0.5",
+    )  # fmt: skip
+    return row | changes
+
+
+def _precision_row(precision: str, hours: float) -> dict:
+    return _row(
+        precision=precision, predicted_train_h=str(hours), predicted_train_h_low=str(hours * 0.75),
+        predicted_train_h_high=str(hours * 1.2),
+        changes_loss=f"precision {precision}" if precision in ("bf16", "fp16") else "",
+    )  # fmt: skip
+
+
 def test_a_card_s_table_keeps_to_80_columns():
     """Five-digit hours and a setting of four levers: the setting and the range go on under
     their columns, every number still said."""
-    row = {c: "" for c in report.COLUMNS}
-    row.update(
-        card="rtx3070", rank="1", batch="1", accum="256", fits="True", precision="fp32",
-        checkpointing="on", compile="off", optimizer="adamw8bit", ema="cpu",
-        attention_backend="auto", channels_last="off", changes_loss="optimizer adamw8bit",
-        predicted_cuda_mib="7772.2", headroom_mib="194.3", predicted_step_s="259.731",
-        predicted_train_h="57718.1", predicted_train_h_low="43664.0",
-        predicted_train_h_high="69112.8",
+    row = _row(
+        rank="1", batch="1", accum="256", checkpointing="on", optimizer="adamw8bit", ema="cpu",
+        changes_loss="optimizer adamw8bit", predicted_cuda_mib="7772.2", headroom_mib="194.3",
+        predicted_step_s="259.731", predicted_train_h="57718.1",
+        predicted_train_h_low="43664.0", predicted_train_h_high="69112.8",
     )  # fmt: skip
     lines = report.card_lines([row], 5)
     assert all(len(line) <= 80 for line in lines), lines
@@ -140,19 +158,6 @@ def test_a_card_s_table_keeps_to_80_columns():
     for words in ("1 x 256", "fp32 ckpt adamw8bit*", "ema-cpu", "259.731", "57,718"):
         assert words in said
     assert "(43,664-69,113)" in said
-
-
-def _row(precision: str, hours: float) -> dict:
-    row = {c: "" for c in report.COLUMNS}
-    row.update(
-        card="rtx3070", batch="128", accum="1", fits="True", precision=precision,
-        checkpointing="off", compile="off", optimizer="adamw", ema="device",
-        attention_backend="auto", channels_last="off", predicted_cuda_mib="6000",
-        headroom_mib="1000", predicted_step_s="0.5", predicted_train_h=str(hours),
-        predicted_train_h_low=str(hours * 0.75), predicted_train_h_high=str(hours * 1.2),
-        changes_loss=f"precision {precision}" if precision in ("bf16", "fp16") else "",
-    )  # fmt: skip
-    return row
 
 
 @pytest.mark.parametrize(
@@ -171,7 +176,7 @@ def _row(precision: str, hours: float) -> dict:
 def test_where_the_fastest_changes_the_loss_the_fastest_that_does_not_is_named(precisions, said):
     """The fastest option that leaves the loss as it is, its place and its hours beside the
     fastest's; nothing said where the fastest leaves the loss as it is."""
-    lines = report.card_lines([_row(p, h) for p, h in precisions], 5)
+    lines = report.card_lines([_precision_row(p, h) for p, h in precisions], 5)
     text = " ".join(lines)
     if said is None:
         assert "loss as it is" not in text and "changes the loss" not in text
